@@ -1,0 +1,147 @@
+"""The contract every channel keeps: format an event, send it, classify the answer.
+
+A channel never retries, sleeps or queues: the sender does that from the
+:class:`DeliveryResult` the channel returns. Configuration errors raise at construction
+(:class:`~afs_callbacks.exceptions.ConfigurationError`); delivery problems never raise.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar
+
+from afs_callbacks.redaction import redact
+
+if TYPE_CHECKING:
+    from afs_callbacks.config import Env
+    from afs_callbacks.events import NotificationEvent
+
+
+class Outcome(str, Enum):
+    """How one delivery attempt ended."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The answer of :meth:`NotificationHandler.send`.
+
+    Args:
+        outcome: delivered, retry later, or permanent failure.
+        detail: a short, already redacted explanation (the service's error, an HTTP status).
+        retry_after: the service's own wait hint in seconds, if it gave one.
+        disable_channel: the destination is gone (a deleted webhook, a revoked token):
+            stop sending to it in this process instead of failing every message.
+    """
+
+    outcome: Outcome
+    detail: str = ""
+    retry_after: float | None = None
+    disable_channel: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", redact(self.detail))
+
+    @property
+    def ok(self) -> bool:
+        """True when the message was delivered."""
+        return self.outcome is Outcome.DELIVERED
+
+    @classmethod
+    def delivered(cls, detail: str = "") -> DeliveryResult:
+        """The service accepted the message."""
+        return cls(Outcome.DELIVERED, detail)
+
+    @classmethod
+    def retry(cls, detail: str, retry_after: float | None = None) -> DeliveryResult:
+        """A transient failure (429, 5xx, network): try again, after ``retry_after`` if given."""
+        return cls(Outcome.RETRY, detail, retry_after)
+
+    @classmethod
+    def permanent(cls, detail: str, *, disable_channel: bool = False) -> DeliveryResult:
+        """A failure that retrying cannot fix (bad request, dead webhook, bad credentials)."""
+        return cls(Outcome.PERMANENT, detail, disable_channel=disable_channel)
+
+
+@dataclass(frozen=True)
+class ChannelStatus:
+    """Whether a channel can send, and why not when it cannot; secrets already masked."""
+
+    name: str
+    configured: bool
+    reason: str = ""
+    destination: str = ""
+
+
+class NotificationHandler(abc.ABC):
+    """Base class of every channel (the seed system's name, kept).
+
+    Subclasses implement :meth:`send` and usually :meth:`is_configured`, :meth:`describe`
+    and :meth:`from_env`. Class attributes declare the service's limits so the sender can
+    pace messages and formatters can cut text.
+
+    Example::
+
+        class PrintNotifier(NotificationHandler):
+            name = "print"
+
+            def send(self, event):
+                print(event.title)
+                return DeliveryResult.delivered()
+    """
+
+    #: Channel name used in routing, history and CLI output.
+    name: ClassVar[str] = "handler"
+    #: Smallest gap between two messages to the service, in seconds (its rate limit).
+    min_interval: ClassVar[float] = 0.0
+    #: Whether the channel can carry image attachments (charts).
+    supports_images: ClassVar[bool] = False
+    #: Environment variable prefix for routing options (``<PREFIX>_MIN_LEVEL``, ``_EVENTS``).
+    env_prefix: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def send(self, event: NotificationEvent) -> DeliveryResult | bool:
+        """Deliver one event and say how it went. Must not raise for delivery problems.
+
+        Returning a plain bool is accepted for seed-system handlers: True means delivered,
+        False means retry later.
+        """
+
+    def is_configured(self) -> bool:
+        """True when the channel has what it needs to send."""
+        return self.status().configured
+
+    def status(self) -> ChannelStatus:
+        """Whether the channel can send, and the reason when it cannot."""
+        return ChannelStatus(self.name, True, destination=self.describe())
+
+    def describe(self) -> str:
+        """Where messages go, with every secret masked (safe for logs and CLI output)."""
+        return self.name
+
+    def check(self) -> DeliveryResult:
+        """Probe reachability without posting a message, where the service allows it.
+
+        The default says a probe is not possible; ``afs-notify test`` sends a real message.
+        """
+        return DeliveryResult.permanent("this channel cannot be probed without sending")
+
+    def close(self) -> None:  # noqa: B027 - optional hook with nothing to do by default
+        """Release sessions and connections; called when the manager closes."""
+
+    @classmethod
+    def from_env(cls, env: Env) -> NotificationHandler | None:
+        """Build the channel from environment settings, or None when they are absent.
+
+        Raises:
+            ConfigurationError: a variable is set but wrong (names the variable).
+        """
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()!r})"

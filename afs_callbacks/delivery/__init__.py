@@ -1,0 +1,1 @@
+"""Durable delivery: the SQLite outbox, the sender threads, storm and retry limits."""

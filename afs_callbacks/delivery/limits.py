@@ -1,0 +1,134 @@
+"""Keeping an event storm from becoming a message storm, and spacing retries.
+
+:class:`StormGuard` collapses repeats of the same event (same type, run and key) inside a
+window into the first message plus, when the window closes, one digest naming how many were
+held back. :func:`backoff_delay` is full-jitter exponential backoff that defers to a
+server's own wait hint.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from afs_callbacks.events import NotificationEvent
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    hint: float | None = None,
+    max_hint: float = 900.0,
+    rng: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 for the first retry).
+
+    A server's hint (``Retry-After``, ``retry_after``) wins, capped at ``max_hint`` so a
+    hostile or broken answer cannot park a message for days. Without one, full jitter:
+    ``uniform(0, min(cap, base * 2**(attempt - 1)))``, which spreads retries of many
+    processes instead of synchronising them.
+    """
+    if hint is not None and hint >= 0:
+        return min(hint, max_hint)
+    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
+    return rng(0.0, ceiling)
+
+
+@dataclass
+class _Window:
+    started: float
+    first: NotificationEvent
+    suppressed: int = 0
+    last: NotificationEvent | None = None
+
+
+class StormGuard:
+    """Collapse repeats of an event inside ``window`` seconds; count what was held back.
+
+    Thread-safe; memory is bounded by the number of distinct keys seen inside one window
+    (at most ``max_keys``, beyond which new keys pass uncollapsed rather than grow memory).
+
+    Args:
+        window: seconds a key stays collapsed after its first event; 0 disables collapsing.
+        clock: monotonic time source (tests pass a fake one).
+        max_keys: bound on tracked keys.
+    """
+
+    def __init__(
+        self,
+        window: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,
+    ) -> None:
+        self.window = window
+        self._clock = clock
+        self._max_keys = max_keys
+        self._windows: dict[str, _Window] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, event: NotificationEvent) -> tuple[bool, NotificationEvent | None]:
+        """Decide whether ``event`` goes out now.
+
+        Returns ``(admitted, digest)``: ``digest`` is the summary of an expired window of the
+        same key, to be sent before ``event`` when there is one.
+        """
+        if self.window <= 0 or event.context.get("no_dedup"):
+            return True, None
+        key = event.dedup_key
+        now = self._clock()
+        with self._lock:
+            current = self._windows.get(key)
+            if current is not None and now - current.started < self.window:
+                current.suppressed += 1
+                current.last = event
+                return False, None
+            digest = self._digest(current) if current is not None else None
+            if len(self._windows) >= self._max_keys:
+                self._sweep(now)
+                if len(self._windows) >= self._max_keys:
+                    return True, digest
+            self._windows[key] = _Window(started=now, first=event)
+            return True, digest
+
+    def due_digests(self, *, flush_all: bool = False) -> list[NotificationEvent]:
+        """Digests of windows that have closed (all windows with ``flush_all``)."""
+        now = self._clock()
+        with self._lock:
+            return self._sweep(now, flush_all=flush_all)
+
+    def has_suppressed(self) -> bool:
+        """Whether any open window is holding back repeats (a digest will be due)."""
+        with self._lock:
+            return any(window.suppressed for window in self._windows.values())
+
+    def _sweep(self, now: float, *, flush_all: bool = False) -> list[NotificationEvent]:
+        digests = []
+        for key, window in list(self._windows.items()):
+            if flush_all or now - window.started >= self.window:
+                del self._windows[key]
+                digest = self._digest(window)
+                if digest is not None:
+                    digests.append(digest)
+        return digests
+
+    def _digest(self, window: _Window) -> NotificationEvent | None:
+        if not window.suppressed or window.last is None:
+            return None
+        last = window.last
+        count = window.suppressed
+        span = self.window
+        title = f"{window.first.title} (repeated {count:,} times in the last {span:g} s)"
+        message = (
+            f"{window.first.event_type.value.replace('_', ' ')} happened {count:,} more "
+            f"times after the first message; the latest: {last.message or last.title}"
+        )
+        context = dict(last.context)
+        context.update({"digest_count": count, "digest_window_s": span, "no_dedup": True})
+        return last.with_changes(title=title, message=message, context=context, id=uuid.uuid4().hex)

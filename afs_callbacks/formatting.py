@@ -1,0 +1,151 @@
+"""Text helpers every channel shares: durations, metrics, cutting to limits, level colours.
+
+Channels format an event for their own markup; what they show (the run's fields, the
+metrics, the level's colour and symbol) comes from here so all channels agree.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from afs_callbacks.events import NotificationEvent, NotificationLevel
+from afs_callbacks.redaction import redact
+
+#: The visible mark left where text was cut to a service's limit.
+TRUNCATION_MARK = "… [truncated]"
+
+LEVEL_COLORS: Mapping[NotificationLevel, int] = {
+    NotificationLevel.INFO: 0x3B82F6,
+    NotificationLevel.SUCCESS: 0x22C55E,
+    NotificationLevel.WARNING: 0xF59E0B,
+    NotificationLevel.ERROR: 0xEF4444,
+    NotificationLevel.CRITICAL: 0x7F1D1D,
+}
+
+LEVEL_EMOJI: Mapping[NotificationLevel, str] = {
+    NotificationLevel.INFO: "ℹ️",
+    NotificationLevel.SUCCESS: "✅",
+    NotificationLevel.WARNING: "⚠️",
+    NotificationLevel.ERROR: "❌",
+    NotificationLevel.CRITICAL: "🚨",
+}
+
+# Context keys shown as fields, in this order, with their labels.
+_FIELDS = (
+    ("model", "Model"),
+    ("run_id", "Run"),
+    ("host", "Host"),
+    ("epoch", "Epoch"),
+    ("step", "Step"),
+    ("duration", "Duration"),
+    ("device", "Device"),
+    ("world_size", "World size"),
+    ("cost", "Cost"),
+    ("threshold", "Threshold"),
+    ("checkpoint", "Checkpoint"),
+    ("exit_code", "Exit code"),
+)
+
+
+def level_hex(level: NotificationLevel) -> str:
+    """The level's colour as ``#rrggbb``."""
+    return f"#{LEVEL_COLORS[level]:06x}"
+
+
+def truncate(text: str, limit: int, mark: str = TRUNCATION_MARK) -> str:
+    """Cut ``text`` to at most ``limit`` characters, ending with a visible ``mark``."""
+    if len(text) <= limit:
+        return text
+    if limit <= len(mark):
+        return text[:limit]
+    return text[: limit - len(mark)] + mark
+
+
+def truncate_bytes(text: str, limit: int, mark: str = TRUNCATION_MARK) -> str:
+    """Cut ``text`` so its UTF-8 encoding is at most ``limit`` bytes, ending with ``mark``."""
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    budget = limit - len(mark.encode("utf-8"))
+    cut = text.encode("utf-8")[: max(budget, 0)].decode("utf-8", errors="ignore")
+    return cut + mark
+
+
+def format_duration(seconds: float | None) -> str:
+    """``3723.4`` → ``"1h 02m 03s"``; short spans keep one decimal (``"4.2s"``)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    total = round(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s"
+
+
+def format_value(value: Any) -> str:
+    """A metric or field value for people: 4 significant digits, NaN/Inf spelled out."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Inf" if value > 0 else "-Inf"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """``{"loss": 0.1234567, "acc": 0.9}`` → ``"loss=0.1235, acc=0.9"``."""
+    return ", ".join(f"{name}={format_value(value)}" for name, value in metrics.items())
+
+
+def context_fields(event: NotificationEvent) -> list[tuple[str, str]]:
+    """The run's details worth showing, as ``(label, value)`` pairs in a stable order."""
+    fields = []
+    for key, label in _FIELDS:
+        value = event.context.get(key)
+        if value is None or value == "":
+            continue
+        if key == "duration" and isinstance(value, (int, float)):
+            text = format_duration(float(value))
+        elif key in ("cost", "threshold") and isinstance(value, (int, float)):
+            text = f"${value:,.2f}"
+        else:
+            text = format_value(value)
+        fields.append((label, text))
+    return fields
+
+
+def plain_text(event: NotificationEvent) -> str:
+    """The whole event as plain text: title, message, fields and metrics."""
+    lines = [f"{event.level.value.upper()}: {event.title}"]
+    if event.message:
+        lines.append(event.message)
+    for label, value in context_fields(event):
+        lines.append(f"{label}: {value}")
+    if event.metrics:
+        lines.append("Metrics: " + format_metrics(event.metrics))
+    return "\n".join(lines)
+
+
+def describe_exception(error: BaseException, *, tail_lines: int = 12) -> str:
+    """A short, redacted description of ``error``: its type, message and traceback tail.
+
+    Only text is kept: holding the exception or its traceback would keep its frames (and
+    any GPU tensors they reference) alive.
+    """
+    lines = traceback.format_exception(type(error), error, error.__traceback__)
+    text = "".join(lines).rstrip()
+    tail = "\n".join(text.splitlines()[-tail_lines:])
+    return redact(tail)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian/Ubuntu machine:
+#   - system services the tests run for real: Prometheus Alertmanager, a D-Bus session bus;
+#   - a CPU-only PyTorch (torch==2.13.0; on a CUDA machine install your CUDA torch first);
+#   - this package in editable mode with every extra and the test tools.
+# A user who only wants the library runs: pip install "afs-callbacks[all]"
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+if command -v apt-get >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    prometheus-alertmanager dbus libnotify-bin >/dev/null
+fi
+python -m pip install --quiet --upgrade pip
+# Pinned exactly: an open range would pull a multi-GB CUDA build.
+python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -e ".[all,test]"
