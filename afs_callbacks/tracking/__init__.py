@@ -1,1 +1,7 @@
-"""Tracking."""
+"""Framework-free run tracking: training semantics shared by every framework adapter."""
+
+from __future__ import annotations
+
+from afs_callbacks.tracking.tracker import RunTracker, TrackerConfig
+
+__all__ = ["RunTracker", "TrackerConfig"]
