@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from afs_callbacks.tracking.tracker import RunTracker, TrackerConfig
+from afs_callbacks.tracking.tracker import RunTracker, TrackerConfig, active_tracker
 
-__all__ = ["RunTracker", "TrackerConfig"]
+__all__ = ["RunTracker", "TrackerConfig", "active_tracker"]

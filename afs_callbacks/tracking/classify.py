@@ -32,7 +32,7 @@ _OOM_TEXT = (
     "hip out of memory",
 )
 # SystemExit subclasses raised for SIGTERM (Lightning's SIGTERMException) and friends.
-_INTERRUPT_TYPES = {"KeyboardInterrupt", "SIGTERMException"}
+_INTERRUPT_TYPES = {"KeyboardInterrupt", "SIGTERMException", "TerminatedBySignal"}
 
 
 def exception_chain(error: BaseException, limit: int = 20) -> Iterator[BaseException]:

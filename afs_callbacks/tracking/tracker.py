@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,16 @@ log = get_logger(__name__)
 _MONITOR_CANDIDATES = ("val_loss", "eval_loss", "valid_loss", "loss", "train_loss")
 _MAX_CHART_POINTS = 2000
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
+
+# Runs started and not yet finished in this process, so that `watch()` and the excepthook
+# fallback report a crash on the run a callback already announced.
+_active: weakref.WeakSet[RunTracker] = weakref.WeakSet()
+
+
+def active_tracker() -> RunTracker | None:
+    """The most recently started run of this process that has not ended, if any."""
+    running = [tracker for tracker in list(_active) if not tracker.finished]
+    return max(running, key=lambda t: t._started_at or 0.0) if running else None
 
 
 @dataclass(frozen=True)
@@ -221,6 +232,7 @@ class RunTracker:
             return
         self._started_at = time.monotonic()
         self._started_wall = time.time()
+        _active.add(self)
         resumed = self._resumed or resumed_from is not None
         if resumed_from is not None:
             self.checkpoint_loading(resumed_from)
@@ -366,6 +378,16 @@ class RunTracker:
     def nan_detected(self, step: int, what: str = "loss") -> None:
         """``what`` became NaN/Inf at ``step`` (reported once per run)."""
         self._report_nan(step, what)
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` was called for this run."""
+        return self._started_at is not None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run's end (completed, failed, interrupted) was reported."""
+        return self._finished
 
     @property
     def stop_requested(self) -> bool:
@@ -730,6 +752,7 @@ class RunTracker:
             self._monitors = None
 
     def _finish(self) -> None:
+        _active.discard(self)
         self._stop_background()
         # The process may exit right after this hook: deliver now, within a bound.
         self.manager.flush(self.config.flush_timeout)
