@@ -1,0 +1,207 @@
+"""Discord channel: an embed coloured by level, posted to a channel webhook.
+
+Posts go to ``<webhook>?wait=true``: without ``wait`` Discord answers 204 before saving
+the message, and a message it then drops looks delivered. A chart travels as multipart
+(``payload_json`` + ``files[0]``) and shows as the embed's image. ``allowed_mentions``
+is empty, so ``@everyone`` or ``<@id>`` in a model name or an error pings nobody.
+
+Discord bans an IP for a while after 10,000 answers of 401, 403 or 429 within ten
+minutes, so a revoked hook (401/403/404) disables the channel at the first answer and a
+429's wait (the body's ``retry_after`` first, else ``Retry-After``) pauses it whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from afs_callbacks.channels._http import HttpChannel, parse_retry_after
+from afs_callbacks.channels.base import DeliveryResult
+from afs_callbacks.config import Env, validate_url
+from afs_callbacks.events import Attachment, NotificationEvent
+from afs_callbacks.formatting import (
+    LEVEL_COLORS,
+    LEVEL_EMOJI,
+    context_fields,
+    format_metrics,
+    format_value,
+    truncate,
+)
+from afs_callbacks.redaction import mask_url, redact, register_secret
+
+if TYPE_CHECKING:
+    import requests
+
+# Discord resolves ``attachment://name`` only for plain file names.
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class DiscordNotifier(HttpChannel):
+    """Post events to a Discord channel through a webhook, as one embed.
+
+    Args:
+        webhook_url: ``https://discord.com/api/webhooks/{id}/{token}``; a secret: masked
+            in every output. A ``?thread_id=`` query is kept.
+        timeout: seconds for connecting and for reading Discord's answer (each).
+        allow_http: accept a plain-http URL to a non-loopback host (a local relay).
+
+    Raises:
+        ConfigurationError: the URL is not an http(s) URL (shown masked).
+    """
+
+    name: ClassVar[str] = "discord"
+    #: A webhook takes about 5 requests per 2 s and a channel 30 messages a minute.
+    min_interval: ClassVar[float] = 1.0
+    supports_images: ClassVar[bool] = True
+    env_prefix: ClassVar[str] = "DISCORD"
+    #: Discord answers 403 for a webhook whose channel it can no longer post to.
+    disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
+
+    #: Documented limits (characters unless named otherwise).
+    CONTENT_LIMIT: ClassVar[int] = 2000
+    TITLE_LIMIT: ClassVar[int] = 256
+    DESCRIPTION_LIMIT: ClassVar[int] = 4096
+    MAX_FIELDS: ClassVar[int] = 25
+    FIELD_NAME_LIMIT: ClassVar[int] = 256
+    FIELD_VALUE_LIMIT: ClassVar[int] = 1024
+    FOOTER_LIMIT: ClassVar[int] = 2048
+    EMBED_TOTAL_LIMIT: ClassVar[int] = 6000
+    FILE_BYTES_LIMIT: ClassVar[int] = 10 * 1024 * 1024
+
+    def __init__(self, webhook_url: str, *, timeout: float = 10.0, allow_http: bool = False) -> None:
+        super().__init__(timeout=timeout)
+        register_secret(webhook_url)
+        self.webhook_url = validate_url(webhook_url, "webhook_url", allow_http=allow_http)
+
+    def send(self, event: NotificationEvent) -> DeliveryResult:
+        """Post the embed (with the chart, if any); wait for Discord to store it."""
+        try:
+            payload = self.payload(event)
+            image = self._image(event)
+        except Exception as error:  # a formatting bug must not become an endless retry
+            return DeliveryResult.permanent(f"could not build the Discord message: {redact(error)}")
+        params = {"wait": "true"}
+        if image is None:
+            return self.deliver(self.webhook_url, json=payload, params=params)
+        filename = _safe_filename(image.filename)
+        payload["embeds"][0]["image"] = {"url": f"attachment://{filename}"}
+        payload["attachments"] = [{"id": 0, "filename": filename}]
+        return self.deliver(
+            self.webhook_url,
+            data={"payload_json": json.dumps(payload)},
+            files={"files[0]": (filename, image.data, image.content_type)},
+            params=params,
+        )
+
+    def payload(self, event: NotificationEvent) -> dict[str, Any]:
+        """The JSON body for ``event`` (without the image), within Discord's limits."""
+        title = event.title.strip() or event.event_type.value.replace("_", " ")
+        embed: dict[str, Any] = {
+            "title": truncate(f"{LEVEL_EMOJI[event.level]} {title}", self.TITLE_LIMIT),
+            "color": LEVEL_COLORS[event.level],
+            "timestamp": event.timestamp.isoformat(),
+            "footer": {"text": f"afs-callbacks · {event.level.value} · {event.event_type.value}"},
+            "fields": self._fields(event),
+        }
+        # A little slack under 6,000: Discord may count an emoji as two characters.
+        total_limit = self.EMBED_TOTAL_LIMIT - 32
+        while embed["fields"] and _embed_length(embed) > total_limit:
+            embed["fields"].pop()  # only with absurd values: the field caps normally suffice
+        description_budget = max(total_limit - _embed_length(embed), 0)
+        description = truncate(event.message.strip(), min(self.DESCRIPTION_LIMIT, description_budget))
+        if description:  # Discord rejects an empty description
+            embed["description"] = description
+        return {"embeds": [embed], "allowed_mentions": {"parse": []}}
+
+    def _fields(self, event: NotificationEvent) -> list[dict[str, Any]]:
+        # Caps well under Discord's per-field limits keep even 25 full fields inside the
+        # 6,000 characters of an embed, with room left for the description.
+        fields = [self._field(label, value, value_limit=200) for label, value in context_fields(event)]
+        metrics = [(str(name), format_value(value)) for name, value in event.metrics.items()]
+        room = self.MAX_FIELDS - len(fields)  # context fields are at most 12: room >= 13
+        shown = metrics if len(metrics) <= room else metrics[: room - 1]
+        fields += [self._field(name, value, name_limit=64, value_limit=64) for name, value in shown]
+        if len(shown) < len(metrics):
+            # The last slot lists the metrics that did not get a field of their own.
+            rest = dict(metrics[len(shown) :])
+            fields.append(self._field(f"{len(rest)} more metrics", format_metrics(rest), inline=False))
+        return fields
+
+    def _field(
+        self, name: str, value: str, *, name_limit: int = 256, value_limit: int = 1024, inline: bool = True
+    ) -> dict[str, Any]:
+        return {
+            # Discord rejects empty names and values.
+            "name": truncate(name, min(name_limit, self.FIELD_NAME_LIMIT)) or "-",
+            "value": truncate(value, min(value_limit, self.FIELD_VALUE_LIMIT)) or "-",
+            "inline": inline,
+        }
+
+    def _image(self, event: NotificationEvent) -> Attachment | None:
+        for attachment in event.attachments:
+            if attachment.content_type.startswith("image/") and len(attachment.data) <= self.FILE_BYTES_LIMIT:
+                return attachment
+        return None
+
+    def retry_hint(self, response: requests.Response) -> float | None:
+        """The body's ``retry_after`` (float seconds, more precise), else ``Retry-After``."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            value = body.get("retry_after")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                return float(value)
+        return parse_retry_after(response.headers.get("Retry-After"))
+
+    def describe(self) -> str:
+        """The webhook's host with its id and token masked."""
+        return mask_url(self.webhook_url)
+
+    def check(self) -> DeliveryResult:
+        """GET the webhook (Discord returns its name without posting anything)."""
+        import requests
+
+        try:
+            response = self.session.get(self.webhook_url, timeout=(self.timeout, self.timeout))
+        except requests.RequestException as error:
+            return DeliveryResult.retry(f"{type(error).__name__}: {redact(error)}")
+        if response.status_code == 200:
+            try:
+                # The answer also holds the token: only the name is used.
+                name = str(response.json().get("name", ""))
+            except (ValueError, AttributeError):
+                name = ""
+            return DeliveryResult.delivered(f"webhook {name!r} is usable" if name else "webhook is usable")
+        return self.classify(response)
+
+    @classmethod
+    def from_env(cls, env: Env) -> DiscordNotifier | None:
+        """Build from ``DISCORD_WEBHOOK_URL``; None when unset.
+
+        Raises:
+            ConfigurationError: the URL is malformed or plain http to a remote host.
+        """
+        url = env.url("DISCORD_WEBHOOK_URL")
+        if url is None:
+            return None
+        return cls(
+            webhook_url=url,
+            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
+            allow_http=env.flag("AFS_ALLOW_HTTP"),
+        )
+
+
+def _embed_length(embed: dict[str, Any]) -> int:
+    """Characters Discord counts towards an embed's 6,000: title, description, fields, footer."""
+    total = len(embed.get("title", "")) + len(embed.get("description", ""))
+    total += len(embed.get("footer", {}).get("text", ""))
+    total += sum(len(field["name"]) + len(field["value"]) for field in embed.get("fields", []))
+    return total
+
+
+def _safe_filename(filename: str) -> str:
+    cleaned = _UNSAFE_FILENAME.sub("_", filename.rsplit("/", 1)[-1]) or "chart.png"
+    return cleaned[:100]
