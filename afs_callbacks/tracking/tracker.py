@@ -178,6 +178,8 @@ class RunTracker:
         self._watchdog: threading.Thread | None = None
         self._watchdog_stop = threading.Event()
         self._monitors: Any = None
+        self._world_size: int | None = None
+        self._output_dir: str | None = None
 
     # Manager ------------------------------------------------------------------------
 
@@ -217,6 +219,7 @@ class RunTracker:
         devices: Any = None,
         world_size: int | None = None,
         resumed_from: str | None = None,
+        output_dir: str | None = None,
         **extra: Any,
     ) -> None:
         """Training begins (TRAINING_STARTED, or TRAINING_RESUMED after a checkpoint).
@@ -225,6 +228,8 @@ class RunTracker:
         only updates the plan.
         """
         first = self._started_at is None
+        self._world_size = world_size
+        self._output_dir = output_dir
         self._planned_epochs = epochs if epochs and epochs > 0 else None
         self._batch_size = batch_size
         self._last_progress = time.monotonic()
@@ -471,9 +476,9 @@ class RunTracker:
             lines.append("Final: " + format_metrics(self._last_metrics))
         if self._best is not None:
             lines.append(f"Best {self._monitor_name()}: {format_value(self._best)}")
-        for label, key in (("Throughput", "steps_per_second"), ("Cost", "cost")):
-            if summary.get(key) is not None:
-                lines.append(f"{label}: {format_value(summary[key])}")
+        if summary.get("steps_per_second") is not None:
+            lines.append(f"Throughput: {format_value(summary['steps_per_second'])} steps/s")
+        lines.extend(self._monitor_lines())
         attachments: tuple[Attachment, ...] = ()
         if self.config.chart and self.is_global_zero:
             chart = _chart(self._loss_points, self._metric_points, self.model_name)
@@ -726,9 +731,15 @@ class RunTracker:
         if not self.config.monitors or not self.is_global_zero:
             return
         try:
-            from afs_callbacks.monitors import start_run_monitors  # type: ignore[attr-defined]
+            from afs_callbacks.monitors import start_monitors
 
-            self._monitors = start_run_monitors(self.manager, run_id=self.run_id, model=self.model_name)
+            self._monitors = start_monitors(
+                self.manager,
+                paths=[self._output_dir] if self._output_dir else (),
+                run_id=self.run_id,
+                model=self.model_name,
+                gpu_count=self._world_size,
+            )
         except Exception:
             log.debug("afs-callbacks: run monitors not started", exc_info=True)
             self._monitors = None
@@ -737,9 +748,17 @@ class RunTracker:
         if self._monitors is None:
             return {}
         try:
-            return dict(self._monitors.summary())
+            return dict(self._monitors.summary().to_dict())
         except Exception:
             return {}
+
+    def _monitor_lines(self) -> list[str]:
+        if self._monitors is None:
+            return []
+        try:
+            return list(self._monitors.summary().lines())
+        except Exception:
+            return []
 
     def _stop_background(self) -> None:
         self._watchdog_stop.set()

@@ -1,0 +1,1 @@
+"""Tests of the GPU, system and cost monitors."""
