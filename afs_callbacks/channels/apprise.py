@@ -1,0 +1,200 @@
+"""Apprise channel: any of Apprise's 100+ services, delivered through the same outbox.
+
+Needs the optional ``apprise`` package (``pip install 'afs-callbacks[apprise]'``). Each
+Apprise URL holds its service's credentials, so every URL is a secret: only its scheme is
+ever shown, and the URL (with its password and long path or query parts) is registered
+for redaction, which also covers what Apprise itself logs.
+
+Apprise reports success or failure per call, without a reason or a wait hint, so a failure
+is retried with the outbox's backoff. Each URL gets its own ``Apprise`` object, so a retry
+goes only to the URLs that failed; the ones that already delivered the event are skipped
+(within this process; the outbox's at-least-once delivery may repeat it across processes).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
+from afs_callbacks.config import Env
+from afs_callbacks.events import NotificationEvent, NotificationLevel
+from afs_callbacks.exceptions import ConfigurationError, MissingExtraError
+from afs_callbacks.formatting import context_fields, format_metrics, truncate
+from afs_callbacks.redaction import MASK, install_log_redaction, redact, register_secret
+
+#: Apprise's notification types (they set icons and colours on most services).
+LEVEL_TYPES = {
+    NotificationLevel.INFO: "info",
+    NotificationLevel.SUCCESS: "success",
+    NotificationLevel.WARNING: "warning",
+    NotificationLevel.ERROR: "failure",
+    NotificationLevel.CRITICAL: "failure",
+}
+
+# A new URL starts where a scheme follows whitespace or a comma; commas inside a URL's
+# query (``mailto://...?to=a@x.org,b@y.org``) stay with it.
+_URL_START = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_URL_SEPARATORS = re.compile(r"[/:@?&=#,;]")
+_MAX_REMEMBERED = 1000
+_SECRET_PART_CHARS = 10
+
+
+def split_urls(text: str | None) -> list[str]:
+    """``"json://a/x, discord://b/y tgram://c"`` -> the three URLs."""
+    return [url.strip(" ,\t\r\n") for url in _URL_START.split(text or "") if url.strip(" ,\t\r\n")]
+
+
+def _import_apprise() -> Any:
+    try:
+        import apprise
+    except ImportError:
+        raise MissingExtraError("The Apprise channel", "apprise") from None
+    return apprise
+
+
+class AppriseNotifier(NotificationHandler):
+    """Send each event to one or more Apprise URLs.
+
+    Args:
+        urls: Apprise URLs (``json://host/path``, ``discord://id/token``, ``mailto://...``);
+            all are secrets.
+
+    Raises:
+        MissingExtraError: the ``apprise`` package is not installed.
+        ConfigurationError: no URL, or a URL Apprise does not understand (shown by its
+            scheme and position only).
+
+    Example::
+
+        AppriseNotifier(["tgram://bottoken/ChatID", "json://hooks.example.org/afs"])
+    """
+
+    name: ClassVar[str] = "apprise"
+    supports_images: ClassVar[bool] = True
+    env_prefix: ClassVar[str] = "APPRISE"
+
+    def __init__(self, urls: Iterable[str]) -> None:
+        apprise = _import_apprise()
+        # Apprise logs plugin activity on its own logger, request URLs included.
+        install_log_redaction(logging.getLogger("apprise"))
+        self._urls = [url.strip() for url in urls if url.strip()]
+        if not self._urls:
+            raise ConfigurationError("APPRISE_URLS", "names no URL")
+        self._targets: list[tuple[str, Any]] = []
+        for position, url in enumerate(self._urls, start=1):
+            _register_url_secrets(url)
+            shown = _scheme_only(url)
+            target = apprise.Apprise()
+            if not target.add(url):
+                raise ConfigurationError(
+                    "APPRISE_URLS", f"URL {position} ({shown}) is not one Apprise understands"
+                )
+            self._targets.append((shown, target))
+        # event id -> indices of the URLs that already have it (a retry skips them).
+        self._done: OrderedDict[str, set[int]] = OrderedDict()
+
+    def send(self, event: NotificationEvent) -> DeliveryResult:
+        """Notify every URL that does not have the event yet; any failure retries later."""
+        done = self._done.setdefault(event.id, set())
+        self._done.move_to_end(event.id)
+        while len(self._done) > _MAX_REMEMBERED:
+            self._done.popitem(last=False)
+        body = self.body_text(event)
+        attach = _attachments(event)
+        failed = []
+        for index, (shown, target) in enumerate(self._targets):
+            if index in done:
+                continue
+            try:
+                ok = bool(
+                    target.notify(
+                        body=body,
+                        title=truncate(event.title, 250),
+                        notify_type=LEVEL_TYPES[event.level],
+                        body_format="text",
+                        attach=attach,
+                    )
+                )
+            except Exception as error:  # a plugin bug must not reach the sender
+                ok = False
+                shown = f"{shown} ({type(error).__name__}: {redact(error)})"
+            if ok:
+                done.add(index)
+            else:
+                failed.append(shown)
+        if failed:
+            return DeliveryResult.retry(f"apprise could not deliver to {', '.join(failed)}")
+        self._done.pop(event.id, None)
+        return DeliveryResult.delivered(f"{len(self._targets)} URL(s)")
+
+    @staticmethod
+    def body_text(event: NotificationEvent) -> str:
+        """Plain text: the message, then the run's fields and metrics (Apprise escapes it
+        for each service's markup)."""
+        lines = [event.message] if event.message else []
+        lines += [f"{label}: {value}" for label, value in context_fields(event)]
+        if event.metrics:
+            lines.append("Metrics: " + format_metrics(event.metrics))
+        return "\n".join(lines) or event.title
+
+    def describe(self) -> str:
+        """The URLs' schemes only (``apprise json://***, tgram://***``)."""
+        return "apprise " + ", ".join(shown for shown, _ in self._targets)
+
+    @classmethod
+    def from_env(cls, env: Env) -> AppriseNotifier | None:
+        """``APPRISE_URLS`` (comma or space separated); None when unset.
+
+        Raises:
+            MissingExtraError: set, but ``apprise`` is not installed.
+            ConfigurationError: a URL Apprise does not understand.
+        """
+        urls = split_urls(env.text("APPRISE_URLS"))
+        if not urls:
+            return None
+        return cls(urls)
+
+
+def _scheme_only(url: str) -> str:
+    match = _SCHEME.match(url)
+    return f"{match.group(1).lower()}://{MASK}" if match else MASK
+
+
+def _register_url_secrets(url: str) -> None:
+    """Register the URL and the parts of it that may be credentials.
+
+    Apprise URLs keep credentials anywhere: in the host (``discord://id/token``,
+    ``tgram://bottoken/chat``), the path, the query. Plugins log and raise with URLs they
+    rebuild from those parts, so the whole URL alone would not be enough. Short parts
+    (``json``, ``api``, an IP address) are left alone: masking them would garble logs.
+    """
+    register_secret(url)
+    rest = _SCHEME.sub("", url)
+    pieces = _URL_SEPARATORS.split(rest)
+    pieces += [unquote(piece) for piece in pieces]
+    register_secret(*(piece for piece in pieces if len(piece) >= _SECRET_PART_CHARS))
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    register_secret(password)
+
+
+def _attachments(event: NotificationEvent) -> list[Any] | None:
+    """The event's files as Apprise memory attachments (None on Apprise versions without)."""
+    if not event.attachments:
+        return None
+    try:
+        from apprise.attachment.memory import AttachMemory
+    except ImportError:
+        return None
+    return [
+        AttachMemory(content=item.data, name=item.filename, mimetype=item.content_type)
+        for item in event.attachments
+    ]

@@ -1,0 +1,215 @@
+"""ntfy channel: push notifications to phones and desktops through an ntfy server.
+
+Messages go through ntfy's JSON publish API (``POST`` to the server root with ``topic``,
+``title``, ``message``, ``priority``, ``tags``) rather than the header API: a title is
+free text from the run (a model name in Japanese, an emoji), and HTTP headers only carry
+Latin-1 unless it is RFC 2047-encoded. JSON carries any text as is.
+
+ntfy turns a message over 4096 bytes into a file attachment, and older servers (1.x, early
+2.x) read no more than 4096 bytes of a JSON request, so the whole request is kept within
+4096 bytes (the message is cut, with a visible mark). Without a token the topic name is the
+only thing guarding a topic (anyone who knows it can read and post), so it is then kept out
+of logs and output like a token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from afs_callbacks.channels._http import HttpChannel, parse_retry_after
+from afs_callbacks.channels.base import DeliveryResult
+from afs_callbacks.config import Env
+from afs_callbacks.events import NotificationEvent, NotificationLevel
+from afs_callbacks.exceptions import ConfigurationError
+from afs_callbacks.formatting import context_fields, format_metrics, truncate, truncate_bytes
+from afs_callbacks.redaction import mask_url, redact, register_secret
+
+if TYPE_CHECKING:
+    import requests
+
+DEFAULT_SERVER = "https://ntfy.sh"
+#: ntfy's default ``message-size-limit``; the whole JSON request stays within it.
+MAX_REQUEST_BYTES = 4096
+#: ntfy answers 429 without ``Retry-After``; its limiter refills one request per 5 s.
+RATE_LIMIT_BACKOFF = 5.0
+
+#: Priority 1 (min) .. 5 (max); 2 is silent on phones, 4 and 5 vibrate and pop up.
+LEVEL_PRIORITY = {
+    NotificationLevel.INFO: 2,
+    NotificationLevel.SUCCESS: 3,
+    NotificationLevel.WARNING: 3,
+    NotificationLevel.ERROR: 4,
+    NotificationLevel.CRITICAL: 5,
+}
+#: ntfy shows tags that are emoji short codes as the emoji in front of the title.
+LEVEL_TAGS = {
+    NotificationLevel.INFO: "information_source",
+    NotificationLevel.SUCCESS: "white_check_mark",
+    NotificationLevel.WARNING: "warning",
+    NotificationLevel.ERROR: "x",
+    NotificationLevel.CRITICAL: "rotating_light",
+}
+
+_TOPIC = re.compile(r"^[-_A-Za-z0-9]{1,64}$")  # ntfy's own topic rule
+_TITLE_CHARS = 250
+_MIN_MESSAGE_BYTES = 64
+
+
+class NtfyNotifier(HttpChannel):
+    """Publish each event to an ntfy topic.
+
+    Args:
+        topic: the topic name (1-64 letters, digits, ``-``, ``_``).
+        server: the server's base URL (default https://ntfy.sh; a path prefix is kept).
+        token: an access token (``tk_...``), sent as ``Authorization: Bearer``.
+        timeout: seconds for connecting and for reading the answer (each).
+        rate_limit_backoff: the least wait after a 429, in seconds.
+
+    Raises:
+        ConfigurationError: the topic is not a valid ntfy topic name.
+
+    Example::
+
+        NtfyNotifier("my-training-alerts-4f9c", token="tk_...")
+    """
+
+    name: ClassVar[str] = "ntfy"
+    min_interval: ClassVar[float] = 0.5
+    env_prefix: ClassVar[str] = "NTFY"
+    permanent_statuses: ClassVar[frozenset[int]] = frozenset({400, 401, 403, 404, 413})
+    disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        server: str = DEFAULT_SERVER,
+        token: str | None = None,
+        timeout: float = 10.0,
+        rate_limit_backoff: float = RATE_LIMIT_BACKOFF,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        if not _TOPIC.match(topic):
+            # Not echoed: on ntfy.sh the topic name is the only thing guarding it.
+            raise ConfigurationError("NTFY_TOPIC", "must be 1-64 letters, digits, '-' or '_'")
+        # With a token the topic can be a plain word (masking it everywhere would garble
+        # logs); without one the name is the credential.
+        register_secret(token if token else topic)
+        self.topic = topic
+        self.server = server.rstrip("/") + "/"
+        self._token = token
+        self.rate_limit_backoff = rate_limit_backoff
+
+    def send(self, event: NotificationEvent) -> DeliveryResult:
+        """Publish; 429 waits at least ``rate_limit_backoff``, 401/403/404 stop the channel."""
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return self.deliver(self.server, data=self.encode(event), headers=headers)
+
+    def encode(self, event: NotificationEvent) -> bytes:
+        """The JSON request for ``event``, at most 4096 bytes (the message is cut to fit)."""
+        message = self.body_text(event)
+        while True:
+            data = _dump(self.payload(event, message))
+            over = len(data) - MAX_REQUEST_BYTES
+            size = len(message.encode("utf-8"))
+            if over <= 0 or size <= _MIN_MESSAGE_BYTES:
+                return data
+            # JSON escaping never shortens text: cutting `over` raw bytes removes enough.
+            message = truncate_bytes(message, max(size - over - 16, _MIN_MESSAGE_BYTES))
+
+    def payload(self, event: NotificationEvent, message: str) -> dict[str, Any]:
+        """The JSON publish request (``markdown`` off: run text is shown as typed)."""
+        return {
+            "topic": self.topic,
+            "title": truncate(event.title, _TITLE_CHARS) or event.event_type.value,
+            "message": message,
+            "priority": LEVEL_PRIORITY[event.level],
+            "tags": [LEVEL_TAGS[event.level], event.event_type.value],
+            "markdown": False,
+        }
+
+    @staticmethod
+    def body_text(event: NotificationEvent) -> str:
+        """The notification body: the message, then the run's fields and metrics."""
+        lines = [event.message] if event.message else []
+        lines += [f"{label}: {value}" for label, value in context_fields(event)]
+        if event.metrics:
+            lines.append("Metrics: " + format_metrics(event.metrics))
+        return "\n".join(lines) or event.title
+
+    def retry_hint(self, response: requests.Response) -> float | None:
+        """ntfy's 429 carries no ``Retry-After``: wait at least ``rate_limit_backoff``."""
+        hint = parse_retry_after(response.headers.get("Retry-After"))
+        if response.status_code == 429:
+            return max(hint or 0.0, self.rate_limit_backoff)
+        return hint
+
+    def check(self) -> DeliveryResult:
+        """Ask the server's health endpoint (``GET /v1/health``); nothing is published."""
+        import requests
+
+        try:
+            response = self.session.get(self.server + "v1/health", timeout=(self.timeout, self.timeout))
+        except requests.RequestException as error:
+            return DeliveryResult.retry(f"{type(error).__name__}: {redact(error)}")
+        if response.status_code == 200:
+            try:
+                healthy = bool(response.json().get("healthy"))
+            except (ValueError, AttributeError):
+                healthy = False
+            if healthy:
+                return DeliveryResult.delivered("server healthy")
+            return DeliveryResult.retry("server answered but does not report itself healthy")
+        return self.classify(response)
+
+    def describe(self) -> str:
+        """The server's host; the topic and token are secret."""
+        auth = ", token ***" if self._token else ""
+        return f"ntfy {mask_url(self.server)}{auth}"
+
+    @classmethod
+    def from_env(cls, env: Env) -> NtfyNotifier | None:
+        """``NTFY_TOPIC`` (and ``NTFY_URL``, ``NTFY_TOKEN``); None when neither topic nor URL
+        is set. ``NTFY_URL`` may name the topic itself: ``https://ntfy.sh/my-topic``.
+
+        Raises:
+            ConfigurationError: a bad URL, a bad topic, or a token with no topic.
+        """
+        url = env.url("NTFY_URL")
+        topic = env.text("NTFY_TOPIC")
+        token = env.text("NTFY_TOKEN")
+        if url is None and topic is None:
+            if token is not None:
+                raise ConfigurationError("NTFY_TOPIC", "must be set when NTFY_TOKEN is")
+            return None
+        server = url or DEFAULT_SERVER
+        if topic is None:
+            server, topic = _split_topic_url(server)
+        return cls(
+            topic,
+            server=server,
+            token=token,
+            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
+        )
+
+
+def _split_topic_url(url: str) -> tuple[str, str]:
+    """``https://host/prefix/topic`` -> (``https://host/prefix``, ``topic``)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    base, _, topic = path.rpartition("/")
+    if not topic:
+        raise ConfigurationError(
+            "NTFY_TOPIC", "is not set and NTFY_URL names no topic (use https://ntfy.sh/<topic>)"
+        )
+    return urlunsplit((parts.scheme, parts.netloc, base, "", "")), topic
+
+
+def _dump(payload: dict[str, Any]) -> bytes:
+    # Not ensure_ascii: \uXXXX escapes would spend the 4096 bytes six at a time.
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,161 @@
+"""Apprise channel, end to end with the real ``apprise`` package: manager -> outbox -> sender ->
+AppriseNotifier -> Apprise's JSON plugin (``json://``) -> a loopback HTTP server."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from afs_callbacks import Attachment, EventType
+from afs_callbacks.channels.apprise import AppriseNotifier, split_urls
+from afs_callbacks.config import Env, Settings
+from afs_callbacks.exceptions import ConfigurationError, MissingExtraError
+from afs_callbacks.manager import NotificationManager
+from afs_callbacks.testing import LoopbackReceiver, Reply
+
+pytest.importorskip(
+    "apprise", reason="the apprise extra is not installed: pip install 'afs-callbacks[apprise]'"
+)
+
+PASSWORD = "appr1sePassw0rdXYZ"
+TOKEN = "hooktoken0123456789abcdef"
+
+
+def json_url(receiver: LoopbackReceiver, path: str = f"/hook/{TOKEN}") -> str:
+    return f"json://afs:{PASSWORD}@127.0.0.1:{receiver.port}{path}"
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[NotificationManager]:
+    settings = Settings(
+        state_dir=tmp_path / "state", dedup_window=0, retry_base=0.01, retry_cap=0.05, console="never"
+    )
+    manager = NotificationManager(settings=settings)
+    yield manager
+    manager.close(timeout=1)
+
+
+def flushed(manager: NotificationManager) -> list[str]:
+    """Delivery states after a flush, oldest event first. (A flush's own counts miss what
+    the sender thread finished before the flush began.)"""
+    manager.flush(5)
+    return [d.state for entry in reversed(manager.outbox.history()) for d in entry.deliveries]
+
+
+def test_event_reaches_a_json_endpoint(manager: NotificationManager, receiver: LoopbackReceiver) -> None:
+    manager.register_handler("apprise", AppriseNotifier([json_url(receiver)]))
+    chart = Attachment("loss.png", "image/png", b"\x89PNG\r\n\x1a\nfake-png-bytes")
+    manager.notify(
+        "NaN loss: bert-tiny",
+        "loss became NaN at step 120",
+        EventType.NAN_DETECTED,
+        attachments=[chart],
+        model="bert-tiny",
+        run_id="run-1",
+        metrics={"loss": float("nan")},
+    )
+    assert flushed(manager) == ["delivered"]
+    (request,) = receiver.wait_for(1)
+    assert request.path == f"/hook/{TOKEN}"
+    assert request.headers["Authorization"].startswith("Basic ")
+    body = request.json()
+    assert body["title"] == "NaN loss: bert-tiny"
+    assert body["type"] == "failure"
+    lines = body["message"].splitlines()
+    assert lines[0] == "loss became NaN at step 120" and "Model: bert-tiny" in lines
+    assert lines[-1] == "Metrics: loss=NaN"
+    (attached,) = body["attachments"]
+    assert attached["filename"] == "loss.png" and attached["mimetype"] == "image/png"
+    assert base64.b64decode(attached["base64"]) == chart.data
+
+
+def test_failed_delivery_is_retried_only_where_it_failed(
+    manager: NotificationManager, receiver: LoopbackReceiver
+) -> None:
+    with LoopbackReceiver() as flaky:
+        flaky.reply(Reply(500, b"down"))
+        manager.register_handler("apprise", AppriseNotifier([json_url(receiver), json_url(flaky, "/other")]))
+        manager.notify("done", event_type=EventType.TRAINING_COMPLETED)
+        flaky.wait_for(2)
+        manager.flush(10)
+        (delivery,) = manager.outbox.history()[0].deliveries
+        assert delivery.state == "delivered" and delivery.attempts == 2
+    assert len(receiver.wait_for(1)) == 1  # the URL that worked the first time got it once
+    assert receiver.requests[0].json()["type"] == "success"
+
+
+def test_gives_up_after_the_attempt_budget(tmp_path: Path, receiver: LoopbackReceiver) -> None:
+    receiver.default = Reply(503, b"unavailable")
+    settings = Settings(
+        state_dir=tmp_path / "s", retry_base=0.01, retry_cap=0.02, max_attempts=2, console="never"
+    )
+    with NotificationManager(
+        {"apprise": AppriseNotifier([json_url(receiver)])}, settings=settings
+    ) as manager:
+        manager.notify("t", event_type=EventType.CUSTOM)
+        receiver.wait_for(2)
+        manager.flush(5)
+        (delivery,) = manager.outbox.history()[0].deliveries
+    assert delivery.state == "dead"
+    assert "json://***" in (delivery.last_error or "")
+
+
+def test_several_urls_from_env(receiver: LoopbackReceiver) -> None:
+    urls = f"{json_url(receiver, '/a')}, {json_url(receiver, '/b')}\n{json_url(receiver, '/c?x=1,2')}"
+    assert split_urls(urls) == [json_url(receiver, p) for p in ("/a", "/b", "/c?x=1,2")]
+    channel = AppriseNotifier.from_env(Env({"APPRISE_URLS": urls}, env_file=False))
+    assert channel is not None and channel.describe() == "apprise json://***, json://***, json://***"
+    assert AppriseNotifier.from_env(Env({}, env_file=False)) is None
+
+
+def test_unknown_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        AppriseNotifier(["nosuchservice://secretpart0123456789"])
+    assert caught.value.variable == "APPRISE_URLS"
+    assert "URL 1 (nosuchservice://***)" in str(caught.value)
+    assert "secretpart0123456789" not in str(caught.value)
+
+
+def test_missing_extra_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """apprise is installed here, so its absence is simulated by blocking the import."""
+    monkeypatch.setitem(sys.modules, "apprise", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'afs-callbacks\[apprise\]'"):
+        AppriseNotifier.from_env(Env({"APPRISE_URLS": "json://127.0.0.1/x"}, env_file=False))
+
+
+def test_manager_reports_missing_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Same simulated absence, seen through the manager: the channel is reported, not fatal."""
+    monkeypatch.setitem(sys.modules, "apprise", None)
+    manager = NotificationManager.from_env(
+        {"APPRISE_URLS": "json://127.0.0.1/x", "AFS_STATE_DIR": str(tmp_path)}, channels=["apprise"]
+    )
+    try:
+        assert "afs-callbacks[apprise]" in manager.config_errors["apprise"]
+    finally:
+        manager.close(timeout=0)
+
+
+def test_urls_never_leak(
+    manager: NotificationManager, receiver: LoopbackReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # Apprise logs request URLs at DEBUG
+    url = json_url(receiver)
+    receiver.reply(Reply(500, f"error for {TOKEN}".encode()))
+    channel = AppriseNotifier([url])
+    manager.register_handler("apprise", channel)
+    manager.notify("t", "m", EventType.CUSTOM)
+    receiver.wait_for(2)
+    manager.flush(5)
+    assert manager.outbox.history()[0].deliveries[0].state == "delivered"
+    assert any(record.name == "apprise" for record in caplog.records)  # its own records checked too
+    manager.close(timeout=1)
+    stored = b"".join(path.read_bytes() for path in Path(manager.state_dir).glob("outbox.sqlite3*"))
+    shown = caplog.text + repr(channel) + str(manager.status())
+    for secret in (url, PASSWORD, TOKEN):
+        assert secret not in shown
+        assert secret.encode() not in stored
