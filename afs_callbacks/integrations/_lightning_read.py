@@ -1,0 +1,89 @@
+"""What the Lightning adapter reads from trainer objects, written for both namespaces.
+
+Plain functions over duck-typed trainer, callback and output objects; no Lightning import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def checkpointers(trainer: Any) -> list[Any]:
+    """The trainer's checkpoint callbacks (ModelCheckpoint and friends)."""
+    return list(getattr(trainer, "checkpoint_callbacks", None) or [])
+
+
+def checkpoint_marker(callback: Any) -> tuple[Any, Any]:
+    """The file a checkpoint callback wrote last, and at which step.
+
+    ModelCheckpoint keeps the last file it wrote in ``_last_checkpoint_saved`` (set right
+    after writing it); the public ``last_model_path``/``best_model_path`` are the fallback.
+    """
+    path = getattr(callback, "_last_checkpoint_saved", None) or (
+        getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+    )
+    return path, getattr(callback, "_last_global_step_saved", None)
+
+
+def loss_of(outputs: Any) -> Any:
+    """The loss from ``training_step``'s outputs, left on its device."""
+    if isinstance(outputs, Mapping):
+        return outputs.get("loss")
+    if isinstance(outputs, (int, float)) and not isinstance(outputs, bool):
+        return float(outputs)
+    if hasattr(outputs, "isfinite") and hasattr(outputs, "detach"):
+        return outputs
+    return None
+
+
+def floats(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """Scalar metrics as host floats (one device read each: epoch granularity only)."""
+    values: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        try:
+            if hasattr(value, "numel"):
+                if value.numel() != 1:
+                    continue
+                number = float(value.item())
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                number = float(value)
+            else:
+                continue
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        values[str(key)] = number  # NaN stays: a NaN metric is news for the tracker
+    return values
+
+
+def positive(value: Any) -> int | None:
+    """Lightning's "no limit" values (None, -1, 0) as None."""
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def batch_size(trainer: Any) -> int | None:
+    """The training loader's batch size, when it has a plain one."""
+    loader = getattr(trainer, "train_dataloader", None)
+    size = getattr(loader, "batch_size", None)
+    return size if isinstance(size, int) else None
+
+
+def devices(trainer: Any) -> str | None:
+    """This process's device (``cuda:0``, ``cpu``), or ``4x cuda`` for several per node."""
+    try:
+        device = trainer.strategy.root_device
+        count = int(trainer.num_devices)
+    except Exception:  # an exotic strategy without these: the start message goes without
+        return None
+    return str(device) if count == 1 else f"{count}x {device.type}"
+
+
+def stage(trainer: Any) -> str | None:
+    """What the trainer is doing: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"``."""
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    return None if fn is None else str(getattr(fn, "value", fn))
+
+
+def fitting(trainer: Any) -> bool:
+    """Whether the trainer runs ``fit`` (validation inside it included)."""
+    return stage(trainer) == "fit"
