@@ -14,32 +14,26 @@ from __future__ import annotations
 
 import math
 import socket
-import sys
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.events import (
-    DEFAULT_LEVELS,
-    Attachment,
-    EventType,
-    NotificationEvent,
-    NotificationLevel,
-)
+from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.formatting import describe_exception, format_duration, format_metrics, format_value
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.tracking.classify import Failure, classify, oom_device
-from afs_callbacks.tracking.nan import LossAccumulator, Window
+from afs_callbacks.tracking.config import TrackerConfig, cadence_hit, new_run_id
+from afs_callbacks.tracking.memory import cuda_memory_figures
+from afs_callbacks.tracking.metrics import Change, MetricWatch
+from afs_callbacks.tracking.nan import LossAccumulator
+from afs_callbacks.tracking.watchdog import StallWatchdog
 
 log = get_logger(__name__)
 
-# Metric names tried, in order, when no metric to monitor is named.
-_MONITOR_CANDIDATES = ("val_loss", "eval_loss", "valid_loss", "loss", "train_loss")
 _MAX_CHART_POINTS = 2000
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
 
@@ -52,60 +46,6 @@ def active_tracker() -> RunTracker | None:
     """The most recently started run of this process that has not ended, if any."""
     running = [tracker for tracker in list(_active) if not tracker.finished]
     return max(running, key=lambda t: t._started_at or 0.0) if running else None
-
-
-@dataclass(frozen=True)
-class TrackerConfig:
-    """What the tracker reports and how often.
-
-    Args:
-        model_name: shown in every message (default: the adapter's guess, e.g. the class).
-        run_id: identifies the run (default: generated; adapters may share one across ranks).
-        monitor: metric whose improvement/degradation is reported (default: the first of
-            val_loss, eval_loss, valid_loss, loss, train_loss that appears).
-        mode: ``"min"`` or ``"max"``: which direction is better for ``monitor``.
-        min_delta: smallest change that counts as an improvement.
-        patience: epochs/evaluations without improvement before LOSS_DEGRADED.
-        epoch_every: EPOCH_COMPLETED every N epochs (default: about 10 messages per run).
-        batch_every: BATCH_PROCESSED every N steps (0: off).
-        nan_check_every: steps between reads of the device-side NaN flag (one sync each).
-        stop_on_nan: ask the framework to stop training at the first NaN/Inf.
-        stall_timeout: seconds without a step before TRAINING_STALLED (None: off).
-        monitors: start the GPU/system/cost monitors for the run.
-        chart: attach a loss-curve PNG to the summary (needs the ``charts`` extra).
-        flush_timeout: seconds to wait for delivery when the run ends or fails.
-
-    Raises:
-        ValueError: a value out of range; the message quotes the bad argument.
-    """
-
-    model_name: str | None = None
-    run_id: str | None = None
-    monitor: str | None = None
-    mode: str = "min"
-    min_delta: float = 0.0
-    patience: int = 3
-    epoch_every: int | None = None
-    batch_every: int = 0
-    nan_check_every: int = 50
-    stop_on_nan: bool = False
-    stall_timeout: float | None = 1800.0
-    monitors: bool = True
-    chart: bool = True
-    flush_timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"TrackerConfig(mode={self.mode!r}) must be 'min' or 'max'")
-        for name in ("patience", "batch_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrackerConfig({name}={getattr(self, name)!r}) must be >= 0")
-        if self.nan_check_every < 1:
-            raise ValueError(f"TrackerConfig(nan_check_every={self.nan_check_every!r}) must be >= 1")
-        if self.epoch_every is not None and self.epoch_every < 1:
-            raise ValueError(f"TrackerConfig(epoch_every={self.epoch_every!r}) must be >= 1")
-        if self.stall_timeout is not None and self.stall_timeout <= 0:
-            raise ValueError(f"TrackerConfig(stall_timeout={self.stall_timeout!r}) must be > 0")
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,28 +86,33 @@ class RunTracker:
     ) -> None:
         self.config = config or TrackerConfig()
         self._manager = manager
-        self.run_id = self.config.run_id or _new_run_id(self.config.model_name)
+        self.run_id = self.config.run_id or new_run_id(self.config.model_name)
         self.model_name = self.config.model_name or "model"
         self.is_global_zero = True
         self.rank = 0
-        self._lock = threading.Lock()
-        self._reset_run_state()
-        self._best: float | None = None
-        self._best_epoch: int | None = None
-        self._bad_evaluations = 0
+        self._metric = MetricWatch(
+            self.config.monitor, self.config.mode, self.config.min_delta, self.config.patience
+        )
         self._resumed = False
+        # How many times this run was (re)started from a checkpoint: part of the ids of
+        # once-per-run events, so a failure after a resume is not taken for the old one.
+        self._attempt = 0
+        self._reset_run_state()
 
     def _reset_run_state(self) -> None:
+        self._lock = threading.Lock()
         self._started_at: float | None = None
-        self._started_wall: float | None = None
         self._finished = False
         self._steps = 0
         self._last_step = 0
         self._epoch: int | None = None
         self._planned_epochs: int | None = None
         self._batch_size: int | None = None
+        self._world_size: int | None = None
+        self._output_dir: str | None = None
         self._epochs_seen = 0
         self._evaluations_seen = 0
+        self._checkpoints_seen = 0
         self._nan_reported = False
         self._stop_requested = False
         self._accumulator = LossAccumulator()
@@ -175,13 +120,8 @@ class RunTracker:
         self._metric_points: dict[str, list[tuple[int, float]]] = {}
         self._last_metrics: dict[str, float] = {}
         self._last_progress = time.monotonic()
-        self._watchdog: threading.Thread | None = None
-        self._watchdog_stop = threading.Event()
+        self._watchdog: StallWatchdog | None = None
         self._monitors: Any = None
-        self._world_size: int | None = None
-        self._output_dir: str | None = None
-
-    # Manager ------------------------------------------------------------------------
 
     @property
     def manager(self) -> NotificationManager:
@@ -191,11 +131,11 @@ class RunTracker:
         return self._manager
 
     def __getstate__(self) -> dict[str, Any]:
-        # ddp_spawn pickles callbacks: threads, locks and the manager are rebuilt lazily.
+        # ddp_spawn pickles callbacks. A manager holds threads and a database connection,
+        # the watchdog and monitors hold threads: each worker builds its own.
         state = self.__dict__.copy()
-        for name in ("_lock", "_watchdog", "_watchdog_stop", "_monitors", "_accumulator"):
+        for name in ("_lock", "_watchdog", "_monitors", "_accumulator"):
             state.pop(name, None)
-        # A manager holds threads and a database connection: each worker builds its own.
         state["_manager"] = None
         return state
 
@@ -203,7 +143,6 @@ class RunTracker:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._watchdog = None
-        self._watchdog_stop = threading.Event()
         self._monitors = None
         self._accumulator = LossAccumulator()
 
@@ -227,16 +166,14 @@ class RunTracker:
         A second call for the same run (HF's ``auto_find_batch_size`` restarts the loop)
         only updates the plan.
         """
-        first = self._started_at is None
-        self._world_size = world_size
-        self._output_dir = output_dir
         self._planned_epochs = epochs if epochs and epochs > 0 else None
         self._batch_size = batch_size
+        self._world_size = world_size
+        self._output_dir = output_dir
         self._last_progress = time.monotonic()
-        if not first:
+        if self._started_at is not None:
             return
         self._started_at = time.monotonic()
-        self._started_wall = time.time()
         _active.add(self)
         resumed = self._resumed or resumed_from is not None
         if resumed_from is not None:
@@ -260,7 +197,11 @@ class RunTracker:
             resumed_from=resumed_from,
             **extra,
         )
-        self._start_watchdog()
+        if self.config.stall_timeout is not None:
+            self._watchdog = StallWatchdog(
+                self.config.stall_timeout, lambda: self._last_progress, self._stalled
+            )
+            self._watchdog.start()
         self._start_monitors()
 
     def on_step(self, step: int, loss: Any = None, grad_norm: Any = None) -> bool:
@@ -275,7 +216,7 @@ class RunTracker:
             self._last_step = step
             if loss is not None and self._accumulator.add(step, loss):
                 self._report_nan(step, "loss")
-            if grad_norm is not None and isinstance(grad_norm, float) and not math.isfinite(grad_norm):
+            if isinstance(grad_norm, float) and not math.isfinite(grad_norm):
                 self._report_nan(step, "grad_norm")
             if self._steps % self.config.nan_check_every == 0:
                 self._read_window()
@@ -292,6 +233,11 @@ class RunTracker:
         watchdog quiet."""
         self._last_progress = time.monotonic()
 
+    def epoch_started(self, epoch: int) -> None:
+        """An epoch begins (0-based): messages during it can name it."""
+        self._epoch = epoch
+        self.heartbeat()
+
     @_guarded
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any] | None = None) -> None:
         """An epoch finished with ``metrics`` (host floats)."""
@@ -299,7 +245,7 @@ class RunTracker:
         self._epochs_seen += 1
         self._read_window()
         values = self._observe(metrics or {}, epoch)
-        if _cadence_hit(self._epochs_seen, self._planned_epochs, self.config.epoch_every):
+        if cadence_hit(self._epochs_seen, self._planned_epochs, self.config.epoch_every):
             total = f"/{self._planned_epochs}" if self._planned_epochs else ""
             self._emit(
                 EventType.EPOCH_COMPLETED,
@@ -324,15 +270,17 @@ class RunTracker:
 
     @_guarded
     def evaluation_completed(self, metrics: Mapping[str, Any], *, in_training: bool = False) -> None:
-        """An evaluation finished. Inside training the metrics feed the monitored metric
-        and the message follows the epoch cadence; a standalone evaluation always reports."""
+        """An evaluation finished. Inside training its metrics feed the monitored metric and
+        the message follows the epoch cadence; a standalone evaluation (after training, a
+        ``validate()`` call) always reports and judges nothing."""
         self.heartbeat()
-        values = self._observe(metrics, self._epoch)
-        self._evaluations_seen += 1
-        if in_training and not _cadence_hit(
-            self._evaluations_seen, self._planned_epochs, self.config.epoch_every
-        ):
-            return
+        if in_training:
+            values = self._observe(metrics, self._epoch)
+            self._evaluations_seen += 1
+            if not cadence_hit(self._evaluations_seen, self._planned_epochs, self.config.epoch_every):
+                return
+        else:
+            values = _floats(metrics)
         self._emit(
             EventType.EVALUATION_COMPLETED,
             f"Evaluation completed: {self.model_name}",
@@ -340,7 +288,7 @@ class RunTracker:
             metrics=values,
             epoch=self._epoch,
             step=self._last_step,
-            key=f"eval-{self._evaluations_seen}",
+            key=f"eval-{self._evaluations_seen}-{self._last_step}",
         )
 
     @_guarded
@@ -357,7 +305,11 @@ class RunTracker:
 
     @_guarded
     def checkpoint_saved(self, path: str, step: int | None = None) -> None:
-        """A checkpoint was written to ``path``."""
+        """A checkpoint was written to ``path`` (reported at the epoch cadence, so a run
+        that saves every epoch does not send a message per epoch)."""
+        self._checkpoints_seen += 1
+        if not cadence_hit(self._checkpoints_seen, self._planned_epochs, self.config.epoch_every):
+            return
         self._emit(
             EventType.CHECKPOINT_SAVED,
             f"Checkpoint saved: {self.model_name}",
@@ -410,10 +362,8 @@ class RunTracker:
         if kind is Failure.INTERRUPTED:
             self.interrupted(_interrupt_reason(error))
             return
-        if self._finished:
+        if not self._begin_end():
             return
-        self._finished = True
-        self._read_window()
         text = describe_exception(error)
         context: dict[str, Any] = {
             "error": _last_line(text),
@@ -423,31 +373,19 @@ class RunTracker:
             "duration": self._duration(),
         }
         if kind is Failure.OUT_OF_MEMORY:
-            context.update(self._memory_figures(error))
-            self._emit(
-                EventType.OUT_OF_MEMORY,
-                f"Out of memory: {self.model_name}",
-                text,
-                rank_any=True,
-                **context,
-            )
+            device = oom_device(error)
+            context.update(device=device, **cuda_memory_figures(device), **self._monitor_summary())
+            event_type, title = EventType.OUT_OF_MEMORY, f"Out of memory: {self.model_name}"
         else:
-            self._emit(
-                EventType.TRAINING_FAILED,
-                f"Training failed: {self.model_name}",
-                text,
-                rank_any=True,
-                **context,
-            )
+            event_type, title = EventType.TRAINING_FAILED, f"Training failed: {self.model_name}"
+        self._emit(event_type, title, text, rank_any=True, **context)
         self._finish()
 
     @_guarded
     def interrupted(self, reason: str = "interrupted") -> None:
         """Training was stopped from outside (Ctrl-C, SIGTERM/preemption)."""
-        if self._finished:
+        if not self._begin_end():
             return
-        self._finished = True
-        self._read_window()
         self._emit(
             EventType.TRAINING_INTERRUPTED,
             f"Training interrupted: {self.model_name}",
@@ -463,19 +401,21 @@ class RunTracker:
 
     @_guarded
     def completed(self, metrics: Mapping[str, Any] | None = None) -> None:
-        """Training finished: TRAINING_COMPLETED with the run's summary and chart."""
-        if self._finished:
+        """Training finished: TRAINING_COMPLETED with the run's summary and chart.
+
+        A run that ended because of a NaN (``stop_on_nan``) is reported as a warning, not a
+        success.
+        """
+        if not self._begin_end():
             return
-        self._finished = True
-        self._read_window()
         if metrics:
             self._observe(metrics, self._epoch)
         summary = self._summary()
         lines = [f"Run {self.run_id} finished in {format_duration(summary['duration'])}."]
         if self._last_metrics:
             lines.append("Final: " + format_metrics(self._last_metrics))
-        if self._best is not None:
-            lines.append(f"Best {self._monitor_name()}: {format_value(self._best)}")
+        if self._metric.best is not None:
+            lines.append(f"Best {self._metric.name}: {format_value(self._metric.best)}")
         if summary.get("steps_per_second") is not None:
             lines.append(f"Throughput: {format_value(summary['steps_per_second'])} steps/s")
         lines.extend(self._monitor_lines())
@@ -483,10 +423,16 @@ class RunTracker:
         if self.config.chart and self.is_global_zero:
             chart = _chart(self._loss_points, self._metric_points, self.model_name)
             attachments = (chart,) if chart is not None else ()
+        title = f"Training completed: {self.model_name}"
+        level = None
+        if self._nan_reported:
+            title = f"Training stopped after NaN/Inf: {self.model_name}"
+            level = NotificationLevel.WARNING
         self._emit(
             EventType.TRAINING_COMPLETED,
-            f"Training completed: {self.model_name}",
+            title,
             "\n".join(lines),
+            level=level,
             metrics=dict(self._last_metrics),
             attachments=attachments,
             **summary,
@@ -501,22 +447,19 @@ class RunTracker:
     # State (checkpoints) ------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: run id, best metric, plateau count, started marker."""
+        """What a checkpoint keeps: run id, attempt, monitored metric, started marker."""
         return {
             "run_id": self.run_id,
-            "best": self._best,
-            "best_epoch": self._best_epoch,
-            "bad_evaluations": self._bad_evaluations,
+            "attempt": self._attempt,
             "started": self._started_at is not None or self._resumed,
+            **self._metric.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from a checkpoint: the next :meth:`start` reports TRAINING_RESUMED."""
         self.run_id = str(state.get("run_id") or self.run_id)
-        best = state.get("best")
-        self._best = None if best is None else float(best)
-        self._best_epoch = state.get("best_epoch")
-        self._bad_evaluations = int(state.get("bad_evaluations") or 0)
+        self._attempt = int(state.get("attempt") or 0) + 1
+        self._metric.load_state_dict(state)
         self._resumed = bool(state.get("started", True))
 
     # Internals ----------------------------------------------------------------------
@@ -533,17 +476,19 @@ class RunTracker:
         **context: Any,
     ) -> None:
         """Hand one event to the manager. Run-level events speak only on global rank zero;
-        ``rank_any`` events come from any rank with an id fixed by run and type, so several
-        ranks reporting the same failure make one message (the outbox ignores a known id)."""
+        ``rank_any`` events come from any rank with an id fixed by run, attempt and type, so
+        several ranks reporting the same failure make one message (the outbox ignores an id
+        it already holds)."""
         if not (self.is_global_zero or rank_any):
             return
         base: dict[str, Any] = {"model": self.model_name, "run_id": self.run_id}
         if not self.is_global_zero:
             base["rank"] = self.rank
         fields = {key: value for key, value in {**base, **context}.items() if value is not None}
-        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         if rank_any:
-            kwargs["id"] = uuid.uuid5(_RUN_NAMESPACE, f"{self.run_id}|{event_type.value}").hex
+            name = f"{self.run_id}|{self._attempt}|{event_type.value}"
+            extra["id"] = uuid.uuid5(_RUN_NAMESPACE, name).hex
         event = NotificationEvent(
             event_type,
             level or DEFAULT_LEVELS[event_type],
@@ -551,7 +496,7 @@ class RunTracker:
             message,
             fields,
             attachments,
-            **kwargs,
+            **extra,
         )
         self.manager.emit(event)
 
@@ -562,11 +507,12 @@ class RunTracker:
             self._nan_reported = True
         if self.config.stop_on_nan:
             self._stop_requested = True
+        where = f"step {step}" + (f" (epoch {self._epoch + 1})" if self._epoch is not None else "")
         action = " Training will stop." if self.config.stop_on_nan else ""
         self._emit(
             EventType.NAN_DETECTED,
             f"NaN/Inf {what}: {self.model_name}",
-            f"{what} became NaN or Inf at step {step} (epoch {self._epoch_label()}).{action}",
+            f"{what} became NaN or Inf at {where}.{action}",
             step=step,
             epoch=self._epoch,
             metric=what,
@@ -574,7 +520,7 @@ class RunTracker:
         )
 
     def _read_window(self) -> None:
-        window: Window | None = self._accumulator.read()
+        window = self._accumulator.read()
         if window is None:
             return
         if window.saw_non_finite:
@@ -599,60 +545,47 @@ class RunTracker:
 
     def _observe(self, metrics: Mapping[str, Any], epoch: int | None) -> dict[str, float]:
         """Record metrics; report NaN and improvement/degradation of the monitored one."""
-        values: dict[str, float] = {}
-        for key, raw in metrics.items():
-            number = _to_float(raw)
-            if number is not None:
-                values[str(key)] = number
+        values = _floats(metrics)
         self._last_metrics.update(values)
         x = epoch if epoch is not None else self._last_step
         for metric, number in values.items():
             self._metric_points.setdefault(metric, []).append((x, number))
-        name = self._monitor_name(values)
-        value = values.get(name) if name else None
-        if name is None or value is None:
-            return values
-        if not math.isfinite(value):
-            self._report_nan(self._last_step, name or "metric")
-            return values
-        better = (
-            self._best is None
-            or (self.config.mode == "min" and value < self._best - self.config.min_delta)
-            or (self.config.mode == "max" and value > self._best + self.config.min_delta)
-        )
-        if better:
-            previous = self._best
-            self._best, self._best_epoch, self._bad_evaluations = value, epoch, 0
-            if previous is not None:
-                self._emit(
-                    EventType.LOSS_IMPROVED,
-                    f"{name} improved: {self.model_name}",
-                    f"{name} {format_value(previous)} → {format_value(value)}",
-                    metrics={name: value},
-                    epoch=epoch,
-                    step=self._last_step,
-                    key=f"{name}-{epoch}-{self._last_step}",
-                )
-            return values
-        self._bad_evaluations += 1
-        if self._bad_evaluations == self.config.patience:
+        verdict = self._metric.observe(values, epoch)
+        name = verdict.name or "metric"
+        key = f"{name}-{epoch}-{self._last_step}"
+        if verdict.change is Change.NON_FINITE:
+            self._report_nan(self._last_step, name)
+        elif verdict.change is Change.IMPROVED:
+            self._emit(
+                EventType.LOSS_IMPROVED,
+                f"{name} improved: {self.model_name}",
+                f"{name} {format_value(verdict.previous_best)} → {format_value(verdict.value)}",
+                metrics={name: verdict.value},
+                epoch=epoch,
+                step=self._last_step,
+                key=key,
+            )
+        elif verdict.change is Change.DEGRADED:
             self._emit(
                 EventType.LOSS_DEGRADED,
                 f"{name} not improving: {self.model_name}",
-                f"{name} is {format_value(value)}, no better than {format_value(self._best)} "
-                f"for {self._bad_evaluations} evaluations.",
-                metrics={name: value, f"best_{name}": self._best},
+                f"{name} is {format_value(verdict.value)}, no better than "
+                f"{format_value(verdict.previous_best)} for {verdict.stale_count} evaluations.",
+                metrics={name: verdict.value, f"best_{name}": verdict.previous_best},
                 epoch=epoch,
                 step=self._last_step,
-                key=f"{name}-{epoch}-{self._last_step}",
+                key=key,
             )
         return values
 
-    def _monitor_name(self, values: Mapping[str, float] | None = None) -> str | None:
-        if self.config.monitor:
-            return self.config.monitor
-        pool = values if values is not None else self._last_metrics
-        return next((name for name in _MONITOR_CANDIDATES if name in pool), None)
+    def _begin_end(self) -> bool:
+        """Mark the run ended; False when it already was (the first end wins)."""
+        with self._lock:
+            if self._finished:
+                return False
+            self._finished = True
+        self._read_window()
+        return True
 
     def _summary(self) -> dict[str, Any]:
         duration = self._duration()
@@ -666,66 +599,27 @@ class RunTracker:
                 round(self._steps * self._batch_size / duration, 3) if duration and self._batch_size else None
             ),
         }
-        if self._best is not None:
-            summary["best"] = {self._monitor_name() or "metric": self._best, "epoch": self._best_epoch}
+        if self._metric.best is not None:
+            summary["best"] = {
+                self._metric.name or "metric": self._metric.best,
+                "epoch": self._metric.best_epoch,
+            }
         summary.update(self._monitor_summary())
         return summary
 
     def _duration(self) -> float:
         return 0.0 if self._started_at is None else time.monotonic() - self._started_at
 
-    def _epoch_label(self) -> str:
-        return "?" if self._epoch is None else str(self._epoch + 1)
-
-    def _memory_figures(self, error: BaseException) -> dict[str, Any]:
-        figures: dict[str, Any] = {"device": oom_device(error)}
-        torch = sys.modules.get("torch")  # only if the program already uses it
-        try:
-            if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-                index = torch.cuda.current_device()
-                free, total = torch.cuda.mem_get_info(index)
-                figures.update(
-                    device=figures["device"] or f"cuda:{index}",
-                    memory_allocated_mb=round(torch.cuda.memory_allocated(index) / 2**20, 1),
-                    memory_reserved_mb=round(torch.cuda.memory_reserved(index) / 2**20, 1),
-                    peak_allocated_mb=round(torch.cuda.max_memory_allocated(index) / 2**20, 1),
-                    memory_free_mb=round(free / 2**20, 1),
-                    memory_total_mb=round(total / 2**20, 1),
-                )
-        except Exception:
-            log.debug("afs-callbacks: no CUDA memory figures", exc_info=True)
-        figures.update(self._monitor_summary())
-        return figures
-
-    # Background helpers ---------------------------------------------------------------
-
-    def _start_watchdog(self) -> None:
-        timeout = self.config.stall_timeout
-        if timeout is None or self._watchdog is not None:
-            return
-        self._watchdog_stop.clear()
-        self._watchdog = threading.Thread(
-            target=self._watch_for_stall, args=(timeout,), name="afs-stall-watchdog", daemon=True
+    def _stalled(self, idle: float) -> None:
+        self._emit(
+            EventType.TRAINING_STALLED,
+            f"Training stalled: {self.model_name}",
+            f"No step for {format_duration(idle)} (last step {self._last_step}); a hung"
+            " data loader or collective is likely.",
+            step=self._last_step,
+            idle_seconds=round(idle, 1),
+            rank_any=True,
         )
-        self._watchdog.start()
-
-    def _watch_for_stall(self, timeout: float) -> None:
-        reported = False
-        while not self._watchdog_stop.wait(min(max(timeout / 4, 0.05), 30.0)):
-            idle = time.monotonic() - self._last_progress
-            if idle < timeout:
-                reported = False  # progress resumed: re-arm
-            elif not reported:
-                reported = True
-                self._emit(
-                    EventType.TRAINING_STALLED,
-                    f"Training stalled: {self.model_name}",
-                    f"No step for {format_duration(idle)} (last step {self._last_step}); a hung"
-                    " data loader or collective is likely.",
-                    step=self._last_step,
-                    idle_seconds=round(idle, 1),
-                    rank_any=True,
-                )
 
     def _start_monitors(self) -> None:
         if not self.config.monitors or not self.is_global_zero:
@@ -745,30 +639,26 @@ class RunTracker:
             self._monitors = None
 
     def _monitor_summary(self) -> dict[str, Any]:
-        if self._monitors is None:
-            return {}
         try:
-            return dict(self._monitors.summary().to_dict())
+            return {} if self._monitors is None else dict(self._monitors.summary().to_dict())
         except Exception:
             return {}
 
     def _monitor_lines(self) -> list[str]:
-        if self._monitors is None:
-            return []
         try:
-            return list(self._monitors.summary().lines())
+            return [] if self._monitors is None else list(self._monitors.summary().lines())
         except Exception:
             return []
 
     def _stop_background(self) -> None:
-        self._watchdog_stop.set()
-        self._watchdog = None
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._monitors is not None:
             try:
                 self._monitors.stop()
             except Exception:
                 log.debug("afs-callbacks: stopping monitors failed", exc_info=True)
-            self._monitors = None
 
     def _finish(self) -> None:
         _active.discard(self)
@@ -777,19 +667,23 @@ class RunTracker:
         self.manager.flush(self.config.flush_timeout)
 
 
-def _cadence_hit(count: int, planned: int | None, every: int | None) -> bool:
-    """Whether the ``count``-th epoch is reported: every ``every``, or about ten per run."""
-    if every is None:
-        every = max(1, planned // 10) if planned else (1 if count <= 10 else 10)
-    return count % every == 0 or count == 1 or (planned is not None and count == planned)
-
-
 def _chart(
     losses: list[tuple[int, float]], metrics: dict[str, list[tuple[int, float]]], model: str
 ) -> Attachment | None:
+    # Imported here: matplotlib is optional and only needed once, at the end of a run.
     from afs_callbacks.tracking.charts import loss_chart
 
     return loss_chart(losses, metrics, title=f"{model}: training loss")
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics that are numbers, as floats (0-d tensors read at epoch granularity)."""
+    values: dict[str, float] = {}
+    for key, raw in metrics.items():
+        number = _to_float(raw)
+        if number is not None:
+            values[str(key)] = number
+    return values
 
 
 def _to_float(value: Any) -> float | None:
@@ -797,7 +691,7 @@ def _to_float(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    item = getattr(value, "item", None)  # 0-d tensors/arrays at epoch granularity
+    item = getattr(value, "item", None)
     if callable(item):
         try:
             return float(item())
@@ -816,13 +710,9 @@ def _last_line(text: str) -> str:
 
 
 def _interrupt_reason(error: BaseException) -> str:
-    name = type(error).__name__
-    if name == "KeyboardInterrupt":
+    if type(error).__name__ == "KeyboardInterrupt":
         return "KeyboardInterrupt (Ctrl-C)"
     return "SIGTERM (preemption or job cancellation)"
 
 
-def _new_run_id(model: str | None) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    prefix = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in (model or "run"))[:40]
-    return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
+__all__ = ["RunTracker", "TrackerConfig", "active_tracker"]

@@ -1,0 +1,55 @@
+"""The stall watchdog: a daemon thread that notices a run that stopped making progress.
+
+A hung data loader or a collective waiting on a dead rank raises nothing; only the absence
+of steps tells. The watchdog fires once per stall and re-arms when progress resumes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class StallWatchdog:
+    """Calls ``on_stall(idle_seconds)`` when ``last_progress()`` is older than ``timeout``.
+
+    Args:
+        timeout: seconds without progress that make a stall.
+        last_progress: returns the ``time.monotonic()`` of the latest progress.
+        on_stall: called on the watchdog thread, once per stall.
+    """
+
+    def __init__(
+        self,
+        timeout: float,
+        last_progress: Callable[[], float],
+        on_stall: Callable[[float], None],
+    ) -> None:
+        self.timeout = timeout
+        self._last_progress = last_progress
+        self._on_stall = on_stall
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start watching (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="afs-stall-watchdog", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop promptly; the thread ends at its next wake-up."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        reported = False
+        # Check a few times per timeout, but not more than every 30 s on long timeouts.
+        period = min(max(self.timeout / 4, 0.05), 30.0)
+        while not self._stop.wait(period):
+            idle = time.monotonic() - self._last_progress()
+            if idle < self.timeout:
+                reported = False  # progress resumed: re-arm
+            elif not reported:
+                reported = True
+                self._on_stall(idle)
