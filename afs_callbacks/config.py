@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from afs_callbacks.events import EventType, NotificationLevel
@@ -285,28 +286,64 @@ class Settings:
     send_timeout: float = 10.0
 
     @classmethod
-    def from_env(cls, env: Env | None = None) -> Settings:
-        """Read every ``AFS_`` option from ``env`` (default: the process environment)."""
+    def from_env(
+        cls,
+        env: Env | None = None,
+        *,
+        on_error: Callable[[ConfigurationError], None] | None = None,
+    ) -> Settings:
+        """Read every ``AFS_`` option from ``env`` (default: the process environment).
+
+        Args:
+            env: the settings to read.
+            on_error: called with each bad value, which then keeps its default (how a
+                training process goes on). Without it, the first bad value raises.
+
+        Raises:
+            ConfigurationError: a bad value, when ``on_error`` is not given.
+        """
         env = Env() if env is None else env
-        console = (env.text("AFS_CONSOLE", "auto") or "auto").lower()
-        if console not in ("auto", "always", "never"):
-            raise ConfigurationError("AFS_CONSOLE", f"must be auto, always or never, got {console!r}")
+
+        def read(getter: Callable[[], _T], default: _T) -> _T:
+            if on_error is None:
+                return getter()
+            try:
+                return getter()
+            except ConfigurationError as error:
+                on_error(error)
+                return default
+
         return cls(
             state_dir=default_state_dir(env),
-            strict=env.flag("AFS_STRICT"),
-            dedup_window=_num(env, "AFS_DEDUP_WINDOW", 60.0, 0.0),
-            max_attempts=int(_num(env, "AFS_MAX_ATTEMPTS", 8, 1)),
-            retry_base=_num(env, "AFS_RETRY_BASE", 2.0, 0.0),
-            retry_cap=_num(env, "AFS_RETRY_CAP", 300.0, 0.0),
-            max_retry_after=_num(env, "AFS_MAX_RETRY_AFTER", 900.0, 0.0),
-            exit_flush_timeout=_num(env, "AFS_EXIT_FLUSH_TIMEOUT", 5.0, 0.0),
-            retention_days=_num(env, "AFS_HISTORY_DAYS", 30.0, 0.0),
-            max_history=int(_num(env, "AFS_HISTORY_MAX_EVENTS", 10_000, 1)),
-            console=console,
-            send_timeout=_num(env, "AFS_SEND_TIMEOUT", 10.0, 0.1),
+            strict=read(lambda: env.flag("AFS_STRICT"), False),
+            dedup_window=read(lambda: _num(env, "AFS_DEDUP_WINDOW", 60.0, 0.0), 60.0),
+            max_attempts=read(lambda: _int(env, "AFS_MAX_ATTEMPTS", 8, 1), 8),
+            retry_base=read(lambda: _num(env, "AFS_RETRY_BASE", 2.0, 0.0), 2.0),
+            retry_cap=read(lambda: _num(env, "AFS_RETRY_CAP", 300.0, 0.0), 300.0),
+            max_retry_after=read(lambda: _num(env, "AFS_MAX_RETRY_AFTER", 900.0, 0.0), 900.0),
+            exit_flush_timeout=read(lambda: _num(env, "AFS_EXIT_FLUSH_TIMEOUT", 5.0, 0.0), 5.0),
+            retention_days=read(lambda: _num(env, "AFS_HISTORY_DAYS", 30.0, 0.0), 30.0),
+            max_history=read(lambda: _int(env, "AFS_HISTORY_MAX_EVENTS", 10_000, 1), 10_000),
+            console=read(lambda: _console(env), "auto"),
+            send_timeout=read(lambda: _num(env, "AFS_SEND_TIMEOUT", 10.0, 0.1), 10.0),
         )
+
+
+_T = TypeVar("_T")
 
 
 def _num(env: Env, name: str, default: float, minimum: float) -> float:
     value = env.number(name, default, minimum=minimum)
     return default if value is None else value
+
+
+def _int(env: Env, name: str, default: int, minimum: int) -> int:
+    value = env.integer(name, default, minimum=minimum)
+    return default if value is None else value
+
+
+def _console(env: Env) -> str:
+    console = (env.text("AFS_CONSOLE", "auto") or "auto").lower()
+    if console not in ("auto", "always", "never"):
+        raise ConfigurationError("AFS_CONSOLE", f"must be auto, always or never, got {console!r}")
+    return console

@@ -226,7 +226,8 @@ class NotificationEvent:
     level: NotificationLevel
     title: str
     message: str = ""
-    context: Mapping[str, Any] = field(default_factory=dict)
+    # Left out of the hash (a dict is unhashable), so events can go in sets and dict keys.
+    context: Mapping[str, Any] = field(default_factory=dict, hash=False)
     attachments: tuple[Attachment, ...] = ()
     id: str = field(default_factory=_new_id)
     timestamp: datetime = field(default_factory=_utc_now)
@@ -236,7 +237,10 @@ class NotificationEvent:
         object.__setattr__(self, "event_type", EventType.parse(self.event_type))
         object.__setattr__(self, "level", NotificationLevel.parse(self.level))
         if self.timestamp.tzinfo is None:
+            # A naive time is read as UTC (the documented unit), not as local time.
             object.__setattr__(self, "timestamp", self.timestamp.replace(tzinfo=timezone.utc))
+        elif self.timestamp.utcoffset():
+            object.__setattr__(self, "timestamp", self.timestamp.astimezone(timezone.utc))
         object.__setattr__(self, "context", dict(self.context))
 
     @property
@@ -284,13 +288,20 @@ class NotificationEvent:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NotificationEvent:
-        """Rebuild an event written by :meth:`to_dict`."""
+        """Rebuild an event written by :meth:`to_dict`.
+
+        Metrics that were NaN or infinite (written as ``"nan"``, ``"inf"``, ``"-inf"``
+        because JSON has no such numbers) come back as floats.
+        """
+        context = dict(data.get("context") or {})
+        if isinstance(context.get("metrics"), Mapping):
+            context["metrics"] = _restore_non_finite(context["metrics"])
         return cls(
             event_type=EventType.parse(data["event_type"]),
             level=NotificationLevel.parse(data["level"]),
             title=str(data.get("title", "")),
             message=str(data.get("message", "")),
-            context=dict(data.get("context") or {}),
+            context=context,
             attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments") or ()),
             id=str(data["id"]),
             timestamp=datetime.fromisoformat(str(data["timestamp"])),
@@ -326,6 +337,27 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     try:
-        return float(value)  # numpy scalars, 0-d tensors already on the host
-    except (TypeError, ValueError):
+        # numpy scalars, one-element tensors; a bigger tensor raises RuntimeError, not TypeError
+        return _json_safe(float(value))
+    except Exception:
+        pass
+    try:
         return str(value)
+    except Exception:  # a broken __str__ must not cost the whole event
+        return f"<unprintable {type(value).__name__}>"
+
+
+_NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def _restore_non_finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Undo :func:`_json_safe` for metric values: ``"nan"`` back to ``float("nan")``."""
+    restored: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if isinstance(value, Mapping):
+            restored[name] = _restore_non_finite(value)
+        elif isinstance(value, str) and value in _NON_FINITE:
+            restored[name] = _NON_FINITE[value]
+        else:
+            restored[name] = value
+    return restored

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from afs_callbacks.events import NotificationEvent, NotificationLevel
@@ -69,8 +69,36 @@ def truncate_bytes(text: str, limit: int, mark: str = TRUNCATION_MARK) -> str:
     if len(text.encode("utf-8")) <= limit:
         return text
     budget = limit - len(mark.encode("utf-8"))
-    cut = text.encode("utf-8")[: max(budget, 0)].decode("utf-8", errors="ignore")
+    if budget < 0:  # no room for the mark: cut the text alone, as truncate() does
+        return text.encode("utf-8")[: max(limit, 0)].decode("utf-8", errors="ignore")
+    cut = text.encode("utf-8")[:budget].decode("utf-8", errors="ignore")
     return cut + mark
+
+
+def truncate_escaped(text: str, limit: int, escape: Callable[[str], str], mark: str = TRUNCATION_MARK) -> str:
+    """Escape ``text`` for a markup (HTML, Slack mrkdwn) so the result is at most ``limit``
+    characters, cutting the text before escaping and ending it with ``mark`` when cut.
+
+    Cutting after escaping could split an entity (``&am``) and break the markup; escaping
+    can lengthen text, so the cut point is found on the escaped length.
+    """
+    escaped = escape(text)
+    if len(escaped) <= limit:
+        return escaped
+    tail = escape(mark)
+    budget = limit - len(tail)
+    if budget <= 0:  # a limit too small for the mark: no room for text at all
+        return tail if budget == 0 else ""
+    # Binary search for the longest prefix whose escaped form fits: escaping never
+    # shortens text, so the escaped length grows with the prefix.
+    low, high = 0, min(len(text), budget)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(escape(text[:middle])) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return escape(text[:low]) + tail
 
 
 def format_duration(seconds: float | None) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels import CHANNELS, load_channel_class
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
-from afs_callbacks.config import Env, Settings, default_state_dir
+from afs_callbacks.config import Env, Settings
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, Outbox
 from afs_callbacks.delivery.sender import ChannelWorker, RetryPolicy
@@ -151,14 +151,8 @@ class NotificationManager:
             ConfigurationError: in strict mode, the first bad setting.
         """
         if not isinstance(env, Env):
-            env = Env(env, env_file=env_file)
-        try:
-            settings = Settings.from_env(env)
-        except ConfigurationError as error:
-            if strict or env.flag("AFS_STRICT"):
-                raise
-            log.error("afs-callbacks: %s (using the default)", error)
-            settings = Settings(state_dir=default_state_dir(env))
+            env = _open_env(env, env_file, strict)
+        settings = _read_settings(env, strict)
         strict = settings.strict if strict is None else strict
         manager = cls(settings=settings, **kwargs)
         wanted = set(CHANNELS) if channels is None else set(channels)
@@ -269,13 +263,19 @@ class NotificationManager:
     def emit(self, event: NotificationEvent) -> NotificationEvent | None:
         """Accept a ready-made event (see :meth:`notify`)."""
         try:
-            event = self._enrich(event)
+            # Manager-wide context can hold the run_id the dedup key uses; otherwise enrich
+            # only admitted events, so a collapsed storm event costs next to nothing.
+            enriched = bool(self.context)
+            if enriched:
+                event = self._enrich(event)
             admitted, digest = self._guard.admit(event)
             if digest is not None:
-                self._accept(digest)
+                self._accept(self._enrich(digest))
             if not admitted:
                 self._ensure_housekeeper()
                 return None
+            if not enriched:
+                event = self._enrich(event)
             self._accept(event)
             return event
         except Exception:
@@ -352,19 +352,27 @@ class NotificationManager:
 
     def _ensure_housekeeper(self) -> None:
         with self._lock:
-            if self._housekeeper is not None and self._housekeeper.is_alive():
+            if self._housekeeper is not None:
                 return
             self._housekeeper = threading.Thread(target=self._emit_digests, name="afs-digests", daemon=True)
             self._housekeeper.start()
 
     def _emit_digests(self) -> None:
         # Runs only while some window holds back repeats; each closed window becomes a digest.
-        while self._guard.has_suppressed() and not self._stopping.wait(0.5):
+        while not self._stopping.wait(0.5):
             for digest in self._guard.due_digests():
                 try:
-                    self._accept(digest)
+                    self._accept(self._enrich(digest))
                 except Exception:
                     log.exception("afs-callbacks: could not accept a digest")
+            with self._lock:
+                # Decided under the lock _ensure_housekeeper takes, so a repeat suppressed
+                # just now either keeps this thread going or starts a new one.
+                if not self._guard.has_suppressed():
+                    self._housekeeper = None
+                    return
+        with self._lock:
+            self._housekeeper = None
 
     # Flushing and closing -----------------------------------------------------------
 
@@ -450,6 +458,10 @@ class NotificationManager:
         self._lock = threading.RLock()
         self._progress = threading.Condition()
         self._housekeeper = None
+        self._guard.reset_lock()
+        stopping, self._stopping = self._stopping, threading.Event()
+        if stopping.is_set():
+            self._stopping.set()
         for registration in self._registrations.values():
             registration.worker = None
         if self._console is not None:
@@ -574,13 +586,43 @@ def _safe_status(name: str, handler: NotificationHandler) -> ChannelStatus:
 
 
 def _settings_from_environment() -> Settings:
+    return _read_settings(_open_env(None, None, None), None)
+
+
+def _report_config_error(error: ConfigurationError) -> None:
+    log.error("afs-callbacks: %s (using the default)", redact(error))
+
+
+def _strict_from(env: Mapping[str, str]) -> bool:
     try:
-        return Settings.from_env()
+        return bool(Env(env, env_file=False).flag("AFS_STRICT"))
     except ConfigurationError as error:
-        if os.environ.get("AFS_STRICT", "").lower() in ("1", "true", "yes", "on"):
+        _report_config_error(error)
+        return False
+
+
+def _open_env(
+    environ: Mapping[str, str] | None, env_file: str | os.PathLike[str] | None, strict: bool | None
+) -> Env:
+    """The environment over its ``.env`` file; a missing ``.env`` file named by
+    ``AFS_ENV_FILE`` is reported and skipped unless in strict mode."""
+    try:
+        return Env(environ, env_file=env_file)
+    except ConfigurationError as error:
+        if strict or (strict is None and _strict_from(os.environ if environ is None else environ)):
             raise
-        log.error("afs-callbacks: %s (using defaults)", error)
-        return Settings(state_dir=default_state_dir())
+        _report_config_error(error)
+        return Env(environ, env_file=False)
+
+
+def _read_settings(env: Env, strict: bool | None) -> Settings:
+    """Core settings; in strict mode a bad value raises, otherwise it is logged once and
+    that one option keeps its default."""
+    if strict is None:
+        strict = _strict_from(env)
+    if strict:
+        return Settings.from_env(env)
+    return Settings.from_env(env, on_error=_report_config_error)
 
 
 def _report(before: Mapping[str, Mapping[str, int]], after: Mapping[str, Mapping[str, int]]) -> FlushReport:

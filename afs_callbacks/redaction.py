@@ -10,6 +10,7 @@ whole URL in it) always goes through :func:`redact` first.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -22,9 +23,12 @@ _secrets: set[str] = set()
 # Patterns for secrets we were never told about (a URL typed into a CLI flag, say).
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # user:password@host in any URL
-    (re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"), r"\g<scheme>***@"),
-    # Slack incoming webhooks: /services/T000/B000/XXXX
+    # (the scheme's length is bounded: unbounded, a long run of letters costs quadratic time)
+    (re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/\s:@]+:[^/\s@]+@"), r"\g<scheme>***@"),
+    # Slack incoming webhooks: /services/T000/B000/XXXX (also the bare path, which is all
+    # that requests' "Max retries exceeded with url: ..." shows)
     (re.compile(r"(hooks\.slack\.com/services/)[^\s\"'<>]+"), r"\1" + MASK),
+    (re.compile(r"(/services/)T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+"), r"\1" + MASK),
     # Discord webhooks: /api/webhooks/{id}/{token}
     (re.compile(r"(/api/webhooks/)[^\s\"'<>]+"), r"\1" + MASK),
     # Telegram: /bot<token>/method
@@ -43,11 +47,25 @@ def register_secret(*values: str | None) -> None:
     """Remember secrets so that :func:`redact` masks them wherever they appear.
 
     Values shorter than 4 characters are ignored: masking them would garble ordinary text.
+    For a URL, its path-and-query and its query are remembered too (when 8 characters or
+    longer): ``requests`` error text shows ``url: /path?query`` without scheme and host.
     """
     with _lock:
         for value in values:
             if value and len(value) >= 4:
                 _secrets.add(value)
+                _secrets.update(part for part in _url_parts(value) if len(part) >= 8)
+
+
+def _url_parts(value: str) -> tuple[str, ...]:
+    match = _URL.match(value)
+    if match is None:
+        return ()
+    path, query = match.group("path") or "", match.group("query") or ""
+    return (path + query, query[1:]) if query else (path,)
+
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]+(?P<path>/[^?#\s]*)?(?P<query>\?[^#\s]*)?")
 
 
 def redact(text: object) -> str:
@@ -84,7 +102,7 @@ def mask_url(url: str | None) -> str:
     """
     if not url:
         return ""
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/@\s]*@)?([^/?#\s]+)", url)
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/@\s]*@)?([^/?#@\s]+)(?=[/?#]|$)", url)
     if not match:
         return MASK
     return f"{match.group(1)}{match.group(2)}/{MASK}"
@@ -124,3 +142,13 @@ def install_log_redaction(logger: logging.Logger) -> None:
     urllib3_logger = logging.getLogger("urllib3")
     if urllib3_logger.level < logging.WARNING:
         urllib3_logger.setLevel(logging.WARNING)
+
+
+def _reset_lock_after_fork() -> None:
+    # A thread of the parent may have held the lock at fork(); in the child it never
+    # would be released, and every later log line would hang.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_after_fork)

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -116,6 +116,8 @@ class ReceivedRequest:
     query: Mapping[str, list[str]]
     headers: Mapping[str, str]
     body: bytes
+    #: The status the receiver answered with.
+    status: int = 0
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -170,6 +172,8 @@ class LoopbackReceiver:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Without this, Nagle's algorithm and delayed ACKs add ~40 ms to every answer.
+            disable_nagle_algorithm = True
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -179,6 +183,7 @@ class LoopbackReceiver:
                     self.command, parts.path, parse_qs(parts.query), dict(self.headers), body
                 )
                 reply = receiver._next_reply(request)
+                request = replace(request, status=reply.status)
                 if reply.delay:
                     time.sleep(reply.delay)  # the slow service being simulated
                 payload, headers = reply.encoded()
@@ -200,7 +205,8 @@ class LoopbackReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for one, and tests close a server each.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def url(self, path: str = "/") -> str:

@@ -18,9 +18,24 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 # Variables a developer's shell or .env might set that would change what tests see.
 _CHANNEL_PREFIXES = (
-    "AFS_", "DESKTOP_", "SMTP_", "FROM_EMAIL", "TO_EMAILS", "EMAIL_", "SLACK_", "DISCORD_",
-    "WEBHOOK_", "TELEGRAM_", "TEAMS_", "NTFY_", "PAGERDUTY_", "ALERTMANAGER_", "APPRISE_",
-    "GPU_", "COST_", "CONSOLE_",
+    "AFS_",
+    "DESKTOP_",
+    "SMTP_",
+    "FROM_EMAIL",
+    "TO_EMAILS",
+    "EMAIL_",
+    "SLACK_",
+    "DISCORD_",
+    "WEBHOOK_",
+    "TELEGRAM_",
+    "TEAMS_",
+    "NTFY_",
+    "PAGERDUTY_",
+    "ALERTMANAGER_",
+    "APPRISE_",
+    "GPU_",
+    "COST_",
+    "CONSOLE_",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,24 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 # Variables a developer's shell or .env might set that would change what tests see.
 _CHANNEL_PREFIXES = (
-    "AFS_", "DESKTOP_", "SMTP_", "FROM_EMAIL", "TO_EMAILS", "EMAIL_", "SLACK_", "DISCORD_",
-    "WEBHOOK_", "TELEGRAM_", "TEAMS_", "NTFY_", "PAGERDUTY_", "ALERTMANAGER_", "APPRISE_",
-    "GPU_", "COST_", "CONSOLE_",
+    "AFS_",
+    "DESKTOP_",
+    "SMTP_",
+    "FROM_EMAIL",
+    "TO_EMAILS",
+    "EMAIL_",
+    "SLACK_",
+    "DISCORD_",
+    "WEBHOOK_",
+    "TELEGRAM_",
+    "TEAMS_",
+    "NTFY_",
+    "PAGERDUTY_",
+    "ALERTMANAGER_",
+    "APPRISE_",
+    "GPU_",
+    "COST_",
+    "CONSOLE_",
 )
 
 
@@ -34,6 +50,18 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AFS_STATE_DIR", str(state))
     monkeypatch.chdir(tmp_path)  # no stray ./.env from the developer's checkout
     return state
+
+
+@pytest.fixture(autouse=True)
+def library_logging_restored() -> Iterator[None]:
+    """Undo what a test did to the package logger (the CLI's in-process ``main()`` turns
+    propagation off), so later tests' ``caplog`` still sees the library's records."""
+    logger = logging.getLogger("afs_callbacks")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    yield
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+    logger.handlers[:] = saved[2]
 
 
 @pytest.fixture

@@ -71,6 +71,7 @@ class StormGuard:
         self._clock = clock
         self._max_keys = max_keys
         self._windows: dict[str, _Window] = {}
+        self._ready: list[NotificationEvent] = []  # digests swept early, due next call
         self._lock = threading.Lock()
 
     def admit(self, event: NotificationEvent) -> tuple[bool, NotificationEvent | None]:
@@ -91,7 +92,7 @@ class StormGuard:
                 return False, None
             digest = self._digest(current) if current is not None else None
             if len(self._windows) >= self._max_keys:
-                self._sweep(now)
+                self._ready.extend(self._sweep(now))
                 if len(self._windows) >= self._max_keys:
                     return True, digest
             self._windows[key] = _Window(started=now, first=event)
@@ -101,12 +102,17 @@ class StormGuard:
         """Digests of windows that have closed (all windows with ``flush_all``)."""
         now = self._clock()
         with self._lock:
-            return self._sweep(now, flush_all=flush_all)
+            ready, self._ready = self._ready, []
+            return ready + self._sweep(now, flush_all=flush_all)
 
     def has_suppressed(self) -> bool:
         """Whether any open window is holding back repeats (a digest will be due)."""
         with self._lock:
-            return any(window.suppressed for window in self._windows.values())
+            return bool(self._ready) or any(window.suppressed for window in self._windows.values())
+
+    def reset_lock(self) -> None:
+        """Replace the lock (after ``fork()``, where a parent thread may have held it)."""
+        self._lock = threading.Lock()
 
     def _sweep(self, now: float, *, flush_all: bool = False) -> list[NotificationEvent]:
         digests = []

@@ -207,7 +207,9 @@ class Outbox:
             rows = conn.execute(
                 "SELECT d.event_id, d.attempts, e.payload FROM deliveries d"
                 " JOIN events e ON e.id = d.event_id"
-                " WHERE d.channel = ? AND ("
+                # The IN term lets SQLite use the (channel, state) index instead of scanning
+                # the channel's whole delivered history on every claim.
+                " WHERE d.channel = ? AND d.state IN ('pending', 'sending') AND ("
                 "   (d.state = 'pending' AND (d.next_attempt <= ?"
                 "       OR COALESCE(d.last_attempt, 0) < ?))"
                 "   OR (d.state = 'sending' AND d.lease_until < ?))"
@@ -240,11 +242,15 @@ class Outbox:
         )
 
     def mark_retry(self, event_id: str, channel: str, next_attempt: float, error: str) -> None:
-        """Record a failed attempt to be retried at ``next_attempt`` (epoch seconds)."""
+        """Record a failed attempt to be retried at ``next_attempt`` (epoch seconds).
+
+        Like :meth:`mark_dead`, it leaves a delivered row alone: a sender whose lease ran
+        out reports late, after another sender already delivered the message.
+        """
         self._finish(
             "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,"
             " last_attempt = ?, next_attempt = ?, lease_until = NULL, lease_owner = NULL,"
-            " last_error = ? WHERE event_id = ? AND channel = ?",
+            " last_error = ? WHERE event_id = ? AND channel = ? AND state IN ('pending', 'sending')",
             (time.time(), next_attempt, redact(error), event_id, channel),
         )
 
@@ -253,7 +259,7 @@ class Outbox:
         self._finish(
             "UPDATE deliveries SET state = 'dead', attempts = attempts + ?,"
             " last_attempt = ?, lease_until = NULL, lease_owner = NULL,"
-            " last_error = ? WHERE event_id = ? AND channel = ?",
+            " last_error = ? WHERE event_id = ? AND channel = ? AND state IN ('pending', 'sending')",
             (1 if attempted else 0, time.time(), redact(error), event_id, channel),
         )
 
@@ -264,6 +270,18 @@ class Outbox:
             " WHERE event_id = ? AND channel = ? AND state = 'sending'",
             (event_id, channel),
         )
+
+    def requeue_dead(self, channels: Iterable[str] | None = None) -> int:
+        """Make dead deliveries (of ``channels``, or all) pending again with a fresh attempt
+        budget, for after the cause is fixed; returns how many. The last error is kept."""
+        sql = "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt = ? WHERE state = 'dead'"
+        params: list[Any] = [time.time()]
+        wanted = None if channels is None else list(channels)
+        if wanted is not None:
+            sql += f" AND channel IN ({','.join('?' * len(wanted))})"
+            params += wanted
+        with self._transaction(immediate=True) as conn:
+            return int(conn.execute(sql, params).rowcount)
 
     def _finish(self, sql: str, params: Sequence[Any]) -> None:
         with self._transaction() as conn:
@@ -339,7 +357,8 @@ class Outbox:
             row = (
                 self._connection()
                 .execute(
-                    f"SELECT COUNT(*) FROM deliveries WHERE channel IN ({marks}) AND (state = 'sending'"
+                    f"SELECT COUNT(*) FROM deliveries WHERE channel IN ({marks})"
+                    " AND state IN ('pending', 'sending') AND (state = 'sending'"
                     " OR (state = 'pending' AND COALESCE(last_attempt, 0) < ?))",
                     (*channels, since),
                 )
@@ -370,11 +389,13 @@ class Outbox:
         level: str | None = None,
         state: str | None = None,
         channel: str | None = None,
+        event_id: str | None = None,
     ) -> list[HistoryEntry]:
         """Recent events, newest first, with their deliveries; every filter optional."""
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("run_id", run_id), ("event_type", event_type), ("level", level)):
+        filters = (("id", event_id), ("run_id", run_id), ("event_type", event_type), ("level", level))
+        for column, value in filters:
             if value is not None:
                 where.append(f"e.{column} = ?")
                 params.append(value)

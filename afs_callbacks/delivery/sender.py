@@ -25,6 +25,11 @@ log = get_logger(__name__)
 # processes sharing the state directory (a crashed run's backlog).
 IDLE_POLL_SECONDS = 5.0
 
+# Rows claimed per transaction. One: a lease covers one send (two timeouts at most), while
+# rows queued behind slow sends in a bigger batch could outlive their lease and be sent a
+# second time by another process. A claim costs tens of microseconds; a send, milliseconds.
+CLAIM_BATCH = 1
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -118,11 +123,13 @@ class ChannelWorker:
         while not self._stop.is_set():
             try:
                 worked = self._drain_once()
+                wait = 0.0 if worked else self._idle_wait()
             except Exception:
+                # A locked or broken database: keep the thread, look again shortly.
                 log.exception("afs-callbacks: %s sender hit an error; retrying shortly", self.name)
-                worked = False
+                worked, wait = False, 1.0
             if not worked:
-                self._wake.wait(self._idle_wait())
+                self._wake.wait(wait)
                 self._wake.clear()
 
     def _idle_wait(self) -> float:
@@ -142,6 +149,7 @@ class ChannelWorker:
         claims = self.outbox.claim(
             self.name,
             lease_seconds=self.policy.lease_seconds,
+            limit=CLAIM_BATCH,
             forced_since=forced,
         )
         if not claims:

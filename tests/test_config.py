@@ -1,0 +1,223 @@
+"""Configuration: environment over .env, typed getters with clear errors, URL policy, Settings."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import pytest
+
+from afs_callbacks import ConfigurationError, EventType, NotificationLevel, Settings
+from afs_callbacks.config import Env, default_state_dir, is_loopback, validate_url
+
+SECRET_URL = "https://hooks.slack.com/services/T0SECRET/B0SECRET/sEcReTtOkEn123"
+
+
+def env_of(**values: str) -> Env:
+    return Env(values, env_file=False)
+
+
+def test_environment_wins_over_the_env_file(tmp_path: Path) -> None:
+    dotenv = tmp_path / "custom.env"
+    dotenv.write_text("AFS_DEDUP_WINDOW=5\nAFS_MAX_ATTEMPTS=3\nEMPTY_IN_FILE=\n")
+    env = Env({"AFS_DEDUP_WINDOW": "7"}, env_file=dotenv)
+    assert env["AFS_DEDUP_WINDOW"] == "7"
+    assert env["AFS_MAX_ATTEMPTS"] == "3"
+    assert env.env_file == dotenv
+
+
+def test_dot_env_in_the_working_directory_is_read_by_default(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("AFS_RETRY_BASE=0.5\n")  # the fixture made tmp_path the cwd
+    assert Env({}).number("AFS_RETRY_BASE") == 0.5
+    assert "AFS_RETRY_BASE" not in Env({}, env_file=False)
+
+
+def test_afs_env_file_names_the_file_and_a_missing_one_is_an_error(tmp_path: Path) -> None:
+    named = tmp_path / "job.env"
+    named.write_text("AFS_MAX_ATTEMPTS=4\n")
+    assert Env({"AFS_ENV_FILE": str(named)}).integer("AFS_MAX_ATTEMPTS") == 4
+    with pytest.raises(ConfigurationError, match="AFS_ENV_FILE: no such file"):
+        Env({"AFS_ENV_FILE": str(tmp_path / "missing.env")})
+
+
+def test_env_repr_shows_no_values() -> None:
+    env = env_of(SLACK_WEBHOOK_URL=SECRET_URL)
+    assert "sEcReT" not in repr(env) and "1 variables" in repr(env)
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "expected"),
+    [
+        ("text", "  hello ", "hello"),
+        ("text", "   ", None),
+        ("flag", "yes", True),
+        ("flag", "OFF", False),
+        ("flag", "", False),
+        ("number", "2.5", 2.5),
+        ("number", "1e3", 1000.0),
+        ("integer", "42", 42),
+        ("port", "587", 587),
+        ("items_list", " a, ,b ,c", ["a", "b", "c"]),
+        ("level", "Warning", NotificationLevel.WARNING),
+        ("event_types", "nan_detected, OUT_OF_MEMORY", {EventType.NAN_DETECTED, EventType.OUT_OF_MEMORY}),
+    ],
+)
+def test_typed_getters_read_good_values(method: str, value: str, expected: object) -> None:
+    assert getattr(env_of(X_VAR=value), method)("X_VAR") == expected
+
+
+def test_unset_variables_give_the_default() -> None:
+    env = env_of()
+    assert env.text("X", "d") == "d"
+    assert env.flag("X", True) is True
+    assert env.number("X", 1.5) == 1.5
+    assert env.integer("X", 3) == 3
+    assert env.port("X", 25) == 25
+    assert env.items_list("X") == []
+    assert env.level("X", NotificationLevel.ERROR) is NotificationLevel.ERROR
+    assert env.event_types("X") is None
+    assert env.url("X") is None
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "kwargs", "problem"),
+    [
+        ("flag", "maybe", {}, "must be true or false, got 'maybe'"),
+        ("number", "fast", {}, "must be a number, got 'fast'"),
+        ("number", "nan", {}, "must be a number, got NaN"),
+        ("number", "-1", {"minimum": 0}, "must be at least 0, got -1"),
+        ("number", "2", {"maximum": 1}, "must be at most 1, got 2"),
+        ("integer", "2.5", {}, "must be a whole number, got '2.5'"),
+        ("integer", "0", {"minimum": 1}, "must be at least 1, got 0"),
+        ("port", "99999", {}, "must be a port number 1-65535, got '99999'"),
+        ("port", "smtp", {}, "must be a port number 1-65535, got 'smtp'"),
+        ("port", "0", {}, "must be a port number 1-65535"),
+        ("level", "loud", {}, "unknown level 'loud'"),
+        ("event_types", "nan_detected,meteor", {}, "unknown event type 'meteor'"),
+    ],
+)
+def test_typed_getters_name_the_variable_and_the_problem(
+    method: str, value: str, kwargs: dict[str, float], problem: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        getattr(env_of(MY_SETTING=value), method)("MY_SETTING", **kwargs)
+    assert caught.value.variable == "MY_SETTING"
+    assert str(caught.value).startswith("MY_SETTING: ")
+    assert problem in str(caught.value)
+    assert isinstance(caught.value, ValueError)  # callers catching ValueError still work
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "hooks.slack.com/services/T0SECRET/B0SECRET/sEcReTtOkEn123",  # no scheme
+        "ftp://hooks.slack.com/services/T0SECRET/B0SECRET/sEcReTtOkEn123",  # wrong scheme
+        "https://hooks.slack.com:99x/services/T0SECRET/B0SECRET/sEcReTtOkEn123",  # bad port
+        "http://hooks.slack.com/services/T0SECRET/B0SECRET/sEcReTtOkEn123",  # http to a remote host
+        "https://user:sEcReTtOkEn123@/services/T0SECRET",  # no host
+    ],
+)
+def test_bad_url_errors_never_echo_the_secret(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        env_of(SLACK_WEBHOOK_URL=url).url("SLACK_WEBHOOK_URL")
+    assert str(caught.value).startswith("SLACK_WEBHOOK_URL: ")
+    shown = "".join(traceback.format_exception(caught.value))  # what a user would see, chain included
+    assert "sEcReT" not in shown and "T0SECRET" not in shown
+
+
+def test_plain_http_is_refused_for_remote_hosts_with_a_way_out() -> None:
+    with pytest.raises(ConfigurationError, match="use https, or set AFS_ALLOW_HTTP=1"):
+        validate_url("http://relay.example.com/hook", "WEBHOOK_URL")
+    assert validate_url("http://relay.example.com/hook", "WEBHOOK_URL", allow_http=True)
+    assert env_of(WEBHOOK_URL="http://relay.example.com/h", AFS_ALLOW_HTTP="1").url("WEBHOOK_URL")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/hook", "http://localhost/x", "http://[::1]:9093/api", "http://127.3.2.1/"]
+)
+def test_plain_http_is_allowed_for_loopback(url: str) -> None:
+    assert validate_url(url, "WEBHOOK_URL") == url
+
+
+def test_https_is_always_fine_and_non_secret_urls_are_shown() -> None:
+    assert validate_url(SECRET_URL, "SLACK_WEBHOOK_URL") == SECRET_URL
+    with pytest.raises(ConfigurationError, match=r"got ftp://example\.com/feed"):
+        validate_url("ftp://example.com/feed", "FEED_URL", secret=False)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("localhost", True), ("LOCALHOST", True), ("127.0.0.1", True), ("::1", True), ("[::1]", True),
+     ("10.0.0.1", False), ("example.com", False), ("127.0.0.1.nip.io", False)],
+)  # fmt: skip
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_default_state_dir_follows_afs_state_dir_then_xdg(tmp_path: Path) -> None:
+    assert default_state_dir({"AFS_STATE_DIR": str(tmp_path / "s")}) == tmp_path / "s"
+    assert default_state_dir({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "afs-callbacks"
+    assert default_state_dir({}).parts[-3:] == (".local", "state", "afs-callbacks")
+
+
+def test_settings_from_env_reads_every_option(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        env_of(
+            AFS_STATE_DIR=str(tmp_path),
+            AFS_STRICT="1",
+            AFS_DEDUP_WINDOW="30",
+            AFS_MAX_ATTEMPTS="5",
+            AFS_RETRY_BASE="0.5",
+            AFS_RETRY_CAP="60",
+            AFS_MAX_RETRY_AFTER="120",
+            AFS_EXIT_FLUSH_TIMEOUT="2",
+            AFS_HISTORY_DAYS="7",
+            AFS_HISTORY_MAX_EVENTS="500",
+            AFS_CONSOLE="Always",
+            AFS_SEND_TIMEOUT="3",
+        )
+    )
+    assert settings == Settings(
+        state_dir=tmp_path,
+        strict=True,
+        dedup_window=30.0,
+        max_attempts=5,
+        retry_base=0.5,
+        retry_cap=60.0,
+        max_retry_after=120.0,
+        exit_flush_timeout=2.0,
+        retention_days=7.0,
+        max_history=500,
+        console="always",
+        send_timeout=3.0,
+    )
+
+
+def test_settings_defaults(tmp_path: Path) -> None:
+    assert Settings.from_env(env_of(AFS_STATE_DIR=str(tmp_path))) == Settings(state_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("AFS_DEDUP_WINDOW", "soon", "must be a number"),
+        ("AFS_MAX_ATTEMPTS", "0", "must be at least 1"),
+        ("AFS_CONSOLE", "loud", "must be auto, always or never"),
+        ("AFS_SEND_TIMEOUT", "0", "must be at least 0.1"),
+        ("AFS_STRICT", "perhaps", "must be true or false"),
+    ],
+)
+def test_settings_bad_value_raises_without_on_error(variable: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{variable}: {problem}"):
+        Settings.from_env(env_of(**{variable: value}))
+
+
+def test_settings_on_error_keeps_the_default_for_that_option_only(tmp_path: Path) -> None:
+    seen: list[ConfigurationError] = []
+    settings = Settings.from_env(
+        env_of(AFS_STATE_DIR=str(tmp_path), AFS_DEDUP_WINDOW="soon", AFS_MAX_ATTEMPTS="3"),
+        on_error=seen.append,
+    )
+    assert [error.variable for error in seen] == ["AFS_DEDUP_WINDOW"]
+    assert settings.dedup_window == 60.0  # the default
+    assert settings.max_attempts == 3  # the good value next to it is kept

@@ -1,0 +1,137 @@
+"""Backoff (full jitter, server hints capped) and the storm guard (collapse + digest)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from afs_callbacks import EventType, NotificationEvent, NotificationLevel
+from afs_callbacks.delivery.limits import StormGuard, backoff_delay
+
+
+def upper_bound(low: float, high: float) -> float:
+    assert low == 0.0
+    return high
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"), [(0, 2.0), (1, 2.0), (2, 4.0), (3, 8.0), (6, 64.0), (7, 100.0), (50, 100.0)]
+)
+def test_backoff_ceiling_doubles_up_to_the_cap(attempt: int, ceiling: float) -> None:
+    assert backoff_delay(attempt, base=2.0, cap=100.0, rng=upper_bound) == ceiling
+
+
+def test_backoff_is_jittered_between_zero_and_the_ceiling() -> None:
+    rng = random.Random(7)
+    delays = [backoff_delay(4, base=1.0, cap=60.0, rng=rng.uniform) for _ in range(500)]
+    assert all(0.0 <= delay <= 8.0 for delay in delays)
+    assert len({round(delay, 3) for delay in delays}) > 400  # spread, not synchronised
+    assert min(delays) < 2.0 and max(delays) > 6.0
+
+
+@pytest.mark.parametrize(("hint", "expected"), [(0.0, 0.0), (1.5, 1.5), (3600.0, 900.0)])
+def test_server_hint_wins_capped_at_max_hint(hint: float, expected: float) -> None:
+    assert backoff_delay(1, base=2.0, cap=300.0, hint=hint, max_hint=900.0, rng=upper_bound) == expected
+
+
+def test_negative_hint_is_ignored() -> None:
+    assert backoff_delay(1, base=2.0, cap=300.0, hint=-5.0, rng=upper_bound) == 2.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def nan(run: str = "r1", key: str = "", **context: object) -> NotificationEvent:
+    return NotificationEvent(
+        EventType.NAN_DETECTED,
+        NotificationLevel.ERROR,
+        "NaN loss",
+        f"NaN at step {context.get('step', 0)}",
+        {"run_id": run, "key": key, **context},
+    )
+
+
+def test_repeats_inside_the_window_collapse_into_one_digest_with_the_count() -> None:
+    clock = FakeClock()
+    guard = StormGuard(60.0, clock=clock)
+    assert guard.admit(nan(step=0)) == (True, None)
+    for step in range(1, 1533):
+        clock.now += 0.01
+        assert guard.admit(nan(step=step)) == (False, None)
+    assert guard.has_suppressed()
+    assert guard.due_digests() == []  # the window is still open
+    clock.now += 60.0
+    [digest] = guard.due_digests()
+    assert digest.context["digest_count"] == 1532
+    assert digest.context["digest_window_s"] == 60.0
+    assert "1,532" in digest.title and "60 s" in digest.title
+    assert "NaN at step 1532" in digest.message  # the latest occurrence
+    assert digest.event_type is EventType.NAN_DETECTED and digest.context["run_id"] == "r1"
+    assert not guard.has_suppressed()
+    # The digest itself is never collapsed.
+    assert guard.admit(digest) == (True, None)
+
+
+def test_an_expired_window_hands_its_digest_to_the_next_event() -> None:
+    clock = FakeClock()
+    guard = StormGuard(10.0, clock=clock)
+    guard.admit(nan())
+    guard.admit(nan())
+    clock.now += 11
+    admitted, digest = guard.admit(nan(step=9))
+    assert admitted and digest is not None and digest.context["digest_count"] == 1
+
+
+def test_a_single_event_gives_no_digest() -> None:
+    clock = FakeClock()
+    guard = StormGuard(10.0, clock=clock)
+    guard.admit(nan())
+    clock.now += 11
+    assert guard.due_digests() == [] and not guard.has_suppressed()
+
+
+def test_different_runs_keys_and_types_do_not_collapse_together() -> None:
+    guard = StormGuard(60.0, clock=FakeClock())
+    assert guard.admit(nan(run="r1"))[0]
+    assert guard.admit(nan(run="r2"))[0]
+    assert guard.admit(nan(run="r1", key="gpu1"))[0]
+    other = NotificationEvent(
+        EventType.OUT_OF_MEMORY, NotificationLevel.CRITICAL, "OOM", "", {"run_id": "r1"}
+    )
+    assert guard.admit(other)[0]
+    assert not guard.admit(nan(run="r1"))[0]
+
+
+def test_zero_window_and_no_dedup_disable_collapsing() -> None:
+    off = StormGuard(0.0, clock=FakeClock())
+    assert all(off.admit(nan())[0] for _ in range(5))
+    guard = StormGuard(60.0, clock=FakeClock())
+    assert all(guard.admit(nan(no_dedup=True))[0] for _ in range(5))
+
+
+def test_flush_all_closes_open_windows() -> None:
+    guard = StormGuard(60.0, clock=FakeClock())
+    for _ in range(4):
+        guard.admit(nan())
+    [digest] = guard.due_digests(flush_all=True)
+    assert digest.context["digest_count"] == 3
+
+
+def test_key_bound_lets_new_keys_through_and_keeps_swept_digests() -> None:
+    clock = FakeClock()
+    guard = StormGuard(10.0, clock=clock, max_keys=3)
+    for run in ("a", "b", "c"):
+        guard.admit(nan(run=run))
+    guard.admit(nan(run="a"))  # one repeat held back
+    assert guard.admit(nan(run="d"))[0]  # over the bound, open windows: passes uncollapsed
+    assert guard.admit(nan(run="d"))[0]
+    clock.now += 11
+    assert guard.admit(nan(run="e"))[0]  # the sweep makes room ...
+    [digest] = guard.due_digests()  # ... and the swept digest is not lost
+    assert digest.context["run_id"] == "a" and digest.context["digest_count"] == 1

@@ -1,0 +1,239 @@
+"""Background delivery through real HTTP: retries, Retry-After, permanent failures, pacing.
+
+Every test posts to a real HTTP server on 127.0.0.1 (``LoopbackReceiver``) answering the way
+a service documents: 429 with ``Retry-After``, 5xx, 404.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from helpers.hook import (
+    Gate,
+    HookChannel,
+    PacedHookChannel,
+    event_ids,
+    first_delivery_attempts,
+    manager_for,
+    responder_from,
+    wait_until,
+)
+
+from afs_callbacks import DeliveryResult, NotificationEvent, NotificationHandler
+from afs_callbacks.channels._http import parse_retry_after
+from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, Claim
+from afs_callbacks.delivery.sender import call_handler
+from afs_callbacks.testing import LoopbackReceiver, Reply
+
+# Retry steps so long that only a server hint or a flush can cause a second attempt in a test.
+NEVER = {"retry_base": 1000.0, "retry_cap": 1000.0}
+
+
+def http_date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "max_retry_after", "least_gap"),
+    [
+        ("0.6", 900.0, 0.55),  # decimal seconds (urllib3 would reject it)
+        ("3600", 0.4, 0.35),  # an hour, capped by max_retry_after
+        (http_date(3600), 0.5, 0.45),  # an HTTP date, capped
+    ],
+    ids=["decimal", "seconds-capped", "http-date-capped"],
+)
+def test_429_retry_after_is_honoured_and_capped(
+    tmp_path: Path, receiver: LoopbackReceiver, retry_after: str, max_retry_after: float, least_gap: float
+) -> None:
+    arrivals: list[float] = []
+    receiver.responder = responder_from(
+        [Reply(429, {"message": "slow down"}, {"Retry-After": retry_after})], Reply(200), arrivals
+    )
+    manager = manager_for(
+        tmp_path, {"hook": HookChannel(receiver.url("/hook"))}, max_retry_after=max_retry_after, **NEVER
+    )
+    sent = manager.notify("rate limited")
+    assert sent is not None
+    receiver.wait_for(2, timeout=10)
+    assert event_ids(receiver.requests) == [sent.id, sent.id]
+    # Lower bound only: the retry must not come before the server's wait.
+    assert arrivals[1] - arrivals[0] >= least_gap
+    assert manager.flush(10).pending == 0
+    [delivery] = manager.outbox.history()[0].deliveries
+    assert (delivery.state, delivery.attempts) == (DELIVERED, 2)
+    manager.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [("2", 2, 2), ("1.25", 1.25, 1.25), ("0", 0, 0), ("date+120", 115, 121), ("date-60", 0, 0)],
+)
+def test_parse_retry_after(header: str, low: float, high: float) -> None:
+    if header.startswith("date"):
+        header = http_date(float(header[4:]))  # built now: collection can be seconds earlier
+    seconds = parse_retry_after(header)
+    assert seconds is not None and low <= seconds <= high
+
+
+@pytest.mark.parametrize("header", [None, "", "soon", "nan"])
+def test_parse_retry_after_ignores_what_it_cannot_read(header: str | None) -> None:
+    assert parse_retry_after(header) is None
+
+
+def test_5xx_is_retried_with_backoff_until_it_succeeds(tmp_path: Path, receiver: LoopbackReceiver) -> None:
+    receiver.responder = responder_from([Reply(503), Reply(500), Reply(502, "bad gateway")], Reply(200))
+    manager = manager_for(tmp_path, {"hook": HookChannel(receiver.url("/hook"))}, retry_base=0.05)
+    sent = manager.notify("flaky service")
+    assert sent is not None
+    receiver.wait_for(4, timeout=10)
+    assert event_ids(receiver.requests) == [sent.id] * 4
+    assert manager.flush(10).pending == 0
+    [delivery] = manager.outbox.history()[0].deliveries
+    assert (delivery.state, delivery.attempts, delivery.last_error) == (DELIVERED, 4, None)
+    manager.close()
+
+
+def test_404_is_permanent_disables_the_channel_and_is_reported_once(
+    tmp_path: Path, receiver: LoopbackReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.default = Reply(404, "Unknown Webhook")
+    url = receiver.url("/api/webhooks/123/secret-hook-token")
+    manager = manager_for(tmp_path, {"hook": HookChannel(url)}, **NEVER)
+    with caplog.at_level(logging.INFO, logger="afs_callbacks"):
+        for index in range(3):
+            manager.notify(f"message {index}")
+        report = manager.flush(10)
+    assert report.pending == 0 and report.delivered == 0  # how many died *during* the flush varies
+    assert len(receiver.requests) == 1  # after the 404, nothing more is posted
+    deliveries = [entry.deliveries[0] for entry in manager.outbox.history()]
+    assert all(d.state == DEAD for d in deliveries)
+    assert sorted(d.attempts for d in deliveries) == [0, 0, 1]
+    assert all("HTTP 404: Unknown Webhook" in (d.last_error or "") for d in deliveries)
+    unusable = [r for r in caplog.records if "destination is unusable" in r.getMessage()]
+    assert len(unusable) == 1 and unusable[0].levelno == logging.ERROR
+    assert "secret-hook-token" not in caplog.text
+    manager.close()
+
+
+def test_max_attempts_ends_in_the_dead_letter_state(tmp_path: Path, receiver: LoopbackReceiver) -> None:
+    receiver.default = Reply(503, "down")
+    manager = manager_for(tmp_path, {"hook": HookChannel(receiver.url("/hook"))}, max_attempts=3, **NEVER)
+    manager.notify("doomed")
+    wait_until(lambda: first_delivery_attempts(manager) == 1, what="the first attempt")
+    reports = [manager.flush(10) for _ in range(3)]  # each flush: one more attempt
+    assert [(r.pending, r.dead) for r in reports] == [(1, 0), (0, 1), (0, 0)]
+    assert len(receiver.requests) == 3  # a dead message is not tried again
+    [delivery] = manager.outbox.history(state=DEAD)[0].deliveries
+    assert delivery.attempts == 3
+    assert delivery.last_error == "gave up after 3 attempts: HTTP 503: down"
+    manager.close()
+
+
+class RaisingOnce(NotificationHandler):
+    """A channel with a bug: its first send raises with a secret URL in the message."""
+
+    name = "raising"
+
+    def __init__(self, secret_url: str) -> None:
+        self.secret_url = secret_url
+        self.calls = 0
+
+    def send(self, event: NotificationEvent) -> DeliveryResult:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError(f"could not post to {self.secret_url}")
+        return DeliveryResult.delivered()
+
+
+def test_a_raising_handler_is_retried_and_its_error_redacted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret_url = "https://hooks.slack.com/services/T0RAISE/B0RAISE/raisingSecret1"
+    handler = RaisingOnce(secret_url)
+    manager = manager_for(tmp_path, {"raising": handler}, **NEVER)
+    with caplog.at_level(logging.INFO, logger="afs_callbacks"):
+        manager.notify("first")
+        wait_until(lambda: first_delivery_attempts(manager) == 1, what="the first attempt")
+        [delivery] = manager.outbox.history()[0].deliveries
+        assert delivery.state == PENDING
+        assert delivery.last_error == "RuntimeError: could not post to https://hooks.slack.com/services/***"
+        assert manager.flush(10).delivered == 1
+    assert handler.calls == 2
+    assert "raisingSecret1" not in caplog.text
+    manager.close()
+
+
+class SeedStyleHandler(NotificationHandler):
+    """A handler written for the seed system: ``send`` returns a bool."""
+
+    def __init__(self) -> None:
+        self.answers = [False, True]
+        self.titles: list[str] = []
+
+    def send(self, event: NotificationEvent) -> bool:
+        answer = self.answers.pop(0) if self.answers else True
+        if answer:
+            self.titles.append(event.title)
+        return answer
+
+
+def test_a_seed_style_bool_handler_works(tmp_path: Path) -> None:
+    handler = SeedStyleHandler()
+    assert handler.is_configured()
+    manager = manager_for(tmp_path, {"seed": handler}, **NEVER)
+    manager.notify_training_started("resnet", "run-1", epochs=3, batch_size=8)
+    wait_until(lambda: first_delivery_attempts(manager) == 1, what="the first attempt")
+    assert manager.outbox.history()[0].deliveries[0].last_error == "handler reported failure"
+    assert manager.flush(10).delivered == 1
+    assert handler.titles == ["Training started: resnet"]
+    manager.close()
+
+
+def test_call_handler_turns_odd_answers_into_retries() -> None:
+    class Odd(NotificationHandler):
+        def send(self, event: NotificationEvent) -> DeliveryResult:
+            return None  # type: ignore[return-value]
+
+    claim = Claim(NotificationEvent("test", "info", "x"), "odd", 0)  # type: ignore[arg-type]
+    assert call_handler(Odd(), claim).outcome.value == "retry"
+
+
+def test_each_channel_is_paced_to_its_min_interval(tmp_path: Path, receiver: LoopbackReceiver) -> None:
+    arrivals: list[float] = []
+    receiver.responder = responder_from([], Reply(200), arrivals)
+    manager = manager_for(tmp_path, {"paced": PacedHookChannel(receiver.url("/paced"))})
+    for index in range(4):
+        manager.notify(f"burst {index}")
+    assert manager.flush(10).pending == 0  # a flush keeps to the pace too
+    receiver.wait_for(4)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert len(gaps) == 3 and min(gaps) >= PacedHookChannel.min_interval - 0.02
+    manager.close()
+
+
+def test_a_slow_channel_does_not_delay_another(tmp_path: Path) -> None:
+    gate = Gate()
+    with LoopbackReceiver(responder=gate) as slow, LoopbackReceiver() as fast:
+        manager = manager_for(
+            tmp_path, {"slow": HookChannel(slow.url("/slow")), "fast": HookChannel(fast.url("/fast"))}
+        )
+        try:
+            sent = manager.notify("to both")
+            assert sent is not None
+            fast.wait_for(1)
+            assert gate.arrived.wait(10)  # the slow request is in flight ...
+            assert slow.requests == []  # ... and unanswered while the fast one is done
+        finally:
+            gate.open()
+        slow.wait_for(1)
+        assert manager.flush(10).pending == 0
+        assert {d.channel: d.state for d in manager.outbox.history()[0].deliveries} == {
+            "slow": DELIVERED,
+            "fast": DELIVERED,
+        }
+        manager.close()
