@@ -22,7 +22,7 @@ from afs_callbacks.channels import CHANNELS, load_channel_class
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
 from afs_callbacks.config import Env, Settings
 from afs_callbacks.delivery.limits import StormGuard
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, Outbox
+from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING, Outbox
 from afs_callbacks.delivery.sender import ChannelWorker, RetryPolicy
 from afs_callbacks.events import (
     DEFAULT_LEVELS,
@@ -120,6 +120,9 @@ class NotificationManager:
         self._housekeeper: threading.Thread | None = None
         self._stopping = threading.Event()
         self._closed = False
+        # Flush reports count what finished since the previous report (or since creation),
+        # so a message the sender delivered just before flush() is not missed.
+        self._report_mark = time.time()
         self._host = socket.gethostname()
         self._console: _Registration | None = None
         _managers.add(self)
@@ -283,7 +286,7 @@ class NotificationManager:
             return None
 
     def _enrich(self, event: NotificationEvent) -> NotificationEvent:
-        context = {"host": self._host, **self.context, **event.context}
+        context = _redact_values({"host": self._host, **self.context, **event.context})
         return event.with_changes(title=redact(event.title), message=redact(event.message), context=context)
 
     def _accept(self, event: NotificationEvent) -> None:
@@ -385,14 +388,13 @@ class NotificationManager:
         """Try every pending message of the registered channels now, ignoring backoff.
 
         Each pending message is attempted at most once per flush. Returns what was
-        delivered, what died, and what is still pending, also for channels this process
-        has no handler for.
+        delivered and what died since the previous flush (or since this manager was made),
+        and what is still pending, also for channels this process has no handler for.
         """
         outbox = self._get_outbox()
         outbox.reclaim_orphans()
         started = time.time()
         deadline = None if timeout is None else time.monotonic() + timeout
-        before = outbox.counts()
         workers = [self._worker(name, reg) for name, reg in self._active_registrations()]
         names = [worker.name for worker in workers]
         for worker in workers:
@@ -408,7 +410,10 @@ class NotificationManager:
         finally:
             for worker in workers:
                 worker.forced_since = None
-        return _report(before, outbox.counts())
+        now = time.time()
+        finished = outbox.finished_between(self._report_mark, now)
+        self._report_mark = now
+        return _report(finished, outbox.counts())
 
     def _active_registrations(self) -> list[tuple[str, _Registration]]:
         with self._lock:
@@ -625,14 +630,28 @@ def _read_settings(env: Env, strict: bool | None) -> Settings:
     return Settings.from_env(env, on_error=_report_config_error)
 
 
-def _report(before: Mapping[str, Mapping[str, int]], after: Mapping[str, Mapping[str, int]]) -> FlushReport:
+def _redact_values(value: Any) -> Any:
+    """Redact every string in a context, however nested: an error text or a URL passed as a
+    context field must not carry a secret into the history."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {key: _redact_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_values(item) for item in value]
+    return value
+
+
+def _report(
+    finished: Mapping[str, Mapping[str, int]], counts: Mapping[str, Mapping[str, int]]
+) -> FlushReport:
     by_channel: dict[str, dict[str, int]] = {}
-    for channel in set(before) | set(after):
-        old, new = before.get(channel, {}), after.get(channel, {})
+    for channel in set(finished) | set(counts):
+        done, now = finished.get(channel, {}), counts.get(channel, {})
         by_channel[channel] = {
-            "delivered": new.get(DELIVERED, 0) - old.get(DELIVERED, 0),
-            "dead": new.get(DEAD, 0) - old.get(DEAD, 0),
-            "pending": new.get("pending", 0) + new.get("sending", 0),
+            "delivered": done.get(DELIVERED, 0),
+            "dead": done.get(DEAD, 0),
+            "pending": now.get(PENDING, 0) + now.get(SENDING, 0),
         }
     return FlushReport(
         delivered=sum(c["delivered"] for c in by_channel.values()),

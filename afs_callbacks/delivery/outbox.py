@@ -327,6 +327,26 @@ class Outbox:
 
     # Reading ------------------------------------------------------------------------
 
+    def finished_between(self, start: float, end: float) -> dict[str, dict[str, int]]:
+        """Deliveries that ended in ``[start, end)`` per channel: ``{"slack": {"delivered":
+        3, "dead": 1}}`` (by any process sharing this outbox)."""
+        result: dict[str, dict[str, int]] = {}
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT channel, state, COUNT(*) FROM deliveries WHERE"
+                    " (state = 'delivered' AND delivered_at >= ? AND delivered_at < ?)"
+                    " OR (state = 'dead' AND last_attempt >= ? AND last_attempt < ?)"
+                    " GROUP BY channel, state",
+                    (start, end, start, end),
+                )
+                .fetchall()
+            )
+        for channel, state, count in rows:
+            result.setdefault(channel, {})[state] = count
+        return result
+
     def counts(self, channels: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """Deliveries per channel per state: ``{"slack": {"pending": 2, "dead": 1}}``."""
         sql = "SELECT channel, state, COUNT(*) FROM deliveries"
