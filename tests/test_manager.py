@@ -446,3 +446,30 @@ def test_no_secret_in_history_database_logs_status_or_repr(
 def first_attempt_done(manager: NotificationManager) -> bool:
     history = manager.outbox.history()
     return bool(history) and history[0].deliveries[0].attempts >= 1
+
+
+# Flush reports and context redaction -----------------------------------------------------
+
+
+def test_flush_report_counts_a_message_delivered_just_before_the_flush(tmp_path: Path) -> None:
+    manager, captured = capturing_manager(tmp_path)
+    manager.notify("early", key="early")
+    captured.wait_for()  # the sender delivered it before flush() was called
+    report = manager.flush(5)
+    assert (report.delivered, report.pending, report.dead) == (1, 0, 0)
+    assert manager.flush(5).delivered == 0  # counted once, not again by the next report
+    manager.close()
+
+
+def test_a_registered_secret_in_a_context_value_never_reaches_the_history(tmp_path: Path) -> None:
+    from afs_callbacks.redaction import register_secret
+
+    secret = "tok-" + uuid.uuid4().hex
+    register_secret(secret)
+    manager, captured = capturing_manager(tmp_path)
+    manager.notify("crash", error=f"POST https://x.example/{secret} failed", details={"url": [secret]})
+    [got] = captured.wait_for()
+    assert secret not in repr(got.context)
+    manager.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("outbox.sqlite3*"))
+    assert secret.encode() not in raw
