@@ -1,0 +1,110 @@
+"""``afs-notify test``: a test message to every configured channel (or the ones named),
+and per channel the result: delivered, or the exact reason it was not.
+
+It is the first command a new user runs, so every outcome ends in a sentence that says
+what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+from afs_callbacks.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    channel_order,
+    deliveries_of,
+    delivery_result,
+    library_silenced,
+    open_session,
+    requested_channels,
+)
+from afs_callbacks.cli._output import Output
+from afs_callbacks.delivery.outbox import DELIVERED, PENDING, SENDING
+from afs_callbacks.events import EventType
+from afs_callbacks.manager import NotificationManager
+
+TITLE = "Test notification from afs-notify"
+
+
+def command_test(args: argparse.Namespace, output: Output) -> int:
+    """Send the test event, wait up to ``--timeout`` and print each channel's result.
+
+    Exit code: 0 all delivered, 1 one failed, 2 a channel's configuration is wrong.
+    """
+    session = open_session(args)
+    manager = session.manager
+    try:
+        with library_silenced():
+            # A test goes to every channel whatever its routing (EMAIL_MIN_LEVEL=error
+            # would otherwise keep an INFO test from email): register them again unrouted.
+            for name in session.usable:
+                manager.register_handler(name, manager.handlers[name])
+        rows = _send_test(manager, args.timeout) if session.can_send else {}
+        named = requested_channels(args) or []
+        for problem in session.problems:
+            state = (
+                "config error" if problem.config_error else "failed" if problem.name in named else "skipped"
+            )
+            rows[problem.name] = (state, problem.reason)
+        ordered = [(name, *rows[name]) for name in channel_order(list(rows))]
+        failed = any(state in ("failed", "pending") for _, state, _ in ordered)
+        if output.json_mode:
+            results = [{"channel": c, "result": r, "detail": d} for c, r, d in ordered]
+            output.json({"results": results, "ok": not failed and not session.config_error})
+        else:
+            output.table(["CHANNEL", "RESULT", "DETAIL"], ordered)
+            _advise(output, ordered, session.usable)
+        if session.config_error:
+            return EXIT_USAGE
+        return EXIT_FAILED if failed else EXIT_OK
+    finally:
+        manager.close(timeout=0)
+
+
+def _send_test(manager: NotificationManager, timeout: float) -> dict[str, tuple[str, str]]:
+    """Send the test event and return each channel's ``(result, detail)``."""
+    event = manager.notify(
+        TITLE,
+        f"If you can read this, training notifications from {socket.gethostname()} reach you here.",
+        EventType.TEST,
+        no_dedup=True,
+    )
+    if event is None:
+        return {"(all)": ("failed", "the test event was not accepted; see the log line above")}
+    manager.flush(timeout)
+    rows = {}
+    for delivery in deliveries_of(manager, event.id):
+        rows[delivery.channel] = delivery_result(delivery)
+        if delivery.state in (PENDING, SENDING):
+            # A test is not retried later: a stale test message an hour after the user
+            # fixed the cause would only confuse.
+            reason = delivery.last_error or f"no answer within {timeout:g} s"
+            manager.outbox.mark_dead(
+                event.id, delivery.channel, f"test not retried: {reason}", attempted=False
+            )
+            rows[delivery.channel] = ("failed", reason)
+    return rows
+
+
+def _advise(output: Output, rows: list[tuple[str, str, str]], usable: list[str]) -> None:
+    """The next step, in one sentence."""
+    states = {state for _, state, _ in rows}
+    if not usable and any(name == "console" for name, _, _ in rows):
+        advice = (
+            "No channel is configured yet, so the test went to the console only. Copy .env.example "
+            "to .env, set one destination (e.g. SLACK_WEBHOOK_URL or NTFY_TOPIC) and run "
+            "`afs-notify test` again; docs/configuration.md lists every setting."
+        )
+    elif "config error" in states:
+        advice = "Fix the settings named above (docs/troubleshooting.md explains each message)."
+    elif states & {"failed", "pending"}:
+        advice = "See docs/troubleshooting.md for what each failure means and how to fix it."
+    elif DELIVERED in states:
+        advice = "All set: check that the message arrived where you expected it."
+    else:
+        advice = "Nothing was sent: see `afs-notify status`."
+    output.line()
+    output.line(advice)
