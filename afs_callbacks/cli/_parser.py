@@ -12,6 +12,7 @@ from afs_callbacks import __version__
 from afs_callbacks.cli._common import UsageError, non_negative, number, positive_int
 from afs_callbacks.cli._flush import command_flush
 from afs_callbacks.cli._history import command_history
+from afs_callbacks.cli._monitor import command_monitor
 from afs_callbacks.cli._run import command_run
 from afs_callbacks.cli._selftest import command_test
 from afs_callbacks.cli._send import (
@@ -218,6 +219,18 @@ def build_parser() -> Parser:
         action="store_true",
         help="also queue failed (dead) messages again, after you fixed the cause",
     )
+
+    monitor = add(
+        "monitor",
+        command_monitor,
+        "watch GPU memory/utilisation, disk, memory and cost standalone, then print a summary",
+        json=False,
+    )
+    monitor.add_argument(
+        "--duration", type=non_negative, default=0.0, metavar="SECONDS", help="stop after this long"
+    )
+    monitor.add_argument("--path", action="append", help="a folder whose disk to watch (repeatable)")
+    _run_options(monitor, required=False)
 
     run = add(
         "run",
