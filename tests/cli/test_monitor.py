@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from afs_callbacks.events import EventType
-from tests.cli.helpers import afs_notify, cli_env, history
+from cli.helpers import afs_notify, cli_env, history
 
 
 def test_monitor_alerts_on_a_cost_threshold_and_prints_the_summary(
