@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 
-from _common import fresh_state_dir, parse_args, percentile, print_table
+from _common import Report, fresh_state_dir, parse_args, percentile
 
 from afs_callbacks import EventType, Settings
 from afs_callbacks.channels.webhook import WebhookNotifier
@@ -97,20 +96,28 @@ def main() -> None:
     lat = latency(30 if args.quick else 300)
     thr = throughput(200 if args.quick else 5000)
     out = outage(20 if args.quick else 200, 3.0 if args.quick else 30.0)
-    if args.json:
-        print(json.dumps({"latency": lat, "throughput": thr, "outage": out}))
-        return
-    print_table("Latency notify() → loopback receiver", ("p50 ms", "p99 ms"), [(lat["p50_ms"], lat["p99_ms"])])
-    print_table(
+    report = Report("delivery", args)
+    report.table(
+        "Latency notify() → loopback receiver", ("p50 ms", "p99 ms"), [(lat["p50_ms"], lat["p99_ms"])]
+    )
+    report.table(
         "Sustained burst through the outbox",
         ("events", "caller µs/event", "delivered/s"),
         [(thr["events"], thr["caller_us_per_event"], thr["delivered_per_s"])],
     )
-    print_table(
+    report.table(
         "Receiver down, then back",
         ("events", "down s", "lost", "drained after back s", "delivered rows"),
         [(out["events"], out["down_s"], out["lost"], out["drained_after_back_s"], out["delivered_rows"])],
     )
+    report.target("latency p50", "< 20 ms", f"{lat['p50_ms']:.1f} ms", lat["p50_ms"] < 20)
+    report.target(
+        "receiver down then back",
+        "nothing lost, backlog drained",
+        f"{out['lost']:g} lost, {out['delivered_rows']:g}/{out['events']:g} delivered",
+        out["lost"] == 0 and out["delivered_rows"] == out["events"],
+    )
+    report.finish(latency=lat, throughput=thr, outage=out)
 
 
 if __name__ == "__main__":

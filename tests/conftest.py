@@ -1,55 +1,12 @@
-"""Shared fixtures: every test gets its own state directory and a clean environment."""
+"""Fixtures for the unit tests only. The shared ones (a clean environment and state
+directory per test, the loopback ``receiver``) are in the repository root's conftest.py."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-from afs_callbacks.testing import LoopbackReceiver
-
-# Frameworks: CPU only, no hub downloads, Keras on torch (no TensorFlow needed).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("KERAS_BACKEND", "torch")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-
-# Variables a developer's shell or .env might set that would change what tests see.
-_CHANNEL_PREFIXES = (
-    "AFS_",
-    "DESKTOP_",
-    "SMTP_",
-    "FROM_EMAIL",
-    "TO_EMAILS",
-    "EMAIL_",
-    "SLACK_",
-    "DISCORD_",
-    "WEBHOOK_",
-    "TELEGRAM_",
-    "TEAMS_",
-    "NTFY_",
-    "PAGERDUTY_",
-    "ALERTMANAGER_",
-    "APPRISE_",
-    "GPU_",
-    "COST_",
-    "CONSOLE_",
-)
-
-
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Clear channel settings and point the state directory at a fresh temp folder."""
-    for name in list(os.environ):
-        if name.startswith(_CHANNEL_PREFIXES):
-            monkeypatch.delenv(name, raising=False)
-    state = tmp_path / "state"
-    monkeypatch.setenv("AFS_STATE_DIR", str(state))
-    monkeypatch.chdir(tmp_path)  # no stray ./.env from the developer's checkout
-    return state
 
 
 @pytest.fixture(autouse=True)
@@ -62,10 +19,3 @@ def library_logging_restored() -> Iterator[None]:
     logger.setLevel(saved[0])
     logger.propagate = saved[1]
     logger.handlers[:] = saved[2]
-
-
-@pytest.fixture
-def receiver() -> Iterator[LoopbackReceiver]:
-    """A real HTTP server on 127.0.0.1 recording requests; script answers with .reply()."""
-    with LoopbackReceiver() as server:
-        yield server

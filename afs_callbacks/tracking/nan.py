@@ -1,13 +1,15 @@
 """NaN/Inf detection without a device sync on every step.
 
 A loss that lives on the GPU costs a synchronisation to read (``.item()``). The
-:class:`LossAccumulator` keeps, on the loss's own device, a "saw a non-finite value" flag
-and the running sum of finite losses, and reads both with one transfer every N steps. A
-Python float (HF and Keras hand those over) is checked at once, for free.
+:class:`LossAccumulator` keeps the window's loss tensors where they are and, every N
+steps, reduces them on their device to a "saw a non-finite value" flag and the sum of the
+finite ones, read with one transfer. A Python float (HF and Keras hand those over) is
+checked at once, for free.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +28,10 @@ class Window:
 class LossAccumulator:
     """Accumulates losses (tensors or floats) and reports per window of steps.
 
-    Only tensor methods are used (``isfinite``, ``nan_to_num``, ``masked_fill``, ``item``),
-    so torch is never imported here.
+    Per step a tensor loss costs a ``detach`` and a list append: no tensor arithmetic, so
+    no kernel launch on a GPU (benchmarks/bench_hook.py measures it). The window holds at
+    most N detached scalars. torch is imported only in :meth:`read`, when tensors were
+    given, that is when it is loaded already.
     """
 
     def __init__(self) -> None:
@@ -36,8 +40,7 @@ class LossAccumulator:
     def _reset(self) -> None:
         self._saw_bad = False
         self._sum = 0.0
-        self._bad_tensor: Any = None
-        self._sum_tensor: Any = None
+        self._tensors: list[Any] = []
         self._count = 0
         self._first_step: int | None = None
         self._last_step = 0
@@ -56,17 +59,10 @@ class LossAccumulator:
             else:
                 self._saw_bad = True
             return not finite
-        loss = value.detach()
-        if loss.numel() != 1:
-            loss = loss.float().mean()
-        # Queued on the loss's device; nothing here waits for the GPU.
-        non_finite = ~loss.isfinite()
-        clean = loss.float().nan_to_num(0.0, 0.0, 0.0)
-        if self._bad_tensor is None:
-            self._bad_tensor, self._sum_tensor = non_finite, clean
-        else:
-            self._bad_tensor = self._bad_tensor | non_finite
-            self._sum_tensor = self._sum_tensor + clean
+        loss = value.detach()  # keeps no autograd graph alive
+        if loss.dim() != 0:
+            loss = loss.float().mean()  # queued on the loss's device; nothing waits here
+        self._tensors.append(loss)
         return None
 
     def read(self) -> Window | None:
@@ -75,8 +71,8 @@ class LossAccumulator:
         if self._first_step is None:
             return None
         saw_bad, total = self._saw_bad, self._sum
-        if self._bad_tensor is not None:
-            value = float(self._sum_tensor.masked_fill(self._bad_tensor, float("nan")).item())
+        if self._tensors:
+            value = _reduce(self._tensors)
             saw_bad = saw_bad or math.isnan(value)
             total += 0.0 if math.isnan(value) else value
         window = Window(
@@ -87,3 +83,16 @@ class LossAccumulator:
         )
         self._reset()
         return window
+
+
+def _reduce(tensors: list[Any]) -> float:
+    """The sum of the window's losses, NaN when any is NaN/Inf: a few ops on their device
+    and one read."""
+    torch: Any = importlib.import_module("torch")  # loaded already: the tensors are its own
+    try:
+        losses = torch.stack(tensors)
+    except RuntimeError:  # losses on different devices: gather them on the host
+        losses = torch.stack([t.float().cpu() for t in tensors])
+    losses = losses.float()
+    bad = ~losses.isfinite().all()
+    return float(losses.nan_to_num(0.0, 0.0, 0.0).sum().masked_fill(bad, float("nan")).item())

@@ -374,7 +374,8 @@ class RunTracker:
         }
         if kind is Failure.OUT_OF_MEMORY:
             device = oom_device(error)
-            context.update(device=device, **cuda_memory_figures(device), **self._monitor_summary())
+            # A dict display, not keywords: the figures repeat "device" (and keep its value).
+            context.update({"device": device, **cuda_memory_figures(device), **self._monitor_summary()})
             event_type, title = EventType.OUT_OF_MEMORY, f"Out of memory: {self.model_name}"
         else:
             event_type, title = EventType.TRAINING_FAILED, f"Training failed: {self.model_name}"

@@ -24,10 +24,12 @@ import requests
 
 from afs_callbacks import EventType, NotificationEvent
 from afs_callbacks.channels.alertmanager import AlertmanagerNotifier, alert_name, parse_labels
-from afs_callbacks.config import Env, Settings
+from afs_callbacks.config import Env
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
+from tests.channels import support
+from tests.channels.support import OUTBOX_FILES, assert_not_shown, assert_not_stored, flushed
 
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 T = TypeVar("T")
@@ -108,21 +110,8 @@ def alertmanager(tmp_path: Path, hook: LoopbackReceiver) -> Iterator[str]:
             process.wait(5)
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[NotificationManager]:
-    settings = Settings(
-        state_dir=tmp_path / "state", dedup_window=0, retry_base=0.01, retry_cap=0.05, console="never"
-    )
-    manager = NotificationManager(settings=settings)
-    yield manager
-    manager.close(timeout=1)
-
-
-def flushed(manager: NotificationManager) -> list[str]:
-    """Delivery states after a flush, oldest event first. (A flush's own counts miss what
-    the sender thread finished before the flush began.)"""
-    manager.flush(5)
-    return [d.state for entry in reversed(manager.outbox.history()) for d in entry.deliveries]
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager = support.manager
 
 
 def listed(url: str, run_id: str) -> list[dict[str, Any]]:
@@ -291,9 +280,8 @@ def test_credentials_in_the_url_never_leak(
     requests_seen = loopback_am.wait_for(2)
     assert requests_seen[-1].headers["Authorization"].startswith("Basic ")
     manager.close(timeout=1)
-    stored = b"".join(path.read_bytes() for path in Path(manager.state_dir).glob("outbox.sqlite3*"))
-    shown = caplog.text + repr(channel) + str(manager.status())
-    assert password not in shown and password.encode() not in stored
+    assert_not_shown((caplog.text, repr(channel), str(manager.status())), password)
+    assert_not_stored(manager.state_dir, password, pattern=OUTBOX_FILES)
 
 
 def test_channel_pickles_without_its_thread(loopback_am: LoopbackReceiver) -> None:

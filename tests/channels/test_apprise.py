@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,8 @@ from afs_callbacks.config import Env, Settings
 from afs_callbacks.exceptions import ConfigurationError, MissingExtraError
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, Reply
+from tests.channels import support
+from tests.channels.support import OUTBOX_FILES, assert_not_shown, assert_not_stored, flushed
 
 pytest.importorskip(
     "apprise", reason="the apprise extra is not installed: pip install 'afs-callbacks[apprise]'"
@@ -30,21 +31,8 @@ def json_url(receiver: LoopbackReceiver, path: str = f"/hook/{TOKEN}") -> str:
     return f"json://afs:{PASSWORD}@127.0.0.1:{receiver.port}{path}"
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[NotificationManager]:
-    settings = Settings(
-        state_dir=tmp_path / "state", dedup_window=0, retry_base=0.01, retry_cap=0.05, console="never"
-    )
-    manager = NotificationManager(settings=settings)
-    yield manager
-    manager.close(timeout=1)
-
-
-def flushed(manager: NotificationManager) -> list[str]:
-    """Delivery states after a flush, oldest event first. (A flush's own counts miss what
-    the sender thread finished before the flush began.)"""
-    manager.flush(5)
-    return [d.state for entry in reversed(manager.outbox.history()) for d in entry.deliveries]
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager = support.manager
 
 
 def test_event_reaches_a_json_endpoint(manager: NotificationManager, receiver: LoopbackReceiver) -> None:
@@ -154,8 +142,5 @@ def test_urls_never_leak(
     assert manager.outbox.history()[0].deliveries[0].state == "delivered"
     assert any(record.name == "apprise" for record in caplog.records)  # its own records checked too
     manager.close(timeout=1)
-    stored = b"".join(path.read_bytes() for path in Path(manager.state_dir).glob("outbox.sqlite3*"))
-    shown = caplog.text + repr(channel) + str(manager.status())
-    for secret in (url, PASSWORD, TOKEN):
-        assert secret not in shown
-        assert secret.encode() not in stored
+    assert_not_shown((caplog.text, repr(channel), str(manager.status())), url, PASSWORD, TOKEN)
+    assert_not_stored(manager.state_dir, url, PASSWORD, TOKEN, pattern=OUTBOX_FILES)

@@ -13,7 +13,7 @@ import email.policy
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +21,31 @@ import pytest
 
 from afs_callbacks.channels.base import Outcome
 from afs_callbacks.channels.discord import DiscordNotifier
-from afs_callbacks.config import Env, Settings
-from afs_callbacks.delivery.outbox import Delivery
+from afs_callbacks.config import Env
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.formatting import LEVEL_COLORS, TRUNCATION_MARK
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
+from tests.channels import support
+from tests.channels.support import assert_not_shown, assert_not_stored, notify_with, wait_delivery
 
 TOKEN = "dIsCoRdToKeN_0123456789abcdefSECRET"
 HOOK_PATH = f"/api/webhooks/112233445566778899/{TOKEN}"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
-@pytest.fixture(autouse=True)
-def _no_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Discord's 1 s pacing is real behaviour, but tests must not spend seconds on it.
-    monkeypatch.setattr(DiscordNotifier, "min_interval", 0.0)
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager_for = support.manager_for
+
+notify = notify_with(
+    title="Epoch 3 done",
+    message="validation loss improved",
+    event_type="epoch_completed",
+    model="resnet18",
+    run_id="r7",
+    epoch=3,
+    metrics={"val_loss": 0.25, "val_acc": 0.93},
+)
 
 
 @pytest.fixture
@@ -44,69 +53,6 @@ def discord(receiver: LoopbackReceiver) -> LoopbackReceiver:
     """The receiver answering like Discord does with ``wait=true``: the stored message."""
     receiver.default = Reply(200, {"id": "1234", "type": 0, "content": "", "embeds": []})
     return receiver
-
-
-@pytest.fixture
-def manager_for(tmp_path: Path) -> Iterator[Callable[..., NotificationManager]]:
-    managers: list[NotificationManager] = []
-
-    def build(handler: DiscordNotifier, **settings: Any) -> NotificationManager:
-        config = Settings(
-            state_dir=tmp_path / "state",
-            retry_base=0.05,
-            retry_cap=0.1,
-            dedup_window=0,
-            console="never",
-            **settings,
-        )
-        manager = NotificationManager({"discord": handler}, settings=config)
-        managers.append(manager)
-        return manager
-
-    yield build
-    for manager in managers:
-        manager.close(timeout=0)
-
-
-def delivery(manager: NotificationManager, event: NotificationEvent) -> Delivery:
-    """The discord delivery row of ``event``."""
-    for entry in manager.outbox.history(limit=1000):
-        if entry.event.id == event.id:
-            return next(d for d in entry.deliveries if d.channel == "discord")
-    raise AssertionError(f"event {event.id} is not in the outbox")
-
-
-def wait_delivery(
-    manager: NotificationManager,
-    event: NotificationEvent,
-    condition: Callable[[Delivery], bool],
-    timeout: float = 10.0,
-) -> Delivery:
-    """Poll the outbox until the delivery of ``event`` meets ``condition``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = delivery(manager, event)
-        if condition(row):
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(f"delivery did not reach the expected state: {row}")
-        time.sleep(0.01)
-
-
-def notify(manager: NotificationManager, **overrides: Any) -> NotificationEvent:
-    arguments: dict[str, Any] = {
-        "title": "Epoch 3 done",
-        "message": "validation loss improved",
-        "event_type": "epoch_completed",
-        "model": "resnet18",
-        "run_id": "r7",
-        "epoch": 3,
-        "metrics": {"val_loss": 0.25, "val_acc": 0.93},
-    }
-    arguments.update(overrides)
-    event = manager.notify(**arguments)
-    assert event is not None
-    return event
 
 
 def form_parts(request: ReceivedRequest) -> dict[str, tuple[str | None, str, bytes]]:
@@ -304,17 +250,10 @@ def test_secret_never_leaks(
     row = wait_delivery(manager, event, lambda d: d.state == "dead")
     assert "Invalid Webhook Token" in (row.last_error or "")
 
-    for text in (
-        caplog.text,
-        row.last_error or "",
-        repr(notifier),
-        notifier.describe(),
-        str(notifier.status()),
-    ):
-        assert TOKEN not in text, text
+    shown = (caplog.text, row.last_error or "", repr(notifier), notifier.describe(), str(notifier.status()))
+    assert_not_shown(shown, TOKEN)
     manager.close(timeout=0)
-    for path in (tmp_path / "state").iterdir():
-        assert TOKEN.encode() not in path.read_bytes(), path.name
+    assert_not_stored(tmp_path / "state", TOKEN)
 
 
 def test_from_env(discord: LoopbackReceiver) -> None:

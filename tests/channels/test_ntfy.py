@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from afs_callbacks import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.channels.base import Outcome
 from afs_callbacks.channels.ntfy import MAX_REQUEST_BYTES, RATE_LIMIT_BACKOFF, NtfyNotifier
-from afs_callbacks.config import Env, Settings
+from afs_callbacks.config import Env
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import TRUNCATION_MARK
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
+from tests.channels import support
+from tests.channels.support import OUTBOX_FILES, assert_not_shown, assert_not_stored, flushed
 
 TOPIC = "afs-runs-7Hq2xPz9"
 TOKEN = "tk_AgQdq7mVBoFD37zQVN29RhuMzNIz2"
@@ -47,21 +47,8 @@ def server(receiver: LoopbackReceiver) -> LoopbackReceiver:
     return receiver
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[NotificationManager]:
-    settings = Settings(
-        state_dir=tmp_path / "state", dedup_window=0, retry_base=0.01, retry_cap=0.05, console="never"
-    )
-    manager = NotificationManager(settings=settings)
-    yield manager
-    manager.close(timeout=1)
-
-
-def flushed(manager: NotificationManager) -> list[str]:
-    """Delivery states after a flush, oldest event first. (A flush's own counts miss what
-    the sender thread finished before the flush began.)"""
-    manager.flush(5)
-    return [d.state for entry in reversed(manager.outbox.history()) for d in entry.deliveries]
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager = support.manager
 
 
 def channel(server: LoopbackReceiver, **options: object) -> NtfyNotifier:
@@ -210,8 +197,6 @@ def test_token_and_topic_never_leak(
     manager.flush(5)
     assert manager.outbox.history()[0].deliveries[0].state == "delivered"
     manager.close(timeout=1)
-    stored = b"".join(path.read_bytes() for path in Path(manager.state_dir).glob("outbox.sqlite3*"))
-    shown = caplog.text + repr(with_token) + repr(tokenless) + str(manager.status())
-    for secret in (TOKEN, TOPIC):
-        assert secret not in shown
-        assert secret.encode() not in stored
+    shown = (caplog.text, repr(with_token), repr(tokenless), str(manager.status()))
+    assert_not_shown(shown, TOKEN, TOPIC)
+    assert_not_stored(manager.state_dir, TOKEN, TOPIC, pattern=OUTBOX_FILES)

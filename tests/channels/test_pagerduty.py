@@ -4,8 +4,6 @@ server that validates and answers like the Events API v2 (202 + JSON, 400 with e
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,10 +16,12 @@ from afs_callbacks.channels.pagerduty import (
     dedup_key,
     ended_conditions,
 )
-from afs_callbacks.config import Env, Settings
+from afs_callbacks.config import Env
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
+from tests.channels import support
+from tests.channels.support import OUTBOX_FILES, assert_not_shown, assert_not_stored, flushed
 
 KEY = "R0UTINGkey1234567890abcdefABCDEF"
 
@@ -55,21 +55,8 @@ def api(receiver: LoopbackReceiver) -> LoopbackReceiver:
     return receiver
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[NotificationManager]:
-    settings = Settings(
-        state_dir=tmp_path / "state", dedup_window=0, retry_base=0.01, retry_cap=0.05, console="never"
-    )
-    manager = NotificationManager(settings=settings)
-    yield manager
-    manager.close(timeout=1)
-
-
-def flushed(manager: NotificationManager) -> list[str]:
-    """Delivery states after a flush, oldest event first. (A flush's own counts miss what
-    the sender thread finished before the flush began.)"""
-    manager.flush(5)
-    return [d.state for entry in reversed(manager.outbox.history()) for d in entry.deliveries]
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager = support.manager
 
 
 def channel(api: LoopbackReceiver, **options: object) -> PagerDutyNotifier:
@@ -241,7 +228,6 @@ def test_routing_key_never_leaks(
     manager.flush(5)
     assert manager.outbox.history()[0].deliveries[0].state == "delivered"
     manager.close(timeout=1)
-    stored = b"".join(path.read_bytes() for path in Path(manager.state_dir).glob("outbox.sqlite3*"))
-    shown = caplog.text + repr(pager) + pager.describe() + str(manager.status())
-    assert KEY not in shown and KEY.encode() not in stored
+    assert_not_shown((caplog.text, repr(pager), pager.describe(), str(manager.status())), KEY)
+    assert_not_stored(manager.state_dir, KEY, pattern=OUTBOX_FILES)
     assert pager.describe().endswith("key ***CDEF")

@@ -11,7 +11,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,84 +19,29 @@ import pytest
 
 from afs_callbacks.channels.base import Outcome
 from afs_callbacks.channels.slack import SlackNotifier
-from afs_callbacks.config import Env, Settings
-from afs_callbacks.delivery.outbox import Delivery
+from afs_callbacks.config import Env
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import TRUNCATION_MARK
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, Reply
+from tests.channels import support
+from tests.channels.support import assert_not_shown, assert_not_stored, delivery, notify_with, wait_delivery
 
 SECRET = "XXXXslackSECRET0123456789"
 HOOK_PATH = f"/services/T000/B000/{SECRET}"
 
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager_for = support.manager_for
 
-@pytest.fixture(autouse=True)
-def _no_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Slack's 1 s pacing is real behaviour, but tests must not spend seconds on it.
-    monkeypatch.setattr(SlackNotifier, "min_interval", 0.0)
-
-
-@pytest.fixture
-def manager_for(tmp_path: Path) -> Iterator[Callable[..., NotificationManager]]:
-    managers: list[NotificationManager] = []
-
-    def build(handler: SlackNotifier, **settings: Any) -> NotificationManager:
-        config = Settings(
-            state_dir=tmp_path / "state",
-            retry_base=0.05,
-            retry_cap=0.1,
-            dedup_window=0,
-            console="never",
-            **settings,
-        )
-        manager = NotificationManager({"slack": handler}, settings=config)
-        managers.append(manager)
-        return manager
-
-    yield build
-    for manager in managers:
-        manager.close(timeout=0)
-
-
-def delivery(manager: NotificationManager, event: NotificationEvent) -> Delivery:
-    """The slack delivery row of ``event``."""
-    for entry in manager.outbox.history(limit=1000):
-        if entry.event.id == event.id:
-            return next(d for d in entry.deliveries if d.channel == "slack")
-    raise AssertionError(f"event {event.id} is not in the outbox")
-
-
-def wait_delivery(
-    manager: NotificationManager,
-    event: NotificationEvent,
-    condition: Callable[[Delivery], bool],
-    timeout: float = 10.0,
-) -> Delivery:
-    """Poll the outbox until the delivery of ``event`` meets ``condition``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = delivery(manager, event)
-        if condition(row):
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(f"delivery did not reach the expected state: {row}")
-        time.sleep(0.01)
-
-
-def notify(manager: NotificationManager, **overrides: Any) -> NotificationEvent:
-    arguments: dict[str, Any] = {
-        "title": "Training completed: bert-tiny",
-        "message": "Run r1 finished in 3m 02s.",
-        "event_type": "training_completed",
-        "model": "bert-tiny",
-        "run_id": "r1",
-        "metrics": {"loss": 0.1234567, "accuracy": 0.91},
-    }
-    arguments.update(overrides)
-    event = manager.notify(**arguments)
-    assert event is not None
-    return event
+notify = notify_with(
+    title="Training completed: bert-tiny",
+    message="Run r1 finished in 3m 02s.",
+    event_type="training_completed",
+    model="bert-tiny",
+    run_id="r1",
+    metrics={"loss": 0.1234567, "accuracy": 0.91},
+)
 
 
 def mrkdwn_texts(payload: dict[str, Any]) -> list[str]:
@@ -299,12 +244,10 @@ def test_secret_never_leaks(
         str(refused.status()),
         repr(echoing),
     ]
-    for text in shown:
-        assert SECRET not in text, text
+    assert_not_shown(shown, SECRET)
     assert refused.describe() == f"http://127.0.0.1:{port}/***"
     manager.close(timeout=0)
-    for path in (tmp_path / "state").iterdir():
-        assert SECRET.encode() not in path.read_bytes(), path.name
+    assert_not_stored(tmp_path / "state", SECRET)
 
 
 def test_from_env(receiver: LoopbackReceiver) -> None:

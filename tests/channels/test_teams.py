@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from afs_callbacks import EventType, NotificationLevel
 from afs_callbacks.channels.teams import LEVEL_CARD_COLORS, TeamsNotifier, escape_markdown
-from afs_callbacks.config import Env, Settings
+from afs_callbacks.config import Env
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import TRUNCATION_MARK
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, Reply
+from tests.channels import support
+from tests.channels.support import OUTBOX_FILES, assert_not_shown, assert_not_stored, flushed
 
 SIG = "S1gnatureS3cretValue0123456789abcdef"
 PATH = "/workflows/0a1b2c3d4e5f/triggers/manual/paths/invoke"
@@ -32,21 +33,8 @@ def accepted(receiver: LoopbackReceiver) -> LoopbackReceiver:
     return receiver
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[NotificationManager]:
-    settings = Settings(
-        state_dir=tmp_path / "state", dedup_window=0, retry_base=0.01, retry_cap=0.05, console="never"
-    )
-    manager = NotificationManager(settings=settings)
-    yield manager
-    manager.close(timeout=1)
-
-
-def flushed(manager: NotificationManager) -> list[str]:
-    """Delivery states after a flush, oldest event first. (A flush's own counts miss what
-    the sender thread finished before the flush began.)"""
-    manager.flush(5)
-    return [d.state for entry in reversed(manager.outbox.history()) for d in entry.deliveries]
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager = support.manager
 
 
 def card_of(request_body: bytes) -> dict:
@@ -197,11 +185,9 @@ def test_webhook_url_never_leaks(
     history = manager.outbox.history()
     assert history[0].deliveries[0].state == "delivered"
     manager.close(timeout=1)
-    stored = b"".join(path.read_bytes() for path in Path(manager.state_dir).glob("outbox.sqlite3*"))
-    text = caplog.text + repr(channel) + channel.describe() + str(manager.status())
-    for secret in (SIG, url):
-        assert secret not in text
-        assert secret.encode() not in stored
+    shown = (caplog.text, repr(channel), channel.describe(), str(manager.status()))
+    assert_not_shown(shown, SIG, url)
+    assert_not_stored(manager.state_dir, SIG, url, pattern=OUTBOX_FILES)
     assert channel.describe() == f"teams http://127.0.0.1:{accepted.port}/***"
 
 

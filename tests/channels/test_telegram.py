@@ -14,7 +14,7 @@ import email.policy
 import html.parser
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,14 @@ import pytest
 
 from afs_callbacks.channels.base import Outcome
 from afs_callbacks.channels.telegram import TelegramNotifier
-from afs_callbacks.config import Env, Settings
-from afs_callbacks.delivery.outbox import Delivery
+from afs_callbacks.config import Env
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import TRUNCATION_MARK
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
+from tests.channels import support
+from tests.channels.support import assert_not_shown, assert_not_stored, notify_with, wait_delivery
 
 TOKEN = "123456789:AAHsecretTOKENabcdefghijklmnopqrstu"
 CHAT = "-1001234567890"
@@ -133,10 +134,17 @@ def _fields(request: ReceivedRequest) -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture(autouse=True)
-def _no_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Telegram's 1 s pacing is real behaviour, but tests must not spend seconds on it.
-    monkeypatch.setattr(TelegramNotifier, "min_interval", 0.0)
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager_for = support.manager_for
+
+notify = notify_with(
+    title="Training failed: vit-small",
+    message="RuntimeError: CUDA out of memory",
+    event_type="training_failed",
+    model="vit-small",
+    run_id="r3",
+    metrics={"loss": 2.5},
+)
 
 
 @pytest.fixture
@@ -146,70 +154,8 @@ def bot_api(receiver: LoopbackReceiver) -> FakeBotApi:
     return api
 
 
-@pytest.fixture
-def manager_for(tmp_path: Path) -> Iterator[Callable[..., NotificationManager]]:
-    managers: list[NotificationManager] = []
-
-    def build(handler: TelegramNotifier, **settings: Any) -> NotificationManager:
-        config = Settings(
-            state_dir=tmp_path / "state",
-            retry_base=0.05,
-            retry_cap=0.1,
-            dedup_window=0,
-            console="never",
-            **settings,
-        )
-        manager = NotificationManager({"telegram": handler}, settings=config)
-        managers.append(manager)
-        return manager
-
-    yield build
-    for manager in managers:
-        manager.close(timeout=0)
-
-
 def telegram(receiver: LoopbackReceiver, chat: str = CHAT, token: str = TOKEN) -> TelegramNotifier:
     return TelegramNotifier(bot_token=token, chat_id=chat, api_url=receiver.url(""))
-
-
-def delivery(manager: NotificationManager, event: NotificationEvent) -> Delivery:
-    """The telegram delivery row of ``event``."""
-    for entry in manager.outbox.history(limit=1000):
-        if entry.event.id == event.id:
-            return next(d for d in entry.deliveries if d.channel == "telegram")
-    raise AssertionError(f"event {event.id} is not in the outbox")
-
-
-def wait_delivery(
-    manager: NotificationManager,
-    event: NotificationEvent,
-    condition: Callable[[Delivery], bool],
-    timeout: float = 10.0,
-) -> Delivery:
-    """Poll the outbox until the delivery of ``event`` meets ``condition``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = delivery(manager, event)
-        if condition(row):
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(f"delivery did not reach the expected state: {row}")
-        time.sleep(0.01)
-
-
-def notify(manager: NotificationManager, **overrides: Any) -> NotificationEvent:
-    arguments: dict[str, Any] = {
-        "title": "Training failed: vit-small",
-        "message": "RuntimeError: CUDA out of memory",
-        "event_type": "training_failed",
-        "model": "vit-small",
-        "run_id": "r3",
-        "metrics": {"loss": 2.5},
-    }
-    arguments.update(overrides)
-    event = manager.notify(**arguments)
-    assert event is not None
-    return event
 
 
 def test_message_shape(
@@ -398,12 +344,10 @@ def test_token_never_leaks(
 
     secret_part = TOKEN.split(":")[1]
     shown = (caplog.text, row.last_error or "", repr(notifier), notifier.describe(), str(notifier.status()))
-    for text in shown:
-        assert secret_part not in text, text
+    assert_not_shown(shown, secret_part)
     assert notifier.describe() == f"http://127.0.0.1:{receiver.port}/bot123456789:*** chat {CHAT}"
     manager.close(timeout=0)
-    for path in (tmp_path / "state").iterdir():
-        assert secret_part.encode() not in path.read_bytes(), path.name
+    assert_not_stored(tmp_path / "state", secret_part)
 
 
 def test_from_env(receiver: LoopbackReceiver) -> None:

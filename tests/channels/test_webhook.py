@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,13 @@ import pytest
 
 from afs_callbacks.channels.base import Outcome
 from afs_callbacks.channels.webhook import WebhookNotifier, signing_key
-from afs_callbacks.config import Env, Settings
-from afs_callbacks.delivery.outbox import Delivery
+from afs_callbacks.config import Env
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
+from tests.channels import support
+from tests.channels.support import assert_not_shown, assert_not_stored, notify_with, wait_delivery
 
 KEY = b"0123456789abcdef0123456789abcdefKEY!"
 WHSEC = "whsec_" + base64.b64encode(KEY).decode()
@@ -36,67 +37,18 @@ HOOK_PATH = f"/hooks/{PATH_TOKEN}"
 AUTH = "Bearer hdrSECRET-abcdefghijkl"
 
 
-@pytest.fixture
-def manager_for(tmp_path: Path) -> Iterator[Callable[..., NotificationManager]]:
-    managers: list[NotificationManager] = []
+# The shared fixture, bound in this module so that pytest finds it for these tests.
+manager_for = support.manager_for
 
-    def build(handler: WebhookNotifier, **settings: Any) -> NotificationManager:
-        config = Settings(
-            state_dir=tmp_path / "state",
-            retry_base=0.05,
-            retry_cap=0.1,
-            dedup_window=0,
-            console="never",
-            **settings,
-        )
-        manager = NotificationManager({"webhook": handler}, settings=config)
-        managers.append(manager)
-        return manager
-
-    yield build
-    for manager in managers:
-        manager.close(timeout=0)
-
-
-def delivery(manager: NotificationManager, event: NotificationEvent) -> Delivery:
-    """The webhook delivery row of ``event``."""
-    for entry in manager.outbox.history(limit=1000):
-        if entry.event.id == event.id:
-            return next(d for d in entry.deliveries if d.channel == "webhook")
-    raise AssertionError(f"event {event.id} is not in the outbox")
-
-
-def wait_delivery(
-    manager: NotificationManager,
-    event: NotificationEvent,
-    condition: Callable[[Delivery], bool],
-    timeout: float = 10.0,
-) -> Delivery:
-    """Poll the outbox until the delivery of ``event`` meets ``condition``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = delivery(manager, event)
-        if condition(row):
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(f"delivery did not reach the expected state: {row}")
-        time.sleep(0.01)
-
-
-def notify(manager: NotificationManager, **overrides: Any) -> NotificationEvent:
-    arguments: dict[str, Any] = {
-        "title": "NaN loss",
-        "message": "loss became NaN at step 120",
-        "event_type": "nan_detected",
-        "model": "gpt-tiny",
-        "run_id": "r9",
-        "step": 120,
-        "metrics": {"loss": float("nan"), "lr": 3e-4},
-    }
-    arguments.update(overrides)
-    event = manager.notify(**arguments)
-    assert event is not None
-    return event
+notify = notify_with(
+    title="NaN loss",
+    message="loss became NaN at step 120",
+    event_type="nan_detected",
+    model="gpt-tiny",
+    run_id="r9",
+    step=120,
+    metrics={"loss": float("nan"), "lr": 3e-4},
+)
 
 
 def verify_from_spec(request: ReceivedRequest, key: bytes, tolerance: float = 300) -> dict[str, Any]:
@@ -287,10 +239,6 @@ def test_secrets_never_leak(
 
     secrets = (PATH_TOKEN, WHSEC, AUTH.split()[1])
     shown = (caplog.text, row.last_error or "", repr(notifier), notifier.describe(), str(notifier.status()))
-    for text in shown:
-        for secret in secrets:
-            assert secret not in text, text
+    assert_not_shown(shown, *secrets)
     manager.close(timeout=0)
-    for path in (tmp_path / "state").iterdir():
-        data = path.read_bytes()
-        assert not any(secret.encode() in data for secret in secrets), path.name
+    assert_not_stored(tmp_path / "state", *secrets)

@@ -1,4 +1,10 @@
-"""Shared fixtures: every test gets its own state directory and a clean environment."""
+"""Fixtures every test here gets, under tests/ and integrations/ alike: its own state
+directory and a clean environment, plus a loopback HTTP receiver to post to.
+
+Kept at the repository root so that both folders share one copy, and so that pytest puts
+the root on ``sys.path`` (``from tests.channels.support import ...`` works however pytest
+is started). What only one folder needs lives in that folder's conftest.py.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,419 @@
+"""Email channel: one message per event through an SMTP server, TLS always verified.
+
+``smtplib.SMTP.starttls()`` and ``smtplib.SMTP_SSL`` verify nothing unless given an SSL
+context, so one built by :func:`ssl.create_default_context` (optionally trusting the CA file
+the user names) is always passed: a relay with a bad certificate is refused, never used.
+Plain SMTP (``security="none"``) is allowed only to a relay on this machine.
+
+Each message is ``multipart/alternative``: plain text, then HTML (every piece of run text
+HTML-escaped) inside ``multipart/related`` with charts as inline ``cid:`` images. The
+Message-ID comes from the event id, so a retried message is recognisably the same one.
+
+Login is tried once, with one mechanism: ``smtplib.SMTP.login`` would try every mechanism
+the server offers in turn, and repeated failed logins get mail accounts locked. A refused
+login disables the channel for the process instead of failing every later message again.
+"""
+
+from __future__ import annotations
+
+import html
+import smtplib
+import socket
+import ssl
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from afs_callbacks._log import get_logger
+from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
+from afs_callbacks.config import is_loopback
+from afs_callbacks.exceptions import ConfigurationError
+from afs_callbacks.formatting import context_fields, format_value, level_hex, plain_text, truncate
+from afs_callbacks.redaction import redact, register_secret
+
+if TYPE_CHECKING:
+    from afs_callbacks.config import Env
+    from afs_callbacks.events import NotificationEvent
+
+log = get_logger(__name__)
+
+#: The default port of each ``SMTP_SECURITY`` mode.
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+_SUBJECT_CHARS = 200
+# A traceback can be long; mail servers refuse huge messages and nobody reads past this.
+_BODY_CHARS = 100_000
+# Mechanisms in the order tried; CRAM-MD5 is left out (it needs the server to keep the
+# password in clear, and over TLS it protects nothing PLAIN does not).
+_MECHANISMS = ("PLAIN", "LOGIN")
+
+
+class EmailNotifier(NotificationHandler):
+    """Send each event as an email (text + HTML, charts inline).
+
+    Args:
+        host: the SMTP server.
+        recipients: addresses to send to.
+        sender: the ``From`` address, optionally with a name: ``Training bot <bot@example.org>``.
+        port: default 587 for ``starttls``, 465 for ``ssl``, 25 for ``none``.
+        username: login name; no login when None.
+        password: the login password (required with ``username``).
+        security: ``starttls`` (upgrade a plain connection), ``ssl`` (TLS from the first
+            byte) or ``none`` (loopback relays only).
+        ca_file: a PEM file of CA certificates to trust instead of the system's (a private
+            relay's CA). The server's certificate is verified either way.
+        timeout: seconds for connecting and for each server answer.
+
+    Raises:
+        ConfigurationError: an unknown security mode, ``none`` to a remote host, a bad
+            address, a missing password or an unreadable CA file.
+
+    Example::
+
+        EmailNotifier("smtp.example.org", ["me@example.org"], "runs@example.org",
+                      username="runs@example.org", password="app-password")
+    """
+
+    name: ClassVar[str] = "email"
+    min_interval: ClassVar[float] = 0.5
+    supports_images: ClassVar[bool] = True
+    env_prefix: ClassVar[str] = "EMAIL"
+
+    def __init__(
+        self,
+        host: str,
+        recipients: list[str] | tuple[str, ...],
+        sender: str,
+        *,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        security: str = "starttls",
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        register_secret(password)
+        security = security.strip().lower()
+        if security not in DEFAULT_PORTS:
+            raise ConfigurationError("SMTP_SECURITY", f"must be starttls, ssl or none, got {security!r}")
+        if security == "none" and not is_loopback(host):
+            raise ConfigurationError(
+                "SMTP_SECURITY",
+                f"'none' would send mail (and any password) in clear text to {host}; it is "
+                "allowed only for a relay on this machine (localhost, 127.0.0.1). Use "
+                "starttls (port 587) or ssl (port 465)",
+            )
+        if not recipients:
+            raise ConfigurationError("TO_EMAILS", "must name at least one address")
+        for address in recipients:
+            _check_address("TO_EMAILS", address)
+        display_name, sender_address = parseaddr(sender)
+        _check_address("FROM_EMAIL", sender_address)
+        if username and not password:
+            raise ConfigurationError("SMTP_PASSWORD", "must be set when SMTP_USER is")
+        if password and not username:
+            raise ConfigurationError("SMTP_USER", "must be set when SMTP_PASSWORD is")
+        self.host = host
+        self.port = port or DEFAULT_PORTS[security]
+        self.recipients = tuple(recipients)
+        #: The From header (a display name is kept) and the bare envelope address.
+        self.sender = formataddr((display_name, sender_address)) if display_name else sender_address
+        self.sender_address = sender_address
+        self.username = username
+        self._password = password
+        self.security = security
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self._tls = _tls_context(ca_file)
+
+    # Sending ---------------------------------------------------------------------------
+
+    def send(self, event: NotificationEvent) -> DeliveryResult:
+        """Connect, log in once, send, quit; classify whatever the server or network says."""
+        try:
+            message = self.compose(event)
+        except (ValueError, TypeError) as error:  # an attachment no mail can carry
+            return DeliveryResult.permanent(f"cannot build the message: {_text(error)}")
+        try:
+            with self._session() as smtp:
+                refused = smtp.send_message(message, self.sender_address, list(self.recipients))
+        except Exception as error:  # every failure becomes a result; send never raises
+            return classify_error(error, self)
+        if refused:
+            # The others got it: retrying would send them a second copy.
+            detail = (
+                f"delivered to {len(self.recipients) - len(refused)} of {len(self.recipients)} "
+                f"recipients; {len(refused)} refused: {_describe_refused(refused)}"
+            )
+            log.warning("afs-callbacks: email %s", detail)
+            return DeliveryResult.delivered(detail)
+        return DeliveryResult.delivered(f"{len(self.recipients)} recipient(s)")
+
+    def check(self) -> DeliveryResult:
+        """Connect, negotiate TLS and log in, then quit without sending anything."""
+        try:
+            with self._session() as smtp:
+                code, _ = smtp.noop()
+        except Exception as error:
+            return classify_error(error, self)
+        return DeliveryResult.delivered(f"{self.host}:{self.port} accepted the connection (NOOP {code})")
+
+    def _session(self) -> smtplib.SMTP:
+        """A connected, encrypted and logged-in SMTP client (a context manager)."""
+        # An explicit local name: smtplib's default is socket.getfqdn(), a DNS lookup
+        # that takes seconds on a cluster node with broken reverse DNS.
+        local = socket.gethostname() or "localhost"
+        smtp: smtplib.SMTP
+        if self.security == "ssl":
+            smtp = smtplib.SMTP_SSL(
+                self.host, self.port, local_hostname=local, timeout=self.timeout, context=self._tls
+            )
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, local_hostname=local, timeout=self.timeout)
+        try:
+            smtp.ehlo()
+            if self.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    raise _NoStartTLS
+                smtp.starttls(context=self._tls)
+                smtp.ehlo()
+            if self.username:
+                self._login(smtp)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _login(self, smtp: smtplib.SMTP) -> None:
+        offered = (smtp.esmtp_features.get("auth") or "").upper().split()
+        mechanism = next((m for m in _MECHANISMS if m in offered), None)
+        if mechanism is None:
+            raise _NoAuth(offered)
+        smtp.user, smtp.password = self.username or "", self._password or ""
+        authobject = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
+        smtp.auth(mechanism, authobject)
+
+    # Formatting ------------------------------------------------------------------------
+
+    def compose(self, event: NotificationEvent) -> EmailMessage:
+        """The whole message: headers, text and HTML alternatives, charts inline."""
+        message = EmailMessage()
+        # Header values may not hold line breaks (they would start new headers).
+        title = " ".join(event.title.split()) or event.event_type.value
+        message["Subject"] = truncate(f"[{event.level.value.upper()}] {title}", _SUBJECT_CHARS)
+        message["From"] = self.sender
+        message["To"] = ", ".join(self.recipients)
+        message["Date"] = format_datetime(event.timestamp)
+        domain = self.sender_address.rpartition("@")[2]
+        message["Message-ID"] = f"<{event.id}.afs@{domain}>"
+        message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
+        message["X-AFS-Event"] = event.event_type.value
+        # Quoted-printable keeps the message 7-bit clean for relays without 8BITMIME.
+        message.set_content(truncate(plain_text(event), _BODY_CHARS) + _footer(event), cte="quoted-printable")
+        images = [a for a in event.attachments if a.content_type.startswith("image/")]
+        cids = [make_msgid(domain=domain) for _ in images]
+        page = html_body(event, [cid[1:-1] for cid in cids])
+        message.add_alternative(page, subtype="html", cte="quoted-printable")
+        # The HTML alternative becomes multipart/related once an image is added to it.
+        html_part = message.get_body(("html",))
+        assert html_part is not None  # just added
+        for attachment, cid in zip(images, cids, strict=True):
+            maintype, _, subtype = attachment.content_type.partition("/")
+            html_part.add_related(attachment.data, maintype, subtype, cid=cid, filename=attachment.filename)
+        for attachment in event.attachments:
+            if attachment not in images:
+                maintype, _, subtype = attachment.content_type.partition("/")
+                message.add_attachment(
+                    attachment.data, maintype, subtype or "octet-stream", filename=attachment.filename
+                )
+        return message
+
+    # Description -----------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """Server, security mode, login name and recipients; never the password."""
+        login = f" as {self.username}" if self.username else ""
+        return f"email {self.host}:{self.port} ({self.security}){login} -> " + ", ".join(self.recipients)
+
+    @classmethod
+    def from_env(cls, env: Env) -> EmailNotifier | None:
+        """``SMTP_HOST``, ``TO_EMAILS``, ``FROM_EMAIL`` (default ``SMTP_USER`` when it is an
+        address), ``SMTP_PORT``, ``SMTP_USER``, ``SMTP_PASSWORD``, ``SMTP_SECURITY``,
+        ``SMTP_CA_FILE``. None when neither ``SMTP_HOST`` nor ``TO_EMAILS`` is set.
+
+        Raises:
+            ConfigurationError: one is set without the other, or a value is wrong.
+        """
+        host = env.text("SMTP_HOST")
+        recipients = env.items_list("TO_EMAILS")
+        if host is None and not recipients:
+            return None
+        if host is None:
+            raise ConfigurationError("SMTP_HOST", "must be set when TO_EMAILS is")
+        if not recipients:
+            raise ConfigurationError("TO_EMAILS", "must be set when SMTP_HOST is")
+        username = env.text("SMTP_USER")
+        sender = env.text("FROM_EMAIL") or (username if username and "@" in username else None)
+        if sender is None:
+            raise ConfigurationError("FROM_EMAIL", "must be set (or SMTP_USER must be an address)")
+        return cls(
+            host,
+            recipients,
+            sender,
+            port=env.port("SMTP_PORT"),
+            username=username,
+            # Only line ends are stripped (a secret mounted from a file has one); a
+            # password may end in a space.
+            password=(env.get("SMTP_PASSWORD") or "").rstrip("\r\n") or None,
+            security=env.text("SMTP_SECURITY", "starttls") or "starttls",
+            ca_file=env.text("SMTP_CA_FILE"),
+            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
+        )
+
+
+# Classifying failures -----------------------------------------------------------------
+
+
+class _NoStartTLS(smtplib.SMTPException):
+    """The server does not offer STARTTLS (never fall back to plain text)."""
+
+
+class _NoAuth(smtplib.SMTPException):
+    """The server offers no login mechanism this client uses."""
+
+    def __init__(self, offered: list[str]) -> None:
+        super().__init__(" ".join(offered) or "none")
+
+
+def classify_error(error: BaseException, channel: EmailNotifier) -> DeliveryResult:
+    """Turn an ``smtplib``/``ssl``/socket exception into a delivery result.
+
+    4xx answers and network trouble are retried; 5xx answers are permanent; a refused
+    login also disables the channel (repeated failed logins get accounts locked).
+    """
+    where = f"{channel.host}:{channel.port}"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        trust = f"the CA in SMTP_CA_FILE ({channel.ca_file})" if channel.ca_file else "the system's CAs"
+        return DeliveryResult.permanent(
+            f"TLS certificate of {where} did not verify against {trust}: "
+            f"{error.verify_message or error.reason}; nothing was sent. Fix the server's "
+            "certificate, or set SMTP_CA_FILE to the CA of a private relay"
+        )
+    if isinstance(error, ssl.SSLError):
+        hint = (
+            " (SMTP_SECURITY=ssl expects TLS from the first byte, usually port 465; port 587 needs starttls)"
+            if channel.security == "ssl"
+            else ""
+        )
+        return DeliveryResult.permanent(f"TLS with {where} failed: {_text(error)}{hint}")
+    if isinstance(error, _NoStartTLS):
+        return DeliveryResult.permanent(
+            f"{where} does not offer STARTTLS; refusing to send in clear text (use "
+            "SMTP_SECURITY=ssl for port 465)",
+            disable_channel=True,
+        )
+    if isinstance(error, _NoAuth):
+        return DeliveryResult.permanent(
+            f"{where} offers no PLAIN or LOGIN authentication (offers: {error})", disable_channel=True
+        )
+    if isinstance(error, smtplib.SMTPAuthenticationError):
+        reply = f"{error.smtp_code} {_reply(error.smtp_error)}"
+        if error.smtp_code < 500:
+            return DeliveryResult.retry(f"{where} could not check the login now: {reply}")
+        return DeliveryResult.permanent(
+            f"{where} refused the login of {channel.username!r} ({reply}); check SMTP_USER "
+            "and SMTP_PASSWORD (many providers want an app password). Channel disabled so "
+            "repeated failures do not lock the account",
+            disable_channel=True,
+        )
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        refused = error.recipients
+        detail = f"all {len(refused)} recipient(s) refused: {_describe_refused(refused)}"
+        if any(code < 500 for code, _ in refused.values()):
+            return DeliveryResult.retry(detail)
+        return DeliveryResult.permanent(detail)
+    if isinstance(error, smtplib.SMTPResponseException):
+        what = "sender refused" if isinstance(error, smtplib.SMTPSenderRefused) else "server said"
+        detail = f"{where} {what}: {error.smtp_code} {_reply(error.smtp_error)}"
+        if 400 <= error.smtp_code < 500:
+            return DeliveryResult.retry(detail)
+        return DeliveryResult.permanent(detail)
+    if isinstance(error, smtplib.SMTPNotSupportedError):
+        return DeliveryResult.permanent(f"{where}: {_text(error)}")
+    if isinstance(error, (OSError, smtplib.SMTPException)):
+        # Refused or reset connections, timeouts, DNS failures, disconnects: transient.
+        hint = ""
+        if channel.security == "starttls" and channel.port == 465:
+            hint = " (port 465 usually speaks TLS from the first byte: set SMTP_SECURITY=ssl)"
+        return DeliveryResult.retry(f"cannot reach {where}: {type(error).__name__}: {_text(error)}{hint}")
+    return DeliveryResult.retry(f"{type(error).__name__}: {_text(error)}")
+
+
+def html_body(event: NotificationEvent, image_cids: list[str]) -> str:
+    """The HTML alternative; every piece of run text is escaped."""
+    esc = html.escape
+    color = level_hex(event.level)
+    rows = "".join(
+        f'<tr><th align="left" style="padding:2px 12px 2px 0">{esc(label)}</th><td>{esc(value)}</td></tr>'
+        for label, value in context_fields(event)
+    )
+    metrics = "".join(
+        f'<tr><td style="padding:2px 12px 2px 0">{esc(str(name))}</td>'
+        f'<td style="font-family:monospace">{esc(format_value(value))}</td></tr>'
+        for name, value in event.metrics.items()
+    )
+    parts = [
+        f'<div style="font-family:sans-serif;border-left:6px solid {color};padding-left:12px">',
+        f'<p style="color:{color};font-weight:bold;margin:0">{esc(event.level.value.upper())}'
+        f" · {esc(event.event_type.value)}</p>",
+        f'<h2 style="margin:4px 0 12px 0">{esc(event.title)}</h2>',
+    ]
+    if event.message:
+        message = truncate(event.message, _BODY_CHARS)
+        parts.append(f'<pre style="white-space:pre-wrap;font-family:monospace">{esc(message)}</pre>')
+    if rows:
+        parts.append(f"<table>{rows}</table>")
+    if metrics:
+        parts.append(f"<h3>Metrics</h3><table>{metrics}</table>")
+    parts += [f'<p><img src="cid:{esc(cid)}" alt="chart" style="max-width:100%"></p>' for cid in image_cids]
+    parts.append(f'<p style="color:#6b7280;font-size:small">{esc(_footer(event).strip())}</p></div>')
+    return "<!DOCTYPE html><html><body>" + "\n".join(parts) + "</body></html>"
+
+
+def _footer(event: NotificationEvent) -> str:
+    host = event.context.get("host")
+    where = f" on {host}" if host else ""
+    return f"\n\n-- \nafs-callbacks{where}, {event.timestamp:%Y-%m-%d %H:%M:%S} UTC, event {event.id}"
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    if ca_file is None:
+        return ssl.create_default_context()
+    path = Path(ca_file).expanduser()
+    if not path.is_file():
+        raise ConfigurationError("SMTP_CA_FILE", f"no such file: {path}")
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigurationError("SMTP_CA_FILE", f"not a PEM CA certificate file ({error}): {path}") from None
+
+
+def _check_address(variable: str, address: str) -> None:
+    # CR/LF would inject headers; a missing @ is a typo caught now rather than at 3 a.m.
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or any(c in address for c in "\r\n,;<> "):
+        raise ConfigurationError(variable, f"is not an email address: {address!r}")
+
+
+def _describe_refused(refused: dict[str, tuple[int, bytes]]) -> str:
+    return "; ".join(f"{address} ({code} {_reply(reply)})" for address, (code, reply) in refused.items())
+
+
+def _reply(reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return truncate(" ".join(text.split()), 200)
+
+
+def _text(error: BaseException) -> str:
+    # Server replies can be echoed in exception text; never the password, but redact anyway.
+    return truncate(redact(str(error) or type(error).__name__), 300)

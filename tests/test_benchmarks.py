@@ -1,0 +1,127 @@
+"""The benchmark scripts keep working: each runs in ``--quick`` mode as a subprocess.
+
+These tests check that every script exits 0 and prints its tables and target checks, that
+``run_all.py`` rewrites only its own block of a README, and one property that is not a
+time: the per-step hook reads no tensor value outside the every-N-steps NaN check. They
+never assert a wall-clock figure: that is what the benchmarks are for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+FRAMEWORKS = ("lightning", "transformers", "keras")
+HANG_GUARD_S = 600  # only so that a hung script fails the test instead of blocking CI
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script> args`` in a fresh interpreter; fail with its stderr."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "KERAS_BACKEND": "torch",
+    }
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_GUARD_S,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done
+
+
+def last_json(stdout: str) -> Any:
+    """The JSON object a ``--json`` run prints on its last line."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_torch = pytest.mark.skipif(not has_torch(), reason="the training benchmarks need torch")
+
+
+@pytest.mark.parametrize(
+    ("script", "titles"),
+    [
+        ("bench_import.py", ["Import time in a fresh interpreter", "afs_callbacks import"]),
+        ("bench_storm.py", ["Storm of 10,000 NaN events", "Caller cost", "messages per channel"]),
+        ("bench_delivery.py", ["Latency notify()", "Sustained burst", "Receiver down, then back"]),
+        pytest.param(
+            "bench_slow_channel.py",
+            ["lightning: 2 epochs", "requests.post, slow", "whole fit() call"],
+            marks=needs_torch,
+        ),
+    ],
+)
+def test_script_prints_its_tables_and_targets(script: str, titles: list[str]) -> None:
+    out = run(script, "--quick").stdout
+    for title in titles:
+        assert title in out
+    assert "Targets" in out
+
+
+@needs_torch
+def test_step_overhead_measures_every_framework_it_can() -> None:
+    out = run("bench_step_overhead.py", "--quick").stdout
+    for framework in FRAMEWORKS:
+        assert f"{framework} on cpu" in out or f"{framework}: skipped" in out
+    assert "AFSNotify + webhook" in out
+    assert "Targets" in out
+
+
+@needs_torch
+def test_hook_reads_tensors_only_at_the_nan_checks() -> None:
+    result = last_json(run("bench_hook.py", "--quick", "--json").stdout)
+    assert result["benchmark"] == "hook"
+    assert result["tables"] and result["tables"][-1]["rows"]
+    rows = [row for rows in result["figures"]["results"].values() for row in rows]
+    assert any(row["subject"].startswith("AFSNotify") for row in rows)
+    for row in rows:
+        # Not a time: a count of host reads of tensor values (device syncs on a GPU).
+        assert row["reads"] <= row["allowed"], row
+
+
+def test_run_all_rewrites_only_its_sections_of_the_readme(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    kept = "<!-- bench:hook -->\nfigures of another run\n<!-- /bench:hook -->"
+    readme.write_text(
+        f"# Project\n\nBefore.\n\n<!-- benchmarks:start -->\n{kept}\n<!-- benchmarks:end -->\n\nAfter.\n",
+        encoding="utf-8",
+    )
+    saved = tmp_path / "results.json"
+    args = ["--quick", "--only", "storm", "--save", str(saved), "--update-readme", "--readme", str(readme)]
+    out = run("run_all.py", *args).stdout
+    assert "Storm of 10,000 NaN events" in out
+    assert "Targets, all benchmarks" in out
+
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# Project\n\nBefore.\n\n<!-- benchmarks:start -->\n")
+    assert text.endswith("<!-- benchmarks:end -->\n\nAfter.\n")
+    assert kept in text
+    assert "python benchmarks/bench_storm.py --quick" in text
+    assert "| messages per channel |" in text
+
+    # Rendering saved results again replaces the section instead of adding a second one.
+    run("run_all.py", "--load", str(saved), "--update-readme", "--readme", str(readme))
+    again = readme.read_text(encoding="utf-8")
+    assert again.count("<!-- bench:storm -->") == 1
+    assert kept in again
