@@ -270,6 +270,16 @@ class Settings:
         console: ``auto`` (only when no channel is configured), ``always`` or ``never``
             (``AFS_CONSOLE``).
         send_timeout: connect/read timeout for each network call (``AFS_SEND_TIMEOUT``).
+        allow_http: allow plain ``http://`` to non-loopback hosts (``AFS_ALLOW_HTTP``).
+        enabled: master switch; False sends nothing, starts no monitor and writes no file
+            (``AFS_ENABLED``).
+        verbosity: ``quiet``, ``normal`` or ``verbose``: which run events are pushed
+            (``AFS_VERBOSITY``; ``<CHANNEL>_EVENTS`` still wins per channel).
+        max_age: seconds a message keeps being retried after transient failures before it
+            is dead (``AFS_MAX_AGE``, default a day).
+        card: keep one live run card per run on channels that can edit messages
+            (``AFS_CARD``; ``<CHANNEL>_CARD`` per channel).
+        card_interval: seconds between two edits of one card (``AFS_CARD_INTERVAL``).
     """
 
     state_dir: Path
@@ -284,6 +294,12 @@ class Settings:
     max_history: int = 10_000
     console: str = "auto"
     send_timeout: float = 10.0
+    allow_http: bool = False
+    enabled: bool = True
+    verbosity: str = "normal"
+    max_age: float = 86400.0
+    card: bool = True
+    card_interval: float = 30.0
 
     @classmethod
     def from_env(
@@ -326,6 +342,12 @@ class Settings:
             max_history=read(lambda: _int(env, "AFS_HISTORY_MAX_EVENTS", 10_000, 1), 10_000),
             console=read(lambda: _console(env), "auto"),
             send_timeout=read(lambda: _num(env, "AFS_SEND_TIMEOUT", 10.0, 0.1), 10.0),
+            allow_http=read(lambda: env.flag("AFS_ALLOW_HTTP"), False),
+            enabled=read(lambda: env.flag("AFS_ENABLED", True), True),
+            verbosity=read(lambda: _verbosity(env), "normal"),
+            max_age=read(lambda: _num(env, "AFS_MAX_AGE", 86400.0, 1.0), 86400.0),
+            card=read(lambda: env.flag("AFS_CARD", True), True),
+            card_interval=read(lambda: _num(env, "AFS_CARD_INTERVAL", 30.0, 0.0), 30.0),
         )
 
 
@@ -347,3 +369,13 @@ def _console(env: Env) -> str:
     if console not in ("auto", "always", "never"):
         raise ConfigurationError("AFS_CONSOLE", f"must be auto, always or never, got {console!r}")
     return console
+
+
+VERBOSITIES = ("quiet", "normal", "verbose")
+
+
+def _verbosity(env: Env) -> str:
+    value = (env.text("AFS_VERBOSITY", "normal") or "normal").strip().lower()
+    if value not in VERBOSITIES:
+        raise ConfigurationError("AFS_VERBOSITY", f"must be quiet, normal or verbose, got {value!r}")
+    return value

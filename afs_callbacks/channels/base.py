@@ -17,6 +17,7 @@ from afs_callbacks.redaction import redact
 if TYPE_CHECKING:
     from afs_callbacks.config import Env
     from afs_callbacks.events import NotificationEvent
+    from afs_callbacks.runstate import RunState
 
 
 class Outcome(str, Enum):
@@ -37,12 +38,16 @@ class DeliveryResult:
         retry_after: the service's own wait hint in seconds, if it gave one.
         disable_channel: the destination is gone (a deleted webhook, a revoked token):
             stop sending to it in this process instead of failing every message.
+        message_id: the id the service gave the message (a live card keeps it to edit).
+        gone: for an edit, the message no longer exists (deleted): post a new one.
     """
 
     outcome: Outcome
     detail: str = ""
     retry_after: float | None = None
     disable_channel: bool = False
+    message_id: str | None = None
+    gone: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", redact(self.detail))
@@ -103,6 +108,8 @@ class NotificationHandler(abc.ABC):
     supports_images: ClassVar[bool] = False
     #: Environment variable prefix for routing options (``<PREFIX>_MIN_LEVEL``, ``_EVENTS``).
     env_prefix: ClassVar[str] = ""
+    #: Whether the channel can edit a message it sent, so a run gets one live card.
+    supports_cards: ClassVar[bool] = False
 
     @abc.abstractmethod
     def send(self, event: NotificationEvent) -> DeliveryResult | bool:
@@ -130,6 +137,18 @@ class NotificationHandler(abc.ABC):
         The default says a probe is not possible; ``afs-notify test`` sends a real message.
         """
         return DeliveryResult.permanent("this channel cannot be probed without sending")
+
+    def post_card(self, state: RunState) -> DeliveryResult:
+        """Post a run's live card; a delivered result carries the new ``message_id``.
+
+        Only channels with ``supports_cards`` implement it; it must not raise.
+        """
+        return DeliveryResult.permanent(f"{self.name} cannot edit messages")
+
+    def edit_card(self, message_id: str, state: RunState) -> DeliveryResult:
+        """Edit the card posted as ``message_id`` to show ``state``. An unchanged text counts
+        as delivered; a deleted message answers ``gone=True`` (the card is posted anew)."""
+        return DeliveryResult.permanent(f"{self.name} cannot edit messages")
 
     def close(self) -> None:  # noqa: B027 - optional hook with nothing to do by default
         """Release sessions and connections; called when the manager closes."""
