@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from afs_callbacks.channels import env_prefixes
 from afs_callbacks.testing import LoopbackReceiver
 
 # Frameworks: CPU only, no hub downloads, Keras on torch (no TensorFlow needed).
@@ -43,6 +44,15 @@ _CHANNEL_PREFIXES = (
     "COST_",
     "CONSOLE_",
 )
+# ...and whatever the channel registry declares (a new channel needs no line here).
+_CHANNEL_PREFIXES = (*_CHANNEL_PREFIXES, *env_prefixes())
+
+
+# The user's real home, read once: caches that are slow to rebuild stay where they are when
+# each test gets a home of its own (below).
+_REAL_HOME = Path.home()
+os.environ.setdefault("MPLCONFIGDIR", str(_REAL_HOME / ".cache" / "matplotlib"))
+os.environ.setdefault("KERAS_HOME", str(_REAL_HOME / ".keras"))
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +63,11 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             monkeypatch.delenv(name, raising=False)
     state = tmp_path / "state"
     monkeypatch.setenv("AFS_STATE_DIR", str(state))
+    # A manager built from a mapping without AFS_STATE_DIR (from_env({...})), or a child
+    # process given an environment of its own, falls back to ~/.local/state/afs-callbacks:
+    # with a home and XDG_STATE_HOME of the test's own, no test can write the user's history.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / ".local" / "state"))
     monkeypatch.chdir(tmp_path)  # no stray ./.env from the developer's checkout
     return state
 

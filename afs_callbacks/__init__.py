@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from afs_callbacks.channels import exported_classes
 from afs_callbacks.channels.base import ChannelStatus, DeliveryResult, NotificationHandler, Outcome
 from afs_callbacks.config import Env, Settings
 from afs_callbacks.events import Attachment, EventType, NotificationEvent, NotificationLevel
@@ -17,38 +18,28 @@ from afs_callbacks.exceptions import AFSCallbacksError, ConfigurationError, Miss
 from afs_callbacks.manager import FlushReport, NotificationManager, Route
 
 if TYPE_CHECKING:
-    from afs_callbacks.channels.alertmanager import AlertmanagerNotifier
-    from afs_callbacks.channels.apprise import AppriseNotifier
-    from afs_callbacks.channels.console import ConsoleNotifier
-    from afs_callbacks.channels.desktop import DesktopNotifier
-    from afs_callbacks.channels.discord import DiscordNotifier
-    from afs_callbacks.channels.email import EmailNotifier
-    from afs_callbacks.channels.ntfy import NtfyNotifier
-    from afs_callbacks.channels.pagerduty import PagerDutyNotifier
-    from afs_callbacks.channels.slack import SlackNotifier
-    from afs_callbacks.channels.teams import TeamsNotifier
-    from afs_callbacks.channels.telegram import TelegramNotifier
-    from afs_callbacks.channels.webhook import WebhookNotifier
-    from afs_callbacks.watch import watch
+    # For type checkers only (at run time these load on first access, see _LAZY). One
+    # line per REGISTRY entry; tests/test_packaging.py checks that the two agree.
+    from afs_callbacks.channels.alertmanager import AlertmanagerNotifier as AlertmanagerNotifier
+    from afs_callbacks.channels.apprise import AppriseNotifier as AppriseNotifier
+    from afs_callbacks.channels.console import ConsoleNotifier as ConsoleNotifier
+    from afs_callbacks.channels.desktop import DesktopNotifier as DesktopNotifier
+    from afs_callbacks.channels.discord import DiscordNotifier as DiscordNotifier
+    from afs_callbacks.channels.email import EmailNotifier as EmailNotifier
+    from afs_callbacks.channels.ntfy import NtfyNotifier as NtfyNotifier
+    from afs_callbacks.channels.pagerduty import PagerDutyNotifier as PagerDutyNotifier
+    from afs_callbacks.channels.slack import SlackNotifier as SlackNotifier
+    from afs_callbacks.channels.sms import SmsNotifier as SmsNotifier
+    from afs_callbacks.channels.teams import TeamsNotifier as TeamsNotifier
+    from afs_callbacks.channels.telegram import TelegramNotifier as TelegramNotifier
+    from afs_callbacks.channels.webhook import WebhookNotifier as WebhookNotifier
+    from afs_callbacks.watch import watch as watch
 
 __version__ = "0.1.0"
 
-# Public names that live in modules imported on first use (attribute -> module).
-_LAZY = {
-    "AlertmanagerNotifier": "afs_callbacks.channels.alertmanager",
-    "AppriseNotifier": "afs_callbacks.channels.apprise",
-    "ConsoleNotifier": "afs_callbacks.channels.console",
-    "DesktopNotifier": "afs_callbacks.channels.desktop",
-    "DiscordNotifier": "afs_callbacks.channels.discord",
-    "EmailNotifier": "afs_callbacks.channels.email",
-    "NtfyNotifier": "afs_callbacks.channels.ntfy",
-    "PagerDutyNotifier": "afs_callbacks.channels.pagerduty",
-    "SlackNotifier": "afs_callbacks.channels.slack",
-    "TeamsNotifier": "afs_callbacks.channels.teams",
-    "TelegramNotifier": "afs_callbacks.channels.telegram",
-    "WebhookNotifier": "afs_callbacks.channels.webhook",
-    "watch": "afs_callbacks.watch",
-}
+# Public names that live in modules imported on first use (attribute -> module): every
+# registered channel's class, and watch().
+_LAZY = {**exported_classes(), "watch": "afs_callbacks.watch"}
 
 
 def __getattr__(name: str) -> Any:
@@ -60,18 +51,12 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = [
+__all__ = [  # the channel classes come from the registry (via _LAZY)
     "AFSCallbacksError",
-    "AlertmanagerNotifier",
-    "AppriseNotifier",
     "Attachment",
     "ChannelStatus",
     "ConfigurationError",
-    "ConsoleNotifier",
     "DeliveryResult",
-    "DesktopNotifier",
-    "DiscordNotifier",
-    "EmailNotifier",
     "Env",
     "EventType",
     "FlushReport",
@@ -80,14 +65,8 @@ __all__ = [
     "NotificationHandler",
     "NotificationLevel",
     "NotificationManager",
-    "NtfyNotifier",
     "Outcome",
-    "PagerDutyNotifier",
     "Route",
     "Settings",
-    "SlackNotifier",
-    "TeamsNotifier",
-    "TelegramNotifier",
-    "WebhookNotifier",
-    "watch",
+    *sorted(_LAZY),
 ]

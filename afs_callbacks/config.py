@@ -7,17 +7,24 @@ or secret value is never echoed back in that message.
 
 from __future__ import annotations
 
-import ipaddress
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.redaction import mask_url
+from afs_callbacks.redaction import redact
+
+# Re-exported: URL checks were first written here, and channels import them from here.
+from afs_callbacks.urls import is_loopback as is_loopback
+from afs_callbacks.urls import parse_url as parse_url
+from afs_callbacks.urls import validate_url as validate_url
+
+log = logging.getLogger("afs_callbacks")
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n", ""}
@@ -53,6 +60,8 @@ class Env(Mapping[str, str]):
         path = self._env_file_path(base, env_file)
         if path is not None:
             values.update(_read_env_file(path))
+        #: Names set by the ``.env`` file (``afs-notify status`` checks them for misspellings).
+        self.file_names = frozenset(values)
         values.update(base)
         self._values = values
         self.env_file = path
@@ -197,49 +206,18 @@ class Env(Mapping[str, str]):
         except ValueError as error:
             raise ConfigurationError(name, str(error)) from None
 
-    def url(self, name: str, *, secret: bool = True) -> str | None:
-        """A URL, checked by :func:`validate_url` (plain http only for loopback or opt-in)."""
+    def url(self, name: str, *, secret: bool = True, allow_http: bool | None = None) -> str | None:
+        """A URL, checked by :func:`validate_url` (plain http only for loopback or opt-in).
+
+        ``allow_http`` defaults to ``AFS_ALLOW_HTTP``, read leniently: a bad value there is
+        the core settings' problem (reported once by :func:`read_settings`), not this URL's.
+        """
         value = self.text(name)
         if value is None:
             return None
-        return validate_url(value, name, allow_http=self.flag("AFS_ALLOW_HTTP"), secret=secret)
-
-
-def validate_url(url: str, variable: str, *, allow_http: bool = False, secret: bool = True) -> str:
-    """Check that ``url`` is an absolute http(s) URL; plain http only for loopback or opt-in.
-
-    Plain http would send a webhook's secret path over the network in clear text, so it
-    needs ``AFS_ALLOW_HTTP=1`` unless the host is loopback (a local relay, a test server).
-
-    Raises:
-        ConfigurationError: naming ``variable``; the URL is shown masked when ``secret``.
-    """
-    shown = mask_url(url) if secret else url
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as error:
-        raise ConfigurationError(variable, f"is not a valid URL ({error}): {shown}") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigurationError(variable, f"must be an http(s) URL with a host, got {shown}")
-    if parts.scheme == "http" and not allow_http and not is_loopback(host):
-        raise ConfigurationError(
-            variable,
-            f"plain http to a remote host would expose the secret in it ({shown}); "
-            "use https, or set AFS_ALLOW_HTTP=1 to allow it",
-        )
-    return url
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        if allow_http is None:
+            allow_http = channel_settings(self).allow_http
+        return validate_url(value, name, allow_http=allow_http, secret=secret)
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -379,3 +357,81 @@ def _verbosity(env: Env) -> str:
     if value not in VERBOSITIES:
         raise ConfigurationError("AFS_VERBOSITY", f"must be quiet, normal or verbose, got {value!r}")
     return value
+
+
+# One strict/lenient policy for bad values ------------------------------------------------
+
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def report_config_error(error: ConfigurationError, outcome: str = "using the default") -> None:
+    """Log a bad value once per process (the same bad variable read by every channel, a
+    CLI and the manager is still one warning)."""
+    text = redact(error)
+    with _reported_lock:
+        if text in _reported:
+            return
+        _reported.add(text)
+    log.warning("afs-callbacks: %s (%s)", text, outcome)
+
+
+def strict_from(env: Mapping[str, str]) -> bool:
+    """``AFS_STRICT`` of ``env``; a bad value is reported and counts as off."""
+    try:
+        return bool(Env(env, env_file=False).flag("AFS_STRICT"))
+    except ConfigurationError as error:
+        report_config_error(error)
+        return False
+
+
+def open_env(
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | bool | None = None,
+    strict: bool | None = None,
+) -> Env:
+    """The environment over its ``.env`` file. A missing file named by ``AFS_ENV_FILE`` is
+    reported once and skipped, unless strict (``strict``, default ``AFS_STRICT``); a file
+    named by ``env_file`` itself always raises (the caller asked for that very file).
+
+    Raises:
+        ConfigurationError: the named ``.env`` file does not exist (see above).
+    """
+    try:
+        return Env(environ, env_file=env_file)
+    except ConfigurationError as error:
+        named = env_file not in (None, True, False)
+        if named or strict or (strict is None and strict_from(os.environ if environ is None else environ)):
+            raise
+        report_config_error(error, "no .env file is read")
+        return Env(environ, env_file=False)
+
+
+def read_settings(
+    env: Env | None = None,
+    strict: bool | None = None,
+    *,
+    on_error: Callable[[ConfigurationError], None] | None = None,
+) -> Settings:
+    """The core settings. Strict (``strict``, default ``AFS_STRICT``): the first bad value
+    raises. Lenient: each bad value keeps its default and is reported once (to ``on_error``
+    when given, else as one log warning) -- it never turns a channel off.
+
+    Raises:
+        ConfigurationError: a bad value, in strict mode.
+    """
+    env = open_env(None, None, strict) if env is None else env
+    if strict is None:
+        strict = strict_from(env)
+    if strict:
+        return Settings.from_env(env)
+    return Settings.from_env(env, on_error=on_error or report_config_error)
+
+
+def channel_settings(env: Env, settings: Settings | None = None) -> Settings:
+    """The settings a channel's ``from_env`` uses: ``settings`` when the caller has them,
+    else read from ``env`` leniently and silently (the caller reports bad core values once;
+    a channel must not fail, nor warn a second time, because of one)."""
+    if settings is not None:
+        return settings
+    return Settings.from_env(env, on_error=lambda error: None)

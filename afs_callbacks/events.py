@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -162,6 +162,49 @@ DEFAULT_LEVELS: Mapping[EventType, NotificationLevel] = {
 }
 
 
+#: Events that end a run; they go out before anything else still queued for the run.
+TERMINAL_TYPES: frozenset[EventType] = frozenset(
+    {
+        EventType.TRAINING_COMPLETED,
+        EventType.TRAINING_FAILED,
+        EventType.TRAINING_INTERRUPTED,
+    }
+)
+
+#: Events that need a human now (not terminal). They go out before any queued progress and
+#: are pushed at every verbosity.
+URGENT_TYPES: frozenset[EventType] = frozenset(
+    {
+        EventType.NAN_DETECTED,
+        EventType.OUT_OF_MEMORY,
+        EventType.TRAINING_STALLED,
+        EventType.ERROR_OCCURRED,
+        EventType.EVALUATION_FAILED,
+        EventType.COST_THRESHOLD,
+        EventType.GPU_MEMORY,
+        EventType.GPU_UTILIZATION,
+        EventType.GPU_TEMPERATURE,
+        EventType.HOST_MEMORY,
+        EventType.DISK_SPACE,
+    }
+)
+
+#: Progress of a running run. Kept in the history (and in the summary and the live card) but
+#: not pushed to channels unless ``AFS_VERBOSITY=verbose`` or ``<CHANNEL>_EVENTS`` names them.
+#: Stale progress (its run moved on or ended) may be superseded instead of delivered.
+PROGRESS_TYPES: frozenset[EventType] = frozenset(
+    {
+        EventType.EPOCH_COMPLETED,
+        EventType.BATCH_PROCESSED,
+        EventType.LOSS_IMPROVED,
+        EventType.LOSS_DEGRADED,
+        EventType.CHECKPOINT_SAVED,
+        EventType.CHECKPOINT_LOADING,
+        EventType.EVALUATION_STARTED,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Attachment:
     """A file carried with an event, such as a loss-curve PNG.
@@ -197,7 +240,10 @@ def _utc_now() -> datetime:
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits from the process's Mersenne Twister (seeded from the OS, reseeded in a
+    # forked child): unlike uuid4's os.urandom it does not release the GIL, so a training
+    # thread making an event never waits for a background thread to hand the GIL back.
+    return f"{random.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True)
@@ -214,6 +260,13 @@ class NotificationEvent:
         attachments: files such as a chart, for channels that can carry them.
         id: unique id, also used as the idempotency key where a service has one.
         timestamp: when it happened, in UTC.
+        key: explicit repeat key: events of one type and run with the same key are repeats
+            (e.g. a GPU index or a threshold). Empty: the content decides.
+        collapse: False means this event is never collapsed as a repeat (digests, tests).
+        digest_count: for a digest, how many events it stands for.
+
+    Control data (``key``, ``collapse``, ``digest_count``) are fields, not context entries;
+    an older producer's context ``key``/``no_dedup``/``digest_count`` are lifted into them.
 
     Example::
 
@@ -231,6 +284,9 @@ class NotificationEvent:
     attachments: tuple[Attachment, ...] = ()
     id: str = field(default_factory=_new_id)
     timestamp: datetime = field(default_factory=_utc_now)
+    key: str = ""
+    collapse: bool = True
+    digest_count: int = 0
 
     def __post_init__(self) -> None:
         # Accept plain strings from callers (the seed API passed strings around).
@@ -242,6 +298,17 @@ class NotificationEvent:
         elif self.timestamp.utcoffset():
             object.__setattr__(self, "timestamp", self.timestamp.astimezone(timezone.utc))
         object.__setattr__(self, "context", dict(self.context))
+        self._lift_control_from_context()
+
+    def _lift_control_from_context(self) -> None:
+        """Read control data an older producer put in the context (kept there for them)."""
+        context = self.context
+        if not self.key and context.get("key") not in (None, ""):
+            object.__setattr__(self, "key", str(context["key"]))
+        if self.collapse and context.get("no_dedup"):
+            object.__setattr__(self, "collapse", False)
+        if not self.digest_count and isinstance(context.get("digest_count"), int):
+            object.__setattr__(self, "digest_count", int(context["digest_count"]))
 
     @property
     def run_id(self) -> str | None:
@@ -265,9 +332,9 @@ class NotificationEvent:
     def dedup_key(self) -> str:
         """Events with the same key inside a dedup window collapse into one message.
 
-        The key is type + run + the context's ``key`` (e.g. a GPU index or a threshold).
+        The key is type + run + :attr:`key` (e.g. a GPU index or a threshold).
         """
-        return f"{self.event_type.value}|{self.run_id or ''}|{self.context.get('key', '')}"
+        return f"{self.event_type.value}|{self.run_id or ''}|{self.key}"
 
     def with_changes(self, **changes: Any) -> NotificationEvent:
         """A copy with some fields replaced (the id stays unless replaced too)."""
@@ -284,6 +351,11 @@ class NotificationEvent:
             "message": self.message,
             "context": _json_safe(self.context),
             "attachments": [attachment.to_dict() for attachment in self.attachments],
+            "control": {
+                "key": self.key,
+                "collapse": self.collapse,
+                "digest_count": self.digest_count,
+            },
         }
 
     @classmethod
@@ -296,6 +368,9 @@ class NotificationEvent:
         context = dict(data.get("context") or {})
         if isinstance(context.get("metrics"), Mapping):
             context["metrics"] = _restore_non_finite(context["metrics"])
+        # Rows written before control fields existed have no "control"; the context is lifted.
+        control = data.get("control")
+        control = control if isinstance(control, Mapping) else {}
         return cls(
             event_type=EventType.parse(data["event_type"]),
             level=NotificationLevel.parse(data["level"]),
@@ -305,6 +380,9 @@ class NotificationEvent:
             attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments") or ()),
             id=str(data["id"]),
             timestamp=datetime.fromisoformat(str(data["timestamp"])),
+            key=str(control.get("key") or ""),
+            collapse=bool(control.get("collapse", True)),
+            digest_count=int(control.get("digest_count") or 0),
         )
 
     def to_json(self) -> str:

@@ -9,37 +9,82 @@ whole URL in it) always goes through :func:`redact` first.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import os
 import re
 import threading
 from collections.abc import Iterable
+from urllib.parse import parse_qsl, quote, unquote
 
 MASK = "***"
 
 _lock = threading.Lock()
-_secrets: set[str] = set()
+#: Every registered secret and part of one -> (its anchor, its pattern in every encoding).
+_secrets: dict[str, tuple[str, re.Pattern[str]]] = {}
+_ordered: list[tuple[str, re.Pattern[str]]] = []
+# Any anchor at all (one search for the common case: a text that holds no secret).
+_NOTHING = re.compile(r"(?!)")
+_any_anchor: list[re.Pattern[str]] = [_NOTHING]
 
-# Patterns for secrets we were never told about (a URL typed into a CLI flag, say).
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+# A part of a secret URL shorter than this is left alone (``api``, ``v2``, ``hooks``).
+_MIN_PART = 8
+# Query parameters whose values are credentials whatever their length.
+_SECRET_KEYS = frozenset(
+    {
+        "sig",
+        "signature",
+        "token",
+        "key",
+        "apikey",
+        "api_key",
+        "access_token",
+        "code",
+        "secret",
+        "password",
+        "auth",
+    }
+)
+_DELIMITED = r"(?:/|\\/|%2[Ff])"
+_SCHEME = r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}:(?:/|\\/){2}"
+
+# Patterns for secrets we were never told about (a URL typed into a CLI flag, say). Each
+# also matches the JSON-escaped (``\/``) and percent-encoded (``%2F``) forms of ``/``.
+_PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    # (a word the text must hold for the pattern to apply: most texts skip every regex)
     # user:password@host in any URL
     # (the scheme's length is bounded: unbounded, a long run of letters costs quadratic time)
-    (re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/\s:@]+:[^/\s@]+@"), r"\g<scheme>***@"),
+    ("@", re.compile(rf"(?P<scheme>{_SCHEME})[^/\\\s:@]+:[^/\\\s@]+@"), r"\g<scheme>***@"),
     # Slack incoming webhooks: /services/T000/B000/XXXX (also the bare path, which is all
     # that requests' "Max retries exceeded with url: ..." shows)
-    (re.compile(r"(hooks\.slack\.com/services/)[^\s\"'<>]+"), r"\1" + MASK),
-    (re.compile(r"(/services/)T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+"), r"\1" + MASK),
+    ("services", re.compile(r"(hooks\.slack\.com(?:/|\\/)services(?:/|\\/))[^\s\"'<>]+"), r"\1" + MASK),
+    (
+        "services",
+        re.compile(
+            rf"({_DELIMITED}services{_DELIMITED})T[A-Z0-9]+{_DELIMITED}B[A-Z0-9]+{_DELIMITED}[A-Za-z0-9]+"
+        ),
+        r"\1" + MASK,
+    ),
     # Discord webhooks: /api/webhooks/{id}/{token}
-    (re.compile(r"(/api/webhooks/)[^\s\"'<>]+"), r"\1" + MASK),
+    ("webhooks", re.compile(rf"({_DELIMITED}api{_DELIMITED}webhooks{_DELIMITED})[^\s\"'<>]+"), r"\1" + MASK),
     # Telegram: /bot<token>/method
-    (re.compile(r"(/bot)\d+:[A-Za-z0-9_-]+"), r"\1" + MASK),
+    ("bot", re.compile(rf"({_DELIMITED}bot)\d+(?::|%3[Aa])[A-Za-z0-9_-]+"), r"\1" + MASK),
     # Signatures and tokens in query strings (Teams Workflows `sig=`, `token=`, ...)
     (
-        re.compile(r"([?&](?:sig|signature|token|key|apikey|api_key|access_token|code)=)[^&\s\"'<>]+", re.I),
+        "",
+        re.compile(
+            r"((?:[?&]|&amp;|%26)(?:sig|signature|token|key|apikey|api_key|access_token|code)(?:=|%3[Dd]))"
+            r"[^&\s\"'<>\\]+",
+            re.I,
+        ),
         r"\1" + MASK,
     ),
     # Authorization headers echoed into text
-    (re.compile(r"((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + MASK),
+    ("", re.compile(r"((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + MASK),
+    # ntfy access tokens
+    ("tk_", re.compile(r"\btk_[A-Za-z0-9]{16,}"), MASK),
 )
 
 
@@ -47,38 +92,127 @@ def register_secret(*values: str | None) -> None:
     """Remember secrets so that :func:`redact` masks them wherever they appear.
 
     Values shorter than 4 characters are ignored: masking them would garble ordinary text.
-    For a URL, its path-and-query and its query are remembered too (when 8 characters or
-    longer): ``requests`` error text shows ``url: /path?query`` without scheme and host.
+    The parts of a secret that can come back on their own are remembered too: a URL's
+    path-and-query, query, password and token-like path segments and query values (an
+    answer or ``requests`` error text may show only those), the value of a ``Bearer`` or
+    ``Basic`` credential. Each is then masked in every encoding an echo can use: as is,
+    JSON-escaped (``\\/``, ``\\u0026``), percent-encoded, or as HTML entities.
     """
-    with _lock:
-        for value in values:
-            if value and len(value) >= 4:
-                _secrets.add(value)
-                _secrets.update(part for part in _url_parts(value) if len(part) >= 8)
+    added = False
+    for value in values:
+        if not value or len(value) < 4:
+            continue
+        for part in {value, *_parts(value)}:
+            with _lock:
+                if part in _secrets:
+                    continue
+                _secrets[part] = (_anchor(part), _encoded_pattern(part))
+                added = True
+    if added:
+        with _lock:
+            # Longest first, so a URL is masked whole before a token inside it.
+            _ordered[:] = [_secrets[key] for key in sorted(_secrets, key=len, reverse=True)]
+            anchors = sorted({anchor for anchor, _ in _ordered}, key=len, reverse=True)
+            # An empty anchor (a secret of punctuation only) must always be looked for.
+            _any_anchor[0] = re.compile("|".join(map(re.escape, anchors))) if all(anchors) else re.compile("")
 
 
-def _url_parts(value: str) -> tuple[str, ...]:
+def _parts(value: str) -> set[str]:
+    """The pieces of ``value`` that are secret on their own (see :func:`register_secret`)."""
+    # Credentials proper (a password, a bearer value) count from 4 characters; other
+    # pieces of a URL only from 8, so that ``/hook`` or ``/v2`` is not masked everywhere.
+    strong: set[str] = set()
+    parts: set[str] = set()
+    credential = re.match(r"^(?:Bearer|Basic|Token)\s+(\S{4,})$", value.strip(), re.I)
+    if credential:
+        strong.add(credential.group(1))
+        strong |= _basic_password(credential.group(1))
+    strong.add(unquote(value))
     match = _URL.match(value)
-    if match is None:
-        return ()
-    path, query = match.group("path") or "", match.group("query") or ""
-    return (path + query, query[1:]) if query else (path,)
+    if match is not None:
+        path, query = match.group("path") or "", match.group("query") or ""
+        parts |= {path + query, query[1:]} if query else {path}
+        userinfo = match.group("userinfo") or ""
+        if ":" in userinfo:
+            password = userinfo.partition(":")[2]
+            strong |= {password, unquote(password)}
+        parts |= {segment for segment in path.split("/") if _looks_secret(segment)}
+        for key, item in parse_qsl(query[1:], keep_blank_values=False):
+            if key.lower() in _SECRET_KEYS or _looks_secret(item):
+                strong |= {item, quote(item, safe="")}
+    return {part for part in strong if len(part) >= 4} | {part for part in parts if len(part) >= _MIN_PART}
 
 
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]+(?P<path>/[^?#\s]*)?(?P<query>\?[^#\s]*)?")
+def _looks_secret(segment: str) -> bool:
+    """A path segment or query value that is a token rather than a word (``services``)."""
+    if len(segment) < _MIN_PART:
+        return False
+    return len(segment) >= 16 or any(ch.isdigit() for ch in segment) or segment != segment.lower()
+
+
+def _basic_password(value: str) -> set[str]:
+    try:
+        text = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return set()
+    _, sep, password = text.partition(":")
+    return {text, password} if sep and len(password) >= 4 else set()
+
+
+_URL = re.compile(
+    r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:(?P<userinfo>[^/?#@\s]*)@)?[^/?#\s@]+"
+    r"(?P<path>/[^?#\s]*)?(?P<query>\?[^#\s]*)?"
+)
+# Characters no encoding changes: the anchor that tells cheaply whether a text may hold it.
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]+")
+_ENTITIES = {"&": ("&amp;",), "<": ("&lt;",), ">": ("&gt;",), '"': ("&quot;",), "'": ("&apos;",)}
+
+
+def _anchor(secret: str) -> str:
+    runs = _PLAIN.findall(secret)
+    return max(runs, key=len) if runs else ""
+
+
+def _encoded_pattern(secret: str) -> re.Pattern[str]:
+    """A pattern matching ``secret`` with any of its characters in any common encoding."""
+    return re.compile("".join(_char_pattern(ch) for ch in secret))
+
+
+def _char_pattern(ch: str) -> str:
+    if _PLAIN.fullmatch(ch):
+        return re.escape(ch)
+    forms = [re.escape(ch), "".join(_hex_byte(byte) for byte in ch.encode("utf-8"))]
+    code = ord(ch)
+    forms.append(rf"\\u{_hex_text(f'{code:04x}')}" if code < 0x10000 else re.escape(json.dumps(ch)[1:-1]))
+    forms += [f"&#0*{code};", f"&#[xX]0*{_hex_text(f'{code:x}')};"]
+    forms += [re.escape(entity) for entity in _ENTITIES.get(ch, ())]
+    if ch in '/"\\':
+        forms.append(re.escape("\\" + ch))  # JSON escapes these with a backslash
+    if ch == " ":
+        forms.append(r"\+")  # form encoding
+    return "(?:" + "|".join(forms) + ")"
+
+
+def _hex_byte(byte: int) -> str:
+    return "%" + _hex_text(f"{byte:02x}")
+
+
+def _hex_text(digits: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in digits)
 
 
 def redact(text: object) -> str:
     """Return ``text`` as a string with every known and likely secret replaced by ``***``."""
     result = str(text)
     with _lock:
-        # Longest first, so a URL is masked whole before a token inside it.
-        known = sorted(_secrets, key=len, reverse=True)
-    for secret in known:
-        if secret in result:
-            result = result.replace(secret, MASK)
-    for pattern, replacement in _PATTERNS:
-        result = pattern.sub(replacement, result)
+        known = list(_ordered) if _any_anchor[0].search(result) else []
+    for anchor, pattern in known:
+        # The anchor is a substring search in C: only texts that may hold it pay for the regex.
+        if anchor in result or not anchor:
+            result = pattern.sub(MASK, result)
+    for word, pattern, replacement in _PATTERNS:
+        if word in result:
+            result = pattern.sub(replacement, result)
     return result
 
 

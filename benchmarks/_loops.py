@@ -5,16 +5,15 @@ given and returns a :class:`Run`: the wall time of the framework's fit call, and
 each training forward started. The steady state between two forwards holds everything the
 framework and its callbacks do per step, so per-step overhead is read from those stamps,
 away from the start and end of the run (where AFSNotify sends its first message and renders
-its chart).
+its chart). A run can also have a validation pass after every epoch, be timed from the
+train-start hook to the train-end hook, and have its fit call wrapped (knockknock).
 
-The callbacks compared are built here too: the framework's empty ``Callback``,
-``AFSNotify``, and a synchronous notifier that posts with ``requests.post`` in its hooks,
-as most community callbacks do. Frameworks are imported only when a loop runs.
+The callbacks compared live in ``_peers.py`` and are re-exported here. Frameworks are
+imported only when a loop runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -29,6 +28,19 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from _peers import (  # noqa: F401  (re-exported: the benchmark scripts import them from here)
+    HookClock,
+    LoopTimer,
+    Wrap,
+    afs_callback,
+    afs_class,
+    callback_base,
+    empty_callback,
+    knockknock_wrap,
+    same_hooks_callback,
+    sync_callback,
+)
+
 FRAMEWORKS = ("lightning", "transformers", "keras")
 BATCH = 32
 FEATURES = 32
@@ -36,10 +48,12 @@ FEATURES = 32
 
 @dataclass
 class Run:
-    """One training: the fit call's wall time and the start of every training forward."""
+    """One training: the fit call's wall time, the start of every training forward, and
+    (when timed) the seconds from the framework's train-start hook to its train-end hook."""
 
     wall_s: float
     stamps: list[float] = field(default_factory=list)
+    hooks_loop_s: float = float("nan")
 
     def per_step_s(self, skip: int, trim: float = 0.05) -> float:
         """Seconds per step after ``skip`` warm-up steps (forward to forward): the mean
@@ -86,125 +100,37 @@ def fit(
     steps_per_epoch: int,
     epochs: int = 1,
     device: str = "cpu",
+    validate: bool = False,
+    timed: bool = False,
+    wrap: Wrap | None = None,
 ) -> Run:
-    """Train the tiny model with ``framework`` and ``callbacks``; see :class:`Run`."""
+    """Train the tiny model with ``framework`` and ``callbacks``; see :class:`Run`.
+
+    ``validate``: a validation pass after every epoch (a tenth of the epoch's batches, at
+    least 2). ``timed``: a first callback times train start to train end
+    (``Run.hooks_loop_s``). ``wrap``: a decorator put around the framework's fit call (as
+    knockknock's is); ``Run.wall_s`` is then the wrapped call's time.
+    """
     loops: dict[str, Callable[..., Run]] = {
         "lightning": _lightning,
         "transformers": _transformers,
         "keras": _keras,
     }
-    return loops[framework](callbacks, steps_per_epoch=steps_per_epoch, epochs=epochs, device=device)
-
-
-def empty_callback(framework: str) -> Any:
-    """A subclass of the framework's callback base class that overrides nothing."""
-    base = callback_base(framework)
-    return type("EmptyCallback", (base,), {})()
-
-
-def afs_callback(framework: str, manager: Any, **options: Any) -> Any:
-    """``AFSNotify(manager=manager, **options)`` of the framework's integration."""
-    if framework == "lightning":
-        from afs_callbacks.integrations.lightning import AFSNotify as LightningNotify
-
-        return LightningNotify(manager, **options)
-    if framework == "transformers":
-        from afs_callbacks.integrations.transformers import AFSNotify as TrainerNotify
-
-        return TrainerNotify(manager, **options)
-    from afs_callbacks.integrations.keras import AFSNotify as KerasNotify
-
-    return KerasNotify(manager, **options)
-
-
-def sync_callback(framework: str, url: str) -> Any:
-    """The usual community notifier: ``requests.post`` in the hooks, at start, at every
-    epoch end and at the end, waiting for each answer (timeout 10 s)."""
-    import requests
-
-    def post(text: str) -> None:
-        # The polite ones at least do not crash the run when the service is down.
-        with contextlib.suppress(requests.RequestException):
-            requests.post(url, json={"text": text}, timeout=10)
-
-    base = callback_base(framework)
-    if framework == "lightning":
-        hooks: dict[str, Any] = {
-            "on_train_start": lambda self, trainer, module: post("training started"),
-            "on_train_epoch_end": lambda self, trainer, module: post(
-                f"epoch {trainer.current_epoch} done: {_floats(trainer.callback_metrics)}"
-            ),
-            "on_train_end": lambda self, trainer, module: post("training finished"),
-        }
-    elif framework == "transformers":
-        hooks = {
-            "on_train_begin": lambda self, args, state, control, **kw: post("training started"),
-            "on_epoch_end": lambda self, args, state, control, **kw: post(f"epoch {state.epoch} done"),
-            "on_train_end": lambda self, args, state, control, **kw: post("training finished"),
-        }
-    else:
-        hooks = {
-            "on_train_begin": lambda self, logs=None: post("training started"),
-            "on_epoch_end": lambda self, epoch, logs=None: post(f"epoch {epoch} done: {logs}"),
-            "on_train_end": lambda self, logs=None: post("training finished"),
-        }
-    return type("SyncPostCallback", (base,), hooks)()
-
-
-class HookClock:
-    """Times the hook methods a callback overrides (wrapping them on the instance).
-
-    Only for an instrumented run: the wrapper itself costs a fraction of a microsecond.
-    """
-
-    def __init__(self, callback: Any, framework: str) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        base = callback_base(framework)
-        for name in dir(type(callback)):
-            method = getattr(type(callback), name)
-            if name.startswith("on_") and callable(method) and method is not getattr(base, name, None):
-                setattr(callback, name, self._wrap(name, getattr(callback, name)))
-
-    def _wrap(self, name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
-        self.seconds[name], self.calls[name] = 0.0, 0
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return hook(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - start
-                self.calls[name] += 1
-
-        return timed
-
-    def per_step_s(self, steps: int) -> float:
-        """Seconds per step spent in the hooks called about once a step or more."""
-        per_step = [name for name, calls in self.calls.items() if calls >= steps // 2]
-        return sum(self.seconds[name] for name in per_step) / max(steps, 1)
+    timer = LoopTimer.make(framework) if timed else None
+    run: Run = loops[framework](
+        ([timer] if timer is not None else []) + list(callbacks),
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        device=device,
+        validate=validate,
+        wrap=wrap or (lambda call: call),
+    )
+    if timer is not None:
+        run.hooks_loop_s = timer.ended - timer.started
+    return run
 
 
 # Frameworks --------------------------------------------------------------------------
-
-
-def callback_base(framework: str) -> Any:
-    """The framework's callback base class."""
-    if framework == "lightning":
-        from lightning.pytorch.callbacks import Callback
-
-        return Callback
-    if framework == "transformers":
-        from transformers import TrainerCallback
-
-        return TrainerCallback
-    import keras
-
-    return keras.callbacks.Callback
-
-
-def _floats(metrics: Any) -> dict[str, float]:
-    return {key: round(float(value), 4) for key, value in dict(metrics).items()}
 
 
 def _data(samples: int) -> tuple[Any, Any]:
@@ -221,7 +147,13 @@ def _net() -> Any:
     return nn.Sequential(nn.Linear(FEATURES, 64), nn.ReLU(), nn.Linear(64, 1))
 
 
-def _lightning(callbacks: list[Any], *, steps_per_epoch: int, epochs: int, device: str) -> Run:
+def _val_batches(steps_per_epoch: int) -> int:
+    return max(2, steps_per_epoch // 10)
+
+
+def _lightning(
+    callbacks: list[Any], *, steps_per_epoch: int, epochs: int, device: str, validate: bool, wrap: Wrap
+) -> Run:
     import lightning.pytorch as pl
     import torch
 
@@ -240,11 +172,19 @@ def _lightning(callbacks: list[Any], *, steps_per_epoch: int, epochs: int, devic
             self.log("train_loss", loss, on_step=False, on_epoch=True)
             return loss
 
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     x, y = _data(steps_per_epoch * BATCH)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
+    val = None
+    if validate:
+        xv, yv = _data(_val_batches(steps_per_epoch) * BATCH)
+        val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xv, yv), batch_size=BATCH)
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="gpu" if device == "cuda" else "cpu",
@@ -257,12 +197,15 @@ def _lightning(callbacks: list[Any], *, steps_per_epoch: int, epochs: int, devic
         num_sanity_val_steps=0,
         default_root_dir=tempfile.mkdtemp(prefix="afs-bench-pl-"),
     )
+    model = Tiny()
     start = time.perf_counter()
-    trainer.fit(Tiny(), loader)
+    wrap(lambda: trainer.fit(model, loader, val))()
     return Run(time.perf_counter() - start, stamps)
 
 
-def _transformers(callbacks: list[Any], *, steps_per_epoch: int, epochs: int, device: str) -> Run:
+def _transformers(
+    callbacks: list[Any], *, steps_per_epoch: int, epochs: int, device: str, validate: bool, wrap: Wrap
+) -> Run:
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
@@ -281,8 +224,8 @@ def _transformers(callbacks: list[Any], *, steps_per_epoch: int, epochs: int, de
             return (torch.nn.functional.mse_loss(prediction, labels), prediction)
 
     class Points(torch.utils.data.Dataset):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.x, self.y = _data(steps_per_epoch * BATCH)
+        def __init__(self, batches: int) -> None:
+            self.x, self.y = _data(batches * BATCH)
 
         def __len__(self) -> int:
             return len(self.x)
@@ -301,15 +244,25 @@ def _transformers(callbacks: list[Any], *, steps_per_epoch: int, epochs: int, de
         use_cpu=device != "cuda",
         disable_tqdm=True,
         seed=0,
+        eval_strategy="epoch" if validate else "no",
+        per_device_eval_batch_size=BATCH,
     )
-    trainer = Trainer(model=Tiny(), args=args, train_dataset=Points(), callbacks=list(callbacks))
+    trainer = Trainer(
+        model=Tiny(),
+        args=args,
+        train_dataset=Points(steps_per_epoch),
+        eval_dataset=Points(_val_batches(steps_per_epoch)) if validate else None,
+        callbacks=list(callbacks),
+    )
     trainer.remove_callback(PrinterCallback)  # it prints every log to stdout
     start = time.perf_counter()
-    trainer.train()
+    wrap(trainer.train)()
     return Run(time.perf_counter() - start, stamps)
 
 
-def _keras(callbacks: list[Any], *, steps_per_epoch: int, epochs: int, device: str) -> Run:
+def _keras(
+    callbacks: list[Any], *, steps_per_epoch: int, epochs: int, device: str, validate: bool, wrap: Wrap
+) -> Run:
     import keras
 
     quiet()
@@ -331,8 +284,19 @@ def _keras(callbacks: list[Any], *, steps_per_epoch: int, epochs: int, device: s
         ]
     )
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    xv, yv = _data(_val_batches(steps_per_epoch) * BATCH)
+    options = {"validation_data": (xv.numpy(), yv.numpy())} if validate else {}
     start = time.perf_counter()
-    model.fit(
-        x.numpy(), y.numpy(), batch_size=BATCH, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks
-    )
+    wrap(
+        lambda: model.fit(
+            x.numpy(),
+            y.numpy(),
+            batch_size=BATCH,
+            epochs=epochs,
+            verbose=0,
+            shuffle=False,
+            callbacks=callbacks,
+            **options,
+        )
+    )()
     return Run(time.perf_counter() - start, stamps)

@@ -1,213 +1,299 @@
-"""Per-step overhead of AFSNotify in real training loops: Lightning, HF Trainer, Keras.
+"""What AFSNotify costs a training run, by run shape, beside the peers users would pick.
 
-For each framework the same tiny model trains for thousands of steps, side by side:
+The same tiny model (``Linear(32, 64) → ReLU → Linear(64, 1)``, batch 32, CPU) trains N
+steps in all, cut into several shapes: 1 × N, 10 × N/10 and 100 × N/100 epochs, with and
+without a validation pass after every epoch (a tenth of the epoch's batches). Each shape
+runs with, side by side in one process:
 
-* no callback (twice: the second run shows the measurement's noise floor),
-* an empty ``Callback`` (what any callback costs: the framework's dispatch),
-* ``AFSNotify`` with a capturing channel (the library's own work),
-* ``AFSNotify`` with a webhook channel to a loopback receiver (plus real delivery).
+* no callback, and an empty callback overriding the same hooks as AFSNotify (the
+  framework's own dispatch cost: the fair yardstick),
+* ``AFSNotify`` with monitors, chart and stall watchdog off, and with its defaults (all on),
+  both delivering to a webhook channel on a loopback receiver,
+* the peers: a callback that calls ``requests.post`` at start, at every epoch end and at the
+  end (what community callbacks do), and knockknock's ``slack_sender`` decorator around the
+  fit call (a post before, one after; re-implemented when knockknock is not installed:
+  ``pip install -e .[bench]``).
 
-The per-step time is read between training forwards, away from the start and end of the
-run (a trimmed mean: see ``_loops.Run``). Variants run in rounds, in a rotating order, and
-each round's figure is compared with the same round's no-callback run: the overhead is the
-median of those paired differences. One more, instrumented run times AFSNotify's per-step
-hooks themselves ("in hooks"), a figure the machine's noise does not blur.
-Targets (issue #7): AFSNotify adds no more than an empty callback does, within 2× of it,
-and under 1 % of the step time of the tiny model.
+Two figures per run: the loop, from the framework's train-start hook to its train-end hook
+(a first callback marks them), and the whole fit call. The variants alternate in one
+process, in a rotating order, for several rounds; each figure is the median over rounds of
+the ratio to the same round's no-callback run (and to the empty callback's). "extra per
+epoch" is the median paired loop difference over the number of epochs.
 
-    python benchmarks/bench_step_overhead.py [--quick] [--frameworks lightning,keras]
-    python benchmarks/bench_step_overhead.py --device cuda      # the GPU variant
+Targets (issue #16), on the project's 2-core machine: loop ≤ 1.02× and whole fit() ≤ 1.03×
+for every shape, for Lightning, the HF Trainer and Keras. A verdict is "?" when the figure
+is within the noise of the limit (the larger of the empty callback's distance from 1.00×
+and half the spread of the AFSNotify ratios over the rounds).
+
+    python benchmarks/bench_step_overhead.py            # ~5 min on an idle 2-CPU machine
+    python benchmarks/bench_step_overhead.py --quick    # seconds: does it still run?
+    python benchmarks/bench_step_overhead.py --frameworks lightning --rounds 5 --steps 2000
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from _common import Report, fresh_state_dir, median, parse_args, percentile
-from _loops import FRAMEWORKS, HookClock, afs_callback, available, empty_callback, fit, quiet
+from _common import Report, median, parse_args, percentile
+from _loops import (
+    FRAMEWORKS,
+    Wrap,
+    afs_callback,
+    afs_class,
+    available,
+    fit,
+    knockknock_wrap,
+    quiet,
+    same_hooks_callback,
+    sync_callback,
+)
 
 from afs_callbacks import Settings
 from afs_callbacks.channels.webhook import WebhookNotifier
 from afs_callbacks.manager import NotificationManager
-from afs_callbacks.testing import CapturingHandler, LoopbackReceiver
+from afs_callbacks.testing import LoopbackReceiver
 
-NONE, AGAIN, EMPTY, CAPTURE, WEBHOOK = (
-    "no callback",
-    "no callback (again)",
-    "empty Callback",
-    "AFSNotify + capture",
-    "AFSNotify + webhook",
-)
-VARIANTS = (NONE, AGAIN, EMPTY, CAPTURE, WEBHOOK)
+NONE = "no callback"
+EMPTY = "empty callback, same hooks"
+AFS_OFF = "AFSNotify, monitors off"
+AFS_ON = "AFSNotify, defaults"
+POST = "requests.post per epoch"
+KNOCK = "knockknock decorator"
+VARIANTS = (NONE, EMPTY, AFS_OFF, AFS_ON, POST, KNOCK)
+AFS = (AFS_OFF, AFS_ON)
+LOOP_LIMIT, FIT_LIMIT = 1.02, 1.03
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How the N steps are cut: ``epochs`` × ``steps`` per epoch, validation or not."""
+
+    epochs: int
+    steps: int
+    validate: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.epochs} × {self.steps}" + (" + val" if self.validate else "")
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated")
+    parser.add_argument("--steps", type=int, help="N, the steps of a run in all (default 2000)")
+    parser.add_argument("--rounds", type=int, help="runs of each variant per shape (default 3)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own default)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--steps", type=int, help="training steps per run")
-    parser.add_argument("--rounds", type=int, help="runs of each variant")
 
 
-def _variant(name: str, framework: str, receiver: LoopbackReceiver) -> tuple[list[Any], Callable[[], int]]:
-    """The callbacks of one variant, and a function counting the messages it delivered."""
-    if name in (NONE, AGAIN):
-        return [], lambda: 0
-    if name == EMPTY:
-        return [empty_callback(framework)], lambda: 0
-    settings = Settings(state_dir=fresh_state_dir())
-    if name == CAPTURE:
-        handler = CapturingHandler()
-        manager = NotificationManager({"capture": handler}, settings=settings)
-
-        def captured() -> int:
-            manager.close()
-            return len(handler.events)
-
-        return [afs_callback(framework, manager)], captured
-    before = len(receiver.requests)
-    manager = NotificationManager({"webhook": WebhookNotifier(receiver.url("/hook"))}, settings=settings)
-
-    def delivered() -> int:
-        manager.close()
-        return len(receiver.requests) - before
-
-    return [afs_callback(framework, manager)], delivered
+def shapes(framework: str, n: int, quick: bool) -> list[Shape]:
+    """Lightning gets every shape; HF and Keras a smaller set (their runs are slower)."""
+    if quick:  # one shape that has it all: several epochs, validation
+        return [Shape(10, max(1, n // 10), True)]
+    cuts = (1, 10, 100) if framework == "lightning" else (1, 10)
+    plain = [Shape(e, n // e, False) for e in cuts]
+    return plain + [Shape(e, n // e, True) for e in cuts if e > 1]
 
 
-def measure(framework: str, *, steps: int, rounds: int, device: str) -> dict[str, Any]:
-    """Per-step seconds of every variant, per round; messages delivered; in-hook time."""
-    skip = max(10, steps // 10)
-    per_step: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    messages: dict[str, int] = {name: 0 for name in VARIANTS}
-    in_hooks: dict[str, float] = {}
-    with LoopbackReceiver() as receiver:
-        fit(framework, [], steps_per_epoch=min(steps, 50), device=device)  # one-time costs
-        for round_ in range(rounds):
-            shift = round_ % len(VARIANTS)
+class Bench:
+    """Builds each variant's callbacks and times its runs, for one framework."""
+
+    def __init__(self, framework: str, receiver: LoopbackReceiver, device: str) -> None:
+        self.framework = framework
+        self.receiver = receiver
+        self.device = device
+        self.url = receiver.url("/hook")
+        self.knock, self.knock_source = knockknock_wrap(self.url)
+        self.settings = Settings(state_dir=_state_dir())  # one history, as a user's runs share
+
+    def run(self, shape: Shape, name: str) -> tuple[float, float, int]:
+        """One training of ``shape`` with variant ``name``: (loop s, fit s, messages)."""
+        before = len(self.receiver.requests)
+        callbacks: list[Any] = []
+        wrap: Wrap | None = None
+        manager = None
+        if name == EMPTY:
+            callbacks = [same_hooks_callback(self.framework, afs_class(self.framework))]
+        elif name in AFS:
+            manager = NotificationManager({"webhook": WebhookNotifier(self.url)}, settings=self.settings)
+            callbacks = [self._afs(manager, defaults=name == AFS_ON)]
+        elif name == POST:
+            callbacks = [sync_callback(self.framework, self.url)]
+        elif name == KNOCK:
+            wrap = self.knock
+        run = fit(
+            self.framework,
+            callbacks,
+            steps_per_epoch=shape.steps,
+            epochs=shape.epochs,
+            device=self.device,
+            validate=shape.validate,
+            timed=True,
+            wrap=wrap,
+        )
+        if manager is not None:
+            manager.close()  # untimed: lets the messages out, so they can be counted
+        return run.hooks_loop_s, run.wall_s, len(self.receiver.requests) - before
+
+    def _afs(self, manager: NotificationManager, *, defaults: bool = False) -> Any:
+        if defaults:
+            return afs_callback(self.framework, manager)
+        return afs_callback(self.framework, manager, monitors=False, chart=False, stall_timeout=None)
+
+
+def _state_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="afs-bench-shapes-")
+
+
+def measure(
+    bench: Bench, plan: list[Shape], rounds: int, warm_up: bool = True
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every variant on every shape, ``rounds`` times in a rotating order; raw figures."""
+    for name in VARIANTS if warm_up else ():  # one-time costs (imports, first chart) out
+        bench.run(Shape(2, 10, True), name)
+    raw: dict[str, dict[str, dict[str, Any]]] = {
+        s.label: {v: {"loop": [], "fit": [], "messages": 0} for v in VARIANTS} for s in plan
+    }
+    for round_ in range(rounds):
+        for index, shape in enumerate(plan):
+            shift = (round_ + index) % len(VARIANTS)
             for name in VARIANTS[shift:] + VARIANTS[:shift]:
-                callbacks, count = _variant(name, framework, receiver)
-                run = fit(framework, callbacks, steps_per_epoch=steps, device=device)
-                per_step[name].append(run.per_step_s(skip))
-                messages[name] = count()
-        for name in (CAPTURE, WEBHOOK):
-            callbacks, count = _variant(name, framework, receiver)
-            clock = HookClock(callbacks[0], framework)
-            fit(framework, callbacks, steps_per_epoch=steps, device=device)
-            count()
-            in_hooks[name] = clock.per_step_s(steps)
-    return {"per_step": per_step, "messages": messages, "in_hooks": in_hooks}
+                loop_s, fit_s, messages = bench.run(shape, name)
+                cell = raw[shape.label][name]
+                cell["loop"].append(loop_s)
+                cell["fit"].append(fit_s)
+                cell["messages"] = messages
+    return raw
 
 
-def summarise(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Median step time; median and quartiles of the paired differences with no callback."""
-    per_step = result["per_step"]
-    base = per_step[NONE]
+def summarise(raw: dict[str, dict[str, Any]], epochs: int) -> dict[str, dict[str, float]]:
+    """Per variant: median times, median paired ratios to no callback and to the empty
+    callback, the ratios' quartiles, and the extra loop time per epoch."""
     out = {}
-    for name, values in per_step.items():
-        diffs = [v - b for v, b in zip(values, base, strict=True)]
-        out[name] = {
-            "step_us": median(values) * 1e6,
-            "over_us": median(diffs) * 1e6,
-            "low_us": percentile(diffs, 0.25) * 1e6,
-            "high_us": percentile(diffs, 0.75) * 1e6,
-            "in_hooks_us": result["in_hooks"].get(name, 0.0) * 1e6,
-        }
+    for name, cell in raw.items():
+        stats: dict[str, float] = {"messages": cell["messages"]}
+        for what in ("loop", "fit"):
+            values = cell[what]
+            stats[f"{what}_s"] = median(values)
+            for ref, key in ((NONE, "none"), (EMPTY, "empty")):
+                ratios = [v / r for v, r in zip(values, raw[ref][what], strict=True)]
+                stats[f"{what}_x_{key}"] = median(ratios)
+                stats[f"{what}_q1_{key}"] = percentile(ratios, 0.25)
+                stats[f"{what}_q3_{key}"] = percentile(ratios, 0.75)
+        diffs = [v - r for v, r in zip(cell["loop"], raw[NONE]["loop"], strict=True)]
+        stats["extra_ms_per_epoch"] = median(diffs) / epochs * 1000
+        out[name] = stats
     return out
 
 
 def main() -> None:
     args = parse_args(__doc__ or "", _options)
     quiet()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     report = Report("step_overhead", args)
-    steps = args.steps or (60 if args.quick else 1500)
-    rounds = args.rounds or (1 if args.quick else 8)
+    n = args.steps or (30 if args.quick else 2000)
+    rounds = args.rounds or (1 if args.quick else 3)
     figures: dict[str, Any] = {}
+    failed = []
     for framework in [f.strip() for f in args.frameworks.split(",") if f.strip()]:
         missing = available(framework)
         if missing is not None:
             report.table(f"{framework}: skipped", ("reason",), [(missing,)])
             continue
-        result = measure(framework, steps=steps, rounds=rounds, device=args.device)
-        stats = summarise(result)
-        figures[framework] = {"stats": stats, "messages": result["messages"]}
-        _tables(report, framework, stats, result["messages"], steps=steps, rounds=rounds, device=args.device)
-    report.finish(steps=steps, rounds=rounds, device=args.device, frameworks=figures)
+        plan = shapes(framework, n, args.quick)
+        started = time.perf_counter()
+        with LoopbackReceiver() as receiver:
+            bench = Bench(framework, receiver, args.device)
+            try:
+                raw = measure(bench, plan, rounds, warm_up=not args.quick)
+            except Exception as error:  # one framework's breakage must not hide the others
+                report.table(f"{framework}: failed", ("error",), [(f"{type(error).__name__}: {error}",)])
+                failed.append(framework)
+                continue
+        stats = {s.label: summarise(raw[s.label], s.epochs) for s in plan}
+        figures[framework] = {"stats": stats, "knockknock": bench.knock_source}
+        _table(report, framework, stats, args, n, rounds, time.perf_counter() - started, bench.knock_source)
+        _targets(report, framework, stats, rounds)
+    report.finish(steps=n, rounds=rounds, device=args.device, frameworks=figures)
+    if failed:
+        raise SystemExit(f"failed to run: {', '.join(failed)}")
 
 
-def _tables(
+def _table(
     report: Report,
     framework: str,
-    stats: dict[str, dict[str, float]],
-    messages: dict[str, int],
-    *,
-    steps: int,
+    stats: dict[str, dict[str, dict[str, float]]],
+    args: argparse.Namespace,
+    n: int,
     rounds: int,
-    device: str,
+    seconds: float,
+    knock: str,
 ) -> None:
-    step = stats[NONE]["step_us"]
-    empty = stats[EMPTY]["over_us"]
+    import torch
+
     rows = []
-    for name in VARIANTS:
-        s = stats[name]
-        paired, notify = name != NONE, name in (CAPTURE, WEBHOOK)
-        rows.append(
-            (
-                name,
-                s["step_us"],
-                s["over_us"] if paired else "-",
-                f"{s['low_us']:.1f} .. {s['high_us']:.1f}" if paired else "-",
-                f"{s['over_us'] / step * 100:.2f} %" if paired else "-",
-                _ratio(s["over_us"], empty) if notify else "-",
-                s["in_hooks_us"] if notify else "-",
-                messages[name] if notify else "-",
+    for label, by_variant in stats.items():
+        for name in VARIANTS:
+            s = by_variant[name]
+            paired = name != NONE
+            rows.append(
+                (
+                    label,
+                    name,
+                    f"{s['loop_s']:.2f}",
+                    f"{s['loop_x_none']:.3f}×" if paired else "-",
+                    f"{s['loop_x_empty']:.3f}×" if name not in (NONE, EMPTY) else "-",
+                    f"{s['fit_s']:.2f}",
+                    f"{s['fit_x_none']:.3f}×" if paired else "-",
+                    f"{s['fit_x_empty']:.3f}×" if name not in (NONE, EMPTY) else "-",
+                    f"{s['extra_ms_per_epoch']:.1f}" if paired else "-",
+                    int(s["messages"]),
+                )
             )
-        )
     report.table(
-        f"{framework} on {device}: {steps:,} steps per run, {rounds} round(s); medians over rounds",
+        f"{framework} on {args.device}: {n:,} steps per run, {rounds} round(s), torch threads"
+        f" {torch.get_num_threads()}; medians of paired ratios ({knock}; {seconds:.0f} s)",
         (
+            "shape",
             "variant",
-            "µs/step",
-            "overhead µs",
-            "quartiles µs",
-            "% of step",
-            "× empty",
-            "in hooks µs",
+            "loop s",
+            "loop × none",
+            "loop × empty",
+            "fit s",
+            "fit × none",
+            "fit × empty",
+            "extra ms/epoch",
             "messages",
         ),
         rows,
     )
-    # The noise floor: how far apart two identical runs without a callback land, or how
-    # widely any variant's paired differences spread, whichever is larger. A difference
-    # smaller than that is not a finding either way.
-    spread = max((stats[name]["high_us"] - stats[name]["low_us"]) / 2 for name in VARIANTS[1:])
-    noise = max(abs(stats[AGAIN]["over_us"]), spread)
-    worst = max((CAPTURE, WEBHOOK), key=lambda n: stats[n]["over_us"])
-    afs = stats[worst]["over_us"]
-    # An empty callback whose cost is lost in the noise gives no yardstick: no verdict.
-    measurable = empty > noise
-    report.target(
-        f"{framework}: AFSNotify overhead vs empty Callback",
-        "≤ 2× empty",
-        f"{afs:.1f} µs vs {empty:.1f} µs ({_ratio(afs, empty)})",
-        _judge(afs, 2 * empty, noise) if measurable else None,
-        f"noise ±{noise:.0f} µs" + ("" if measurable else "; the empty Callback's cost is within it"),
-    )
-    report.target(
-        f"{framework}: AFSNotify share of step time",
-        "< 1 %",
-        f"{afs / step * 100:.2f} % of {step:.0f} µs",
-        _judge(afs, step / 100, noise),
-        f"noise ±{noise:.0f} µs",
-    )
-    hooks = stats[worst]["in_hooks_us"]
-    report.target(
-        f"{framework}: AFSNotify per-step hooks, timed in the loop",
-        "< 1 % of step",
-        f"{hooks:.1f} µs = {hooks / step * 100:.2f} %",
-        hooks / step < 0.01,
-    )
+
+
+def _targets(
+    report: Report, framework: str, stats: dict[str, dict[str, dict[str, float]]], rounds: int
+) -> None:
+    """One check per AFSNotify variant and figure: its worst shape against the limit (no
+    verdict from fewer than 3 rounds: their spread says nothing about the noise)."""
+    for name in AFS:
+        for what, limit in (("loop", LOOP_LIMIT), ("fit", FIT_LIMIT)):
+            label, worst = max(stats.items(), key=lambda item: item[1][name][f"{what}_x_none"])
+            s, empty = worst[name], worst[EMPTY]
+            ratio = s[f"{what}_x_none"]
+            noise = max(abs(empty[f"{what}_x_none"] - 1.0), (s[f"{what}_q3_none"] - s[f"{what}_q1_none"]) / 2)
+            report.target(
+                f"{framework}, {name}: {'loop' if what == 'loop' else 'whole fit()'}, worst shape",
+                f"≤ {limit:.2f}×",
+                f"{ratio:.3f}× at {label} (× empty {s[f'{what}_x_empty']:.3f})",
+                _judge(ratio, limit, noise) if rounds >= 3 else None,
+                f"noise ±{noise:.3f}" if rounds >= 3 else "fewer than 3 rounds: no verdict",
+            )
 
 
 def _judge(value: float, limit: float, noise: float) -> bool | None:
@@ -215,10 +301,6 @@ def _judge(value: float, limit: float, noise: float) -> bool | None:
     if value <= limit:
         return True
     return False if value - limit > noise else None
-
-
-def _ratio(value: float, reference: float) -> str:
-    return f"{value / reference:.2f}×" if reference > 0 else "no ratio: empty ≤ 0"
 
 
 if __name__ == "__main__":

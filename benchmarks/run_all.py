@@ -42,7 +42,7 @@ ROOT = HERE.parent
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 #: Name, script, what it measures (the README's section title), whether it has --device.
 BENCHMARKS = (
-    ("step_overhead", "bench_step_overhead.py", "Per-step overhead in real training loops", True),
+    ("step_overhead", "bench_step_overhead.py", "Loop and fit() overhead by run shape, beside peers", True),
     ("hook", "bench_hook.py", "The per-step hook itself", True),
     ("slow_channel", "bench_slow_channel.py", "A channel that answers after 2 s", False),
     ("storm", "bench_storm.py", "An event storm", False),

@@ -1,15 +1,15 @@
 """Watch GPUs, disk space, memory and cost without any training framework.
 
-Runs in a few seconds on any machine, with no account: alerts go to an in-memory channel
-and are printed. On a machine with an NVIDIA GPU (``pip install 'afs-callbacks[gpu]'``) it
-shows real NVML readings; without one the GPU monitor says why it has no stats.
+Runs in a few seconds on any machine, with no account. The alerts go to your channels when
+the environment or ``.env`` configures one, else to a demo webhook on 127.0.0.1 (see
+``examples/_demo.py``); ``afs-notify history`` shows them afterwards. On a machine with an
+NVIDIA GPU (``pip install 'afs-callbacks[gpu]'``) it shows real NVML readings; without one
+the GPU monitor says why it has no stats.
 
     python examples/gpu_monitor_example.py
 
-To send the alerts to your own channels instead, build the manager with
-``NotificationManager.from_env()`` (reads ``SLACK_WEBHOOK_URL``, ``SMTP_*``, ... from the
-environment or ``.env``). Inside a framework you need none of this: the callbacks start
-the monitors for the run (``AFS_MONITORS=none`` turns them off).
+Inside a framework you need none of this: the callbacks start the monitors for the run
+(``AFS_MONITORS=none`` turns them off); ``afs-notify monitor`` runs them from a shell.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import tempfile
 import time
 
 import psutil
+from _demo import notifications  # your channels from .env, or a local demo receiver
 
-from afs_callbacks.formatting import plain_text
 from afs_callbacks.monitors import CostMonitor, GPUMonitor, Monitors, SystemMonitor
-from afs_callbacks.testing import capturing_manager
 
 
 def pretend_to_train(seconds: float) -> None:
@@ -32,8 +31,7 @@ def pretend_to_train(seconds: float) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as workdir:
-        manager, captured = capturing_manager(workdir)
+    with tempfile.TemporaryDirectory() as workdir, notifications() as manager:
         free = psutil.disk_usage(workdir).free
         monitors = Monitors(
             # Every GPU this process may use; alerts at 85% memory (warning) and 97% (critical).
@@ -45,17 +43,11 @@ def main() -> None:
         )
         with monitors:
             pretend_to_train(2.5)
-        manager.flush(timeout=5)
-
-        print(f"--- {len(captured.events)} alert(s) sent ---\n")
-        for event in captured.events:
-            print(plain_text(event), end="\n\n")
         print("--- status ---")
         for status in monitors.status():
             print(f"{status.name}: {status.reason}")
         print("--- summary ---")
         print("\n".join(monitors.summary().lines()) or "(nothing to summarise)")
-        manager.close()
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
     KERAS_BACKEND=torch python examples/keras_example.py
 
-Runs in seconds with no account: a webhook receiver on 127.0.0.1 stands in for Slack,
-Discord, email and the rest. The first run fits a small regression with validation; the
-second one gets a batch with a NaN input at step 6, and ``stop_on_nan=True`` stops it.
-Every message the receiver got is printed. Any backend works (torch, jax, tensorflow);
-this demo defaults to torch.
+Runs in seconds with no account. The first run fits a small regression with validation;
+the second one gets a batch with a NaN input at step 6, and ``stop_on_nan=True`` stops it.
+The messages go to your channels when the environment or ``.env`` configures one, else to a
+demo webhook on 127.0.0.1 (see ``examples/_demo.py``); either way ``afs-notify history``
+shows them afterwards. Any backend works (torch, jax, tensorflow); this demo defaults to torch.
 
 In your own code you need one line, and your channels in the environment or ``.env``
 (``SLACK_WEBHOOK_URL=...``, ``DISCORD_WEBHOOK_URL=...``; see ``afs-notify status``)::
@@ -17,18 +17,17 @@ In your own code you need one line, and your channels in the environment or ``.e
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # must be set before keras is imported
 
 import keras
 import numpy as np
+from _demo import notifications  # your channels from .env, or a local demo receiver
 
 import afs_callbacks
-from afs_callbacks import NotificationEvent, NotificationManager, Settings, WebhookNotifier
+from afs_callbacks import NotificationManager
 from afs_callbacks.integrations.keras import AFSNotify
-from afs_callbacks.testing import LoopbackReceiver
 
 
 def points(count: int, nan_row: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -60,19 +59,9 @@ def train(manager: NotificationManager, nan_row: int | None = None, **notify: ob
 def main() -> None:
     warnings.filterwarnings("ignore")
     keras.utils.set_random_seed(0)
-    with tempfile.TemporaryDirectory() as state, LoopbackReceiver() as receiver:
-        # The outbox (history) lives in a throwaway folder: the demo leaves no trace.
-        channel = WebhookNotifier(receiver.url("/hook"))
-        with NotificationManager({"webhook": channel}, settings=Settings(state_dir=state)) as manager:
-            train(manager, model_name="tiny-regressor")
-            train(manager, nan_row=5 * 16, model_name="tiny-regressor-nan", stop_on_nan=True)
-            manager.flush(10)
-        print(f"The webhook received {len(receiver.requests)} messages:")
-        for request in receiver.requests:
-            event = NotificationEvent.from_dict(request.json())
-            print(f"  {event.event_type.value:<20} {event.title}")
-            for line in event.message.splitlines():
-                print(f"  {'':<20}   {line}")
+    with notifications() as manager:
+        train(manager, model_name="tiny-regressor")
+        train(manager, nan_row=5 * 16, model_name="tiny-regressor-nan", stop_on_nan=True)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
     python examples/lightning_example.py
 
-Runs in seconds with no account: a webhook receiver on 127.0.0.1 stands in for Slack,
-Discord, email and the rest. The first run trains normally; the second one's loss turns
-NaN at step 5 and ``stop_on_nan=True`` stops it. Every message the receiver got is printed.
+Runs in seconds with no account. The first run trains normally; the second one's loss
+turns NaN at step 5 and ``stop_on_nan=True`` stops it. The messages go to your channels when
+the environment or ``.env`` configures one, else to a demo webhook on 127.0.0.1 (see
+``examples/_demo.py``); either way ``afs-notify history`` shows them afterwards.
 
 In your own code you need one line, and your channels in the environment or ``.env``
 (``SLACK_WEBHOOK_URL=...``, ``DISCORD_WEBHOOK_URL=...``; see ``afs-notify status``)::
@@ -15,17 +16,15 @@ In your own code you need one line, and your channels in the environment or ``.e
 from __future__ import annotations
 
 import logging
-import tempfile
 import warnings
 
 import torch
+from _demo import notifications  # your channels from .env, or a local demo receiver
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from afs_callbacks import NotificationEvent, NotificationManager, Settings, WebhookNotifier
 from afs_callbacks.integrations.lightning import AFSNotify
-from afs_callbacks.testing import LoopbackReceiver
 
 
 class TinyRegressor(LightningModule):
@@ -76,23 +75,13 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")  # Lightning's hints about tiny data loaders
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as state, LoopbackReceiver() as receiver:
-        # The outbox (history) lives in a throwaway folder: the demo leaves no trace.
-        channel = WebhookNotifier(receiver.url("/hook"))
-        with NotificationManager({"webhook": channel}, settings=Settings(state_dir=state)) as manager:
-            # In your code: AFSNotify() takes its channels from the environment / .env.
-            train(TinyRegressor(), AFSNotify(manager, model_name="tiny-regressor"))
-            train(
-                TinyRegressor(nan_at_step=5),
-                AFSNotify(manager, model_name="tiny-regressor-nan", stop_on_nan=True),
-            )
-            manager.flush(10)
-        print(f"The webhook received {len(receiver.requests)} messages:")
-        for request in receiver.requests:
-            event = NotificationEvent.from_dict(request.json())
-            print(f"  {event.event_type.value:<20} {event.title}")
-            for line in event.message.splitlines():
-                print(f"  {'':<20}   {line}")
+    with notifications() as manager:
+        # In your code: AFSNotify() takes its channels from the environment / .env.
+        train(TinyRegressor(), AFSNotify(manager, model_name="tiny-regressor"))
+        train(
+            TinyRegressor(nan_at_step=5),
+            AFSNotify(manager, model_name="tiny-regressor-nan", stop_on_nan=True),
+        )
 
 
 if __name__ == "__main__":

@@ -1,73 +1,24 @@
 """The manager API on a simulated training run: started, a cost alert, completed, an
 evaluation, a custom "loss improved" message, and a second run that fails.
 
-Runs in a couple of seconds with no account anywhere. It sends to:
+Runs in a couple of seconds with no account anywhere. The messages go to your channels when
+the environment or ``.env`` configures one (``afs-notify status`` lists them), else to a
+demo webhook this script runs on 127.0.0.1 (see ``examples/_demo.py``); it prints what it
+sent and whether each message was delivered, and ``afs-notify history`` shows them again::
 
-- your desktop, when there is a desktop session to show notifications;
-- otherwise a generic webhook pointed at a small HTTP server this script starts on
-  127.0.0.1 (what a Slack or Discord channel does, minus the account);
-- or the console (one line per event on stderr) with ``--channel console``.
-
-and prints what it sent and whether each message was delivered::
-
-    python examples/notification_example.py                 # desktop if any, else webhook
-    python examples/notification_example.py --channel console
+    python examples/notification_example.py
 
 In your own code, ``NotificationManager.from_env()`` builds every channel your ``.env``
-configures instead of the explicit ``register_handler`` below.
+configures, as this script does; ``register_handler`` adds one explicitly.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import sys
-from collections.abc import Iterator
 
-from afs_callbacks import (
-    EventType,
-    NotificationEvent,
-    NotificationHandler,
-    NotificationLevel,
-    NotificationManager,
-)
-from afs_callbacks.testing import LoopbackReceiver
+from _demo import notifications  # your channels from .env, or a local demo receiver
 
-
-@contextlib.contextmanager
-def a_channel(choice: str) -> Iterator[tuple[str, NotificationHandler, str]]:
-    """Yield ``(name, handler, where it goes)`` for ``choice`` (auto, desktop, webhook, console)."""
-    if choice in ("auto", "desktop"):
-        desktop = _desktop()
-        if desktop is not None:
-            yield "desktop", desktop, "your desktop's notification area"
-            return
-        if choice == "desktop":
-            raise SystemExit("no desktop session here to show notifications; try --channel webhook")
-    if choice == "console":
-        from afs_callbacks import ConsoleNotifier
-
-        yield "console", ConsoleNotifier(), "this terminal (stderr)"
-        return
-    from afs_callbacks import WebhookNotifier
-
-    with LoopbackReceiver() as receiver:
-        yield (
-            "webhook",
-            WebhookNotifier(receiver.url("/hook")),
-            f"{receiver.url('/hook')} (a local test server)",
-        )
-        print(f"The local server received {len(receiver.requests)} POST requests.")
-
-
-def _desktop() -> NotificationHandler | None:
-    try:
-        from afs_callbacks import DesktopNotifier
-
-        desktop = DesktopNotifier()
-        return desktop if desktop.is_configured() else None
-    except Exception:  # no desktop support on this machine: fall back quietly
-        return None
+from afs_callbacks import EventType, NotificationEvent, NotificationLevel, NotificationManager
 
 
 def simulate_training(manager: NotificationManager) -> list[NotificationEvent | None]:
@@ -131,26 +82,13 @@ def simulate_training(manager: NotificationManager) -> list[NotificationEvent | 
     return sent
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     """Run the example; return 0 when every message was delivered."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--channel", choices=["auto", "desktop", "webhook", "console"], default="auto")
-    args = parser.parse_args(argv)
-
-    with a_channel(args.channel) as (name, handler, where):
-        print(f"Sending to the {name} channel: {where}\n")
-        manager = NotificationManager()
-        manager.register_handler(name, handler)
+    with notifications() as manager:
         events = [event for event in simulate_training(manager) if event is not None]
         report = manager.flush(timeout=10)  # deliver now rather than at exit, to print the result
-
-        print(f"\nSent {len(events)} notifications:")
-        for event in events:
-            [entry] = manager.outbox.history(event_id=event.id)
-            states = ", ".join(f"{d.channel}: {d.state}" for d in entry.deliveries)
-            print(f"  {event.level.value:<8} {event.event_type.value:<21} {event.title}  [{states}]")
-        manager.close()
-    print("\nSee them again with: afs-notify history")
+        outcome = "every pushed message was delivered" if report.ok else "some messages were not delivered"
+        print(f"\nReported {len(events)} events; {outcome}.")
     return 0 if report.ok else 1
 
 

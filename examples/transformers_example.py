@@ -2,11 +2,12 @@
 
     python examples/transformers_example.py
 
-Runs in seconds with no account and no download: a webhook receiver on 127.0.0.1 stands
-in for Slack, Discord, email and the rest. The first run trains a small regression with an
-evaluation per epoch; in the second, the loss turns NaN at step 5. The Trainer hides a NaN
-loss from its logs (``logging_nan_inf_filter``), yet the callback sees it and
-``stop_on_nan=True`` stops the run. Every message the receiver got is printed.
+Runs in seconds with no account and no download. The first run trains a small regression
+with an evaluation per epoch; in the second, the loss turns NaN at step 5. The Trainer hides
+a NaN loss from its logs (``logging_nan_inf_filter``), yet the callback sees it and
+``stop_on_nan=True`` stops the run. The messages go to your channels when the environment or
+``.env`` configures one, else to a demo webhook on 127.0.0.1 (see ``examples/_demo.py``);
+either way ``afs-notify history`` shows them afterwards.
 
 In your own code you need one line, and your channels in the environment or ``.env``
 (``SLACK_WEBHOOK_URL=...``, ``DISCORD_WEBHOOK_URL=...``; see ``afs-notify status``)::
@@ -26,14 +27,14 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in this demo needs the Hub
 
 import torch
+from _demo import notifications  # your channels from .env, or a local demo receiver
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 import afs_callbacks
-from afs_callbacks import NotificationEvent, NotificationManager, Settings, WebhookNotifier
+from afs_callbacks import NotificationManager
 from afs_callbacks.integrations.transformers import AFSNotify
-from afs_callbacks.testing import LoopbackReceiver
 
 
 class TinyRegressor(nn.Module):
@@ -91,26 +92,16 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as work, LoopbackReceiver() as receiver:
-        # The outbox (history) lives in a throwaway folder: the demo leaves no trace.
-        channel = WebhookNotifier(receiver.url("/hook"))
-        settings = Settings(state_dir=os.path.join(work, "state"))
-        with NotificationManager({"webhook": channel}, settings=settings) as manager:
-            train(manager, TinyRegressor(), os.path.join(work, "run"), model_name="tiny-regressor")
-            train(
-                manager,
-                TinyRegressor(nan_at_step=5),
-                os.path.join(work, "nan-run"),
-                model_name="tiny-regressor-nan",
-                stop_on_nan=True,
-            )
-            manager.flush(10)
-        print(f"The webhook received {len(receiver.requests)} messages:")
-        for request in receiver.requests:
-            event = NotificationEvent.from_dict(request.json())
-            print(f"  {event.event_type.value:<20} {event.title}")
-            for line in event.message.splitlines():
-                print(f"  {'':<20}   {line}")
+    with tempfile.TemporaryDirectory() as work, notifications() as manager:
+        # The Trainer's output folders are throwaway; the history is your normal one.
+        train(manager, TinyRegressor(), os.path.join(work, "run"), model_name="tiny-regressor")
+        train(
+            manager,
+            TinyRegressor(nan_at_step=5),
+            os.path.join(work, "nan-run"),
+            model_name="tiny-regressor-nan",
+            stop_on_nan=True,
+        )
 
 
 if __name__ == "__main__":

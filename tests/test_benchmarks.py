@@ -80,12 +80,24 @@ def test_script_prints_its_tables_and_targets(script: str, titles: list[str]) ->
 
 
 @needs_torch
-def test_step_overhead_measures_every_framework_it_can() -> None:
-    out = run("bench_step_overhead.py", "--quick").stdout
+def test_step_overhead_compares_every_variant_on_every_shape() -> None:
+    result = last_json(run("bench_step_overhead.py", "--quick", "--json").stdout)
+    assert result["benchmark"] == "step_overhead"
+    titles = [table["title"] for table in result["tables"]]
     for framework in FRAMEWORKS:
-        assert f"{framework} on cpu" in out or f"{framework}: skipped" in out
-    assert "AFSNotify + webhook" in out
-    assert "Targets" in out
+        assert any(t.startswith((f"{framework} on cpu", f"{framework}: skipped")) for t in titles), titles
+    variants = {"no callback", "empty callback, same hooks", "AFSNotify, monitors off", "AFSNotify, defaults"}
+    variants |= {"requests.post per epoch", "knockknock decorator"}
+    for framework, figures in result["figures"]["frameworks"].items():
+        for shape, by_variant in figures["stats"].items():
+            assert set(by_variant) == variants, (framework, shape)
+            # Not a time: every run was timed, and the loop lies inside the fit() call.
+            for stats in by_variant.values():
+                assert 0 < stats["loop_s"] <= stats["fit_s"], (framework, shape, stats)
+            # AFSNotify really delivered (start and end of the run at least).
+            assert by_variant["AFSNotify, monitors off"]["messages"] >= 2, (framework, shape)
+    checked = {t["what"] for t in result["targets"]}
+    assert any("AFSNotify, defaults: whole fit()" in what for what in checked)
 
 
 @needs_torch

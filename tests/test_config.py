@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from afs_callbacks import ConfigurationError, EventType, NotificationLevel, Settings
-from afs_callbacks.config import Env, default_state_dir, is_loopback, validate_url
+from afs_callbacks.config import (
+    Env,
+    channel_settings,
+    default_state_dir,
+    is_loopback,
+    open_env,
+    read_settings,
+    validate_url,
+)
+from afs_callbacks.variables import unknown_variables
 
 SECRET_URL = "https://hooks.slack.com/services/T0SECRET/B0SECRET/sEcReTtOkEn123"
 
@@ -221,3 +230,93 @@ def test_settings_on_error_keeps_the_default_for_that_option_only(tmp_path: Path
     assert [error.variable for error in seen] == ["AFS_DEDUP_WINDOW"]
     assert settings.dedup_window == 60.0  # the default
     assert settings.max_attempts == 3  # the good value next to it is kept
+
+
+# One strict/lenient policy ---------------------------------------------------------------
+
+
+def test_read_settings_lenient_keeps_defaults_and_warns_once_per_bad_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Values no other test uses: the once-per-process memory is shared by the whole run.
+    env = env_of(AFS_SEND_TIMEOUT="0.001", AFS_ALLOW_HTTP="perhaps", AFS_RETRY_BASE="0.5")
+
+    first = read_settings(env, strict=False)
+    again = read_settings(env, strict=False)
+
+    assert (first.send_timeout, first.allow_http, first.retry_base) == (10.0, False, 0.5)
+    assert again == first
+    assert caplog.text.count("AFS_SEND_TIMEOUT") == 1 and caplog.text.count("AFS_ALLOW_HTTP") == 1
+
+
+def test_read_settings_strict_raises_on_the_first_bad_value() -> None:
+    with pytest.raises(ConfigurationError, match="AFS_ALLOW_HTTP"):
+        read_settings(env_of(AFS_ALLOW_HTTP="maybe"), strict=True)
+    with pytest.raises(ConfigurationError, match="AFS_SEND_TIMEOUT"):
+        read_settings(env_of(AFS_SEND_TIMEOUT="0", AFS_STRICT="1"))  # strict from AFS_STRICT
+
+
+def test_read_settings_reports_to_on_error_when_given() -> None:
+    seen: list[str] = []
+    settings = read_settings(
+        env_of(AFS_MAX_AGE="-1"), strict=False, on_error=lambda e: seen.append(e.variable)
+    )
+    assert settings.max_age == 86400.0 and seen == ["AFS_MAX_AGE"]
+
+
+def test_open_env_skips_a_missing_afs_env_file_unless_strict(tmp_path: Path) -> None:
+    missing = str(tmp_path / "gone.env")
+    env = open_env({"AFS_ENV_FILE": missing, "X": "1"}, None, False)
+    assert env.env_file is None and env["X"] == "1"
+    with pytest.raises(ConfigurationError, match="AFS_ENV_FILE"):
+        open_env({"AFS_ENV_FILE": missing}, None, True)
+    with pytest.raises(ConfigurationError, match="AFS_ENV_FILE"):
+        open_env({"AFS_ENV_FILE": missing, "AFS_STRICT": "yes"}, None, None)
+
+
+def test_open_env_raises_for_a_file_the_caller_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="no such file"):
+        open_env({}, tmp_path / "named.env", False)
+
+
+def test_env_remembers_which_names_came_from_the_file(tmp_path: Path) -> None:
+    dotenv = tmp_path / "vars.env"
+    dotenv.write_text("SLAK_WEBHOOK_URL=x\nAFS_RETRY_BASE=1\n")
+    env = Env({"AFS_RETRY_BASE": "2", "HOME": "/root"}, env_file=dotenv)
+    assert env.file_names == {"SLAK_WEBHOOK_URL", "AFS_RETRY_BASE"}
+
+
+def test_a_bad_allow_http_does_not_break_url_reading() -> None:
+    env = env_of(WEBHOOK_URL="https://relay.example.com/h", AFS_ALLOW_HTTP="maybe")
+    assert env.url("WEBHOOK_URL") == "https://relay.example.com/h"
+    with pytest.raises(ConfigurationError, match="plain http"):
+        env_of(WEBHOOK_URL="http://relay.example.com/h", AFS_ALLOW_HTTP="maybe").url("WEBHOOK_URL")
+
+
+def test_channel_settings_prefers_the_callers_settings(tmp_path: Path) -> None:
+    given = Settings(state_dir=tmp_path, send_timeout=3.0, allow_http=True)
+    assert channel_settings(env_of(AFS_SEND_TIMEOUT="5"), given) is given
+    assert channel_settings(env_of(AFS_SEND_TIMEOUT="5")).send_timeout == 5.0
+    assert channel_settings(env_of(AFS_SEND_TIMEOUT="nope")).send_timeout == 10.0
+
+
+def test_unknown_variables_that_look_like_ours_get_the_likely_name() -> None:
+    env = {
+        "SLAK_WEBHOOK_URL": "x",
+        "SMTP_SERVER": "y",
+        "AFS_NOPE": "z",
+        "SLACK_HOOK": "w",
+        "SLACK_WEBHOOK_URL": "fine",
+        "COST_ALERT_THRESHOLD_3": "100",
+        "PATH": "/bin",
+        "DESKTOP_SESSION": "gnome",
+    }
+
+    found = {item.name: item.suggestion for item in unknown_variables(env, from_file={"SLACK_HOOK"})}
+
+    assert found == {
+        "SLAK_WEBHOOK_URL": "SLACK_WEBHOOK_URL",
+        "SMTP_SERVER": "SMTP_HOST",
+        "AFS_NOPE": None,
+        "SLACK_HOOK": None,
+    }

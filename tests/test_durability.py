@@ -4,6 +4,10 @@ Each test runs a child Python process (``helpers/notify_child.py``) that notifie
 real HTTP channel, kills it, and has a new manager in this process (same state directory)
 deliver what the child left behind. Delivery is at-least-once: every event arrives, an event
 may arrive twice when the child died mid-send, and no other duplicates are allowed.
+
+``notify()`` hands events to the writer thread, which stores them within milliseconds; the
+tests kill a child once its events are in the file (a kill inside those milliseconds is the
+one window ``notify()`` trades for never waiting on the database).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -18,11 +23,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.hook import Gate, HookChannel, event_ids, manager_for
+from helpers.hook import Gate, HookChannel, event_ids, manager_for, wait_until
 
 from afs_callbacks.testing import LoopbackReceiver, Reply
 
 CHILD = Path(__file__).parent / "helpers" / "notify_child.py"
+
+
+def stored_ids(state_dir: Path) -> set[str]:
+    """Ids of the events in the state directory's outbox file (read by another connection)."""
+    path = state_dir / "outbox.sqlite3"
+    if not path.exists():
+        return set()
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        return {row[0] for row in conn.execute("SELECT id FROM events")}
+    except sqlite3.OperationalError:  # the child is still creating the tables
+        return set()
+    finally:
+        conn.close()
 
 
 def closed_port_url() -> str:
@@ -44,8 +63,10 @@ class Child:
         line = self.process.stdout.readline()  # printed only after every notify() returned
         assert line, f"child failed before notifying (exit code {self.process.poll()})"
         self.ids: list[str] = json.loads(line)
+        self.state_dir = state_dir
 
     def kill(self) -> None:
+        wait_until(lambda: stored_ids(self.state_dir) >= set(self.ids), what="the child's events stored")
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)  # reaped: a zombie's PID would still look alive
         assert self.process.returncode == -signal.SIGKILL

@@ -16,7 +16,8 @@ def upper_bound(low: float, high: float) -> float:
 
 
 @pytest.mark.parametrize(
-    ("attempt", "ceiling"), [(0, 2.0), (1, 2.0), (2, 4.0), (3, 8.0), (6, 64.0), (7, 100.0), (50, 100.0)]
+    ("attempt", "ceiling"),
+    [(0, 2.0), (1, 2.0), (2, 4.0), (3, 8.0), (6, 64.0), (7, 100.0), (50, 100.0), (5000, 100.0)],
 )
 def test_backoff_ceiling_doubles_up_to_the_cap(attempt: int, ceiling: float) -> None:
     assert backoff_delay(attempt, base=2.0, cap=100.0, rng=upper_bound) == ceiling
@@ -53,22 +54,23 @@ def nan(run: str = "r1", key: str = "", **context: object) -> NotificationEvent:
         NotificationLevel.ERROR,
         "NaN loss",
         f"NaN at step {context.get('step', 0)}",
-        {"run_id": run, "key": key, **context},
+        {"run_id": run, **context},
+        key=key,
     )
 
 
-def test_repeats_inside_the_window_collapse_into_one_digest_with_the_count() -> None:
+def test_repeats_of_one_key_inside_the_window_collapse_into_one_digest_with_the_count() -> None:
     clock = FakeClock()
     guard = StormGuard(60.0, clock=clock)
-    assert guard.admit(nan(step=0)) == (True, None)
+    assert guard.admit(nan(step=0, key="loss")) == (True, None)
     for step in range(1, 1533):
         clock.now += 0.01
-        assert guard.admit(nan(step=step)) == (False, None)
+        assert guard.admit(nan(step=step, key="loss")) == (False, None)
     assert guard.has_suppressed()
     assert guard.due_digests() == []  # the window is still open
     clock.now += 60.0
     [digest] = guard.due_digests()
-    assert digest.context["digest_count"] == 1532
+    assert digest.digest_count == 1532 and not digest.collapse
     assert digest.context["digest_window_s"] == 60.0
     assert "1,532" in digest.title and "60 s" in digest.title
     assert "NaN at step 1532" in digest.message  # the latest occurrence
@@ -78,14 +80,43 @@ def test_repeats_inside_the_window_collapse_into_one_digest_with_the_count() -> 
     assert guard.admit(digest) == (True, None)
 
 
+def custom(
+    title: str, message: str = "", run: str = "r1", kind: EventType = EventType.CUSTOM
+) -> NotificationEvent:
+    return NotificationEvent(kind, NotificationLevel.INFO, title, message, {"run_id": run})
+
+
+def test_only_the_same_content_or_key_is_a_repeat() -> None:
+    guard = StormGuard(60.0, clock=FakeClock())
+    # Three notify() calls with different titles: three messages.
+    assert all(guard.admit(custom(title))[0] for title in ("data loaded", "model built", "tuning done"))
+    # validate() then test(): one type, one run, different metrics.
+    evaluation = EventType.EVALUATION_COMPLETED
+    assert guard.admit(custom("Evaluation completed: m", "val_loss=0.31", kind=evaluation))[0]
+    assert guard.admit(custom("Evaluation completed: m", "test_loss=0.35", kind=evaluation))[0]
+    # The very same message again is a repeat ...
+    assert not guard.admit(custom("data loaded"))[0]
+    # ... and so are different texts that name the same explicit key.
+    assert guard.admit(nan(step=1, key="gpu0"))[0]
+    assert not guard.admit(nan(step=2, key="gpu0"))[0]
+    assert guard.admit(nan(step=2, key="gpu1"))[0]
+
+
+def test_text_that_is_not_valid_unicode_still_gets_a_key() -> None:
+    guard = StormGuard(60.0, clock=FakeClock())
+    broken = custom("file \udcff.csv")  # a lone surrogate from a non-UTF-8 file name
+    assert guard.admit(broken)[0]
+    assert not guard.admit(custom("file \udcff.csv"))[0]
+
+
 def test_an_expired_window_hands_its_digest_to_the_next_event() -> None:
     clock = FakeClock()
     guard = StormGuard(10.0, clock=clock)
     guard.admit(nan())
     guard.admit(nan())
     clock.now += 11
-    admitted, digest = guard.admit(nan(step=9))
-    assert admitted and digest is not None and digest.context["digest_count"] == 1
+    admitted, digest = guard.admit(nan())
+    assert admitted and digest is not None and digest.digest_count == 1
 
 
 def test_a_single_event_gives_no_digest() -> None:
@@ -108,11 +139,12 @@ def test_different_runs_keys_and_types_do_not_collapse_together() -> None:
     assert not guard.admit(nan(run="r1"))[0]
 
 
-def test_zero_window_and_no_dedup_disable_collapsing() -> None:
+def test_zero_window_collapse_false_and_no_dedup_disable_collapsing() -> None:
     off = StormGuard(0.0, clock=FakeClock())
     assert all(off.admit(nan())[0] for _ in range(5))
     guard = StormGuard(60.0, clock=FakeClock())
-    assert all(guard.admit(nan(no_dedup=True))[0] for _ in range(5))
+    assert all(guard.admit(nan(no_dedup=True))[0] for _ in range(5))  # an older producer's flag
+    assert all(guard.admit(nan().with_changes(collapse=False))[0] for _ in range(5))
 
 
 def test_flush_all_closes_open_windows() -> None:
@@ -120,7 +152,7 @@ def test_flush_all_closes_open_windows() -> None:
     for _ in range(4):
         guard.admit(nan())
     [digest] = guard.due_digests(flush_all=True)
-    assert digest.context["digest_count"] == 3
+    assert digest.digest_count == 3
 
 
 def test_key_bound_lets_new_keys_through_and_keeps_swept_digests() -> None:
@@ -134,4 +166,4 @@ def test_key_bound_lets_new_keys_through_and_keeps_swept_digests() -> None:
     clock.now += 11
     assert guard.admit(nan(run="e"))[0]  # the sweep makes room ...
     [digest] = guard.due_digests()  # ... and the swept digest is not lost
-    assert digest.context["run_id"] == "a" and digest.context["digest_count"] == 1
+    assert digest.context["run_id"] == "a" and digest.digest_count == 1

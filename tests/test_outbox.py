@@ -247,7 +247,6 @@ def test_history_filters(outbox: Outbox) -> None:
     outbox.enqueue(nan, ["slack", "email"])
     outbox.enqueue(done, ["slack"])
     outbox.enqueue(oom, ["email"])
-    outbox.claim("slack", lease_seconds=60, limit=1)
     outbox.mark_delivered(nan.id, "slack")
 
     def titles(**filters: object) -> list[str]:

@@ -6,8 +6,10 @@ The lint/type checks are the tests named ``test_lint_*``; run them alone with
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,8 @@ import pytest
 
 import afs_callbacks
 from afs_callbacks import NotificationEvent, NotificationHandler
+from afs_callbacks.channels import REGISTRY, channel_variables, load_channel_class
+from afs_callbacks.variables import CORE_VARIABLES, known_variables
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,6 +84,56 @@ def test_version_matches_the_distribution_and_the_package_is_typed() -> None:
     assert re.search(r'^name = "afs-callbacks"$', pyproject, re.M)
     assert re.search(rf'^version = "{re.escape(afs_callbacks.__version__)}"$', pyproject, re.M)
     assert (REPO / "afs_callbacks" / "py.typed").exists()
+
+
+def test_the_license_is_an_spdx_string() -> None:
+    # A TOML table is deprecated by setuptools (three warnings per build).
+    assert re.search(r'^license = "MIT"$', (REPO / "pyproject.toml").read_text(), re.M)
+
+
+# One channel registry ------------------------------------------------------------------
+
+
+def test_public_channel_classes_come_from_the_registry() -> None:
+    for spec in REGISTRY.values():
+        assert spec.class_name in afs_callbacks.__all__
+        assert getattr(afs_callbacks, spec.class_name) is load_channel_class(spec.name)
+
+
+def test_the_type_checking_imports_list_every_registered_channel() -> None:
+    # Static types cannot come from the registry at run time: this keeps the two in step.
+    tree = ast.parse((REPO / "afs_callbacks" / "__init__.py").read_text())
+    guarded = next(
+        node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    imported = {
+        (node.module, alias.name)
+        for node in guarded.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert {(spec.module, spec.class_name) for spec in REGISTRY.values()} <= imported
+
+
+def test_the_test_environment_clears_every_channel_variable() -> None:
+    prefixes = tuple(runpy.run_path(str(REPO / "conftest.py"))["_CHANNEL_PREFIXES"])
+
+    for name in [*channel_variables(), *CORE_VARIABLES]:
+        assert name.startswith(prefixes), name
+
+
+def test_env_example_documents_every_channel_and_core_variable_in_the_order_users_meet_them() -> None:
+    text = (REPO / ".env.example").read_text()
+    documented = set(re.findall(r"^# ?([A-Z][A-Z0-9_]+)=", text, re.M))
+    routing = {name for spec in REGISTRY.values() for name in spec.routing_variables}
+    wanted = {*channel_variables(), *CORE_VARIABLES} - routing
+    assert sorted(wanted - documented) == []
+    assert (
+        sorted(documented - set(known_variables()) - {"COST_ALERT_THRESHOLD_1", "COST_ALERT_THRESHOLD_2"})
+        == []
+    )
+    sections = re.findall(r"^# ([A-Z][A-Za-z ]+?) \(docs/channels/", text, re.M)
+    assert sections[:4] == ["Desktop", "Email", "Slack", "Discord"]
 
 
 # Lint and types ------------------------------------------------------------------------

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import logging
+import re
 import socket
 import uuid
+from collections.abc import Callable
+from urllib.parse import quote
 
 import pytest
 from helpers.hook import HookChannel
@@ -21,6 +27,7 @@ from afs_callbacks.redaction import (
     register_secret,
     registered_secrets,
 )
+from afs_callbacks.testing import LoopbackReceiver, Reply
 
 
 def unique_token() -> str:
@@ -173,3 +180,54 @@ def test_unregistered_slack_path_in_requests_error_is_redacted() -> None:
     result = channel.send(NotificationEvent(EventType.TEST, NotificationLevel.INFO, "test"))
     assert result.detail.startswith("ConnectionError: ")
     assert "NotRegisteredTok" not in result.detail
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: text,
+        lambda text: json.dumps({"echo": text}).replace("/", "\\/"),
+        lambda text: json.dumps({"echo": text}, ensure_ascii=True).replace("&", "\\u0026"),
+        lambda text: quote(text, safe=""),
+        lambda text: re.sub("%[0-9A-F]{2}", lambda hexa: hexa.group(0).lower(), quote(text, safe="")),
+        lambda text: html.escape(text),
+        lambda text: text.replace("&", "&#38;").replace("/", "&#x2F;"),
+    ],
+    ids=["plain", "json-slashes", "json-unicode", "percent", "percent-lower", "html", "html-numeric"],
+)
+def test_a_registered_url_and_its_parts_are_masked_in_every_encoding(encode: Callable[[str], str]) -> None:
+    token, sig, password = unique_token(), "S1g" + uuid.uuid4().hex, "pw/" + uuid.uuid4().hex[:10]
+    url = f"https://user:{quote(password, safe='')}@hooks.example.org/in/{token}?api-version=1&sig={sig}"
+    register_secret(url)
+
+    for shown in (url, f"url: /in/{token}?api-version=1&sig={sig}", token, sig, password):
+        cleaned = redact(encode(shown))
+        for secret in (token, sig, password, quote(password, safe="")):
+            assert secret not in cleaned and quote(secret, safe="") not in cleaned
+        assert MASK in cleaned
+
+
+def test_bearer_and_basic_credentials_are_masked_as_bare_values() -> None:
+    bearer = unique_token()
+    basic = base64.b64encode(f"bot:{bearer[::-1]}".encode()).decode()
+    register_secret(f"Bearer {bearer}", f"Basic {basic}")
+
+    text = redact(f'{{"auth": "{bearer}", "basic": "{basic}", "password": "{bearer[::-1]}"}}')
+
+    assert bearer not in text and basic not in text and bearer[::-1] not in text
+
+
+def test_a_body_is_redacted_before_it_is_cut(receiver: LoopbackReceiver) -> None:
+    token = unique_token()
+    register_secret(f"http://127.0.0.1:{receiver.port}/hook/{token}")
+    receiver.reply(Reply(400, "x" * 290 + f" echo: {token} " + "y" * 100))
+
+    class Plain(HttpChannel):
+        def send(self, event: NotificationEvent) -> DeliveryResult:
+            return self.deliver(receiver.url(f"/hook/{token}"), json={})
+
+    event = NotificationEvent(EventType.CUSTOM, NotificationLevel.INFO, "t")
+    detail = Plain().send(event).detail
+
+    # Cut first, the detail would end in the token's first characters.
+    assert token[:8] not in detail and detail.startswith("HTTP 400: xxx")

@@ -120,20 +120,6 @@ def test_404_is_permanent_disables_the_channel_and_is_reported_once(
     manager.close()
 
 
-def test_max_attempts_ends_in_the_dead_letter_state(tmp_path: Path, receiver: LoopbackReceiver) -> None:
-    receiver.default = Reply(503, "down")
-    manager = manager_for(tmp_path, {"hook": HookChannel(receiver.url("/hook"))}, max_attempts=3, **NEVER)
-    manager.notify("doomed")
-    wait_until(lambda: first_delivery_attempts(manager) == 1, what="the first attempt")
-    reports = [manager.flush(10) for _ in range(3)]  # each flush: one more attempt
-    assert [(r.pending, r.dead) for r in reports] == [(1, 0), (0, 1), (0, 0)]
-    assert len(receiver.requests) == 3  # a dead message is not tried again
-    [delivery] = manager.outbox.history(state=DEAD)[0].deliveries
-    assert delivery.attempts == 3
-    assert delivery.last_error == "gave up after 3 attempts: HTTP 503: down"
-    manager.close()
-
-
 class RaisingOnce(NotificationHandler):
     """A channel with a bug: its first send raises with a secret URL in the message."""
 
@@ -194,13 +180,47 @@ def test_a_seed_style_bool_handler_works(tmp_path: Path) -> None:
     manager.close()
 
 
-def test_call_handler_turns_odd_answers_into_retries() -> None:
-    class Odd(NotificationHandler):
-        def send(self, event: NotificationEvent) -> DeliveryResult:
-            return None  # type: ignore[return-value]
+class Falsy:
+    """An answer object that is false, as ``requests.Response`` is for a 5xx."""
 
-    claim = Claim(NotificationEvent("test", "info", "x"), "odd", 0)  # type: ignore[arg-type]
-    assert call_handler(Odd(), claim).outcome.value == "retry"
+    def __bool__(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [(None, "delivered"), (True, "delivered"), (False, "retry"), (Falsy(), "retry"), ("ok", "delivered")],
+    ids=["none", "true", "false", "falsy-object", "truthy-object"],
+)
+def test_call_handler_reads_old_api_answers(answer: object, outcome: str) -> None:
+    class Old(NotificationHandler):
+        def send(self, event: NotificationEvent) -> DeliveryResult:
+            return answer  # type: ignore[return-value]
+
+    claim = Claim(NotificationEvent("test", "info", "x"), "old", 0)  # type: ignore[arg-type]
+    assert call_handler(Old(), claim).outcome.value == outcome
+
+
+class ReturnsNothing(NotificationHandler):
+    """A handler from the old manager API: ``send`` returns nothing when it worked."""
+
+    def __init__(self) -> None:
+        self.titles: list[str] = []
+
+    def send(self, event: NotificationEvent) -> None:  # type: ignore[override]
+        self.titles.append(event.title)
+
+
+def test_a_handler_returning_none_is_delivered_once(tmp_path: Path) -> None:
+    handler = ReturnsNothing()
+    manager = manager_for(tmp_path, {"old": handler}, **NEVER)
+    for title in ("first", "second"):
+        manager.notify(title)
+    assert manager.flush(10).delivered == 2
+    manager.flush(1)  # nothing is left to send again
+    assert sorted(handler.titles) == ["first", "second"]
+    assert {d.state for entry in manager.outbox.history() for d in entry.deliveries} == {DELIVERED}
+    manager.close()
 
 
 def test_each_channel_is_paced_to_its_min_interval(tmp_path: Path, receiver: LoopbackReceiver) -> None:
@@ -237,3 +257,42 @@ def test_a_slow_channel_does_not_delay_another(tmp_path: Path) -> None:
             "fast": DELIVERED,
         }
         manager.close()
+
+
+def test_manager_flush_waits_out_a_429_pause_and_delivers_everything(
+    tmp_path: Path, receiver: LoopbackReceiver
+) -> None:
+    arrivals: list[float] = []
+    limited = Reply(429, {"message": "You are being rate limited."}, {"Retry-After": "1"})
+    receiver.responder = responder_from([limited], Reply(200), arrivals)
+    manager = manager_for(tmp_path, {"hook": HookChannel(receiver.url("/hook"))}, **NEVER)
+    for index in range(5):
+        manager.notify(f"message {index}")
+    report = manager.flush(30)
+    assert (report.delivered, report.pending, report.dead) == (5, 0, 0)
+    assert len(arrivals) == 6  # the 429, then nothing until the pause ended, then five
+    assert arrivals[1] - arrivals[0] >= 0.95
+    manager.close()
+
+
+class SlackPaced(HookChannel):
+    """A hook paced like a Slack webhook: one message per second."""
+
+    name = "slackpaced"
+    min_interval = 1.0
+
+
+def test_through_the_manager_the_end_of_a_run_overtakes_queued_epochs(
+    tmp_path: Path, receiver: LoopbackReceiver
+) -> None:
+    manager = manager_for(tmp_path, {"slack": SlackPaced(receiver.url("/hook"))})
+    manager.notify("Epoch 1/40", event_type="epoch_completed", run_id="r1")
+    receiver.wait_for(1)
+    for epoch in range(2, 41):
+        manager.notify(f"Epoch {epoch}/40", event_type="epoch_completed", run_id="r1")
+    manager.notify("Training completed", event_type="training_completed", run_id="r1")
+    assert manager.flush(10).pending == 0
+    assert [request.json()["title"] for request in receiver.requests] == ["Epoch 1/40", "Training completed"]
+    states = [d.state for entry in manager.outbox.history(limit=100) for d in entry.deliveries]
+    assert states.count("superseded") == 39 and len(states) == 41  # all kept in the history
+    manager.close()

@@ -68,6 +68,18 @@ def received(receiver: LoopbackReceiver) -> list[NotificationEvent]:
     return [NotificationEvent.from_dict(request.json()) for request in receiver.requests]
 
 
+def kinds_of(events: list[NotificationEvent]) -> set[EventType]:
+    """The event types received. A set: the end of a run may overtake its start (the most
+    urgent message goes first)."""
+    return {event.event_type for event in events}
+
+
+def one(events: list[NotificationEvent], kind: EventType) -> NotificationEvent:
+    """The one event of ``kind``."""
+    [event] = [event for event in events if event.event_type is kind]
+    return event
+
+
 def started_tracker(manager: NotificationManager, **config: object) -> RunTracker:
     tracker = RunTracker(manager, TrackerConfig(stall_timeout=None, monitors=False, **config))  # type: ignore[arg-type]
     tracker.start(epochs=2)
@@ -97,8 +109,9 @@ def test_the_run_a_callback_announced_is_the_one_reported(manager, receiver):
         raise RuntimeError("loss exploded")
 
     events = received(receiver)
-    assert [e.event_type for e in events] == [EventType.TRAINING_STARTED, EventType.TRAINING_FAILED]
-    assert events[1].run_id == tracker.run_id and events[1].model == "announced"
+    assert len(events) == 2 and kinds_of(events) == {EventType.TRAINING_STARTED, EventType.TRAINING_FAILED}
+    failed = one(events, EventType.TRAINING_FAILED)
+    assert failed.run_id == tracker.run_id and failed.model == "announced"
     assert tracker.finished and active_tracker() is None
 
 
@@ -151,8 +164,8 @@ def test_one_report_per_run_even_when_nested(manager, receiver):
     with pytest.raises(ValueError), watch(tracker), watch():
         raise ValueError("reported by the inner block only")
 
-    kinds = [event.event_type for event in received(receiver)]
-    assert kinds == [EventType.TRAINING_STARTED, EventType.TRAINING_FAILED]
+    events = received(receiver)
+    assert len(events) == 2 and kinds_of(events) == {EventType.TRAINING_STARTED, EventType.TRAINING_FAILED}
 
 
 def test_decorator_forms_keep_the_function_and_its_result(manager, receiver):
@@ -346,9 +359,10 @@ def test_sigterm_is_reported_before_the_process_exits_with_143(receiver, tmp_pat
     result = _run_job(receiver, tmp_path, mode)
 
     assert result.returncode == SIGTERM_EXIT_CODE, result.stderr[-2000:]
-    kinds = [event.event_type for event in received(receiver)]  # no waiting: it is over
-    assert kinds == [EventType.TRAINING_STARTED, EventType.TRAINING_INTERRUPTED], result.stderr[-2000:]
-    assert "SIGTERM" in received(receiver)[1].context["reason"]
+    events = received(receiver)  # no waiting: it is over
+    kinds = kinds_of(events)
+    assert kinds == {EventType.TRAINING_STARTED, EventType.TRAINING_INTERRUPTED}, result.stderr[-2000:]
+    assert len(events) == 2 and "SIGTERM" in one(events, EventType.TRAINING_INTERRUPTED).context["reason"]
     assert "Traceback" not in result.stderr  # a quiet exit, as SIGTERM's default would be
 
 
@@ -358,8 +372,8 @@ def test_the_excepthook_fallback_reports_an_uncaught_crash_and_keeps_the_traceba
     assert result.returncode == 1
     assert "ValueError: uncaught in the training script" in result.stderr  # the previous hook ran
     events = received(receiver)
-    assert [e.event_type for e in events] == [EventType.TRAINING_STARTED, EventType.TRAINING_FAILED]
-    assert "uncaught in the training script" in events[1].message
+    assert len(events) == 2 and kinds_of(events) == {EventType.TRAINING_STARTED, EventType.TRAINING_FAILED}
+    assert "uncaught in the training script" in one(events, EventType.TRAINING_FAILED).message
     assert SECRET_TOKEN not in result.stderr + result.stdout
 
 
@@ -380,8 +394,10 @@ def test_the_excepthook_chains_to_the_previous_one_and_reports_only_an_active_ru
         tracker = started_tracker(manager)
         sys.excepthook(ValueError, ValueError("during the run"), None)
         assert calls == ["no run yet", "during the run"]
-        kinds = [event.event_type for event in received(receiver)]
-        assert kinds == [EventType.TRAINING_STARTED, EventType.TRAINING_FAILED] and tracker.finished
+        events = received(receiver)
+        assert (
+            kinds_of(events) == {EventType.TRAINING_STARTED, EventType.TRAINING_FAILED} and tracker.finished
+        )
     finally:
         uninstall_excepthook()
     assert sys.excepthook.__name__ == "<lambda>"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from afs_callbacks.channels.base import DeliveryResult
+from afs_callbacks.channels.base import DeliveryResult, Outcome
 from afs_callbacks.events import NotificationLevel
 from afs_callbacks.formatting import truncate
 from afs_callbacks.redaction import redact
@@ -59,6 +59,8 @@ class Popup:
     #: Seconds on screen; 0 means until dismissed.
     timeout: float = 10.0
     app_name: str = "afs-callbacks"
+    #: A pop-up to update in place (freedesktop ``replaces_id``; 0: a new one).
+    replaces_id: int = 0
 
     @property
     def urgency(self) -> int:
@@ -147,7 +149,7 @@ class DBusBackend:
                 body = html.escape(popup.body, quote=False) if "body-markup" in capabilities else popup.body
                 args: tuple[Any, ...] = (
                     popup.app_name,
-                    0,
+                    popup.replaces_id,
                     ICONS[popup.level],
                     popup.title,
                     body,
@@ -167,7 +169,8 @@ class DBusBackend:
             return DeliveryResult.permanent(f"notification server refused: {_text(error)}")
         except (TimeoutError, OSError) as error:
             return DeliveryResult.retry(f"notification server did not answer: {_text(error)}")
-        return DeliveryResult.delivered(f"notification {number}")
+        # The id lets a live card replace this very pop-up later.
+        return DeliveryResult(Outcome.DELIVERED, f"notification {number}", message_id=str(number))
 
     def _connect(self, timeout: float) -> Any:
         from jeepney.io.blocking import open_dbus_connection

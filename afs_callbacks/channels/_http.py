@@ -113,7 +113,7 @@ class HttpChannel(NotificationHandler):
         status = response.status_code
         if 200 <= status < 300:
             return DeliveryResult.delivered(f"HTTP {status}")
-        detail = f"HTTP {status}: {redact(_short_body(response))}".rstrip(": ")
+        detail = f"HTTP {status}: {short_body(response)}".rstrip(": ")
         if status in self.retry_statuses or status >= 500:
             return DeliveryResult.retry(detail, self.retry_hint(response))
         return DeliveryResult.permanent(detail, disable_channel=status in self.disabling_statuses)
@@ -136,10 +136,19 @@ class HttpChannel(NotificationHandler):
         return state
 
 
-def _short_body(response: requests.Response, limit: int = 300) -> str:
+#: How much of an answer is read for an error detail: enough for any echoed secret to be
+#: whole when it is redacted, before the text is cut to ``limit``.
+_BODY_SCAN = 65_536
+
+
+def short_body(response: requests.Response, limit: int = 300) -> str:
+    """The answer's text for an error detail: redacted first, then cut to ``limit``.
+
+    Cutting first would leave half of an echoed secret that no longer matches anything.
+    """
     try:
-        text = response.text
+        text = response.text[:_BODY_SCAN]
     except Exception:
         return ""
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()))
     return text[:limit]

@@ -29,9 +29,10 @@ from urllib.parse import urlsplit
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels._http import USER_AGENT, HttpChannel
+from afs_callbacks.channels._shapes import check_self_hosted
 from afs_callbacks.channels.base import DeliveryResult
 from afs_callbacks.channels.pagerduty import ended_conditions
-from afs_callbacks.config import Env
+from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_metrics, truncate
@@ -113,6 +114,7 @@ class AlertmanagerNotifier(HttpChannel):
         generator_url: ``generatorURL`` of every alert (a dashboard); an event's ``url``
             context field wins.
         timeout: seconds for connecting and for reading the answer (each).
+        allow_http: accept a plain-http URL to a non-loopback host.
 
     Raises:
         ConfigurationError: a bad label name, or ``resolve_timeout <= resend_interval``.
@@ -123,7 +125,6 @@ class AlertmanagerNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "alertmanager"
-    env_prefix: ClassVar[str] = "ALERTMANAGER"
     permanent_statuses: ClassVar[frozenset[int]] = frozenset({400, 401, 403, 404, 413, 422})
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
 
@@ -138,6 +139,7 @@ class AlertmanagerNotifier(HttpChannel):
         failed_ttl: float = 86_400.0,
         generator_url: str | None = None,
         timeout: float = 10.0,
+        allow_http: bool = False,
     ) -> None:
         super().__init__(timeout=timeout)
         for name in labels or {}:
@@ -149,9 +151,10 @@ class AlertmanagerNotifier(HttpChannel):
                 f"must be longer than ALERTMANAGER_RESEND_INTERVAL ({resend_interval:g} s), "
                 f"got {resolve_timeout:g} s",
             )
-        password = urlsplit(url).password
-        if password:
-            register_secret(password, url)
+        if _password(url):
+            register_secret(_password(url), url)
+        # The sender uses the URL its check parsed (one parse: no host confusion).
+        url = validate_url(url, "ALERTMANAGER_URL", allow_http=allow_http)
         self.base_url = url.rstrip("/")
         self.alerts_url = self.base_url + "/api/v2/alerts"
         self.labels = dict(labels or {})
@@ -371,15 +374,18 @@ class AlertmanagerNotifier(HttpChannel):
         return f"alertmanager {mask_url(self.base_url) if parts.password else self.base_url}"
 
     @classmethod
-    def from_env(cls, env: Env) -> AlertmanagerNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> AlertmanagerNotifier | None:
         """``ALERTMANAGER_URL`` and its options; None when the URL is unset.
 
         Raises:
             ConfigurationError: a bad URL, label list, level or interval.
         """
-        url = env.url("ALERTMANAGER_URL")
+        settings = channel_settings(env, settings)
+        register_secret(_password(env.text("ALERTMANAGER_URL")))  # user:password@ is basic auth
+        url = env.url("ALERTMANAGER_URL", allow_http=settings.allow_http)
         if url is None:
             return None
+        check_self_hosted(url, "ALERTMANAGER_URL")
         return cls(
             url,
             labels=parse_labels(env.text("ALERTMANAGER_LABELS")),
@@ -388,9 +394,17 @@ class AlertmanagerNotifier(HttpChannel):
             resend_interval=env.number("ALERTMANAGER_RESEND_INTERVAL", 60.0, minimum=1.0) or 60.0,
             resolve_timeout=env.number("ALERTMANAGER_RESOLVE_TIMEOUT", 300.0, minimum=2.0) or 300.0,
             failed_ttl=env.number("ALERTMANAGER_FAILED_TTL", 86_400.0, minimum=60.0) or 86_400.0,
-            generator_url=env.url("ALERTMANAGER_GENERATOR_URL", secret=False),
-            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
+            generator_url=env.url("ALERTMANAGER_GENERATOR_URL", secret=False, allow_http=settings.allow_http),
+            timeout=settings.send_timeout,
+            allow_http=settings.allow_http,
         )
+
+
+def _password(url: str | None) -> str | None:
+    try:
+        return urlsplit(url or "").password
+    except ValueError:
+        return None  # validate_url says what is wrong with it
 
 
 def _now() -> datetime:

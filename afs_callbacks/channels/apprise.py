@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
-from afs_callbacks.config import Env
+from afs_callbacks.config import Env, Settings, channel_settings, is_loopback
 from afs_callbacks.events import NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError, MissingExtraError
 from afs_callbacks.formatting import context_fields, format_metrics, truncate
@@ -42,6 +42,31 @@ _URL_START = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _URL_SEPARATORS = re.compile(r"[/:@?&=#,;]")
 _MAX_REMEMBERED = 1000
+#: Apprise schemes that speak plain http (their ``...s://`` twin speaks https).
+PLAIN_HTTP_SCHEMES = frozenset(
+    {
+        "json",
+        "xml",
+        "form",
+        "apprise",
+        "gotify",
+        "mmost",
+        "rocket",
+        "matrix",
+        "ntfy",
+        "nctalk",
+        "ncloud",
+        "kodi",
+        "xbmc",
+        "emby",
+        "enigma2",
+        "hassio",
+        "signal",
+        "bark",
+        "pjet",
+        "lametric",
+    }
+)
 _SECRET_PART_CHARS = 10
 
 
@@ -77,9 +102,8 @@ class AppriseNotifier(NotificationHandler):
 
     name: ClassVar[str] = "apprise"
     supports_images: ClassVar[bool] = True
-    env_prefix: ClassVar[str] = "APPRISE"
 
-    def __init__(self, urls: Iterable[str]) -> None:
+    def __init__(self, urls: Iterable[str], *, allow_http: bool = False) -> None:
         apprise = _import_apprise()
         # Apprise logs plugin activity on its own logger, request URLs included.
         install_log_redaction(logging.getLogger("apprise"))
@@ -90,6 +114,7 @@ class AppriseNotifier(NotificationHandler):
         for position, url in enumerate(self._urls, start=1):
             _register_url_secrets(url)
             shown = _scheme_only(url)
+            _check_plain_http(url, position, shown, allow_http=allow_http)
             target = apprise.Apprise()
             if not target.add(url):
                 raise ConfigurationError(
@@ -148,17 +173,46 @@ class AppriseNotifier(NotificationHandler):
         return "apprise " + ", ".join(shown for shown, _ in self._targets)
 
     @classmethod
-    def from_env(cls, env: Env) -> AppriseNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> AppriseNotifier | None:
         """``APPRISE_URLS`` (comma or space separated); None when unset.
 
         Raises:
             MissingExtraError: set, but ``apprise`` is not installed.
-            ConfigurationError: a URL Apprise does not understand.
+            ConfigurationError: a URL Apprise does not understand, or one that sends plain
+                http to a remote host without ``AFS_ALLOW_HTTP``.
         """
+        settings = channel_settings(env, settings)
         urls = split_urls(env.text("APPRISE_URLS"))
         if not urls:
             return None
-        return cls(urls)
+        return cls(urls, allow_http=settings.allow_http)
+
+
+def _check_plain_http(url: str, position: int, shown: str, *, allow_http: bool) -> None:
+    """Refuse an Apprise URL that sends plain http to a remote host, unless allowed: like
+    every other channel, its credentials would cross the network in clear text.
+
+    Raises:
+        ConfigurationError: a plain-http scheme (``json://``, ``xml://``, ``form://``...)
+            with a remote host, or a backslash that parsers read in different ways.
+    """
+    match = _SCHEME.match(url)
+    scheme = match.group(1).lower() if match else ""
+    if scheme not in PLAIN_HTTP_SCHEMES or allow_http:
+        return
+    if "\\" in url:
+        raise ConfigurationError("APPRISE_URLS", f"URL {position} ({shown}) contains a backslash")
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return  # Apprise itself refuses it below
+    # A host it is only when it looks like one: ``matrix://token`` is a hosted service's key.
+    if ("." in host or ":" in host or host == "localhost") and not is_loopback(host):
+        raise ConfigurationError(
+            "APPRISE_URLS",
+            f"URL {position} ({shown}) sends plain http to a remote host, which would expose its "
+            f"credentials; use {scheme}s://, or set AFS_ALLOW_HTTP=1 to allow it",
+        )
 
 
 def _scheme_only(url: str) -> str:

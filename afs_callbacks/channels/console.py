@@ -10,7 +10,7 @@ import sys
 from typing import ClassVar, TextIO
 
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
-from afs_callbacks.config import Env
+from afs_callbacks.config import Env, Settings
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.formatting import context_fields, format_metrics
 
@@ -56,6 +56,6 @@ class ConsoleNotifier(NotificationHandler):
         return "stderr"
 
     @classmethod
-    def from_env(cls, env: Env) -> ConsoleNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> ConsoleNotifier | None:
         """The console is added by the manager (``AFS_CONSOLE``), not from channel settings."""
         return None

@@ -6,6 +6,10 @@ through ``notify-send`` (libnotify). A headless machine has no session bus, or a
 notification server on it; the channel then says so in :meth:`DesktopNotifier.status`, and
 a send is a permanent failure that disables it. Nothing raises.
 
+A run's live card is one pop-up updated in place: ``Notify`` returns an id, and passing it
+back as ``replaces_id`` replaces that bubble. Only the D-Bus backend gets the id, so only
+it keeps cards.
+
 macOS runs ``osascript`` and Windows a PowerShell toast. Run text never becomes part of a
 script: it travels as ``osascript`` arguments (read with ``on run argv``) or as base64 in
 environment variables that a fixed PowerShell script decodes, so no title can break out.
@@ -18,8 +22,10 @@ import shutil
 import stat
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
+from afs_callbacks.cards import card_view, render_text
 from afs_callbacks.channels._desktop_backends import (
     AppleScriptBackend,
     Backend,
@@ -32,12 +38,14 @@ from afs_callbacks.channels._desktop_backends import (
     run_command,
 )
 from afs_callbacks.channels.base import ChannelStatus, DeliveryResult, NotificationHandler
+from afs_callbacks.events import NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_metrics, truncate
 
 if TYPE_CHECKING:
     from afs_callbacks.config import Env
     from afs_callbacks.events import NotificationEvent
+    from afs_callbacks.runstate import RunState
 
 __all__ = ["DesktopNotifier", "Popup", "Runner", "session_bus_address"]
 
@@ -93,6 +101,10 @@ class DesktopNotifier(NotificationHandler):
         self.bus_address = bus_address
         self.runner = runner or run_command
         self.call_timeout = call_timeout
+        # Per instance: a live card needs freedesktop over D-Bus (jeepney), where Notify
+        # returns the id that replaces_id updates; the class default (False) covers the rest.
+        linux = self.platform not in ("darwin", "win32", "cygwin")
+        vars(self)["supports_cards"] = linux and backend in ("auto", "dbus") and jeepney_available()
 
     def send(self, event: NotificationEvent) -> DeliveryResult:
         """Show the pop-up; no desktop session or server is permanent and disables."""
@@ -100,6 +112,32 @@ class DesktopNotifier(NotificationHandler):
         if isinstance(backend, str):
             return DeliveryResult.permanent(backend, disable_channel=True)
         return backend.show(self.render(event))
+
+    def post_card(self, state: RunState) -> DeliveryResult:
+        """Show the card as a quiet pop-up; its notification id is the card's id."""
+        return self._show_card(state, 0)
+
+    def edit_card(self, message_id: str, state: RunState) -> DeliveryResult:
+        """Replace the card's pop-up (a server that let it expire shows it anew, maybe
+        under a new id, which the result carries)."""
+        return self._show_card(state, int(message_id) if message_id.isdigit() else 0)
+
+    def _show_card(self, state: RunState, replaces_id: int) -> DeliveryResult:
+        backend = self._backend()
+        if isinstance(backend, str):
+            return DeliveryResult.permanent(backend, disable_channel=True)
+        if not isinstance(backend, DBusBackend):
+            return DeliveryResult.permanent(f"{backend.label} cannot update a pop-up in place")
+        _, _, body = render_text(state, limit=_BODY_CHARS).partition("\n")
+        popup = Popup(
+            title=truncate(_clean(card_view(state).headline), _TITLE_CHARS),
+            body=truncate(_clean(body), _BODY_CHARS),
+            level=NotificationLevel.INFO,
+            sound=False,  # a card changes all the time; the run's start and end sound apart
+            timeout=self.timeout,
+            app_name=APP_NAME,
+        )
+        return backend.show(replace(popup, replaces_id=replaces_id))
 
     def render(self, event: NotificationEvent) -> Popup:
         """What to show, independent of the platform."""

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from afs_callbacks.channels._http import HttpChannel, parse_retry_after
-from afs_callbacks.channels.base import DeliveryResult
-from afs_callbacks.config import Env, validate_url
+from afs_callbacks.cards import discord_embed
+from afs_callbacks.channels._http import HttpChannel, parse_retry_after, short_body
+from afs_callbacks.channels._shapes import check_discord_webhook
+from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.formatting import (
     LEVEL_COLORS,
@@ -32,6 +35,8 @@ from afs_callbacks.redaction import mask_url, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
+
+    from afs_callbacks.runstate import RunState
 
 # Discord resolves ``attachment://name`` only for plain file names.
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -57,6 +62,10 @@ class DiscordNotifier(HttpChannel):
     env_prefix: ClassVar[str] = "DISCORD"
     #: Discord answers 403 for a webhook whose channel it can no longer post to.
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
+    #: A webhook edits its own messages: each run gets one live card.
+    supports_cards: ClassVar[bool] = True
+    #: Discord's JSON error code for a message that no longer exists (deleted).
+    UNKNOWN_MESSAGE: ClassVar[int] = 10008
 
     #: Documented limits (characters unless named otherwise).
     CONTENT_LIMIT: ClassVar[int] = 2000
@@ -156,6 +165,45 @@ class DiscordNotifier(HttpChannel):
                 return float(value)
         return parse_retry_after(response.headers.get("Retry-After"))
 
+    def post_card(self, state: RunState) -> DeliveryResult:
+        """Post the run's card with ``?wait=true``; the answer's message ``id`` is kept."""
+        response = self.post(self.webhook_url, json=self._card_payload(state), params={"wait": "true"})
+        if isinstance(response, DeliveryResult):
+            return response
+        result = self.classify(response)
+        if not result.ok:
+            return result
+        message_id = _json_body(response).get("id")
+        if not message_id:
+            return DeliveryResult.permanent("Discord answered without a message id")
+        return DeliveryResult(Outcome.DELIVERED, result.detail, message_id=str(message_id))
+
+    def edit_card(self, message_id: str, state: RunState) -> DeliveryResult:
+        """``PATCH /webhooks/{id}/{token}/messages/{message_id}``; Unknown Message is gone."""
+        import requests
+
+        try:
+            response = self.session.patch(
+                self._message_url(message_id),
+                json=self._card_payload(state),
+                timeout=(self.timeout, self.timeout),
+                allow_redirects=False,
+            )
+        except requests.RequestException as error:
+            return DeliveryResult.retry(f"{type(error).__name__}: {redact(error)}")
+        if response.status_code == 404 and _json_body(response).get("code") == self.UNKNOWN_MESSAGE:
+            return DeliveryResult(Outcome.PERMANENT, f"HTTP 404: {short_body(response)}", gone=True)
+        return self.classify(response)
+
+    def _card_payload(self, state: RunState) -> dict[str, Any]:
+        return {"embeds": [discord_embed(state)], "allowed_mentions": {"parse": []}}
+
+    def _message_url(self, message_id: str) -> str:
+        """The webhook's message URL, keeping its query (a ``thread_id`` applies to edits too)."""
+        parts = urlsplit(self.webhook_url)
+        path = f"{parts.path.rstrip('/')}/messages/{quote(message_id, safe='')}"
+        return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
     def describe(self) -> str:
         """The webhook's host with its id and token masked."""
         return mask_url(self.webhook_url)
@@ -178,19 +226,21 @@ class DiscordNotifier(HttpChannel):
         return self.classify(response)
 
     @classmethod
-    def from_env(cls, env: Env) -> DiscordNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> DiscordNotifier | None:
         """Build from ``DISCORD_WEBHOOK_URL``; None when unset.
 
         Raises:
             ConfigurationError: the URL is malformed or plain http to a remote host.
         """
-        url = env.url("DISCORD_WEBHOOK_URL")
+        settings = channel_settings(env, settings)
+        url = env.url("DISCORD_WEBHOOK_URL", allow_http=settings.allow_http)
         if url is None:
             return None
+        check_discord_webhook(url, "DISCORD_WEBHOOK_URL")
         return cls(
             webhook_url=url,
-            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
-            allow_http=env.flag("AFS_ALLOW_HTTP"),
+            timeout=settings.send_timeout,
+            allow_http=settings.allow_http,
         )
 
 
@@ -200,6 +250,14 @@ def _embed_length(embed: dict[str, Any]) -> int:
     total += len(embed.get("footer", {}).get("text", ""))
     total += sum(len(field["name"]) + len(field["value"]) for field in embed.get("fields", []))
     return total
+
+
+def _json_body(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _safe_filename(filename: str) -> str:

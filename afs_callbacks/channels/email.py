@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
-from afs_callbacks.config import is_loopback
+from afs_callbacks.config import Settings, channel_settings, is_loopback
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_value, level_hex, plain_text, truncate
 from afs_callbacks.redaction import redact, register_secret
@@ -77,7 +77,6 @@ class EmailNotifier(NotificationHandler):
     name: ClassVar[str] = "email"
     min_interval: ClassVar[float] = 0.5
     supports_images: ClassVar[bool] = True
-    env_prefix: ClassVar[str] = "EMAIL"
 
     def __init__(
         self,
@@ -236,7 +235,7 @@ class EmailNotifier(NotificationHandler):
         return f"email {self.host}:{self.port} ({self.security}){login} -> " + ", ".join(self.recipients)
 
     @classmethod
-    def from_env(cls, env: Env) -> EmailNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> EmailNotifier | None:
         """``SMTP_HOST``, ``TO_EMAILS``, ``FROM_EMAIL`` (default ``SMTP_USER`` when it is an
         address), ``SMTP_PORT``, ``SMTP_USER``, ``SMTP_PASSWORD``, ``SMTP_SECURITY``,
         ``SMTP_CA_FILE``. None when neither ``SMTP_HOST`` nor ``TO_EMAILS`` is set.
@@ -244,6 +243,7 @@ class EmailNotifier(NotificationHandler):
         Raises:
             ConfigurationError: one is set without the other, or a value is wrong.
         """
+        settings = channel_settings(env, settings)
         host = env.text("SMTP_HOST")
         recipients = env.items_list("TO_EMAILS")
         if host is None and not recipients:
@@ -267,7 +267,7 @@ class EmailNotifier(NotificationHandler):
             password=(env.get("SMTP_PASSWORD") or "").rstrip("\r\n") or None,
             security=env.text("SMTP_SECURITY", "starttls") or "starttls",
             ca_file=env.text("SMTP_CA_FILE"),
-            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
+            timeout=settings.send_timeout,
         )
 
 

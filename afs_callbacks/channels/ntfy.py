@@ -10,18 +10,25 @@ ntfy turns a message over 4096 bytes into a file attachment, and older servers (
 4096 bytes (the message is cut, with a visible mark). Without a token the topic name is the
 only thing guarding a topic (anyone who knows it can read and post), so it is then kept out
 of logs and output like a token.
+
+Live cards are opt-in (``NTFY_LIVE=true``): ntfy 2.16 and later replace a notification
+published with the same ``sequence_id``; older servers ignore the field and show every
+update as a new notification (still answering 200), which only the user can see.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
+from afs_callbacks.cards import card_view, render_text
 from afs_callbacks.channels._http import HttpChannel, parse_retry_after
-from afs_callbacks.channels.base import DeliveryResult
-from afs_callbacks.config import Env
+from afs_callbacks.channels._shapes import check_self_hosted
+from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.config import Env, Settings, channel_settings
 from afs_callbacks.events import NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_metrics, truncate, truncate_bytes
@@ -29,6 +36,8 @@ from afs_callbacks.redaction import mask_url, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
+
+    from afs_callbacks.runstate import RunState
 
 DEFAULT_SERVER = "https://ntfy.sh"
 #: ntfy's default ``message-size-limit``; the whole JSON request stays within it.
@@ -56,6 +65,8 @@ LEVEL_TAGS = {
 _TOPIC = re.compile(r"^[-_A-Za-z0-9]{1,64}$")  # ntfy's own topic rule
 _TITLE_CHARS = 250
 _MIN_MESSAGE_BYTES = 64
+#: A card's priority: 2 (low) shows without sound or vibration; starts and ends push apart.
+CARD_PRIORITY = 2
 
 
 class NtfyNotifier(HttpChannel):
@@ -67,6 +78,7 @@ class NtfyNotifier(HttpChannel):
         token: an access token (``tk_...``), sent as ``Authorization: Bearer``.
         timeout: seconds for connecting and for reading the answer (each).
         rate_limit_backoff: the least wait after a 429, in seconds.
+        live: keep each run's live card, replaced in place by sequence id (ntfy 2.16+).
 
     Raises:
         ConfigurationError: the topic is not a valid ntfy topic name.
@@ -90,8 +102,12 @@ class NtfyNotifier(HttpChannel):
         token: str | None = None,
         timeout: float = 10.0,
         rate_limit_backoff: float = RATE_LIMIT_BACKOFF,
+        live: bool = False,
     ) -> None:
         super().__init__(timeout=timeout)
+        self.live = live
+        # Per instance and opt-in: only servers from 2.16 replace by sequence id.
+        vars(self)["supports_cards"] = live
         if not _TOPIC.match(topic):
             # Not echoed: on ntfy.sh the topic name is the only thing guarding it.
             raise ConfigurationError("NTFY_TOPIC", "must be 1-64 letters, digits, '-' or '_'")
@@ -105,10 +121,47 @@ class NtfyNotifier(HttpChannel):
 
     def send(self, event: NotificationEvent) -> DeliveryResult:
         """Publish; 429 waits at least ``rate_limit_backoff``, 401/403/404 stop the channel."""
+        return self.deliver(self.server, data=self.encode(event), headers=self._headers())
+
+    def post_card(self, state: RunState) -> DeliveryResult:
+        """Publish the card with a sequence id of its own; that id is the card's id."""
+        return self.edit_card(card_sequence_id(state.run_id), state)
+
+    def edit_card(self, message_id: str, state: RunState) -> DeliveryResult:
+        """Publish the card again under its sequence id: the server replaces it in place."""
+        if not self.live:
+            return super().edit_card(message_id, state)
+        # The id travels as the JSON field and as the header form ntfy also documents.
+        headers = {**self._headers(), "X-Sequence-ID": message_id}
+        result = self.deliver(self.server, data=self.encode_card(message_id, state), headers=headers)
+        if not result.ok:
+            return result
+        return DeliveryResult(Outcome.DELIVERED, result.detail, message_id=message_id)
+
+    def encode_card(self, sequence_id: str, state: RunState) -> bytes:
+        """The JSON publish request of a card, at most 4096 bytes."""
+        title, _, body = render_text(state, limit=3000).partition("\n")
+        payload: dict[str, Any] = {
+            "topic": self.topic,
+            "title": truncate(card_view(state).headline, _TITLE_CHARS) or title,
+            "message": body or title,
+            "priority": CARD_PRIORITY,
+            "sequence_id": sequence_id,
+            "markdown": False,
+        }
+        data = _dump(payload)
+        over = len(data) - MAX_REQUEST_BYTES
+        if over > 0:
+            size = len(payload["message"].encode("utf-8"))
+            payload["message"] = truncate_bytes(payload["message"], max(size - over - 16, _MIN_MESSAGE_BYTES))
+            data = _dump(payload)
+        return data
+
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        return self.deliver(self.server, data=self.encode(event), headers=headers)
+        return headers
 
     def encode(self, event: NotificationEvent) -> bytes:
         """The JSON request for ``event``, at most 4096 bytes (the message is cut to fit)."""
@@ -173,14 +226,18 @@ class NtfyNotifier(HttpChannel):
         return f"ntfy {mask_url(self.server)}{auth}"
 
     @classmethod
-    def from_env(cls, env: Env) -> NtfyNotifier | None:
-        """``NTFY_TOPIC`` (and ``NTFY_URL``, ``NTFY_TOKEN``); None when neither topic nor URL
-        is set. ``NTFY_URL`` may name the topic itself: ``https://ntfy.sh/my-topic``.
+    def from_env(cls, env: Env, settings: Settings | None = None) -> NtfyNotifier | None:
+        """``NTFY_TOPIC`` (and ``NTFY_URL``, ``NTFY_TOKEN``, ``NTFY_LIVE`` for live cards);
+        None when neither topic nor URL is set. ``NTFY_URL`` may name the topic itself: ``https://ntfy.sh/my-topic``.
 
         Raises:
             ConfigurationError: a bad URL, a bad topic, or a token with no topic.
         """
-        url = env.url("NTFY_URL")
+        settings = channel_settings(env, settings)
+        register_secret(_password(env.text("NTFY_URL")))  # user:password@ is sent as basic auth
+        url = env.url("NTFY_URL", allow_http=settings.allow_http)
+        if url is not None:
+            check_self_hosted(url, "NTFY_URL")
         topic = env.text("NTFY_TOPIC")
         token = env.text("NTFY_TOKEN")
         if url is None and topic is None:
@@ -194,8 +251,22 @@ class NtfyNotifier(HttpChannel):
             topic,
             server=server,
             token=token,
-            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
+            timeout=settings.send_timeout,
+            live=env.flag("NTFY_LIVE"),
         )
+
+
+def card_sequence_id(run_id: str) -> str:
+    """A run's card sequence id: stable per run (a resumed run replaces the same card) and
+    made of letters, digits and ``-`` only, whatever the run id holds."""
+    return "afs-card-" + hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:24]
+
+
+def _password(url: str | None) -> str | None:
+    try:
+        return urlsplit(url or "").password
+    except ValueError:
+        return None  # env.url says what is wrong with it
 
 
 def _split_topic_url(url: str) -> tuple[str, str]:

@@ -21,8 +21,9 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_callbacks.channels._http import HttpChannel, parse_retry_after
+from afs_callbacks.channels._shapes import check_self_hosted
 from afs_callbacks.channels.base import DeliveryResult
-from afs_callbacks.config import Env
+from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import DEFAULT_LEVELS, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import truncate
@@ -97,6 +98,7 @@ class PagerDutyNotifier(HttpChannel):
         source: ``payload.source`` (default: the event's host).
         trigger_level: the lowest level that opens an incident.
         timeout: seconds for connecting and for reading the answer (each).
+        allow_http: accept a plain-http ``api_url`` to a non-loopback host.
         rate_limit_backoff: the least wait after a 429, in seconds.
 
     Raises:
@@ -109,7 +111,6 @@ class PagerDutyNotifier(HttpChannel):
 
     name: ClassVar[str] = "pagerduty"
     min_interval: ClassVar[float] = 0.5  # 120 events per minute per routing key
-    env_prefix: ClassVar[str] = "PAGERDUTY"
     permanent_statuses: ClassVar[frozenset[int]] = frozenset({400, 401, 403, 404, 413})
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
 
@@ -122,6 +123,7 @@ class PagerDutyNotifier(HttpChannel):
         trigger_level: NotificationLevel = NotificationLevel.ERROR,
         timeout: float = 10.0,
         rate_limit_backoff: float = RATE_LIMIT_BACKOFF,
+        allow_http: bool = False,
     ) -> None:
         super().__init__(timeout=timeout)
         if not _ROUTING_KEY.match(routing_key):
@@ -130,7 +132,7 @@ class PagerDutyNotifier(HttpChannel):
             )
         register_secret(routing_key)
         self._routing_key = routing_key
-        self.api_url = api_url
+        self.api_url = validate_url(api_url, "PAGERDUTY_API_URL", allow_http=allow_http, secret=False)
         self.source = source
         self.trigger_level = trigger_level
         self.rate_limit_backoff = rate_limit_backoff
@@ -213,21 +215,26 @@ class PagerDutyNotifier(HttpChannel):
         return f"pagerduty {mask_url(self.api_url)} key {mask(self._routing_key)}"
 
     @classmethod
-    def from_env(cls, env: Env) -> PagerDutyNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> PagerDutyNotifier | None:
         """``PAGERDUTY_ROUTING_KEY`` (+ ``PAGERDUTY_API_URL``, ``PAGERDUTY_SOURCE``); None
         when the key is unset.
 
         Raises:
             ConfigurationError: a malformed key or URL (never echoed).
         """
+        settings = channel_settings(env, settings)
         key = env.text("PAGERDUTY_ROUTING_KEY")
         if key is None:
             return None
+        api_url = env.url("PAGERDUTY_API_URL", secret=False, allow_http=settings.allow_http)
+        if api_url is not None:
+            check_self_hosted(api_url, "PAGERDUTY_API_URL")
         return cls(
             key,
-            api_url=env.url("PAGERDUTY_API_URL", secret=False) or DEFAULT_API_URL,
+            api_url=api_url or DEFAULT_API_URL,
             source=env.text("PAGERDUTY_SOURCE"),
-            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
+            timeout=settings.send_timeout,
+            allow_http=settings.allow_http,
         )
 
 

@@ -8,15 +8,22 @@ archived: the channel is disabled rather than failing every later message.
 Everything that comes from the run (model names, exception text, metric names) goes
 through :func:`escape_mrkdwn`, so ``<!channel>``, ``<@U123>`` or a ``<url|label>`` link in
 a model name or an error message is shown as text and pings nobody.
+
+Incoming webhooks cannot edit what they posted. With a bot token (``xoxb-``, scope
+``chat:write``) and a channel, the channel speaks the Web API instead: ``chat.postMessage``
+for every message and each run's live card, ``chat.update`` (by the kept ``ts``) to edit it.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from afs_callbacks.cards import slack_message
+from afs_callbacks.channels import _slack_api
 from afs_callbacks.channels._http import HttpChannel
-from afs_callbacks.channels.base import DeliveryResult
-from afs_callbacks.config import Env, validate_url
+from afs_callbacks.channels._shapes import check_slack_webhook
+from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import (
@@ -27,7 +34,10 @@ from afs_callbacks.formatting import (
     truncate,
     truncate_escaped,
 )
-from afs_callbacks.redaction import mask_url, redact, register_secret
+from afs_callbacks.redaction import MASK, mask_url, redact, register_secret
+
+if TYPE_CHECKING:
+    from afs_callbacks.runstate import RunState
 
 
 def escape_mrkdwn(text: str) -> str:
@@ -49,12 +59,18 @@ class SlackNotifier(HttpChannel):
         webhook_url: the incoming webhook URL (``https://hooks.slack.com/services/...``);
             a secret: it is masked in every output.
         channel: a channel override (``#alerts``); only legacy webhooks honour it, webhooks
-            of Slack apps always post to the channel chosen when they were created.
+            of Slack apps always post to the channel chosen when they were created. With
+            ``bot_token``: the channel the bot posts to (required; an id like ``C0123``
+            or a name).
+        bot_token: a bot token (``xoxb-...``): post through the Web API, which can edit
+            messages, so runs get a live card. A secret. Used instead of the webhook.
+        api_url: the Web API's base URL (a test server).
         timeout: seconds for connecting and for reading Slack's answer (each).
         allow_http: accept a plain-http URL to a non-loopback host (a local relay).
 
     Raises:
-        ConfigurationError: the URL is not an http(s) URL (shown masked).
+        ConfigurationError: the URL is not an http(s) URL (shown masked), or neither a
+            webhook nor a bot token with a channel is given.
 
     Example::
 
@@ -81,24 +97,76 @@ class SlackNotifier(HttpChannel):
 
     def __init__(
         self,
-        webhook_url: str,
+        webhook_url: str | None = None,
         channel: str | None = None,
         *,
+        bot_token: str | None = None,
+        api_url: str = _slack_api.DEFAULT_API_URL,
         timeout: float = 10.0,
         allow_http: bool = False,
     ) -> None:
         super().__init__(timeout=timeout)
         register_secret(webhook_url)
-        self.webhook_url = validate_url(webhook_url, "webhook_url", allow_http=allow_http)
+        register_secret(bot_token)
         self.channel = channel.strip() if channel and channel.strip() else None
+        if bot_token is None and webhook_url is None:
+            raise ConfigurationError("webhook_url", "or bot_token (with channel) is needed")
+        if bot_token is not None and self.channel is None:
+            raise ConfigurationError("channel", "is needed with bot_token (the channel the bot posts to)")
+        self.webhook_url = (
+            validate_url(webhook_url, "webhook_url", allow_http=allow_http)
+            if webhook_url is not None
+            else None
+        )
+        self.api_url = validate_url(api_url.rstrip("/"), "api_url", allow_http=allow_http, secret=False)
+        self._bot_token = bot_token
+        # Per instance: only a bot token can edit, so only bot mode keeps live cards. The
+        # class keeps the default (False), which is what a webhook-only Slack is.
+        vars(self)["supports_cards"] = bot_token is not None
 
     def send(self, event: NotificationEvent) -> DeliveryResult:
-        """Post the event; 2xx delivered, 429/5xx retried, 400/403/404/410 permanent."""
+        """Post the event; 2xx delivered, 429/5xx retried, 400/403/404/410 permanent.
+        With a bot token: chat.postMessage, its ``{"ok": false}`` answers classified."""
         try:
             payload = self.payload(event)
         except Exception as error:  # a formatting bug must not become an endless retry
             return DeliveryResult.permanent(f"could not build the Slack message: {redact(error)}")
+        if self._bot_token is not None:
+            return self._api("chat.postMessage", payload)[0]
+        assert self.webhook_url is not None
         return self.deliver(self.webhook_url, json=payload)
+
+    def post_card(self, state: RunState) -> DeliveryResult:
+        """chat.postMessage; the card's id is the answer's channel id and ``ts``."""
+        if self._bot_token is None:
+            return super().post_card(state)
+        result, body = self._api("chat.postMessage", {"channel": self.channel, **slack_message(state)})
+        ts = body.get("ts")
+        if not result.ok or not ts:
+            return result if not result.ok else DeliveryResult.permanent("chat.postMessage gave no ts")
+        channel = str(body.get("channel") or self.channel)
+        return DeliveryResult(
+            Outcome.DELIVERED, result.detail, message_id=_slack_api.card_id(channel, str(ts))
+        )
+
+    def edit_card(self, message_id: str, state: RunState) -> DeliveryResult:
+        """chat.update of the card; ``message_not_found`` is gone (posted anew)."""
+        if self._bot_token is None:
+            return super().edit_card(message_id, state)
+        assert self.channel is not None
+        channel, ts = _slack_api.split_card_id(message_id, self.channel)
+        return self._api("chat.update", {"channel": channel, "ts": ts, **slack_message(state)})[0]
+
+    def _api(self, method: str, payload: dict[str, Any]) -> tuple[DeliveryResult, dict[str, Any]]:
+        """POST a Web API method with the bot token; the classified answer and its JSON."""
+        headers = {
+            "Authorization": f"Bearer {self._bot_token}",
+            "Content-Type": "application/json; charset=utf-8",
+        }
+        response = self.post(f"{self.api_url}/{method}", json=payload, headers=headers)
+        if isinstance(response, DeliveryResult):
+            return response, {}
+        return _slack_api.classify(method, response, self.retry_hint(response))
 
     def payload(self, event: NotificationEvent) -> dict[str, Any]:
         """The JSON body for ``event``, within Slack's documented limits."""
@@ -169,33 +237,54 @@ class SlackNotifier(HttpChannel):
         return blocks
 
     def describe(self) -> str:
-        """The webhook's host, its path masked, and the channel override if any."""
-        target = mask_url(self.webhook_url)
+        """The webhook's host, its path masked, and the channel override if any; in bot
+        mode the API host, the token masked and the channel."""
+        if self._bot_token is not None:
+            return f"{mask_url(self.api_url)} bot {MASK} {self.channel}"
+        target = mask_url(self.webhook_url or "")
         return f"{target} {self.channel}" if self.channel else target
 
     def check(self) -> DeliveryResult:
-        """Slack has no way to test an incoming webhook without posting to it."""
+        """Bot mode: ``auth.test`` (the token works; posts nothing). A webhook cannot be
+        tested without posting to it."""
+        if self._bot_token is not None:
+            result, body = self._api("auth.test", {})
+            if result.ok:
+                return DeliveryResult.delivered(f"the bot token works (team {body.get('team', '?')})")
+            return result
         return DeliveryResult.permanent(
             "Slack webhooks cannot be probed without posting;"
             " `afs-notify test --channel slack` sends a real message"
         )
 
     @classmethod
-    def from_env(cls, env: Env) -> SlackNotifier | None:
-        """Build from ``SLACK_WEBHOOK_URL`` (required) and ``SLACK_CHANNEL``; None when unset.
+    def from_env(cls, env: Env, settings: Settings | None = None) -> SlackNotifier | None:
+        """Build from ``SLACK_WEBHOOK_URL`` and ``SLACK_CHANNEL``, or from ``SLACK_BOT_TOKEN``
+        with ``SLACK_CHANNEL`` (and ``SLACK_API_URL``), the bot mode that keeps live cards;
+        None when unset.
 
         Raises:
             ConfigurationError: the URL is malformed, plain http to a remote host, or
-                missing while ``SLACK_CHANNEL`` is set.
+                missing while ``SLACK_CHANNEL`` is set; a bot token without a channel.
         """
-        url = env.url("SLACK_WEBHOOK_URL")
-        if url is None:
+        settings = channel_settings(env, settings)
+        url = env.url("SLACK_WEBHOOK_URL", allow_http=settings.allow_http)
+        if url is not None:
+            check_slack_webhook(url, "SLACK_WEBHOOK_URL")
+        token = env.text("SLACK_BOT_TOKEN")
+        register_secret(token)
+        if token is not None and not env.text("SLACK_CHANNEL"):
+            raise ConfigurationError("SLACK_CHANNEL", "is needed when SLACK_BOT_TOKEN is set")
+        if url is None and token is None:
             if env.text("SLACK_CHANNEL"):
                 raise ConfigurationError("SLACK_WEBHOOK_URL", "is needed when SLACK_CHANNEL is set")
             return None
         return cls(
             webhook_url=url,
             channel=env.text("SLACK_CHANNEL"),
-            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
-            allow_http=env.flag("AFS_ALLOW_HTTP"),
+            bot_token=token,
+            api_url=env.url("SLACK_API_URL", secret=False, allow_http=settings.allow_http)
+            or _slack_api.DEFAULT_API_URL,
+            timeout=settings.send_timeout,
+            allow_http=settings.allow_http,
         )

@@ -18,8 +18,9 @@ import re
 from typing import Any, ClassVar
 
 from afs_callbacks.channels._http import HttpChannel
+from afs_callbacks.channels._shapes import check_teams_workflow
 from afs_callbacks.channels.base import DeliveryResult
-from afs_callbacks.config import Env
+from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import NotificationEvent, NotificationLevel
 from afs_callbacks.formatting import (
     LEVEL_EMOJI,
@@ -79,6 +80,7 @@ class TeamsNotifier(HttpChannel):
             ``sig=`` included (a secret: it is never logged or shown).
         timeout: seconds for connecting and for reading the answer (each).
         max_bytes: the largest body sent; longer messages are cut to fit.
+        allow_http: accept a plain-http URL to a non-loopback host (``AFS_ALLOW_HTTP``).
 
     Raises:
         ConfigurationError: (from :meth:`from_env`) the URL is not https.
@@ -90,14 +92,18 @@ class TeamsNotifier(HttpChannel):
 
     name: ClassVar[str] = "teams"
     min_interval: ClassVar[float] = 0.5
-    env_prefix: ClassVar[str] = "TEAMS"
 
     def __init__(
-        self, webhook_url: str, *, timeout: float = 10.0, max_bytes: int = MAX_PAYLOAD_BYTES
+        self,
+        webhook_url: str,
+        *,
+        timeout: float = 10.0,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+        allow_http: bool = False,
     ) -> None:
         super().__init__(timeout=timeout)
         register_secret(webhook_url)
-        self._url = webhook_url
+        self._url = validate_url(webhook_url, "webhook_url", allow_http=allow_http)
         self.max_bytes = max_bytes
 
     def send(self, event: NotificationEvent) -> DeliveryResult:
@@ -188,16 +194,19 @@ class TeamsNotifier(HttpChannel):
         return f"teams {mask_url(self._url)}"
 
     @classmethod
-    def from_env(cls, env: Env) -> TeamsNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> TeamsNotifier | None:
         """``TEAMS_WEBHOOK_URL``; None when unset.
 
         Raises:
-            ConfigurationError: the URL is not an https URL (shown masked).
+            ConfigurationError: the URL is not an https URL, or an Azure/Power Platform
+                URL without the Workflows path or ``sig=`` (shown masked).
         """
-        url = env.url("TEAMS_WEBHOOK_URL")
+        settings = channel_settings(env, settings)
+        url = env.url("TEAMS_WEBHOOK_URL", allow_http=settings.allow_http)
         if url is None:
             return None
-        return cls(url, timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0)
+        check_teams_workflow(url, "TEAMS_WEBHOOK_URL")
+        return cls(url, timeout=settings.send_timeout, allow_http=settings.allow_http)
 
 
 def _fact(title: str, value: str) -> dict[str, str]:

@@ -17,9 +17,11 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_callbacks._log import get_logger
+from afs_callbacks.cards import render_html
 from afs_callbacks.channels._http import HttpChannel
-from afs_callbacks.channels.base import DeliveryResult
-from afs_callbacks.config import Env, validate_url
+from afs_callbacks.channels._shapes import check_self_hosted
+from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import LEVEL_EMOJI, context_fields, format_value, truncate_escaped
@@ -27,6 +29,8 @@ from afs_callbacks.redaction import MASK, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
+
+    from afs_callbacks.runstate import RunState
 
 log = get_logger(__name__)
 
@@ -59,6 +63,8 @@ class TelegramNotifier(HttpChannel):
     min_interval: ClassVar[float] = 1.0
     supports_images: ClassVar[bool] = True
     env_prefix: ClassVar[str] = "TELEGRAM"
+    #: A bot edits its own messages (editMessageText): each run gets one live card.
+    supports_cards: ClassVar[bool] = True
 
     TEXT_LIMIT: ClassVar[int] = 4096
     CAPTION_LIMIT: ClassVar[int] = 1024
@@ -144,6 +150,47 @@ class TelegramNotifier(HttpChannel):
             text += f"\n\n<pre>{truncate_escaped(metrics, metrics_room, escape_html)}</pre>"
         return text
 
+    def post_card(self, state: RunState) -> DeliveryResult:
+        """sendMessage (silently: the run's start and end push separately); keeps
+        ``result.message_id``."""
+        fields = self._card_fields(state)
+        fields["disable_notification"] = True
+        response = self.post(self._method_url("sendMessage"), json=fields)
+        if isinstance(response, DeliveryResult):
+            return response
+        result = self.classify(response)
+        answer = _json(response).get("result")
+        message_id = answer.get("message_id") if isinstance(answer, dict) else None
+        if not result.ok or message_id is None:
+            return result if not result.ok else DeliveryResult.permanent("Telegram gave no message_id")
+        return DeliveryResult(Outcome.DELIVERED, result.detail, message_id=str(message_id))
+
+    def edit_card(self, message_id: str, state: RunState) -> DeliveryResult:
+        """editMessageText; "message is not modified" is delivered, "message to edit not
+        found" is gone (the card is posted anew)."""
+        fields = self._card_fields(state)
+        fields["message_id"] = int(message_id) if message_id.isdigit() else message_id
+        response = self.post(self._method_url("editMessageText"), json=fields)
+        if isinstance(response, DeliveryResult):
+            return response
+        description = str(_json(response).get("description") or "").lower()
+        if response.status_code == 400 and "message is not modified" in description:
+            return DeliveryResult.delivered("not modified")
+        if response.status_code == 400 and "message to edit not found" in description:
+            return DeliveryResult(Outcome.PERMANENT, "message to edit not found", gone=True)
+        return self.classify(response)
+
+    def _card_fields(self, state: RunState) -> dict[str, Any]:
+        text = render_html(state, limit=self.TEXT_LIMIT)
+        if _utf16_length(text) > self.TEXT_LIMIT:  # emoji count twice in Telegram's units
+            text = render_html(state, limit=self.TEXT_LIMIT // 2)
+        return {
+            "chat_id": self.chat_id,
+            "text": text,
+            "parse_mode": "HTML",
+            "link_preview_options": {"is_disabled": True},
+        }
+
     def _photo(self, event: NotificationEvent) -> Attachment | None:
         for attachment in event.attachments:
             fits = len(attachment.data) <= self.PHOTO_BYTES_LIMIT
@@ -207,13 +254,14 @@ class TelegramNotifier(HttpChannel):
         return DeliveryResult.delivered(f"the bot works and can see chat {self.chat_id}")
 
     @classmethod
-    def from_env(cls, env: Env) -> TelegramNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> TelegramNotifier | None:
         """Build from ``TELEGRAM_BOT_TOKEN`` and ``TELEGRAM_CHAT_ID`` (both required) and
         ``TELEGRAM_API_URL``; None when neither is set.
 
         Raises:
             ConfigurationError: one of the two is missing, or a value is malformed.
         """
+        settings = channel_settings(env, settings)
         token = env.text("TELEGRAM_BOT_TOKEN")
         chat_id = env.text("TELEGRAM_CHAT_ID")
         if token is None and chat_id is None:
@@ -226,13 +274,14 @@ class TelegramNotifier(HttpChannel):
         if not _TOKEN.match(token):
             raise ConfigurationError("TELEGRAM_BOT_TOKEN", "does not look like a bot token (123456789:AA...)")
         _check_chat_id(chat_id, "TELEGRAM_CHAT_ID")
-        api_url = env.url("TELEGRAM_API_URL", secret=False) or DEFAULT_API_URL
+        api_url = env.url("TELEGRAM_API_URL", secret=False, allow_http=settings.allow_http) or DEFAULT_API_URL
+        check_self_hosted(api_url, "TELEGRAM_API_URL")
         return cls(
             bot_token=token,
             chat_id=chat_id,
             api_url=api_url,
-            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
-            allow_http=env.flag("AFS_ALLOW_HTTP"),
+            timeout=settings.send_timeout,
+            allow_http=settings.allow_http,
         )
 
 

@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from afs_callbacks.channels._http import HttpChannel
+from afs_callbacks.channels._shapes import check_self_hosted
 from afs_callbacks.channels.base import DeliveryResult
-from afs_callbacks.config import Env, validate_url
+from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.redaction import mask_url, redact, register_secret
@@ -89,7 +90,6 @@ class WebhookNotifier(HttpChannel):
     name: ClassVar[str] = "webhook"
     min_interval: ClassVar[float] = 0.0
     supports_images: ClassVar[bool] = True
-    env_prefix: ClassVar[str] = "WEBHOOK"
     #: Only 410 Gone says the endpoint is gone for good; a 404 may be a redeploy.
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({410})
     retry_statuses: ClassVar[frozenset[int]] = frozenset({408, 429})
@@ -158,20 +158,22 @@ class WebhookNotifier(HttpChannel):
         )
 
     @classmethod
-    def from_env(cls, env: Env) -> WebhookNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> WebhookNotifier | None:
         """Build from ``WEBHOOK_URL`` (required), ``WEBHOOK_SECRET``, ``WEBHOOK_HEADERS``
         (a JSON object) and ``WEBHOOK_INCLUDE_ATTACHMENTS``; None when the URL is unset.
 
         Raises:
             ConfigurationError: naming the variable that is wrong.
         """
-        url = env.url("WEBHOOK_URL")
+        settings = channel_settings(env, settings)
+        url = env.url("WEBHOOK_URL", allow_http=settings.allow_http)
         if url is None:
             if env.text("WEBHOOK_SECRET") or env.text("WEBHOOK_HEADERS"):
                 raise ConfigurationError(
                     "WEBHOOK_URL", "is needed when WEBHOOK_SECRET or WEBHOOK_HEADERS is set"
                 )
             return None
+        check_self_hosted(url, "WEBHOOK_URL")
         secret = env.text("WEBHOOK_SECRET")
         if secret is not None:
             signing_key(secret, "WEBHOOK_SECRET")  # name the variable, not the argument
@@ -180,8 +182,8 @@ class WebhookNotifier(HttpChannel):
             secret=secret,
             headers=_parse_headers(env.text("WEBHOOK_HEADERS"), "WEBHOOK_HEADERS"),
             include_attachments=env.flag("WEBHOOK_INCLUDE_ATTACHMENTS", True),
-            timeout=env.number("AFS_SEND_TIMEOUT", 10.0, minimum=0.1) or 10.0,
-            allow_http=env.flag("AFS_ALLOW_HTTP"),
+            timeout=settings.send_timeout,
+            allow_http=settings.allow_http,
         )
 
 

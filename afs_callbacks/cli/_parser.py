@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from afs_callbacks import __version__
 from afs_callbacks.cli._common import UsageError, non_negative, number, positive_int
+from afs_callbacks.cli._dashboard import command_dashboard
 from afs_callbacks.cli._flush import command_flush
 from afs_callbacks.cli._history import command_history
 from afs_callbacks.cli._monitor import command_monitor
+from afs_callbacks.cli._retry import command_retry
 from afs_callbacks.cli._run import command_run
 from afs_callbacks.cli._selftest import command_test
 from afs_callbacks.cli._send import (
@@ -51,6 +53,8 @@ COMMANDS = (
     "history",
     "flush",
     "run",
+    "retry",
+    "dashboard",
 )
 
 
@@ -224,10 +228,16 @@ def build_parser() -> Parser:
         "monitor",
         command_monitor,
         "watch GPU memory/utilisation, disk, memory and cost standalone, then print a summary",
-        json=False,
     )
     monitor.add_argument(
         "--duration", type=non_negative, default=0.0, metavar="SECONDS", help="stop after this long"
+    )
+    monitor.add_argument(
+        "--interval",
+        type=non_negative,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --json: print a reading this often (default 10)",
     )
     monitor.add_argument("--path", action="append", help="a folder whose disk to watch (repeatable)")
     _run_options(monitor, required=False)
@@ -249,9 +259,39 @@ def build_parser() -> Parser:
         help="stderr lines to include when it fails (default 20)",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
+    _dashboard_commands(add)
     return parser
 
 
 def _run_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--model", required=required, help="model name")
     parser.add_argument("--run-id", required=required, help="training run id")
+
+
+def _dashboard_commands(add: Any) -> None:
+    """``retry`` and ``dashboard`` (the dashboard's retry button does what ``retry`` does)."""
+    retry = add(
+        "retry",
+        command_retry,
+        "queue failed (dead) messages again: all, one channel's (--channel) or one (--event)",
+        timeout=60.0,
+    )
+    retry.add_argument("--event", metavar="ID", help="only this message (its id, from history --json)")
+    retry.add_argument("--send", action="store_true", help="deliver them now, as flush does")
+    retry.add_argument("--state-dir", metavar="DIR", help="the history's folder (default: AFS_STATE_DIR)")
+
+    dashboard = add(
+        "dashboard",
+        command_dashboard,
+        "a live web page of runs, curves, events and deliveries; prints its URL",
+        json=False,
+        timeout=None,
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    dashboard.add_argument("--state-dir", metavar="DIR", help="the history's folder (default: AFS_STATE_DIR)")
+    dashboard.add_argument("--open", action="store_true", help="open it in the browser")
+    dashboard.add_argument(
+        "--token",
+        help="require this token (always required off loopback; generated and printed when not given)",
+    )

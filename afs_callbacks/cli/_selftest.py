@@ -92,14 +92,25 @@ def _send_test(manager: NotificationManager, timeout: float) -> dict[str, tuple[
 def _advise(output: Output, rows: list[tuple[str, str, str]], usable: list[str]) -> None:
     """The next step, in one sentence."""
     states = {state for _, state, _ in rows}
-    if not usable and any(name == "console" for name, _, _ in rows):
+    broken = [name for name, state, _ in rows if state == "config error" and name != "settings"]
+    if broken:
+        # Name the channel and point at its reason in the table: "copy .env.example" would
+        # send someone whose settings are merely wrong back to the start.
+        advice = (
+            f"{_names(broken)} could not be set up: {'its' if len(broken) == 1 else 'each'} reason is "
+            "in the table above. Fix it and run `afs-notify test` again; docs/troubleshooting.md "
+            "explains each message."
+        )
+        if not usable:
+            advice += " Until then messages go to the console only."
+    elif not usable and any(name == "console" for name, _, _ in rows):
         advice = (
             "No channel is configured yet, so the test went to the console only. Copy .env.example "
             "to .env, set one destination (e.g. SLACK_WEBHOOK_URL or NTFY_TOPIC) and run "
             "`afs-notify test` again; docs/configuration.md lists every setting."
         )
     elif "config error" in states:
-        advice = "Fix the settings named above (docs/troubleshooting.md explains each message)."
+        advice = "A core setting is wrong and keeps its default: fix the value named above."
     elif states & {"failed", "pending"}:
         advice = "See docs/troubleshooting.md for what each failure means and how to fix it."
     elif DELIVERED in states:
@@ -108,3 +119,10 @@ def _advise(output: Output, rows: list[tuple[str, str, str]], usable: list[str])
         advice = "Nothing was sent: see `afs-notify status`."
     output.line()
     output.line(advice)
+
+
+def _names(channels: list[str]) -> str:
+    """``The slack channel`` / ``The slack and sms channels``."""
+    if len(channels) == 1:
+        return f"The {channels[0]} channel"
+    return f"The {', '.join(channels[:-1])} and {channels[-1]} channels"

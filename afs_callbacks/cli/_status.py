@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from afs_callbacks.channels import CHANNELS
+from afs_callbacks.channels._shapes import url_warnings
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
 from afs_callbacks.cli._common import (
     EXIT_FAILED,
@@ -24,10 +25,12 @@ from afs_callbacks.cli._common import (
     requested_channels,
 )
 from afs_callbacks.cli._output import Output
+from afs_callbacks.config import Env
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING
 from afs_callbacks.events import NotificationLevel
 from afs_callbacks.manager import NotificationManager, Route
 from afs_callbacks.redaction import redact
+from afs_callbacks.variables import unknown_variables
 
 # A channel without a probe answers check() with a permanent result saying so (the base
 # class's default, and channels that override it only to explain why).
@@ -50,6 +53,7 @@ def command_status(args: argparse.Namespace, output: Output) -> int:
     session = open_session(args)
     manager, env = session.manager, session.env
     settings_errors = [p.reason for p in session.problems if p.name == "settings"]
+    warnings = setting_warnings(env)
     try:
         rows = channel_rows(session, requested_channels(args))
         if args.check:
@@ -60,6 +64,7 @@ def command_status(args: argparse.Namespace, output: Output) -> int:
                 {
                     "channels": [asdict(row) for row in rows],
                     "settings_errors": settings_errors,
+                    "warnings": warnings,
                     "env_file": str(env.env_file) if env.env_file else None,
                     "outbox": {"path": manager.outbox.path, "deliveries": counts},
                 }
@@ -76,6 +81,8 @@ def command_status(args: argparse.Namespace, output: Output) -> int:
             output.line(f"Settings: environment{f' + {env.env_file}' if env.env_file else ''}")
             for reason in settings_errors:
                 output.line(f"          {output.paint('error', 'red')}: {reason}")
+            for warning in warnings:
+                output.line(f"          {output.paint('warning', 'yellow')}: {warning}")
             output.line(f"History:  {manager.outbox.path}")
             output.line(f"          {outbox_summary(counts)}")
         if settings_errors or any(row.state == "config error" for row in rows):
@@ -83,6 +90,14 @@ def command_status(args: argparse.Namespace, output: Output) -> int:
         return EXIT_FAILED if any(row.check.startswith("unreachable") for row in rows) else EXIT_OK
     finally:
         release(manager)
+
+
+def setting_warnings(env: Env) -> list[str]:
+    """Misspelt-looking variables (with the likely intended name) and accepted URLs with an
+    unexpected host, one sentence each, for the settings read into ``env``."""
+    lines = [str(unknown) for unknown in unknown_variables(env, env.file_names)]
+    lines += [f"{name}: {text}" for name, text in sorted(url_warnings().items()) if env.text(name)]
+    return lines
 
 
 def channel_rows(session: Session, requested: list[str] | None) -> list[ChannelRow]:

@@ -8,6 +8,7 @@ server's own wait hint.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -36,8 +37,26 @@ def backoff_delay(
     """
     if hint is not None and hint >= 0:
         return min(hint, max_hint)
-    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
+    # Attempts count up for as long as a message lives (a day of outage is hundreds of them):
+    # the exponent stops growing long before 2**n overflows a float.
+    ceiling = min(cap, base * (2 ** min(max(attempt - 1, 0), 60)))
     return rng(0.0, ceiling)
+
+
+def repeat_key(event: NotificationEvent) -> str | None:
+    """What makes two events repeats of each other (None: ``event`` never collapses).
+
+    Same type and run, and the same explicit :attr:`~NotificationEvent.key` when there is
+    one, otherwise the same title and message: ``validate()`` then ``test()``, or three
+    ``notify()`` calls with different titles, are distinct messages, not repeats.
+    """
+    if not event.collapse:
+        return None
+    base = f"{event.event_type.value}|{event.run_id or ''}"
+    if event.key:
+        return f"{base}|key|{event.key}"
+    content = f"{event.title}\0{event.message}".encode("utf-8", "surrogatepass")
+    return f"{base}|text|{hashlib.blake2b(content, digest_size=12).hexdigest()}"
 
 
 @dataclass
@@ -49,7 +68,8 @@ class _Window:
 
 
 class StormGuard:
-    """Collapse repeats of an event inside ``window`` seconds; count what was held back.
+    """Collapse true repeats of an event (see :func:`repeat_key`) inside ``window`` seconds;
+    count what was held back.
 
     Thread-safe; memory is bounded by the number of distinct keys seen inside one window
     (at most ``max_keys``, beyond which new keys pass uncollapsed rather than grow memory).
@@ -80,9 +100,9 @@ class StormGuard:
         Returns ``(admitted, digest)``: ``digest`` is the summary of an expired window of the
         same key, to be sent before ``event`` when there is one.
         """
-        if self.window <= 0 or event.context.get("no_dedup"):
+        key = repeat_key(event)
+        if self.window <= 0 or key is None:
             return True, None
-        key = event.dedup_key
         now = self._clock()
         with self._lock:
             current = self._windows.get(key)
@@ -135,6 +155,12 @@ class StormGuard:
             f"{window.first.event_type.value.replace('_', ' ')} happened {count:,} more "
             f"times after the first message; the latest: {last.message or last.title}"
         )
-        context = dict(last.context)
-        context.update({"digest_count": count, "digest_window_s": span, "no_dedup": True})
-        return last.with_changes(title=title, message=message, context=context, id=uuid.uuid4().hex)
+        context = {**last.context, "digest_window_s": span}
+        return last.with_changes(
+            title=title,
+            message=message,
+            context=context,
+            id=uuid.uuid4().hex,
+            collapse=False,
+            digest_count=count,
+        )

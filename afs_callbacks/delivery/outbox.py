@@ -20,13 +20,21 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.events import NotificationEvent
+from afs_callbacks.delivery.budget import HeldMessage
+from afs_callbacks.delivery.priority import (
+    BUDGET_EXEMPT_TYPES,
+    FOLDED,
+    SUPERSEDED,
+    priority_sql,
+    sql_list,
+)
+from afs_callbacks.events import PROGRESS_TYPES, TERMINAL_TYPES, NotificationEvent, NotificationLevel
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import MetricPoint, RunState
 
@@ -141,15 +149,21 @@ class Outbox:
     Thread-safe within a process; safe across processes through SQLite's locking.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    #: Seconds a statement waits for another process's write lock before failing.
+    busy_timeout: float = 10.0
+
+    def __init__(self, path: str | os.PathLike[str], *, connect: bool = True) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         _instances.add(self)
-        self._connection()  # fail early (bad path, read-only disk) in the constructor
+        if connect:
+            self._connection()  # fail early (bad path, read-only disk) in the constructor
+
+    def _make_parent(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
 
     # Connection handling -------------------------------------------------------------
 
@@ -157,7 +171,10 @@ class Outbox:
         if self._pid != os.getpid():
             self._after_fork()
         if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self._make_parent()
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL under WAL survives a killed process (not a power cut) without an fsync
             # per event, which keeps notify() in the tens of microseconds.
@@ -197,21 +214,32 @@ class Outbox:
 
     def enqueue(self, event: NotificationEvent, channels: Iterable[str]) -> None:
         """Store ``event`` and one pending delivery per channel, in one transaction."""
+        self.enqueue_many([(event, list(channels))])
+
+    def enqueue_many(
+        self,
+        items: Sequence[tuple[NotificationEvent, Sequence[str]]],
+        *,
+        pause: Callable[[], None] | None = None,
+    ) -> None:
+        """Store several events and their pending deliveries in one transaction (the writer
+        thread batches: one commit for many events is what keeps up under contention).
+
+        ``pause`` is called after each event is serialised (the writer yields the GIL there,
+        so a training thread never waits long for it).
+        """
         now = time.time()
-        rows = [(event.id, channel, PENDING, now) for channel in channels]
-        with self._transaction() as conn:
-            conn.execute(
+        events = []
+        for event, _ in items:
+            events.append(event_row(event))
+            if pause is not None:
+                pause()
+        rows = [(event.id, channel, PENDING, now) for event, channels in items for channel in channels]
+        with self._transaction(immediate=True) as conn:
+            conn.executemany(
                 "INSERT OR IGNORE INTO events (id, created, event_type, level, run_id, title, payload)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.id,
-                    event.timestamp.timestamp(),
-                    event.event_type.value,
-                    event.level.value,
-                    event.run_id,
-                    event.title,
-                    event.to_json(),
-                ),
+                events,
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt)"
@@ -246,7 +274,7 @@ class Outbox:
                 "   (d.state = 'pending' AND (d.next_attempt <= ?"
                 "       OR COALESCE(d.last_attempt, 0) < ?))"
                 "   OR (d.state = 'sending' AND d.lease_until < ?))"
-                " ORDER BY e.created LIMIT ?",
+                f" ORDER BY {priority_sql('e.event_type')}, e.created LIMIT ?",
                 (channel, now, forced, now, limit),
             ).fetchall()
             conn.executemany(
@@ -583,6 +611,147 @@ class Outbox:
                 )
                 entries.append(HistoryEntry(NotificationEvent.from_json(payload), deliveries))
         return entries
+
+    # Priority and superseding (the sender's part; see delivery/priority.py) ---------------
+
+    def supersede_stale(self, channel: str) -> int:
+        """Mark ``channel``'s stale progress superseded instead of sending it; return how many.
+
+        Stale: a pending progress delivery whose run has a terminal event stored at or after
+        it, or a newer event of the same type on this channel. Its event stays in the history.
+        """
+        self._ensure_run_index()
+        stale = (
+            "SELECT e.id FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.channel = ? AND d.state = 'pending' AND e.run_id IS NOT NULL"
+            f" AND e.event_type IN ({sql_list(PROGRESS_TYPES)}) AND ("
+            "  EXISTS (SELECT 1 FROM events t WHERE t.run_id = e.run_id"
+            f"   AND t.event_type IN ({sql_list(TERMINAL_TYPES)}) AND t.created >= e.created)"
+            "  OR EXISTS (SELECT 1 FROM events n JOIN deliveries nd ON nd.event_id = n.id"
+            "   AND nd.channel = d.channel WHERE n.run_id = e.run_id"
+            "   AND n.event_type = e.event_type AND n.created > e.created))"
+        )
+        # Looked for outside a write transaction first: usually there is nothing stale, and
+        # a reader never holds up the processes that are writing events.
+        with self._lock:
+            if self._connection().execute(stale + " LIMIT 1", (channel,)).fetchone() is None:
+                return 0
+        reason = "superseded: its run moved on or ended before it was sent"
+        with self._transaction(immediate=True) as conn:
+            return int(
+                conn.execute(
+                    "UPDATE deliveries SET state = ?, lease_until = NULL, lease_owner = NULL, last_error = ?"
+                    f" WHERE channel = ? AND state = 'pending' AND event_id IN ({stale})",
+                    (SUPERSEDED, reason, channel, channel),
+                ).rowcount
+            )
+
+    def fold_due(
+        self,
+        channel: str,
+        make_digest: Callable[[Sequence[HeldMessage]], NotificationEvent],
+        *,
+        forced_since: float | None = None,
+        claimed: str | None = None,
+        minimum: int = 2,
+    ) -> NotificationEvent | None:
+        """Fold ``channel``'s due budgeted deliveries into one digest, in one transaction.
+
+        When at least ``minimum`` are due (as :meth:`claim` counts due; ``claimed`` is the
+        id of one the caller holds a claim on), they become ``folded`` (kept in the
+        history, naming the digest) and the digest from ``make_digest`` is stored with one
+        pending delivery on ``channel``; returns it.
+        """
+        now = time.time()
+        forced = -1.0 if forced_since is None else forced_since
+        with self._transaction(immediate=True) as conn:
+            rows = conn.execute(
+                "SELECT e.id, e.title, e.level, e.run_id FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE d.channel = ? AND ((d.state = 'pending'"
+                " AND (d.next_attempt <= ? OR COALESCE(d.last_attempt, 0) < ?))"
+                " OR (d.state = 'sending' AND d.event_id = ?))"
+                f" AND e.event_type NOT IN ({sql_list(BUDGET_EXEMPT_TYPES)})"
+                # A storm guard's digest is exempt too (see priority.is_budgeted).
+                " AND COALESCE(json_extract(e.payload, '$.control.digest_count'), 0) = 0"
+                " ORDER BY e.created",
+                (channel, now, forced, claimed),
+            ).fetchall()
+            if len(rows) < max(minimum, 1):
+                return None
+            held = [HeldMessage(row[0], row[1], NotificationLevel.parse(row[2]), row[3]) for row in rows]
+            digest = make_digest(held)
+            conn.execute(
+                "INSERT INTO events (id, created, event_type, level, run_id, title, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    digest.id,
+                    digest.timestamp.timestamp(),
+                    digest.event_type.value,
+                    digest.level.value,
+                    digest.run_id,
+                    digest.title,
+                    digest.to_json(),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO deliveries (event_id, channel, state, next_attempt) VALUES (?, ?, ?, ?)",
+                (digest.id, channel, PENDING, now),
+            )
+            conn.executemany(
+                "UPDATE deliveries SET state = ?, last_error = ?, lease_until = NULL, lease_owner = NULL"
+                " WHERE event_id = ? AND channel = ? AND state IN ('pending', 'sending')",
+                [(FOLDED, f"folded into digest {digest.id}", message.event_id, channel) for message in held],
+            )
+        return digest
+
+    def flush_due(self, channel: str, forced_since: float) -> tuple[int, float | None]:
+        """What a flush started at ``forced_since`` still waits for on ``channel``: how many
+        deliveries are in flight or not yet tried since then, and when the earliest retry of
+        one tried since then is due (epoch seconds; None when there is none)."""
+        with self._lock:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT SUM(CASE WHEN state = 'sending' OR COALESCE(last_attempt, 0) < ?"
+                    " THEN 1 ELSE 0 END),"
+                    " MIN(CASE WHEN state = 'pending' AND COALESCE(last_attempt, 0) >= ?"
+                    " THEN next_attempt END)"
+                    " FROM deliveries WHERE channel = ? AND state IN ('pending', 'sending')",
+                    (forced_since, forced_since, channel),
+                )
+                .fetchone()
+            )
+        untried = 0 if row is None or row[0] is None else int(row[0])
+        return untried, None if row is None or row[1] is None else float(row[1])
+
+    def data_version(self) -> int:
+        """A number that changes when another connection (process) commits to the file: an
+        idle sender reads it instead of the tables to learn whether anything arrived."""
+        with self._lock:
+            return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+
+    def _ensure_run_index(self) -> None:
+        # Superseding looks events up by run; without this index each check scans them all.
+        if getattr(self, "_run_index_ready", False):
+            return
+        with self._lock:
+            self._connection().execute(
+                "CREATE INDEX IF NOT EXISTS events_run ON events (run_id, event_type, created)"
+            )
+        self._run_index_ready = True
+
+
+def event_row(event: NotificationEvent) -> tuple[str, float, str, str, str | None, str, str]:
+    """The ``events`` table row of ``event``."""
+    return (
+        event.id,
+        event.timestamp.timestamp(),
+        event.event_type.value,
+        event.level.value,
+        event.run_id,
+        event.title,
+        event.to_json(),
+    )
 
 
 def _is_dead_local_owner(owner: str, host: str) -> bool:

@@ -1,67 +1,52 @@
 """Background delivery: one daemon thread per channel drains that channel's outbox rows.
 
 One thread per channel means a slow or rate-limited service (Slack answering in 2 s, a
-Discord 429) delays only its own messages. A worker claims due rows, paces them to the
-channel's ``min_interval``, calls ``send`` and records the outcome: delivered, retry with
-backoff (the server's hint wins), or dead. It never raises and stops promptly on ``stop()``.
+Discord 429) delays only its own messages. A worker drops stale progress (superseded),
+claims the most urgent due row (the end of a run first, progress last), keeps to the
+channel's budget (a flood becomes one digest), paces to the channel's ``min_interval``,
+calls ``send`` and records the outcome: delivered; retried with capped backoff for as long
+as the message is younger than ``max_age`` (the server's hint wins, and a hint pauses the
+whole channel, in a flush too); or dead on a permanent answer or old age. It never raises
+and stops promptly on ``stop()``.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler, Outcome
+from afs_callbacks.delivery.budget import BudgetPolicy, TokenBucket, fold_digest
 from afs_callbacks.delivery.limits import backoff_delay
 from afs_callbacks.delivery.outbox import Claim, Outbox
-from afs_callbacks.redaction import redact
+from afs_callbacks.delivery.priority import is_budgeted
+from afs_callbacks.delivery.retry import RetryPolicy, call_handler
+from afs_callbacks.formatting import format_duration
+
+__all__ = ["CLAIM_BATCH", "IDLE_POLL_SECONDS", "ChannelWorker", "RetryPolicy", "call_handler"]
 
 log = get_logger(__name__)
 
-# How often an idle worker looks at the outbox anyway: rows can arrive from other
-# processes sharing the state directory (a crashed run's backlog).
-IDLE_POLL_SECONDS = 5.0
+# The longest an idle worker sleeps before it checks (cheaply: SQLite's data_version, no
+# table read) whether another process sharing the state directory wrote rows.
+IDLE_POLL_SECONDS = 1.0
 
 # Rows claimed per transaction. One: a lease covers one send (two timeouts at most), while
 # rows queued behind slow sends in a bigger batch could outlive their lease and be sent a
 # second time by another process. A claim costs tens of microseconds; a send, milliseconds.
 CLAIM_BATCH = 1
 
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How failed deliveries are retried (see :class:`~afs_callbacks.config.Settings`)."""
-
-    max_attempts: int = 8
-    base: float = 2.0
-    cap: float = 300.0
-    max_retry_after: float = 900.0
-    send_timeout: float = 10.0
-
-    @property
-    def lease_seconds(self) -> float:
-        """How long a claim is held: long enough for a slow send, short enough to recover."""
-        return 3 * self.send_timeout + 30.0
+# Waits shorter than this are slept in place (an idle round trip costs more than it saves).
+_SHORT_WAIT = 0.05
 
 
-def call_handler(handler: NotificationHandler, claim: Claim) -> DeliveryResult:
-    """Run ``handler.send`` and turn whatever happens into a :class:`DeliveryResult`.
-
-    A raising handler is a bug or an unforeseen network error: retry it, with the
-    exception text redacted (``requests`` puts the full URL, token included, in it).
-    """
-    try:
-        result = handler.send(claim.event)
-    except Exception as error:
-        return DeliveryResult.retry(f"{type(error).__name__}: {redact(error)}")
-    if isinstance(result, DeliveryResult):
-        return result
-    if result is True:
-        return DeliveryResult.delivered()
-    return DeliveryResult.retry("handler reported failure")
+class _Admission(enum.Enum):
+    SEND = "send"
+    FOLDED = "folded"  # the claim went into a digest, which is now due
+    HELD = "held"  # the claim waits for the budget
 
 
 class ChannelWorker:
@@ -73,6 +58,8 @@ class ChannelWorker:
         outbox: where rows live.
         policy: retry policy.
         on_progress: called after every recorded outcome (flush waits on it).
+        budget: the channel's message budget; None: no budget (the manager passes the
+            configured one, by default :class:`BudgetPolicy`'s burst and pace).
     """
 
     def __init__(
@@ -82,17 +69,23 @@ class ChannelWorker:
         outbox: Outbox,
         policy: RetryPolicy,
         on_progress: Callable[[], None],
+        *,
+        budget: BudgetPolicy | None = None,
     ) -> None:
         self.name = name
         self.handler = handler
         self.outbox = outbox
         self.policy = policy
         self._on_progress = on_progress
+        self._bucket = TokenBucket(budget or BudgetPolicy(burst=0))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_send = 0.0
         self._paused_until = 0.0
+        self._held = False  # budgeted rows are due but wait for the budget
+        self._wake_at: float | None = None  # epoch time something scheduled falls due
+        self._seen_version: int | None = None
         self.forced_since: float | None = None
         self.disabled_reason: str | None = None
 
@@ -119,54 +112,153 @@ class ChannelWorker:
         """Whether the thread is running."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def paused_until(self) -> float:
+        """Epoch seconds until which the service asked this channel to wait (429)."""
+        return self._paused_until
+
+    def flush_pending(self, deadline: float | None) -> bool:
+        """Whether a flush (``forced_since`` set) should keep waiting for this channel.
+
+        It should while a message is in flight or not yet tried during the flush (unless a
+        rate-limit pause outlasts ``deadline``), and while a message tried during the flush
+        has its next attempt, pause included, due by ``deadline`` (epoch seconds; None:
+        each message is tried once, retries are not waited for).
+        """
+        since = self.forced_since
+        if since is None:
+            return False
+        untried, next_retry = self.outbox.flush_due(self.name, since)
+        resume = self._paused_until
+        if untried:
+            return deadline is None or resume <= deadline
+        if next_retry is None or deadline is None:
+            return False
+        return max(next_retry, resume) <= deadline
+
+    # The thread ------------------------------------------------------------------------
+
     def _run(self) -> None:
+        look = True
         while not self._stop.is_set():
+            wait = IDLE_POLL_SECONDS
             try:
-                worked = self._drain_once()
-                wait = 0.0 if worked else self._idle_wait()
+                if look:
+                    self._seen_version = self._data_version()
+                    if self._drain_once():
+                        continue
+                    wait = self._idle_wait()
             except Exception:
                 # A locked or broken database: keep the thread, look again shortly.
                 log.exception("afs-callbacks: %s sender hit an error; retrying shortly", self.name)
-                worked, wait = False, 1.0
-            if not worked:
-                self._wake.wait(wait)
-                self._wake.clear()
+                wait, self._wake_at = 1.0, time.time() + 1.0
+            woken = self._wake.wait(wait)
+            self._wake.clear()
+            look = woken or self._scheduled_due() or self._others_wrote()
 
     def _idle_wait(self) -> float:
-        wait = IDLE_POLL_SECONDS
-        due = self.outbox.next_due(self.name)
-        if due is not None:
-            wait = min(wait, max(due - time.time(), 0.05))
-        if self._paused_until > time.time() and self.forced_since is None:
-            wait = max(wait, self._paused_until - time.time())
-        return wait
+        """How long to sleep; records when the next scheduled thing falls due."""
+        now = time.time()
+        target = self._next_row_due(now)
+        if target is not None and self._held:
+            # Every due row waits for the budget (an exempt one would have been claimed).
+            target = max(target, now + self._bucket.wait_time())
+        if target is not None:
+            target = max(target, self._paused_until, now + self._pace_left())
+        self._wake_at = target
+        if target is None:
+            return IDLE_POLL_SECONDS
+        return min(max(target - now, _SHORT_WAIT), IDLE_POLL_SECONDS)
+
+    def _next_row_due(self, now: float) -> float | None:
+        since = self.forced_since
+        if since is not None and self.outbox.flush_due(self.name, since)[0]:
+            return now  # a flush makes its untried rows due whatever their backoff says
+        return self.outbox.next_due(self.name)
+
+    def _scheduled_due(self) -> bool:
+        return self._wake_at is not None and time.time() >= self._wake_at - 0.01
+
+    def _others_wrote(self) -> bool:
+        version = self._data_version()
+        return version is None or version != self._seen_version
+
+    def _data_version(self) -> int | None:
+        try:
+            return self.outbox.data_version()
+        except Exception:  # a broken file: the next look reports it, once per second at most
+            return None
 
     def _drain_once(self) -> bool:
-        """Claim and send one batch; False when nothing was due."""
-        forced = self.forced_since
-        if forced is None and time.time() < self._paused_until:
-            return False
+        """Claim and handle one batch; False when nothing could be done now."""
+        if time.time() < self._paused_until:
+            return False  # rate limited: a flush waits with the channel, never sends into it
+        gap = self._pace_left()
+        if gap > _SHORT_WAIT:
+            return False  # wait for the pace idle, so what arrives meanwhile is claimed by rank
+        if gap > 0:
+            self._stop.wait(gap)
+        self.outbox.supersede_stale(self.name)
         claims = self.outbox.claim(
             self.name,
             lease_seconds=self.policy.lease_seconds,
             limit=CLAIM_BATCH,
-            forced_since=forced,
+            forced_since=self.forced_since,
         )
         if not claims:
+            self._held = False
             return False
         for index, claim in enumerate(claims):
             if self._stop.is_set():
-                for rest in claims[index:]:
-                    self.outbox.release(rest.event.id, self.name)
+                self._release(claims[index:])
                 break
-            self._deliver(claim)
+            admission = self._admit(claim)
+            if admission is _Admission.HELD:
+                self._release(claims[index:])
+                return False
+            if admission is _Admission.SEND:
+                self._deliver(claim)
             self._on_progress()
-            if self.forced_since is None and time.time() < self._paused_until:
+            if time.time() < self._paused_until:
                 # Rate limited: hand the rest back so they wait with the channel.
-                for rest in claims[index + 1 :]:
-                    self.outbox.release(rest.event.id, self.name)
+                self._release(claims[index + 1 :])
                 break
         return True
+
+    def _release(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            self.outbox.release(claim.event.id, self.name)
+
+    def _admit(self, claim: Claim) -> _Admission:
+        """Decide what the channel's budget lets happen to ``claim``."""
+        if self.disabled_reason is not None or not is_budgeted(claim.event):
+            return _Admission.SEND
+        if self._bucket.available():
+            held, self._held = self._held, False
+            # Messages that waited for the budget go out as one digest, not one by one.
+            if held and self._fold(claim):
+                return _Admission.FOLDED
+            return _Admission.SEND
+        if self.forced_since is not None:
+            # A flush does not wait for the budget: what is over it is folded at once.
+            return _Admission.FOLDED if self._fold(claim) else _Admission.SEND
+        self._held = True
+        return _Admission.HELD
+
+    def _fold(self, claim: Claim) -> bool:
+        digest = self.outbox.fold_due(
+            self.name,
+            fold_digest,
+            forced_since=self.forced_since,
+            claimed=claim.event.id,
+        )
+        if digest is not None:
+            log.info(
+                "afs-callbacks: %s: %d messages over the channel's budget folded into one digest",
+                self.name,
+                digest.digest_count,
+            )
+        return digest is not None
 
     def _deliver(self, claim: Claim) -> None:
         event_id = claim.event.id
@@ -178,52 +270,61 @@ class ChannelWorker:
         self._pace()
         result = call_handler(self.handler, claim)
         self._last_send = time.monotonic()
-        attempts = claim.attempts + 1
         if result.outcome is Outcome.DELIVERED:
             self.outbox.mark_delivered(event_id, self.name)
+            self._bucket.take()
         elif result.outcome is Outcome.PERMANENT:
             self.outbox.mark_dead(event_id, self.name, result.detail)
-            if result.disable_channel and self.disabled_reason is None:
-                self.disabled_reason = result.detail
-                # Reported once: every later message to this destination would fail the same.
-                log.error(
-                    "afs-callbacks: %s destination is unusable (%s); its messages are kept as"
-                    " dead in the history until the configuration is fixed",
-                    self.name,
-                    result.detail,
-                )
-            else:
-                log.warning("afs-callbacks: %s refused a message: %s", self.name, result.detail)
-        elif attempts >= self.policy.max_attempts:
-            self.outbox.mark_dead(event_id, self.name, f"gave up after {attempts} attempts: {result.detail}")
-            log.warning(
-                "afs-callbacks: %s gave up on a message after %d attempts: %s",
+            self._report_permanent(result)
+        else:
+            self._retry_or_expire(claim, result)
+
+    def _report_permanent(self, result: DeliveryResult) -> None:
+        if result.disable_channel and self.disabled_reason is None:
+            self.disabled_reason = result.detail
+            # Reported once: every later message to this destination would fail the same.
+            log.error(
+                "afs-callbacks: %s destination is unusable (%s); its messages are kept as"
+                " dead in the history until the configuration is fixed",
                 self.name,
-                attempts,
                 result.detail,
             )
         else:
-            delay = backoff_delay(
-                attempts,
-                base=self.policy.base,
-                cap=self.policy.cap,
-                hint=result.retry_after,
-                max_hint=self.policy.max_retry_after,
-            )
-            if result.retry_after is not None:
-                # A rate-limit answer concerns the whole channel, not just this message.
-                self._paused_until = time.time() + delay
-            self.outbox.mark_retry(event_id, self.name, time.time() + delay, result.detail)
-            log.info(
-                "afs-callbacks: %s will retry in %.1f s (attempt %d): %s",
-                self.name,
-                delay,
-                attempts,
-                result.detail,
-            )
+            log.warning("afs-callbacks: %s refused a message: %s", self.name, result.detail)
+
+    def _retry_or_expire(self, claim: Claim, result: DeliveryResult) -> None:
+        event_id = claim.event.id
+        attempts = claim.attempts + 1
+        age = time.time() - claim.event.timestamp.timestamp()
+        if age >= self.policy.max_age:
+            detail = f"gave up after {format_duration(age)} and {attempts} attempts: {result.detail}"
+            self.outbox.mark_dead(event_id, self.name, detail)
+            log.warning("afs-callbacks: %s %s", self.name, detail)
+            return
+        delay = backoff_delay(
+            attempts,
+            base=self.policy.base,
+            cap=self.policy.cap,
+            hint=result.retry_after,
+            max_hint=self.policy.max_retry_after,
+        )
+        if result.retry_after is not None:
+            # A rate-limit answer concerns the whole channel, not just this message.
+            self._paused_until = time.time() + delay
+        self.outbox.mark_retry(event_id, self.name, time.time() + delay, result.detail)
+        log.info(
+            "afs-callbacks: %s will retry in %.1f s (attempt %d): %s",
+            self.name,
+            delay,
+            attempts,
+            result.detail,
+        )
+
+    def _pace_left(self) -> float:
+        # Even a flush keeps to the service's published rate: a burst only earns a 429.
+        return self.handler.min_interval - (time.monotonic() - self._last_send)
 
     def _pace(self) -> None:
-        # Even a flush keeps to the service's published rate: a burst only earns a 429.
-        gap = self.handler.min_interval - (time.monotonic() - self._last_send)
+        gap = self._pace_left()
         if gap > 0:
             self._stop.wait(gap)

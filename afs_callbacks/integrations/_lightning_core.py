@@ -12,40 +12,18 @@ Every hook body is guarded: an error in here is logged once and never reaches Li
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar, cast
+from typing import Any
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.integrations import _lightning_read as read
-from afs_callbacks.manager import NotificationManager
-from afs_callbacks.tracking import RunTracker, TrackerConfig
+from afs_callbacks.integrations._base import NotifierBase, hook
 
 log = get_logger(__name__)
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 _SIGTERM_REASON = "SIGTERM (preemption or job cancellation)"
 
 
-def _hook(method: _F) -> _F:
-    """Run a hook body so that no exception reaches the trainer; log each hook's first failure."""
-
-    @functools.wraps(method)
-    def guarded(self: LightningNotifyCore, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except Exception:
-            name = method.__name__
-            if name not in self._failed_hooks:  # a per-step hook would flood the log
-                self._failed_hooks.add(name)
-                log.exception("afs-callbacks: AFSNotify.%s failed; training continues", name)
-            return None
-
-    return cast(_F, guarded)
-
-
-class LightningNotifyCore:
+class LightningNotifyCore(NotifierBase):
     """Tell people what a Lightning run is doing, through the channels you configured.
 
     Reports the start (or resume), epochs, metric improvements and plateaus, NaN/Inf,
@@ -53,34 +31,12 @@ class LightningNotifyCore:
     stalls, and a completion summary with a loss chart.
 
     Channels come from the environment (or ``.env``) unless ``manager`` is given. Secrets
-    never go in arguments: LightningCLI writes them to ``config.yaml``.
-
-    Args:
-        manager: where notifications go (default: ``NotificationManager.from_env()``, built
-            in each process on first use).
-        model_name: shown in every message (default: the LightningModule's class name).
-        run_id: identifies the run (default: generated on global rank zero, shared with
-            every rank in ``setup``, and kept across resumes).
-        monitor: metric whose improvement/plateau is reported (default: ``val_loss``, then
-            ``loss``/``train_loss``, whichever is logged).
-        mode: ``"min"`` or ``"max"``: which direction of ``monitor`` is better.
-        min_delta: smallest change of ``monitor`` that counts as an improvement.
-        patience: epochs without improvement before a "not improving" warning.
-        epoch_every: report every N epochs (default: about ten reports per run).
-        batch_every: report every N steps (0, the default: never).
-        nan_check_every: steps between reads of the on-device NaN/Inf flag, one device sync
-            each (default: the trainer's ``log_every_n_steps``).
-        stop_on_nan: stop training at the first NaN/Inf loss, like ``TerminateOnNaN``
-            (under DDP the ranks agree on it every ``nan_check_every`` steps).
-        stall_timeout: seconds without a finished step before "training stalled" (None: off).
-        monitors: watch GPU/host memory, temperature and cost during the run.
-        chart: attach a loss-curve PNG to the completion message (needs ``matplotlib``).
-        flush_timeout: seconds to wait for delivery when the run ends, fails or is stopped.
-        tracker: a ready :class:`~afs_callbacks.tracking.RunTracker` to report through
-            (the other arguments except ``manager`` are then ignored).
-
-    Raises:
-        ValueError: an argument out of range; the message quotes it.
+    never go in arguments: LightningCLI writes them to ``config.yaml``. The arguments are
+    those of every adapter (:class:`~afs_callbacks.integrations._base.NotifierBase`);
+    here ``model_name`` defaults to the LightningModule's class name, ``nan_check_every``
+    to the trainer's ``log_every_n_steps``, and under DDP ``stop_on_nan`` makes the ranks
+    agree every ``nan_check_every`` steps. ``crash_hook`` changes nothing: Lightning has
+    its own exception hook.
 
     Example::
 
@@ -89,58 +45,11 @@ class LightningNotifyCore:
         trainer = Trainer(max_epochs=10, callbacks=[AFSNotify(monitor="val_acc", mode="max")])
     """
 
-    def __init__(
-        self,
-        manager: NotificationManager | None = None,
-        *,
-        model_name: str | None = None,
-        run_id: str | None = None,
-        monitor: str | None = None,
-        mode: Literal["min", "max"] = "min",
-        min_delta: float = 0.0,
-        patience: int = 3,
-        epoch_every: int | None = None,
-        batch_every: int = 0,
-        nan_check_every: int | None = None,
-        stop_on_nan: bool = False,
-        stall_timeout: float | None = 1800.0,
-        monitors: bool = True,
-        chart: bool = True,
-        flush_timeout: float = 5.0,
-        tracker: RunTracker | None = None,
-    ) -> None:
-        super().__init__()
-        try:
-            config = TrackerConfig(
-                model_name=model_name,
-                run_id=run_id,
-                monitor=monitor,
-                mode=mode,
-                min_delta=min_delta,
-                patience=patience,
-                epoch_every=epoch_every,
-                batch_every=batch_every,
-                nan_check_every=50 if nan_check_every is None else nan_check_every,
-                stop_on_nan=stop_on_nan,
-                stall_timeout=stall_timeout,
-                monitors=monitors,
-                chart=chart,
-                flush_timeout=flush_timeout,
-            )
-        except ValueError as error:
-            raise ValueError(str(error).replace("TrackerConfig(", f"{type(self).__name__}(")) from None
-        self._config = config
-        self._manager = manager
-        self._tracker = tracker
-        self._own_tracker = tracker is None
-        self._own_nan_cadence = nan_check_every is None and tracker is None
-        self._fits = 0
-        self._manager_dropped = False
-        self._run_id_shared = False
-        self._failed_hooks: set[str] = set()
-        self._reset_fit_state()
+    __init__ = NotifierBase.__init__  # LightningCLI reads the arguments from here
 
-    def _reset_fit_state(self) -> None:
+    _fits = 0  # fit() calls seen: the next one is a new run
+
+    def _reset_run(self) -> None:
         self._steps = 0
         self._pending_epoch: tuple[int, bool] | None = None  # (epoch, validated during it)
         self._validated_epoch: int | None = None
@@ -149,62 +58,34 @@ class LightningNotifyCore:
         self._checkpoint_pending = False
         self._checkpoints_seen: dict[int, tuple[Any, Any]] = {}
 
-    @property
-    def tracker(self) -> RunTracker:
-        """The run tracker this callback reports through (built on first use)."""
-        if self._tracker is None:
-            self._tracker = RunTracker(manager=self._manager, config=self._config)
-        return self._tracker
-
-    def __getstate__(self) -> dict[str, Any]:
-        # ddp_spawn pickles callbacks to its workers; a manager holds threads and a database
-        # connection that cannot travel, so each worker builds its own from the environment.
-        state = self.__dict__.copy()
-        state["_manager_dropped"] = self._manager is not None or self._manager_dropped
-        state["_manager"] = None
-        return state
-
     # Setup and start ----------------------------------------------------------------
 
-    @_hook
+    @hook
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Learn this process's rank from the trainer and share rank zero's run id.
 
         A second ``fit`` with the same callback is a new run (unless a tracker was given).
         """
-        if stage == "fit" and self._fits and self._own_tracker and self._tracker is not None:
-            self._tracker.close()
-            self._tracker, self._run_id_shared = None, False
-        if self._config.model_name is None:
-            name = type(pl_module).__name__
-            if self._tracker is None:  # the run id is then named after the model too
-                self._config = dataclasses.replace(self._config, model_name=name)
-            elif self._tracker.config.model_name is None:
-                self._tracker.model_name = name
-        tracker = self.tracker
-        tracker.is_global_zero = bool(trainer.is_global_zero)
-        tracker.rank = int(trainer.global_rank)
-        if self._manager_dropped and tracker.is_global_zero:
-            self._manager_dropped = False
-            log.warning(
-                "afs-callbacks: the manager given to AFSNotify(manager=...) cannot be sent to"
-                " spawned worker processes; each worker takes its channels from the environment"
-            )
-        if trainer.world_size > 1 and not self._run_id_shared:
-            # Every rank calls setup, so this collective cannot leave a rank waiting. Ranks
-            # that share the run id make one message of a failure several of them report.
-            tracker.run_id = str(trainer.strategy.broadcast(tracker.run_id, src=0))
-            self._run_id_shared = True
+        if stage == "fit" and self._fits:
+            self._new_run()
+        self._resolve(model_name=type(pl_module).__name__)
+        self._bind(
+            rank=int(trainer.global_rank),
+            world_size=int(trainer.world_size),
+            is_global_zero=bool(trainer.is_global_zero),
+        )
+        self._warn_if_manager_dropped()
+        if trainer.world_size > 1:
+            # Every rank calls setup, so this collective cannot leave a rank waiting.
+            self._share_run_id(lambda run_id: trainer.strategy.broadcast(run_id, src=0))
 
-    @_hook
+    @hook
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """TRAINING_STARTED, or TRAINING_RESUMED when fit was given a checkpoint."""
-        self._reset_fit_state()
+        self._reset_run()
         self._fits += 1
+        self._resolve(nan_check_every=max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50)))
         tracker = self.tracker
-        if self._own_nan_cadence:
-            every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
-            tracker.config = dataclasses.replace(tracker.config, nan_check_every=every)
         self._checkpoints_seen = {
             index: read.checkpoint_marker(callback)
             for index, callback in enumerate(read.checkpointers(trainer))
@@ -223,32 +104,34 @@ class LightningNotifyCore:
 
     # Training steps and epochs ------------------------------------------------------
 
-    @_hook
+    @hook
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """The hot path: hand the loss tensor over as is (no ``.item()``, no metric reads)."""
-        stop = self.tracker.on_step(trainer.global_step, loss=read.loss_of(outputs))
+        tracker = self.tracker
+        stop = tracker.on_step(trainer.global_step, loss=read.loss_of(outputs))
         self._steps += 1
         if self._checkpoint_pending:
             self._report_checkpoints(trainer)
-        if self.tracker.config.stop_on_nan:
+        if tracker.config.stop_on_nan:
             if trainer.world_size > 1:
                 # Stopping one rank alone would hang the others in their next collective:
                 # agree at the steps where every rank has just read its NaN flag.
-                if self._steps % self.tracker.config.nan_check_every == 0:
+                if self._steps % tracker.config.nan_check_every == 0:
                     self._stop_if_any_rank(trainer, stop)
             elif stop:
                 trainer.should_stop = True
 
-    @_hook
+    @hook
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         """Report the previous epoch, now that the module's own epoch-end logging is in."""
         self._report_pending_epoch(trainer)
+        self.tracker.epoch_started(int(trainer.current_epoch))
         if self._checkpoint_pending:
             self._report_checkpoints(trainer)
 
-    @_hook
+    @hook
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         """Mark the epoch for reporting at the next hook.
 
@@ -260,7 +143,7 @@ class LightningNotifyCore:
         epoch = int(trainer.current_epoch)
         self._pending_epoch = (epoch, self._validated_epoch == epoch)
 
-    @_hook
+    @hook
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """TRAINING_COMPLETED with the summary (this hook does not run when fit fails)."""
         reported = self._report_pending_epoch(trainer)
@@ -268,14 +151,14 @@ class LightningNotifyCore:
         # Metrics already seen at the last epoch must not count twice towards a plateau.
         self.tracker.completed(None if reported else read.floats(trainer.callback_metrics))
 
-    @_hook
+    @hook
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Stop the tracker's watchdog and monitors."""
         self.tracker.close()
 
     # Validation and test ------------------------------------------------------------
 
-    @_hook
+    @hook
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         """An evaluation begins; the sanity check is not one."""
         if trainer.sanity_checking:
@@ -286,14 +169,14 @@ class LightningNotifyCore:
         else:
             self.tracker.evaluation_started()
 
-    @_hook
+    @hook
     def on_validation_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         """Validation progress keeps the stall watchdog quiet."""
         self.tracker.heartbeat()
 
-    @_hook
+    @hook
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         """In fit, the metrics join the epoch's report; standalone, they are reported now."""
         if trainer.sanity_checking:
@@ -308,26 +191,26 @@ class LightningNotifyCore:
         self._val_keys.update(key for key, value in metrics.items() if before.get(key) != value)
         self._validated_epoch = int(trainer.current_epoch)
 
-    @_hook
+    @hook
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         """A test run begins."""
         self.tracker.evaluation_started()
 
-    @_hook
+    @hook
     def on_test_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         """Test progress keeps the stall watchdog quiet."""
         self.tracker.heartbeat()
 
-    @_hook
+    @hook
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         """A test run finished with its metrics."""
         self.tracker.evaluation_completed(read.floats(trainer.callback_metrics))
 
     # Failures -----------------------------------------------------------------------
 
-    @_hook
+    @hook
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Fit raised: out of memory, interrupted (Ctrl-C, SIGTERM) or failed. Delivered,
         within ``flush_timeout``, before Lightning re-raises and the process exits."""
@@ -344,7 +227,7 @@ class LightningNotifyCore:
 
     # Checkpoints --------------------------------------------------------------------
 
-    @_hook
+    @hook
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """A checkpoint is being written; its path is known once ModelCheckpoint has saved
         it, so it is reported from the next hook."""

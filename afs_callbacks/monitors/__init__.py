@@ -155,6 +155,10 @@ def monitors_from_env(
     context: Mapping[str, Any] | None = None,
 ) -> Monitors:
     """Build (not start) the monitors the environment asks for; see :func:`start_monitors`."""
+    if not manager.settings.enabled:
+        return Monitors()  # AFS_ENABLED=false: no monitor, no thread
+    if env is None:
+        env = manager.env  # the settings the manager was built from, not os.environ again
     if not isinstance(env, Env):
         env = Env(env)
     strict = manager.settings.strict
@@ -208,7 +212,8 @@ def start_monitors(
 
     Args:
         manager: where alerts go.
-        env: settings (default: the environment over ``./.env``).
+        env: settings (default: the manager's own ``env``, else the environment over
+            ``./.env``).
         paths: the run's output/checkpoint folders for the disk check (added to
             ``AFS_MONITOR_PATHS``; default the current directory).
         run_id, model: added to every alert.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class TrackerConfig:
         stall_timeout: seconds without a step before TRAINING_STALLED (None: off).
         monitors: start the GPU/system/cost monitors for the run.
         chart: attach a loss-curve PNG to the summary (needs the ``charts`` extra).
-        flush_timeout: seconds to wait for delivery when the run ends or fails.
+        flush_timeout: seconds to wait for delivery when the run fails or is interrupted
+            (the process is likely about to exit); a completed run never waits.
 
     Raises:
         ValueError: a value out of range; the message quotes the bad argument.
@@ -48,17 +50,45 @@ class TrackerConfig:
     flush_timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"TrackerConfig(mode={self.mode!r}) must be 'min' or 'max'")
-        for name in ("patience", "batch_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrackerConfig({name}={getattr(self, name)!r}) must be >= 0")
-        if self.nan_check_every < 1:
-            raise ValueError(f"TrackerConfig(nan_check_every={self.nan_check_every!r}) must be >= 1")
-        if self.epoch_every is not None and self.epoch_every < 1:
-            raise ValueError(f"TrackerConfig(epoch_every={self.epoch_every!r}) must be >= 1")
-        if self.stall_timeout is not None and self.stall_timeout <= 0:
-            raise ValueError(f"TrackerConfig(stall_timeout={self.stall_timeout!r}) must be > 0")
+        check_settings(
+            "TrackerConfig",
+            mode=self.mode,
+            patience=self.patience,
+            batch_every=self.batch_every,
+            nan_check_every=self.nan_check_every,
+            epoch_every=self.epoch_every,
+            stall_timeout=self.stall_timeout,
+            flush_timeout=self.flush_timeout,
+            min_delta=self.min_delta,
+        )
+
+
+def check_settings(owner: str, **values: Any) -> None:
+    """Check the tracker settings in ``values`` (absent or None ones are skipped where
+    None means "default"); errors name ``owner`` and the argument as the caller wrote it:
+    ``AFSNotify(patience=-1) must be >= 0``.
+
+    Raises:
+        ValueError: a value out of range.
+    """
+
+    def bad(name: str, rule: str) -> ValueError:
+        return ValueError(f"{owner}({name}={values[name]!r}) {rule}")
+
+    if "mode" in values and values["mode"] is not None and values["mode"] not in ("min", "max"):
+        raise bad("mode", "must be 'min' or 'max'")
+    for name in ("patience", "batch_every", "min_delta"):
+        value = values.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise bad(name, "must be >= 0")
+    for name in ("nan_check_every", "epoch_every"):
+        value = values.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise bad(name, "must be an integer >= 1")
+    for name in ("stall_timeout", "flush_timeout"):
+        value = values.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise bad(name, "must be > 0" + (" (None turns it off)" if name == "stall_timeout" else ""))
 
 
 def cadence_hit(count: int, planned: int | None, every: int | None) -> bool:

@@ -1,7 +1,8 @@
 """The stall watchdog: a daemon thread that notices a run that stopped making progress.
 
 A hung data loader or a collective waiting on a dead rank raises nothing; only the absence
-of steps tells. The watchdog fires once per stall and re-arms when progress resumes.
+of steps tells. The watchdog fires once per stall and re-arms when progress resumes. It
+lives only while its run does (every end path stops it) and wakes at most once a second.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+
+#: The watchdog never wakes more often than this (seconds).
+MIN_PERIOD = 1.0
 
 
 class StallWatchdog:
@@ -32,6 +36,11 @@ class StallWatchdog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def period(self) -> float:
+        """Seconds between checks: a few per timeout, at least one second, at most 30."""
+        return min(max(self.timeout / 4, MIN_PERIOD), 30.0)
+
     def start(self) -> None:
         """Start watching (idempotent)."""
         if self._thread is None:
@@ -39,17 +48,20 @@ class StallWatchdog:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop promptly; the thread ends at its next wake-up."""
+        """Stop promptly; the thread ends at its next wake-up at the latest."""
         self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
 
     def _run(self) -> None:
         reported = False
-        # Check a few times per timeout, but not more than every 30 s on long timeouts.
-        period = min(max(self.timeout / 4, 0.05), 30.0)
-        while not self._stop.wait(period):
+        while not self._stop.wait(self.period):
             idle = time.monotonic() - self._last_progress()
             if idle < self.timeout:
                 reported = False  # progress resumed: re-arm
-            elif not reported:
+            elif not reported and not self._stop.is_set():
                 reported = True
                 self._on_stall(idle)

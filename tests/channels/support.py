@@ -73,14 +73,24 @@ def flushed(manager: NotificationManager) -> list[str]:
     return [d.state for entry in reversed(manager.outbox.history()) for d in entry.deliveries]
 
 
-def delivery(manager: NotificationManager, event: NotificationEvent, channel: str | None = None) -> Delivery:
-    """The delivery row of ``event`` to ``channel`` (by default the manager's only channel)."""
+def delivery(
+    manager: NotificationManager, event: NotificationEvent, channel: str | None = None, timeout: float = 5.0
+) -> Delivery:
+    """The delivery row of ``event`` to ``channel`` (by default the manager's only channel).
+
+    ``notify()`` hands the event to a writer thread (it never waits on the database), so the
+    row may appear a moment later: polled for up to ``timeout`` seconds.
+    """
     if channel is None:
         (channel,) = manager.handlers
-    for entry in manager.outbox.history(limit=1000):
-        if entry.event.id == event.id:
-            return next(d for d in entry.deliveries if d.channel == channel)
-    raise AssertionError(f"event {event.id} is not in the outbox")
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in manager.outbox.history(limit=1000):
+            if entry.event.id == event.id:
+                return next(d for d in entry.deliveries if d.channel == channel)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"event {event.id} is not in the outbox")
+        time.sleep(0.01)
 
 
 def wait_delivery(

@@ -1,0 +1,328 @@
+"""What a live run card shows, rendered once for every service that can edit a message.
+
+A card is built from a :class:`~afs_callbacks.runstate.RunState` in two steps:
+:func:`card_view` decides *what* to show (headline, progress bar, the run's facts, the
+outcome once it ended) and the renderers below decide *how*: plain text (ntfy, desktop),
+Markdown, Telegram HTML, Slack blocks and a Discord embed. Each renderer escapes run text
+for its markup and keeps to the service's documented limits, so a channel only sends.
+
+Example (plain text)::
+
+    🏃 resnet50 · running
+    ████████░░░░░░░░░░░░ 40% · epoch 4/10 · ETA 6m 00s
+    Run: 7f3a9c
+    Host: gpu-node-7
+    Elapsed: 4m 00s
+    Throughput: 12.5 steps/s
+    val_loss: 0.4321 (best 0.4102 at epoch 3)
+    updated 12:34:56 UTC
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from afs_callbacks.formatting import format_duration, format_value, truncate, truncate_escaped
+from afs_callbacks.redaction import redact
+from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, KILLED, RUNNING, STALLED, RunState
+
+#: The symbol in front of each status.
+STATUS_EMOJI: Mapping[str, str] = {
+    RUNNING: "🏃",
+    COMPLETED: "✅",
+    FAILED: "❌",
+    INTERRUPTED: "⏹️",
+    STALLED: "⚠️",
+    KILLED: "💀",
+}
+#: Embed/attachment colour of each status (Discord, Slack's side bar).
+STATUS_COLORS: Mapping[str, int] = {
+    RUNNING: 0x3B82F6,
+    COMPLETED: 0x22C55E,
+    FAILED: 0xEF4444,
+    INTERRUPTED: 0xF59E0B,
+    STALLED: 0xF59E0B,
+    KILLED: 0x7F1D1D,
+}
+BAR_WIDTH = 20
+#: Metrics listed besides the monitored one (a card is glanced at, not read).
+MAX_METRICS = 6
+_VALUE_CHARS = 300
+_SUMMARY_CHARS = 1000
+# What makes Markdown (Discord's and CommonMark) format text; digits and dots stay plain.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_~|>\[\]])")
+
+
+@dataclass(frozen=True)
+class CardView:
+    """A card's content, independent of any service.
+
+    Attributes:
+        headline: ``"🏃 resnet50 · running"``.
+        progress: the bar line, or None when the run's length is unknown.
+        fields: the run's facts as ``(label, value)`` pairs, in display order.
+        outcome: how the run ended (summary, or the exception on failure); None while running.
+        footer: ``"updated 12:34:56 UTC"``.
+        status: the run's status; ``color`` its colour.
+    """
+
+    headline: str
+    progress: str | None
+    fields: tuple[tuple[str, str], ...]
+    outcome: str | None
+    footer: str
+    status: str
+    color: int
+
+
+def card_view(state: RunState, *, now: float | None = None) -> CardView:
+    """What the card for ``state`` shows. ``now`` stands in for the clock where the state
+    has no ``updated_at`` (tests pass it)."""
+    updated = state.updated_at if state.updated_at is not None else (now if now is not None else time.time())
+    emoji = STATUS_EMOJI.get(state.status, "•")
+    model = " ".join(state.model.split()) or "run"
+    return CardView(
+        headline=f"{emoji} {model} · {state.status}",
+        progress=_progress_line(state),
+        fields=tuple(_fields(state, updated)),
+        outcome=_outcome(state),
+        footer=f"updated {datetime.fromtimestamp(updated, timezone.utc):%H:%M:%S} UTC",
+        status=state.status,
+        color=STATUS_COLORS.get(state.status, STATUS_COLORS[RUNNING]),
+    )
+
+
+def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    """``0.4`` → ``"████████░░░░░░░░░░░░"`` (full blocks, rounded down, so 100% means done)."""
+    fraction = min(max(fraction, 0.0), 1.0) if math.isfinite(fraction) else 0.0
+    filled = int(fraction * width + 1e-9)
+    return "█" * filled + "░" * (width - filled)
+
+
+# Renderers ------------------------------------------------------------------------------
+
+
+def render_text(state: RunState, *, limit: int = 4000, now: float | None = None) -> str:
+    """The card as plain text of at most ``limit`` characters (ntfy, desktop, logs)."""
+    return _render(card_view(state, now=now), limit, escape=str, bold=str, code=str)
+
+
+def render_markdown(state: RunState, *, limit: int = 4000, now: float | None = None) -> str:
+    """The card as CommonMark with run text escaped (Discord, ntfy with ``markdown``)."""
+    return _render(
+        card_view(state, now=now),
+        limit,
+        escape=escape_markdown,
+        bold=lambda text: f"**{text}**",
+        code=lambda text: f"`{text.replace('`', '')}`",
+    )
+
+
+def render_html(state: RunState, *, limit: int = 4096, now: float | None = None) -> str:
+    """The card as Telegram HTML (``parse_mode=HTML``) of at most ``limit`` characters."""
+    return _render(
+        card_view(state, now=now),
+        limit,
+        escape=lambda text: html.escape(text, quote=False),
+        bold=lambda text: f"<b>{text}</b>",
+        code=lambda text: f"<code>{html.escape(text, quote=False)}</code>",
+    )
+
+
+def slack_message(state: RunState, *, now: float | None = None) -> dict[str, Any]:
+    """``text`` (the notification fallback) and ``blocks`` for chat.postMessage/chat.update,
+    within Block Kit's limits (header 150, section 3000, field 2000, 10 fields a section)."""
+    view = card_view(state, now=now)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": truncate(view.headline, 150)}}
+    ]
+    if view.progress:
+        blocks.append(_slack_section(f"`{escape_mrkdwn(view.progress)}`"))
+    fields = [{"type": "mrkdwn", "text": _slack_field(label, value)} for label, value in view.fields]
+    for start in range(0, len(fields), 10):
+        blocks.append({"type": "section", "fields": fields[start : start + 10]})
+    if view.outcome:
+        blocks.append(_slack_section(truncate_escaped(view.outcome, 3000, escape_mrkdwn)))
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": view.footer}]})
+    fallback = truncate_escaped(render_text(state, limit=3000, now=now), 3000, escape_mrkdwn)
+    return {"text": fallback, "blocks": blocks[:50]}
+
+
+def discord_embed(state: RunState, *, now: float | None = None) -> dict[str, Any]:
+    """One embed (title 256, description 4096, 25 fields of 1024, 6000 in all)."""
+    view = card_view(state, now=now)
+    description = [f"`{view.progress}`"] if view.progress else []
+    if view.outcome:
+        description.append(escape_markdown(truncate(view.outcome, 1500)))
+    embed: dict[str, Any] = {
+        "title": truncate(view.headline, 256),
+        "color": view.color,
+        "fields": [
+            {
+                "name": truncate(label, 256),
+                "value": escape_markdown(truncate(value, 1000)) or "-",
+                "inline": True,
+            }
+            for label, value in view.fields[:25]
+        ],
+        "footer": {"text": f"afs-callbacks · {view.footer}"},
+    }
+    if description:
+        embed["description"] = "\n".join(description)
+    return embed
+
+
+def escape_markdown(text: str) -> str:
+    """Backslash-escape Markdown's control characters so run text shows as typed."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape Slack mrkdwn's ``&``, ``<`` and ``>`` (no mention or link can form)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# What the card shows ----------------------------------------------------------------------
+
+
+def _progress_line(state: RunState) -> str | None:
+    fraction = state.progress
+    parts = []
+    if fraction is not None:
+        parts.append(f"{progress_bar(fraction)} {fraction:.0%}")
+    if state.epoch is not None:
+        parts.append(f"epoch {state.epoch:,}" + (f"/{state.total_epochs:,}" if state.total_epochs else ""))
+    if state.step is not None:
+        parts.append(f"step {state.step:,}" + (f"/{state.total_steps:,}" if state.total_steps else ""))
+    if state.status == RUNNING and state.eta_seconds is not None and math.isfinite(state.eta_seconds):
+        parts.append(f"ETA {format_duration(state.eta_seconds)}")
+    return " · ".join(parts) or None
+
+
+def _fields(state: RunState, updated: float) -> list[tuple[str, str]]:
+    fields: list[tuple[str, str]] = [("Run", state.run_id)]
+    if state.host:
+        fields.append(("Host", state.host))
+    if state.started_at is not None:
+        end = state.ended_at if state.final and state.ended_at is not None else updated
+        fields.append(("Elapsed", format_duration(max(end - state.started_at, 0.0))))
+    throughput = _throughput(state)
+    if throughput:
+        fields.append(("Throughput", throughput))
+    if state.monitor:
+        fields.append((state.monitor, _monitored(state)))
+    others = {name: value for name, value in state.metrics.items() if name != state.monitor}
+    if others:
+        shown = list(others.items())[:MAX_METRICS]
+        text = ", ".join(f"{name}={format_value(value)}" for name, value in shown)
+        if len(others) > MAX_METRICS:
+            text += f" (+{len(others) - MAX_METRICS} more)"
+        fields.append(("Metrics", text))
+    if state.last_checkpoint:
+        fields.append(("Checkpoint", _tail(state.last_checkpoint)))
+    if state.peak_gpu_memory is not None:
+        fields.append(("Peak GPU memory", _bytes(state.peak_gpu_memory)))
+    if state.cost is not None:
+        fields.append(("Cost", f"${state.cost:,.2f}"))
+    return [(label, truncate(redact(value), _VALUE_CHARS)) for label, value in fields]
+
+
+def _throughput(state: RunState) -> str:
+    parts = []
+    if state.steps_per_second:
+        parts.append(f"{state.steps_per_second:.3g} steps/s")
+    if state.samples_per_second:
+        parts.append(f"{state.samples_per_second:,.0f} samples/s")
+    return " · ".join(parts)
+
+
+def _monitored(state: RunState) -> str:
+    latest = state.metrics.get(state.monitor or "")
+    text = format_value(latest) if latest is not None else "—"
+    if state.best is not None:
+        where = f" at epoch {state.best_epoch}" if state.best_epoch is not None else ""
+        text += f" (best {format_value(state.best)}{where})"
+    return text
+
+
+def _outcome(state: RunState) -> str | None:
+    if not state.final and state.status != STALLED:
+        return None
+    lines = [state.status.capitalize() + (f" ({state.end_reason})" if state.end_reason else "")]
+    if state.error_type or state.error:
+        error = state.error.strip().splitlines()[-1] if state.error and state.error.strip() else ""
+        if state.error_type and not error.startswith(state.error_type):
+            error = f"{state.error_type}: {error}" if error else state.error_type
+        lines.append(error)
+    if state.summary:
+        lines.append(state.summary.strip())
+    return truncate(redact("\n".join(lines)), _SUMMARY_CHARS)
+
+
+def _render(
+    view: CardView,
+    limit: int,
+    *,
+    escape: Callable[[str], str],
+    bold: Callable[[str], str],
+    code: Callable[[str], str],
+) -> str:
+    """Headline, progress, fields, outcome, footer; the fields give way first when long."""
+    head = [bold(truncate_escaped(view.headline, 200, escape))]
+    if view.progress:
+        head.append(code(view.progress))  # ``code`` escapes for its own markup
+    tail = [escape(view.footer)]
+    if view.outcome:
+        tail.insert(0, truncate_escaped(view.outcome, max(limit // 3, 1), escape))
+    lines = [
+        f"{bold(escape(label) + ':')} {truncate_escaped(value, 200, escape)}" for label, value in view.fields
+    ]
+    fixed = len("\n".join(head + tail)) + 1
+    while lines and fixed + len("\n".join(lines)) > limit:
+        lines.pop()
+    text = "\n".join(head + lines + tail)
+    return text if len(text) <= limit else truncate(view.headline, limit)
+
+
+def _slack_section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _slack_field(label: str, value: str) -> str:
+    return f"*{escape_mrkdwn(label)}*\n{truncate_escaped(value, 1800, escape_mrkdwn)}"
+
+
+def _tail(path: str, keep: int = 80) -> str:
+    """The end of a long path (the file name matters most)."""
+    return path if len(path) <= keep else "…" + path[-(keep - 1) :]
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+__all__ = [
+    "STATUS_COLORS",
+    "STATUS_EMOJI",
+    "CardView",
+    "card_view",
+    "discord_embed",
+    "escape_markdown",
+    "escape_mrkdwn",
+    "progress_bar",
+    "render_html",
+    "render_markdown",
+    "render_text",
+    "slack_message",
+]

@@ -1,0 +1,88 @@
+"""``afs-notify dashboard``: serve the live web dashboard over the history and print its URL.
+
+Bound to 127.0.0.1 by default. Any other address needs a token (``--token``, or one is
+generated and printed), because the pages show run names, hosts and errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import secrets
+import webbrowser
+from contextlib import suppress
+
+from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session
+from afs_callbacks.cli._output import Output
+from afs_callbacks.cli._retry import store_path
+
+
+def command_dashboard(args: argparse.Namespace, output: Output) -> int:
+    """Serve until interrupted (Ctrl-C ends it with exit code 0)."""
+    # Imported here: http.server and the pages cost every other subcommand's start-up.
+    from afs_callbacks.dashboard import DashboardConfig, Store, make_server
+
+    loopback = is_loopback(args.host)
+    token = args.token or (None if loopback else secrets.token_urlsafe(18))
+    if args.token is not None and len(args.token) < 8:
+        raise UsageError("--token must be at least 8 characters long")
+    config = DashboardConfig(
+        store=Store(store_path(args.state_dir)), token=token, channels=channel_rows(args), loopback=loopback
+    )
+    try:
+        server = make_server(args.host, args.port, config)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    # The URL goes to stdout even with --quiet: it is what the command is for.
+    print(f"afs-notify dashboard: {server.url}", flush=True)
+    output.note(f"history: {config.store.path}")
+    if token and not args.token:
+        output.note("a token was generated because the address is reachable from other machines")
+    if not loopback:
+        output.note("anyone who can reach this address and has the URL can see and retry messages")
+    output.note("press Ctrl-C to stop")
+    if args.open:
+        with suppress(Exception):  # no browser here is not an error: the URL is printed
+            webbrowser.open(server.url)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def channel_rows(args: argparse.Namespace) -> list[dict[str, str]]:
+    """Each configured channel and where it sends, masked as ``afs-notify status`` shows it.
+
+    The settings come from this shell's environment and .env; a problem there costs the
+    table, never the dashboard.
+    """
+    from afs_callbacks.cli._status import channel_rows as status_rows
+
+    try:
+        session = open_session(args)
+    except Exception:
+        return []
+    try:
+        rows = status_rows(session, None)
+        return [
+            {"channel": row.channel, "state": row.state, "detail": row.detail}
+            for row in rows
+            if row.state not in ("not set up", "off")
+        ]
+    finally:
+        for handler in session.manager.handlers.values():
+            with suppress(Exception):
+                handler.close()

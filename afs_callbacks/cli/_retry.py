@@ -1,0 +1,111 @@
+"""``afs-notify retry``: queue failed (dead) messages again, all of them or those of one
+channel or one message, after the cause is fixed. The dashboard's retry button does the same.
+
+Queued messages go out with the next sender that runs (a training's, or ``afs-notify
+flush``); ``--send`` delivers them now, as ``flush`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from afs_callbacks.cli._common import EXIT_OK, UsageError, requested_channels
+from afs_callbacks.cli._output import Output
+from afs_callbacks.config import default_state_dir
+
+STORE_NAME = "outbox.sqlite3"
+
+
+def requeue_dead(
+    path: str | os.PathLike[str], *, channels: Sequence[str] | None = None, event_id: str | None = None
+) -> int:
+    """Make dead deliveries pending again with a fresh attempt budget; returns how many.
+
+    Only ``channels`` (None: every channel) and only ``event_id`` (None: every message).
+    The last error is kept so the history still says what went wrong before.
+
+    Raises:
+        FileNotFoundError: there is no history database at ``path``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no history database at {path}")
+    sql = "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt = ? WHERE state = 'dead'"
+    params: list[object] = [time.time()]
+    if channels is not None:
+        sql += f" AND channel IN ({','.join('?' * len(channels))})"
+        params += list(channels)
+    if event_id is not None:
+        sql += " AND event_id = ?"
+        params.append(event_id)
+    # Its own short-lived connection: a writer for one statement, waiting its turn politely
+    # (BEGIN IMMEDIATE with a timeout) instead of holding a lock across requests.
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        count = conn.execute(sql, params).rowcount
+        conn.execute("COMMIT")
+        return int(count)
+    finally:
+        conn.close()
+
+
+def store_path(state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The history database in ``state_dir`` (default: ``AFS_STATE_DIR`` or the XDG one)."""
+    return Path(state_dir or default_state_dir()).expanduser() / STORE_NAME
+
+
+def command_retry(args: argparse.Namespace, output: Output) -> int:
+    """Queue dead messages again and say how many; with ``--send``, deliver them now."""
+    path = store_path(args.state_dir)
+    channels = requested_channels(args)
+    try:
+        count = requeue_dead(path, channels=channels, event_id=args.event)
+    except FileNotFoundError:
+        raise UsageError(f"no history at {path}: nothing was ever queued there (see --state-dir)") from None
+    except sqlite3.DatabaseError as error:
+        raise UsageError(f"cannot update the history at {path}: {error}") from None
+    what = f"failed message{'s' if count != 1 else ''}"
+    scope = []
+    if args.event:
+        scope.append(f"message {args.event}")
+    if channels:
+        scope.append("channel " + ", ".join(channels))
+    where = f" ({'; '.join(scope)})" if scope else ""
+    if args.send and count:
+        from afs_callbacks.cli._flush import command_flush
+
+        output.note(f"{count} {what} queued again{where}; delivering now")
+        flush_args = argparse.Namespace(**{**vars(args), "retry_dead": False})
+        with _state_dir(args.state_dir):
+            return command_flush(flush_args, output)
+    if output.json_mode:
+        output.json({"requeued": count, "event": args.event, "channels": channels, "history": str(path)})
+    elif count:
+        output.line(f"{count} {what} queued again{where}.")
+        output.line("They go out with the next sender that runs; `afs-notify flush` delivers them now.")
+    else:
+        output.line(f"No failed message to retry{where}.")
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _state_dir(state_dir: str | None) -> Iterator[None]:
+    """``AFS_STATE_DIR`` set to ``--state-dir`` while flush builds its manager, then restored."""
+    if not state_dir:
+        yield
+        return
+    saved = os.environ.get("AFS_STATE_DIR")
+    os.environ["AFS_STATE_DIR"] = state_dir
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("AFS_STATE_DIR", None)
+        else:
+            os.environ["AFS_STATE_DIR"] = saved

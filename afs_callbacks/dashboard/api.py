@@ -1,0 +1,233 @@
+"""The dashboard's JSON answers, built from the read-only store.
+
+Each function returns plain JSON-safe data for one endpoint. Every text that came from the
+history passes through :func:`afs_callbacks.redaction.redact` on the way out (the rows are
+redacted when written; this catches a secret registered since), so no page can show one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from afs_callbacks.dashboard.store import Connection, RunFilter
+from afs_callbacks.redaction import redact
+from afs_callbacks.runstate import FINAL_STATUSES
+
+#: Texts of a run state shown on the pages (everything else there is numbers or ids).
+_STATE_TEXTS = ("summary", "error", "error_type", "end_reason", "last_checkpoint", "best_checkpoint")
+
+
+def runs_payload(conn: Connection, where: RunFilter) -> dict[str, Any]:
+    """``/api/runs``: the filtered runs, newest first, plus what the filters can offer."""
+    now = time.time()
+    states = conn.runs(where)
+    names = redact_many([str(s.get(key) or "") for s in states for key in _ROW_TEXTS])
+    rows = [
+        run_row(state, now, names[n * len(_ROW_TEXTS) : (n + 1) * len(_ROW_TEXTS)])
+        for n, state in enumerate(states)
+    ]
+    return {"now": now, "runs": rows, **conn.run_facets()}
+
+
+#: The texts of a runs-table row, redacted together (one pass for the whole page).
+_ROW_TEXTS = ("run_id", "model", "host")
+
+
+def run_row(state: Mapping[str, Any], now: float, texts: Sequence[str] | None = None) -> dict[str, Any]:
+    """One line of the runs table: the facts a person scans for (``texts``: its
+    :data:`_ROW_TEXTS` already redacted)."""
+    if texts is None:
+        texts = redact_many([str(state.get(key) or "") for key in _ROW_TEXTS])
+    latest_name, latest_value = latest_metric(state)
+    return {
+        "run_id": texts[0],
+        "model": texts[1],
+        "host": texts[2],
+        "status": state.get("status", ""),
+        "status_note": state.get("status_note"),
+        "started_at": state.get("started_at"),
+        "duration": duration(state, now),
+        "progress": progress(state),
+        "epoch": state.get("epoch"),
+        "total_epochs": state.get("total_epochs"),
+        "step": state.get("step"),
+        "total_steps": state.get("total_steps"),
+        "latest_name": latest_name,
+        "latest": latest_value,
+        "monitor": state.get("monitor"),
+        "best": _number(state.get("best")),
+        "best_epoch": state.get("best_epoch"),
+        "cost": _number(state.get("cost")),
+    }
+
+
+def run_payload(conn: Connection, run_id: str, *, event_limit: int = 300) -> dict[str, Any] | None:
+    """``/api/run/<id>``: the state, curves, events with their deliveries; None if unknown."""
+    state = conn.run(run_id)
+    events = conn.events(run_id=run_id, window=event_window(state), limit=event_limit)
+    if state is None and not events:
+        return None
+    now = time.time()
+    detail: dict[str, Any] = {}
+    if state is not None:
+        detail = {
+            **run_row(state, now),
+            **{key: redact(state[key]) if state.get(key) else None for key in _STATE_TEXTS},
+            "ended_at": state.get("ended_at"),
+            "updated_at": state.get("updated_at"),
+            "metrics": {str(k): _number(v) for k, v in (state.get("metrics") or {}).items()},
+            "steps_per_second": _number(state.get("steps_per_second")),
+            "samples_per_second": _number(state.get("samples_per_second")),
+            "eta_seconds": _number(state.get("eta_seconds")),
+            "peak_gpu_memory": _number(state.get("peak_gpu_memory")),
+            "gpu_utilization": _number(state.get("gpu_utilization")),
+            "extra": {str(k): redact(v) for k, v in (state.get("extra") or {}).items()},
+        }
+    return {
+        "now": now,
+        "run_id": run_id,
+        "state": detail or None,
+        "series": conn.points(run_id),
+        "events": event_rows(events, now),
+    }
+
+
+def event_window(state: Mapping[str, Any] | None) -> tuple[float, float | None] | None:
+    """When a run's events can have been written: from an hour before it started (a CLI
+    ``start``, another rank) to a day after it ended (a late alert, the death watcher)."""
+    started = _number(state.get("started_at")) if state else None
+    if state is None or started is None:
+        return None
+    ended = _number(state.get("ended_at")) if state.get("status") in FINAL_STATUSES else None
+    return started - 3600, None if ended is None else ended + 86400
+
+
+def events_payload(conn: Connection, *, run_id: str | None, limit: int) -> dict[str, Any]:
+    """``/api/events``: events (of a run, or all), newest first, with deliveries."""
+    now = time.time()
+    return {"now": now, "events": event_rows(conn.events(run_id=run_id, limit=limit), now)}
+
+
+def event_rows(events: Sequence[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Events for the timeline: redacted texts and one readable line per delivery."""
+    rows = [
+        {
+            **event,
+            "message": event.get("message") or "",
+            "deliveries": [delivery_row(d, now) for d in event["deliveries"]],
+        }
+        for event in events
+    ]
+    _redact_fields(rows, ("title", "message", "model"))
+    _redact_fields([d for row in rows for d in row["deliveries"]], ("detail",))
+    return rows
+
+
+def outbox_payload(conn: Connection, channels: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """``/api/outbox``: per channel counts, where it sends (masked), pending and dead messages."""
+    now = time.time()
+    data = conn.outbox()
+    return {
+        "now": now,
+        "counts": data["counts"],
+        "channels": [{key: redact(value) for key, value in row.items()} for row in channels],
+        "messages": _redact_fields(
+            [
+                {**delivery_row(m, now), "title": m["title"], "run_id": m["run_id"]}
+                | {key: m[key] for key in ("event_id", "created", "event_type", "level")}
+                for m in data["messages"]
+            ],
+            ("title", "detail"),
+        ),
+    }
+
+
+def delivery_row(delivery: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """One delivery with a ``label`` (delivered / pending / retrying / sending / dead, or an
+    unknown state as it is) and a ``detail`` (not yet redacted: callers redact in bulk)."""
+    state = str(delivery["state"])
+    error = str(delivery.get("last_error") or "")
+    label, detail = state, error
+    if state == "pending" and (delivery.get("attempts") or 0) > 0:
+        label = "retrying"
+    elif state == "pending":
+        detail = error or "not attempted yet"
+    elif state == "dead":
+        detail = error or "no reason recorded"
+    return {
+        "channel": delivery["channel"],
+        "state": state,
+        "label": label,
+        "attempts": delivery.get("attempts"),
+        "next_attempt": delivery.get("next_attempt"),
+        "delivered_at": delivery.get("delivered_at"),
+        "last_attempt": delivery.get("last_attempt"),
+        "detail": detail,
+    }
+
+
+def redact_many(texts: Sequence[str]) -> list[str]:
+    """:func:`redact` of each text, in one pass over them all (a page has hundreds).
+
+    The texts are joined by a NUL, which no secret pattern spans; should a mask ever
+    swallow one, each text is redacted alone instead.
+    """
+    if not texts:
+        return []
+    joined = redact("\x00".join(texts)).split("\x00")
+    return joined if len(joined) == len(texts) else [redact(text) for text in texts]
+
+
+def _redact_fields(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Redact the text ``keys`` of every row in one pass; returns ``rows``, changed in place."""
+    spots = [(row, key) for row in rows for key in keys if isinstance(row.get(key), str)]
+    for (row, key), text in zip(spots, redact_many([row[key] for row, key in spots]), strict=True):
+        row[key] = text
+    return rows
+
+
+def latest_metric(state: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """The metric a person looks at first: the monitored one, else a loss, else any."""
+    metrics = state.get("metrics") or {}
+    if not isinstance(metrics, Mapping) or not metrics:
+        return None, None
+    names = [state.get("monitor"), "val_loss", "loss", "train_loss", *sorted(metrics)]
+    for name in names:
+        if name in metrics:
+            return str(name), _number(metrics[name])
+    return None, None
+
+
+def duration(state: Mapping[str, Any], now: float) -> float | None:
+    """Seconds from start to end (or to the last update while it runs)."""
+    started = _number(state.get("started_at"))
+    if started is None:
+        return None
+    if state.get("status") in FINAL_STATUSES:
+        end = _number(state.get("ended_at")) or _number(state.get("updated_at")) or started
+    else:
+        end = now
+    return max(0.0, end - started)
+
+
+def progress(state: Mapping[str, Any]) -> float | None:
+    """Fraction done over steps when planned, else epochs (as RunState.progress)."""
+    for done_key, total_key in (("step", "total_steps"), ("epoch", "total_epochs")):
+        done, total = state.get(done_key), state.get(total_key)
+        if isinstance(total, (int, float)) and total > 0 and isinstance(done, (int, float)):
+            return float(min(1.0, max(0.0, done / total)))
+    return None
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (NaN/Inf and the strings ``"nan"`` JSON stores them as)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -1,0 +1,179 @@
+"""The writer thread: the only place the training process writes events and run states.
+
+``notify()`` and ``update_run()`` hand their work to :class:`Writer` and return at once (a
+deque append under a lock held for microseconds); the thread stores it in batches, one
+transaction for many events, so eight processes sharing a state directory do not queue on
+SQLite's write lock event by event, and then wakes the senders. Run states coalesce: only
+the latest state of a run is written, with every metric point since the last write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from afs_callbacks._log import get_logger
+from afs_callbacks.delivery.store import Store
+from afs_callbacks.events import NotificationEvent
+from afs_callbacks.runstate import MetricPoint, RunState
+
+log = get_logger(__name__)
+
+#: Events written per transaction at most.
+BATCH = 500
+#: How long the writer lets events gather after a wake-up before storing them.
+COALESCE_SECONDS = 0.005
+#: Events waiting for the writer at most; past it an event is dropped (and counted).
+QUEUE_LIMIT = 50_000
+
+
+class Writer:
+    """Stores queued events and run states on a daemon thread.
+
+    Args:
+        store: where they go.
+        on_written: called with the channels of each stored batch (wakes their senders).
+        on_open: called once, on the writer thread, after the store first opened.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        on_written: Callable[[set[str]], None],
+        on_open: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._on_written = on_written
+        self._on_open = on_open
+        # A deque's append and popleft are atomic: the training thread takes no lock that
+        # the writer could hold (a contended lock would hand the GIL away and wait for it).
+        self._events: deque[tuple[NotificationEvent, tuple[str, ...]]] = deque()
+        self._runs: dict[str, tuple[RunState, list[MetricPoint]]] = {}
+        self._runs_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._busy = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._opened = False
+        self.dropped = 0
+
+    # Training-thread side --------------------------------------------------------------
+
+    def put(self, event: NotificationEvent, channels: Sequence[str]) -> bool:
+        """Queue an event for storing; False (counted, logged once) when the queue is full."""
+        if len(self._events) >= QUEUE_LIMIT:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.error("afs-callbacks: %d events wait to be stored; new ones are dropped", QUEUE_LIMIT)
+            return False
+        self._events.append((event, tuple(channels)))
+        self._wake.set()
+        if self._thread is None:
+            self._ensure_thread()
+        return True
+
+    def put_run(self, state: RunState, points: Sequence[MetricPoint]) -> None:
+        """Queue a run's latest state; an older queued state of the run is replaced."""
+        with self._runs_lock:
+            previous = self._runs.get(state.run_id)
+            kept = (previous[1] if previous else []) + list(points)
+            self._runs[state.run_id] = (state, kept)
+        self._wake.set()
+        if self._thread is None:
+            self._ensure_thread()
+
+    # Control -----------------------------------------------------------------------------
+
+    def drain(self, timeout: float | None) -> bool:
+        """Wait until everything queued so far is stored (or kept in memory by a faulted
+        store); False when ``timeout`` ran out first."""
+        self._ensure_thread()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._events or self._runs or self._busy:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if self._thread is None or not self._thread.is_alive():
+                return False
+            self._wake.set()
+            time.sleep(0.005)
+        return True
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Store what is queued (within ``timeout``) and end the thread."""
+        self.drain(timeout)
+        self._stop = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def after_fork_in_child(self) -> None:
+        """The parent stores what it queued; the child starts empty with fresh locks."""
+        self._events = deque()
+        self._runs = {}
+        self._runs_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._busy = False
+        self._thread = None
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet stored."""
+        return len(self._events)
+
+    # Writer thread -------------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._stop:
+                self._thread = threading.Thread(target=self._run, name="afs-writer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            # Cleared before looking, so a put() after the look sets it and the wait returns.
+            self._wake.clear()
+            if not (self._events or self._runs or self.store.due_for_retry()):
+                if self._stop:
+                    return
+                if self._wake.wait(0.5) and not self._stop:
+                    # Let a few more events arrive: one wake-up and one commit for several
+                    # keeps this thread from asking the training thread for the GIL per event.
+                    time.sleep(COALESCE_SECONDS)
+                continue
+            self._busy = True
+            try:
+                batch = [self._events.popleft() for _ in range(min(BATCH, len(self._events)))]
+                with self._runs_lock:
+                    runs, self._runs = self._runs, {}
+                self._write(batch, runs)
+            except Exception:  # a bug here must not end the thread and strand the queue
+                log.exception("afs-callbacks: the writer thread hit an error")
+            finally:
+                self._busy = False
+
+    def _open(self) -> bool:
+        # A lock or a fault at the first open is retried from here, in the background; a
+        # corrupted file is moved aside by the store and the fresh one opened at once.
+        return self.store.open() or (self.store.healthy and self.store.open())
+
+    def _write(
+        self,
+        batch: list[tuple[NotificationEvent, tuple[str, ...]]],
+        runs: dict[str, tuple[RunState, list[MetricPoint]]],
+    ) -> None:
+        if not self._opened and (self.store.healthy or self.store.due_for_retry()) and self._open():
+            self._opened = True
+            if self._on_open is not None:
+                self._on_open()
+        if batch:
+            self.store.write(batch)
+            self._on_written({channel for _, channels in batch for channel in channels})
+        elif self.store.due_for_retry() and self.store.recover():
+            self._on_written(set(self.store.counts()))
+        for state, points in runs.values():
+            self.store.save_run(state, points)

@@ -1,0 +1,284 @@
+"""What every framework adapter shares, written once and importing no framework.
+
+:class:`NotifierBase` holds the arguments every adapter takes, their defaults and their
+validation (errors name the adapter: ``AFSNotify(patience=-1) must be >= 0``), the
+tracker an adapter reports through, the facts a framework settles (model name, ranks, the
+shared run id, the NaN-check cadence), the crash hooks and pickling for spawned workers.
+An adapter subclasses it next to its framework's callback class and only translates hooks.
+
+One set of defaults:
+
+* ``mode`` is ``"min"`` unless given, except that the Hugging Face adapter follows the
+  Trainer's ``greater_is_better`` when it monitors ``metric_for_best_model``;
+* ``nan_check_every`` means the same everywhere: optimizer steps per loss window. Once per
+  window the on-device NaN/Inf flag of tensor losses is read (one sync) and one point of
+  the loss curve is recorded; float losses are checked at once for free. Default: the
+  framework's logging cadence (Lightning ``log_every_n_steps``, HF ``logging_steps``),
+  else 50.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, cast
+
+from afs_callbacks._log import get_logger
+from afs_callbacks.tracking import RunTracker, TrackerConfig
+from afs_callbacks.tracking.config import check_settings
+from afs_callbacks.tracking.sink import EventSink
+
+log = get_logger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: ``nan_check_every`` when neither the user nor the framework decides.
+DEFAULT_NAN_CHECK_EVERY = 50
+
+
+def hook(method: _F) -> _F:
+    """Run a hook body so that no exception reaches the framework; log each hook's first
+    failure (a per-step hook would flood the log)."""
+
+    @functools.wraps(method)
+    def guarded(self: NotifierBase, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            name = method.__name__
+            if name not in self._failed_hooks:
+                self._failed_hooks.add(name)
+                log.exception("afs-callbacks: %s.%s failed; training continues", type(self).__name__, name)
+            return None
+
+    return cast(_F, guarded)
+
+
+def broadcast_run_id(run_id: str) -> str:
+    """Rank zero's run id on every rank of an initialised ``torch.distributed`` group
+    (else ``run_id`` unchanged). A collective: every rank must call it at the same point."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            box = [run_id]
+            dist.broadcast_object_list(box, src=0)
+            return str(box[0])
+    except Exception:
+        log.warning("afs-callbacks: could not share the run id between processes", exc_info=True)
+    return run_id
+
+
+class NotifierBase:
+    """The arguments and plumbing every adapter shares (see the module docstring).
+
+    Args:
+        manager: where notifications go (default: ``NotificationManager.from_env()``,
+            built in each process on first use, channels from the environment or ``.env``).
+        model_name: shown in every message (default: what the framework knows: the
+            module's or model's class or name).
+        run_id: identifies the run (default: generated on the main process, shared with
+            the other processes and kept across resumes).
+        monitor: metric whose improvement/plateau is reported (default: ``val_loss``,
+            ``eval_loss``, then ``loss``, whichever is logged; HF: ``metric_for_best_model``).
+        mode: ``"min"`` or ``"max"`` for ``monitor`` (default ``"min"``; HF: from
+            ``greater_is_better`` when monitoring ``metric_for_best_model``).
+        min_delta: smallest change of ``monitor`` that counts as an improvement.
+        patience: evaluations without improvement before a "not improving" warning.
+        epoch_every: report every N epochs (default: about ten reports per run).
+        batch_every: report every N optimizer steps (0, the default: never).
+        nan_check_every: optimizer steps per loss window: one NaN/Inf read of tensor
+            losses and one loss-curve point each (default: the framework's logging
+            cadence, else 50).
+        stop_on_nan: stop training at the first NaN/Inf loss, like ``TerminateOnNaN``.
+        stall_timeout: seconds without a finished step before "training stalled"
+            (None: off).
+        monitors: watch GPU/host memory, temperature and cost during the run.
+        chart: attach a loss-curve PNG to the completion message (needs ``matplotlib``).
+        flush_timeout: seconds to wait for delivery when the run fails or is interrupted
+            (the process is likely to exit); a completed run never waits.
+        crash_hook: where the framework has no exception hook (HF, Keras), install the
+            ``sys.excepthook`` fallback and the SIGTERM handler while training runs
+            (each only where nobody installed one).
+        tracker: a ready :class:`~afs_callbacks.tracking.RunTracker` to report through
+            (the other arguments except ``manager`` and ``crash_hook`` are then ignored).
+
+    Raises:
+        ValueError: an argument out of range; the message names the class and argument.
+    """
+
+    def __init__(
+        self,
+        manager: EventSink | None = None,
+        *,
+        model_name: str | None = None,
+        run_id: str | None = None,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] | None = None,
+        min_delta: float = 0.0,
+        patience: int = 3,
+        epoch_every: int | None = None,
+        batch_every: int = 0,
+        nan_check_every: int | None = None,
+        stop_on_nan: bool = False,
+        stall_timeout: float | None = 1800.0,
+        monitors: bool = True,
+        chart: bool = True,
+        flush_timeout: float = 5.0,
+        crash_hook: bool = True,
+        tracker: RunTracker | None = None,
+    ) -> None:
+        super().__init__()
+        check_settings(
+            type(self).__name__,
+            mode=mode,
+            min_delta=min_delta,
+            patience=patience,
+            epoch_every=epoch_every,
+            batch_every=batch_every,
+            nan_check_every=nan_check_every,
+            stall_timeout=stall_timeout,
+            flush_timeout=flush_timeout,
+        )
+        self._config = TrackerConfig(
+            model_name=model_name,
+            run_id=run_id,
+            monitor=monitor,
+            mode=mode or "min",
+            min_delta=min_delta,
+            patience=patience,
+            epoch_every=epoch_every,
+            batch_every=batch_every,
+            nan_check_every=nan_check_every or DEFAULT_NAN_CHECK_EVERY,
+            stop_on_nan=stop_on_nan,
+            stall_timeout=stall_timeout,
+            monitors=monitors,
+            chart=chart,
+            flush_timeout=flush_timeout,
+        )
+        self._given = {
+            "model_name": model_name is not None,
+            "monitor": monitor is not None,
+            "mode": mode is not None,
+            "nan_check_every": nan_check_every is not None,
+        }
+        self._manager = manager
+        self._tracker = tracker
+        self._own_tracker = tracker is None
+        self._manager_dropped = False
+        self._run_id_shared = False
+        self.crash_hook = crash_hook
+        self._restore_sigterm: Callable[[], None] | None = None
+        self._failed_hooks: set[str] = set()
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        """Set the adapter's per-run state (called at construction; adapters extend it
+        and call it again when a run starts)."""
+
+    # The tracker ----------------------------------------------------------------------
+
+    @property
+    def tracker(self) -> RunTracker:
+        """The run tracker this callback reports through (built on first use)."""
+        if self._tracker is None:
+            self._tracker = RunTracker(manager=self._manager, config=self._config)
+        return self._tracker
+
+    def _new_run(self) -> None:
+        """The next run gets a fresh tracker (an own one only: a given tracker is the
+        caller's run). Called when the framework starts again after a run ended."""
+        if self._own_tracker and self._tracker is not None:
+            self._tracker.close()
+            self._tracker, self._run_id_shared = None, False
+
+    def _tracker_ended(self) -> bool:
+        """Whether the current run has been reported ended."""
+        return self._tracker is not None and self._tracker.finished
+
+    def _resolve(
+        self,
+        *,
+        model_name: str | None = None,
+        monitor: str | None = None,
+        mode: str | None = None,
+        nan_check_every: int | None = None,
+    ) -> None:
+        """Settle what the framework decides, where the user did not decide it."""
+        facts: dict[str, Any] = {
+            "model_name": model_name,
+            "monitor": monitor,
+            "mode": mode,
+            "nan_check_every": nan_check_every,
+        }
+        tracker = self.tracker
+        if not self._own_tracker:  # a given tracker: only what its config leaves open
+            facts = {"model_name": model_name if tracker.config.model_name is None else None}
+        else:
+            facts = {name: value for name, value in facts.items() if not self._given[name]}
+        if any(value is not None for value in facts.values()):
+            tracker.resolve(**facts)
+
+    def _bind(self, *, rank: int, world_size: int, is_global_zero: bool | None = None) -> None:
+        """This process's place in the run."""
+        self.tracker.bind(rank=rank, world_size=world_size, is_global_zero=is_global_zero)
+
+    def _share_run_id(self, broadcast: Callable[[str], str]) -> None:
+        """Give every rank global zero's run id (once per run): ranks that share it make
+        one message of a failure several of them report. ``broadcast`` must be a
+        collective every rank calls at the same point."""
+        if self._run_id_shared:
+            return
+        self._run_id_shared = True
+        tracker = self.tracker
+        tracker.resolve(run_id=str(broadcast(tracker.run_id)))
+
+    def _stop_asked(self, stop: bool) -> bool:
+        """Whether the framework should stop now (a NaN with ``stop_on_nan``)."""
+        return stop and self.tracker.config.stop_on_nan
+
+    # Crash hooks ----------------------------------------------------------------------
+
+    def _install_crash_hooks(self) -> None:
+        """The excepthook fallback and SIGTERM handler (frameworks without an exception hook)."""
+        if not self.crash_hook:
+            return
+        from afs_callbacks.watch import install_excepthook, install_sigterm_handler
+
+        install_excepthook()
+        if self._restore_sigterm is None:
+            self._restore_sigterm = install_sigterm_handler()
+
+    def _remove_sigterm_handler(self) -> None:
+        """Training is over: SIGTERM gets its default handling back."""
+        restore, self._restore_sigterm = self._restore_sigterm, None
+        if restore is not None:
+            restore()
+
+    # Pickling (ddp_spawn) -------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned workers get a pickled callback; a manager holds threads and a database
+        # connection that cannot travel, so each worker builds its own from the environment.
+        state = self.__dict__.copy()
+        state["_manager_dropped"] = self._manager is not None or self._manager_dropped
+        state["_manager"] = None
+        state["_restore_sigterm"] = None
+        return state
+
+    def _warn_if_manager_dropped(self) -> None:
+        if self._manager_dropped and self.tracker.is_global_zero:
+            self._manager_dropped = False
+            log.warning(
+                "afs-callbacks: the manager given to %s(manager=...) cannot be sent to spawned worker"
+                " processes; each worker takes its channels from the environment",
+                type(self).__name__,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model_name={self._config.model_name!r}, monitor={self._config.monitor!r})"
+        )
+
+
+__all__ = ["DEFAULT_NAN_CHECK_EVERY", "NotifierBase", "broadcast_run_id", "hook"]

@@ -1,0 +1,153 @@
+"""How the tracker reports: events through the rank policy, snapshots, NaN windows,
+the monitored metric's verdicts, stalls and the chart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from afs_callbacks import messages
+from afs_callbacks._log import get_logger
+from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
+from afs_callbacks.runstate import STALLED
+from afs_callbacks.tracking.facts import _EVENT_FIELDS, _NEVER, SNAPSHOT_INTERVAL, RunFacts
+from afs_callbacks.tracking.metrics import Change
+from afs_callbacks.tracking.ranks import new_event_id, shared_event_id
+from afs_callbacks.tracking.values import floats
+
+log = get_logger(__name__)
+
+
+class Reporting(RunFacts):
+    """Turning the run's facts into events and snapshots (internal to the tracker)."""
+
+    def _emit(
+        self,
+        event_type: EventType,
+        text: messages.Message,
+        *,
+        rank_any: bool = False,
+        attachments: tuple[Attachment, ...] = (),
+        level: NotificationLevel | None = None,
+        key: str | None = None,
+        **context: Any,
+    ) -> None:
+        """Hand one event to the sink, if this rank speaks for it (see ranks.py)."""
+        ranks = self._ranks
+        if not ranks.speaks(rank_any):
+            return
+        base: dict[str, Any] = {"model": self.model_name, "run_id": self._run_id}
+        if not ranks.is_global_zero:
+            base["rank"] = ranks.rank
+        fields = {name: value for name, value in {**base, **context}.items() if value is not None}
+        extra: dict[str, Any] = {}
+        if key is not None:
+            # The event's own field once the core has it; until then, the context's.
+            if "key" in _EVENT_FIELDS:
+                extra["key"] = key
+            else:
+                fields["key"] = key
+        # Ids are ours, never the default: the default may come from a generator the
+        # training code seeded (see ranks.new_event_id).
+        extra["id"] = shared_event_id(self._run_id, self._attempt, event_type) if rank_any else new_event_id()
+        level = level or DEFAULT_LEVELS[event_type]
+        event = NotificationEvent(event_type, level, text.title, text.body, fields, attachments, **extra)
+        self.manager.emit(event)
+
+    def _snapshot(self, status: str | None = None) -> None:
+        """Hand the run's state and new points to the sink's ``update_run`` (global rank
+        zero while running; any rank for its own end). Never raises."""
+        update = self._update_run
+        if update is None:
+            self._next_snapshot = _NEVER
+            return
+        self._next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+        try:
+            update(self.state(status), self._curves.take_pending())
+        except Exception:
+            log.exception("afs-callbacks: could not hand over the run's state")
+
+    def _report_nan(self, step: int, what: str) -> None:
+        with self._lock:
+            if self._nan_reported:
+                return
+            self._nan_reported = True
+        if self._config.stop_on_nan:
+            self._stop_requested = True
+        text = messages.nan_detected(
+            self.model_name, what, step, self._epoch_number(), will_stop=self._config.stop_on_nan
+        )
+        self._emit(
+            EventType.NAN_DETECTED, text, step=step, epoch=self._epoch_number(), metric=what, rank_any=True
+        )
+
+    def _read_window(self) -> None:
+        window = self._accumulator.read()
+        if window is None:
+            return
+        if window.saw_non_finite:
+            self._report_nan(window.last_step, "loss")
+        elif window.mean_loss is not None:
+            self._curves.add_loss(window.last_step, window.mean_loss)
+
+    def _batch_processed(self, step: int) -> None:
+        self._read_window()
+        losses = self._curves.losses
+        loss = losses[-1][1] if losses else None
+        self._emit(
+            EventType.BATCH_PROCESSED,
+            messages.batch_processed(self.model_name, step, loss),
+            step=step,
+            epoch=self._epoch_number(),
+            metrics={"loss": loss} if loss is not None else None,
+            key=f"step-{step}",
+        )
+
+    def _observe(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """Record metrics; report NaN and improvement/degradation of the monitored one."""
+        values = floats(metrics)
+        self._record.last_metrics.update(values)
+        epoch = self._epoch_number()
+        x, axis = (epoch, "epoch") if epoch is not None else (self._last_step, "step")
+        for metric, number in values.items():
+            self._curves.add_metric(metric, x, number, axis)
+        verdict = self._metric.observe(values, epoch)
+        name = verdict.name or "metric"
+        common: dict[str, Any] = {
+            "epoch": epoch,
+            "step": self._last_step,
+            "key": f"{name}-{epoch}-{self._last_step}",
+        }
+        if verdict.change is Change.NON_FINITE:
+            self._report_nan(self._last_step, name)
+        elif verdict.change is Change.IMPROVED:
+            text = messages.metric_improved(self.model_name, name, verdict.previous_best, verdict.value)
+            self._emit(EventType.LOSS_IMPROVED, text, metrics={name: verdict.value}, **common)
+        elif verdict.change is Change.DEGRADED:
+            text = messages.metric_degraded(
+                self.model_name, name, verdict.value, verdict.previous_best, verdict.stale_count
+            )
+            best = {name: verdict.value, f"best_{name}": verdict.previous_best}
+            self._emit(EventType.LOSS_DEGRADED, text, metrics=best, **common)
+        return values
+
+    def _stalled(self, idle: float) -> None:
+        if self._finished:  # the run ended while the watchdog was waking up
+            return
+        self._emit(
+            EventType.TRAINING_STALLED,
+            messages.training_stalled(self.model_name, idle, self._last_step),
+            step=self._last_step,
+            idle_seconds=round(idle, 1),
+            rank_any=True,
+        )
+        self._snapshot(STALLED)
+
+    def _chart(self) -> Attachment | None:
+        # Imported here: matplotlib is optional and only needed once, at the end of a run.
+        from afs_callbacks.tracking.charts import loss_chart
+
+        return loss_chart(
+            self._curves.losses, self._curves.metrics, title=f"{self.model_name}: training loss"
+        )

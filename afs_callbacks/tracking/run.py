@@ -1,0 +1,208 @@
+"""The facts of one run that are not on the per-step path, and what is derived from them:
+throughput, ETA, why the run ended, the completion summary and the :class:`RunState`.
+
+Counters the step hook touches live on the tracker itself (one attribute each); this
+record holds the rest, read at epoch boundaries, snapshots and the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from afs_callbacks.messages import Summary
+from afs_callbacks.runstate import RUNNING, RunState
+
+#: End reasons the tracker infers when the adapter names none.
+MAX_EPOCHS = "max_epochs"
+MAX_STEPS = "max_steps"
+STOP_ON_NAN = "stop_on_nan"
+
+
+@dataclass
+class RunRecord:
+    """What is known about a run beyond its step counters.
+
+    Epoch fields are 1-based counts of finished epochs (``epochs_done``) as people read
+    them; ``best_epoch`` too.
+    """
+
+    started_wall: float | None = None
+    planned_epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    world_size: int | None = None
+    output_dir: str | None = None
+    epochs_done: int | None = None
+    epochs_seen: int = 0
+    evaluations_seen: int = 0
+    checkpoints_seen: int = 0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    last_checkpoint: str | None = None
+    best_checkpoint: str | None = None
+    status: str = RUNNING
+    end_reason: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    summary_text: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def plan(
+        self,
+        *,
+        epochs: int | None,
+        max_steps: int | None,
+        batch_size: int | None,
+        world_size: int | None,
+        output_dir: str | None,
+    ) -> None:
+        """What the run is set to do (a second start only updates it)."""
+        self.planned_epochs = epochs if epochs and epochs > 0 else None
+        self.max_steps = max_steps if max_steps and max_steps > 0 else None
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.output_dir = output_dir
+
+
+def per_second(count: int, duration: float) -> float | None:
+    """``count`` per second over ``duration``, rounded; None before any time passed."""
+    return round(count / duration, 3) if duration > 0 and count else None
+
+
+def eta_seconds(record: RunRecord, step: int, steps: int, duration: float) -> float | None:
+    """Seconds to the planned end at the throughput so far (steps, else epochs)."""
+    if duration <= 0:
+        return None
+    if record.max_steps and steps:
+        rate = steps / duration
+        return max(0.0, round((record.max_steps - step) / rate, 1))
+    if record.planned_epochs and record.epochs_done:
+        per_epoch = duration / record.epochs_seen if record.epochs_seen else None
+        if per_epoch:
+            return max(0.0, round((record.planned_epochs - record.epochs_done) * per_epoch, 1))
+    return None
+
+
+def infer_end_reason(record: RunRecord, step: int, stopped_on_nan: bool) -> str | None:
+    """Why a run ended when the framework did not say: its plan, or a NaN stop."""
+    if stopped_on_nan:
+        return STOP_ON_NAN
+    if record.max_steps and step >= record.max_steps:
+        return MAX_STEPS
+    if record.planned_epochs and record.epochs_done and record.epochs_done >= record.planned_epochs:
+        return MAX_EPOCHS
+    return None
+
+
+def summary_of(
+    record: RunRecord,
+    *,
+    duration: float,
+    steps: int,
+    monitor: str | None,
+    best: float | None,
+    best_epoch: int | None,
+    extra_lines: list[str],
+) -> Summary:
+    """The completion summary's parts."""
+    samples = steps * record.batch_size if record.batch_size else 0
+    return Summary(
+        duration=duration,
+        final=dict(record.last_metrics),
+        monitor=monitor,
+        best=best,
+        best_epoch=best_epoch,
+        best_checkpoint=record.best_checkpoint,
+        epochs_run=record.epochs_done,
+        total_epochs=record.planned_epochs,
+        steps_per_second=per_second(steps, duration),
+        samples_per_second=per_second(samples, duration) if samples else None,
+        end_reason=record.end_reason,
+        extra_lines=tuple(extra_lines),
+    )
+
+
+def build_state(
+    record: RunRecord,
+    *,
+    run_id: str,
+    model: str,
+    step: int,
+    steps: int,
+    duration: float,
+    monitor: str | None,
+    best: float | None,
+    best_epoch: int | None,
+    monitors: dict[str, Any],
+) -> RunState:
+    """A snapshot of the run now."""
+    now = time.time()
+    samples = steps * record.batch_size if record.batch_size else 0
+    final = record.status != RUNNING and record.status != "stalled"
+    return RunState(
+        run_id=run_id,
+        model=model,
+        host=_host(),
+        pid=os.getpid(),
+        status=record.status,
+        started_at=record.started_wall,
+        updated_at=now,
+        ended_at=now if final else None,
+        epoch=record.epochs_done,
+        total_epochs=record.planned_epochs,
+        step=step,
+        total_steps=record.max_steps,
+        steps_per_second=per_second(steps, duration),
+        samples_per_second=per_second(samples, duration) if samples else None,
+        eta_seconds=None if final else eta_seconds(record, step, steps, duration),
+        metrics=dict(record.last_metrics),
+        monitor=monitor,
+        best=best,
+        best_epoch=best_epoch,
+        last_checkpoint=record.last_checkpoint,
+        best_checkpoint=record.best_checkpoint,
+        peak_gpu_memory=_peak_gpu_bytes(monitors),
+        gpu_utilization=_number(monitors.get("gpu_utilization")),
+        cost=_number(monitors.get("cost")),
+        end_reason=record.end_reason,
+        error_type=record.error_type,
+        error=record.error,
+        summary=record.summary_text,
+        extra=dict(record.extra),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _peak_gpu_bytes(monitors: dict[str, Any]) -> float | None:
+    """The highest peak memory (bytes) of any GPU the monitors watched."""
+    peaks = monitors.get("peak_gpu_memory")
+    if not isinstance(peaks, dict):
+        return None
+    values = [_number(item.get("peak_bytes")) for item in peaks.values() if isinstance(item, dict)]
+    known = [value for value in values if value is not None]
+    return max(known) if known else None
+
+
+__all__ = [
+    "MAX_EPOCHS",
+    "MAX_STEPS",
+    "STOP_ON_NAN",
+    "RunRecord",
+    "build_state",
+    "eta_seconds",
+    "infer_end_reason",
+    "per_second",
+    "summary_of",
+]

@@ -1,0 +1,128 @@
+"""Every environment variable the library reads, and "did you mean" for ones it does not.
+
+A misspelt variable (``SLAK_WEBHOOK_URL``) is otherwise silently ignored: the channel just
+stays "not set up". :func:`unknown_variables` finds names that look like ours but are not,
+with the likely intended name, for ``afs-notify status``. Channel variables come from the
+channel registry; the core's and the monitors' are listed here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from afs_callbacks.channels import channel_variables
+
+#: The core's own variables (``Settings`` and how settings are found).
+CORE_VARIABLES = (
+    "AFS_STATE_DIR",
+    "AFS_ENV_FILE",
+    "AFS_STRICT",
+    "AFS_ENABLED",
+    "AFS_ALLOW_HTTP",
+    "AFS_SEND_TIMEOUT",
+    "AFS_DEDUP_WINDOW",
+    "AFS_MAX_ATTEMPTS",
+    "AFS_MAX_AGE",
+    "AFS_RETRY_BASE",
+    "AFS_RETRY_CAP",
+    "AFS_MAX_RETRY_AFTER",
+    "AFS_EXIT_FLUSH_TIMEOUT",
+    "AFS_HISTORY_DAYS",
+    "AFS_HISTORY_MAX_EVENTS",
+    "AFS_CONSOLE",
+    "AFS_VERBOSITY",
+    "AFS_CARD",
+    "AFS_CARD_INTERVAL",
+)
+#: The monitors' variables and the death watch's.
+MONITOR_VARIABLES = (
+    "AFS_MONITORS",
+    "GPU_MONITOR_INTERVAL",
+    "GPU_MEMORY_WARNING_THRESHOLD",
+    "GPU_MEMORY_CRITICAL_THRESHOLD",
+    "GPU_UTILIZATION_FLOOR",
+    "GPU_UTILIZATION_WINDOW",
+    "GPU_TEMPERATURE_THRESHOLD",
+    "AFS_DISK_FREE_MIN_GB",
+    "AFS_DISK_FREE_MIN_FRACTION",
+    "AFS_MONITOR_PATHS",
+    "AFS_HOST_MEMORY_THRESHOLD",
+    "AFS_RSS_MAX_GB",
+    "AFS_SYSTEM_MONITOR_INTERVAL",
+    "AFS_HOURLY_COST",
+    "AFS_GPU_HOURLY_COST",
+    "AFS_GPU_COUNT",
+    "COST_ALERT_THRESHOLD",
+    "AFS_DEATHWATCH_INTERVAL",
+    "AFS_DEATHWATCH_GRACE",
+)
+# Names read under a pattern, and internal ones passed to our own subprocesses.
+_PATTERNS = re.compile(r"^(COST_ALERT_THRESHOLD_\d+|AFS_DESKTOP_[A-Z_]+)$")
+# Prefixes no other common tool uses: any unknown name with one is worth a question.
+_OUR_PREFIXES = ("AFS_", "TWILIO_", "SMS_", "NTFY_", "PAGERDUTY_", "ALERTMANAGER_", "APPRISE_")
+# Names people write from other tools' habits.
+_HABITS = {
+    "SMTP_SERVER": "SMTP_HOST",
+    "SMTP_PASS": "SMTP_PASSWORD",
+    "SMTP_USERNAME": "SMTP_USER",
+    "EMAIL_TO": "TO_EMAILS",
+    "EMAIL_FROM": "FROM_EMAIL",
+    "TO_EMAIL": "TO_EMAILS",
+    "SLACK_WEBHOOK": "SLACK_WEBHOOK_URL",
+    "SLACK_URL": "SLACK_WEBHOOK_URL",
+    "DISCORD_WEBHOOK": "DISCORD_WEBHOOK_URL",
+    "DISCORD_URL": "DISCORD_WEBHOOK_URL",
+    "TELEGRAM_TOKEN": "TELEGRAM_BOT_TOKEN",
+    "TEAMS_WEBHOOK": "TEAMS_WEBHOOK_URL",
+    "TWILIO_SID": "TWILIO_ACCOUNT_SID",
+    "TWILIO_TOKEN": "TWILIO_AUTH_TOKEN",
+    "TWILIO_FROM": "TWILIO_FROM_NUMBER",
+    "SMS_TO": "SMS_TO_NUMBERS",
+    "PAGERDUTY_KEY": "PAGERDUTY_ROUTING_KEY",
+}
+
+
+@dataclass(frozen=True)
+class UnknownVariable:
+    """A set variable that looks like one of ours but is not; ``suggestion`` may be None."""
+
+    name: str
+    suggestion: str | None
+
+    def __str__(self) -> str:
+        hint = f"did you mean {self.suggestion}?" if self.suggestion else "not a variable afs-callbacks reads"
+        return f"{self.name} is unknown: {hint}"
+
+
+def known_variables() -> tuple[str, ...]:
+    """Every variable name the library reads (pattern-named ones aside)."""
+    return tuple(dict.fromkeys([*CORE_VARIABLES, *channel_variables(), *MONITOR_VARIABLES]))
+
+
+def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> list[UnknownVariable]:
+    """Names set in ``env`` that look like ours but are not, with the likely intended name.
+
+    A name counts when it is close to a known one (``SLAK_WEBHOOK_URL``), is a known habit
+    of other tools (``SMTP_SERVER``), or has a prefix only we use (``AFS_``, ``TWILIO_``).
+    Names from the ``.env`` file (``from_file``) also count when they share a channel's
+    prefix (``SLACK_HOOK``): that file is for us, while the environment is everyone's.
+    """
+    known = known_variables()
+    known_set = set(known)
+    file_names = set(from_file)
+    channel_prefixes = {name.split("_")[0] + "_" for name in known}
+    found = []
+    for name in sorted(env):
+        if name in known_set or _PATTERNS.match(name) or not name.isupper():
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        suggestion = _HABITS.get(name) or (close[0] if close else None)
+        ours = name.startswith(_OUR_PREFIXES) or (
+            name in file_names and name.startswith(tuple(channel_prefixes))
+        )
+        if suggestion or ours:
+            found.append(UnknownVariable(name, suggestion))
+    return found

@@ -1,0 +1,189 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Selenium through
+the system chromedriver (nothing is downloaded). The page must follow a run live: it
+appears as running, its chart grows, and it turns completed.
+
+Skipped with the reason when Selenium, chromium or chromedriver is missing
+(scripts/install.sh installs them). Screenshots are kept under the test's tmp path; set
+DASHBOARD_SCREENSHOTS=DIR to keep them there too (docs/dashboard.png comes from it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_callbacks.dashboard import DashboardServer, Store
+from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.runstate import COMPLETED, MetricPoint
+from tests.dashboard.support import run_state, running_dashboard, wait_for
+
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
+)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+    ),
+]
+TRAIN = Path(__file__).with_name("train_tiny.py")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium at 1400x1000, its profile in the test's tmp dir."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # CI containers run as root
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# The page redraws every second, so elements are read inside the page in one script call
+# (an element found by one call can be replaced before the next).
+
+
+def status_of(driver: Any, selector: str) -> str:
+    """The ``data-status`` of the first badge matching ``selector`` ("" while there is none)."""
+    script = "const b = document.querySelector(arguments[0]); return b ? b.dataset.status : '';"
+    return str(driver.execute_script(script, selector))
+
+
+def badge(driver: Any, run_id: str) -> str:
+    """The status badge of ``run_id`` on the runs page ("" while it is not listed)."""
+    return status_of(driver, f'tr[data-run="{run_id}"] .badge')
+
+
+def chart_points(driver: Any) -> int:
+    """How many points the run page's charts draw together."""
+    script = (
+        "return Array.from(document.querySelectorAll('svg.chart-svg'))"
+        ".reduce((n, svg) => n + Number(svg.dataset.points || 0), 0);"
+    )
+    return int(driver.execute_script(script))
+
+
+def keep_screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
+    """Save a screenshot under the test's tmp path (and DASHBOARD_SCREENSHOTS, if set)."""
+    shot = tmp_path / name
+    driver.save_screenshot(str(shot))
+    extra = os.environ.get("DASHBOARD_SCREENSHOTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(extra) / name)
+    return shot
+
+
+def follow(driver: Any, server: DashboardServer, run_id: str, tmp_path: Path, *, timeout: float) -> None:
+    """Watch ``run_id`` on the runs page and its own page: running, growing, completed."""
+    driver.get(server.url)
+    wait_for(lambda: badge(driver, run_id) == "running", timeout=timeout, what=f"{run_id} listed as running")
+    keep_screenshot(driver, tmp_path, "dashboard-runs.png")
+    driver.execute_script(
+        "document.querySelector(arguments[0]).click();", f'tr[data-run="{run_id}"] a.run-link'
+    )
+    wait_for(lambda: driver.current_url.endswith(f"/run/{run_id}"), timeout=timeout, what="the run's page")
+    wait_for(lambda: chart_points(driver) > 0, timeout=timeout, what="a chart with points")
+    samples = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = status_of(driver, ".run-head .badge")
+        samples.append((status, chart_points(driver)))
+        if status == COMPLETED:
+            break
+        time.sleep(0.3)
+    assert samples[-1][0] == COMPLETED, samples
+    during = [points for status, points in samples if status == "running"]
+    assert during, f"never seen running on its page: {samples}"
+    assert samples[-1][1] > min(during), f"the chart did not grow while it ran: {samples}"
+    time.sleep(1.5)  # one more poll, so the screenshot shows the last points too
+    keep_screenshot(driver, tmp_path, "dashboard-run.png")
+
+
+def test_the_page_follows_a_run_written_to_the_store(
+    browser: Any, isolated_env: Path, tmp_path: Path
+) -> None:
+    """A writer thread stands in for a training (curves written over ~6 s, then the end)."""
+    path = isolated_env / "outbox.sqlite3"
+    outbox = Outbox(path)
+    started = time.time()
+
+    def write() -> None:
+        for step in range(1, 31):
+            state = run_state("live-run", started=started, step=step, total_steps=30, updated_at=time.time())
+            outbox.save_run(state, [MetricPoint("loss", float(step), 1.0 / step)])
+            time.sleep(0.2)
+        final = run_state("live-run", status=COMPLETED, started=started, step=30, total_steps=30)
+        outbox.save_run(final, [MetricPoint("val_loss", 1.0, 0.1, "epoch")])
+
+    outbox.save_run(
+        run_state("live-run", started=started, step=0, total_steps=30), [MetricPoint("loss", 0.0, 1.0)]
+    )
+    writer = threading.Thread(target=write, daemon=True)
+    with running_dashboard(path) as server:
+        writer.start()
+        follow(browser, server, "live-run", tmp_path, timeout=60)
+    writer.join(30)
+    outbox.close()
+
+
+def test_the_page_follows_a_real_lightning_training(browser: Any, isolated_env: Path, tmp_path: Path) -> None:
+    """A real tiny Lightning training with AFSNotify in its own process, sharing the state dir."""
+    pytest.importorskip("lightning.pytorch")
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    log = (tmp_path / "training.log").open("w")
+    training = subprocess.Popen(
+        [sys.executable, str(TRAIN), "browser-run", "6", "0.25"],
+        env={**os.environ, "AFS_STATE_DIR": str(isolated_env), "DESKTOP_NOTIFICATIONS_ENABLED": "false"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    store = Store(isolated_env / "outbox.sqlite3")
+    try:
+
+        def run_row() -> bool:
+            try:
+                with store.connect() as conn:
+                    return conn.run("browser-run") is not None
+            except Exception:  # not created yet
+                return False
+
+        wait_for(lambda: run_row() or training.poll() is not None, timeout=300, what="the training to start")
+        if not run_row():
+            pytest.skip(
+                "the training wrote no row in the runs table: the tracker does not persist runs here yet"
+            )
+        with running_dashboard(store.path) as server:
+            follow(browser, server, "browser-run", tmp_path, timeout=180)
+        training.wait(timeout=120)  # it delivers what is queued, then exits
+    finally:
+        if training.poll() is None:
+            training.terminate()
+        training.wait(timeout=60)
+        log.close()
+    assert training.returncode == 0, (tmp_path / "training.log").read_text()[-2000:]

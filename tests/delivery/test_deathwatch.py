@@ -1,0 +1,250 @@
+"""Death notices: a run killed without a word (SIGKILL here, standing for the OOM killer, a
+scheduler's hard limit or a reboot) is reported within seconds, once.
+
+Real processes throughout: a child "training" process writes its run row through
+Outbox.save_run, calls ensure_watcher (which starts the real watcher process) and is killed
+with SIGKILL; the watcher reports through a real webhook channel to a loopback receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from afs_callbacks.delivery import deathwatch
+from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.manager import NotificationManager
+from afs_callbacks.runstate import RunState
+from afs_callbacks.testing import LoopbackReceiver
+
+CHILD = """
+import os, socket, sys, time
+from afs_callbacks.delivery.deathwatch import ensure_watcher
+from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.runstate import RunState
+state_dir, run_id, mode = sys.argv[1:4]
+outbox = Outbox(os.path.join(state_dir, "outbox.sqlite3"))
+now = time.time()
+state = RunState(run_id, "tiny-net", host=socket.gethostname(), pid=os.getpid(), started_at=now,
+                 updated_at=now, step=120, total_steps=2000, epoch=3, total_epochs=10)
+outbox.save_run(state)
+ensure_watcher(state_dir, os.getpid())
+if mode == "end":
+    outbox.save_run(RunState(run_id, "tiny-net", host=state.host, pid=os.getpid(), status="completed",
+                             started_at=now, updated_at=time.time(), ended_at=time.time()))
+print("ready", flush=True)
+if mode == "hold":
+    sys.stdin.read()
+"""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def killed_notices(receiver: LoopbackReceiver) -> list[str]:
+    bodies = [request.body.decode("utf-8", "replace") for request in receiver.requests]
+    return [body for body in bodies if "killed without a word" in body]
+
+
+@pytest.fixture
+def watch_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
+    """The environment children (and so the watcher) get; the watcher is killed afterwards."""
+    env = dict(os.environ)
+    env.update(
+        WEBHOOK_URL=receiver.url("/hook"),
+        AFS_STATE_DIR=str(isolated_env),
+        AFS_DEATHWATCH_INTERVAL="0.2",
+        AFS_DEATHWATCH_GRACE="1",
+    )
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    yield env
+    lock = isolated_env / deathwatch.LOCK_NAME
+    if deathwatch.watcher_alive(str(isolated_env)):
+        os.kill(int(lock.read_text().strip()), signal.SIGKILL)  # a failed test's leftover
+
+
+def start_child(env: dict[str, str], run_id: str, mode: str = "hold") -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, env["AFS_STATE_DIR"], run_id, mode],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def run_status(state_dir: Path, run_id: str) -> str:
+    state = Outbox(state_dir / "outbox.sqlite3").run(run_id)
+    assert state is not None
+    return state.status
+
+
+def test_sigkilled_run_gets_one_notice_and_is_marked_killed(
+    watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    child = start_child(watch_env, "run-a")
+    child.kill()  # SIGKILL; not reaped until the end, so the watcher can read the signal
+    wait_until(lambda: len(killed_notices(receiver)) >= 1)
+    body = json.loads(killed_notices(receiver)[0])
+    text = json.dumps(body)
+    assert "tiny-net" in text and "run-a" in text
+    assert "SIGKILL" in text
+    assert "step 120/2000" in text and "epoch 3/10" in text
+    assert run_status(isolated_env, "run-a") == "killed"
+    # The watcher leaves once nothing runs; by then no second notice was sent.
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    assert len(killed_notices(receiver)) == 1
+    child.wait()
+
+
+def test_run_that_ends_normally_gets_no_notice(
+    watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    child = start_child(watch_env, "run-ok", mode="end")
+    assert child.wait(timeout=10) == 0
+    wait_until(lambda: deathwatch.watcher_alive(str(isolated_env)))  # it was started...
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))  # ...and left
+    assert killed_notices(receiver) == []
+    assert run_status(isolated_env, "run-ok") == "completed"
+
+
+def test_two_runs_in_one_state_dir_each_get_a_notice(
+    watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    first, second = start_child(watch_env, "run-1"), start_child(watch_env, "run-2")
+    first.kill()
+    wait_until(lambda: len(killed_notices(receiver)) >= 1)
+    assert run_status(isolated_env, "run-2") == "running"  # the live one is left alone
+    second.kill()
+    wait_until(lambda: len(killed_notices(receiver)) >= 2)
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    notices = killed_notices(receiver)
+    assert len(notices) == 2
+    assert {"run-1", "run-2"} == {json.loads(n)["context"]["run_id"] for n in notices}
+    first.wait()
+    second.wait()
+
+
+def test_ddp_ranks_of_one_run_make_one_notice(
+    watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    ranks = [start_child(watch_env, "ddp-run"), start_child(watch_env, "ddp-run")]
+    for rank in ranks:
+        rank.kill()
+    wait_until(lambda: len(killed_notices(receiver)) >= 1)
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    assert len(killed_notices(receiver)) == 1
+    for rank in ranks:
+        rank.wait()
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_report_vanished_reports_a_stale_row_once(
+    isolated_env: Path, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No watcher ran (the whole job was killed): the next process reports it."""
+    earlier = time.time() - 3600
+    Outbox(isolated_env / "outbox.sqlite3").save_run(
+        RunState(
+            "old-run",
+            "big-net",
+            host=socket.gethostname(),
+            pid=dead_pid(),
+            started_at=earlier,
+            updated_at=earlier + 60,
+            step=7,
+        )
+    )
+    Outbox(isolated_env / "outbox.sqlite3").save_run(
+        RunState("elsewhere", "big-net", host="another-node", pid=dead_pid(), started_at=earlier)
+    )
+    monkeypatch.setenv("WEBHOOK_URL", receiver.url("/hook"))
+    with NotificationManager.from_env() as manager:
+        deathwatch.report_vanished(manager)
+        deathwatch.report_vanished(manager)  # a second look (or a second process) adds nothing
+        manager.flush(10)
+    notices = killed_notices(receiver)
+    assert len(notices) == 1
+    assert "old-run" in notices[0] and "the next run" in notices[0]
+    assert run_status(isolated_env, "old-run") == "killed"
+    assert run_status(isolated_env, "elsewhere") == "running"  # another host's: unknowable here
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_alive() -> None:
+    """This process's pid stands for a reused one: it started after the row's last update."""
+    started = deathwatch.sight(os.getpid())
+    assert started is not None and started.create_time is not None
+    assert not deathwatch.process_gone(os.getpid(), time.time())
+    assert deathwatch.process_gone(os.getpid(), started.create_time - 3600)
+    assert deathwatch.process_gone(dead_pid(), time.time())
+
+
+def test_disabled_starts_no_watcher(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AFS_ENABLED", "false")
+    deathwatch.ensure_watcher(str(isolated_env), os.getpid())
+    assert not (isolated_env / deathwatch.LOCK_NAME).exists()
+    assert not deathwatch.watcher_alive(str(isolated_env))
+
+
+def test_notice_also_goes_to_the_channels_the_run_set_up_in_code(
+    watch_env: dict[str, str], isolated_env: Path, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher knows only the environment's channels (none here); the run's own
+    channel, registered in code, gets the notice from the next process that has it."""
+    from tests.helpers.hook import HookChannel, manager_for
+
+    for name in ("AFS_DEATHWATCH_INTERVAL", "AFS_DEATHWATCH_GRACE"):
+        monkeypatch.setenv(name, watch_env[name])
+    with manager_for(isolated_env, {"hook": HookChannel(receiver.url("/own"))}) as manager:
+        manager.notify("Training started: coded-net", run_id="coded-run")
+        manager.flush(10)
+        now = time.time()
+        Outbox(isolated_env / "outbox.sqlite3").save_run(
+            RunState(
+                "coded-run",
+                "coded-net",
+                host=socket.gethostname(),
+                pid=dead_pid(),
+                started_at=now,
+                updated_at=now,
+            )
+        )
+        deathwatch.ensure_watcher(str(isolated_env), os.getpid())
+        wait_until(lambda: run_status(isolated_env, "coded-run") == "killed")
+        wait_until(lambda: manager.flush(1) is not None and len(killed_notices(receiver)) >= 1)
+    assert len(killed_notices(receiver)) == 1
+    assert "coded-net" in killed_notices(receiver)[0]
+
+
+def test_reads_the_oom_kill_count_and_peak_memory_of_the_cgroup() -> None:
+    """The real cgroup files of this machine (v2 ``memory.events``/``memory.peak`` or v1
+    ``memory.oom_control``/``memory.max_usage_in_bytes``); skipped where none is readable."""
+    from afs_callbacks.delivery._procfacts import cgroup_dir
+
+    oom, peak = deathwatch.cgroup_memory(cgroup_dir(os.getpid()))
+    if oom is None and peak is None:
+        pytest.skip("no readable memory cgroup here")
+    assert oom is None or oom >= 0
+    assert peak is None or peak > 0
