@@ -83,7 +83,7 @@ class Env(Mapping[str, str]):
             return default if default.is_file() else None
         path = Path(env_file).expanduser()
         if not path.is_file():
-            raise ConfigurationError("--env-file", f"no such file: {path}")
+            raise ConfigurationError("env_file", f"no such file: {path}")
         return path
 
     def __getitem__(self, key: str) -> str:

@@ -5,6 +5,12 @@ theirs when they are built; :func:`redact` then masks every registered secret an
 that looks like one (URL credentials, known webhook paths, ``sig=``/``token=`` parameters)
 in any text before it is logged or stored. Third-party exception text (``requests`` puts the
 whole URL in it) always goes through :func:`redact` first.
+
+A service's error answer may echo what it was sent, in its own encoding: JSON with ``\\/``
+for ``/``, percent-encoding, HTML entities, or only the bare token. So each secret is
+registered with its parts (a URL's path tokens, ``sig=``, password; a Bearer value) and
+matched with every character in any of those encodings; and a text is redacted whole before
+anything cuts it, so no half of a secret survives a truncation.
 """
 
 from __future__ import annotations

@@ -78,7 +78,11 @@ def _check_unambiguous(url: str, parts: SplitResult, variable: str, shown: str) 
     if parts.netloc.count("@") > 1:
         raise ambiguous
     host = parts.hostname or ""
-    if not host.startswith("[") and ":" not in host and not _HOST.match(host):
+    if not host.isascii():
+        raise ConfigurationError(
+            variable, f"the host must be written in ASCII (xn--... for a non-ASCII name): {shown}"
+        )
+    if ":" not in host and not _HOST.match(host):
         raise ambiguous
     try:
         from urllib3.util import parse_url as urllib3_parse

@@ -3,7 +3,8 @@
 Each framework trains the tiny model with AFSNotify; at step 3 a probe callback calls the
 hook again and again with the very arguments the framework just passed (the trainer, the
 loss tensor, the logs), next to the same call on an empty ``Callback``. The framework-free
-``RunTracker.on_step`` is timed too, with a tensor loss, a float loss and none.
+``RunTracker.on_step`` is timed too, with a tensor loss, a float loss and none, and the
+loop adapter's ``RunNotifier.step``.
 
 A second pass counts device syncs: on a GPU with ``torch.cuda.set_sync_debug_mode``, on a
 CPU the host reads of tensor values (``item``, ``tolist``, ``bool``/``float``/``int``).
@@ -193,6 +194,24 @@ def bench_tracker(*, calls: int, device: str) -> list[dict[str, Any]]:
             }
         )
     tracker.close()
+    from afs_callbacks.integrations.loop import RunNotifier
+
+    run = RunNotifier(manager, monitors=False, chart=False, stall_timeout=None, crash_hook=False)
+    with run:
+        micros = time_calls(lambda: run.step(loss=loss), calls)
+        checks = calls // 10
+        with counting_reads(device) as counter:
+            for _ in range(checks):
+                run.step(loss=loss)
+        rows.append(
+            {
+                "subject": "RunNotifier.step (tensor loss)",
+                "us": micros,
+                "checked": checks,
+                "reads": counter["reads"],
+                "allowed": checks // every + 1,
+            }
+        )
     manager.close()
     return rows
 
@@ -229,7 +248,7 @@ def main() -> None:
     )
     for group, results in figures.items():
         for r in results:
-            if not r["subject"].startswith(("AFSNotify", "RunTracker.on_step (tensor")):
+            if not r["subject"].startswith(("AFSNotify", "RunTracker.on_step (tensor", "RunNotifier")):
                 continue
             report.target(
                 f"{group}: {r['subject']}",

@@ -18,7 +18,8 @@ Two figures per run: the loop, from the framework's train-start hook to its trai
 (a first callback marks them), and the whole fit call. The variants alternate in one
 process, in a rotating order, for several rounds; each figure is the median over rounds of
 the ratio to the same round's no-callback run (and to the empty callback's). "extra per
-epoch" is the median paired loop difference over the number of epochs.
+epoch" is the median paired loop difference over the number of epochs; "fit − loop" is the
+time fit() spends outside the loop (set-up, and after the train-end hook).
 
 Targets (issue #16), on the project's 2-core machine: loop ≤ 1.02× and whole fit() ≤ 1.03×
 for every shape, for Lightning, the HF Trainer and Keras. A verdict is "?" when the figure
@@ -184,6 +185,7 @@ def summarise(raw: dict[str, dict[str, Any]], epochs: int) -> dict[str, dict[str
                 stats[f"{what}_x_{key}"] = median(ratios)
                 stats[f"{what}_q1_{key}"] = percentile(ratios, 0.25)
                 stats[f"{what}_q3_{key}"] = percentile(ratios, 0.75)
+        stats["outside_s"] = median([f - loop for f, loop in zip(cell["fit"], cell["loop"], strict=True)])
         diffs = [v - r for v, r in zip(cell["loop"], raw[NONE]["loop"], strict=True)]
         stats["extra_ms_per_epoch"] = median(diffs) / epochs * 1000
         out[name] = stats
@@ -253,6 +255,7 @@ def _table(
                     f"{s['fit_s']:.2f}",
                     f"{s['fit_x_none']:.3f}×" if paired else "-",
                     f"{s['fit_x_empty']:.3f}×" if name not in (NONE, EMPTY) else "-",
+                    f"{s['outside_s']:.2f}",
                     f"{s['extra_ms_per_epoch']:.1f}" if paired else "-",
                     int(s["messages"]),
                 )
@@ -269,6 +272,7 @@ def _table(
             "fit s",
             "fit × none",
             "fit × empty",
+            "fit − loop s",
             "extra ms/epoch",
             "messages",
         ),

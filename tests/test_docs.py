@@ -11,13 +11,15 @@
   a block that mixes them with other commands fails, so the rest is always run.
 - A block that is a fragment of the user's own script is marked in the README with
   ``<!-- not run: fragment ... -->`` on the line above; that stays rare (:data:`MAX_FRAGMENTS`).
-- Every relative link in the README and docs/ points at a file that exists.
+- Every relative link in the README and docs/ points at a file that exists, and
+  docs/integrations.md lists every argument the adapters take.
 
 The examples/ scripts are run by tests/test_examples.py.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -28,6 +30,8 @@ from pathlib import Path
 import pytest
 
 from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.integrations._base import NotifierBase
+from afs_callbacks.integrations.loop import RunNotifier
 from afs_callbacks.testing import LoopbackReceiver
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,3 +180,15 @@ def test_relative_links_point_at_files_that_exist(page: Path) -> None:
     links = [link for link in found if "://" not in link and ("/" in link or "." in link)]
     missing = [link for link in links if not (page.parent / link).exists()]
     assert not missing, f"{page.relative_to(REPO)} links to missing {missing}"
+
+
+def test_the_argument_reference_lists_every_argument_of_every_adapter() -> None:
+    page = (REPO / "docs" / "integrations.md").read_text(encoding="utf-8")
+    shared = [name for name in inspect.signature(NotifierBase.__init__).parameters if name != "self"]
+    assert shared and all(f"| `{name}` |" in page for name in shared), [
+        name for name in shared if f"| `{name}` |" not in page
+    ]
+    loop_only = set(inspect.signature(RunNotifier.__init__).parameters) - set(shared) - {"self", "options"}
+    assert all(f"`{name}`" in page for name in loop_only), loop_only
+    for method in ("step", "epoch", "evaluation", "checkpoint", "stop"):
+        assert f"run.{method}(" in page, method

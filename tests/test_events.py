@@ -246,3 +246,26 @@ def test_attachment_repr_does_not_dump_the_bytes() -> None:
     chart = Attachment("loss.png", "image/png", b"x" * 10_000)
     assert "xxxx" not in repr(chart)
     assert Attachment.from_dict(chart.to_dict()) == chart
+
+
+def test_key_is_a_field_and_old_context_keys_are_lifted() -> None:
+    event = NotificationEvent(EventType.GPU_MEMORY, NotificationLevel.WARNING, "t", context={"key": "gpu0"})
+    assert event.key == "gpu0" and event.dedup_key.endswith("|gpu0")
+    legacy = NotificationEvent(
+        EventType.DIGEST, NotificationLevel.INFO, "d", context={"no_dedup": True, "digest_count": 4}
+    )
+    assert (legacy.collapse, legacy.digest_count) == (False, 4)
+    again = NotificationEvent.from_json(legacy.to_json())
+    assert (again.collapse, again.digest_count, again.key) == (False, 4, "")
+    old_row = {k: v for k, v in event.to_dict().items() if k != "control"}
+    assert NotificationEvent.from_dict(old_row).key == "gpu0"  # rows written before the field
+
+
+def test_terminal_urgent_and_progress_types_are_disjoint_and_cover_what_a_run_needs() -> None:
+    from afs_callbacks.events import PROGRESS_TYPES, TERMINAL_TYPES, URGENT_TYPES
+
+    assert not (
+        TERMINAL_TYPES & URGENT_TYPES or TERMINAL_TYPES & PROGRESS_TYPES or URGENT_TYPES & PROGRESS_TYPES
+    )
+    assert EventType.TRAINING_COMPLETED in TERMINAL_TYPES and EventType.NAN_DETECTED in URGENT_TYPES
+    assert EventType.EPOCH_COMPLETED in PROGRESS_TYPES and EventType.TRAINING_STARTED not in PROGRESS_TYPES

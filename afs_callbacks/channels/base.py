@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from afs_callbacks.redaction import redact
 
 if TYPE_CHECKING:
-    from afs_callbacks.config import Env
+    from afs_callbacks.config import Env, Settings
     from afs_callbacks.events import NotificationEvent
     from afs_callbacks.runstate import RunState
 
@@ -106,8 +106,6 @@ class NotificationHandler(abc.ABC):
     min_interval: ClassVar[float] = 0.0
     #: Whether the channel can carry image attachments (charts).
     supports_images: ClassVar[bool] = False
-    #: Environment variable prefix for routing options (``<PREFIX>_MIN_LEVEL``, ``_EVENTS``).
-    env_prefix: ClassVar[str] = ""
     #: Whether the channel can edit a message it sent, so a run gets one live card.
     supports_cards: ClassVar[bool] = False
 
@@ -154,8 +152,11 @@ class NotificationHandler(abc.ABC):
         """Release sessions and connections; called when the manager closes."""
 
     @classmethod
-    def from_env(cls, env: Env) -> NotificationHandler | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> NotificationHandler | None:
         """Build the channel from environment settings, or None when they are absent.
+
+        ``settings`` carries the core's shared options (send timeout, plain-http permission);
+        None reads them from ``env``.
 
         Raises:
             ConfigurationError: a variable is set but wrong (names the variable).

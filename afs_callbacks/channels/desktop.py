@@ -43,7 +43,7 @@ from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_metrics, truncate
 
 if TYPE_CHECKING:
-    from afs_callbacks.config import Env
+    from afs_callbacks.config import Env, Settings
     from afs_callbacks.events import NotificationEvent
     from afs_callbacks.runstate import RunState
 
@@ -79,7 +79,6 @@ class DesktopNotifier(NotificationHandler):
 
     name: ClassVar[str] = "desktop"
     min_interval: ClassVar[float] = 0.5
-    env_prefix: ClassVar[str] = "DESKTOP"
 
     def __init__(
         self,
@@ -207,7 +206,7 @@ class DesktopNotifier(NotificationHandler):
         )
 
     @classmethod
-    def from_env(cls, env: Env) -> DesktopNotifier | None:
+    def from_env(cls, env: Env, settings: Settings | None = None) -> DesktopNotifier | None:
         """``DESKTOP_NOTIFICATIONS_ENABLED`` (default true), ``DESKTOP_NOTIFICATIONS_SOUND``
         (default true), ``DESKTOP_NOTIFICATIONS_TIMEOUT`` (seconds, default 10).
 

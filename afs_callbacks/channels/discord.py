@@ -59,7 +59,6 @@ class DiscordNotifier(HttpChannel):
     #: A webhook takes about 5 requests per 2 s and a channel 30 messages a minute.
     min_interval: ClassVar[float] = 1.0
     supports_images: ClassVar[bool] = True
-    env_prefix: ClassVar[str] = "DISCORD"
     #: Discord answers 403 for a webhook whose channel it can no longer post to.
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
     #: A webhook edits its own messages: each run gets one live card.

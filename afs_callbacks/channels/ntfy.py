@@ -90,7 +90,6 @@ class NtfyNotifier(HttpChannel):
 
     name: ClassVar[str] = "ntfy"
     min_interval: ClassVar[float] = 0.5
-    env_prefix: ClassVar[str] = "NTFY"
     permanent_statuses: ClassVar[frozenset[int]] = frozenset({400, 401, 403, 404, 413})
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
 

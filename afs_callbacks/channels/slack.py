@@ -82,7 +82,6 @@ class SlackNotifier(HttpChannel):
     min_interval: ClassVar[float] = 1.0
     #: Incoming webhooks cannot upload files.
     supports_images: ClassVar[bool] = False
-    env_prefix: ClassVar[str] = "SLACK"
 
     #: Block Kit limits (characters): header text, section text, one section field.
     HEADER_LIMIT: ClassVar[int] = 150

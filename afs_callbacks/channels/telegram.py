@@ -62,7 +62,6 @@ class TelegramNotifier(HttpChannel):
     #: Telegram allows about one message per second to a chat (20 a minute to a group).
     min_interval: ClassVar[float] = 1.0
     supports_images: ClassVar[bool] = True
-    env_prefix: ClassVar[str] = "TELEGRAM"
     #: A bot edits its own messages (editMessageText): each run gets one live card.
     supports_cards: ClassVar[bool] = True
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import secrets
 import webbrowser
 from contextlib import suppress
@@ -24,8 +25,10 @@ def command_dashboard(args: argparse.Namespace, output: Output) -> int:
 
     loopback = is_loopback(args.host)
     token = args.token or (None if loopback else secrets.token_urlsafe(18))
-    if args.token is not None and len(args.token) < 8:
-        raise UsageError("--token must be at least 8 characters long")
+    if args.token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,}", args.token):
+        raise UsageError(
+            "--token must be at least 8 letters, digits or . _ ~ - (it goes in a URL and a cookie)"
+        )
     config = DashboardConfig(
         store=Store(store_path(args.state_dir)), token=token, channels=channel_rows(args), loopback=loopback
     )

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from afs_callbacks.cli._common import EXIT_OK, open_session
+from afs_callbacks.cli._common import EXIT_OK, non_negative, open_session
 from afs_callbacks.cli._output import Output
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.redaction import redact
@@ -26,6 +26,18 @@ from afs_callbacks.redaction import redact
 if TYPE_CHECKING:
     from afs_callbacks.manager import NotificationManager
     from afs_callbacks.monitors import Monitors
+
+
+#: The shortest ``--interval``: readings faster than this would only spin the CPU.
+MIN_INTERVAL = 0.1
+
+
+def reading_interval(text: str) -> float:
+    """An argparse type for ``--interval``: seconds, at least :data:`MIN_INTERVAL`."""
+    value = non_negative(text)
+    if value < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_INTERVAL:g} seconds, got {text}")
+    return value
 
 
 def command_monitor(args: argparse.Namespace, output: Output) -> int:

@@ -13,7 +13,7 @@ from afs_callbacks.cli._common import UsageError, non_negative, number, positive
 from afs_callbacks.cli._dashboard import command_dashboard
 from afs_callbacks.cli._flush import command_flush
 from afs_callbacks.cli._history import command_history
-from afs_callbacks.cli._monitor import command_monitor
+from afs_callbacks.cli._monitor import command_monitor, reading_interval
 from afs_callbacks.cli._retry import command_retry
 from afs_callbacks.cli._run import command_run
 from afs_callbacks.cli._selftest import command_test
@@ -234,7 +234,7 @@ def build_parser() -> Parser:
     )
     monitor.add_argument(
         "--interval",
-        type=non_negative,
+        type=reading_interval,
         default=10.0,
         metavar="SECONDS",
         help="with --json: print a reading this often (default 10)",

@@ -60,7 +60,6 @@ class DashboardConfig:
     channels: Sequence[Mapping[str, str]] = ()
     loopback: bool = True
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    retry: Callable[..., int] | None = None
 
 
 class DashboardServer(ThreadingHTTPServer):
@@ -243,11 +242,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": "expected a JSON object"})
             return
         channel, event_id = body.get("channel") or None, body.get("event_id") or None
-        from afs_callbacks.cli._retry import requeue_dead
+        from afs_callbacks.cli._retry import requeue_dead  # the CLI's own, so both do the same
 
-        retry = self.config.retry or requeue_dead
         try:
-            count = retry(
+            count = requeue_dead(
                 self.config.store.path, channels=[str(channel)] if channel else None, event_id=event_id
             )
         except FileNotFoundError:

@@ -22,6 +22,7 @@ from typing import Protocol
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import NotificationHandler
 from afs_callbacks.config import Settings
+from afs_callbacks.delivery.flushing import flush_workers
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING
 from afs_callbacks.delivery.sender import ChannelWorker, RetryPolicy
 from afs_callbacks.delivery.store import Store
@@ -31,6 +32,8 @@ from afs_callbacks.events import NotificationEvent
 log = get_logger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
+#: Seconds ``close()`` may spend storing queued events, whatever its flush timeout.
+STORE_AT_CLOSE = 2.0
 
 
 @dataclass(frozen=True)
@@ -163,20 +166,13 @@ class Delivery:
         """Store what is queued, then try every pending message of ``channels`` now (each at
         least once; one whose retry is due before the deadline again). Never raises."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        started = time.time()
         try:
             self.writer.drain(timeout)
             store = self.store
             store.reclaim_orphans()
             workers = [self.worker(name, handler) for name, handler in channels]
-            for worker in workers:
-                worker.forced_since = started
-                worker.wake()
-            try:
-                self._wait(store, workers, started, deadline)
-            finally:
-                for worker in workers:
-                    worker.forced_since = None
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            flush_workers(workers, left, self._progress)
             now = time.time()
             finished = store.finished_between(self._report_mark, now)
             self._report_mark = now
@@ -185,23 +181,21 @@ class Delivery:
             log.error("afs-callbacks: flush could not finish: %s", error)
             return FlushReport(0, 0, 0)
 
-    def _wait(
-        self, store: Store, workers: list[ChannelWorker], started: float, deadline: float | None
-    ) -> None:
-        end = None if deadline is None else time.time() + (deadline - time.monotonic())
-        with self._progress:
-            while _waiting_for(store, workers, started, end):
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return
-                self._progress.wait(0.1 if remaining is None else min(remaining, 0.1))
-
     def close(
         self, channels: Sequence[tuple[str, NotificationHandler]], timeout: float
     ) -> FlushReport | None:
         """Flush within ``timeout`` (when anything was handed over), stop the senders and the
-        writer, close the file. Undelivered messages stay pending in the file."""
-        report = self.flush(channels, timeout) if self.started else None
+        writer, close the file. Undelivered messages stay pending in the file.
+
+        Storing what is queued comes first and may take up to :data:`STORE_AT_CLOSE` seconds
+        even with a shorter ``timeout``: a stored message is sent by the next run, a lost
+        one never.
+        """
+        report = None
+        if self.started:
+            started = time.monotonic()
+            self.writer.drain(max(timeout, STORE_AT_CLOSE))
+            report = self.flush(channels, max(0.0, timeout - (time.monotonic() - started)))
         with self._lock:
             self._stopping = True
             workers = list(self._workers.values())
@@ -223,14 +217,6 @@ class Delivery:
         self._workers = {}
         if self._writer is not None:
             self._writer.after_fork_in_child()
-
-
-def _waiting_for(store: Store, workers: list[ChannelWorker], started: float, end: float | None) -> bool:
-    """Whether a flush still has something to wait for: an untried message, or (with a
-    deadline) a retry that falls due before it (the sender knows its rate-limit pause)."""
-    if hasattr(ChannelWorker, "flush_pending"):
-        return any(worker.flush_pending(end) for worker in workers)
-    return store.untried_since([worker.name for worker in workers], started) > 0
 
 
 def _report(

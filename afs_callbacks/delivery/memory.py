@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING, Claim, event_row
+from afs_callbacks.delivery.outbox import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    SENDING,
+    Claim,
+    Delivery,
+    HistoryEntry,
+    event_row,
+)
 from afs_callbacks.events import PROGRESS_TYPES, TERMINAL_TYPES, URGENT_TYPES, NotificationEvent
 
 log = get_logger(__name__)
@@ -203,6 +212,29 @@ class MemoryTable:
                         states[slot.state] = states.get(slot.state, 0) + 1
         return result
 
+    def history(self, limit: int, **filters: str | None) -> list[HistoryEntry]:
+        """Kept events as history entries, newest first, filtered like the outbox's."""
+        with self.lock:
+            entries = [e for e in self._entries.values() if _matches(e, filters)]
+            entries.sort(key=lambda e: e.created, reverse=True)
+            return [
+                HistoryEntry(
+                    e.event,
+                    tuple(
+                        Delivery(
+                            name,
+                            slot.state,
+                            slot.attempts,
+                            slot.next_attempt if slot.state == PENDING else None,
+                            slot.last_error,
+                            slot.delivered_at,
+                        )
+                        for name, slot in sorted(e.slots.items())
+                    ),
+                )
+                for e in entries[:limit]
+            ]
+
     def snapshot(self) -> list[Entry]:
         """The kept entries (call under :attr:`lock` to write them back consistently)."""
         with self.lock:
@@ -260,3 +292,24 @@ def write_entries(conn: sqlite3.Connection, entries: Sequence[Entry], owner: str
 def _row(entry: Entry) -> tuple[Any, ...]:
     row = event_row(entry.event)
     return (row[0], entry.created, *row[2:])
+
+
+def _matches(entry: Entry, filters: dict[str, str | None]) -> bool:
+    event = entry.event
+    fields = {
+        "event_id": event.id,
+        "run_id": event.run_id,
+        "event_type": event.event_type.value,
+        "level": event.level.value,
+    }
+    for name, value in fields.items():
+        wanted = filters.get(name)
+        if wanted is not None and wanted != value:
+            return False
+    state, channel = filters.get("state"), filters.get("channel")
+    if state is None and channel is None:
+        return True
+    return any(
+        (state is None or slot.state == state) and (channel is None or name == channel)
+        for name, slot in entry.slots.items()
+    )

@@ -22,7 +22,16 @@ from typing import Any, TypeVar
 from afs_callbacks._log import get_logger
 from afs_callbacks.delivery.faults import describe_fault, is_corruption, move_aside, still_corrupt
 from afs_callbacks.delivery.memory import Entry, MemoryTable, write_entries
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING, Claim, Outbox, lease_owner
+from afs_callbacks.delivery.outbox import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    SENDING,
+    Claim,
+    HistoryEntry,
+    Outbox,
+    lease_owner,
+)
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import MetricPoint, RunState
@@ -61,13 +70,14 @@ class Store(Outbox):
         self._fault_lock = threading.Lock()
         self._next_try = 0.0
         self._marks: dict[tuple[str, str], tuple[str, tuple[Any, ...], dict[str, Any]]] = {}
-        self._written = False
+        self._opened = False  # once it opened, a failure is "cannot use", before "cannot open"
 
     # Health -------------------------------------------------------------------------
 
     def open(self) -> bool:
         """Open (or reopen) the file; False, with the fault noted, when that fails."""
-        return self._safely("open", lambda: self._connection() is not None, False)
+        self._opened = self._safely("open", lambda: self._connection() is not None, False) or self._opened
+        return self._opened
 
     @property
     def healthy(self) -> bool:
@@ -103,7 +113,7 @@ class Store(Outbox):
         log.error(
             "afs-callbacks: cannot %s the notification history %s: %s. Messages are kept in memory"
             " (up to %d) and still delivered; writing resumes when the file is writable again.",
-            "open" if doing == "open" else "use",
+            "use" if self._opened else "open",
             self.path,
             cause,
             self.memory.limit,
@@ -159,7 +169,7 @@ class Store(Outbox):
             return False
         try:
             self.enqueue_many(items, pause=_yield_gil)
-            self._written = True
+            self._opened = True
             return True
         except (sqlite3.Error, OSError) as error:
             self._on_fault("write", error)
@@ -187,6 +197,7 @@ class Store(Outbox):
         except (sqlite3.Error, OSError) as error:
             self._on_fault("write", error)
             return False
+        self._opened = True
         with self._fault_lock:
             was, self.fault = self.fault, None
         if was is not None:
@@ -333,6 +344,32 @@ class Store(Outbox):
     def data_version(self) -> int:
         """See :meth:`Outbox.data_version`; -1 when the file cannot be read."""
         return self._safely("read", lambda: super(Store, self).data_version(), -1)
+
+    def history(
+        self,
+        *,
+        limit: int = 50,
+        run_id: str | None = None,
+        event_type: str | None = None,
+        level: str | None = None,
+        state: str | None = None,
+        channel: str | None = None,
+        event_id: str | None = None,
+    ) -> list[HistoryEntry]:
+        """See :meth:`Outbox.history`: kept-in-memory events first, then the file's (those
+        alone when the file cannot be read, the fault logged once)."""
+        filters = {
+            "run_id": run_id,
+            "event_type": event_type,
+            "level": level,
+            "state": state,
+            "channel": channel,
+            "event_id": event_id,
+        }
+        kept = self.memory.history(limit, **filters)
+        empty: list[HistoryEntry] = []
+        stored = self._safely("read", lambda: super(Store, self).history(limit=limit, **filters), empty)
+        return (kept + stored)[:limit]
 
     # Housekeeping, runs and cards never raise ------------------------------------------
 

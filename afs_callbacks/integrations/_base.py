@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar, cast
 
 from afs_callbacks._log import get_logger
+from afs_callbacks.integrations._caller import watch_block_open
 from afs_callbacks.tracking import RunTracker, TrackerConfig
 from afs_callbacks.tracking.config import check_settings
 from afs_callbacks.tracking.sink import EventSink
@@ -170,6 +171,7 @@ class NotifierBase:
         self.crash_hook = crash_hook
         self._restore_sigterm: Callable[[], None] | None = None
         self._failed_hooks: set[str] = set()
+        self._training = False  # inside train()/fit() (HF, Keras)
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -233,6 +235,24 @@ class NotifierBase:
         tracker = self.tracker
         tracker.resolve(run_id=str(broadcast(tracker.run_id)))
 
+    def _caller_caught(self, error: BaseException) -> None:
+        """``train()``/``fit()`` raised (its wrapper tells: see ``_caller.wrap_call``).
+
+        The run is reported failed (or interrupted) now, with the exception's type, so a
+        caller that catches it (a notebook, a retry loop) leaves no run open and no stall
+        watchdog running; the next call is a new run. Inside ``afs_callbacks.watch()`` the
+        block reports it instead (one message per crash).
+        """
+        tracker = self._tracker
+        if tracker is None or not tracker.started or tracker.finished or watch_block_open():
+            return
+        self._training = False
+        self._remove_sigterm_handler()
+        if isinstance(error, GeneratorExit) or (isinstance(error, SystemExit) and error.code in (None, 0)):
+            tracker.close()  # a clean exit is no failure: stop the watchdog, report nothing
+            return
+        tracker.failed(error)
+
     def _stop_asked(self, stop: bool) -> bool:
         """Whether the framework should stop now (a NaN with ``stop_on_nan``)."""
         return stop and self.tracker.config.stop_on_nan
@@ -264,6 +284,7 @@ class NotifierBase:
         state["_manager_dropped"] = self._manager is not None or self._manager_dropped
         state["_manager"] = None
         state["_restore_sigterm"] = None
+        state.pop("_trainer_ref", None)  # a weak reference (HF): found again after unpickling
         return state
 
     def _warn_if_manager_dropped(self) -> None:

@@ -42,6 +42,15 @@ def model_name(model: Any) -> str:
     return os.path.basename(name.rstrip("/")) or type(model).__name__
 
 
+def samples_per_step(args: Any, state: Any) -> int | None:
+    """Samples one optimizer step consumes in this process: the batch size times
+    ``gradient_accumulation_steps``."""
+    size = getattr(state, "train_batch_size", None)
+    if not isinstance(size, int) or size <= 0:
+        return None
+    return size * max(1, int(getattr(args, "gradient_accumulation_steps", 1) or 1))
+
+
 def monitor_of(args: Any) -> tuple[str, str | None]:
     """The metric the Trainer itself follows and its direction (None: not said)."""
     best = getattr(args, "metric_for_best_model", None)

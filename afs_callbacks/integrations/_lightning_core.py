@@ -16,7 +16,9 @@ from typing import Any
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.integrations import _lightning_read as read
+from afs_callbacks.integrations import _stops
 from afs_callbacks.integrations._base import NotifierBase, hook
+from afs_callbacks.integrations._slurm import RequeueWatch
 
 log = get_logger(__name__)
 
@@ -57,6 +59,13 @@ class LightningNotifyCore(NotifierBase):
         self._before_validation: dict[str, float] = {}
         self._checkpoint_pending = False
         self._checkpoints_seen: dict[int, tuple[Any, Any]] = {}
+        # Gradient accumulation: the optimizer step seen last, and the loss of the batches
+        # accumulated into the next one (a sum on the loss's device).
+        self._seen_step = -1
+        self._loss_scale = 1
+        self._window_loss: Any = None
+        self._window_batches = 0
+        self._requeue = RequeueWatch()
 
     # Setup and start ----------------------------------------------------------------
 
@@ -84,6 +93,9 @@ class LightningNotifyCore(NotifierBase):
         """TRAINING_STARTED, or TRAINING_RESUMED when fit was given a checkpoint."""
         self._reset_run()
         self._fits += 1
+        self._seen_step = int(trainer.global_step)
+        self._loss_scale = read.loss_scale(trainer, pl_module)
+        self._requeue.install(trainer)
         self._resolve(nan_check_every=max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50)))
         tracker = self.tracker
         self._checkpoints_seen = {
@@ -100,6 +112,8 @@ class LightningNotifyCore(NotifierBase):
             resumed_from=None if ckpt_path is None else str(ckpt_path),
             strategy=type(trainer.strategy).__name__,
             precision=str(getattr(trainer, "precision", "")) or None,
+            samples_per_step=read.samples_per_step(trainer, pl_module),
+            smoke_run=bool(getattr(trainer, "fast_dev_run", False)),
         )
 
     # Training steps and epochs ------------------------------------------------------
@@ -108,9 +122,22 @@ class LightningNotifyCore(NotifierBase):
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """The hot path: hand the loss tensor over as is (no ``.item()``, no metric reads)."""
+        """The hot path: hand the loss tensor over as is (no ``.item()``, no metric reads).
+
+        With gradient accumulation only the batch that ends an optimizer step counts as a
+        step, with the real mean loss of the step's batches."""
         tracker = self.tracker
-        stop = tracker.on_step(trainer.global_step, loss=read.loss_of(outputs))
+        if self._requeue.signalled:
+            self._report_requeue()
+        step = int(trainer.global_step)
+        loss = read.loss_of(outputs)
+        if self._loss_scale != 1:
+            loss = self._accumulated_loss(loss, ends_step=step != self._seen_step)
+        if step == self._seen_step:  # a batch accumulated into the coming step
+            tracker.heartbeat()
+            return
+        self._seen_step = step
+        stop = tracker.on_step(step, loss=loss)
         self._steps += 1
         if self._checkpoint_pending:
             self._report_checkpoints(trainer)
@@ -148,8 +175,14 @@ class LightningNotifyCore(NotifierBase):
         """TRAINING_COMPLETED with the summary (this hook does not run when fit fails)."""
         reported = self._report_pending_epoch(trainer)
         self._report_checkpoints(trainer)
+        tracker = self.tracker
+        nan_stop = tracker.stop_requested and tracker.config.stop_on_nan
         # Metrics already seen at the last epoch must not count twice towards a plateau.
-        self.tracker.completed(None if reported else read.floats(trainer.callback_metrics))
+        tracker.completed(
+            None if reported else read.floats(trainer.callback_metrics),
+            end_reason=_stops.lightning(trainer, nan_stop=nan_stop),
+            best_checkpoint=read.best_checkpoint(trainer),
+        )
 
     @hook
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -215,6 +248,9 @@ class LightningNotifyCore(NotifierBase):
         """Fit raised: out of memory, interrupted (Ctrl-C, SIGTERM) or failed. Delivered,
         within ``flush_timeout``, before Lightning re-raises and the process exits."""
         stage = read.stage(trainer)
+        if stage == "fit" and self._requeue.signalled:
+            self._report_requeue()  # the SIGTERM that follows a requeue is part of it
+            return
         if stage in ("validate", "test"):
             self.tracker.evaluation_failed(exception)
         elif stage == "fit":
@@ -266,6 +302,26 @@ class LightningNotifyCore(NotifierBase):
             elif self.tracker.stop_requested:
                 trainer.should_stop = True
         return True
+
+    def _accumulated_loss(self, loss: Any, *, ends_step: bool) -> Any:
+        """Add a batch's loss to the step being accumulated; when the batch ends the step,
+        return the step's real mean loss. Lightning divided each batch's loss by
+        ``accumulate_grad_batches``; rescaling by the batches actually seen keeps a short
+        last window at an epoch's end right too. Tensors stay on their device."""
+        if loss is not None:
+            self._window_loss = loss if self._window_loss is None else self._window_loss + loss
+            self._window_batches += 1
+        if not ends_step:
+            return None
+        total, batches = self._window_loss, self._window_batches
+        self._window_loss, self._window_batches = None, 0
+        return None if total is None else total * (self._loss_scale / batches)
+
+    def _report_requeue(self) -> None:
+        """SLURM asked for the job to be requeued: one message, before the scheduler stops
+        the process; the requeued job resumes this run from Lightning's HPC checkpoint."""
+        self._requeue.signalled = False
+        self.tracker.interrupted(self._requeue.reason())
 
     def _stop_if_any_rank(self, trainer: Any, local: bool) -> None:
         if trainer.strategy.reduce_boolean_decision(bool(local), all=False):

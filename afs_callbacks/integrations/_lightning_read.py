@@ -78,6 +78,34 @@ def devices(trainer: Any) -> str | None:
     return str(device) if count == 1 else f"{count}x {device.type}"
 
 
+def loss_scale(trainer: Any, pl_module: Any) -> int:
+    """What a batch's loss in ``outputs`` was divided by: Lightning's automatic
+    optimization divides it by ``accumulate_grad_batches`` (1: as the module returned it)."""
+    if not getattr(pl_module, "automatic_optimization", True):
+        return 1
+    factor = getattr(trainer, "accumulate_grad_batches", 1)
+    return factor if isinstance(factor, int) and factor > 1 else 1
+
+
+def samples_per_step(trainer: Any, pl_module: Any) -> int | None:
+    """Samples one optimizer step consumes in this process (batch size times the
+    batches accumulated into it), when the loader has a plain batch size."""
+    size = batch_size(trainer)
+    return None if size is None else size * loss_scale(trainer, pl_module)
+
+
+def best_checkpoint(trainer: Any) -> str | None:
+    """The best checkpoint's path as ModelCheckpoint chose it (one that monitors a
+    metric first), never just ``last.ckpt``."""
+    callbacks = checkpointers(trainer)
+    ordered = [cb for cb in callbacks if getattr(cb, "monitor", None)] + callbacks
+    for callback in ordered:
+        path = getattr(callback, "best_model_path", "")
+        if path:
+            return str(path)
+    return None
+
+
 def stage(trainer: Any) -> str | None:
     """What the trainer is doing: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"``."""
     fn = getattr(getattr(trainer, "state", None), "fn", None)

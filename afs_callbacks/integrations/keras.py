@@ -11,20 +11,31 @@ unless the callback declares ``async_safe = True``. This one does: its batch hoo
 read the host floats Keras already prepares for its progress bar (on a worker thread,
 off the training loop where the backend allows it) and update counters under a lock.
 
-Keras has no exception hook: when ``fit()`` raises, ``on_train_end`` never runs. The
-callback installs a ``sys.excepthook`` fallback that reports an uncaught crash (and lets
-SIGTERM be reported while training runs); for a crash your code catches, or in a
-notebook, wrap the call: ``with afs_callbacks.watch(): model.fit(...)``.
+Keras has no exception hook: when ``fit()`` raises, ``on_train_end`` never runs. So the
+callback wraps, on the model instance only, the training step function of the running
+``fit()`` and ``model.fit`` itself for the later calls: an exception escaping them closes
+the run at once as failed (then goes on, unchanged), even when your code catches it (a
+notebook, a retry loop); see ``_caller.wrap_call``. It also installs a ``sys.excepthook``
+fallback and lets SIGTERM be reported while training runs. ``with afs_callbacks.watch():
+model.fit(...)`` still works and reports instead.
+
+Keras gives callbacks no view of the others; at the start of ``fit()`` the callback list is
+looked up the call stack once, to tell why a run ended (``EarlyStopping``,
+``TerminateOnNaN``) and where ``ModelCheckpoint`` saved.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from afs_callbacks.integrations import _stops
 from afs_callbacks.integrations._base import NotifierBase, hook
+from afs_callbacks.integrations._caller import holder_in_stack, holds, wrap_call
 from afs_callbacks.tracking.values import floats, positive
 
 try:
@@ -63,6 +74,10 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
     _announced = False
     _step_base = 0  # batches of the epochs before this one
     _last_batch = -1  # the highest batch index seen in this epoch
+    _peers: tuple[Any, ...] = ()  # the fit's callbacks (this one included)
+    _epochs_done = 0
+    _fit_wall = 0.0  # time.time() at the start of fit: older files are not its saves
+    _pending_save: tuple[int, dict[str, Any]] | None = None  # the epoch ModelCheckpoint may save
 
     # Start and end ------------------------------------------------------------------
 
@@ -71,7 +86,14 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         """Prepare the run; it is announced at the first epoch, which tells a resume."""
         if self._tracker_ended():
             self._new_run()  # the same callback in a second fit() call: a new run
-        self._resolve(model_name=str(getattr(self.model, "name", None) or type(self.model).__name__))
+        self._name_model()
+        self._peers = tuple(getattr(holder_in_stack(holds(self)), "callbacks", None) or ())
+        self._epochs_done, self._pending_save = 0, None
+        self._saves_seen: set[tuple[str, float]] = set()
+        self._fit_wall = time.time()
+        # This fit's step function, and the later fits whole: see the module docstring.
+        wrap_call(self.model, "train_function", self._caller_caught)
+        wrap_call(self.model, "fit", self._caller_caught)
         rank, processes = _process_rank()
         self._bind(rank=rank, world_size=processes)
         self._batch_lock = threading.Lock()  # async dispatch may run two batch hooks at once
@@ -83,6 +105,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         """The first epoch announces the run: TRAINING_STARTED, or TRAINING_RESUMED when
         ``fit`` starts past epoch 0 (``initial_epoch``, ``BackupAndRestore``)."""
+        self._report_saves()
         if self._announced:
             self.tracker.epoch_started(epoch)
             return
@@ -107,8 +130,20 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         """TRAINING_COMPLETED with the summary (Keras skips this hook on a crash)."""
         self._training = False
         self._remove_sigterm_handler()
+        self._report_saves()
+        tracker = self.tracker
+        loss = floats(logs or {}).get("loss")
+        reason = _stops.keras(
+            self.model,
+            self._peers,
+            epochs_done=self._epochs_done,
+            epochs=positive((self.params or {}).get("epochs")),
+            nan_seen=loss is not None and not math.isfinite(loss),
+            nan_stop=tracker.stop_requested and tracker.config.stop_on_nan,
+        )
+        self._peers = ()
         # The last epoch's metrics were judged at its end: they must not count twice.
-        self.tracker.completed(None)
+        tracker.completed(None, end_reason=reason)
 
     # Batches and epochs -------------------------------------------------------------
 
@@ -136,6 +171,9 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         if loss is not None and not math.isfinite(loss):
             tracker.nan_detected(self._step_base, "loss")
         tracker.epoch_end(epoch, metrics)
+        self._epochs_done = epoch + 1
+        self._pending_save = (epoch, dict(logs or {}))
+        self._report_saves()  # a ModelCheckpoint listed before this callback has saved
         if self._stop_asked(tracker.stop_requested):
             self.model.stop_training = True
 
@@ -147,6 +185,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         if self._in_training():
             self.tracker.heartbeat()
         else:
+            self._name_model()
             self.tracker.evaluation_started()
 
     @hook
@@ -162,10 +201,48 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         else:
             self.tracker.evaluation_completed(floats(logs or {}))
 
+    def _name_model(self) -> None:
+        """The model's ``name`` (else its class), unless ``model_name`` was given."""
+        self._resolve(model_name=str(getattr(self.model, "name", None) or type(self.model).__name__))
+
+    def _report_saves(self) -> None:
+        """CHECKPOINT_SAVED for what ModelCheckpoint wrote for the last epoch. It has no
+        hook of its own: the file it names for that epoch is looked for after each epoch
+        (epoch-level saves; ``save_freq`` in batches is not followed)."""
+        if self._pending_save is None:
+            return
+        epoch, logs = self._pending_save
+        for saver in self._peers:
+            if type(saver).__name__ != "ModelCheckpoint":
+                continue
+            path = _checkpoint_path(saver, epoch, logs)
+            try:
+                written = os.path.getmtime(path) if path else None
+            except OSError:
+                continue
+            if path is None or written is None or written + 1 < self._fit_wall:
+                continue
+            if (path, written) in self._saves_seen:
+                continue
+            self._saves_seen.add((path, written))
+            best = bool(getattr(saver, "save_best_only", False))
+            self.tracker.checkpoint_saved(str(path), step=self._step_base, best=best)
+
     def _in_training(self) -> bool:
         """Inside ``fit()``: begun, and neither ended nor crashed (a crash skips
         ``on_train_end`` but ends the run)."""
         return self._training and self._tracker is not None and not self._tracker.finished
+
+
+def _checkpoint_path(saver: Any, epoch: int, logs: Mapping[str, Any]) -> str | None:
+    """The file ModelCheckpoint writes for ``epoch`` (0-based) with these logs."""
+    try:
+        return str(saver._get_file_path(epoch, None, dict(logs)))  # how it names it itself
+    except Exception:
+        try:
+            return str(saver.filepath).format(epoch=epoch + 1, **logs)
+        except Exception:
+            return None
 
 
 def _process_rank() -> tuple[int, int]:

@@ -32,10 +32,13 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from typing import Any
 
 from afs_callbacks.integrations import _hf_read as read
+from afs_callbacks.integrations import _stops
 from afs_callbacks.integrations._base import NotifierBase, broadcast_run_id, hook
+from afs_callbacks.integrations._caller import holder_in_stack, holds, method_in_stack, wrap_call
 from afs_callbacks.integrations._hf_read import STATE_FILE
 from afs_callbacks.tracking.values import floats, positive
 
@@ -74,6 +77,8 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
     # Until a train() starts (evaluate() alone uses none of these).
     _training = False
     _eval_announced = False
+    _predicting = False
+    _trainer_ref: weakref.ref[Any] | None = None
 
     def _reset_run(self) -> None:
         self._pending_step: int | None = None  # a step whose loss the coming log brings
@@ -84,11 +89,20 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
     # Start and end ------------------------------------------------------------------
 
     @hook
+    def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        """Name the model (``evaluate()`` alone needs it) and watch ``train()`` for an
+        exception the caller catches (see ``_caller.wrap_call``)."""
+        if model is not None:
+            self._resolve(model_name=read.model_name(model))
+        self._find_trainer()
+
+    @hook
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """TRAINING_STARTED (TRAINING_RESUMED from a checkpoint). ``auto_find_batch_size``
         calls this again after an OOM it recovered from: that only updates the plan."""
         if self._tracker_ended():
             self._new_run()  # the same callback in a second train() call: a new run
+        self._find_trainer()  # added with add_callback(): watched from the next train() on
         first = self._tracker is None or not self._tracker.started
         if first:
             self._prepare_run(args, state, model)
@@ -106,6 +120,7 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
             world_size=int(getattr(args, "world_size", 1) or 1),
             resumed_from=resumed_from,
             precision="fp16" if args.fp16 else "bf16" if getattr(args, "bf16", False) else "fp32",
+            samples_per_step=read.samples_per_step(args, state),
         )
 
     @hook
@@ -115,7 +130,14 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         self._report_epoch()
         self._training = False
         self._remove_sigterm_handler()
-        self.tracker.completed(self._final_metrics or None)
+        tracker = self.tracker
+        trainer = self._find_trainer()
+        callbacks = list(getattr(getattr(trainer, "callback_handler", None), "callbacks", None) or [])
+        nan_stop = tracker.stop_requested and tracker.config.stop_on_nan
+        tracker.completed(
+            self._final_metrics or None,
+            end_reason=_stops.transformers(args, state, control, callbacks, nan_stop=nan_stop),
+        )
 
     # Steps, logs, epochs ----------------------------------------------------------------
 
@@ -174,13 +196,16 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
 
     @hook
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Evaluation progress keeps the stall watchdog quiet; a standalone one is announced."""
+        """Evaluation progress keeps the stall watchdog quiet; a standalone evaluation is
+        announced (``predict()`` is not one: which call runs is looked up once per loop)."""
         tracker = self.tracker
         tracker.heartbeat()
         if not self._in_training() and not self._eval_announced:
             self._eval_announced = True
-            tracker.bind(is_global_zero=bool(state.is_world_process_zero))
-            tracker.evaluation_started()
+            self._predicting = method_in_stack(_is_trainer, ("predict", "evaluate")) == "predict"
+            if not self._predicting:
+                tracker.bind(is_global_zero=bool(state.is_world_process_zero))
+                tracker.evaluation_started()
 
     @hook
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> Any:
@@ -202,11 +227,9 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
 
     @hook
     def on_predict(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
-        """``trainer.predict()`` on labelled data reports its metrics like an evaluation."""
-        self._eval_announced = False
-        tracker = self.tracker
-        tracker.bind(is_global_zero=bool(state.is_world_process_zero))
-        tracker.evaluation_completed(read.results(metrics))
+        """``trainer.predict()`` finished: inference, not an evaluation; nothing to report."""
+        self._eval_announced = self._predicting = False
+        self.tracker.heartbeat()
 
     # Checkpoints ------------------------------------------------------------------------
 
@@ -238,6 +261,18 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
             self._share_run_id(broadcast_run_id)
         self._install_crash_hooks()
 
+    def _find_trainer(self) -> Any:
+        """The Trainer running this callback (looked up the call stack once, then held
+        weakly) with its ``train`` wrapped to report an exception the caller catches."""
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is None:
+            runs_us = holds(self)
+            trainer = holder_in_stack(lambda o: _is_trainer(o) and runs_us(o.callback_handler), skip=2)
+            if trainer is not None:
+                self._trainer_ref = weakref.ref(trainer)
+                wrap_call(trainer, "train", self._caller_caught)
+        return trainer
+
     def _restore(self, args: Any, state: Any) -> str:
         """Resuming at ``state.global_step``: reload what :meth:`on_save` kept."""
         path = read.checkpoint_dir(args, state)
@@ -268,6 +303,10 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
             control.should_training_stop = True
             return control
         return None
+
+
+def _is_trainer(candidate: Any) -> bool:
+    return hasattr(candidate, "callback_handler") and callable(getattr(candidate, "train", None))
 
 
 __all__ = ["STATE_FILE", "AFSNotify"]

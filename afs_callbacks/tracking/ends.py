@@ -17,7 +17,7 @@ from afs_callbacks.tracking.facts import _guarded
 from afs_callbacks.tracking.memory import cuda_memory_figures
 from afs_callbacks.tracking.reporting import Reporting
 from afs_callbacks.tracking.run import infer_end_reason, summary_of
-from afs_callbacks.tracking.values import interrupt_reason, last_line
+from afs_callbacks.tracking.values import interrupt_reason, last_line, smoke
 
 log = get_logger(__name__)
 
@@ -123,6 +123,8 @@ class RunEnds(Reporting):
         text = messages.training_completed(
             self.model_name, self._run_id, summary, nan_seen=self._nan_reported, stopped_on_nan=stopped
         )
+        if record.extra.get("smoke_run"):
+            text = smoke(text)
         record.summary_text = text.body
         attachments: tuple[Attachment, ...] = ()
         if self._config.chart and self.is_global_zero:

@@ -35,6 +35,7 @@ class RunRecord:
     planned_epochs: int | None = None
     max_steps: int | None = None
     batch_size: int | None = None
+    samples_per_step: int | None = None  # batch size x accumulated batches, when known
     world_size: int | None = None
     output_dir: str | None = None
     epochs_done: int | None = None
@@ -59,13 +60,21 @@ class RunRecord:
         batch_size: int | None,
         world_size: int | None,
         output_dir: str | None,
+        samples_per_step: int | None = None,
     ) -> None:
         """What the run is set to do (a second start only updates it)."""
         self.planned_epochs = epochs if epochs and epochs > 0 else None
         self.max_steps = max_steps if max_steps and max_steps > 0 else None
         self.batch_size = batch_size
+        self.samples_per_step = samples_per_step if samples_per_step and samples_per_step > 0 else None
         self.world_size = world_size
         self.output_dir = output_dir
+
+
+def samples_per_step(record: RunRecord) -> int:
+    """Samples one optimizer step consumes in this process: the batch size times the
+    batches accumulated into the step (0 when unknown)."""
+    return record.samples_per_step or record.batch_size or 0
 
 
 def per_second(count: int, duration: float) -> float | None:
@@ -109,7 +118,7 @@ def summary_of(
     extra_lines: list[str],
 ) -> Summary:
     """The completion summary's parts."""
-    samples = steps * record.batch_size if record.batch_size else 0
+    samples = steps * samples_per_step(record)
     return Summary(
         duration=duration,
         final=dict(record.last_metrics),
@@ -141,7 +150,7 @@ def build_state(
 ) -> RunState:
     """A snapshot of the run now."""
     now = time.time()
-    samples = steps * record.batch_size if record.batch_size else 0
+    samples = steps * samples_per_step(record)
     final = record.status != RUNNING and record.status != "stalled"
     return RunState(
         run_id=run_id,
@@ -204,5 +213,6 @@ __all__ = [
     "eta_seconds",
     "infer_end_reason",
     "per_second",
+    "samples_per_step",
     "summary_of",
 ]

@@ -28,11 +28,12 @@ from afs_callbacks._log import get_logger
 from afs_callbacks.events import EventType
 from afs_callbacks.formatting import describe_exception
 from afs_callbacks.tracking import registry
+from afs_callbacks.tracking.cluster import slurm_context
 from afs_callbacks.tracking.config import TrackerConfig, cadence_hit
 from afs_callbacks.tracking.ends import RunEnds
 from afs_callbacks.tracking.facts import _guarded
 from afs_callbacks.tracking.registry import active_tracker
-from afs_callbacks.tracking.values import floats, last_line
+from afs_callbacks.tracking.values import floats, last_line, smoke
 
 log = get_logger(__name__)
 
@@ -68,9 +69,16 @@ class RunTracker(RunEnds):
         world_size: int | None = None,
         resumed_from: str | None = None,
         output_dir: str | None = None,
+        samples_per_step: int | None = None,
+        smoke_run: bool = False,
         **extra: Any,
     ) -> None:
         """Training begins (TRAINING_STARTED, or TRAINING_RESUMED after a checkpoint).
+
+        ``samples_per_step``: samples one optimizer step consumes (batch size times
+        accumulated batches; default ``batch_size``), for samples/s. ``smoke_run``: a
+        framework's quick check (Lightning's ``fast_dev_run``), said in the titles. The
+        SLURM job, array task and node list join the context (``extra``) by themselves.
 
         A second call for the same run (HF's ``auto_find_batch_size`` restarts the loop)
         only updates the plan.
@@ -82,12 +90,16 @@ class RunTracker(RunEnds):
             batch_size=batch_size,
             world_size=world_size,
             output_dir=output_dir,
+            samples_per_step=samples_per_step,
         )
         self._last_progress = time.monotonic()
         if self._started_at is not None:
             return
         self._started_at = time.monotonic()
         record.started_wall = time.time()
+        if smoke_run:
+            extra["smoke_run"] = True
+        extra = {**slurm_context(), **extra}
         record.extra.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
         registry.register(self)
         resumed = self._resumed or resumed_from is not None
@@ -100,6 +112,8 @@ class RunTracker(RunEnds):
             plan_text=messages.plan(epochs, max_steps, batch_size, world_size),
             resumed=resumed,
         )
+        if smoke_run:
+            text = smoke(text)
         self._emit(
             EventType.TRAINING_RESUMED if resumed else EventType.TRAINING_STARTED,
             text,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from afs_callbacks.messages import Message
+
 
 def floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The metrics that are numbers, as floats (0-d tensors read at epoch granularity)."""
@@ -51,4 +53,9 @@ def interrupt_reason(error: BaseException) -> str:
     return "SIGTERM (preemption or job cancellation)"
 
 
-__all__ = ["floats", "interrupt_reason", "last_line", "positive", "to_float"]
+def smoke(text: Message) -> Message:
+    """``text`` of a smoke run (Lightning's ``fast_dev_run``): its title says so."""
+    return Message(f"{text.title} (smoke run)", text.body)
+
+
+__all__ = ["floats", "interrupt_reason", "last_line", "positive", "smoke", "to_float"]

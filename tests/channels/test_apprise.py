@@ -77,10 +77,15 @@ def test_failed_delivery_is_retried_only_where_it_failed(
     assert receiver.requests[0].json()["type"] == "success"
 
 
-def test_gives_up_after_the_attempt_budget(tmp_path: Path, receiver: LoopbackReceiver) -> None:
+def test_gives_up_when_the_message_is_too_old(tmp_path: Path, receiver: LoopbackReceiver) -> None:
     receiver.default = Reply(503, b"unavailable")
     settings = Settings(
-        state_dir=tmp_path / "s", retry_base=0.01, retry_cap=0.02, max_attempts=2, console="never"
+        # Transient failures are retried until the message is max_age old (not an attempt count).
+        state_dir=tmp_path / "s",
+        retry_base=0.01,
+        retry_cap=0.02,
+        max_age=0.5,
+        console="never",
     )
     with NotificationManager(
         {"apprise": AppriseNotifier([json_url(receiver)])}, settings=settings

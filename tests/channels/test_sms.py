@@ -230,7 +230,7 @@ def test_through_the_manager_only_errors_reach_the_phone(server: LoopbackReceive
     assert bodies == ["ERROR: NaN loss - at step 3"] * 2
 
 
-def test_the_token_is_masked_in_logs(server: LoopbackReceiver, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_token_is_masked_in_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     echo = {ALICE: lambda attempt: Reply(400, {"code": 21604, "message": f"bad request with {TOKEN}"})}
     with LoopbackReceiver(responder=twilio(echo)) as receiver:

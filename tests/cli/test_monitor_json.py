@@ -37,3 +37,10 @@ def test_monitor_json_prints_status_readings_alerts_and_summary_one_per_line(
     # The alert was not only printed: it went to the channel and into the history.
     receiver.wait_for(predicate=lambda r: r.json()["event_type"] == "cost_threshold")
     assert len(history(isolated_env, event_type="cost_threshold")) == 1
+
+
+def test_monitor_refuses_an_interval_that_would_spin() -> None:
+    result = afs_notify("monitor", "--json", "--interval", "0")
+
+    assert result.returncode == 2
+    assert "--interval must be at least 0.1 seconds, got 0" in result.stderr and result.stdout == ""

@@ -24,7 +24,8 @@ import pytest
 from afs_callbacks.dashboard import DashboardServer, Store
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.runstate import COMPLETED, MetricPoint
-from tests.dashboard.support import run_state, running_dashboard, wait_for
+from tests.dashboard.support import add_event, run_state, running_dashboard, wait_for
+from tests.dashboard.test_security import states
 
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
@@ -187,3 +188,28 @@ def test_the_page_follows_a_real_lightning_training(browser: Any, isolated_env: 
         training.wait(timeout=60)
         log.close()
     assert training.returncode == 0, (tmp_path / "training.log").read_text()[-2000:]
+
+
+def test_the_retry_button_queues_a_dead_message_again(
+    browser: Any, isolated_env: Path, tmp_path: Path
+) -> None:
+    """The page's own script sends the retry with its CSRF token, and the file changes."""
+    path = isolated_env / "outbox.sqlite3"
+    outbox = Outbox(path)
+    event = add_event(outbox, "run-1", "checkpoint saved", ["email"])
+    outbox.mark_dead(event.id, "email", "SMTP 535 authentication failed")
+    outbox.close()
+    with running_dashboard(path) as server:
+        browser.get(server.url + "outbox")
+        click = "const b = document.querySelector(arguments[0]); if (b) b.click(); return !!b;"
+        selector = f'tr[data-event="{event.id}"] button.retry'
+        wait_for(lambda: browser.execute_script(click, selector), timeout=60, what="the Retry button")
+        wait_for(
+            lambda: states(path)[event.id, "email"] == "pending", timeout=30, what="the message queued again"
+        )
+        note = wait_for(
+            lambda: browser.execute_script("return document.getElementById('retry-note').textContent"),
+            what="the page's note",
+        )
+        keep_screenshot(browser, tmp_path, "dashboard-outbox.png")
+    assert "1 message(s) queued again" in note

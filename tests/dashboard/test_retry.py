@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.testing import LoopbackReceiver
 from tests.cli.helpers import afs_notify, cli_env
 from tests.dashboard.support import add_event
 from tests.dashboard.test_security import states
@@ -57,3 +58,19 @@ def test_retry_with_nothing_dead_says_so(isolated_env: Path, dead: list[str], tm
     elsewhere = afs_notify("retry", "--state-dir", str(tmp_path / "none"), env=cli_env())
     assert elsewhere.returncode == 2
     assert str(tmp_path / "none" / "outbox.sqlite3") in elsewhere.stderr
+
+
+def test_retry_send_delivers_the_message_now(isolated_env: Path, receiver: LoopbackReceiver) -> None:
+    """After the cause is fixed (here: the webhook answers again), --send delivers at once."""
+    outbox = Outbox(isolated_env / "outbox.sqlite3")
+    event = add_event(outbox, "run-1", "checkpoint saved: epoch 3", ["webhook"])
+    outbox.mark_dead(event.id, "webhook", "HTTP 404 not found")
+    outbox.close()
+    result = afs_notify(
+        "retry", "--channel", "webhook", "--send", env=cli_env(WEBHOOK_URL=receiver.url("/hook"))
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 failed message queued again (channel webhook); delivering now" in result.stderr
+    posted = receiver.wait_for(1)
+    assert "checkpoint saved: epoch 3" in posted[0].body.decode()
+    assert states(isolated_env / "outbox.sqlite3")[event.id, "webhook"] == "delivered"

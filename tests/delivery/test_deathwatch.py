@@ -248,3 +248,53 @@ def test_reads_the_oom_kill_count_and_peak_memory_of_the_cgroup() -> None:
         pytest.skip("no readable memory cgroup here")
     assert oom is None or oom >= 0
     assert peak is None or peak > 0
+
+
+TRAINING_CHILD = """
+import sys, threading, torch
+import lightning.pytorch as pl
+from afs_callbacks.integrations.lightning import AFSNotify
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(32, 1)
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 20:
+            print("training", flush=True)
+            threading.Event().wait()  # holds here until SIGKILLed
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+x = torch.rand(32 * 50, 32)
+data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=32)
+notify = AFSNotify(model_name="killed-net", monitors=False, chart=False)
+trainer = pl.Trainer(max_epochs=1, callbacks=[notify], logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=sys.argv[1])
+trainer.fit(Tiny(), data)
+"""
+
+
+@pytest.mark.slow
+def test_a_real_lightning_run_killed_mid_training_is_reported(
+    watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path, tmp_path: Path
+) -> None:
+    """End to end, without a wrapper: AFSNotify's manager starts the watcher by itself."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", TRAINING_CHILD, str(tmp_path / "lightning")],
+        env=watch_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "training"
+    child.kill()
+    wait_until(lambda: len(killed_notices(receiver)) >= 1, timeout=60)
+    notice = json.loads(killed_notices(receiver)[0])
+    assert notice["title"] == "Training killed without a word: killed-net"
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    assert len(killed_notices(receiver)) == 1
+    child.wait()

@@ -13,7 +13,7 @@ from typing import ClassVar
 import pytest
 from helpers.hook import event_ids, manager_for, wait_until
 
-from afs_callbacks import DeliveryResult, EventType, NotificationEvent, NotificationHandler, NotificationLevel
+from afs_callbacks import DeliveryResult, EventType, NotificationEvent, NotificationHandler
 from afs_callbacks.events import DEFAULT_LEVELS, PROGRESS_TYPES
 from afs_callbacks.runstate import COMPLETED, RUNNING, MetricPoint, RunState
 from afs_callbacks.testing import CapturingHandler, LoopbackReceiver
@@ -90,19 +90,6 @@ def test_a_handler_whose_is_configured_is_false_gets_nothing_and_shows_why(tmp_p
     manager.close()
 
 
-def test_key_is_a_field_and_old_context_keys_are_lifted() -> None:
-    event = NotificationEvent(EventType.GPU_MEMORY, NotificationLevel.WARNING, "t", context={"key": "gpu0"})
-    assert event.key == "gpu0" and event.dedup_key.endswith("|gpu0")
-    legacy = NotificationEvent(
-        EventType.DIGEST, NotificationLevel.INFO, "d", context={"no_dedup": True, "digest_count": 4}
-    )
-    assert (legacy.collapse, legacy.digest_count) == (False, 4)
-    again = NotificationEvent.from_json(legacy.to_json())
-    assert (again.collapse, again.digest_count, again.key) == (False, 4, "")
-    old_row = {k: v for k, v in event.to_dict().items() if k != "control"}
-    assert NotificationEvent.from_dict(old_row).key == "gpu0"  # rows written before the field
-
-
 def test_notify_key_sets_the_field_that_tells_repeats_apart(tmp_path: Path) -> None:
     captured = CapturingHandler()
     manager = manager_for(tmp_path, {"capture": captured}, dedup_window=60.0)
@@ -154,7 +141,7 @@ sys.path.insert(0, {tests!r})
 from helpers.hook import PacedHookChannel, manager_for
 from afs_callbacks import EventType, NotificationEvent, NotificationLevel
 manager = manager_for({state!r}, {{"paced": PacedHookChannel({url!r})}}, verbosity="verbose",
-                      exit_flush_timeout=1.5)
+                      exit_flush_timeout=3.0)
 for epoch in range(40):
     manager.emit(NotificationEvent(EventType.EPOCH_COMPLETED, NotificationLevel.INFO,
                                    f"Epoch {{epoch}}", context={{"run_id": "r1"}}))
@@ -167,7 +154,7 @@ print(done.id, flush=True)
 def test_the_end_of_a_run_goes_out_first_within_the_exit_flush(
     tmp_path: Path, receiver: LoopbackReceiver
 ) -> None:
-    """40 queued progress messages at 0.3 s each would take 12 s; the exit flush has 1.5 s."""
+    """40 queued progress messages at 0.3 s each would take 12 s; the exit flush has 3 s."""
     script = EXIT_SCRIPT.format(
         tests=str(Path(__file__).parents[1]), state=str(tmp_path / "s"), url=receiver.url("/h")
     )
@@ -178,3 +165,16 @@ def test_the_end_of_a_run_goes_out_first_within_the_exit_flush(
     completed_id = result.stdout.split()[-1]
     wait_until(lambda: completed_id in event_ids(receiver.requests), timeout=5, what="the completion")
     assert event_ids(receiver.requests).index(completed_id) <= 1  # at most one epoch before it
+
+
+def test_monitors_read_the_settings_the_manager_was_built_from(tmp_path: Path) -> None:
+    from afs_callbacks import NotificationManager
+    from afs_callbacks.monitors import start_monitors
+
+    manager = NotificationManager.from_env({"AFS_STATE_DIR": str(tmp_path), "AFS_MONITORS": "system"})
+    monitors = start_monitors(manager, paths=[tmp_path])  # no env: the manager's, not os.environ
+    try:
+        assert [monitor.name for monitor in monitors] == ["system"]
+    finally:
+        monitors.stop()
+        manager.close()

@@ -179,10 +179,12 @@ def test_another_process_holding_the_write_lock_delays_no_message(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
-        for index in range(20):
-            assert manager.notify(f"during the lock {index}") is not None
+        sent = [manager.notify(f"during the lock {index}") for index in range(20)]
         captured.wait_for(count=21, timeout=20)  # delivered while the other process still holds it
         assert holder.poll() is None
+        # The history (what `afs-notify send` reports from) shows them, kept in memory.
+        [entry] = manager.outbox.history(event_id=sent[-1].id if sent[-1] else "")
+        assert [d.state for d in entry.deliveries] == ["delivered"]
         [line] = history_lines(caplog)
         assert "another process holds its write lock" in line and str(state) in line
     finally:
@@ -233,3 +235,44 @@ def test_notify_stays_inert_with_afs_enabled_false(tmp_path: Path, monkeypatch: 
     assert manager.flush(1).pending == 0
     manager.close()
     assert captured.events == [] and not (tmp_path / "state").exists()
+
+
+EXCLUSIVE_HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("CREATE TABLE IF NOT EXISTS other_tool (x)")
+conn.execute("BEGIN EXCLUSIVE")
+print("holding", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+def test_a_lock_at_the_first_open_is_retried_in_the_background(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", EXCLUSIVE_HOLDER, str(state / "outbox.sqlite3")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        captured = CapturingHandler()
+        manager = manager_for(state, {"capture": captured})
+        for index in range(3):
+            assert manager.notify(f"locked out {index}") is not None
+        captured.wait_for(count=3, timeout=20)
+        [line] = history_lines(caplog)
+        assert "cannot open" in line and "another process holds its write lock" in line
+        assert "Set AFS_STATE_DIR" not in caplog.text
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("release\n")
+        holder.stdin.close()
+        holder.wait(10)
+    wait_until(lambda: len(stored_titles(state)) == 3, timeout=15, what="the history opened after the lock")
+    manager.close()

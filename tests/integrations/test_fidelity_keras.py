@@ -229,3 +229,16 @@ def test_model_checkpoint_saves_are_recorded_with_their_paths_and_not_pushed(
     assert all(os.path.isfile(path) for path in expected)
     assert [event.context["checkpoint"] for event in saved] == expected
     assert not of_type(channel.events, EventType.CHECKPOINT_SAVED)  # history only, by default
+
+
+# 2. One numbering ---------------------------------------------------------------------------
+
+
+def test_epoch_messages_number_epochs_from_one(tmp_path: Path) -> None:
+    manager, channel = make_manager(tmp_path, verbosity="verbose")
+    with manager:
+        fit(make_model(), [AFSNotify(manager, epoch_every=1)], epochs=1)
+        settle(manager)
+    epoch = only(channel.events, EventType.EPOCH_COMPLETED)
+    assert epoch.title.startswith("Epoch 1/1 completed") and epoch.context["epoch"] == 1
+    assert only(channel.events, EventType.TRAINING_COMPLETED).context["end_reason"] == "max_epochs"
