@@ -258,6 +258,10 @@ class Settings:
         card: keep one live run card per run on channels that can edit messages
             (``AFS_CARD``; ``<CHANNEL>_CARD`` per channel).
         card_interval: seconds between two edits of one card (``AFS_CARD_INTERVAL``).
+        burst: ordinary messages a channel sends at once before the pace applies; what is
+            held back is folded into one digest (``AFS_BURST``, default 20; 0 turns the
+            budget off). The end of a run and alerts never wait for it.
+        pace: seconds per ordinary message once the burst is spent (``AFS_PACE``).
     """
 
     state_dir: Path
@@ -278,6 +282,8 @@ class Settings:
     max_age: float = 86400.0
     card: bool = True
     card_interval: float = 30.0
+    burst: int = 20
+    pace: float = 10.0
 
     @classmethod
     def from_env(
@@ -326,6 +332,8 @@ class Settings:
             max_age=read(lambda: _num(env, "AFS_MAX_AGE", 86400.0, 1.0), 86400.0),
             card=read(lambda: env.flag("AFS_CARD", True), True),
             card_interval=read(lambda: _num(env, "AFS_CARD_INTERVAL", 30.0, 0.0), 30.0),
+            burst=read(lambda: _int(env, "AFS_BURST", 20, 0), 20),
+            pace=read(lambda: _num(env, "AFS_PACE", 10.0, 0.0), 10.0),
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -239,11 +240,17 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# A generator of our own: training code seeds the global ``random`` (``seed_everything``,
+# HF ``set_seed``), which would give two runs of one process the same event ids, and the
+# outbox ignores an id it already holds. Reseeded from the OS in a forked child.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def _new_id() -> str:
-    # 128 random bits from the process's Mersenne Twister (seeded from the OS, reseeded in a
-    # forked child): unlike uuid4's os.urandom it does not release the GIL, so a training
-    # thread making an event never waits for a background thread to hand the GIL back.
-    return f"{random.getrandbits(128):032x}"
+    # 128 random bits from a Mersenne Twister: unlike uuid4's os.urandom it does not release
+    # the GIL, so a training thread making an event never waits for a background thread.
+    return f"{_ids.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True)

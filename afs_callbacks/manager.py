@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.channels import REGISTRY, load_channel_class
+from afs_callbacks.channels import REGISTRY, build_channel
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
 from afs_callbacks.config import Env, Settings, open_env, read_settings
 from afs_callbacks.delivery import hooks
 from afs_callbacks.delivery.admission import admit_event
-from afs_callbacks.delivery.lifecycle import Delivery, FlushReport, retry_policy, track
+from afs_callbacks.delivery.lifecycle import Delivery, FlushReport, budget_policy, retry_policy, track
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.routing import Route, channel_status
 from afs_callbacks.delivery.seed_api import SeedNotifications
@@ -88,7 +88,12 @@ class NotificationManager(SeedNotifications):
         self._host = socket.gethostname()
         self._console: _Registration | None = None
         self._closed = False
-        self._delivery = Delivery(self.state_dir, retry_policy(settings), on_open=self._on_store_open)
+        self._delivery = Delivery(
+            self.state_dir,
+            retry_policy(settings),
+            on_open=self._on_store_open,
+            budget=budget_policy(settings),
+        )
         self._runs = hooks.RunHooks(self)
         track(self)
         for name, handler in (handlers or {}).items():
@@ -141,7 +146,8 @@ class NotificationManager(SeedNotifications):
     def _register_from_env(self, name: str, env: Env, strict: bool) -> None:
         spec = REGISTRY[name]
         try:
-            handler = load_channel_class(name).from_env(env)
+            # The core settings reach the channel (send timeout, plain-http opt-in).
+            handler = build_channel(name, env, self.settings)
             if handler is None:
                 return
             prefix = spec.prefix
@@ -229,10 +235,6 @@ class NotificationManager(SeedNotifications):
         """
         try:
             kind = EventType.parse(event_type)
-            if key:
-                # Mirrored into the context only until its last readers (the Alertmanager
-                # channel's labels, monitor tests) read ``event.key``; the field is the truth.
-                context["key"] = key
             event = NotificationEvent(
                 event_type=kind,
                 level=NotificationLevel.parse(level) if level is not None else DEFAULT_LEVELS[kind],

@@ -36,6 +36,8 @@ CORE_VARIABLES = (
     "AFS_VERBOSITY",
     "AFS_CARD",
     "AFS_CARD_INTERVAL",
+    "AFS_BURST",
+    "AFS_PACE",
 )
 #: The monitors' variables and the death watch's.
 MONITOR_VARIABLES = (

@@ -41,6 +41,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from afs_callbacks._log import get_logger
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.tracking import RunTracker, TrackerConfig, active_tracker
+from afs_callbacks.tracking.classify import was_reported
 
 log = get_logger(__name__)
 
@@ -101,7 +102,7 @@ class Watch(contextlib.ContextDecorator):
         restore, self._restore = self._restore, None
         if restore is not None:
             restore()
-        if exc is not None and is_failure(exc):
+        if exc is not None and is_failure(exc) and not was_reported(exc):
             self.report(exc)
         # Returning None re-raises: the program fails as it would have without us.
 
@@ -248,7 +249,7 @@ class _ExceptHook:
             self.previous(exc_type, exc, traceback)
         finally:
             tracker = active_tracker()
-            if tracker is not None and is_failure(exc):
+            if tracker is not None and is_failure(exc) and not was_reported(exc):
                 try:
                     tracker.failed(exc)
                 except Exception:  # an exit path must not print a second traceback

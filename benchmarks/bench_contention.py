@@ -33,7 +33,9 @@ def _child(state_dir: str, index: int, events: int, gap: float, barrier: Any, re
 
     captured = CapturingHandler()
     manager = NotificationManager(
-        {"capture": captured}, settings=Settings(state_dir=state_dir, dedup_window=0, console="never")
+        # The channel budget off (burst=0): every event must arrive, none folded into a digest.
+        {"capture": captured},
+        settings=Settings(state_dir=state_dir, dedup_window=0, burst=0, console="never"),
     )
     manager.notify(f"warm-up {index}", run_id=f"p{index}")  # the first call starts the threads
     manager.flush(30)

@@ -20,7 +20,8 @@ from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
 
 
 def _manager(url: str, **settings: float) -> NotificationManager:
-    config = Settings(state_dir=fresh_state_dir(), dedup_window=0, **settings)  # type: ignore[arg-type]
+    # The channel budget off (burst=0): this measures the pipeline, not the budget's folding.
+    config = Settings(state_dir=fresh_state_dir(), dedup_window=0, burst=0, **settings)  # type: ignore[arg-type]
     return NotificationManager({"webhook": WebhookNotifier(url)}, settings=config)
 
 

@@ -34,6 +34,7 @@ and half the spread of the AFSNotify ratios over the rounds).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -220,6 +221,7 @@ def main() -> None:
                 failed.append(framework)
                 continue
         stats = {s.label: summarise(raw[s.label], s.epochs) for s in plan}
+        print(f"{framework}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         figures[framework] = {"stats": stats, "knockknock": bench.knock_source}
         _table(report, framework, stats, args, n, rounds, time.perf_counter() - started, bench.knock_source)
         _targets(report, framework, stats, rounds)

@@ -264,6 +264,22 @@ def test_read_settings_reports_to_on_error_when_given() -> None:
     assert settings.max_age == 86400.0 and seen == ["AFS_MAX_AGE"]
 
 
+def test_the_channel_budget_is_read_and_zero_turns_it_off(tmp_path: Path) -> None:
+    from afs_callbacks.delivery.lifecycle import budget_policy
+
+    default = Settings.from_env(env_of(AFS_STATE_DIR=str(tmp_path)))
+    assert (default.burst, default.pace) == (20, 10.0)
+    assert budget_policy(default) is not None and budget_policy(default).burst == 20  # type: ignore[union-attr]
+    tuned = Settings.from_env(env_of(AFS_STATE_DIR=str(tmp_path), AFS_BURST="5", AFS_PACE="0.5"))
+    assert (tuned.burst, tuned.pace) == (5, 0.5)
+    assert budget_policy(Settings.from_env(env_of(AFS_BURST="0"))) is None
+    seen: list[str] = []
+    bad = Settings.from_env(
+        env_of(AFS_BURST="-1", AFS_PACE="soon"), on_error=lambda e: seen.append(e.variable)
+    )
+    assert (bad.burst, bad.pace) == (20, 10.0) and seen == ["AFS_BURST", "AFS_PACE"]
+
+
 def test_open_env_skips_a_missing_afs_env_file_unless_strict(tmp_path: Path) -> None:
     missing = str(tmp_path / "gone.env")
     env = open_env({"AFS_ENV_FILE": missing, "X": "1"}, None, False)

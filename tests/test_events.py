@@ -269,3 +269,14 @@ def test_terminal_urgent_and_progress_types_are_disjoint_and_cover_what_a_run_ne
     )
     assert EventType.TRAINING_COMPLETED in TERMINAL_TYPES and EventType.NAN_DETECTED in URGENT_TYPES
     assert EventType.EPOCH_COMPLETED in PROGRESS_TYPES and EventType.TRAINING_STARTED not in PROGRESS_TYPES
+
+
+def test_event_ids_stay_unique_when_training_code_reseeds_random() -> None:
+    """seed_everything/set_seed reseed the global generator; ids must not repeat across runs."""
+    import random
+
+    random.seed(1234)
+    first = NotificationEvent(EventType.CUSTOM, NotificationLevel.INFO, "a").id
+    random.seed(1234)
+    second = NotificationEvent(EventType.CUSTOM, NotificationLevel.INFO, "a").id
+    assert first != second

@@ -124,7 +124,9 @@ def test_flush_ignores_backoff_tries_each_message_once_and_reports(
     )
     report = manager.flush(10)  # the next attempts are ~minutes away: flush tries them now
     assert (report.delivered, report.dead, report.pending) == (0, 0, 3)
-    assert report.by_channel == {"hook": {"delivered": 0, "dead": 0, "pending": 3}}
+    assert report.by_channel == {
+        "hook": {"delivered": 0, "dead": 0, "pending": 3, "superseded": 0, "folded": 0}
+    }
     assert not report.ok
     receiver.wait_for(6)
     assert sorted(event_ids(receiver.requests)) == sorted([e.id for e in sent if e] * 2)

@@ -17,7 +17,17 @@ import pytest
 from helpers.hook import HookChannel, event_ids
 
 from afs_callbacks import EventType, NotificationEvent, NotificationLevel, NotificationManager, Settings
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING, Outbox, lease_owner
+from afs_callbacks.delivery.outbox import (
+    DEAD,
+    DELIVERED,
+    FOLDED,
+    PENDING,
+    SENDING,
+    STATES,
+    SUPERSEDED,
+    Outbox,
+    lease_owner,
+)
 from afs_callbacks.testing import LoopbackReceiver
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -50,6 +60,23 @@ def test_wal_mode_is_on(tmp_path: Path, outbox: Outbox) -> None:
     outbox.enqueue(event(), ["slack"])
     with sqlite3.connect(outbox.path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_every_store_has_the_run_index_superseding_uses(tmp_path: Path, outbox: Outbox) -> None:
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as conn:
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT 1 FROM events WHERE run_id = ? AND event_type = ?", ("r", "x")
+            )
+        )
+    assert "events_run" in indexes and "events_run" in plan
+    assert outbox.supersede_stale("slack") == 0  # the lazy path stays harmless
+
+
+def test_states_include_the_senders_finished_states() -> None:
+    assert STATES == (PENDING, SENDING, DELIVERED, DEAD, SUPERSEDED, FOLDED)
 
 
 def test_enqueue_then_claim_then_deliver(outbox: Outbox) -> None:

@@ -401,3 +401,15 @@ def test_the_excepthook_chains_to_the_previous_one_and_reports_only_an_active_ru
     finally:
         uninstall_excepthook()
     assert sys.excepthook.__name__ == "<lambda>"
+
+
+def test_a_crash_a_run_already_reported_is_not_reported_again_by_an_outer_block(manager, receiver):
+    tracker = started_tracker(manager)
+    error = ValueError("reported by the run itself")
+    with pytest.raises(ValueError), watch(manager):
+        tracker.failed(error)  # what an adapter does when the framework tells it first
+        assert active_tracker() is None
+        raise error
+
+    events = received(receiver)
+    assert len(events) == 2 and kinds_of(events) == {EventType.TRAINING_STARTED, EventType.TRAINING_FAILED}

@@ -203,10 +203,13 @@ class AlertmanagerNotifier(HttpChannel):
         """The alert for ``event``, firing until ``ends_at``."""
         labels = dict(self.labels)
         # `key` tells apart conditions of one run and type (GPU 0 vs GPU 1): separate alerts.
-        for key in ("run_id", "model", "host", "key"):
+        for key in ("run_id", "model", "host"):
             value = event.context.get(key)
             if value is not None and str(value) != "":
                 labels[key] = str(value)
+        condition = _condition(event)
+        if condition:
+            labels["key"] = condition
         labels.update(
             alertname=alert_name(event.event_type),
             event_type=event.event_type.value,
@@ -239,9 +242,9 @@ class AlertmanagerNotifier(HttpChannel):
         else:
             # No run: the same host and model, among alerts that had no run either.
             matchers.update(run_id="", host=str(event.context.get("host") or ""), model=event.model or "")
-        condition = event.context.get("key")
-        if ended is not None and condition is not None and str(condition) != "":
-            matchers["key"] = str(condition)  # "GPU 0 is fine again" leaves GPU 1's alert firing
+        condition = _condition(event)
+        if ended is not None and condition:
+            matchers["key"] = condition  # "GPU 0 is fine again" leaves GPU 1's alert firing
         with self._lock:  # no re-post may fire again what is being resolved
             local = {
                 labels: alert
@@ -436,3 +439,10 @@ def _postable(alert: Mapping[str, Any]) -> dict[str, Any]:
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _condition(event: NotificationEvent) -> str:
+    """The event's repeat key (which GPU, which disk), or ``""``: the field, else a ``key``
+    a caller put in the context by hand (an event built before the field existed)."""
+    value = event.key or event.context.get("key")
+    return "" if value is None else str(value)

@@ -110,11 +110,13 @@ class NotificationHandler(abc.ABC):
     supports_cards: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def send(self, event: NotificationEvent) -> DeliveryResult | bool:
+    def send(self, event: NotificationEvent) -> DeliveryResult | bool | None:
         """Deliver one event and say how it went. Must not raise for delivery problems.
 
-        Returning a plain bool is accepted for seed-system handlers: True means delivered,
-        False means retry later.
+        Return a :class:`DeliveryResult`. Also accepted, for seed-system and minimal
+        handlers: ``None`` (a ``send`` that just does its work and returns nothing) means
+        delivered; True means delivered, False means retry later. An exception is retried
+        with backoff, its text redacted.
         """
 
     def is_configured(self) -> bool:

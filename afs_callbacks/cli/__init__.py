@@ -9,6 +9,7 @@ stderr); ``run`` exits with its command's status instead. See docs/cli.md.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ConfigurationError as error:
         Output().error(f"configuration error: {error}")
+        return EXIT_USAGE
+    except sqlite3.DatabaseError as error:  # a damaged or locked history: which file, what to do
+        from afs_callbacks.cli._store_check import history_fault, history_path
+
+        Output().error(history_fault(history_path(getattr(args, "state_dir", None)), error))
         return EXIT_USAGE
     except KeyboardInterrupt:
         Output().error("interrupted")

@@ -18,7 +18,7 @@ from afs_callbacks.channels import CHANNELS
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
 from afs_callbacks.cli._output import Output
 from afs_callbacks.config import Env, Settings
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, Delivery
+from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SUPERSEDED, Delivery
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.redaction import redact
@@ -154,10 +154,11 @@ class Session:
         return bool(self.usable) or self.manager.settings.console != "never"
 
 
-def open_session(args: argparse.Namespace, *, channels: bool = True) -> Session:
+def open_session(args: argparse.Namespace, *, channels: bool = True, check_store: bool = False) -> Session:
     """Read the settings (the environment over ``--env-file``, default ``AFS_ENV_FILE`` or
     ``./.env``) and build the manager with every channel they configure (``channels``),
-    restricted to ``--channel``.
+    restricted to ``--channel``. With ``check_store``, the history file is checked first
+    (a command that reads it says which file is damaged instead of moving it aside).
 
     With ``--channel`` and no ``console`` among the names, the console fallback is off:
     ``--channel slack`` means Slack only, not the console when Slack is unusable. A bad
@@ -166,6 +167,7 @@ def open_session(args: argparse.Namespace, *, channels: bool = True) -> Session:
     Raises:
         ConfigurationError: ``--env-file`` names no file, a ``--channel`` name is unknown,
             or ``AFS_STRICT`` is on and a setting is wrong.
+        UsageError: ``check_store`` and the history file cannot be read.
     """
     requested = requested_channels(args)
     environ = dict(os.environ)
@@ -184,6 +186,10 @@ def open_session(args: argparse.Namespace, *, channels: bool = True) -> Session:
     if settings.strict and errors:
         raise errors[0][0]
     problems = [ChannelProblem("settings", f"{error} ({outcome})", True) for error, outcome in errors]
+    if check_store and settings.enabled:
+        from afs_callbacks.cli._store_check import check_history, history_path  # imports this module
+
+        check_history(history_path(settings.state_dir))
     with library_silenced():
         if channels:
             manager = NotificationManager.from_env(env, channels=requested)
@@ -234,7 +240,7 @@ def deliveries_of(manager: NotificationManager, event_id: str) -> list[Delivery]
 
 def delivery_result(delivery: Delivery, *, now: float | None = None) -> tuple[str, str]:
     """``(result, detail)`` of one delivery for people: delivered, pending (why, and when
-    next), failed (the redacted reason)."""
+    next), failed (the redacted reason), superseded or folded (not sent, and why)."""
     now = time.time() if now is None else now
     error = redact(delivery.last_error or "")
     if delivery.state == DELIVERED:
@@ -243,6 +249,10 @@ def delivery_result(delivery: Delivery, *, now: float | None = None) -> tuple[st
     if delivery.state == DEAD:
         tries = f" (after {delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''})"
         return "failed", (error or "no reason recorded") + (tries if delivery.attempts > 1 else "")
+    if delivery.state == SUPERSEDED:
+        return "superseded", "not sent: its run moved on or ended first (kept in the history)"
+    if delivery.state == FOLDED:
+        return "folded", error or "held back by the channel's budget and named in a digest"
     if delivery.state == PENDING and delivery.attempts == 0 and not error:
         return "pending", "not attempted yet; it stays queued (afs-notify flush)"
     due = delivery.next_attempt

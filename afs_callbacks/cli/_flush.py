@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+from collections.abc import Mapping
 
 from afs_callbacks.channels.console import ConsoleNotifier
 from afs_callbacks.cli._common import (
@@ -31,7 +32,7 @@ def command_flush(args: argparse.Namespace, output: Output) -> int:
     Exit code: 0 when nothing is left pending and nothing failed, 1 otherwise, 2 on a
     configuration error.
     """
-    session = open_session(args)
+    session = open_session(args, check_store=True)
     manager, problems = session.manager, session.problems
     try:
         print_problems(output, problems)
@@ -47,7 +48,12 @@ def command_flush(args: argparse.Namespace, output: Output) -> int:
             for name, counts in report.by_channel.items()
             if (requested is None or name in requested) and (name in active or any(counts.values()))
         }
-        notes = {name: _note(manager, name, active, problems) for name in shown}
+        notes = {
+            name: "; ".join(
+                part for part in (_unsent(shown[name]), _note(manager, name, active, problems)) if part
+            )
+            for name in shown
+        }
         ok = all(counts["pending"] == 0 and counts["dead"] == 0 for counts in shown.values())
         if output.json_mode:
             output.json(
@@ -113,6 +119,16 @@ def _flush_with_progress(
         while worker.is_alive():
             worker.join(0.2)
     return box[0] if box else manager.flush(0)
+
+
+def _unsent(counts: Mapping[str, int]) -> str:
+    """What the flush ended without sending, on purpose: stale progress, a folded flood."""
+    parts = []
+    if counts.get("superseded"):
+        parts.append(f"{counts['superseded']} superseded (stale progress, not sent)")
+    if counts.get("folded"):
+        parts.append(f"{counts['folded']} folded into a digest")
+    return ", ".join(parts)
 
 
 def _note(manager: NotificationManager, name: str, active: list[str], problems: list[ChannelProblem]) -> str:

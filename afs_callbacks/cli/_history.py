@@ -32,7 +32,7 @@ def command_history(args: argparse.Namespace, output: Output) -> int:
     """Print the newest ``--limit`` events matching the filters, with their deliveries."""
     filters = _filters(args)
     channels = requested_channels(args)
-    session = open_session(args, channels=False)
+    session = open_session(args, channels=False, check_store=True)
     print_problems(output, session.problems)
     manager = session.manager
     try:

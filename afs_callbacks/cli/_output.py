@@ -22,6 +22,8 @@ from afs_callbacks.redaction import redact
 # Words that get a colour on a terminal (states, results, levels).
 _GREEN = frozenset({"delivered", "ready", "ok", "reachable", "success", "active"})
 _YELLOW = frozenset({"pending", "sending", "retrying", "skipped", "not usable", "warning", "standby"})
+# Not sent on purpose (stale progress, a flood folded into a digest): nothing to fix.
+_DIM_STATES = frozenset({"superseded", "folded"})
 _RED = frozenset({"dead", "failed", "error", "unreachable", "critical", "config error", "not set up"})
 _CODES = {"green": "32", "yellow": "33", "red": "31", "dim": "2", "bold": "1"}
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -181,7 +183,7 @@ def _bold(text: str) -> str:
 
 def _style_of(text: str) -> str | None:
     word = text.strip().lower()
-    for words, style in ((_GREEN, "green"), (_YELLOW, "yellow"), (_RED, "red")):
+    for words, style in ((_GREEN, "green"), (_YELLOW, "yellow"), (_RED, "red"), (_DIM_STATES, "dim")):
         if word in words or any(word.startswith(w + " ") or word.startswith(w + ":") for w in words):
             return style
     return None

@@ -213,7 +213,9 @@ def build_parser() -> Parser:
     history.add_argument("--type", help="only this event type")
     history.add_argument("--level", help="only this level")
     history.add_argument(
-        "--state", help="only events with a delivery in this state: pending, delivered, dead"
+        "--state",
+        help="only events with a delivery in this state: pending, sending, delivered, dead"
+        " (or failed), superseded (stale progress not sent), folded (named in a digest)",
     )
     history.add_argument("--limit", type=positive_int, default=20, help="how many events (default 20)")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from afs_callbacks.cli._common import EXIT_OK, UsageError, requested_channels
 from afs_callbacks.cli._output import Output
+from afs_callbacks.cli._store_check import history_fault
 from afs_callbacks.config import default_state_dir
 
 STORE_NAME = "outbox.sqlite3"
@@ -69,7 +70,7 @@ def command_retry(args: argparse.Namespace, output: Output) -> int:
     except FileNotFoundError:
         raise UsageError(f"no history at {path}: nothing was ever queued there (see --state-dir)") from None
     except sqlite3.DatabaseError as error:
-        raise UsageError(f"cannot update the history at {path}: {error}") from None
+        raise UsageError(history_fault(path, error)) from None
     what = f"failed message{'s' if count != 1 else ''}"
     scope = []
     if args.event:

@@ -26,7 +26,7 @@ from afs_callbacks.cli._common import (
 )
 from afs_callbacks.cli._output import Output
 from afs_callbacks.config import Env
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING
+from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SENDING, SUPERSEDED
 from afs_callbacks.events import NotificationLevel
 from afs_callbacks.manager import NotificationManager, Route
 from afs_callbacks.redaction import redact
@@ -50,7 +50,7 @@ class ChannelRow:
 
 def command_status(args: argparse.Namespace, output: Output) -> int:
     """Print every channel's state; exit 2 on a configuration error, 1 on a failed probe."""
-    session = open_session(args)
+    session = open_session(args, check_store=True)
     manager, env = session.manager, session.env
     settings_errors = [p.reason for p in session.problems if p.name == "settings"]
     warnings = setting_warnings(env)
@@ -181,16 +181,29 @@ def _probe(name: str, handler: NotificationHandler, results: dict[str, DeliveryR
         results[name] = DeliveryResult.retry(f"probe failed: {redact(error)}")
 
 
+# (label, states) in the order the summary names them.
+_SUMMARY: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("delivered", (DELIVERED,)),
+    ("pending", (PENDING, SENDING)),
+    ("dead", (DEAD,)),
+    (SUPERSEDED, (SUPERSEDED,)),
+    (FOLDED, (FOLDED,)),
+)
+
+
 def outbox_summary(counts: dict[str, dict[str, int]]) -> str:
-    """``"12 delivered, 3 pending (slack 3), 1 dead (email 1)"`` from outbox counts."""
+    """``"12 delivered, 3 pending (slack 3), 1 dead (email 1)"`` from outbox counts, then
+    ``superseded`` and ``folded`` (messages not sent on purpose) when there are any."""
     parts = []
-    for label, states in (("delivered", (DELIVERED,)), ("pending", (PENDING, SENDING)), ("dead", (DEAD,))):
+    for label, states in _SUMMARY:
         per_channel = {
             name: sum(by_state.get(s, 0) for s in states)
             for name, by_state in counts.items()
             if sum(by_state.get(s, 0) for s in states)
         }
         total = sum(per_channel.values())
+        if not total and label in (SUPERSEDED, FOLDED):
+            continue
         text = f"{total} {label}"
         if total and label != "delivered":
             text += " (" + ", ".join(f"{name} {n}" for name, n in sorted(per_channel.items())) + ")"

@@ -22,8 +22,9 @@ from typing import Protocol
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import NotificationHandler
 from afs_callbacks.config import Settings
+from afs_callbacks.delivery.budget import BudgetPolicy
 from afs_callbacks.delivery.flushing import flush_workers
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING
+from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SENDING, SUPERSEDED
 from afs_callbacks.delivery.sender import ChannelWorker, RetryPolicy
 from afs_callbacks.delivery.store import Store
 from afs_callbacks.delivery.writer import Writer
@@ -38,7 +39,12 @@ STORE_AT_CLOSE = 2.0
 
 @dataclass(frozen=True)
 class FlushReport:
-    """What a flush achieved, per channel: delivered and dead during it, pending after it."""
+    """What a flush achieved, per channel: delivered and dead during it, pending after it.
+
+    ``by_channel`` also counts what ended unsent during it: ``superseded`` (stale progress
+    of a run that moved on or ended) and ``folded`` (held back by the channel's budget and
+    named in a digest).
+    """
 
     delivered: int
     dead: int
@@ -49,6 +55,13 @@ class FlushReport:
     def ok(self) -> bool:
         """True when nothing is left pending and nothing died during the flush."""
         return self.pending == 0 and self.dead == 0
+
+
+def budget_policy(settings: Settings) -> BudgetPolicy | None:
+    """The channels' message budget from the core settings; None when ``AFS_BURST=0``."""
+    if settings.burst <= 0:
+        return None
+    return BudgetPolicy(burst=settings.burst, interval=settings.pace)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -71,13 +84,20 @@ class Delivery:
         policy: retry policy for the senders.
         on_open: called on the writer thread once the store file first opens (housekeeping,
             reports about runs that vanished earlier).
+        budget: each channel's message budget (burst, then pace); None: no budget.
     """
 
     def __init__(
-        self, state_dir: str, policy: RetryPolicy, on_open: Callable[[], None] | None = None
+        self,
+        state_dir: str,
+        policy: RetryPolicy,
+        on_open: Callable[[], None] | None = None,
+        *,
+        budget: BudgetPolicy | None = None,
     ) -> None:
         self.path = os.path.join(state_dir, OUTBOX_FILE)
         self.policy = policy
+        self.budget = budget
         self._on_open = on_open
         self._lock = threading.RLock()
         self._progress = threading.Condition()
@@ -126,7 +146,9 @@ class Delivery:
         with self._lock:
             worker = self._workers.get(name)
             if worker is None or worker.handler is not handler:
-                worker = ChannelWorker(name, handler, self.store, self.policy, self._on_progress)
+                worker = ChannelWorker(
+                    name, handler, self.store, self.policy, self._on_progress, budget=self.budget
+                )
                 self._workers[name] = worker
             if not self._stopping:
                 worker.start()
@@ -229,6 +251,8 @@ def _report(
             "delivered": done.get(DELIVERED, 0),
             "dead": done.get(DEAD, 0),
             "pending": now.get(PENDING, 0) + now.get(SENDING, 0),
+            "superseded": done.get(SUPERSEDED, 0),
+            "folded": done.get(FOLDED, 0),
         }
     return FlushReport(
         delivered=sum(c["delivered"] for c in by_channel.values()),

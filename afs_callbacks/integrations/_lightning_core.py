@@ -7,6 +7,10 @@ that namespace's ``Callback``. Trainer and module objects are used only through 
 attributes both copies share.
 
 The hooks translate; the :class:`~afs_callbacks.tracking.RunTracker` decides what is news.
+With ``accumulate_grad_batches`` a step is an optimizer step and its loss the real mean of
+its batches (Lightning hands each batch's loss divided by the factor). The completion says
+why fit ended (``_stops.lightning``) and names ModelCheckpoint's best file; under SLURM
+auto-requeue the requeue signal is one "preempted, requeued" message (``_slurm``).
 Every hook body is guarded: an error in here is logged once and never reaches Lightning.
 """
 

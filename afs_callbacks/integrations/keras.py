@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -45,6 +46,14 @@ except ImportError as error:  # pragma: no cover - depends on what is installed
         "afs_callbacks.integrations.keras needs Keras 3 and a backend: pip install 'afs-callbacks[keras]'"
         " and torch, jax or tensorflow (set KERAS_BACKEND=torch|jax|tensorflow before importing keras)"
     ) from error
+
+
+class FitAbandoned(RuntimeError):
+    """What a run is closed with when its ``fit()`` raised outside the training step before
+    the callback could watch it, and the caller started another ``fit()``."""
+
+    def __init__(self) -> None:
+        super().__init__("the previous fit() raised before it ended (caught by the caller)")
 
 
 class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
@@ -84,6 +93,10 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
     @hook
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         """Prepare the run; it is announced at the first epoch, which tells a resume."""
+        if self._training and self._tracker is not None and not self._tracker.finished:
+            # The previous fit() never reached on_train_end: it raised where no wrapper saw
+            # it (a data pipeline or callback error in the first fit). Close it now.
+            self._caller_caught(sys.exc_info()[1] or FitAbandoned())
         if self._tracker_ended():
             self._new_run()  # the same callback in a second fit() call: a new run
         self._name_model()
@@ -257,4 +270,4 @@ def _process_rank() -> tuple[int, int]:
     return int(getattr(distribution, "_process_id", 0) or 0), count
 
 
-__all__ = ["AFSNotify"]
+__all__ = ["AFSNotify", "FitAbandoned"]

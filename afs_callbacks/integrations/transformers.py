@@ -8,10 +8,19 @@ Example::
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[AFSNotify()])
     trainer.train()
 
-The Trainer has no exception hook: when ``train()`` raises, no callback hears of it. The
-callback installs a ``sys.excepthook`` fallback that reports an uncaught crash (and lets
-SIGTERM be reported while training runs); for a crash that your code catches, or in a
-notebook, wrap the call: ``with afs_callbacks.watch(): trainer.train()``.
+The Trainer has no exception hook: when ``train()`` raises, no callback hears of it. So
+the callback wraps ``train`` on that one Trainer instance (found up the call stack when
+the Trainer is built, see ``_caller.wrap_call``): an exception escaping it closes the run
+at once as failed, then goes on unchanged, even when your code catches it (a notebook, a
+retry loop); the next ``train()`` is a new run. A callback added later with
+``add_callback`` is watched from the next ``train()`` on. It also installs a
+``sys.excepthook`` fallback and lets SIGTERM be reported while training runs;
+``with afs_callbacks.watch(): trainer.train()`` still works and reports instead.
+
+The completion says why the run ended: ``max_epochs``, ``max_steps``, ``early_stopping
+(eval_loss, patience 3, best 0.21)`` (``EarlyStoppingCallback``), ``stop_on_nan``, or
+``should_stop`` (another callback set ``control.should_training_stop``). ``predict()``
+is inference, not an evaluation: it is not reported.
 
 NaN/Inf: with ``logging_nan_inf_filter=True`` (the default) the Trainer hides a NaN step
 loss behind the running average. What still shows, and is read here at no cost since the

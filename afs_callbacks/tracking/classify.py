@@ -7,6 +7,7 @@ framework is imported here.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from enum import Enum
@@ -56,6 +57,21 @@ def classify(error: BaseException) -> Failure:
         if name in _OOM_TYPES or any(text in str(item).lower() for text in _OOM_TEXT):
             return Failure.OUT_OF_MEMORY
     return Failure.ERROR
+
+
+_REPORTED = "_afs_callbacks_reported"
+
+
+def mark_reported(error: BaseException) -> None:
+    """Remember on ``error`` itself that a run reported it, so that a ``watch()`` block or
+    the excepthook it travels through next does not report it on a second run."""
+    with contextlib.suppress(AttributeError, TypeError):  # a type without a __dict__
+        setattr(error, _REPORTED, True)
+
+
+def was_reported(error: BaseException) -> bool:
+    """Whether a run already reported ``error`` (see :func:`mark_reported`)."""
+    return bool(getattr(error, _REPORTED, False))
 
 
 def oom_device(error: BaseException) -> str | None:

@@ -12,7 +12,7 @@ from afs_callbacks.events import Attachment, EventType, NotificationLevel
 from afs_callbacks.formatting import describe_exception
 from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED
 from afs_callbacks.tracking import registry
-from afs_callbacks.tracking.classify import Failure, classify, oom_device
+from afs_callbacks.tracking.classify import Failure, classify, mark_reported, oom_device
 from afs_callbacks.tracking.facts import _guarded
 from afs_callbacks.tracking.memory import cuda_memory_figures
 from afs_callbacks.tracking.reporting import Reporting
@@ -32,6 +32,7 @@ class RunEnds(Reporting):
         Delivery is flushed (bounded by ``flush_timeout``): the process is likely about to
         exit. Only the first end of a run is reported.
         """
+        mark_reported(error)  # on this run, whichever of the calls below reports it
         kind = classify(error)
         if kind is Failure.INTERRUPTED:
             self.interrupted(interrupt_reason(error))

@@ -57,6 +57,9 @@ class RunFacts:
         self._config = config or TrackerConfig()
         self._sink = manager
         self._run_id = self._config.run_id or new_run_id(self._config.model_name)
+        # A run id given, shared by rank zero or restored from a checkpoint is never
+        # replaced; a generated one is renamed once the model's name is known.
+        self._run_id_fixed = self._config.run_id is not None
         self._ranks = Ranks()
         self._metric = self._new_watch()
         self._resumed = False
@@ -163,9 +166,10 @@ class RunFacts:
         """
         changes: dict[str, Any] = {}
         if model_name is not None:
-            changes["model_name"] = model_name
-            if self._config.run_id is None and self._started_at is None and not self._resumed:
+            renamed = model_name != self._config.model_name
+            if renamed and not self._run_id_fixed and self._started_at is None and not self._resumed:
                 self._run_id = new_run_id(model_name)
+            changes["model_name"] = model_name
         if monitor is not None:
             changes["monitor"] = monitor
         if mode is not None:
@@ -173,12 +177,13 @@ class RunFacts:
         if nan_check_every is not None:
             changes["nan_check_every"] = nan_check_every
         if changes:
+            before = (self._config.monitor, self._config.mode)
             self._config = dataclasses.replace(self._config, **changes)
-            if "monitor" in changes or "mode" in changes:
+            if (self._config.monitor, self._config.mode) != before:  # a new watch, a new best
                 self._metric = self._new_watch()
             self._cache_cadence()
         if run_id is not None:
-            self._run_id = str(run_id)
+            self._run_id, self._run_id_fixed = str(run_id), True
 
     @property
     def started(self) -> bool:
@@ -232,6 +237,7 @@ class RunFacts:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from a checkpoint: the next :meth:`start` reports TRAINING_RESUMED."""
         self._run_id = str(state.get("run_id") or self._run_id)
+        self._run_id_fixed = True
         self._attempt = int(state.get("attempt") or 0) + 1
         self._metric.load_state_dict(state)
         self._resumed = bool(state.get("started", True))

@@ -24,7 +24,7 @@ import os, signal
 from afs_callbacks import NotificationManager
 manager = NotificationManager.from_env()
 for step in (1, 2, 3):
-    manager.notify(f"step {step}", event_type="checkpoint_saved", run_id="killed-run", step=step, key=step)
+    manager.notify(f"step {step}", event_type="custom", run_id="killed-run", step=step, key=str(step))
 manager.flush(10)  # each tried once against the failing server, so all are pending with backoff
 print("queued", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

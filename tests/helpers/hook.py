@@ -55,8 +55,9 @@ def event_ids(requests: Sequence[ReceivedRequest]) -> list[str]:
 def manager_for(
     state_dir: str | os.PathLike[str], handlers: Mapping[str, NotificationHandler], **settings: object
 ) -> NotificationManager:
-    """A manager with ``handlers``, its outbox under ``state_dir``, dedup off unless asked."""
-    options: dict[str, object] = {"dedup_window": 0.0, **settings}
+    """A manager with ``handlers``, its outbox under ``state_dir``, dedup and the channels'
+    budget off unless asked (these tests send many distinct messages on purpose)."""
+    options: dict[str, object] = {"dedup_window": 0.0, "burst": 0, **settings}
     return NotificationManager(dict(handlers), settings=Settings(state_dir=os.fspath(state_dir), **options))  # type: ignore[arg-type]
 
 

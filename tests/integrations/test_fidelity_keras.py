@@ -242,3 +242,35 @@ def test_epoch_messages_number_epochs_from_one(tmp_path: Path) -> None:
     epoch = only(channel.events, EventType.EPOCH_COMPLETED)
     assert epoch.title.startswith("Epoch 1/1 completed") and epoch.context["epoch"] == 1
     assert only(channel.events, EventType.TRAINING_COMPLETED).context["end_reason"] == "max_epochs"
+
+
+def test_a_first_fit_that_raised_outside_the_training_step_is_closed_by_the_next_fit(tmp_path: Path) -> None:
+    """The one case no wrapper sees at once (the fit was running before the callback
+    could wrap it): the next fit() closes the old run as failed and starts a new one."""
+
+    class ExplodeOnce(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.armed = True
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if self.armed:
+                self.armed = False
+                raise ValueError("a callback failed")
+
+    manager, channel = make_manager(tmp_path)
+    callback, explode, model = AFSNotify(manager, stall_timeout=None), ExplodeOnce(), make_model()
+    with manager:
+        with pytest.raises(ValueError, match="a callback failed"):
+            fit(model, [callback, explode], epochs=1)
+        fit(model, [callback, explode], epochs=1)
+        settle(manager)
+        pushed = in_order(channel.events)
+    assert kinds(pushed) == [
+        EventType.TRAINING_STARTED,
+        EventType.TRAINING_FAILED,
+        EventType.TRAINING_STARTED,
+        EventType.TRAINING_COMPLETED,
+    ]
+    assert pushed[1].run_id == pushed[0].run_id != pushed[2].run_id == pushed[3].run_id
+    assert pushed[1].context["error_type"] == "FitAbandoned"

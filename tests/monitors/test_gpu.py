@@ -156,7 +156,7 @@ def test_devices_alert_independently(captured, nvml) -> None:
     monitor.poll_once()
     alerts = sent(captured, EventType.GPU_MEMORY)
     assert sorted(a.context["device"] for a in alerts) == ["GPU0", "GPU1"]
-    assert len({a.context["key"] for a in alerts}) == 2
+    assert len({a.key for a in alerts}) == 2
 
 
 def test_peak_memory_is_kept_per_device_after_stop(captured, nvml) -> None:

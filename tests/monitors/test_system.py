@@ -66,7 +66,7 @@ def test_disk_alert_when_real_free_space_is_below_the_threshold(captured, tmp_pa
     assert alert.title.startswith("Low disk space: ")
     assert str(tmp_path) in alert.message
     assert alert.context["run_id"] == "run-3"
-    assert alert.context["key"].startswith("disk:")
+    assert alert.key.startswith("disk:")
     assert abs(alert.metrics["free_gib"] - free / GIB) < 1  # the real figure (it moves a bit)
 
 
@@ -140,7 +140,7 @@ def test_host_memory_alert_against_real_usage(captured, tmp_path, no_cgroup) -> 
     watcher.poll_once()
     [alert] = sent(captured, EventType.HOST_MEMORY)
     assert alert.title.startswith("Memory at ") and alert.title.endswith(" on the host")
-    assert alert.context["key"] == "memory"
+    assert alert.key == "memory"
 
 
 def test_rss_alert_in_bytes_and_as_a_fraction(captured, tmp_path) -> None:
@@ -151,7 +151,7 @@ def test_rss_alert_in_bytes_and_as_a_fraction(captured, tmp_path) -> None:
     monitor(captured, tmp_path, rss_threshold=rss / 10 / psutil.virtual_memory().total).poll_once()
     alerts = sent(captured, EventType.HOST_MEMORY)
     assert len(alerts) == 2
-    assert all(a.context["key"] == "rss" and f"pid {os.getpid()}" in a.message for a in alerts)
+    assert all(a.key == "rss" and f"pid {os.getpid()}" in a.message for a in alerts)
 
 
 def write_cgroup_v2(root: Path, *, limit: str, current: int, inactive: int) -> None:

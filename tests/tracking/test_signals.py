@@ -123,6 +123,10 @@ def test_resolve_settles_names_and_cadence_and_rejects_bad_values() -> None:
         run.resolve(mode="best")
     with pytest.raises(AttributeError):
         run.run_id = "x"  # type: ignore[misc]
+    shared = tracker(sink, model_name=None)
+    shared.resolve(run_id="job-42")  # rank zero's id, shared before the name is known
+    shared.resolve(model_name="ResNet")
+    assert shared.run_id == "job-42" and shared.model_name == "ResNet"
 
 
 def test_step_snapshots_are_throttled_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
