@@ -186,6 +186,11 @@ class LoopbackReceiver:
                 request = replace(request, status=reply.status)
                 if reply.delay:
                     time.sleep(reply.delay)  # the slow service being simulated
+                # Recorded before answering: once the client has its answer (and the outbox
+                # says "delivered"), the request must already be in ``requests``.
+                with receiver._changed:
+                    receiver.requests.append(request)
+                    receiver._changed.notify_all()
                 payload, headers = reply.encoded()
                 self.send_response(reply.status)
                 for name, value in headers.items():
@@ -193,9 +198,6 @@ class LoopbackReceiver:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
-                with receiver._changed:
-                    receiver.requests.append(request)
-                    receiver._changed.notify_all()
 
             do_POST = do_GET = do_PUT = do_DELETE = _handle
 

@@ -19,58 +19,23 @@ One set of defaults:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.integrations._caller import watch_block_open
+from afs_callbacks.integrations._caller import CrashHooks
+from afs_callbacks.integrations._guard import broadcast_run_id, hook
 from afs_callbacks.tracking import RunTracker, TrackerConfig
 from afs_callbacks.tracking.config import check_settings
 from afs_callbacks.tracking.sink import EventSink
 
 log = get_logger(__name__)
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
 #: ``nan_check_every`` when neither the user nor the framework decides.
 DEFAULT_NAN_CHECK_EVERY = 50
 
 
-def hook(method: _F) -> _F:
-    """Run a hook body so that no exception reaches the framework; log each hook's first
-    failure (a per-step hook would flood the log)."""
-
-    @functools.wraps(method)
-    def guarded(self: NotifierBase, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except Exception:
-            name = method.__name__
-            if name not in self._failed_hooks:
-                self._failed_hooks.add(name)
-                log.exception("afs-callbacks: %s.%s failed; training continues", type(self).__name__, name)
-            return None
-
-    return cast(_F, guarded)
-
-
-def broadcast_run_id(run_id: str) -> str:
-    """Rank zero's run id on every rank of an initialised ``torch.distributed`` group
-    (else ``run_id`` unchanged). A collective: every rank must call it at the same point."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            box = [run_id]
-            dist.broadcast_object_list(box, src=0)
-            return str(box[0])
-    except Exception:
-        log.warning("afs-callbacks: could not share the run id between processes", exc_info=True)
-    return run_id
-
-
-class NotifierBase:
+class NotifierBase(CrashHooks):
     """The arguments and plumbing every adapter shares (see the module docstring).
 
     Args:
@@ -235,45 +200,14 @@ class NotifierBase:
         tracker = self.tracker
         tracker.resolve(run_id=str(broadcast(tracker.run_id)))
 
-    def _caller_caught(self, error: BaseException) -> None:
-        """``train()``/``fit()`` raised (its wrapper tells: see ``_caller.wrap_call``).
-
-        The run is reported failed (or interrupted) now, with the exception's type, so a
-        caller that catches it (a notebook, a retry loop) leaves no run open and no stall
-        watchdog running; the next call is a new run. Inside ``afs_callbacks.watch()`` the
-        block reports it instead (one message per crash).
-        """
-        tracker = self._tracker
-        if tracker is None or not tracker.started or tracker.finished or watch_block_open():
-            return
-        self._training = False
-        self._remove_sigterm_handler()
-        if isinstance(error, GeneratorExit) or (isinstance(error, SystemExit) and error.code in (None, 0)):
-            tracker.close()  # a clean exit is no failure: stop the watchdog, report nothing
-            return
-        tracker.failed(error)
-
     def _stop_asked(self, stop: bool) -> bool:
         """Whether the framework should stop now (a NaN with ``stop_on_nan``)."""
         return stop and self.tracker.config.stop_on_nan
 
-    # Crash hooks ----------------------------------------------------------------------
-
-    def _install_crash_hooks(self) -> None:
-        """The excepthook fallback and SIGTERM handler (frameworks without an exception hook)."""
-        if not self.crash_hook:
-            return
-        from afs_callbacks.watch import install_excepthook, install_sigterm_handler
-
-        install_excepthook()
-        if self._restore_sigterm is None:
-            self._restore_sigterm = install_sigterm_handler()
-
-    def _remove_sigterm_handler(self) -> None:
-        """Training is over: SIGTERM gets its default handling back."""
-        restore, self._restore_sigterm = self._restore_sigterm, None
-        if restore is not None:
-            restore()
+    def _in_training(self) -> bool:
+        """Inside ``train()``/``fit()`` (HF, Keras): begun, and neither ended nor crashed
+        (a crash skips the framework's end hook but ends the run)."""
+        return self._training and self._tracker is not None and not self._tracker.finished
 
     # Pickling (ddp_spawn) -------------------------------------------------------------
 

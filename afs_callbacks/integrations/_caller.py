@@ -23,9 +23,12 @@ import sys
 import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afs_callbacks._log import get_logger
+
+if TYPE_CHECKING:
+    from afs_callbacks.tracking import RunTracker
 
 log = get_logger(__name__)
 
@@ -36,22 +39,29 @@ _WRAPPED = "_afs_reporters"  # the wrapper's list of weak references to reporter
 
 def holder_in_stack(test: Callable[[Any], bool], *, skip: int = 1) -> Any:
     """The nearest ``self`` up the stack for which ``test`` is true, else None."""
-    frame: FrameType | None
-    try:
-        frame = sys._getframe(skip + 1)
-    except ValueError:
-        return None
-    for _ in range(STACK_DEPTH):
-        if frame is None:
-            return None
+    for frame in _frames_above(skip + 1):
         candidate = frame.f_locals.get("self")
         try:
             if candidate is not None and test(candidate):
                 return candidate
         except Exception:
             pass  # an object whose attributes raise is not the one wanted
-        frame = frame.f_back
     return None
+
+
+def _frames_above(skip: int) -> list[FrameType]:
+    """The (at most :data:`STACK_DEPTH`) frames from ``skip`` levels above the caller of
+    this function outwards; none when the stack is not that deep."""
+    frames: list[FrameType] = []
+    frame: FrameType | None
+    try:
+        frame = sys._getframe(skip + 1)
+    except ValueError:
+        return frames
+    while frame is not None and len(frames) < STACK_DEPTH:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
 
 
 def holds(callback: Any, attribute: str = "callbacks") -> Callable[[Any], bool]:
@@ -118,14 +128,7 @@ def method_in_stack(
 ) -> str | None:
     """The name of the nearest method up the stack among ``names`` whose ``self`` passes
     ``owner_test`` (which public call is running: ``predict`` or ``evaluate``), else None."""
-    frame: FrameType | None
-    try:
-        frame = sys._getframe(skip + 1)
-    except ValueError:
-        return None
-    for _ in range(STACK_DEPTH):
-        if frame is None:
-            return None
+    for frame in _frames_above(skip + 1):
         if frame.f_code.co_name in names:
             candidate = frame.f_locals.get("self")
             try:
@@ -133,7 +136,6 @@ def method_in_stack(
                     return frame.f_code.co_name
             except Exception:
                 pass
-        frame = frame.f_back
     return None
 
 
@@ -144,4 +146,56 @@ def watch_block_open() -> bool:
     return bool(getattr(module, "_open_blocks", 0)) if module is not None else False
 
 
-__all__ = ["STACK_DEPTH", "holder_in_stack", "holds", "method_in_stack", "watch_block_open", "wrap_call"]
+class CrashHooks:
+    """An adapter's side of a crash (a base of ``NotifierBase``): the exception a wrapped
+    ``train()``/``fit()`` saw, the excepthook fallback and the SIGTERM handler."""
+
+    crash_hook: bool
+    _tracker: RunTracker | None
+    _training: bool
+    _restore_sigterm: Callable[[], None] | None
+
+    def _caller_caught(self, error: BaseException) -> None:
+        """``train()``/``fit()`` raised (its wrapper tells: see ``_caller.wrap_call``).
+
+        The run is reported failed (or interrupted) now, with the exception's type, so a
+        caller that catches it (a notebook, a retry loop) leaves no run open and no stall
+        watchdog running; the next call is a new run. Inside ``afs_callbacks.watch()`` the
+        block reports it instead (one message per crash).
+        """
+        tracker = self._tracker
+        if tracker is None or not tracker.started or tracker.finished or watch_block_open():
+            return
+        self._training = False
+        self._remove_sigterm_handler()
+        if isinstance(error, GeneratorExit) or (isinstance(error, SystemExit) and error.code in (None, 0)):
+            tracker.close()  # a clean exit is no failure: stop the watchdog, report nothing
+            return
+        tracker.failed(error)
+
+    def _install_crash_hooks(self) -> None:
+        """The excepthook fallback and SIGTERM handler (frameworks without an exception hook)."""
+        if not self.crash_hook:
+            return
+        from afs_callbacks.watch import install_excepthook, install_sigterm_handler
+
+        install_excepthook()
+        if self._restore_sigterm is None:
+            self._restore_sigterm = install_sigterm_handler()
+
+    def _remove_sigterm_handler(self) -> None:
+        """Training is over: SIGTERM gets its default handling back."""
+        restore, self._restore_sigterm = self._restore_sigterm, None
+        if restore is not None:
+            restore()
+
+
+__all__ = [
+    "STACK_DEPTH",
+    "CrashHooks",
+    "holder_in_stack",
+    "holds",
+    "method_in_stack",
+    "watch_block_open",
+    "wrap_call",
+]

@@ -7,12 +7,13 @@ transformers import.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.tracking.values import floats
+from afs_callbacks.tracking.values import floats, positive
 
 log = get_logger(__name__)
 
@@ -95,3 +96,39 @@ def load_run_state(path: str) -> dict[str, Any]:
         log.debug("afs-callbacks: no saved run state in %s", path)
         return {}
     return dict(loaded) if isinstance(loaded, dict) else {}
+
+
+def plan(args: Any, state: Any) -> dict[str, Any]:
+    """What ``tracker.start`` is told about the run the Trainer starts (besides a resume)."""
+    return {
+        "epochs": positive(getattr(state, "num_train_epochs", None)),
+        "max_steps": positive(state.max_steps),
+        "batch_size": positive(getattr(state, "train_batch_size", None)),
+        "devices": str(getattr(args, "device", "")) or None,
+        "world_size": int(getattr(args, "world_size", 1) or 1),
+        "precision": "fp16" if args.fp16 else "bf16" if getattr(args, "bf16", False) else "fp32",
+        "samples_per_step": samples_per_step(args, state),
+    }
+
+
+def logged_loss(args: Any, values: Mapping[str, float]) -> tuple[float, float | None]:
+    """(loss, grad_norm) of a training log as the run had them: a window of NaN steps that
+    the NaN filter logged as 0.0 is NaN again, and a non-finite norm of a step the loss
+    scaler skipped on purpose is None (see the adapter's module docstring)."""
+    loss, grad_norm = values["loss"], values.get("grad_norm")
+    finite_norm = grad_norm is not None and math.isfinite(grad_norm)
+    if args.logging_nan_inf_filter and loss == 0.0 and not finite_norm:
+        loss = math.nan  # every step of the window was NaN/Inf: the filter logged 0.0
+    if not finite_norm and loss_scaled(args):
+        grad_norm = None  # a step the loss scaler skipped, as it does now and then
+    return loss, grad_norm
+
+
+def callbacks_of(trainer: Any) -> list[Any]:
+    """The callbacks a Trainer runs (empty when it is not known)."""
+    return list(getattr(getattr(trainer, "callback_handler", None), "callbacks", None) or [])
+
+
+def is_trainer(candidate: Any) -> bool:
+    """Whether ``candidate`` looks like a ``Trainer`` (a callback handler and ``train``)."""
+    return hasattr(candidate, "callback_handler") and callable(getattr(candidate, "train", None))

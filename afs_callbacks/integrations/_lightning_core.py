@@ -22,14 +22,14 @@ from afs_callbacks._log import get_logger
 from afs_callbacks.integrations import _lightning_read as read
 from afs_callbacks.integrations import _stops
 from afs_callbacks.integrations._base import NotifierBase, hook
-from afs_callbacks.integrations._slurm import RequeueWatch
+from afs_callbacks.integrations._lightning_support import LightningRunSupport
 
 log = get_logger(__name__)
 
 _SIGTERM_REASON = "SIGTERM (preemption or job cancellation)"
 
 
-class LightningNotifyCore(NotifierBase):
+class LightningNotifyCore(LightningRunSupport):
     """Tell people what a Lightning run is doing, through the channels you configured.
 
     Reports the start (or resume), epochs, metric improvements and plateaus, NaN/Inf,
@@ -54,22 +54,6 @@ class LightningNotifyCore(NotifierBase):
     __init__ = NotifierBase.__init__  # LightningCLI reads the arguments from here
 
     _fits = 0  # fit() calls seen: the next one is a new run
-
-    def _reset_run(self) -> None:
-        self._steps = 0
-        self._pending_epoch: tuple[int, bool] | None = None  # (epoch, validated during it)
-        self._validated_epoch: int | None = None
-        self._val_keys: set[str] = set()
-        self._before_validation: dict[str, float] = {}
-        self._checkpoint_pending = False
-        self._checkpoints_seen: dict[int, tuple[Any, Any]] = {}
-        # Gradient accumulation: the optimizer step seen last, and the loss of the batches
-        # accumulated into the next one (a sum on the loss's device).
-        self._seen_step = -1
-        self._loss_scale = 1
-        self._window_loss: Any = None
-        self._window_batches = 0
-        self._requeue = RequeueWatch()
 
     # Setup and start ----------------------------------------------------------------
 
@@ -108,16 +92,7 @@ class LightningNotifyCore(NotifierBase):
         }
         ckpt_path = getattr(trainer, "ckpt_path", None)
         tracker.start(
-            epochs=read.positive(trainer.max_epochs),
-            max_steps=read.positive(trainer.max_steps),
-            batch_size=read.batch_size(trainer),
-            devices=read.devices(trainer),
-            world_size=trainer.world_size,
-            resumed_from=None if ckpt_path is None else str(ckpt_path),
-            strategy=type(trainer.strategy).__name__,
-            precision=str(getattr(trainer, "precision", "")) or None,
-            samples_per_step=read.samples_per_step(trainer, pl_module),
-            smoke_run=bool(getattr(trainer, "fast_dev_run", False)),
+            resumed_from=None if ckpt_path is None else str(ckpt_path), **read.plan(trainer, pl_module)
         )
 
     # Training steps and epochs ------------------------------------------------------
@@ -288,54 +263,3 @@ class LightningNotifyCore(NotifierBase):
             self.tracker.load_state_dict(state_dict)
         except Exception:
             log.exception("afs-callbacks: AFSNotify.load_state_dict failed; training continues")
-
-    # Helpers ------------------------------------------------------------------------
-
-    def _report_pending_epoch(self, trainer: Any) -> bool:
-        if self._pending_epoch is None:
-            return False
-        epoch, validated = self._pending_epoch
-        self._pending_epoch = None
-        metrics = read.floats(trainer.callback_metrics)
-        if not validated:
-            metrics = {key: value for key, value in metrics.items() if key not in self._val_keys}
-        self.tracker.epoch_end(epoch, metrics)
-        if self.tracker.config.stop_on_nan:
-            if trainer.world_size > 1:
-                self._stop_if_any_rank(trainer, self.tracker.stop_requested)
-            elif self.tracker.stop_requested:
-                trainer.should_stop = True
-        return True
-
-    def _accumulated_loss(self, loss: Any, *, ends_step: bool) -> Any:
-        """Add a batch's loss to the step being accumulated; when the batch ends the step,
-        return the step's real mean loss. Lightning divided each batch's loss by
-        ``accumulate_grad_batches``; rescaling by the batches actually seen keeps a short
-        last window at an epoch's end right too. Tensors stay on their device."""
-        if loss is not None:
-            self._window_loss = loss if self._window_loss is None else self._window_loss + loss
-            self._window_batches += 1
-        if not ends_step:
-            return None
-        total, batches = self._window_loss, self._window_batches
-        self._window_loss, self._window_batches = None, 0
-        return None if total is None else total * (self._loss_scale / batches)
-
-    def _report_requeue(self) -> None:
-        """SLURM asked for the job to be requeued: one message, before the scheduler stops
-        the process; the requeued job resumes this run from Lightning's HPC checkpoint."""
-        self._requeue.signalled = False
-        self.tracker.interrupted(self._requeue.reason())
-
-    def _stop_if_any_rank(self, trainer: Any, local: bool) -> None:
-        if trainer.strategy.reduce_boolean_decision(bool(local), all=False):
-            trainer.should_stop = True
-
-    def _report_checkpoints(self, trainer: Any) -> None:
-        self._checkpoint_pending = False
-        for index, callback in enumerate(read.checkpointers(trainer)):
-            marker = read.checkpoint_marker(callback)
-            if marker[0] and marker != self._checkpoints_seen.get(index):
-                self._checkpoints_seen[index] = marker
-                step = marker[1] if isinstance(marker[1], int) else None
-                self.tracker.checkpoint_saved(str(marker[0]), step=step)

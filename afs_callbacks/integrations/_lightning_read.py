@@ -115,3 +115,18 @@ def stage(trainer: Any) -> str | None:
 def fitting(trainer: Any) -> bool:
     """Whether the trainer runs ``fit`` (validation inside it included)."""
     return stage(trainer) == "fit"
+
+
+def plan(trainer: Any, pl_module: Any) -> dict[str, Any]:
+    """What ``tracker.start`` is told about the run ``fit`` starts (besides a resume)."""
+    return {
+        "epochs": positive(trainer.max_epochs),
+        "max_steps": positive(trainer.max_steps),
+        "batch_size": batch_size(trainer),
+        "devices": devices(trainer),
+        "world_size": trainer.world_size,
+        "strategy": type(trainer.strategy).__name__,
+        "precision": str(getattr(trainer, "precision", "")) or None,
+        "samples_per_step": samples_per_step(trainer, pl_module),
+        "smoke_run": bool(getattr(trainer, "fast_dev_run", False)),
+    }

@@ -27,7 +27,6 @@ looked up the call stack once, to tell why a run ended (``EarlyStopping``,
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from typing import Any, ClassVar
 from afs_callbacks.integrations import _stops
 from afs_callbacks.integrations._base import NotifierBase, hook
 from afs_callbacks.integrations._caller import holder_in_stack, holds, wrap_call
+from afs_callbacks.integrations._keras_read import FitAbandoned, batch_loss, new_saves, process_rank
 from afs_callbacks.tracking.values import floats, positive
 
 try:
@@ -46,14 +46,6 @@ except ImportError as error:  # pragma: no cover - depends on what is installed
         "afs_callbacks.integrations.keras needs Keras 3 and a backend: pip install 'afs-callbacks[keras]'"
         " and torch, jax or tensorflow (set KERAS_BACKEND=torch|jax|tensorflow before importing keras)"
     ) from error
-
-
-class FitAbandoned(RuntimeError):
-    """What a run is closed with when its ``fit()`` raised outside the training step before
-    the callback could watch it, and the caller started another ``fit()``."""
-
-    def __init__(self) -> None:
-        super().__init__("the previous fit() raised before it ended (caught by the caller)")
 
 
 class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
@@ -93,7 +85,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
     @hook
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         """Prepare the run; it is announced at the first epoch, which tells a resume."""
-        if self._training and self._tracker is not None and not self._tracker.finished:
+        if self._in_training():
             # The previous fit() never reached on_train_end: it raised where no wrapper saw
             # it (a data pipeline or callback error in the first fit). Close it now.
             self._caller_caught(sys.exc_info()[1] or FitAbandoned())
@@ -107,7 +99,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         # This fit's step function, and the later fits whole: see the module docstring.
         wrap_call(self.model, "train_function", self._caller_caught)
         wrap_call(self.model, "fit", self._caller_caught)
-        rank, processes = _process_rank()
+        rank, processes = process_rank(keras)
         self._bind(rank=rank, world_size=processes)
         self._batch_lock = threading.Lock()  # async dispatch may run two batch hooks at once
         self._training, self._announced = True, False
@@ -132,7 +124,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         tracker.start(
             epochs=epochs,
             max_steps=epochs * steps if epochs and steps else None,
-            world_size=_process_rank()[1],
+            world_size=process_rank(keras)[1],
             initial_epoch=epoch or None,
             backend=keras.backend.backend(),
         )
@@ -164,8 +156,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         """A batch (or ``steps_per_execution`` batches) finished; ``logs["loss"]`` is the
         epoch's running mean, so a NaN stays visible until the epoch ends."""
-        loss = (logs or {}).get("loss")
-        loss = float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) else None
+        loss = batch_loss(logs)
         with self._batch_lock:  # async dispatch may run two of these at once
             self._last_batch = max(self._last_batch, int(batch))
             stop = self.tracker.on_step(self._step_base + int(batch) + 1, loss=loss)
@@ -225,49 +216,8 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         if self._pending_save is None:
             return
         epoch, logs = self._pending_save
-        for saver in self._peers:
-            if type(saver).__name__ != "ModelCheckpoint":
-                continue
-            path = _checkpoint_path(saver, epoch, logs)
-            try:
-                written = os.path.getmtime(path) if path else None
-            except OSError:
-                continue
-            if path is None or written is None or written + 1 < self._fit_wall:
-                continue
-            if (path, written) in self._saves_seen:
-                continue
-            self._saves_seen.add((path, written))
-            best = bool(getattr(saver, "save_best_only", False))
-            self.tracker.checkpoint_saved(str(path), step=self._step_base, best=best)
-
-    def _in_training(self) -> bool:
-        """Inside ``fit()``: begun, and neither ended nor crashed (a crash skips
-        ``on_train_end`` but ends the run)."""
-        return self._training and self._tracker is not None and not self._tracker.finished
-
-
-def _checkpoint_path(saver: Any, epoch: int, logs: Mapping[str, Any]) -> str | None:
-    """The file ModelCheckpoint writes for ``epoch`` (0-based) with these logs."""
-    try:
-        return str(saver._get_file_path(epoch, None, dict(logs)))  # how it names it itself
-    except Exception:
-        try:
-            return str(saver.filepath).format(epoch=epoch + 1, **logs)
-        except Exception:
-            return None
-
-
-def _process_rank() -> tuple[int, int]:
-    """(this process's index, process count) from Keras' distribution, when one is set."""
-    try:
-        distribution = keras.distribution.distribution()
-    except Exception:
-        return 0, 1
-    if distribution is None:
-        return 0, 1
-    count = int(getattr(distribution, "num_processes", 1) or 1)
-    return int(getattr(distribution, "_process_id", 0) or 0), count
+        for path, best in new_saves(self._peers, epoch, logs, since=self._fit_wall, seen=self._saves_seen):
+            self.tracker.checkpoint_saved(path, step=self._step_base, best=best)
 
 
 __all__ = ["AFSNotify", "FitAbandoned"]

@@ -41,15 +41,15 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from typing import Any
 
 from afs_callbacks.integrations import _hf_read as read
 from afs_callbacks.integrations import _stops
-from afs_callbacks.integrations._base import NotifierBase, broadcast_run_id, hook
-from afs_callbacks.integrations._caller import holder_in_stack, holds, method_in_stack, wrap_call
+from afs_callbacks.integrations._base import hook
+from afs_callbacks.integrations._caller import method_in_stack
 from afs_callbacks.integrations._hf_read import STATE_FILE
-from afs_callbacks.tracking.values import floats, positive
+from afs_callbacks.integrations._hf_support import HFRunSupport
+from afs_callbacks.tracking.values import floats
 
 try:
     from transformers import TrainerCallback
@@ -60,7 +60,7 @@ except ImportError as error:  # pragma: no cover - depends on what is installed
     ) from error
 
 
-class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
+class AFSNotify(HFRunSupport, TrainerCallback):  # type: ignore[misc]
     """Tell people what a Hugging Face Trainer run is doing, through your channels.
 
     Reports the start (or resume from a checkpoint), epochs, evaluations, improvements and
@@ -87,7 +87,6 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
     _training = False
     _eval_announced = False
     _predicting = False
-    _trainer_ref: weakref.ref[Any] | None = None
 
     def _reset_run(self) -> None:
         self._pending_step: int | None = None  # a step whose loss the coming log brings
@@ -121,16 +120,7 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         resumed_from = None
         if first and state.global_step > 0:
             resumed_from = self._restore(args, state)
-        tracker.start(
-            epochs=positive(getattr(state, "num_train_epochs", None)),
-            max_steps=positive(state.max_steps),
-            batch_size=positive(getattr(state, "train_batch_size", None)),
-            devices=str(getattr(args, "device", "")) or None,
-            world_size=int(getattr(args, "world_size", 1) or 1),
-            resumed_from=resumed_from,
-            precision="fp16" if args.fp16 else "bf16" if getattr(args, "bf16", False) else "fp32",
-            samples_per_step=read.samples_per_step(args, state),
-        )
+        tracker.start(resumed_from=resumed_from, **read.plan(args, state))
 
     @hook
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -141,7 +131,7 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         self._remove_sigterm_handler()
         tracker = self.tracker
         trainer = self._find_trainer()
-        callbacks = list(getattr(getattr(trainer, "callback_handler", None), "callbacks", None) or [])
+        callbacks = read.callbacks_of(trainer)
         nan_stop = tracker.stop_requested and tracker.config.stop_on_nan
         tracker.completed(
             self._final_metrics or None,
@@ -169,12 +159,7 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         if "loss" not in values:
             return None
         step = int(state.global_step)
-        loss, grad_norm = values["loss"], values.get("grad_norm")
-        finite_norm = grad_norm is not None and math.isfinite(grad_norm)
-        if args.logging_nan_inf_filter and loss == 0.0 and not finite_norm:
-            loss = math.nan  # every step of the window was NaN/Inf: the filter logged 0.0
-        if not finite_norm and read.loss_scaled(args):
-            grad_norm = None  # a step the loss scaler skipped, as it does now and then
+        loss, grad_norm = read.logged_loss(args, values)
         self._epoch_metrics["loss"] = loss  # NaN rather than the filter's stand-in 0.0
         if "learning_rate" in values:
             self._epoch_metrics["learning_rate"] = values["learning_rate"]
@@ -211,7 +196,7 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         tracker.heartbeat()
         if not self._in_training() and not self._eval_announced:
             self._eval_announced = True
-            self._predicting = method_in_stack(_is_trainer, ("predict", "evaluate")) == "predict"
+            self._predicting = method_in_stack(read.is_trainer, ("predict", "evaluate")) == "predict"
             if not self._predicting:
                 tracker.bind(is_global_zero=bool(state.is_world_process_zero))
                 tracker.evaluation_started()
@@ -251,71 +236,6 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         if state.is_world_process_zero and os.path.isdir(path):
             read.save_run_state(path, tracker.state_dict())
         tracker.checkpoint_saved(path, step=int(state.global_step))
-
-    # Helpers ----------------------------------------------------------------------------
-
-    def _prepare_run(self, args: Any, state: Any, model: Any) -> None:
-        """Settle what the Trainer's arguments decide, where the user did not."""
-        monitor, mode = read.monitor_of(args)
-        self._resolve(
-            model_name=read.model_name(model),
-            monitor=monitor,
-            mode=None if self._given["monitor"] else mode,  # greater_is_better is about its own metric
-            nan_check_every=max(1, int(getattr(state, "logging_steps", 0) or 50)),
-        )
-        self._reset_run()
-        world_size = int(getattr(args, "world_size", 1) or 1)
-        self._bind(rank=int(getattr(args, "process_index", 0) or 0), world_size=world_size)
-        if world_size > 1:
-            self._share_run_id(broadcast_run_id)
-        self._install_crash_hooks()
-
-    def _find_trainer(self) -> Any:
-        """The Trainer running this callback (looked up the call stack once, then held
-        weakly) with its ``train`` wrapped to report an exception the caller catches."""
-        trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        if trainer is None:
-            runs_us = holds(self)
-            trainer = holder_in_stack(lambda o: _is_trainer(o) and runs_us(o.callback_handler), skip=2)
-            if trainer is not None:
-                self._trainer_ref = weakref.ref(trainer)
-                wrap_call(trainer, "train", self._caller_caught)
-        return trainer
-
-    def _restore(self, args: Any, state: Any) -> str:
-        """Resuming at ``state.global_step``: reload what :meth:`on_save` kept."""
-        path = read.checkpoint_dir(args, state)
-        saved = {"run_id": self.tracker.run_id, "started": True, **read.load_run_state(path)}
-        self.tracker.load_state_dict(saved)
-        return path if os.path.isdir(path) else f"global step {state.global_step}"
-
-    def _in_training(self) -> bool:
-        """Inside ``train()``: begun, and neither ended nor crashed (a crash skips
-        ``on_train_end`` but ends the run)."""
-        return self._training and self._tracker is not None and not self._tracker.finished
-
-    def _report_step(self) -> None:
-        """A step that expected a log which never came is counted without its loss."""
-        if self._pending_step is not None:
-            step, self._pending_step = self._pending_step, None
-            self.tracker.on_step(step)
-
-    def _report_epoch(self) -> None:
-        if self._pending_epoch is None:
-            return
-        epoch, self._pending_epoch = self._pending_epoch, None
-        metrics, self._epoch_metrics = self._epoch_metrics, {}
-        self.tracker.epoch_end(epoch, metrics)
-
-    def _stop_if_asked(self, control: Any, stop: bool) -> Any:
-        if self._stop_asked(stop):
-            control.should_training_stop = True
-            return control
-        return None
-
-
-def _is_trainer(candidate: Any) -> bool:
-    return hasattr(candidate, "callback_handler") and callable(getattr(candidate, "train", None))
 
 
 __all__ = ["STATE_FILE", "AFSNotify"]

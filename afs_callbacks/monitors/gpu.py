@@ -12,15 +12,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.formatting import format_duration
 from afs_callbacks.monitors._devices import (
-    GpuDevice,
     GpuReading,
     MemoryPeak,
     describe_error,
@@ -28,7 +24,8 @@ from afs_callbacks.monitors._devices import (
     read_temperature,
     resolve_devices,
 )
-from afs_callbacks.monitors._poller import Hysteresis, MonitorStatus, Poller, as_fraction, format_bytes
+from afs_callbacks.monitors._gpu_alerts import DeviceState, GpuAlerts
+from afs_callbacks.monitors._poller import Hysteresis, MonitorStatus, as_fraction
 
 if TYPE_CHECKING:
     from afs_callbacks.config import Env
@@ -39,23 +36,7 @@ log = get_logger(__name__)
 __all__ = ["GPUMonitor", "GpuReading", "MemoryPeak"]
 
 
-@dataclass
-class _State:
-    """What the monitor remembers about one device between readings."""
-
-    device: GpuDevice
-    warning: Hysteresis
-    critical: Hysteresis
-    temperature: Hysteresis | None
-    unsupported: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
-    lost: bool = False
-    low_since: float | None = None
-    low_samples: list[float] = field(default_factory=list)
-    low_alerted: bool = False
-
-
-class GPUMonitor(Poller):
+class GPUMonitor(GpuAlerts):
     """Watches the GPUs this process uses and alerts on memory, starvation and heat.
 
     Alerts (each once per crossing, re-armed only after the value falls back by ``margin``):
@@ -144,7 +125,7 @@ class GPUMonitor(Poller):
         self.devices = None if devices is None else list(devices)
         self._nvml = nvml
         self._clock = clock
-        self._states: list[_State] | None = None
+        self._states: list[DeviceState] | None = None
         self._latest: dict[str, GpuReading] = {}
         self._peaks: dict[str, MemoryPeak] = {}
         self._unavailable: str | None = None
@@ -246,7 +227,7 @@ class GPUMonitor(Poller):
     def _done(self) -> bool:
         return self._unavailable is not None
 
-    def _ready(self) -> list[_State]:
+    def _ready(self) -> list[DeviceState]:
         if self._pid != os.getpid():
             # Forked after NVML was set up: handles from another process are not ours.
             self._pid, self._initialised, self._active = os.getpid(), False, False
@@ -273,7 +254,7 @@ class GPUMonitor(Poller):
             return []
         margin = self.margin
         self._states = [
-            _State(
+            DeviceState(
                 device,
                 Hysteresis(self.memory_warning, self.memory_warning - margin),
                 Hysteresis(self.memory_critical, self.memory_critical - margin),
@@ -315,7 +296,7 @@ class GPUMonitor(Poller):
                 log.debug("afs-callbacks: nvmlShutdown failed: %s", error)
         self._active = False  # a restart initialises NVML and resolves the devices again
 
-    def _read(self, state: _State) -> GpuReading | None:
+    def _read(self, state: DeviceState) -> GpuReading | None:
         nvml, handle = self._nvml, state.device.handle
         memory = self._query(state, "memory", lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
         if memory is None:
@@ -338,7 +319,7 @@ class GPUMonitor(Poller):
             power=None if milliwatts is None else milliwatts / 1000.0,
         )
 
-    def _query(self, state: _State, metric: str, call: Callable[[], Any]) -> Any:
+    def _query(self, state: DeviceState, metric: str, call: Callable[[], Any]) -> Any:
         if metric in state.unsupported or state.lost:
             return None
         try:
@@ -356,66 +337,6 @@ class GPUMonitor(Poller):
                 log.warning("afs-callbacks: reading %s of %s failed: %s", metric, label, error)
             return None
 
-    # Alerts ---------------------------------------------------------------------------
-
-    def _check(self, state: _State, reading: GpuReading, now: float) -> None:
-        fraction = reading.memory_fraction
-        critical, warning = state.critical.update(fraction), state.warning.update(fraction)
-        if critical or warning:
-            limit = self.memory_critical if critical else self.memory_warning
-            self._alert(
-                EventType.GPU_MEMORY,
-                NotificationLevel.CRITICAL if critical else NotificationLevel.WARNING,
-                f"{reading.label} memory at {fraction:.0%}",
-                f"{reading.label} ({reading.name}) uses {format_bytes(reading.memory_used)} of "
-                f"{format_bytes(reading.memory_total)}, past the {limit:.0%} "
-                + (
-                    "critical threshold: an out-of-memory error is close."
-                    if critical
-                    else "warning threshold."
-                ),
-                limit=limit,
-                **_context(reading, "memory-critical" if critical else "memory"),
-            )
-        self._check_utilization(state, reading, now)
-        guard = state.temperature
-        if guard is not None and reading.temperature is not None and guard.update(reading.temperature):
-            self._alert(
-                EventType.GPU_TEMPERATURE,
-                NotificationLevel.WARNING,
-                f"{reading.label} at {reading.temperature:.0f} °C",
-                f"{reading.label} ({reading.name}) reached {reading.temperature:.0f} °C, past the "
-                f"{self.temperature:g} °C threshold; a hot GPU throttles its clocks.",
-                limit=self.temperature,
-                **_context(reading, "temperature"),
-            )
-
-    def _check_utilization(self, state: _State, reading: GpuReading, now: float) -> None:
-        if self.util_floor is None or reading.utilization is None:
-            return
-        if reading.utilization < self.util_floor:
-            if state.low_since is None:
-                state.low_since, state.low_samples = now, []
-            state.low_samples.append(reading.utilization)
-            lasted = now - state.low_since
-            if not state.low_alerted and lasted >= self.util_window:
-                state.low_alerted = True
-                average = sum(state.low_samples) / len(state.low_samples)
-                self._alert(
-                    EventType.GPU_UTILIZATION,
-                    NotificationLevel.WARNING,
-                    f"{reading.label} starved: {average:.0f}% busy for {format_duration(lasted)}",
-                    f"{reading.label} ({reading.name}) has been below {self.util_floor:g}% utilisation for "
-                    f"{format_duration(lasted)} (average {average:.0f}%). The GPU is waiting: on data "
-                    "loading, CPU work, I/O or a stalled process.",
-                    limit=self.util_floor,
-                    **_context(reading, "utilization"),
-                )
-            return
-        state.low_since = None
-        if reading.utilization >= self.util_floor + 100 * self.margin:
-            state.low_alerted = False  # busy again: the next starvation is news
-
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         # Modules and driver handles do not pickle; the worker loads and resolves its own.
@@ -423,25 +344,3 @@ class GPUMonitor(Poller):
         if isinstance(state.get("_nvml"), type(os)):
             state["_nvml"] = None
         return state
-
-
-def _context(reading: GpuReading, what: str) -> dict[str, Any]:
-    metrics: dict[str, Any] = {
-        "memory_used_gib": round(reading.memory_used / 2**30, 2),
-        "memory_total_gib": round(reading.memory_total / 2**30, 2),
-        "memory_percent": round(100 * reading.memory_fraction, 1),
-    }
-    for name, value in (
-        ("utilization_percent", reading.utilization),
-        ("temperature_c", reading.temperature),
-        ("power_w", reading.power),
-    ):
-        if value is not None:
-            metrics[name] = round(value, 1)
-    return {
-        "key": f"{reading.uuid}:{what}",
-        "device": reading.label,
-        "gpu_uuid": reading.uuid,
-        "gpu_name": reading.name,
-        "metrics": metrics,
-    }

@@ -8,26 +8,12 @@ one message: the outbox ignores an id it already holds.
 
 from __future__ import annotations
 
-import os
-import random
 import uuid
 from dataclasses import dataclass
 
 from afs_callbacks.events import EventType
 
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
-
-# The tracker's own generator of event ids, seeded from the OS and again in a forked child.
-# Not the ``random`` module's: training code seeds that (``seed_everything``, HF's
-# ``set_seed``), which would give two runs of one process the same ids, and the outbox
-# ignores an id it already holds.
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
-
-
-def new_event_id() -> str:
-    """A fresh event id (128 random bits, hex), whatever the program seeded."""
-    return f"{_ids.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True)
@@ -48,4 +34,4 @@ def shared_event_id(run_id: str, attempt: int, event_type: EventType) -> str:
     return uuid.uuid5(_RUN_NAMESPACE, f"{run_id}|{attempt}|{event_type.value}").hex
 
 
-__all__ = ["Ranks", "new_event_id", "shared_event_id"]
+__all__ = ["Ranks", "shared_event_id"]

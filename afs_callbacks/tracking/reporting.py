@@ -9,11 +9,18 @@ from typing import Any
 
 from afs_callbacks import messages
 from afs_callbacks._log import get_logger
-from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
+from afs_callbacks.events import (
+    DEFAULT_LEVELS,
+    Attachment,
+    EventType,
+    NotificationEvent,
+    NotificationLevel,
+    _new_id,
+)
 from afs_callbacks.runstate import STALLED
 from afs_callbacks.tracking.facts import _EVENT_FIELDS, _NEVER, SNAPSHOT_INTERVAL, RunFacts
 from afs_callbacks.tracking.metrics import Change
-from afs_callbacks.tracking.ranks import new_event_id, shared_event_id
+from afs_callbacks.tracking.ranks import shared_event_id
 from afs_callbacks.tracking.values import floats
 
 log = get_logger(__name__)
@@ -48,9 +55,9 @@ class Reporting(RunFacts):
                 extra["key"] = key
             else:
                 fields["key"] = key
-        # Ids are ours, never the default: the default may come from a generator the
-        # training code seeded (see ranks.new_event_id).
-        extra["id"] = shared_event_id(self._run_id, self._attempt, event_type) if rank_any else new_event_id()
+        # A rank-any event's id is shared by every rank; any other is fresh from the events
+        # module's own generator (never the ``random`` the training code seeds).
+        extra["id"] = shared_event_id(self._run_id, self._attempt, event_type) if rank_any else _new_id()
         level = level or DEFAULT_LEVELS[event_type]
         event = NotificationEvent(event_type, level, text.title, text.body, fields, attachments, **extra)
         self.manager.emit(event)

@@ -82,6 +82,12 @@ def per_second(count: int, duration: float) -> float | None:
     return round(count / duration, 3) if duration > 0 and count else None
 
 
+def rates(record: RunRecord, steps: int, duration: float) -> tuple[float | None, float | None]:
+    """(steps per second, samples per second) over ``duration``; samples only when counted."""
+    samples = steps * samples_per_step(record)
+    return per_second(steps, duration), per_second(samples, duration) if samples else None
+
+
 def eta_seconds(record: RunRecord, step: int, steps: int, duration: float) -> float | None:
     """Seconds to the planned end at the throughput so far (steps, else epochs)."""
     if duration <= 0:
@@ -118,7 +124,7 @@ def summary_of(
     extra_lines: list[str],
 ) -> Summary:
     """The completion summary's parts."""
-    samples = steps * samples_per_step(record)
+    steps_rate, samples_rate = rates(record, steps, duration)
     return Summary(
         duration=duration,
         final=dict(record.last_metrics),
@@ -128,8 +134,8 @@ def summary_of(
         best_checkpoint=record.best_checkpoint,
         epochs_run=record.epochs_done,
         total_epochs=record.planned_epochs,
-        steps_per_second=per_second(steps, duration),
-        samples_per_second=per_second(samples, duration) if samples else None,
+        steps_per_second=steps_rate,
+        samples_per_second=samples_rate,
         end_reason=record.end_reason,
         extra_lines=tuple(extra_lines),
     )
@@ -150,7 +156,7 @@ def build_state(
 ) -> RunState:
     """A snapshot of the run now."""
     now = time.time()
-    samples = steps * samples_per_step(record)
+    steps_rate, samples_rate = rates(record, steps, duration)
     final = record.status != RUNNING and record.status != "stalled"
     return RunState(
         run_id=run_id,
@@ -165,8 +171,8 @@ def build_state(
         total_epochs=record.planned_epochs,
         step=step,
         total_steps=record.max_steps,
-        steps_per_second=per_second(steps, duration),
-        samples_per_second=per_second(samples, duration) if samples else None,
+        steps_per_second=steps_rate,
+        samples_per_second=samples_rate,
         eta_seconds=None if final else eta_seconds(record, step, steps, duration),
         metrics=dict(record.last_metrics),
         monitor=monitor,
@@ -213,6 +219,7 @@ __all__ = [
     "eta_seconds",
     "infer_end_reason",
     "per_second",
+    "rates",
     "samples_per_step",
     "summary_of",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from afs_callbacks.channels.base import DeliveryResult
 from afs_callbacks.config import Settings
+from afs_callbacks.events import EventType, NotificationEvent
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import CapturingHandler, LoopbackReceiver, Reply
 from cli.helpers import TIMEOUT, afs_notify, cli_env, history
@@ -84,9 +85,20 @@ def test_flush_names_channels_it_cannot_deliver_for(isolated_env: Path) -> None:
     assert "no settings for it here" in report["channels"]["discord"]["note"]
 
 
+class RefusesNaN(CapturingHandler):
+    """Refuses the NaN alert for good, whenever it comes: the sender sends the end of a run
+    first, so which event is attempted first depends on how the writer batched them."""
+
+    def send(self, event: NotificationEvent) -> DeliveryResult:
+        result = super().send(event)
+        if event.event_type is EventType.NAN_DETECTED:
+            return DeliveryResult.permanent("HTTP 404: hook deleted")
+        return result
+
+
 def make_history(state_dir: Path) -> None:
     """Three runs' worth of events; one delivery failed for good."""
-    handler = CapturingHandler([DeliveryResult.permanent("HTTP 404: hook deleted")])
+    handler = RefusesNaN()
     manager = NotificationManager(
         {"capture": handler}, settings=Settings(state_dir=state_dir, dedup_window=0)
     )
