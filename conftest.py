@@ -68,6 +68,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # with a home and XDG_STATE_HOME of the test's own, no test can write the user's history.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / ".local" / "state"))
+    # Each state dir a training uses gets its own death watcher: let it go soon after the run
+    # ends instead of 10 s later, so a test session does not keep dozens of them alive.
+    monkeypatch.setenv("AFS_DEATHWATCH_GRACE", "1")
     monkeypatch.chdir(tmp_path)  # no stray ./.env from the developer's checkout
     return state
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from afs_callbacks import _pending as pending
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels import REGISTRY, build_channel
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
@@ -322,7 +323,10 @@ class NotificationManager(SeedNotifications):
         """
         if not self.settings.enabled:
             return FlushReport(0, 0, 0)
-        return self._delivery.flush(self._active(), timeout)
+        started = time.monotonic()
+        pending.wait(timeout)  # a completion still drawing its chart is part of "what is queued"
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return self._delivery.flush(self._active(), left)
 
     def _active(self) -> list[tuple[str, NotificationHandler]]:
         with self._lock:
@@ -342,6 +346,7 @@ class NotificationManager(SeedNotifications):
         wait = self.settings.exit_flush_timeout if timeout is None else timeout
         report = None
         started = time.monotonic()
+        pending.wait(wait)
         try:
             # One budget for both: the cards' last edits take at most half of it.
             self._runs.close(wait / 2)

@@ -2,7 +2,7 @@
 
 Each script runs in a fresh interpreter (import times and memory figures need one) with
 ``--json``; this script prints what they measured. ``--update-readme`` rewrites, in the
-README's performance section (between ``<!-- benchmarks:start -->`` and
+benchmarks/README.md's "Latest figures" (between ``<!-- benchmarks:start -->`` and
 ``<!-- benchmarks:end -->``), the section of each benchmark that ran, with the figures, the
 machine and the command; the sections of benchmarks that did not run stay as they were.
 
@@ -71,7 +71,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--save", type=Path, help="write the results as JSON here")
     parser.add_argument("--load", type=Path, help="use results saved with --save instead of running")
     parser.add_argument("--update-readme", action="store_true", help="write the figures into the README")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help=argparse.SUPPRESS)
+    parser.add_argument("--readme", type=Path, default=HERE / "README.md", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -204,8 +204,7 @@ def update_readme(path: Path, results: list[dict[str, Any]]) -> None:
     intro = (
         "Written by `python benchmarks/run_all.py --update-readme`; each section names the command"
         " and the machine that produced it. Compare ratios, not absolute times: these machines are"
-        " shared and noisy. Where a target is missed, [benchmarks/README.md](benchmarks/README.md)"
-        " says by how much and why."
+        " shared and noisy. Where a target is missed, the sections above say by how much and why."
     )
     body = "\n\n".join([intro, *(sections[k] for k in keys)])
     path.write_text(f"{head}{START}\n{body}\n{END}{tail}", encoding="utf-8")

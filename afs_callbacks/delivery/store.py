@@ -11,17 +11,17 @@ and a fresh one started. Nothing here raises into its caller.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.delivery.faults import describe_fault, is_corruption, move_aside, still_corrupt
-from afs_callbacks.delivery.memory import Entry, MemoryTable, write_entries
+from afs_callbacks.delivery._store_faults import RETRY_SECONDS as RETRY_SECONDS  # re-exported
+from afs_callbacks.delivery._store_faults import FaultTolerantOutbox
+from afs_callbacks.delivery.faults import describe_fault, is_corruption
+from afs_callbacks.delivery.memory import Entry, write_entries
 from afs_callbacks.delivery.outbox import (
     DEAD,
     DELIVERED,
@@ -33,15 +33,9 @@ from afs_callbacks.delivery.outbox import (
     lease_owner,
 )
 from afs_callbacks.events import NotificationEvent
-from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import MetricPoint, RunState
 
 log = get_logger(__name__)
-
-_T = TypeVar("_T")
-
-#: Seconds between two attempts to write to a store that failed.
-RETRY_SECONDS = 1.0
 
 
 def _yield_gil() -> None:
@@ -50,7 +44,7 @@ def _yield_gil() -> None:
     time.sleep(0)
 
 
-class Store(Outbox):
+class Store(FaultTolerantOutbox):
     """An outbox that survives storage faults (see the module docstring).
 
     Args:
@@ -63,84 +57,10 @@ class Store(Outbox):
     def __init__(
         self, path: str | os.PathLike[str], *, memory_limit: int = 10_000, busy_timeout: float = 2.0
     ) -> None:
-        super().__init__(path, connect=False)
-        self.busy_timeout = busy_timeout
-        self.memory = MemoryTable(memory_limit)
-        self.fault: str | None = None
-        self._fault_lock = threading.Lock()
-        self._next_try = 0.0
+        super().__init__(path, memory_limit=memory_limit, busy_timeout=busy_timeout)
         self._marks: dict[tuple[str, str], tuple[str, tuple[Any, ...], dict[str, Any]]] = {}
-        self._opened = False  # once it opened, a failure is "cannot use", before "cannot open"
 
-    # Health -------------------------------------------------------------------------
-
-    def open(self) -> bool:
-        """Open (or reopen) the file; False, with the fault noted, when that fails."""
-        self._opened = self._safely("open", lambda: self._connection() is not None, False) or self._opened
-        return self._opened
-
-    @property
-    def healthy(self) -> bool:
-        """Whether the file is being written (no fault since the last successful write)."""
-        return self.fault is None
-
-    def _safely(self, doing: str, action: Callable[[], _T], fallback: _T) -> _T:
-        if doing == "write" and self._resting():
-            return fallback
-        try:
-            return action()
-        except (sqlite3.Error, OSError) as error:
-            self._on_fault(doing, error)
-            return fallback
-
-    def _resting(self) -> bool:
-        # While the file fails, writes wait for the writer thread's next retry instead of
-        # each sender waiting out a lock or failing on a full disk again and again.
-        return self.fault is not None and time.monotonic() < self._next_try
-
-    def _on_fault(self, doing: str, error: BaseException) -> None:
-        if is_corruption(error):
-            self._move_aside(error)
-            return
-        cause = describe_fault(error)
-        self._next_try = time.monotonic() + RETRY_SECONDS
-        self._drop_connection()  # reopened on the next try: a read-only one stays read-only
-        with self._fault_lock:
-            if self.fault == cause:
-                return
-            self.fault = cause
-        # One line per new cause, never a traceback per event.
-        log.error(
-            "afs-callbacks: cannot %s the notification history %s: %s. Messages are kept in memory"
-            " (up to %d) and still delivered; writing resumes when the file is writable again.",
-            "use" if self._opened else "open",
-            self.path,
-            cause,
-            self.memory.limit,
-        )
-
-    def _drop_connection(self) -> None:
-        with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.close()
-            self._conn = None
-
-    def _move_aside(self, error: BaseException) -> None:
-        with self._lock:
-            self._drop_connection()
-            # Another thread may have moved the damaged file aside already: never move a
-            # fresh one. A check of the file as it is now decides.
-            if still_corrupt(self.path, self.busy_timeout):
-                target = move_aside(self.path)
-                log.error(
-                    "afs-callbacks: the notification history %s is corrupted (%s); it was moved to %s"
-                    " and a fresh one started. Messages not yet delivered are kept in memory and"
-                    " still sent.",
-                    self.path,
-                    redact(error),
-                    target,
-                )
+    # Health: open, healthy, due_for_retry and fault handling are FaultTolerantOutbox's.
 
     def close(self) -> None:
         """Write what memory still holds (one last try), then close the connection."""
@@ -152,10 +72,6 @@ class Store(Outbox):
                 self.path,
             )
         super().close()
-
-    def due_for_retry(self) -> bool:
-        """Whether a faulted store should try its file again now."""
-        return self.fault is not None and time.monotonic() >= self._next_try
 
     # Writing ------------------------------------------------------------------------
 
@@ -402,11 +318,8 @@ class Store(Outbox):
         self._safely("write", lambda: super(Store, self).forget_card(run_id, channel), None)
 
     def _after_fork(self) -> None:
-        super()._after_fork()
-        # The parent delivers what it kept in memory; a child sending it too would duplicate.
-        self.memory.reset_after_fork()
+        super()._after_fork()  # memory and the fault lock start over too
         self._marks = {}
-        self._fault_lock = threading.Lock()
 
 
 __all__ = ["DEAD", "DELIVERED", "PENDING", "SENDING", "Store", "describe_fault", "is_corruption"]

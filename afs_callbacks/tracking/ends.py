@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from afs_callbacks import _pending as pending
 from afs_callbacks import messages
 from afs_callbacks._log import get_logger
 from afs_callbacks.events import Attachment, EventType, NotificationLevel
@@ -127,10 +128,6 @@ class RunEnds(Reporting):
         if record.extra.get("smoke_run"):
             text = smoke(text)
         record.summary_text = text.body
-        attachments: tuple[Attachment, ...] = ()
-        if self._config.chart and self.is_global_zero:
-            chart = self._chart()
-            attachments = (chart,) if chart is not None else ()
         fields: dict[str, Any] = {
             "duration": summary.duration,
             "steps": self._steps,
@@ -148,15 +145,34 @@ class RunEnds(Reporting):
                 self._metric.name or "metric": self._metric.best,
                 "epoch": self._metric.best_epoch,
             }
-        self._emit(
-            EventType.TRAINING_COMPLETED,
-            text,
-            level=NotificationLevel.WARNING if self._nan_reported else None,
-            metrics=dict(record.last_metrics),
-            attachments=attachments,
-            **fields,
-        )
+        level = NotificationLevel.WARNING if self._nan_reported else None
+        metrics = dict(record.last_metrics)
+
+        def hand_over(attachments: tuple[Attachment, ...] = ()) -> None:
+            self._emit(
+                EventType.TRAINING_COMPLETED,
+                text,
+                level=level,
+                metrics=metrics,
+                attachments=attachments,
+                **fields,
+            )
+
+        if self._config.chart and self.is_global_zero:
+            # Drawing takes a second or more: not on the training thread (see _pending).
+            pending.start(lambda: hand_over(self._chart_attachment()), "afs-completion-chart")
+        else:
+            hand_over()
         self._finish(flush=False)
+
+    def _chart_attachment(self) -> tuple[Attachment, ...]:
+        """The loss chart, or nothing when it cannot be drawn (the message goes anyway)."""
+        try:
+            chart = self._chart()
+        except Exception:
+            log.warning("afs-callbacks: the loss chart could not be drawn", exc_info=True)
+            return ()
+        return (chart,) if chart is not None else ()
 
     @_guarded
     def close(self) -> None:

@@ -1,0 +1,62 @@
+"""Work that will still hand over events: a run's completion whose chart is being drawn.
+
+Drawing the loss chart takes a second or more (importing matplotlib, rendering a PNG), too
+long for the training thread at the end of ``fit()``. The tracker draws it on a thread of
+its own, started here, and hands the completion over when the chart is ready. A flush or a
+close first waits (within its own deadline) for these threads, so "flush after fit" still
+includes the completion. The threads are not daemons: a process that exits right after
+training waits for them before the exit-time flush runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from afs_callbacks._log import get_logger
+
+log = get_logger(__name__)
+
+_lock = threading.Lock()
+_threads: set[threading.Thread] = set()
+
+
+def start(work: Callable[[], None], name: str) -> None:
+    """Run ``work`` on a new thread that flushes and closes wait for; never raises."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            log.exception("afs-callbacks: %s failed", name)
+        finally:
+            with _lock:
+                _threads.discard(threading.current_thread())
+
+    thread = threading.Thread(target=run, name=name, daemon=False)
+    with _lock:
+        _threads.add(thread)
+    thread.start()
+
+
+def wait(timeout: float | None) -> None:
+    """Wait until every such thread has finished, or ``timeout`` seconds have passed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _lock:
+        threads = list(_threads)
+    for thread in threads:
+        if thread is threading.current_thread():
+            continue
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        thread.join(remaining)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _threads.clear()  # threads do not survive fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,66 @@
+"""The loss chart is drawn off the training thread, and a flush after the run includes it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from afs_callbacks.events import EventType
+from afs_callbacks.testing import CapturingHandler
+from afs_callbacks.tracking import RunTracker, reporting
+from tests.tracking.support import RecordingSink, quiet_config, tracker
+
+pytest.importorskip("matplotlib")
+
+
+def _train(run: RunTracker) -> None:
+    run.start(epochs=2)
+    for step in range(1, 41):
+        run.on_step(step, loss=1.0 / step)
+    run.epoch_end(0, {"loss": 0.5})
+    run.epoch_end(1, {"loss": 0.4})
+
+
+def test_the_chart_is_drawn_on_its_own_thread_not_the_training_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The training thread returns from completed() before any drawing starts."""
+    sink = RecordingSink()
+    run = tracker(sink, chart=True, nan_check_every=5)
+    drawn_on: list[str] = []
+    release = threading.Event()
+    real_chart = reporting.Reporting._chart
+
+    def slow_chart(self: reporting.Reporting):  # type: ignore[no-untyped-def]
+        drawn_on.append(threading.current_thread().name)
+        release.wait(10)  # the drawing is still going on when completed() returns
+        return real_chart(self)
+
+    monkeypatch.setattr(reporting.Reporting, "_chart", slow_chart)
+    _train(run)
+    run.completed()
+    assert not sink.of(EventType.TRAINING_COMPLETED)  # not yet: the chart is being drawn
+    release.set()
+    sink.wait_for(lambda: bool(sink.of(EventType.TRAINING_COMPLETED)))
+    completed = sink.of(EventType.TRAINING_COMPLETED)[0]
+    assert drawn_on == ["afs-completion-chart"]
+    assert [a.content_type for a in completed.attachments] == ["image/png"]
+
+
+def test_a_flush_right_after_the_run_delivers_the_completion_with_its_chart(tmp_path: Path) -> None:
+    """A manager's flush() waits for the chart being drawn: "flush after fit" keeps working."""
+    from afs_callbacks import NotificationManager, Settings
+
+    capture = CapturingHandler()
+    manager = NotificationManager({"capture": capture}, settings=Settings(state_dir=tmp_path, burst=0))
+    run = RunTracker(manager, quiet_config(chart=True, nan_check_every=5))
+    _train(run)
+    run.completed()
+    report = manager.flush(30)
+    manager.close()
+    kinds = [event.event_type for event in capture.events]
+    assert EventType.TRAINING_COMPLETED in kinds, (kinds, report)
+    completed = next(e for e in capture.events if e.event_type is EventType.TRAINING_COMPLETED)
+    assert completed.attachments and completed.attachments[0].data.startswith(b"\x89PNG")
