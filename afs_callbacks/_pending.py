@@ -2,10 +2,11 @@
 
 Drawing the loss chart takes a second or more (importing matplotlib, rendering a PNG), too
 long for the training thread at the end of ``fit()``. The tracker draws it on a thread of
-its own, started here, and hands the completion over when the chart is ready. A flush or a
-close first waits (within its own deadline) for these threads, so "flush after fit" still
-includes the completion. The threads are not daemons: a process that exits right after
-training waits for them before the exit-time flush runs.
+its own, started here for the sink (the manager) that will receive the completion, and
+hands the completion over when the chart is ready. That manager's flush or close first
+waits (within its own deadline) for its threads, so "flush after fit" still includes the
+completion; another manager's flush never waits for them. The threads are not daemons: a
+process that exits right after training waits for them before the exit-time flush runs.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from afs_callbacks._log import get_logger
 log = get_logger(__name__)
 
 _lock = threading.Lock()
-_threads: set[threading.Thread] = set()
+_threads: dict[int, set[threading.Thread]] = {}  # id(owner) -> its threads
 
 
-def start(work: Callable[[], None], name: str) -> None:
-    """Run ``work`` on a new thread that flushes and closes wait for; never raises."""
+def start(work: Callable[[], object], name: str, *, owner: object) -> None:
+    """Run ``work`` on a new thread that ``owner``'s flushes and closes wait for."""
+    key = id(owner)
 
     def run() -> None:
         try:
@@ -33,19 +35,22 @@ def start(work: Callable[[], None], name: str) -> None:
             log.exception("afs-callbacks: %s failed", name)
         finally:
             with _lock:
-                _threads.discard(threading.current_thread())
+                mine = _threads.get(key, set())
+                mine.discard(threading.current_thread())
+                if not mine:
+                    _threads.pop(key, None)
 
     thread = threading.Thread(target=run, name=name, daemon=False)
     with _lock:
-        _threads.add(thread)
+        _threads.setdefault(key, set()).add(thread)
     thread.start()
 
 
-def wait(timeout: float | None) -> None:
-    """Wait until every such thread has finished, or ``timeout`` seconds have passed."""
+def wait(timeout: float | None, *, owner: object) -> None:
+    """Wait until ``owner``'s threads have finished, or ``timeout`` seconds have passed."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with _lock:
-        threads = list(_threads)
+        threads = list(_threads.get(id(owner), ()))
     for thread in threads:
         if thread is threading.current_thread():
             continue

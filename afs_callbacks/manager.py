@@ -324,7 +324,7 @@ class NotificationManager(SeedNotifications):
         if not self.settings.enabled:
             return FlushReport(0, 0, 0)
         started = time.monotonic()
-        pending.wait(timeout)  # a completion still drawing its chart is part of "what is queued"
+        pending.wait(timeout, owner=self)  # a completion still drawing its chart is part of "what is queued"
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return self._delivery.flush(self._active(), left)
 
@@ -346,7 +346,7 @@ class NotificationManager(SeedNotifications):
         wait = self.settings.exit_flush_timeout if timeout is None else timeout
         report = None
         started = time.monotonic()
-        pending.wait(wait)
+        pending.wait(wait, owner=self)
         try:
             # One budget for both: the cards' last edits take at most half of it.
             self._runs.close(wait / 2)

@@ -145,24 +145,25 @@ class RunEnds(Reporting):
                 self._metric.name or "metric": self._metric.best,
                 "epoch": self._metric.best_epoch,
             }
-        level = NotificationLevel.WARNING if self._nan_reported else None
-        metrics = dict(record.last_metrics)
-
-        def hand_over(attachments: tuple[Attachment, ...] = ()) -> None:
-            self._emit(
-                EventType.TRAINING_COMPLETED,
-                text,
-                level=level,
-                metrics=metrics,
-                attachments=attachments,
-                **fields,
-            )
-
-        if self._config.chart and self.is_global_zero:
-            # Drawing takes a second or more: not on the training thread (see _pending).
-            pending.start(lambda: hand_over(self._chart_attachment()), "afs-completion-chart")
-        else:
-            hand_over()
+        event = self._event(
+            EventType.TRAINING_COMPLETED,
+            text,
+            level=NotificationLevel.WARNING if self._nan_reported else None,
+            metrics=dict(record.last_metrics),
+            **fields,
+        )
+        if event is not None:
+            sink = self.manager
+            if self._config.chart and self.is_global_zero:
+                # Drawing takes a second or more: not on the training thread (see _pending).
+                # The event keeps the time the run ended; only its attachment comes later.
+                pending.start(
+                    lambda: sink.emit(event.with_changes(attachments=self._chart_attachment())),
+                    "afs-completion-chart",
+                    owner=sink,
+                )
+            else:
+                sink.emit(event)
         self._finish(flush=False)
 
     def _chart_attachment(self) -> tuple[Attachment, ...]:

@@ -41,9 +41,27 @@ class Reporting(RunFacts):
         **context: Any,
     ) -> None:
         """Hand one event to the sink, if this rank speaks for it (see ranks.py)."""
+        event = self._event(
+            event_type, text, rank_any=rank_any, attachments=attachments, level=level, key=key, **context
+        )
+        if event is not None:
+            self.manager.emit(event)
+
+    def _event(
+        self,
+        event_type: EventType,
+        text: messages.Message,
+        *,
+        rank_any: bool = False,
+        attachments: tuple[Attachment, ...] = (),
+        level: NotificationLevel | None = None,
+        key: str | None = None,
+        **context: Any,
+    ) -> NotificationEvent | None:
+        """The event as it would be handed over; None when this rank does not speak for it."""
         ranks = self._ranks
         if not ranks.speaks(rank_any):
-            return
+            return None
         base: dict[str, Any] = {"model": self.model_name, "run_id": self._run_id}
         if not ranks.is_global_zero:
             base["rank"] = ranks.rank
@@ -59,8 +77,7 @@ class Reporting(RunFacts):
         # module's own generator (never the ``random`` the training code seeds).
         extra["id"] = shared_event_id(self._run_id, self._attempt, event_type) if rank_any else _new_id()
         level = level or DEFAULT_LEVELS[event_type]
-        event = NotificationEvent(event_type, level, text.title, text.body, fields, attachments, **extra)
-        self.manager.emit(event)
+        return NotificationEvent(event_type, level, text.title, text.body, fields, attachments, **extra)
 
     def _snapshot(self, status: str | None = None) -> None:
         """Hand the run's state and new points to the sink's ``update_run`` (global rank

@@ -3,6 +3,8 @@ complete, fail, out of memory, interrupt; one end per run; 1-based epochs."""
 
 from __future__ import annotations
 
+import time
+
 from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, RUNNING
 from afs_callbacks.tracking import RunTracker
@@ -140,5 +142,8 @@ def test_a_sink_without_update_run_gets_events_only() -> None:
     run.resolve(model_name="m")
     run.start(epochs=1)
     run.epoch_end(0, {"loss": 1.0})
-    run.completed()
+    run.completed()  # the default config draws a chart: the completion follows on its own thread
+    deadline = time.monotonic() + 30
+    while not sink.titles[-1].startswith("Training completed") and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert sink.titles[0] == "Training started: m" and sink.titles[-1].startswith("Training completed")
