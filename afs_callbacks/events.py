@@ -227,6 +227,13 @@ def _json_safe(value: Any) -> Any:
 
     Metrics can be NaN (that is often the news), and JSON has no NaN.
     """
+    kind = type(value)  # the usual exact types first: ABC checks cost a row per snapshot
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if value - value == 0 else str(value)  # NaN and ±Inf give NaN here
+    if kind is dict:
+        return {str(key): _json_safe(item) for key, item in value.items()}
     if isinstance(value, Mapping):
         return {str(key): _json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):

@@ -29,6 +29,7 @@ from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.routing import Route, channel_status
 from afs_callbacks.delivery.seed_api import SeedNotifications
 from afs_callbacks.delivery.store import Store
+from afs_callbacks.delivery.writer import Ready
 from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.redaction import redact
@@ -258,29 +259,52 @@ class NotificationManager(SeedNotifications):
         """
         return self._admit(event, self.settings.verbosity)
 
+    def post(self, event: NotificationEvent) -> None:
+        """Hand a run event over from a training thread: :meth:`emit`, with admission's work
+        (repeat check, redaction, bounds, routing) done on the writer thread, so the caller
+        pays a queue append. Returns nothing: the event as stored is known only there."""
+        if self.settings.enabled:
+            self._delivery.post(event, self._admit_posted)
+
+    def _admit_posted(self, event: NotificationEvent) -> list[Ready]:
+        """On the writer thread: what :meth:`post`'s event becomes (see :meth:`_admitted`)."""
+        try:
+            verbosity = self.settings.verbosity
+            return [self._delivery.ready(e, self._handlers_for(e, verbosity)) for e in self._admitted(event)]
+        except Exception as error:
+            log.error("afs-callbacks: could not accept a notification: %s", redact(error))
+            return []
+
     def _admit(self, event: NotificationEvent, verbosity: str) -> NotificationEvent | None:
         if not self.settings.enabled:
             return None
         try:
-            if self.context:  # it can hold the run_id that tells repeats apart
-                event = event.with_changes(context={**self.context, **event.context})
-            # Repeats are told apart before admission's work, so a storm costs little.
-            admitted, digest = self._guard.admit(event)
-            if digest is not None:
-                self._hand_over(admit_event(digest, {"host": self._host}), verbosity)
-            if not admitted:
-                self._runs.ensure_digests()
-                return None
-            event = admit_event(event, {"host": self._host})
-            self._hand_over(event, verbosity)
-            return event
+            admitted = self._admitted(event)
+            for ready in admitted:
+                self._delivery.submit(ready, self._handlers_for(ready, verbosity))
+            # The event itself comes last (a repeat digest before it); none when it collapsed.
+            return admitted[-1] if admitted and admitted[-1].id == event.id else None
         except Exception as error:
             log.error("afs-callbacks: could not accept a notification: %s", redact(error))
             return None
 
-    def _hand_over(self, event: NotificationEvent, verbosity: str) -> None:
-        targets = self._targets(event, verbosity)
-        self._delivery.submit(event, [(name, reg.handler) for name, reg in targets])
+    def _admitted(self, event: NotificationEvent) -> list[NotificationEvent]:
+        """The events to store for ``event``: valid, bounded and redacted, a due repeat
+        digest first; nothing else when ``event`` is a repeat being collapsed."""
+        if self.context:  # it can hold the run_id that tells repeats apart
+            event = event.with_changes(context={**self.context, **event.context})
+        # Repeats are told apart before admission's work, so a storm costs little.
+        admitted, digest = self._guard.admit(event)
+        ready = [] if digest is None else [admit_event(digest, {"host": self._host})]
+        if not admitted:
+            self._runs.ensure_digests()
+            return ready
+        return [*ready, admit_event(event, {"host": self._host})]
+
+    def _handlers_for(
+        self, event: NotificationEvent, verbosity: str
+    ) -> list[tuple[str, NotificationHandler]]:
+        return [(name, reg.handler) for name, reg in self._targets(event, verbosity)]
 
     def _targets(self, event: NotificationEvent, verbosity: str) -> list[tuple[str, _Registration]]:
         with self._lock:

@@ -9,8 +9,9 @@ dashboard reads it back. Everything in it is JSON-safe.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: Run statuses, as cards, the history and the dashboard show them.
@@ -112,7 +113,9 @@ class RunState:
         """The state as JSON-safe values (NaN metrics as strings, as events do)."""
         from afs_callbacks.events import _json_safe
 
-        return dict(_json_safe(asdict(self)))
+        # Fields one level deep (``asdict`` would deep-copy every value on the way): the
+        # writer thread turns a state into a row at every snapshot.
+        return dict(_json_safe({name: getattr(self, name) for name in _state_fields()}))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunState:
@@ -124,6 +127,11 @@ class RunState:
         if isinstance(values.get("metrics"), Mapping):
             values["metrics"] = _restore_non_finite(values["metrics"])
         return cls(**values)
+
+
+@functools.lru_cache(maxsize=1)
+def _state_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(RunState))
 
 
 __all__ = [

@@ -103,20 +103,23 @@ def fit(
     validate: bool = False,
     timed: bool = False,
     wrap: Wrap | None = None,
+    timer: Any = None,
 ) -> Run:
     """Train the tiny model with ``framework`` and ``callbacks``; see :class:`Run`.
 
     ``validate``: a validation pass after every epoch (a tenth of the epoch's batches, at
     least 2). ``timed``: a first callback times train start to train end
     (``Run.hooks_loop_s``). ``wrap``: a decorator put around the framework's fit call (as
-    knockknock's is); ``Run.wall_s`` is then the wrapped call's time.
+    knockknock's is); ``Run.wall_s`` is then the wrapped call's time. ``timer``: a
+    :meth:`LoopTimer.make` instance to use as that first callback (implies ``timed``).
     """
     loops: dict[str, Callable[..., Run]] = {
         "lightning": _lightning,
         "transformers": _transformers,
         "keras": _keras,
     }
-    timer = LoopTimer.make(framework) if timed else None
+    if timer is None and timed:
+        timer = LoopTimer.make(framework)
     run: Run = loops[framework](
         ([timer] if timer is not None else []) + list(callbacks),
         steps_per_epoch=steps_per_epoch,

@@ -73,6 +73,9 @@ def bounded_text(text: object, limit: int = MAX_TEXT_CHARS) -> str:
 
 def bounded_value(value: Any) -> Any:
     """A context value with every string made valid, redacted and bounded, however nested."""
+    kind = type(value)
+    if kind is int or kind is float or kind is bool or value is None:  # most values: numbers
+        return value
     if isinstance(value, str):
         return bounded_text(value)
     if isinstance(value, Mapping):

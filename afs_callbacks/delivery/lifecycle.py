@@ -27,7 +27,7 @@ from afs_callbacks.delivery.flushing import flush_workers
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SENDING, SUPERSEDED
 from afs_callbacks.delivery.sender import ChannelWorker, RetryPolicy
 from afs_callbacks.delivery.store import Store
-from afs_callbacks.delivery.writer import Writer
+from afs_callbacks.delivery.writer import Admit, Ready, Writer
 from afs_callbacks.events import NotificationEvent
 
 log = get_logger(__name__)
@@ -169,6 +169,18 @@ class Delivery:
             self.worker(name, handler)
         self.writer.put(event, [name for name, _ in targets])
         ensure_exit_hook()
+
+    def post(self, event: NotificationEvent, admit: Admit) -> None:
+        """Queue ``event`` to be admitted by ``admit`` on the writer thread, then stored:
+        the caller pays a queue append."""
+        self.writer.put(event, admit)
+        ensure_exit_hook()
+
+    def ready(self, event: NotificationEvent, targets: Sequence[tuple[str, NotificationHandler]]) -> Ready:
+        """``event`` with its channels' names, their senders started (for an ``Admit``)."""
+        for name, handler in targets:
+            self.worker(name, handler)
+        return event, tuple(name for name, _ in targets)
 
     def _wake(self, channels: set[str]) -> None:
         with self._lock:

@@ -1,9 +1,10 @@
 """The writer thread: the only place the training process writes events and run states.
 
-``notify()`` and ``update_run()`` hand their work to :class:`Writer` and return at once (a
-deque append under a lock held for microseconds); the thread stores it in batches, one
-transaction for many events, so eight processes sharing a state directory do not queue on
-SQLite's write lock event by event, and then wakes the senders. Run states coalesce: only
+``notify()``, ``post()`` and ``update_run()`` hand their work to :class:`Writer` and return
+at once (a deque append); the thread stores it in batches, one transaction for many events,
+so eight processes sharing a state directory do not queue on SQLite's write lock event by
+event, and then wakes the senders. An event posted from a training thread comes with the
+function that admits it (repeat check, redaction, bounds, routing), which runs here. Run states coalesce: only
 the latest state of a run is written, with every metric point since the last write.
 """
 
@@ -13,7 +14,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
+from afs_callbacks._event_kinds import PROGRESS_TYPES
 from afs_callbacks._log import get_logger
 from afs_callbacks.delivery.store import Store
 from afs_callbacks.events import NotificationEvent
@@ -25,8 +28,19 @@ log = get_logger(__name__)
 BATCH = 500
 #: How long the writer lets events gather after a wake-up before storing them.
 COALESCE_SECONDS = 0.005
+#: How long a run's progress alone (epochs, improvements, run states) may gather: one
+#: transaction for the epochs of a fast run, not one each. Anything else ends the wait.
+PROGRESS_GATHER_SECONDS = 0.25
 #: Events waiting for the writer at most; past it an event is dropped (and counted).
 QUEUE_LIMIT = 50_000
+#: How often an idle writer looks again at a faulted store (a healthy one: never).
+IDLE_WAKE_SECONDS = 1.0
+
+#: An event ready to store and the channels it goes to.
+Ready: TypeAlias = tuple[NotificationEvent, tuple[str, ...]]
+#: Admits a posted event on the writer thread: what to store (nothing when it collapsed,
+#: two events when a repeat digest comes first). Never raises.
+Admit: TypeAlias = Callable[[NotificationEvent], list[Ready]]
 
 
 class Writer:
@@ -49,10 +63,11 @@ class Writer:
         self._on_open = on_open
         # A deque's append and popleft are atomic: the training thread takes no lock that
         # the writer could hold (a contended lock would hand the GIL away and wait for it).
-        self._events: deque[tuple[NotificationEvent, tuple[str, ...]]] = deque()
+        self._events: deque[tuple[NotificationEvent, tuple[str, ...] | Admit]] = deque()
         self._runs: dict[str, tuple[RunState, list[MetricPoint]]] = {}
         self._runs_lock = threading.Lock()
         self._wake = threading.Event()
+        self._hurry = threading.Event()  # set: something other than progress is queued
         self._busy = False
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -62,14 +77,17 @@ class Writer:
 
     # Training-thread side --------------------------------------------------------------
 
-    def put(self, event: NotificationEvent, channels: Sequence[str]) -> bool:
-        """Queue an event for storing; False (counted, logged once) when the queue is full."""
+    def put(self, event: NotificationEvent, channels: Sequence[str] | Admit) -> bool:
+        """Queue an event for storing, with its channels or the function that admits it
+        here; False (counted, logged once) when the queue is full."""
         if len(self._events) >= QUEUE_LIMIT:
             self.dropped += 1
             if self.dropped == 1:
                 log.error("afs-callbacks: %d events wait to be stored; new ones are dropped", QUEUE_LIMIT)
             return False
-        self._events.append((event, tuple(channels)))
+        self._events.append((event, channels if callable(channels) else tuple(channels)))
+        if event.event_type not in PROGRESS_TYPES:
+            self._hurry.set()
         self._wake.set()
         if self._thread is None:
             self._ensure_thread()
@@ -97,6 +115,7 @@ class Writer:
                 return False
             if self._thread is None or not self._thread.is_alive():
                 return False
+            self._hurry.set()
             self._wake.set()
             time.sleep(0.005)
         return True
@@ -105,6 +124,7 @@ class Writer:
         """Store what is queued (within ``timeout``) and end the thread."""
         self.drain(timeout)
         self._stop = True
+        self._hurry.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -117,6 +137,7 @@ class Writer:
         self._runs_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
+        self._hurry = threading.Event()
         self._busy = False
         self._thread = None
 
@@ -140,14 +161,20 @@ class Writer:
             if not (self._events or self._runs or self.store.due_for_retry()):
                 if self._stop:
                     return
-                if self._wake.wait(0.5) and not self._stop:
+                # Idle: sleep until something is handed over; a faulted store also wakes
+                # the thread once a second to try its file again.
+                idle = IDLE_WAKE_SECONDS if self.store.fault is not None else None
+                if self._wake.wait(idle) and not self._stop:
                     # Let a few more events arrive: one wake-up and one commit for several
                     # keeps this thread from asking the training thread for the GIL per event.
                     time.sleep(COALESCE_SECONDS)
+                    if not self._hurry.is_set():
+                        self._hurry.wait(PROGRESS_GATHER_SECONDS)
                 continue
             self._busy = True
+            self._hurry.clear()  # before taking the batch: a put() from now on hurries the next
             try:
-                batch = [self._events.popleft() for _ in range(min(BATCH, len(self._events)))]
+                batch = _admitted([self._events.popleft() for _ in range(min(BATCH, len(self._events)))])
                 with self._runs_lock:
                     runs, self._runs = self._runs, {}
                 self._write(batch, runs)
@@ -163,7 +190,7 @@ class Writer:
 
     def _write(
         self,
-        batch: list[tuple[NotificationEvent, tuple[str, ...]]],
+        batch: list[Ready],
         runs: dict[str, tuple[RunState, list[MetricPoint]]],
     ) -> None:
         if not self._opened and (self.store.healthy or self.store.due_for_retry()) and self._open():
@@ -177,3 +204,14 @@ class Writer:
             self._on_written(set(self.store.counts()))
         for state, points in runs.values():
             self.store.save_run(state, points)
+
+
+def _admitted(items: list[tuple[NotificationEvent, tuple[str, ...] | Admit]]) -> list[Ready]:
+    """The batch with each posted event admitted, in the order they were handed over."""
+    ready: list[Ready] = []
+    for event, channels in items:
+        if callable(channels):
+            ready.extend(channels(event))
+        else:
+            ready.append((event, channels))
+    return ready

@@ -188,7 +188,7 @@ class RunEnds(Reporting):
                 return False
             self._finished = True
         self._background.stop_watchdog()
-        self._read_window()
+        self._read_window(wait=True)
         return True
 
     def _finish(self, *, flush: bool) -> None:

@@ -23,6 +23,7 @@ from afs_callbacks.tracking.metrics import MetricWatch
 from afs_callbacks.tracking.nan import LossAccumulator
 from afs_callbacks.tracking.points import Curves
 from afs_callbacks.tracking.ranks import Ranks
+from afs_callbacks.tracking.reader import WindowReads
 from afs_callbacks.tracking.run import RunRecord, build_state
 from afs_callbacks.tracking.sink import EventSink
 
@@ -79,11 +80,13 @@ class RunFacts:
         self._nan_reported = False
         self._stop_requested = False
         self._accumulator = LossAccumulator()
+        self._reads = WindowReads()
         self._curves = Curves()
         self._last_progress = time.monotonic()
         self._background = Background()
         self._update_run: Callable[..., Any] | None = None
         self._next_snapshot = _NEVER
+        self._snapshot_at = -_NEVER  # when the last snapshot went out (monotonic)
         self._cache_cadence()
 
     def _new_watch(self) -> MetricWatch:
@@ -246,7 +249,7 @@ class RunFacts:
         # ddp_spawn pickles callbacks. A manager holds threads and a database connection,
         # the watchdog and monitors hold threads: each worker builds its own.
         state = self.__dict__.copy()
-        for name in ("_lock", "_background", "_accumulator", "_update_run"):
+        for name in ("_lock", "_background", "_accumulator", "_reads", "_update_run"):
             state.pop(name, None)
         state["_sink"] = None
         return state
@@ -256,6 +259,7 @@ class RunFacts:
         self._lock = threading.Lock()
         self._background = Background()
         self._accumulator = LossAccumulator()
+        self._reads = WindowReads()
         self._update_run = None
 
     def _epoch_number(self) -> int | None:

@@ -28,10 +28,10 @@ class Window:
 class LossAccumulator:
     """Accumulates losses (tensors or floats) and reports per window of steps.
 
-    Per step a tensor loss costs a ``detach`` and a list append: no tensor arithmetic, so
-    no kernel launch on a GPU (benchmarks/bench_hook.py measures it). The window holds at
-    most N detached scalars. torch is imported only in :meth:`read`, when tensors were
-    given, that is when it is loaded already.
+    Per step a tensor loss costs a list append (and a ``detach`` when it still has a
+    graph): no tensor arithmetic, so no kernel launch on a GPU (benchmarks/bench_hook.py
+    measures it). The window holds at most N detached tensors. torch is imported only when
+    a window with tensors is read, that is when it is loaded already.
     """
 
     def __init__(self) -> None:
@@ -47,7 +47,7 @@ class LossAccumulator:
 
     def add(self, step: int, value: Any) -> bool | None:
         """Record one loss. Returns whether it is NaN/Inf for a Python number (checked now),
-        None for a tensor (checked at :meth:`read`)."""
+        None for a tensor (checked when its window is read)."""
         if self._first_step is None:
             self._first_step = step
         self._last_step = step
@@ -59,40 +59,76 @@ class LossAccumulator:
             else:
                 self._saw_bad = True
             return not finite
-        loss = value.detach()  # keeps no autograd graph alive
-        if loss.dim() != 0:
-            loss = loss.float().mean()  # queued on the loss's device; nothing waits here
-        self._tensors.append(loss)
+        # Only a loss that still carries its graph is detached (Lightning hands over a
+        # detached copy): the list must not keep an autograd graph alive. Shapes are
+        # settled at read time, off the per-step path.
+        self._tensors.append(value.detach() if value.requires_grad else value)
         return None
 
-    def read(self) -> Window | None:
-        """Read and reset. For tensors this is the one device sync of the window: the sum
-        is read with NaN written into it when any step was non-finite. None when empty."""
+    def take(self) -> PendingWindow | None:
+        """The window so far, handed over as is, and a fresh one begun (no tensor is read:
+        the caller decides where :meth:`PendingWindow.window` runs). None when empty."""
         if self._first_step is None:
             return None
-        saw_bad, total = self._saw_bad, self._sum
-        if self._tensors:
-            value = _reduce(self._tensors)
-            saw_bad = saw_bad or math.isnan(value)
-            total += 0.0 if math.isnan(value) else value
-        window = Window(
-            saw_non_finite=saw_bad,
-            mean_loss=None if saw_bad or not self._count else total / self._count,
-            first_step=self._first_step,
-            last_step=self._last_step,
+        pending = PendingWindow(
+            self._tensors, self._sum, self._saw_bad, self._count, self._first_step, self._last_step
         )
         self._reset()
-        return window
+        return pending
+
+    def read(self) -> Window | None:
+        """Read and reset, here and now (see :meth:`PendingWindow.window`)."""
+        pending = self.take()
+        return None if pending is None else pending.window()
+
+
+@dataclass(frozen=True)
+class PendingWindow:
+    """A window taken from the accumulator and not read yet."""
+
+    tensors: list[Any]
+    float_sum: float
+    saw_bad: bool
+    count: int
+    first_step: int
+    last_step: int
+
+    @property
+    def needs_device(self) -> bool:
+        """Whether reading it touches tensors (a device sync on a GPU)."""
+        return bool(self.tensors)
+
+    def window(self) -> Window:
+        """Read it. For tensors this is the window's one device sync: the sum is read with
+        NaN written into it when any step was non-finite. Safe on any thread: the tensors
+        are detached and nothing writes them any more."""
+        saw_bad, total = self.saw_bad, self.float_sum
+        if self.tensors:
+            value = _reduce(self.tensors)
+            saw_bad = saw_bad or math.isnan(value)
+            total += 0.0 if math.isnan(value) else value
+        return Window(
+            saw_non_finite=saw_bad,
+            mean_loss=None if saw_bad or not self.count else total / self.count,
+            first_step=self.first_step,
+            last_step=self.last_step,
+        )
 
 
 def _reduce(tensors: list[Any]) -> float:
-    """The sum of the window's losses, NaN when any is NaN/Inf: a few ops on their device
-    and one read."""
+    """The sum of the window's losses, NaN when any is NaN/Inf: one stack on their device,
+    one copy to the host (the window's one sync), the rest in Python over N numbers."""
     torch: Any = importlib.import_module("torch")  # loaded already: the tensors are its own
     try:
-        losses = torch.stack(tensors)
-    except RuntimeError:  # losses on different devices: gather them on the host
-        losses = torch.stack([t.float().cpu() for t in tensors])
-    losses = losses.float()
-    bad = ~losses.isfinite().all()
-    return float(losses.nan_to_num(0.0, 0.0, 0.0).sum().masked_fill(bad, float("nan")).item())
+        stacked = torch.stack(tensors)
+        if stacked.dim() > 1:  # per-sample losses: each step's mean
+            stacked = stacked.float().flatten(1).mean(1)
+        values = stacked.tolist()
+    except RuntimeError:  # different devices or shapes: read them one by one
+        values = [t.float().mean().item() for t in tensors]
+    total = 0.0
+    for value in values:
+        if not math.isfinite(value):
+            return math.nan
+        total += value
+    return total

@@ -20,10 +20,17 @@ from afs_callbacks.events import (
 from afs_callbacks.runstate import STALLED
 from afs_callbacks.tracking.facts import _EVENT_FIELDS, _NEVER, SNAPSHOT_INTERVAL, RunFacts
 from afs_callbacks.tracking.metrics import Change
+from afs_callbacks.tracking.nan import Window
 from afs_callbacks.tracking.ranks import shared_event_id
 from afs_callbacks.tracking.values import floats
 
 log = get_logger(__name__)
+
+#: Shortest time between two snapshots for news (see ``Reporting._snapshot_soon``).
+SNAPSHOT_MIN_GAP = 0.5
+#: Longest wait for the loss windows being read, where the last verdict is needed (a
+#: device read that takes longer is stuck behind a long GPU queue or a broken device).
+WINDOW_WAIT_SECONDS = 10.0
 
 
 class Reporting(RunFacts):
@@ -45,7 +52,9 @@ class Reporting(RunFacts):
             event_type, text, rank_any=rank_any, attachments=attachments, level=level, key=key, **context
         )
         if event is not None:
-            self.manager.emit(event)
+            sink = self.manager
+            hand_over = getattr(sink, "post", None) or sink.emit  # post: admitted off this thread
+            hand_over(event)
 
     def _event(
         self,
@@ -86,11 +95,24 @@ class Reporting(RunFacts):
         if update is None:
             self._next_snapshot = _NEVER
             return
-        self._next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+        now = time.monotonic()
+        self._next_snapshot = now + SNAPSHOT_INTERVAL
+        self._snapshot_at = now
         try:
             update(self.state(status), self._curves.take_pending())
         except Exception:
             log.exception("afs-callbacks: could not hand over the run's state")
+
+    def _snapshot_soon(self) -> None:
+        """A snapshot for news (an epoch, an evaluation, a checkpoint): now, or, when one
+        went out less than :data:`SNAPSHOT_MIN_GAP` ago, from the step hook once the gap
+        has passed (a run of 20 epochs a second hands over a few states, not 20). The
+        points gathered meanwhile go with it; the run's end always sends one at once."""
+        gap_ends = self._snapshot_at + SNAPSHOT_MIN_GAP
+        if time.monotonic() >= gap_ends:
+            self._snapshot()
+        elif self._update_run is not None:
+            self._next_snapshot = min(self._next_snapshot, gap_ends)
 
     def _report_nan(self, step: int, what: str) -> None:
         with self._lock:
@@ -106,17 +128,26 @@ class Reporting(RunFacts):
             EventType.NAN_DETECTED, text, step=step, epoch=self._epoch_number(), metric=what, rank_any=True
         )
 
-    def _read_window(self) -> None:
-        window = self._accumulator.read()
-        if window is None:
-            return
-        if window.saw_non_finite:
-            self._report_nan(window.last_step, "loss")
-        elif window.mean_loss is not None:
-            self._curves.add_loss(window.last_step, window.mean_loss)
+    def _read_window(self, *, wait: bool = False) -> None:
+        """Hand the loss window to the reader and take the verdicts already in; with
+        ``wait`` (or ``stop_on_nan``, which must stop at the check), every verdict."""
+        pending = self._accumulator.take()
+        if pending is not None:
+            self._reads.submit(pending)
+        if wait or self._config.stop_on_nan:
+            self._take_windows(self._reads.wait(WINDOW_WAIT_SECONDS))
+        else:
+            self._take_windows(self._reads.ready())
+
+    def _take_windows(self, windows: list[Window]) -> None:
+        for window in windows:
+            if window.saw_non_finite:
+                self._report_nan(window.last_step, "loss")
+            elif window.mean_loss is not None:
+                self._curves.add_loss(window.last_step, window.mean_loss)
 
     def _batch_processed(self, step: int) -> None:
-        self._read_window()
+        self._read_window(wait=True)
         losses = self._curves.losses
         loss = losses[-1][1] if losses else None
         self._emit(

@@ -2,7 +2,9 @@
 
 The tracker knows nothing of channels, outboxes or threads; it talks to a sink. The
 :class:`~afs_callbacks.manager.NotificationManager` is the sink in production; tests pass
-a recorder. ``update_run`` is optional: a sink without it gets events only.
+a recorder. ``update_run`` is optional: a sink without it gets events only. So is
+``post(event)``: where a sink has it, the tracker hands events over with it instead of
+``emit`` (the manager's ``post`` admits them off the training thread).
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ events to a sink (:class:`~afs_callbacks.tracking.sink.EventSink`, the
 
 Every public method is safe to call from a framework hook: it never raises and never
 waits on a network. :meth:`RunTracker.on_step` is the hot path: a few counters and a
-clock read, no device sync except once every ``nan_check_every`` steps.
+clock read. The loss windows are read on a reader thread (:mod:`.reader`): no device sync
+on the training thread, except with ``stop_on_nan`` (once every ``nan_check_every`` steps)
+and at the run's end. Events go to the sink's ``post`` where it has one (the manager's
+admits them on its writer thread).
 
 Numbering: the ``epoch`` arguments are 0-based indices, as frameworks count; every field
 and text shown to people is 1-based ("Epoch 1/3", ``epoch=1``).
@@ -140,8 +143,8 @@ class RunTracker(RunEnds):
     def on_step(self, step: int, loss: Any = None, grad_norm: Any = None) -> bool:
         """One optimisation step finished. Returns True when training should stop.
 
-        The loss may be a device tensor: it is accumulated on its device and read once
-        every ``nan_check_every`` steps, never here.
+        The loss may be a device tensor: it is kept as is, and each window of
+        ``nan_check_every`` steps is read on the reader thread, never here.
         """
         try:
             now = time.monotonic()
@@ -154,6 +157,8 @@ class RunTracker(RunEnds):
                 self._report_nan(step, "grad_norm")
             if self._steps % self._nan_every == 0:
                 self._read_window()
+            elif self._reads.landed:  # a window's verdict came in from the reader thread
+                self._take_windows(self._reads.ready())
             if self._batch_every and step % self._batch_every == 0:
                 self._batch_processed(step)
             if now >= self._next_snapshot:
@@ -180,7 +185,9 @@ class RunTracker(RunEnds):
         self._epoch = epoch
         record.epochs_done = epoch + 1
         record.epochs_seen += 1
-        self._read_window()
+        # Loss windows follow the step count, not epochs: take what has come in.
+        if self._reads.landed:
+            self._take_windows(self._reads.ready())
         values = self._observe(metrics or {})
         if cadence_hit(record.epochs_seen, record.planned_epochs, self._config.epoch_every):
             text = messages.epoch_completed(self.model_name, epoch + 1, record.planned_epochs, values)
@@ -192,7 +199,7 @@ class RunTracker(RunEnds):
                 metrics=values,
                 key=f"epoch-{epoch + 1}",
             )
-        self._snapshot()
+        self._snapshot_soon()
 
     @_guarded
     def evaluation_started(self, *, in_training: bool = False) -> None:
@@ -213,7 +220,7 @@ class RunTracker(RunEnds):
         if in_training:
             values = self._observe(metrics)
             record.evaluations_seen += 1
-            self._snapshot()
+            self._snapshot_soon()
             if not cadence_hit(record.evaluations_seen, record.planned_epochs, self._config.epoch_every):
                 return
         else:
@@ -248,7 +255,7 @@ class RunTracker(RunEnds):
         record.last_checkpoint = str(path)
         if best:
             record.best_checkpoint = str(path)
-        self._snapshot()
+        self._snapshot_soon()
         if not cadence_hit(record.checkpoints_seen, record.planned_epochs, self._config.epoch_every):
             return
         self._emit(

@@ -1,0 +1,94 @@
+"""Loss windows of tensors are read by the reader thread, never on the training thread,
+unless the last verdict is needed (the run's end, ``stop_on_nan``). Real CPU tensors."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import pytest
+import torch
+
+from afs_callbacks.events import EventType
+from afs_callbacks.tracking import nan
+from afs_callbacks.tracking.nan import LossAccumulator
+from tests.tracking.support import RecordingSink, tracker
+
+
+@pytest.fixture
+def reading_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that read windows of tensors."""
+    names: list[str] = []
+    real = nan._reduce
+
+    def recorded(tensors: list[torch.Tensor]) -> float:
+        names.append(threading.current_thread().name)
+        return real(tensors)
+
+    monkeypatch.setattr(nan, "_reduce", recorded)
+    return names
+
+
+def test_tensor_windows_are_read_off_the_training_thread(reading_threads: list[str]) -> None:
+    sink = RecordingSink()
+    run = tracker(sink, nan_check_every=4)
+    run.start(epochs=1)
+    for step in range(1, 13):
+        loss = torch.tensor(float(step))
+        run.on_step(step, loss=loss * math.nan if step == 6 else loss)
+    run.completed()
+    assert reading_threads and all(name.startswith("afs-loss-reader") for name in reading_threads)
+    nans = sink.of(EventType.NAN_DETECTED)
+    assert len(nans) == 1 and nans[0].context["step"] == 8  # the window of steps 5-8
+    # The windows around it still give their mean loss to the curve.
+    assert (4, 2.5) in run._curves.losses and (12, 10.5) in run._curves.losses
+
+
+def test_stop_on_nan_reads_at_the_check_and_stops_there(reading_threads: list[str]) -> None:
+    sink = RecordingSink()
+    run = tracker(sink, nan_check_every=2, stop_on_nan=True)
+    run.start(epochs=1)
+    stops = [run.on_step(step, loss=torch.tensor(math.nan if step == 3 else 1.0)) for step in range(1, 6)]
+    assert stops[:3] == [False, False, False] and stops[3] is True  # step 4 ends the window
+    assert len(sink.of(EventType.NAN_DETECTED)) == 1
+
+
+def test_a_loss_that_still_has_its_graph_is_kept_detached() -> None:
+    weight = torch.ones(3, requires_grad=True)
+    accumulator = LossAccumulator()
+    accumulator.add(1, (weight * 2).sum())
+    pending = accumulator.take()
+    assert pending is not None and not pending.tensors[0].requires_grad
+    assert pending.window().mean_loss == 6.0
+
+
+@pytest.mark.parametrize(
+    ("losses", "mean"),
+    [
+        ([torch.tensor([1.0, 3.0]), torch.tensor([5.0, 7.0])], 4.0),  # per-sample losses
+        ([torch.tensor(1.0), torch.tensor([2.0, 4.0])], 2.0),  # mixed shapes
+        ([torch.tensor(1.0, dtype=torch.bfloat16), torch.tensor(3.0)], 2.0),  # mixed dtypes
+    ],
+)
+def test_a_window_gives_the_mean_of_each_steps_loss(losses: list[torch.Tensor], mean: float) -> None:
+    accumulator = LossAccumulator()
+    for step, loss in enumerate(losses, 1):
+        accumulator.add(step, loss)
+    window = accumulator.read()
+    assert window is not None and window.mean_loss == pytest.approx(mean) and not window.saw_non_finite
+
+
+def test_a_window_that_cannot_be_read_is_logged_once_and_the_run_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = RecordingSink()
+    run = tracker(sink, nan_check_every=2)
+    run.start(epochs=1)
+    with caplog.at_level(logging.ERROR):
+        for step in range(1, 7):  # meta tensors have no values to read
+            assert run.on_step(step, loss=torch.empty((), device="meta")) is False
+        run.completed()
+    failures = [r for r in caplog.records if "could not read a loss window" in r.getMessage()]
+    assert len(failures) == 1
+    assert sink.of(EventType.TRAINING_COMPLETED)
