@@ -59,7 +59,11 @@ from typing import Any
 _STEP = "train_batch_start train_batch_end train_batch_begin batch_begin batch_end step_begin step_end"
 _STEP += " substep_end pre_optimizer_step optimizer_step before_backward after_backward"
 _STEP += " before_optimizer_step before_zero_grad"
+# HF's on_log: the Trainer hands a step's loss over at its logging steps (step reporting).
+_STEP += " log"
 STEP_HOOKS = frozenset(f"on_{name}" for name in _STEP.split())
+# Hooks whose first call starts the run (Keras announces it at the first epoch's begin).
+FIRST_CALL_STARTS = frozenset({"on_epoch_begin"})
 _START_END = "init_end fit_start fit_end train_start train_begin train_end exception"
 _START_END += " sanity_check_start sanity_check_end"
 START_END_HOOKS = frozenset({"setup", "teardown"} | {f"on_{name}" for name in _START_END.split()})
@@ -227,7 +231,8 @@ def split_hooks(log: list[tuple[str, float, float]], marks: dict[str, float], st
                 continue
             out["step_s"] += seconds
             step_calls.append(seconds)
-        elif name in START_END_HOOKS:
+        elif name in START_END_HOOKS or (name in FIRST_CALL_STARTS and name not in seen):
+            seen.add(name)
             out["start_end_s"] += seconds
         else:
             out["boundary_s"] += seconds

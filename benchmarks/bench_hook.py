@@ -9,7 +9,9 @@ loop adapter's ``RunNotifier.step``.
 A second pass counts device syncs: on a GPU with ``torch.cuda.set_sync_debug_mode``, on a
 CPU the host reads of tensor values (``item``, ``tolist``, ``bool``/``float``/``int``).
 The only ones allowed are the NaN checks, one every ``nan_check_every`` steps.
-Targets (issue #7): a few microseconds per call; no sync outside the every-N-steps check.
+Targets: ≤ 2 µs per call (issue #16; issue #7 asked for "a few"); no sync outside the
+every-N-steps check (counted on every thread: the reads themselves run on the reader
+thread, ``afs_callbacks/tracking/reader.py``).
 
     python benchmarks/bench_hook.py [--quick] [--frameworks lightning]
     python benchmarks/bench_hook.py --device cuda          # counts real CUDA syncs
@@ -38,7 +40,7 @@ from afs_callbacks.tracking.tracker import TrackerConfig
 
 HOOKS = {"lightning": "on_train_batch_end", "transformers": "on_step_end", "keras": "on_train_batch_end"}
 PROBE_STEP = 3
-FEW_MICROSECONDS = 5.0  # what "a few microseconds" is judged against
+PER_STEP_LIMIT = 2.0  # µs per call: issue #16 (issue #7 asked for "a few", judged as < 5)
 BLOCKS = 5
 
 
@@ -95,6 +97,12 @@ def time_calls(call: Callable[[], Any], calls: int) -> float:
     return median(samples)
 
 
+def settle(tracker: RunTracker) -> None:
+    """Wait for the loss windows the reader thread is still reading: their reads belong to
+    the calls that handed them over, so they are counted with them and not with the next."""
+    tracker._reads.wait(10.0)
+
+
 def _manager() -> NotificationManager:
     settings = Settings(state_dir=tempfile.mkdtemp(prefix="afs-bench-"))
     return NotificationManager({"capture": CapturingHandler()}, settings=settings)
@@ -114,9 +122,11 @@ def bench_framework(framework: str, *, calls: int, device: str) -> list[dict[str
             invoke(subject)  # warm
             micros = time_calls(functools.partial(invoke, subject), calls)
             checks = calls // 10
+            settle(notify.tracker)
             with counting_reads(device) as counter:
                 for _ in range(checks):
                     invoke(subject)
+                settle(notify.tracker)
             allowed = checks // every + 1 if subject is notify else 0
             rows.append(
                 {
@@ -141,7 +151,16 @@ def _probe(framework: str, probe: Callable[[Callable[[Any], Any]], None]) -> Any
 
         def hook(self: Any, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             if batch_idx == PROBE_STEP:
-                probe(lambda cb: cb.on_train_batch_end(trainer, module, outputs, batch, batch_idx))
+
+                def call(cb: Any) -> None:
+                    # The trainer's step stays the same in the probe: without this AFSNotify
+                    # would take each call for a batch accumulated into that step (its short
+                    # path). Both subjects pay for the test.
+                    if "_seen_step" in cb.__dict__:
+                        cb._seen_step = -1
+                    cb.on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+
+                probe(call)
 
         return type("Probe", (base,), {"on_train_batch_end": hook})()
     if framework == "transformers":
@@ -180,9 +199,11 @@ def bench_tracker(*, calls: int, device: str) -> list[dict[str, Any]]:
 
         micros = time_calls(call, calls)
         checks = calls // 10
+        settle(tracker)
         with counting_reads(device) as counter:
             for _ in range(checks):
                 call()
+            settle(tracker)
         allowed = checks // every + 1 if label == "tensor loss" else 0
         rows.append(
             {
@@ -200,9 +221,11 @@ def bench_tracker(*, calls: int, device: str) -> list[dict[str, Any]]:
     with run:
         micros = time_calls(lambda: run.step(loss=loss), calls)
         checks = calls // 10
+        settle(run.tracker)
         with counting_reads(device) as counter:
             for _ in range(checks):
                 run.step(loss=loss)
+            settle(run.tracker)
         rows.append(
             {
                 "subject": "RunNotifier.step (tensor loss)",
@@ -252,9 +275,9 @@ def main() -> None:
                 continue
             report.target(
                 f"{group}: {r['subject']}",
-                f"< {FEW_MICROSECONDS:g} µs",
+                f"≤ {PER_STEP_LIMIT:g} µs",
                 f"{r['us']:.2f} µs",
-                r["us"] < FEW_MICROSECONDS,
+                r["us"] <= PER_STEP_LIMIT,
             )
             report.target(
                 f"{group}: {what} in {r['checked']:,} calls",

@@ -48,6 +48,7 @@ BENCHMARKS = (
     ("storm", "bench_storm.py", "An event storm", False),
     ("delivery", "bench_delivery.py", "Delivery through the outbox", False),
     ("import", "bench_import.py", "Import time", False),
+    ("idle", "bench_idle.py", "Background threads with nothing to do", False),
 )
 _PACKAGES = ("torch", "lightning", "transformers", "keras")
 

@@ -7,8 +7,10 @@ cgroup, OOM-kill count) and reports those that vanished. It leaves once no run o
 has been running for a grace period and no run asked for watching in that time.
 
 ``AFS_DEATHWATCH_INTERVAL`` (seconds between checks, default 1) and
-``AFS_DEATHWATCH_GRACE`` (default 10: long enough for a new run's first row to be written
-after its ensure_watcher()) tune it; tests shorten them. It also leaves at once when the
+``AFS_DEATHWATCH_GRACE`` (default 60: long enough for a new run's first row to be written
+after its ensure_watcher(), and for a process that runs one fit after another, a sweep or
+a notebook, to keep one watcher instead of starting one per run: a start costs about
+0.2 s of CPU beside the training) tune it; tests shorten them. It also leaves at once when the
 state dir is deleted.
 """
 
@@ -156,7 +158,7 @@ def main(argv: list[str]) -> int:
     if lock_fd is None:
         return 0
     watcher = Watcher(
-        state_dir, _seconds("AFS_DEATHWATCH_INTERVAL", 1.0), _seconds("AFS_DEATHWATCH_GRACE", 10.0)
+        state_dir, _seconds("AFS_DEATHWATCH_INTERVAL", 1.0), _seconds("AFS_DEATHWATCH_GRACE", 60.0)
     )
     if len(argv) > 2 and argv[2].isdigit():
         watcher.note(int(argv[2]))

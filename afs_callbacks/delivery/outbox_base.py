@@ -123,6 +123,12 @@ class OutboxBase:
         if self._pid != os.getpid():
             self._after_fork()
         if self._conn is None:
+            with self._lock:  # two threads opening at once would race on the schema and WAL
+                return self._open_connection()
+        return self._conn
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._conn is None:
             self._make_parent()
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False

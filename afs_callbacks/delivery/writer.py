@@ -4,8 +4,10 @@
 at once (a deque append); the thread stores it in batches, one transaction for many events,
 so eight processes sharing a state directory do not queue on SQLite's write lock event by
 event, and then wakes the senders. An event posted from a training thread comes with the
-function that admits it (repeat check, redaction, bounds, routing), which runs here. Run states coalesce: only
-the latest state of a run is written, with every metric point since the last write.
+function that admits it (repeat check, redaction, bounds, routing), which runs here. A
+run's progress alone waits up to :data:`PROGRESS_GATHER_SECONDS` for company; anything
+else is stored at once. Run states coalesce: only the latest state of a run is written,
+with every metric point since the last write.
 """
 
 from __future__ import annotations

@@ -26,13 +26,19 @@ def hook(method: _F) -> _F:
         try:
             return method(self, *args, **kwargs)
         except Exception:
-            name = method.__name__
-            if name not in self._failed_hooks:
-                self._failed_hooks.add(name)
-                log.exception("afs-callbacks: %s.%s failed; training continues", type(self).__name__, name)
+            hook_failed(self, method.__name__)
             return None
 
     return cast(_F, guarded)
+
+
+def hook_failed(notifier: NotifierBase, name: str) -> None:
+    """Log the first failure of hook ``name`` (with its traceback); later ones stay quiet.
+    Call it from an ``except`` block: a hot hook guards its body inline, not with
+    :func:`hook`, whose wrapper would pack the framework's keyword arguments once more."""
+    if name not in notifier._failed_hooks:
+        notifier._failed_hooks.add(name)
+        log.exception("afs-callbacks: %s.%s failed; training continues", type(notifier).__name__, name)
 
 
 def broadcast_run_id(run_id: str) -> str:
@@ -50,4 +56,4 @@ def broadcast_run_id(run_id: str) -> str:
     return run_id
 
 
-__all__ = ["broadcast_run_id", "hook"]
+__all__ = ["broadcast_run_id", "hook", "hook_failed"]

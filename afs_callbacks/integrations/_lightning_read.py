@@ -26,6 +26,23 @@ def checkpoint_marker(callback: Any) -> tuple[Any, Any]:
     return path, getattr(callback, "_last_global_step_saved", None)
 
 
+def step_counter(trainer: Any, pl_module: Any) -> Any | None:
+    """Lightning's own progress record behind ``trainer.global_step`` (its ``completed`` is
+    the global step), so that the step hook reads one attribute, not a chain of properties;
+    None where it cannot be found or does not agree with ``global_step`` right now."""
+    try:
+        loop = trainer.fit_loop.epoch_loop
+        if getattr(pl_module, "automatic_optimization", True):
+            total = loop.automatic_optimization.optim_progress.optimizer.step.total
+        else:
+            total = loop.manual_optimization.optim_step_progress.total
+        if isinstance(total.completed, int) and total.completed == trainer.global_step:
+            return total
+    except Exception:  # another layout: the property it is
+        pass
+    return None
+
+
 def loss_of(outputs: Any) -> Any:
     """The loss from ``training_step``'s outputs, left on its device."""
     if type(outputs) is dict:  # what Lightning hands over: no ABC check on the hot path

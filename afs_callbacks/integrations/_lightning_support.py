@@ -21,6 +21,8 @@ class LightningRunSupport(NotifierBase):
     def _reset_run(self) -> None:
         """The per-run state, set again by each ``on_train_start``."""
         self._steps = 0
+        self._stop_on_nan = False  # settled by on_train_start from the tracker's config
+        self._step_counter: Any = None  # Lightning's record behind global_step, when found
         self._pending_epoch: tuple[int, bool] | None = None  # (epoch, validated during it)
         self._validated_epoch: int | None = None
         self._val_keys: set[str] = set()

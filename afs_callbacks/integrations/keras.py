@@ -156,11 +156,15 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         """A batch (or ``steps_per_execution`` batches) finished; ``logs["loss"]`` is the
         epoch's running mean, so a NaN stays visible until the epoch ends."""
-        loss = batch_loss(logs)
+        loss = logs.get("loss") if logs else None
+        if loss is not None and type(loss) is not float:  # a float is what Keras hands over
+            loss = batch_loss(logs)
+        batch = int(batch)
         with self._batch_lock:  # async dispatch may run two of these at once
-            self._last_batch = max(self._last_batch, int(batch))
-            stop = self.tracker.on_step(self._step_base + int(batch) + 1, loss=loss)
-        if self._stop_asked(stop):
+            if batch > self._last_batch:
+                self._last_batch = batch
+            stop = self.tracker.on_step(self._step_base + batch + 1, loss=loss)
+        if stop and self._stop_asked(stop):
             self.model.stop_training = True
 
     @hook

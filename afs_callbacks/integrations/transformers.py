@@ -47,6 +47,7 @@ from afs_callbacks.integrations import _hf_read as read
 from afs_callbacks.integrations import _stops
 from afs_callbacks.integrations._base import hook
 from afs_callbacks.integrations._caller import method_in_stack
+from afs_callbacks.integrations._guard import hook_failed
 from afs_callbacks.integrations._hf_read import STATE_FILE
 from afs_callbacks.integrations._hf_support import HFRunSupport
 from afs_callbacks.tracking.values import floats
@@ -140,14 +141,22 @@ class AFSNotify(HFRunSupport, TrainerCallback):  # type: ignore[misc]
 
     # Steps, logs, epochs ----------------------------------------------------------------
 
-    @hook
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        """Count the step. Its loss is known only if a log follows: then on_log reports it."""
-        self._report_step()
-        if control.should_log:  # DefaultFlowCallback, always first, has decided already
-            self._pending_step = int(state.global_step)
+        """Count the step. Its loss is known only if a log follows: then on_log reports it.
+
+        Guarded inline (see :func:`~afs_callbacks.integrations._guard.hook_failed`): this
+        runs every step with the Trainer's keyword arguments."""
+        try:
+            if self._pending_step is not None:
+                self._report_step()
+            if control.should_log:  # DefaultFlowCallback, always first, has decided already
+                self._pending_step = int(state.global_step)
+                return None
+            stop = self.tracker.on_step(int(state.global_step))
+            return self._stop_if_asked(control, stop) if stop else None
+        except Exception:
+            hook_failed(self, "on_step_end")
             return None
-        return self._stop_if_asked(control, self.tracker.on_step(int(state.global_step)))
 
     @hook
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:

@@ -52,7 +52,7 @@ class LossAccumulator:
             self._first_step = step
         self._last_step = step
         self._count += 1
-        if isinstance(value, (int, float)):
+        if type(value) is float or isinstance(value, (int, float)):
             finite = math.isfinite(value)
             if finite:
                 self._sum += value

@@ -5,11 +5,13 @@ CPU it is a few torch calls over N tensors: tens of microseconds in a tight loop
 inside a training loop whose step has just pushed them out of the cache. So the training
 thread hands each window to a reader thread (one per process) and picks the verdict up at
 a later step, in order; it waits for reads only when it needs the last verdict (the run's
-end, a per-batch message, ``stop_on_nan``). A window of Python floats (HF, Keras) is read
+end, a per-batch message). With ``stop_on_nan`` the window is read on the training thread
+at the check itself: the run must stop there. A window of Python floats (HF, Keras) is read
 at once: it costs nothing.
 
-The reader thread blocks on its queue while there is nothing to read: it never wakes up
-on its own.
+Handing a window over is a deque append and an event set, a few microseconds once every N
+steps (a ``concurrent.futures`` pool costs ten times that per window). The reader thread
+blocks while there is nothing to read: it never wakes up on its own.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from afs_callbacks._log import get_logger
@@ -27,19 +27,61 @@ from afs_callbacks.tracking.nan import PendingWindow, Window
 
 log = get_logger(__name__)
 
+
+class _Read:
+    """One window on its way through the reader: its verdict, or why there is none."""
+
+    __slots__ = ("done", "error", "owner", "pending", "stream", "window")
+
+    def __init__(self, pending: PendingWindow, stream: Any, owner: WindowReads) -> None:
+        self.pending, self.stream, self.owner = pending, stream, owner
+        self.window: Window | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class _Reader:
+    """The process's reader thread."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._jobs: deque[_Read] = deque()
+        self._wake = threading.Event()
+        self.finished = threading.Condition()
+        threading.Thread(target=self._run, name="afs-loss-reader", daemon=True).start()
+
+    def submit(self, job: _Read) -> None:
+        self._jobs.append(job)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()  # no timeout: idle means asleep
+            self._wake.clear()  # before draining: a submit from now on wakes the next turn
+            while self._jobs:
+                job = self._jobs.popleft()
+                try:
+                    job.window = _read(job.pending, job.stream)
+                except BaseException as error:  # reported on the training thread, once
+                    job.error = error
+                job.pending = None  # type: ignore[assignment]  # the tensors can go
+                job.done = True
+                job.owner.landed = True
+                with self.finished:
+                    self.finished.notify_all()
+
+
 _lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
-_owner_pid = -1
+_reader_of_process: _Reader | None = None
 
 
-def _reader() -> ThreadPoolExecutor:
+def _reader() -> _Reader:
     """The process's reader (a fresh one in a forked child: the parent's thread is not there)."""
-    global _executor, _owner_pid
+    global _reader_of_process
     with _lock:
-        if _executor is None or _owner_pid != os.getpid():
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afs-loss-reader")
-            _owner_pid = os.getpid()
-        return _executor
+        if _reader_of_process is None or _reader_of_process.pid != os.getpid():
+            _reader_of_process = _Reader()
+        return _reader_of_process
 
 
 class WindowReads:
@@ -50,21 +92,25 @@ class WindowReads:
     """
 
     def __init__(self) -> None:
-        self.in_flight: deque[Future[Window] | Window] = deque()
+        self.in_flight: deque[_Read | Window] = deque()
         self.landed = False
         self._failed = False
 
     def submit(self, pending: PendingWindow) -> None:
-        """Start reading ``pending`` (floats only: read here, at once)."""
+        """Start reading ``pending`` on the reader thread (floats only: here, at once)."""
         if not pending.needs_device:
             self.in_flight.append(pending.window())
             self.landed = True
             return
-        job = _reader().submit(_read, pending, _stream_of(pending))
-        self.in_flight.append(job)
-        job.add_done_callback(self._land)
+        self.in_flight.append(_Read(pending, _stream_of(pending), self))
+        _reader().submit(self.in_flight[-1])  # type: ignore[arg-type]
 
-    def _land(self, job: Future[Window]) -> None:
+    def read_here(self, pending: PendingWindow) -> None:
+        """Read ``pending`` on this thread, after the windows already in flight."""
+        try:
+            self.in_flight.append(pending.window())
+        except Exception as error:
+            self._report(error)
         self.landed = True
 
     def ready(self) -> list[Window]:
@@ -74,10 +120,10 @@ class WindowReads:
         jobs = self.in_flight
         while jobs:
             job = jobs[0]
-            if isinstance(job, Future):
-                if not job.done():
+            if isinstance(job, _Read):
+                if not job.done:
                     break
-                window = self._result(job, 0.0)
+                window = self._verdict(job)
             else:
                 window = job
             jobs.popleft()
@@ -88,28 +134,38 @@ class WindowReads:
     def wait(self, timeout: float) -> list[Window]:
         """Every verdict, waiting up to ``timeout`` seconds in all for reads to finish (a
         read that does not finish in time is given up, with one log line)."""
+        deadline = time.monotonic() + timeout
+        pending = [job for job in self.in_flight if isinstance(job, _Read) and not job.done]
+        if pending:
+            finished = _reader().finished
+            with finished:
+                while not all(job.done for job in pending):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        log.warning("afs-callbacks: a loss window took too long to read; it is left out")
+                        break
+                    finished.wait(left)
         self.landed = False
         done = []
-        jobs = self.in_flight
-        deadline = time.monotonic() + timeout
-        while jobs:
-            job = jobs.popleft()
-            left = max(0.0, deadline - time.monotonic())
-            window = self._result(job, left) if isinstance(job, Future) else job
+        while self.in_flight:
+            job = self.in_flight.popleft()
+            window = (self._verdict(job) if job.done else None) if isinstance(job, _Read) else job
             if window is not None:
                 done.append(window)
         return done
 
-    def _result(self, job: Future[Window], timeout: float) -> Window | None:
-        try:
-            return job.result(timeout)
-        except FutureTimeout:
-            log.warning("afs-callbacks: a loss window took too long to read; it is left out")
-        except Exception:
-            if not self._failed:  # one traceback per run: a broken read repeats every window
-                self._failed = True
-                log.exception("afs-callbacks: could not read a loss window; NaN checks may miss it")
-        return None
+    def _verdict(self, job: _Read) -> Window | None:
+        if job.error is not None:
+            self._report(job.error)
+        return job.window
+
+    def _report(self, error: BaseException) -> None:
+        if not self._failed:  # one traceback per run: a broken read repeats every window
+            self._failed = True
+            log.error(
+                "afs-callbacks: could not read a loss window; NaN checks may miss it",
+                exc_info=(type(error), error, error.__traceback__),
+            )
 
 
 def _stream_of(pending: PendingWindow) -> Any:

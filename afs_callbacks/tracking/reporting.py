@@ -129,15 +129,17 @@ class Reporting(RunFacts):
         )
 
     def _read_window(self, *, wait: bool = False) -> None:
-        """Hand the loss window to the reader and take the verdicts already in; with
-        ``wait`` (or ``stop_on_nan``, which must stop at the check), every verdict."""
+        """Hand the loss window to the reader thread and take the verdicts already in; with
+        ``wait``, every verdict. With ``stop_on_nan`` the window is read here: the run must
+        stop at the check."""
         pending = self._accumulator.take()
-        if pending is not None:
+        if self._config.stop_on_nan:
+            if pending is not None:
+                self._reads.read_here(pending)
+            wait = True
+        elif pending is not None:
             self._reads.submit(pending)
-        if wait or self._config.stop_on_nan:
-            self._take_windows(self._reads.wait(WINDOW_WAIT_SECONDS))
-        else:
-            self._take_windows(self._reads.ready())
+        self._take_windows(self._reads.wait(WINDOW_WAIT_SECONDS) if wait else self._reads.ready())
 
     def _take_windows(self, windows: list[Window]) -> None:
         for window in windows:
