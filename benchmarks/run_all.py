@@ -190,10 +190,11 @@ def section(result: dict[str, Any]) -> str:
 def update_readme(path: Path, results: list[dict[str, Any]]) -> None:
     """Replace, between the markers, the sections of the benchmarks in ``results``."""
     text = path.read_text(encoding="utf-8")
-    if START not in text or END not in text:
+    # The markers on lines of their own: the prose that explains them quotes them too.
+    found = re.search(rf"^{re.escape(START)}$(.*?)^{re.escape(END)}$", text, re.S | re.M)
+    if found is None:
         raise SystemExit(f"{path}: the markers {START} and {END} are missing")
-    head, rest = text.split(START, 1)
-    block, tail = rest.split(END, 1)
+    head, block, tail = text[: found.start()], found.group(1), text[found.end() :]
     pattern = re.compile(r"<!-- bench:(\S+) -->.*?<!-- /bench:\1 -->", re.S)
     sections = {match.group(1): match.group(0) for match in pattern.finditer(block)}
     for result in results:

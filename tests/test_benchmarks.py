@@ -116,8 +116,10 @@ def test_hook_reads_tensors_only_at_the_nan_checks() -> None:
 def test_run_all_rewrites_only_its_sections_of_the_readme(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     kept = "<!-- bench:hook -->\nfigures of another run\n<!-- /bench:hook -->"
+    # The prose before the block quotes the markers: only the markers on lines of their own count.
+    before = "# Project\n\nFigures go between `<!-- benchmarks:start -->` and `<!-- benchmarks:end -->`.\n\n"
     readme.write_text(
-        f"# Project\n\nBefore.\n\n<!-- benchmarks:start -->\n{kept}\n<!-- benchmarks:end -->\n\nAfter.\n",
+        f"{before}<!-- benchmarks:start -->\n{kept}\n<!-- benchmarks:end -->\n\nAfter.\n",
         encoding="utf-8",
     )
     saved = tmp_path / "results.json"
@@ -127,7 +129,7 @@ def test_run_all_rewrites_only_its_sections_of_the_readme(tmp_path: Path) -> Non
     assert "Targets, all benchmarks" in out
 
     text = readme.read_text(encoding="utf-8")
-    assert text.startswith("# Project\n\nBefore.\n\n<!-- benchmarks:start -->\n")
+    assert text.startswith(f"{before}<!-- benchmarks:start -->\n")
     assert text.endswith("<!-- benchmarks:end -->\n\nAfter.\n")
     assert kept in text
     assert "python benchmarks/bench_storm.py --quick" in text
