@@ -1,8 +1,9 @@
 """afs-callbacks: tell people what their training runs are doing.
 
-Importing the package imports no ML framework and no channel: channel classes such as
-``SlackNotifier`` load on first access, framework callbacks live in
-``afs_callbacks.integrations.<framework>``.
+Importing the package imports nothing else: every public name (``NotificationManager``,
+``Settings``, channel classes such as ``SlackNotifier``) loads on first access, so a
+process that needs one module (the death watcher) starts fast. No ML framework is ever
+loaded from here; framework callbacks live in ``afs_callbacks.integrations.<framework>``.
 """
 
 from __future__ import annotations

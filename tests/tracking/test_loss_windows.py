@@ -8,12 +8,13 @@ import math
 import threading
 
 import pytest
-import torch
 
-from afs_callbacks.events import EventType
-from afs_callbacks.tracking import nan
-from afs_callbacks.tracking.nan import LossAccumulator
-from tests.tracking.support import RecordingSink, tracker
+torch = pytest.importorskip("torch")
+
+from afs_callbacks.events import EventType  # noqa: E402
+from afs_callbacks.tracking import nan  # noqa: E402
+from afs_callbacks.tracking.nan import LossAccumulator  # noqa: E402
+from tests.tracking.support import RecordingSink, tracker  # noqa: E402
 
 
 @pytest.fixture
