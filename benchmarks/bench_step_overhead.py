@@ -46,7 +46,7 @@ Keras, worst shape: loop ≤ 1.02× and whole fit() ≤ 1.03× (accounted, and w
 its noise), training-thread work ≤ 1 ms per epoch boundary (hooks at epoch ends,
 validation included, over the number of epochs) and ≤ 2 µs per step in the hook.
 
-    python benchmarks/bench_step_overhead.py            # ~40 min on a 2-CPU machine, 3 frameworks
+    python benchmarks/bench_step_overhead.py            # ~21 min on a 2-CPU machine, 3 frameworks
     python benchmarks/bench_step_overhead.py --quick    # seconds: does it still run?
     python benchmarks/bench_step_overhead.py --frameworks lightning --rounds 5 --steps 2000
 """
