@@ -86,6 +86,8 @@ class NotificationManager(SeedNotifications):
         self.config_errors: dict[str, str] = {}
         self._registrations: dict[str, _Registration] = {}
         self._guard = StormGuard(settings.dedup_window)
+        # Whether some channel takes an event of a (type, level): routes look at nothing else.
+        self._pushed: dict[tuple[EventType, NotificationLevel], bool] = {}
         self._lock = threading.RLock()
         self._host = socket.gethostname()
         self._console: _Registration | None = None
@@ -190,12 +192,14 @@ class NotificationManager(SeedNotifications):
             log.warning("afs-callbacks: %s channel is not usable: %s", name, status.reason)
         with self._lock:
             self._registrations[name] = _Registration(handler, route, status.configured)
+            self._pushed = {}
         self._delivery.forget_worker(name, timeout=0)
 
     def unregister_handler(self, name: str) -> None:
         """Remove a channel; its undelivered messages stay in the outbox."""
         with self._lock:
             self._registrations.pop(name, None)
+            self._pushed = {}
         self._delivery.forget_worker(name, timeout=1.0)
 
     @property
@@ -264,7 +268,17 @@ class NotificationManager(SeedNotifications):
         (repeat check, redaction, bounds, routing) done on the writer thread, so the caller
         pays a queue append. Returns nothing: the event as stored is known only there."""
         if self.settings.enabled:
-            self._delivery.post(event, self._admit_posted)
+            self._delivery.post(event, self._admit_posted, hurry=self._is_pushed(event))
+
+    def _is_pushed(self, event: NotificationEvent) -> bool:
+        """Whether some channel takes ``event`` (then progress is stored at once, not
+        gathered: a run that ends meanwhile would make it stale). A dict lookup after the
+        first event of each type and level."""
+        key = (event.event_type, event.level)
+        pushed = self._pushed.get(key)
+        if pushed is None:
+            pushed = self._pushed[key] = bool(self._targets(event, self.settings.verbosity))
+        return pushed
 
     def _admit_posted(self, event: NotificationEvent) -> list[Ready]:
         """On the writer thread: what :meth:`post`'s event becomes (see :meth:`_admitted`)."""

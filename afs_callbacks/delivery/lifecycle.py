@@ -170,10 +170,10 @@ class Delivery:
         self.writer.put(event, [name for name, _ in targets])
         ensure_exit_hook()
 
-    def post(self, event: NotificationEvent, admit: Admit) -> None:
+    def post(self, event: NotificationEvent, admit: Admit, *, hurry: bool = False) -> None:
         """Queue ``event`` to be admitted by ``admit`` on the writer thread, then stored:
-        the caller pays a queue append."""
-        self.writer.put(event, admit)
+        the caller pays a queue append. ``hurry``: store it without gathering."""
+        self.writer.put(event, admit, hurry=hurry)
         ensure_exit_hook()
 
     def ready(self, event: NotificationEvent, targets: Sequence[tuple[str, NotificationHandler]]) -> Ready:

@@ -30,8 +30,9 @@ log = get_logger(__name__)
 BATCH = 500
 #: How long the writer lets events gather after a wake-up before storing them.
 COALESCE_SECONDS = 0.005
-#: How long a run's progress alone (epochs, improvements, run states) may gather: one
-#: transaction for the epochs of a fast run, not one each. Anything else ends the wait.
+#: How long a run's progress alone (epochs, improvements, run states) may gather when no
+#: channel pushes it: one transaction for the epochs of a fast run, not one each. Anything
+#: else ends the wait (pushed progress too: stored late, it would be stale on arrival).
 PROGRESS_GATHER_SECONDS = 0.25
 #: Events waiting for the writer at most; past it an event is dropped (and counted).
 QUEUE_LIMIT = 50_000
@@ -79,16 +80,17 @@ class Writer:
 
     # Training-thread side --------------------------------------------------------------
 
-    def put(self, event: NotificationEvent, channels: Sequence[str] | Admit) -> bool:
+    def put(self, event: NotificationEvent, channels: Sequence[str] | Admit, *, hurry: bool = False) -> bool:
         """Queue an event for storing, with its channels or the function that admits it
-        here; False (counted, logged once) when the queue is full."""
+        here; False (counted, logged once) when the queue is full. Progress that no channel
+        takes may gather; anything else (``hurry``, channels named) is stored at once."""
         if len(self._events) >= QUEUE_LIMIT:
             self.dropped += 1
             if self.dropped == 1:
                 log.error("afs-callbacks: %d events wait to be stored; new ones are dropped", QUEUE_LIMIT)
             return False
         self._events.append((event, channels if callable(channels) else tuple(channels)))
-        if event.event_type not in PROGRESS_TYPES:
+        if hurry or event.event_type not in PROGRESS_TYPES or (channels and not callable(channels)):
             self._hurry.set()
         self._wake.set()
         if self._thread is None:
