@@ -14,9 +14,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
@@ -309,41 +309,39 @@ class Settings:
             ConfigurationError: a bad value, when ``on_error`` is not given.
         """
         env = Env() if env is None else env
-
-        def read(getter: Callable[[], _T], default: _T) -> _T:
-            if on_error is None:
-                return getter()
+        # Each option's default is its field's: one place to change it.
+        defaults = {option.name: option.default for option in fields(cls) if option.name != "state_dir"}
+        readers: dict[str, Callable[[Any], Any]] = {
+            "strict": lambda default: env.flag("AFS_STRICT", default),
+            "dedup_window": lambda default: _num(env, "AFS_DEDUP_WINDOW", default, 0.0),
+            "max_attempts": lambda default: _int(env, "AFS_MAX_ATTEMPTS", default, 1),
+            "retry_base": lambda default: _num(env, "AFS_RETRY_BASE", default, 0.0),
+            "retry_cap": lambda default: _num(env, "AFS_RETRY_CAP", default, 0.0),
+            "max_retry_after": lambda default: _num(env, "AFS_MAX_RETRY_AFTER", default, 0.0),
+            "exit_flush_timeout": lambda default: _num(env, "AFS_EXIT_FLUSH_TIMEOUT", default, 0.0),
+            "retention_days": lambda default: _num(env, "AFS_HISTORY_DAYS", default, 0.0),
+            "max_history": lambda default: _int(env, "AFS_HISTORY_MAX_EVENTS", default, 1),
+            "console": lambda default: _console(env, default),
+            "send_timeout": lambda default: _num(env, "AFS_SEND_TIMEOUT", default, 0.1),
+            "allow_http": lambda default: env.flag("AFS_ALLOW_HTTP", default),
+            "enabled": lambda default: env.flag("AFS_ENABLED", default),
+            "verbosity": lambda default: _verbosity(env, default),
+            "max_age": lambda default: _num(env, "AFS_MAX_AGE", default, 1.0),
+            "card": lambda default: env.flag("AFS_CARD", default),
+            "card_interval": lambda default: _num(env, "AFS_CARD_INTERVAL", default, 0.0),
+            "burst": lambda default: _int(env, "AFS_BURST", default, 0),
+            "pace": lambda default: _num(env, "AFS_PACE", default, 0.0),
+        }
+        values: dict[str, Any] = {}
+        for name, reader in readers.items():
             try:
-                return getter()
+                values[name] = reader(defaults[name])
             except ConfigurationError as error:
+                if on_error is None:
+                    raise
                 on_error(error)
-                return default
-
-        return cls(
-            state_dir=default_state_dir(env),
-            strict=read(lambda: env.flag("AFS_STRICT"), False),
-            dedup_window=read(lambda: _num(env, "AFS_DEDUP_WINDOW", 60.0, 0.0), 60.0),
-            max_attempts=read(lambda: _int(env, "AFS_MAX_ATTEMPTS", 8, 1), 8),
-            retry_base=read(lambda: _num(env, "AFS_RETRY_BASE", 2.0, 0.0), 2.0),
-            retry_cap=read(lambda: _num(env, "AFS_RETRY_CAP", 300.0, 0.0), 300.0),
-            max_retry_after=read(lambda: _num(env, "AFS_MAX_RETRY_AFTER", 900.0, 0.0), 900.0),
-            exit_flush_timeout=read(lambda: _num(env, "AFS_EXIT_FLUSH_TIMEOUT", 5.0, 0.0), 5.0),
-            retention_days=read(lambda: _num(env, "AFS_HISTORY_DAYS", 30.0, 0.0), 30.0),
-            max_history=read(lambda: _int(env, "AFS_HISTORY_MAX_EVENTS", 10_000, 1), 10_000),
-            console=read(lambda: _console(env), "auto"),
-            send_timeout=read(lambda: _num(env, "AFS_SEND_TIMEOUT", 10.0, 0.1), 10.0),
-            allow_http=read(lambda: env.flag("AFS_ALLOW_HTTP"), False),
-            enabled=read(lambda: env.flag("AFS_ENABLED", True), True),
-            verbosity=read(lambda: _verbosity(env), "normal"),
-            max_age=read(lambda: _num(env, "AFS_MAX_AGE", 86400.0, 1.0), 86400.0),
-            card=read(lambda: env.flag("AFS_CARD", True), True),
-            card_interval=read(lambda: _num(env, "AFS_CARD_INTERVAL", 30.0, 0.0), 30.0),
-            burst=read(lambda: _int(env, "AFS_BURST", 20, 0), 20),
-            pace=read(lambda: _num(env, "AFS_PACE", 10.0, 0.0), 10.0),
-        )
-
-
-_T = TypeVar("_T")
+                values[name] = defaults[name]
+        return cls(state_dir=default_state_dir(env), **values)
 
 
 def _num(env: Env, name: str, default: float, minimum: float) -> float:
@@ -356,8 +354,8 @@ def _int(env: Env, name: str, default: int, minimum: int) -> int:
     return default if value is None else value
 
 
-def _console(env: Env) -> str:
-    console = (env.text("AFS_CONSOLE", "auto") or "auto").lower()
+def _console(env: Env, default: str) -> str:
+    console = (env.text("AFS_CONSOLE", default) or default).lower()
     if console not in ("auto", "always", "never"):
         raise ConfigurationError("AFS_CONSOLE", f"must be auto, always or never, got {console!r}")
     return console
@@ -366,8 +364,8 @@ def _console(env: Env) -> str:
 VERBOSITIES = ("quiet", "normal", "verbose")
 
 
-def _verbosity(env: Env) -> str:
-    value = (env.text("AFS_VERBOSITY", "normal") or "normal").strip().lower()
+def _verbosity(env: Env, default: str) -> str:
+    value = (env.text("AFS_VERBOSITY", default) or default).strip().lower()
     if value not in VERBOSITIES:
         raise ConfigurationError("AFS_VERBOSITY", f"must be quiet, normal or verbose, got {value!r}")
     return value
