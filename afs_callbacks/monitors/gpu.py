@@ -104,6 +104,10 @@ class MemoryPeak:
         """``'61.2 GiB of 80.0 GiB (77%)'``."""
         return f"{format_bytes(self.used)} of {format_bytes(self.total)} ({self.fraction:.0%})"
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe figures: ``peak_bytes``, ``total_bytes``, ``peak_fraction``."""
+        return {"peak_bytes": self.used, "total_bytes": self.total, "peak_fraction": round(self.fraction, 4)}
+
 
 @dataclass
 class DeviceState:
@@ -269,14 +273,7 @@ class GPUMonitor(Poller):
 
     def summary(self) -> dict[str, Any]:
         """Peak memory per device as JSON-safe values, for the training summary."""
-        return {
-            label: {
-                "peak_bytes": peak.used,
-                "total_bytes": peak.total,
-                "peak_fraction": round(peak.fraction, 4),
-            }
-            for label, peak in self.peaks.items()
-        }
+        return {label: peak.to_dict() for label, peak in self.peaks.items()}
 
     def status(self) -> MonitorStatus:
         """What is watched, or ``no GPU stats: <why>``."""
