@@ -22,9 +22,9 @@ from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.redaction import redact
 
-# Re-exported: URL checks were first written here, and channels import them from here.
+# Re-exported: the URL checks were first written here, and the channels still import them
+# from here; their home is afs_callbacks.urls.
 from afs_callbacks.urls import is_loopback as is_loopback
-from afs_callbacks.urls import parse_url as parse_url
 from afs_callbacks.urls import validate_url as validate_url
 
 log = logging.getLogger("afs_callbacks")
