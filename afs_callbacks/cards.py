@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from afs_callbacks.formatting import format_duration, format_value, truncate, truncate_escaped
+from afs_callbacks.formatting import format_bytes, format_duration, format_value, truncate, truncate_escaped
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, KILLED, RUNNING, STALLED, RunState
 
@@ -228,7 +228,7 @@ def _fields(state: RunState, updated: float) -> list[tuple[str, str]]:
     if state.last_checkpoint:
         fields.append(("Checkpoint", _tail(state.last_checkpoint)))
     if state.peak_gpu_memory is not None:
-        fields.append(("Peak GPU memory", _bytes(state.peak_gpu_memory)))
+        fields.append(("Peak GPU memory", format_bytes(state.peak_gpu_memory)))
     if state.cost is not None:
         fields.append(("Cost", f"${state.cost:,.2f}"))
     return [(label, truncate(redact(value), _VALUE_CHARS)) for label, value in fields]
@@ -302,14 +302,6 @@ def _slack_field(label: str, value: str) -> str:
 def _tail(path: str, keep: int = 80) -> str:
     """The end of a long path (the file name matters most)."""
     return path if len(path) <= keep else "…" + path[-(keep - 1) :]
-
-
-def _bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 __all__ = [

@@ -1,9 +1,11 @@
 """Settings from the environment and a ``.env`` file, validated, with secrets kept masked.
 
-The environment wins over the ``.env`` file, so a cluster job can override a laptop's file.
-The reader itself, :class:`Env`, lives in :mod:`afs_callbacks._env`. Every getter raises
-:class:`ConfigurationError` naming the variable and what is wrong; a URL or secret value is
-never echoed back in that message.
+:class:`Env` reads ``os.environ`` over a ``.env`` file (the environment wins, so a cluster
+job can override a laptop's file) with typed getters; :class:`Settings` holds the core's
+options read through it; :func:`read_settings`, :func:`open_env` and
+:func:`report_config_error` are the one strict/lenient policy for bad values. Every getter
+raises :class:`ConfigurationError` naming the variable and what is wrong; a URL or secret
+value is never echoed back in that message.
 """
 
 from __future__ import annotations
@@ -11,22 +13,217 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-# Re-exported: Env was first written here, and everything imports it from here.
-from afs_callbacks._env import Env as Env
+from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.redaction import redact
 
-# Re-exported: URL checks were first written here, and channels import them from here.
+# Re-exported: the URL checks were first written here, and the channels still import them
+# from here; their home is afs_callbacks.urls.
 from afs_callbacks.urls import is_loopback as is_loopback
-from afs_callbacks.urls import parse_url as parse_url
 from afs_callbacks.urls import validate_url as validate_url
 
 log = logging.getLogger("afs_callbacks")
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n", ""}
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    # python-dotenv is imported here, not at module level: most imports of the package
+    # (a framework callback built with an explicit manager) never read a file.
+    from dotenv import dotenv_values
+
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+
+
+class Env(Mapping[str, str]):
+    """A read-only view of settings: ``os.environ`` over the values of a ``.env`` file.
+
+    Args:
+        environ: the variables to read (default ``os.environ``).
+        env_file: a ``.env`` file whose values apply where ``environ`` has none. Default:
+            ``AFS_ENV_FILE`` if set, else ``./.env`` when it exists. ``False`` reads no file.
+
+    Raises:
+        ConfigurationError: ``env_file`` was named but does not exist.
+    """
+
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        env_file: str | os.PathLike[str] | bool | None = None,
+    ) -> None:
+        base = dict(os.environ if environ is None else environ)
+        values: dict[str, str] = {}
+        path = self._env_file_path(base, env_file)
+        if path is not None:
+            values.update(_read_env_file(path))
+        #: Names set by the ``.env`` file (``afs-notify status`` checks them for misspellings).
+        self.file_names = frozenset(values)
+        values.update(base)
+        self._values = values
+        self.env_file = path
+
+    @staticmethod
+    def _env_file_path(
+        base: Mapping[str, str], env_file: str | os.PathLike[str] | bool | None
+    ) -> Path | None:
+        if env_file is False:
+            return None
+        if env_file is None or env_file is True:
+            named = base.get("AFS_ENV_FILE")
+            if named:
+                path = Path(named).expanduser()
+                if not path.is_file():
+                    raise ConfigurationError("AFS_ENV_FILE", f"no such file: {path}")
+                return path
+            default = Path.cwd() / ".env"
+            return default if default.is_file() else None
+        path = Path(env_file).expanduser()
+        if not path.is_file():
+            raise ConfigurationError("env_file", f"no such file: {path}")
+        return path
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        # Never print values: most of what an Env holds for us is secret.
+        return f"Env({len(self._values)} variables, env_file={str(self.env_file)!r})"
+
+    # Typed getters -------------------------------------------------------------------
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        """The stripped value, or ``default`` when unset or blank."""
+        value = self._values.get(name)
+        if value is None or not value.strip():
+            return default
+        return value.strip()
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        """A boolean: 1/true/yes/on or 0/false/no/off."""
+        value = self._values.get(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigurationError(name, f"must be true or false, got {value!r}")
+
+    def number(
+        self,
+        name: str,
+        default: float | None = None,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float | None:
+        """A number within ``[minimum, maximum]``."""
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigurationError(name, f"must be a number, got {value!r}") from None
+        if number != number:
+            raise ConfigurationError(name, "must be a number, got NaN")
+        if minimum is not None and number < minimum:
+            raise ConfigurationError(name, f"must be at least {minimum:g}, got {value}")
+        if maximum is not None and number > maximum:
+            raise ConfigurationError(name, f"must be at most {maximum:g}, got {value}")
+        return number
+
+    def integer(
+        self,
+        name: str,
+        default: int | None = None,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int | None:
+        """A whole number within ``[minimum, maximum]``."""
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigurationError(name, f"must be a whole number, got {value!r}") from None
+        if minimum is not None and number < minimum:
+            raise ConfigurationError(name, f"must be at least {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise ConfigurationError(name, f"must be at most {maximum}, got {number}")
+        return number
+
+    def port(self, name: str, default: int | None = None) -> int | None:
+        """A TCP port 1-65535."""
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if not 1 <= number <= 65535:
+            raise ConfigurationError(name, f"must be a port number 1-65535, got {value!r}")
+        return number
+
+    def items_list(self, name: str) -> list[str]:
+        """A comma-separated list, blanks dropped."""
+        value = self.text(name)
+        if value is None:
+            return []
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    def level(self, name: str, default: NotificationLevel | None = None) -> NotificationLevel | None:
+        """A level name (info, success, warning, error, critical)."""
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            return NotificationLevel.parse(value)
+        except ValueError as error:
+            raise ConfigurationError(name, str(error)) from None
+
+    def event_types(self, name: str) -> frozenset[EventType] | None:
+        """A comma-separated list of event types, or None when unset (meaning: all)."""
+        names = self.items_list(name)
+        if not names:
+            return None
+        try:
+            return frozenset(EventType.parse(item) for item in names)
+        except ValueError as error:
+            raise ConfigurationError(name, str(error)) from None
+
+    def url(self, name: str, *, secret: bool = True, allow_http: bool | None = None) -> str | None:
+        """A URL, checked by :func:`validate_url` (plain http only for loopback or opt-in).
+
+        ``allow_http`` defaults to ``AFS_ALLOW_HTTP``, read leniently: a bad value there is
+        the core settings' problem (reported once by :func:`read_settings`), not this URL's.
+        """
+        value = self.text(name)
+        if value is None:
+            return None
+        if allow_http is None:
+            allow_http = channel_settings(self).allow_http
+        return validate_url(value, name, allow_http=allow_http, secret=secret)
+
+
+# The core's options ------------------------------------------------------------------------
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -112,41 +309,39 @@ class Settings:
             ConfigurationError: a bad value, when ``on_error`` is not given.
         """
         env = Env() if env is None else env
-
-        def read(getter: Callable[[], _T], default: _T) -> _T:
-            if on_error is None:
-                return getter()
+        # Each option's default is its field's: one place to change it.
+        defaults = {option.name: option.default for option in fields(cls) if option.name != "state_dir"}
+        readers: dict[str, Callable[[Any], Any]] = {
+            "strict": lambda default: env.flag("AFS_STRICT", default),
+            "dedup_window": lambda default: _num(env, "AFS_DEDUP_WINDOW", default, 0.0),
+            "max_attempts": lambda default: _int(env, "AFS_MAX_ATTEMPTS", default, 1),
+            "retry_base": lambda default: _num(env, "AFS_RETRY_BASE", default, 0.0),
+            "retry_cap": lambda default: _num(env, "AFS_RETRY_CAP", default, 0.0),
+            "max_retry_after": lambda default: _num(env, "AFS_MAX_RETRY_AFTER", default, 0.0),
+            "exit_flush_timeout": lambda default: _num(env, "AFS_EXIT_FLUSH_TIMEOUT", default, 0.0),
+            "retention_days": lambda default: _num(env, "AFS_HISTORY_DAYS", default, 0.0),
+            "max_history": lambda default: _int(env, "AFS_HISTORY_MAX_EVENTS", default, 1),
+            "console": lambda default: _console(env, default),
+            "send_timeout": lambda default: _num(env, "AFS_SEND_TIMEOUT", default, 0.1),
+            "allow_http": lambda default: env.flag("AFS_ALLOW_HTTP", default),
+            "enabled": lambda default: env.flag("AFS_ENABLED", default),
+            "verbosity": lambda default: _verbosity(env, default),
+            "max_age": lambda default: _num(env, "AFS_MAX_AGE", default, 1.0),
+            "card": lambda default: env.flag("AFS_CARD", default),
+            "card_interval": lambda default: _num(env, "AFS_CARD_INTERVAL", default, 0.0),
+            "burst": lambda default: _int(env, "AFS_BURST", default, 0),
+            "pace": lambda default: _num(env, "AFS_PACE", default, 0.0),
+        }
+        values: dict[str, Any] = {}
+        for name, reader in readers.items():
             try:
-                return getter()
+                values[name] = reader(defaults[name])
             except ConfigurationError as error:
+                if on_error is None:
+                    raise
                 on_error(error)
-                return default
-
-        return cls(
-            state_dir=default_state_dir(env),
-            strict=read(lambda: env.flag("AFS_STRICT"), False),
-            dedup_window=read(lambda: _num(env, "AFS_DEDUP_WINDOW", 60.0, 0.0), 60.0),
-            max_attempts=read(lambda: _int(env, "AFS_MAX_ATTEMPTS", 8, 1), 8),
-            retry_base=read(lambda: _num(env, "AFS_RETRY_BASE", 2.0, 0.0), 2.0),
-            retry_cap=read(lambda: _num(env, "AFS_RETRY_CAP", 300.0, 0.0), 300.0),
-            max_retry_after=read(lambda: _num(env, "AFS_MAX_RETRY_AFTER", 900.0, 0.0), 900.0),
-            exit_flush_timeout=read(lambda: _num(env, "AFS_EXIT_FLUSH_TIMEOUT", 5.0, 0.0), 5.0),
-            retention_days=read(lambda: _num(env, "AFS_HISTORY_DAYS", 30.0, 0.0), 30.0),
-            max_history=read(lambda: _int(env, "AFS_HISTORY_MAX_EVENTS", 10_000, 1), 10_000),
-            console=read(lambda: _console(env), "auto"),
-            send_timeout=read(lambda: _num(env, "AFS_SEND_TIMEOUT", 10.0, 0.1), 10.0),
-            allow_http=read(lambda: env.flag("AFS_ALLOW_HTTP"), False),
-            enabled=read(lambda: env.flag("AFS_ENABLED", True), True),
-            verbosity=read(lambda: _verbosity(env), "normal"),
-            max_age=read(lambda: _num(env, "AFS_MAX_AGE", 86400.0, 1.0), 86400.0),
-            card=read(lambda: env.flag("AFS_CARD", True), True),
-            card_interval=read(lambda: _num(env, "AFS_CARD_INTERVAL", 30.0, 0.0), 30.0),
-            burst=read(lambda: _int(env, "AFS_BURST", 20, 0), 20),
-            pace=read(lambda: _num(env, "AFS_PACE", 10.0, 0.0), 10.0),
-        )
-
-
-_T = TypeVar("_T")
+                values[name] = defaults[name]
+        return cls(state_dir=default_state_dir(env), **values)
 
 
 def _num(env: Env, name: str, default: float, minimum: float) -> float:
@@ -159,8 +354,8 @@ def _int(env: Env, name: str, default: int, minimum: int) -> int:
     return default if value is None else value
 
 
-def _console(env: Env) -> str:
-    console = (env.text("AFS_CONSOLE", "auto") or "auto").lower()
+def _console(env: Env, default: str) -> str:
+    console = (env.text("AFS_CONSOLE", default) or default).lower()
     if console not in ("auto", "always", "never"):
         raise ConfigurationError("AFS_CONSOLE", f"must be auto, always or never, got {console!r}")
     return console
@@ -169,8 +364,8 @@ def _console(env: Env) -> str:
 VERBOSITIES = ("quiet", "normal", "verbose")
 
 
-def _verbosity(env: Env) -> str:
-    value = (env.text("AFS_VERBOSITY", "normal") or "normal").strip().lower()
+def _verbosity(env: Env, default: str) -> str:
+    value = (env.text("AFS_VERBOSITY", default) or default).strip().lower()
     if value not in VERBOSITIES:
         raise ConfigurationError("AFS_VERBOSITY", f"must be quiet, normal or verbose, got {value!r}")
     return value

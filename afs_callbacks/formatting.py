@@ -118,6 +118,15 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes}m {secs:02d}s"
 
 
+def format_bytes(value: float) -> str:
+    """Bytes for people, in binary units: ``'1.5 GiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def format_value(value: Any) -> str:
     """A metric or field value for people: 4 significant digits, NaN/Inf spelled out."""
     if isinstance(value, bool):

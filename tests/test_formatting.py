@@ -15,6 +15,7 @@ from afs_callbacks.formatting import (
     TRUNCATION_MARK,
     context_fields,
     describe_exception,
+    format_bytes,
     format_duration,
     format_metrics,
     format_value,
@@ -76,6 +77,21 @@ def test_truncate_escaped_cuts_before_escaping(limit: int) -> None:
 )
 def test_format_duration(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (980 * 2**20, "980.0 MiB"),
+        (12.3 * 2**30, "12.3 GiB"),
+        (5 * 2**50, "5120.0 TiB"),  # the largest unit, however large
+    ],
+)
+def test_format_bytes_uses_binary_units(value: float, text: str) -> None:
+    assert format_bytes(value) == text
 
 
 @pytest.mark.parametrize(

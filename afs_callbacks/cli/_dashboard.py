@@ -7,15 +7,15 @@ generated and printed), because the pages show run names, hosts and errors.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import re
 import secrets
 import webbrowser
 from contextlib import suppress
 
-from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session
+from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session, release
 from afs_callbacks.cli._output import Output
 from afs_callbacks.cli._retry import store_path
+from afs_callbacks.urls import is_loopback
 
 
 def command_dashboard(args: argparse.Namespace, output: Output) -> int:
@@ -56,16 +56,6 @@ def command_dashboard(args: argparse.Namespace, output: Output) -> int:
     return EXIT_OK
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address or ``localhost``."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def channel_rows(args: argparse.Namespace) -> list[dict[str, str]]:
     """Each configured channel and where it sends, masked as ``afs-notify status`` shows it.
 
@@ -86,6 +76,4 @@ def channel_rows(args: argparse.Namespace) -> list[dict[str, str]]:
             if row.state not in ("not set up", "off")
         ]
     finally:
-        for handler in session.manager.handlers.values():
-            with suppress(Exception):
-                handler.close()
+        release(session.manager)

@@ -18,10 +18,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
-from afs_callbacks._event_kinds import PROGRESS_TYPES
 from afs_callbacks._log import get_logger
 from afs_callbacks.delivery.store import Store
-from afs_callbacks.events import NotificationEvent
+from afs_callbacks.events import PROGRESS_TYPES, NotificationEvent
 from afs_callbacks.runstate import MetricPoint, RunState
 
 log = get_logger(__name__)

@@ -59,10 +59,7 @@ class MonitorSummary:
         """JSON-safe values to put in an event's context (absent figures left out)."""
         data: dict[str, Any] = {}
         if self.peak_gpu_memory:
-            data["peak_gpu_memory"] = {
-                label: {"peak_bytes": p.used, "total_bytes": p.total, "peak_fraction": round(p.fraction, 4)}
-                for label, p in self.peak_gpu_memory.items()
-            }
+            data["peak_gpu_memory"] = {label: peak.to_dict() for label, peak in self.peak_gpu_memory.items()}
         if self.cost is not None:
             data.update(cost=round(self.cost, 4), hourly_rate=self.hourly_rate, cost_elapsed_s=self.elapsed)
         return data

@@ -257,15 +257,6 @@ class Poller:
         return f"{type(self).__name__}(interval={self.interval:g}, running={self.running})"
 
 
-def format_bytes(value: float) -> str:
-    """Bytes for people, in binary units: ``'1.5 GiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def as_fraction(value: float, what: str) -> float:
     """Check that ``value`` is a fraction in (0, 1].
 

@@ -5,27 +5,28 @@ thread's first reading, never at import or construction: callbacks are pickled b
 ``ddp_spawn`` and a parent that forks DDP workers must not hold a driver handle. Without a
 driver, a library or a supported query the monitor logs one line, reports "no GPU stats"
 in :meth:`GPUMonitor.status` and goes on; nothing here raises into training.
+
+Which GPUs: ``CUDA_VISIBLE_DEVICES`` may hold indices or UUIDs (``GPU-...``, ``MIG-...``,
+unique prefixes allowed), and CUDA numbers devices fastest-first while NVML numbers them by
+PCI bus, so devices are matched by UUID wherever a UUID is known. The parsing follows CUDA's
+rules as ``torch.cuda`` implements them: the list ends at the first invalid entry, and a
+repeated entry makes it empty.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_callbacks._log import get_logger
+from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.monitors._devices import (
-    GpuReading,
-    MemoryPeak,
-    describe_error,
-    is_nvml_error,
-    read_temperature,
-    resolve_devices,
-)
-from afs_callbacks.monitors._gpu_alerts import DeviceState, GpuAlerts
-from afs_callbacks.monitors._poller import Hysteresis, MonitorStatus, as_fraction
+from afs_callbacks.formatting import format_bytes, format_duration
+from afs_callbacks.monitors._poller import Hysteresis, MonitorStatus, Poller, as_fraction
 
 if TYPE_CHECKING:
     from afs_callbacks.config import Env
@@ -35,8 +36,96 @@ log = get_logger(__name__)
 
 __all__ = ["GPUMonitor", "GpuReading", "MemoryPeak"]
 
+#: What an NVML error class means for the user, by the class name pynvml gives it.
+_REASONS = {
+    "NVMLError_LibraryNotFound": "no NVIDIA driver library (libnvidia-ml) on this machine",
+    "NVMLError_DriverNotLoaded": "the NVIDIA driver is not loaded",
+    "NVMLError_NoPermission": "no permission to query the GPUs",
+    "NVMLError_LibRmVersionMismatch": "the NVIDIA driver and its library versions differ (reboot?)",
+    "NVMLError_GpuIsLost": "a GPU is lost (fell off the bus)",
+    "NVMLError_NotSupported": "NVML does not support the query on this device",
+}
 
-class GPUMonitor(GpuAlerts):
+
+@dataclass(frozen=True)
+class GpuDevice:
+    """One watched device: its NVML handle and how alerts name it."""
+
+    label: str
+    uuid: str
+    name: str
+    handle: Any
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One device's figures at one moment.
+
+    Attributes:
+        label: ``GPU<n>`` with NVML's index (what ``nvidia-smi`` shows), or a MIG UUID prefix.
+        uuid: the device UUID.
+        name: the product name.
+        memory_used: bytes in use on the device, all processes together.
+        memory_total: bytes on the device.
+        utilization: percent of time a kernel ran, or None where unsupported (MIG).
+        temperature: degrees Celsius, or None.
+        power: watts, or None.
+    """
+
+    label: str
+    uuid: str
+    name: str
+    memory_used: int
+    memory_total: int
+    utilization: float | None = None
+    temperature: float | None = None
+    power: float | None = None
+
+    @property
+    def memory_fraction(self) -> float:
+        """Share of the device's memory in use, 0-1."""
+        return self.memory_used / self.memory_total if self.memory_total else 0.0
+
+
+@dataclass(frozen=True)
+class MemoryPeak:
+    """The highest memory use seen on a device during the run."""
+
+    used: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        """Peak share of the device's memory, 0-1."""
+        return self.used / self.total if self.total else 0.0
+
+    def describe(self) -> str:
+        """``'61.2 GiB of 80.0 GiB (77%)'``."""
+        return f"{format_bytes(self.used)} of {format_bytes(self.total)} ({self.fraction:.0%})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe figures: ``peak_bytes``, ``total_bytes``, ``peak_fraction``."""
+        return {"peak_bytes": self.used, "total_bytes": self.total, "peak_fraction": round(self.fraction, 4)}
+
+
+@dataclass
+class DeviceState:
+    """What the monitor remembers about one device between readings."""
+
+    device: GpuDevice
+    warning: Hysteresis
+    critical: Hysteresis
+    temperature: Hysteresis | None
+    unsupported: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    lost: bool = False
+    low_since: float | None = None
+    low_samples: list[float] = field(default_factory=list)
+    low_alerted: bool = False
+
+
+class GPUMonitor(Poller):
     """Watches the GPUs this process uses and alerts on memory, starvation and heat.
 
     Alerts (each once per crossing, re-armed only after the value falls back by ``margin``):
@@ -184,14 +273,7 @@ class GPUMonitor(GpuAlerts):
 
     def summary(self) -> dict[str, Any]:
         """Peak memory per device as JSON-safe values, for the training summary."""
-        return {
-            label: {
-                "peak_bytes": peak.used,
-                "total_bytes": peak.total,
-                "peak_fraction": round(peak.fraction, 4),
-            }
-            for label, peak in self.peaks.items()
-        }
+        return {label: peak.to_dict() for label, peak in self.peaks.items()}
 
     def status(self) -> MonitorStatus:
         """What is watched, or ``no GPU stats: <why>``."""
@@ -337,6 +419,66 @@ class GPUMonitor(GpuAlerts):
                 log.warning("afs-callbacks: reading %s of %s failed: %s", metric, label, error)
             return None
 
+    # Alert rules -------------------------------------------------------------------
+
+    def _check(self, state: DeviceState, reading: GpuReading, now: float) -> None:
+        fraction = reading.memory_fraction
+        critical, warning = state.critical.update(fraction), state.warning.update(fraction)
+        if critical or warning:
+            limit = self.memory_critical if critical else self.memory_warning
+            self._alert(
+                EventType.GPU_MEMORY,
+                NotificationLevel.CRITICAL if critical else NotificationLevel.WARNING,
+                f"{reading.label} memory at {fraction:.0%}",
+                f"{reading.label} ({reading.name}) uses {format_bytes(reading.memory_used)} of "
+                f"{format_bytes(reading.memory_total)}, past the {limit:.0%} "
+                + (
+                    "critical threshold: an out-of-memory error is close."
+                    if critical
+                    else "warning threshold."
+                ),
+                limit=limit,
+                **_context(reading, "memory-critical" if critical else "memory"),
+            )
+        self._check_utilization(state, reading, now)
+        guard = state.temperature
+        if guard is not None and reading.temperature is not None and guard.update(reading.temperature):
+            self._alert(
+                EventType.GPU_TEMPERATURE,
+                NotificationLevel.WARNING,
+                f"{reading.label} at {reading.temperature:.0f} °C",
+                f"{reading.label} ({reading.name}) reached {reading.temperature:.0f} °C, past the "
+                f"{self.temperature:g} °C threshold; a hot GPU throttles its clocks.",
+                limit=self.temperature,
+                **_context(reading, "temperature"),
+            )
+
+    def _check_utilization(self, state: DeviceState, reading: GpuReading, now: float) -> None:
+        if self.util_floor is None or reading.utilization is None:
+            return
+        if reading.utilization < self.util_floor:
+            if state.low_since is None:
+                state.low_since, state.low_samples = now, []
+            state.low_samples.append(reading.utilization)
+            lasted = now - state.low_since
+            if not state.low_alerted and lasted >= self.util_window:
+                state.low_alerted = True
+                average = sum(state.low_samples) / len(state.low_samples)
+                self._alert(
+                    EventType.GPU_UTILIZATION,
+                    NotificationLevel.WARNING,
+                    f"{reading.label} starved: {average:.0f}% busy for {format_duration(lasted)}",
+                    f"{reading.label} ({reading.name}) has been below {self.util_floor:g}% utilisation for "
+                    f"{format_duration(lasted)} (average {average:.0f}%). The GPU is waiting: on data "
+                    "loading, CPU work, I/O or a stalled process.",
+                    limit=self.util_floor,
+                    **_context(reading, "utilization"),
+                )
+            return
+        state.low_since = None
+        if reading.utilization >= self.util_floor + 100 * self.margin:
+            state.low_alerted = False  # busy again: the next starvation is news
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         # Modules and driver handles do not pickle; the worker loads and resolves its own.
@@ -344,3 +486,180 @@ class GPUMonitor(GpuAlerts):
         if isinstance(state.get("_nvml"), type(os)):
             state["_nvml"] = None
         return state
+
+
+def _context(reading: GpuReading, what: str) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "memory_used_gib": round(reading.memory_used / 2**30, 2),
+        "memory_total_gib": round(reading.memory_total / 2**30, 2),
+        "memory_percent": round(100 * reading.memory_fraction, 1),
+    }
+    for name, value in (
+        ("utilization_percent", reading.utilization),
+        ("temperature_c", reading.temperature),
+        ("power_w", reading.power),
+    ):
+        if value is not None:
+            metrics[name] = round(value, 1)
+    return {
+        "key": f"{reading.uuid}:{what}",
+        "device": reading.label,
+        "gpu_uuid": reading.uuid,
+        "gpu_name": reading.name,
+        "metrics": metrics,
+    }
+
+
+def is_nvml_error(nvml: Any, error: BaseException, class_name: str) -> bool:
+    """Whether ``error`` is the NVML error class ``class_name`` of module ``nvml``."""
+    cls = getattr(nvml, class_name, None)
+    return isinstance(cls, type) and isinstance(error, cls)
+
+
+def describe_error(nvml: Any, error: BaseException) -> str:
+    """A sentence saying why NVML cannot give stats."""
+    for class_name, reason in _REASONS.items():
+        if is_nvml_error(nvml, error, class_name):
+            return reason
+    base = getattr(nvml, "NVMLError", None)
+    if isinstance(base, type) and isinstance(error, base):
+        return f"NVML error: {error}"
+    return f"NVML failed: {type(error).__name__}: {error}"
+
+
+def parse_visible_devices(value: str) -> list[int] | list[str]:
+    """Entries of a ``CUDA_VISIBLE_DEVICES`` value: indices, or UUIDs (``GPU-``/``MIG-``).
+
+    ``"0,2"`` → ``[0, 2]``; ``"1,-1,0"`` → ``[1]`` (a negative or invalid entry ends the
+    list); ``"0,0"`` → ``[]``; ``""`` → ``[]`` (no GPU).
+    """
+    entries = [entry.strip() for entry in value.split(",")]
+    prefix = next((p for p in ("GPU-", "MIG-") if entries[0].upper().startswith(p)), None)
+    if prefix is not None:
+        uuids: list[str] = []
+        for entry in entries:
+            if not entry.upper().startswith(prefix):
+                break
+            if entry in uuids:
+                return []
+            uuids.append(entry)
+        return uuids
+    indices: list[int] = []
+    for entry in entries:
+        digits = entry[: len(entry) - len(entry.lstrip("0123456789"))]
+        if not digits:
+            break  # like strtoul: "1gpu" is 1, "gpu" or "-1" ends the list
+        if int(digits) in indices:
+            return []
+        indices.append(int(digits))
+    return indices
+
+
+def resolve_devices(nvml: Any, wanted: Sequence[int | str] | None) -> tuple[list[GpuDevice], list[str]]:
+    """The devices to watch, and notes worth a log line (unmatched or ambiguous entries).
+
+    ``wanted``: NVML indices or UUIDs; None means the GPUs this process can use: the UUIDs
+    CUDA reports when ``torch.cuda`` is already initialised (exact), else
+    ``CUDA_VISIBLE_DEVICES``, else every GPU.
+    """
+    table = []
+    for index in range(int(nvml.nvmlDeviceGetCount())):
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+        table.append(GpuDevice(f"GPU{index}", uuid, _text(nvml.nvmlDeviceGetName(handle)), handle, index))
+    notes: list[str] = []
+    if wanted is None:
+        wanted = _cuda_uuids()
+    if wanted is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            return table, notes
+        wanted = parse_visible_devices(visible)
+        mixed = len({d.name for d in table}) > 1
+        by_index = bool(wanted) and isinstance(wanted[0], int)
+        if by_index and mixed and os.environ.get("CUDA_DEVICE_ORDER", "").upper() != "PCI_BUS_ID":
+            notes.append(
+                "CUDA_VISIBLE_DEVICES holds indices on a machine with different GPU models; CUDA "
+                "numbers the fastest first, NVML by PCI bus. Assuming PCI order: set "
+                "CUDA_DEVICE_ORDER=PCI_BUS_ID or use GPU UUIDs for an exact match."
+            )
+    chosen: list[GpuDevice] = []
+    for entry in wanted:
+        device = _find(nvml, table, entry, notes)
+        if device is None:
+            break
+        if device not in chosen:
+            chosen.append(device)
+    return chosen, notes
+
+
+def _find(nvml: Any, table: list[GpuDevice], entry: int | str, notes: list[str]) -> GpuDevice | None:
+    if isinstance(entry, int):
+        if 0 <= entry < len(table):
+            return table[entry]
+        notes.append(f"there is no GPU with index {entry} ({len(table)} GPUs)")
+        return None
+    key = _uuid_key(entry)
+    matches = [device for device in table if _uuid_key(device.uuid).startswith(key)] if key else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        notes.append(f"GPU UUID prefix {entry!r} is ambiguous")
+        return None
+    if entry.upper().startswith("MIG-"):
+        try:  # a MIG slice: NVML resolves its UUID to a handle of its own
+            handle = nvml.nvmlDeviceGetHandleByUUID(entry)
+        except Exception as error:
+            notes.append(f"MIG device {entry!r} not found: {error}")
+            return None
+        try:
+            name = _text(nvml.nvmlDeviceGetName(handle))
+        except Exception:
+            name = "MIG slice"
+        return GpuDevice(entry[:12], entry, name, handle)
+    notes.append(f"no GPU has UUID {entry!r}")
+    return None
+
+
+def _uuid_key(uuid: str) -> str:
+    # torch reports UUIDs without NVML's "GPU-" prefix; compare the hex part only.
+    text = uuid.strip().lower()
+    return text[4:] if text.startswith("gpu-") else text
+
+
+def _cuda_uuids() -> list[str] | None:
+    """UUIDs of the CUDA devices in CUDA's order, if this process already initialised CUDA.
+
+    Never initialises CUDA itself: doing that in a parent that forks DDP workers breaks them.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_initialized():
+            return None
+        return [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return None
+
+
+def _text(value: Any) -> str:
+    # Older nvidia-ml-py releases return bytes, newer ones str.
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def read_temperature(nvml: Any, handle: Any) -> Any:
+    """The GPU's temperature in °C: ``nvmlDeviceGetTemperatureV``, else the deprecated call."""
+    sensor = getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
+    versioned = getattr(nvml, "nvmlDeviceGetTemperatureV", None)
+    if versioned is not None:
+        try:
+            return versioned(handle, sensor)
+        except Exception as error:
+            # Older drivers lack the symbol (FunctionNotFound); older bindings its version.
+            if not (
+                is_nvml_error(nvml, error, "NVMLError_FunctionNotFound")
+                or is_nvml_error(nvml, error, "NVMLError_ArgumentVersionMismatch")
+            ):
+                raise
+    return nvml.nvmlDeviceGetTemperature(handle, sensor)

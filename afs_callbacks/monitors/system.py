@@ -17,7 +17,8 @@ import psutil
 from afs_callbacks._log import get_logger
 from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.monitors._poller import Hysteresis, MonitorStatus, Poller, as_fraction, format_bytes
+from afs_callbacks.formatting import format_bytes
+from afs_callbacks.monitors._poller import Hysteresis, MonitorStatus, Poller, as_fraction
 
 if TYPE_CHECKING:
     from afs_callbacks.config import Env

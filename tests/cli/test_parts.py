@@ -9,8 +9,7 @@ import pytest
 
 from afs_callbacks.cli._common import UsageError, delivery_result, parse_metrics, relative
 from afs_callbacks.cli._output import Output, render_table
-from afs_callbacks.cli._run import display, guess_model
-from afs_callbacks.cli._tail import MAX_LINE, StderrTail
+from afs_callbacks.cli._run import MAX_LINE, StderrTail, display, guess_model
 from afs_callbacks.delivery.outbox import Delivery
 from afs_callbacks.redaction import register_secret
 

@@ -21,7 +21,7 @@ from afs_callbacks import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.monitors import GPUMonitor
-from afs_callbacks.monitors._devices import parse_visible_devices
+from afs_callbacks.monitors.gpu import parse_visible_devices
 from afs_callbacks.testing import CapturingHandler, capturing_manager
 from tests.monitors.fake_nvml import (
     CODES,
