@@ -83,8 +83,11 @@ def _lazy() -> dict[str, str]:
 def __getattr__(name: str) -> Any:
     if name == "__all__":
         return sorted(_lazy())
-    # A core name needs no channel scan (which imports every channel module).
-    module = _CORE.get(name) or _lazy().get(name)
+    # Only a channel class needs the channel scan (which imports every channel module); a
+    # lowercase name is a submodule being imported (``from afs_callbacks import messages``).
+    module = _CORE.get(name)
+    if module is None and not name.islower():
+        module = _lazy().get(name)
     if module is None:
         raise AttributeError(f"module 'afs_callbacks' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
