@@ -8,7 +8,8 @@ one declaration everything else derives from: the package's lazy exports, the ma
 routing variables (``<PREFIX>_MIN_LEVEL``, ``<PREFIX>_EVENTS``) and default level,
 ``afs-notify status``'s "did you mean" for misspelt variables and hosts, the tests' clean
 environment and the check that ``.env.example`` documents every variable. Adding a channel
-is its module, a test, a doc page and its ``.env.example`` lines.
+is its module, a test, a doc page and its ``.env.example`` lines (and, for type checkers,
+one line in ``afs_callbacks/__init__.py``'s ``TYPE_CHECKING`` block, which a test asks for).
 
 The scan imports every channel module, so it runs on first use, not when this package is
 imported: ``from afs_callbacks.channels.base import DeliveryResult`` stays cheap, and a
