@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     # For type checkers only (at run time every public name loads on first access, see
     # _CORE and _lazy(), so that ``import afs_callbacks`` and the death watcher process,
-    # which imports one module of the package, start fast). One line per REGISTRY entry;
+    # which imports one module of the package, start fast). One line per channel class;
     # tests/test_packaging.py checks that the two agree.
     from afs_callbacks.channels.alertmanager import AlertmanagerNotifier as AlertmanagerNotifier
     from afs_callbacks.channels.apprise import AppriseNotifier as AppriseNotifier
@@ -83,7 +83,11 @@ def _lazy() -> dict[str, str]:
 def __getattr__(name: str) -> Any:
     if name == "__all__":
         return sorted(_lazy())
-    module = _lazy().get(name)
+    # Only a channel class needs the channel scan (which imports every channel module); a
+    # lowercase name is a submodule being imported (``from afs_callbacks import messages``).
+    module = _CORE.get(name)
+    if module is None and not name.islower():
+        module = _lazy().get(name)
     if module is None:
         raise AttributeError(f"module 'afs_callbacks' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

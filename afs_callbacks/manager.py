@@ -19,7 +19,7 @@ from typing import Any
 
 from afs_callbacks import _pending as pending
 from afs_callbacks._log import get_logger
-from afs_callbacks.channels import REGISTRY, build_channel
+from afs_callbacks.channels import REGISTRY, build_channel, channel_classes
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
 from afs_callbacks.config import Env, Settings, open_env, read_settings
 from afs_callbacks.delivery import hooks
@@ -79,6 +79,7 @@ class NotificationManager(SeedNotifications):
         if settings is None:
             env = open_env() if env is None else env
             settings = read_settings(env)
+        channel_classes()  # every service's secret shapes, masked in event text from now on
         self.settings = settings
         self.env = env
         self.state_dir = os.fspath(state_dir) if state_dir is not None else str(settings.state_dir)

@@ -23,6 +23,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote
 
 MASK = "***"
@@ -53,32 +54,42 @@ _SECRET_KEYS = frozenset(
         "auth",
     }
 )
-_DELIMITED = r"(?:/|\\/|%2[Ff])"
+
+
+@dataclass(frozen=True)
+class SecretPattern:
+    """A shape of secret to mask in any text, registered or not (a Slack webhook's path).
+
+    Args:
+        word: a substring the text must hold for the pattern to be tried at all (most
+            texts skip every regex); empty: always tried.
+        pattern: what to find. Match the JSON-escaped (``\\/``) and percent-encoded
+            (``%2F``) forms of ``/`` too (:data:`DELIMITER`): echoes use them.
+        replacement: what a match becomes (``\\1***`` keeps the first group).
+
+    A channel declares its service's patterns as ``secret_patterns`` on its class; they
+    apply from the moment the class exists (:func:`register_pattern`).
+    """
+
+    word: str
+    pattern: re.Pattern[str]
+    replacement: str
+
+
+#: A ``/`` as it may appear in an echo: plain, JSON-escaped or percent-encoded.
+DELIMITER = r"(?:/|\\/|%2[Ff])"
 _SCHEME = r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}:(?:/|\\/){2}"
 
-# Patterns for secrets we were never told about (a URL typed into a CLI flag, say). Each
-# also matches the JSON-escaped (``\/``) and percent-encoded (``%2F``) forms of ``/``.
-_PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    # (a word the text must hold for the pattern to apply: most texts skip every regex)
-    # user:password@host in any URL
-    # (the scheme's length is bounded: unbounded, a long run of letters costs quadratic time)
-    ("@", re.compile(rf"(?P<scheme>{_SCHEME})[^/\\\s:@]+:[^/\\\s@]+@"), r"\g<scheme>***@"),
-    # Slack incoming webhooks: /services/T000/B000/XXXX (also the bare path, which is all
-    # that requests' "Max retries exceeded with url: ..." shows)
-    ("services", re.compile(r"(hooks\.slack\.com(?:/|\\/)services(?:/|\\/))[^\s\"'<>]+"), r"\1" + MASK),
-    (
-        "services",
-        re.compile(
-            rf"({_DELIMITED}services{_DELIMITED})T[A-Z0-9]+{_DELIMITED}B[A-Z0-9]+{_DELIMITED}[A-Za-z0-9]+"
-        ),
-        r"\1" + MASK,
-    ),
-    # Discord webhooks: /api/webhooks/{id}/{token}
-    ("webhooks", re.compile(rf"({_DELIMITED}api{_DELIMITED}webhooks{_DELIMITED})[^\s\"'<>]+"), r"\1" + MASK),
-    # Telegram: /bot<token>/method
-    ("bot", re.compile(rf"({_DELIMITED}bot)\d+(?::|%3[Aa])[A-Za-z0-9_-]+"), r"\1" + MASK),
+# Patterns for secrets we were never told about that no one service owns; each service's
+# own shapes (a Slack webhook path, a Telegram /bot<token>) come from its channel class.
+# user:password@host in any URL (first: a service pattern must not eat the host first).
+# (the scheme's length is bounded: unbounded, a long run of letters costs quadratic time)
+_LEADING = (
+    SecretPattern("@", re.compile(rf"(?P<scheme>{_SCHEME})[^/\\\s:@]+:[^/\\\s@]+@"), r"\g<scheme>***@"),
+)
+_TRAILING = (
     # Signatures and tokens in query strings (Teams Workflows `sig=`, `token=`, ...)
-    (
+    SecretPattern(
         "",
         re.compile(
             r"((?:[?&]|&amp;|%26)(?:sig|signature|token|key|apikey|api_key|access_token|code)(?:=|%3[Dd]))"
@@ -88,10 +99,26 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
         r"\1" + MASK,
     ),
     # Authorization headers echoed into text
-    ("", re.compile(r"((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + MASK),
-    # ntfy access tokens
-    ("tk_", re.compile(r"\btk_[A-Za-z0-9]{16,}"), MASK),
+    SecretPattern("", re.compile(r"((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + MASK),
 )
+#: Every pattern :func:`redact` applies, in order; replaced whole (readers take no lock).
+_patterns: tuple[SecretPattern, ...] = (*_LEADING, *_TRAILING)
+# The same as plain tuples: the loop in redact() runs for every logged line.
+_shapes = tuple((p.word, p.pattern, p.replacement) for p in _patterns)
+
+
+def register_pattern(*patterns: SecretPattern) -> None:
+    """Mask text of these shapes from now on, registered as a secret or not.
+
+    Service patterns go between the ``user:password@`` one and the query/Authorization
+    ones, in the order they come; a pattern registered twice counts once.
+    """
+    global _patterns, _shapes
+    with _lock:
+        services = [p for p in _patterns if p not in _LEADING and p not in _TRAILING]
+        services += [p for p in patterns if p not in services]
+        _patterns = (*_LEADING, *services, *_TRAILING)
+        _shapes = tuple((p.word, p.pattern, p.replacement) for p in _patterns)
 
 
 def register_secret(*values: str | None) -> None:
@@ -216,7 +243,7 @@ def redact(text: object) -> str:
         # The anchor is a substring search in C: only texts that may hold it pay for the regex.
         if anchor in result or not anchor:
             result = pattern.sub(MASK, result)
-    for word, pattern, replacement in _PATTERNS:
+    for word, pattern, replacement in _shapes:
         if word in result:
             result = pattern.sub(replacement, result)
     return result

@@ -148,7 +148,18 @@ class LoopbackReceiver:
     """A threaded HTTP server on 127.0.0.1 that records requests and answers as scripted.
 
     Answers come from :meth:`reply` (a queue, used first) or ``responder`` (a function of
-    the request), else ``default``. Use as a context manager, or call :meth:`close`.
+    the request), else ``default``. A ``responder`` can play a whole service (keep the
+    messages it was sent, answer edits of them); it is called on the server's threads,
+    one per request, so one that keeps state takes its own lock. Every method is answered
+    (``GET``, ``POST``, ``PUT``, ``PATCH``, ``DELETE``). Use as a context manager, or call
+    :meth:`close`.
+
+    Args:
+        default: the answer when neither the queue nor ``responder`` gives one
+            (``200 ok``).
+        responder: a function of the request giving the answer, or None for ``default``.
+        delay: seconds every answer takes on top of its own ``Reply.delay`` (a slow
+            service); the attribute can be changed while the server runs.
 
     Example::
 
@@ -162,10 +173,13 @@ class LoopbackReceiver:
         self,
         default: Reply | None = None,
         responder: Callable[[ReceivedRequest], Reply | None] | None = None,
+        *,
+        delay: float = 0.0,
     ) -> None:
         self.requests: list[ReceivedRequest] = []
         self.default = default or Reply(200, b"ok")
         self.responder = responder
+        self.delay = delay
         self._queue: deque[Reply] = deque()
         self._changed = threading.Condition()
         receiver = self
@@ -184,8 +198,9 @@ class LoopbackReceiver:
                 )
                 reply = receiver._next_reply(request)
                 request = replace(request, status=reply.status)
-                if reply.delay:
-                    time.sleep(reply.delay)  # the slow service being simulated
+                delay = reply.delay + receiver.delay
+                if delay:
+                    time.sleep(delay)  # the slow service being simulated
                 # Recorded before answering: once the client has its answer (and the outbox
                 # says "delivered"), the request must already be in ``requests``.
                 with receiver._changed:
@@ -199,7 +214,7 @@ class LoopbackReceiver:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_POST = do_GET = do_PUT = do_DELETE = _handle
+            do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = _handle
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean

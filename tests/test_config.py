@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from afs_callbacks import ConfigurationError, EventType, NotificationLevel, Settings
+from afs_callbacks.channels.variables import unknown_variables
 from afs_callbacks.config import (
     Env,
     channel_settings,
@@ -17,7 +18,6 @@ from afs_callbacks.config import (
     read_settings,
     validate_url,
 )
-from afs_callbacks.variables import unknown_variables
 
 SECRET_URL = "https://hooks.slack.com/services/T0SECRET/B0SECRET/sEcReTtOkEn123"
 

@@ -19,7 +19,7 @@ import pytest
 import afs_callbacks
 from afs_callbacks import NotificationEvent, NotificationHandler
 from afs_callbacks.channels import REGISTRY, channel_variables, load_channel_class
-from afs_callbacks.variables import CORE_VARIABLES, known_variables
+from afs_callbacks.channels.variables import CORE_VARIABLES, known_variables
 
 REPO = Path(__file__).resolve().parent.parent
 

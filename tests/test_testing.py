@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,29 @@ def test_receiver_delay_answers_late() -> None:
     with LoopbackReceiver() as receiver:
         receiver.reply(Reply(200, "late", delay=0.05))
         assert requests.post(receiver.url("/"), timeout=5).text == "late"
+
+
+def test_receiver_wide_delay_slows_every_answer_and_can_change_while_running() -> None:
+    with LoopbackReceiver(delay=0.6) as receiver:
+        start = time.monotonic()
+        receiver.reply(Reply(201, delay=0.2))
+        assert requests.post(receiver.url("/"), timeout=5).status_code == 201
+        assert time.monotonic() - start >= 0.8  # the receiver's delay and the reply's
+        receiver.delay = 0.0
+        start = time.monotonic()
+        assert requests.get(receiver.url("/"), timeout=5).text == "ok"
+        assert time.monotonic() - start < 0.6
+
+
+def test_receiver_answers_patch_as_a_service_that_edits_messages() -> None:
+    def responder(request: ReceivedRequest) -> Reply:
+        return Reply(200, {"edited": request.path}) if request.method == "PATCH" else Reply(405)
+
+    with LoopbackReceiver(responder=responder) as receiver:
+        answer = requests.patch(receiver.url("/messages/7"), json={"text": "new"}, timeout=5)
+        assert answer.json() == {"edited": "/messages/7"}
+        [request] = receiver.requests
+        assert (request.method, request.status, request.json()) == ("PATCH", 200, {"text": "new"})
 
 
 def test_receiver_refuses_connections_once_closed() -> None:

@@ -1,22 +1,31 @@
-"""Channels: one module per service, each a :class:`NotificationHandler`, declared once here.
+"""Channels: one module per service, each a :class:`NotificationHandler` that describes itself.
 
-Modules are imported only when a channel is used, so ``import afs_callbacks`` stays cheap
-and a channel's optional dependency is needed only by those who use it.
+The registry finds the channels by scanning this package (as Apprise finds its plugins):
+every public module here that defines a concrete :class:`NotificationHandler` with a
+``name`` of its own is a channel. Its class attributes (``variables``, ``prefix``,
+``variable_aliases``, ``default_min_level``, ``hosts``, ``secret_patterns``...) are the
+one declaration everything else derives from: the package's lazy exports, the manager's
+routing variables (``<PREFIX>_MIN_LEVEL``, ``<PREFIX>_EVENTS``) and default level,
+``afs-notify status``'s "did you mean" for misspelt variables and hosts, the tests' clean
+environment and the check that ``.env.example`` documents every variable. Adding a channel
+is its module, a test, a doc page and its ``.env.example`` lines (and, for type checkers,
+one line in ``afs_callbacks/__init__.py``'s ``TYPE_CHECKING`` block, which a test asks for).
 
-:data:`REGISTRY` is the one place a channel is declared. Everything else that has to know
-the channels derives from it: the package's lazy exports, the manager's routing variables
-(``<PREFIX>_MIN_LEVEL``, ``<PREFIX>_EVENTS``) and default level, ``afs-notify status``'s
-"did you mean" for misspelt variables, the tests' clean environment and the check that
-``.env.example`` documents every variable. Adding a channel is its module, one entry here,
-a test and a doc page.
+The scan imports every channel module, so it runs on first use, not when this package is
+imported: ``from afs_callbacks.channels.base import DeliveryResult`` stays cheap, and a
+channel's optional dependency is imported only by the channel when it sends.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable
+import inspect
+import pkgutil
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from afs_callbacks.channels.base import (
     ChannelStatus,
@@ -31,7 +40,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ChannelSpec:
-    """How a channel is found, configured and routed.
+    """How a channel is found, configured and routed (read from its class).
 
     Attributes:
         name: the channel's name in routing, history and CLI output.
@@ -47,6 +56,17 @@ class ChannelSpec:
     prefix: str
     variables: tuple[str, ...] = ()
     min_level: str = "info"
+
+    @classmethod
+    def of(cls, handler: type[NotificationHandler]) -> ChannelSpec:
+        """The spec a channel class declares."""
+        return cls(
+            handler.name,
+            f"{handler.__module__}:{handler.__qualname__}",
+            handler.prefix or handler.name.upper(),
+            tuple(handler.variables),
+            handler.default_min_level,
+        )
 
     @property
     def module(self) -> str:
@@ -64,99 +84,75 @@ class ChannelSpec:
         return (f"{self.prefix}_MIN_LEVEL", f"{self.prefix}_EVENTS", f"{self.prefix}_CARD")
 
 
-_BASE = "afs_callbacks.channels"
+_V = TypeVar("_V")
+_scan_lock = threading.RLock()
 
-#: Every channel, in the order ``afs-notify status`` lists them and users meet them.
-REGISTRY: dict[str, ChannelSpec] = {
-    spec.name: spec
-    for spec in (
-        ChannelSpec(
-            "desktop",
-            f"{_BASE}.desktop:DesktopNotifier",
-            "DESKTOP",
-            ("DESKTOP_NOTIFICATIONS_ENABLED", "DESKTOP_NOTIFICATIONS_SOUND", "DESKTOP_NOTIFICATIONS_TIMEOUT"),
-        ),
-        ChannelSpec(
-            "email",
-            f"{_BASE}.email:EmailNotifier",
-            "EMAIL",
-            (
-                "SMTP_HOST",
-                "TO_EMAILS",
-                "SMTP_USER",
-                "SMTP_PASSWORD",
-                "FROM_EMAIL",
-                "SMTP_SECURITY",
-                "SMTP_PORT",
-                "SMTP_CA_FILE",
-            ),
-        ),
-        ChannelSpec(
-            "slack",
-            f"{_BASE}.slack:SlackNotifier",
-            "SLACK",
-            ("SLACK_WEBHOOK_URL", "SLACK_CHANNEL", "SLACK_BOT_TOKEN", "SLACK_API_URL"),
-        ),
-        ChannelSpec("discord", f"{_BASE}.discord:DiscordNotifier", "DISCORD", ("DISCORD_WEBHOOK_URL",)),
-        ChannelSpec(
-            "webhook",
-            f"{_BASE}.webhook:WebhookNotifier",
-            "WEBHOOK",
-            ("WEBHOOK_URL", "WEBHOOK_SECRET", "WEBHOOK_HEADERS", "WEBHOOK_INCLUDE_ATTACHMENTS"),
-        ),
-        ChannelSpec(
-            "telegram",
-            f"{_BASE}.telegram:TelegramNotifier",
-            "TELEGRAM",
-            ("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "TELEGRAM_API_URL"),
-        ),
-        ChannelSpec("teams", f"{_BASE}.teams:TeamsNotifier", "TEAMS", ("TEAMS_WEBHOOK_URL",)),
-        ChannelSpec(
-            "ntfy",
-            f"{_BASE}.ntfy:NtfyNotifier",
-            "NTFY",
-            ("NTFY_TOPIC", "NTFY_URL", "NTFY_TOKEN", "NTFY_LIVE"),
-        ),
-        ChannelSpec(
-            "sms",
-            f"{_BASE}.sms:SmsNotifier",
-            "SMS",
-            (
-                "TWILIO_ACCOUNT_SID",
-                "TWILIO_AUTH_TOKEN",
-                "TWILIO_FROM_NUMBER",
-                "SMS_TO_NUMBERS",
-                "TWILIO_API_URL",
-            ),
-            min_level="error",
-        ),
-        ChannelSpec(
-            "pagerduty",
-            f"{_BASE}.pagerduty:PagerDutyNotifier",
-            "PAGERDUTY",
-            ("PAGERDUTY_ROUTING_KEY", "PAGERDUTY_API_URL", "PAGERDUTY_SOURCE"),
-        ),
-        ChannelSpec(
-            "alertmanager",
-            f"{_BASE}.alertmanager:AlertmanagerNotifier",
-            "ALERTMANAGER",
-            (
-                "ALERTMANAGER_URL",
-                "ALERTMANAGER_LABELS",
-                "ALERTMANAGER_ALERT_LEVEL",
-                "ALERTMANAGER_RESEND_INTERVAL",
-                "ALERTMANAGER_RESOLVE_TIMEOUT",
-                "ALERTMANAGER_FAILED_TTL",
-                "ALERTMANAGER_GENERATOR_URL",
-            ),
-        ),
-        ChannelSpec("apprise", f"{_BASE}.apprise:AppriseNotifier", "APPRISE", ("APPRISE_URLS",)),
-        ChannelSpec("console", f"{_BASE}.console:ConsoleNotifier", "CONSOLE"),
+
+@functools.lru_cache(maxsize=1)
+def _scan() -> tuple[type[NotificationHandler], ...]:
+    found: dict[str, type[NotificationHandler]] = {}
+    for module_info in pkgutil.iter_modules(__path__):
+        if module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for value in vars(module).values():
+            if _is_channel(value, module.__name__):
+                other = found.setdefault(value.name, value)
+                if other is not value:
+                    raise TypeError(f"two channels are named {value.name!r}: {other} and {value}")
+    return tuple(sorted(found.values(), key=lambda handler: (handler.listing_order, handler.name)))
+
+
+def _is_channel(value: object, module: str) -> bool:
+    """A concrete handler class defined in ``module`` that names itself."""
+    return (
+        inspect.isclass(value)
+        and issubclass(value, NotificationHandler)
+        and value.__module__ == module
+        and "name" in vars(value)
+        and not inspect.isabstract(value)
     )
-}
 
+
+def channel_classes() -> tuple[type[NotificationHandler], ...]:
+    """Every channel class in this package, in the order ``afs-notify status`` lists them.
+
+    The first call imports every channel module (their optional dependencies stay unloaded).
+    """
+    # One scan at a time: two threads importing the same modules each wait on the other.
+    with _scan_lock:
+        return _scan()
+
+
+class _Derived(Mapping[str, _V]):
+    """A mapping computed from the channel classes on first use (the scan is not free)."""
+
+    def __init__(self, build: Callable[[], dict[str, _V]]) -> None:
+        self._build = build
+
+    @functools.cached_property
+    def _items(self) -> dict[str, _V]:
+        return self._build()
+
+    def __getitem__(self, key: str) -> _V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+#: Every channel by name, in the order ``afs-notify status`` lists them and users meet them.
+REGISTRY: Mapping[str, ChannelSpec] = _Derived(
+    lambda: {handler.name: ChannelSpec.of(handler) for handler in channel_classes()}
+)
 #: Channel name -> "module:Class" (derived from :data:`REGISTRY`; kept for callers of old).
-CHANNELS: dict[str, str] = {name: spec.target for name, spec in REGISTRY.items()}
+CHANNELS: Mapping[str, str] = _Derived(lambda: {name: spec.target for name, spec in REGISTRY.items()})
 
 
 def load_channel_class(name: str) -> type[NotificationHandler]:
@@ -181,8 +177,6 @@ def build_channel(name: str, env: Env, settings: Settings | None = None) -> Noti
         ImportError: the channel's module (or its optional dependency) is not available.
         ConfigurationError: a variable is set but wrong (names the variable).
     """
-    import inspect
-
     from_env: Callable[..., NotificationHandler | None] = load_channel_class(name).from_env
     if settings is not None and "settings" in inspect.signature(from_env).parameters:
         return from_env(env, settings=settings)
@@ -227,6 +221,7 @@ __all__ = [
     "NotificationHandler",
     "Outcome",
     "build_channel",
+    "channel_classes",
     "channel_variables",
     "env_prefixes",
     "exported_classes",

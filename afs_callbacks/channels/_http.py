@@ -4,7 +4,8 @@ A channel subclasses :class:`HttpChannel`, builds its payload and calls :meth:`p
 answer comes back as a :class:`DeliveryResult`: 2xx delivered; 408, 429 and 5xx retried
 with the service's wait hint; the service's permanent codes dead (and the channel disabled
 when the code means the destination is gone). ``requests`` exception text embeds the full
-URL, so every such text is redacted before it leaves this module.
+URL, so every such text is redacted before it leaves this module, with every service's
+secret shapes known (building an HTTP channel loads the channel declarations once).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from afs_callbacks.channels import channel_classes
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
 from afs_callbacks.redaction import redact
 
@@ -59,6 +61,9 @@ class HttpChannel(NotificationHandler):
     retry_statuses: ClassVar[frozenset[int]] = frozenset({408, 425, 429})
 
     def __init__(self, *, timeout: float = 10.0) -> None:
+        # Each service declares the shapes of its secrets (a Slack webhook path); a channel
+        # that forgot to register its URL, or posts to another service's, is still masked.
+        channel_classes()
         self.timeout = timeout
         self._session: requests.Session | None = None
         self._session_pid = 0
@@ -152,3 +157,12 @@ def short_body(response: requests.Response, limit: int = 300) -> str:
         return ""
     text = redact(" ".join(text.split()))
     return text[:limit]
+
+
+def json_object(response: requests.Response) -> dict[str, Any]:
+    """The answer's JSON object, or ``{}`` when it is not one (an HTML error page, a list)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

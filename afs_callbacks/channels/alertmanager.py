@@ -20,42 +20,52 @@ what another one fired.
 from __future__ import annotations
 
 import os
+import re
 import threading
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from afs_callbacks._log import get_logger
-
-# Payload building lives apart; the public names stay importable from here.
-from afs_callbacks.channels._alertmanager_payload import ALERT_NAMES as ALERT_NAMES
-from afs_callbacks.channels._alertmanager_payload import LABEL_NAME as _LABEL_NAME
-from afs_callbacks.channels._alertmanager_payload import SEVERITY as SEVERITY
-from afs_callbacks.channels._alertmanager_payload import LabelKey as _LabelKey
-from afs_callbacks.channels._alertmanager_payload import alert_name as alert_name
-from afs_callbacks.channels._alertmanager_payload import build_alert
-from afs_callbacks.channels._alertmanager_payload import condition_of as _condition
-from afs_callbacks.channels._alertmanager_payload import label_key as _label_key
-from afs_callbacks.channels._alertmanager_payload import matches as _matches
-from afs_callbacks.channels._alertmanager_payload import now as _now
-from afs_callbacks.channels._alertmanager_payload import parse_labels as parse_labels
-from afs_callbacks.channels._alertmanager_payload import postable as _postable
-from afs_callbacks.channels._alertmanager_payload import quote as _quote
-from afs_callbacks.channels._alertmanager_payload import timestamp as _timestamp
 from afs_callbacks.channels._http import USER_AGENT, HttpChannel
-from afs_callbacks.channels._shapes import check_self_hosted
 from afs_callbacks.channels.base import DeliveryResult
+from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.channels.pagerduty import ended_conditions
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
+from afs_callbacks.formatting import context_fields, format_metrics, truncate
 from afs_callbacks.redaction import mask_url, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
 
 log = get_logger(__name__)
+
+SEVERITY = {
+    NotificationLevel.CRITICAL: "critical",
+    NotificationLevel.ERROR: "error",
+    NotificationLevel.WARNING: "warning",
+    NotificationLevel.SUCCESS: "info",
+    NotificationLevel.INFO: "info",
+}
+
+#: ``alertname`` where the event type's CamelCase would read badly.
+ALERT_NAMES: Mapping[EventType, str] = {
+    EventType.NAN_DETECTED: "TrainingNaN",
+    EventType.OUT_OF_MEMORY: "TrainingOutOfMemory",
+    EventType.ERROR_OCCURRED: "TrainingError",
+    EventType.GPU_MEMORY: "GPUMemoryHigh",
+    EventType.GPU_UTILIZATION: "GPUUtilization",
+    EventType.GPU_TEMPERATURE: "GPUTemperatureHigh",
+    EventType.HOST_MEMORY: "HostMemoryHigh",
+    EventType.DISK_SPACE: "DiskSpaceLow",
+}
+
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_LabelKey = tuple[tuple[str, str], ...]
 
 #: Conditions whose process is ending: nobody will re-post them, so they last ``failed_ttl``.
 TERMINAL_TYPES = frozenset({EventType.TRAINING_FAILED, EventType.TRAINING_INTERRUPTED})
@@ -89,6 +99,17 @@ class AlertmanagerNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "alertmanager"
+    variables: ClassVar[tuple[str, ...]] = (
+        "ALERTMANAGER_URL",
+        "ALERTMANAGER_LABELS",
+        "ALERTMANAGER_ALERT_LEVEL",
+        "ALERTMANAGER_RESEND_INTERVAL",
+        "ALERTMANAGER_RESOLVE_TIMEOUT",
+        "ALERTMANAGER_FAILED_TTL",
+        "ALERTMANAGER_GENERATOR_URL",
+    )
+    own_prefixes: ClassVar[tuple[str, ...]] = ("ALERTMANAGER_",)
+    listing_order: ClassVar[int] = 110
     permanent_statuses: ClassVar[frozenset[int]] = frozenset({400, 401, 403, 404, 413, 422})
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
 
@@ -342,3 +363,120 @@ def _password(url: str | None) -> str | None:
         return urlsplit(url or "").password
     except ValueError:
         return None  # validate_url says what is wrong with it
+
+
+# The payload (pure functions: an event to an /api/v2/alerts item, label sets compared) ---
+
+
+def alert_name(event_type: EventType) -> str:
+    """``nan_detected`` -> ``TrainingNaN``, ``training_stalled`` -> ``TrainingStalled``."""
+    if event_type in ALERT_NAMES:
+        return ALERT_NAMES[event_type]
+    name = "".join(part.capitalize() for part in event_type.value.split("_"))
+    return name if name.startswith(("Training", "Evaluation")) else "Training" + name
+
+
+def parse_labels(text: str | None, variable: str = "ALERTMANAGER_LABELS") -> dict[str, str]:
+    """``"team=ml, env=prod"`` -> ``{"team": "ml", "env": "prod"}``.
+
+    Raises:
+        ConfigurationError: an item is not ``name=value`` or the name is not a valid label.
+    """
+    labels: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not _LABEL_NAME.match(name) or not value:
+            raise ConfigurationError(variable, f"expected name=value pairs separated by commas, got {item!r}")
+        labels[name] = value
+    return labels
+
+
+def build_alert(
+    event: NotificationEvent,
+    extra_labels: Mapping[str, str],
+    generator_url: str | None,
+    *,
+    ends_at: datetime,
+) -> dict[str, Any]:
+    """The alert for ``event``, firing until ``ends_at``.
+
+    ``extra_labels`` are the user's own (the channel's labels win on a clash);
+    ``generator_url`` is used when the event has no ``url`` context field.
+    """
+    labels = dict(extra_labels)
+    # `key` tells apart conditions of one run and type (GPU 0 vs GPU 1): separate alerts.
+    for key in ("run_id", "model", "host"):
+        value = event.context.get(key)
+        if value is not None and str(value) != "":
+            labels[key] = str(value)
+    condition = _condition(event)
+    if condition:
+        labels["key"] = condition
+    labels.update(
+        alertname=alert_name(event.event_type),
+        event_type=event.event_type.value,
+        severity=SEVERITY[event.level],
+    )
+    details = [event.message] if event.message else []
+    details += [f"{label}: {value}" for label, value in context_fields(event)]
+    if event.metrics:
+        details.append("Metrics: " + format_metrics(event.metrics))
+    alert: dict[str, Any] = {
+        "labels": labels,
+        "annotations": {
+            "summary": truncate(event.title, 1024),
+            "description": truncate("\n".join(details) or event.title, 8192),
+        },
+        "startsAt": _timestamp(event.timestamp),
+        "endsAt": _timestamp(ends_at),
+    }
+    link = event.context.get("url") or generator_url
+    if isinstance(link, str) and link.startswith(("http://", "https://")):
+        alert["generatorURL"] = link
+    return alert
+
+
+def _now() -> datetime:
+    """The current UTC time."""
+    return datetime.now(timezone.utc)
+
+
+def _timestamp(moment: datetime) -> str:
+    """``moment`` as Alertmanager's RFC 3339 UTC text, to the millisecond."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _label_key(labels: Mapping[str, str]) -> _LabelKey:
+    """A hashable, order-free identity of a label set (Alertmanager's alert identity)."""
+    return tuple(sorted(labels.items()))
+
+
+def _matches(
+    labels: Mapping[str, str], matchers: Mapping[str, str], ended: Iterable[EventType] | None
+) -> bool:
+    """Whether ``labels`` match every matcher and (when given) one of the ``ended`` types."""
+    # An absent label equals "" in Alertmanager's matching; do the same here.
+    if any(labels.get(name, "") != value for name, value in matchers.items()):
+        return False
+    return ended is None or labels.get("event_type") in {kind.value for kind in ended}
+
+
+def _postable(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a listed alert that can be posted back."""
+    keep = ("labels", "annotations", "startsAt", "generatorURL")
+    return {key: alert[key] for key in keep if alert.get(key)}
+
+
+def _quote(value: str) -> str:
+    """``value`` escaped for a double-quoted Alertmanager filter matcher."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _condition(event: NotificationEvent) -> str:
+    """The event's repeat key (which GPU, which disk), or ``""``: the field, else a ``key``
+    a caller put in the context by hand (an event built before the field existed)."""
+    value = event.key or event.context.get("key")
+    return "" if value is None else str(value)

@@ -101,6 +101,9 @@ class AppriseNotifier(NotificationHandler):
     """
 
     name: ClassVar[str] = "apprise"
+    variables: ClassVar[tuple[str, ...]] = ("APPRISE_URLS",)
+    own_prefixes: ClassVar[tuple[str, ...]] = ("APPRISE_",)
+    listing_order: ClassVar[int] = 120
     supports_images: ClassVar[bool] = True
 
     def __init__(self, urls: Iterable[str], *, allow_http: bool = False) -> None:

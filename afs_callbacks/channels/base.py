@@ -3,16 +3,22 @@
 A channel never retries, sleeps or queues: the sender does that from the
 :class:`DeliveryResult` the channel returns. Configuration errors raise at construction
 (:class:`~afs_callbacks.exceptions.ConfigurationError`); delivery problems never raise.
+
+A channel also describes itself, as Apprise's plugins do: its class attributes say its
+name, the environment variables it reads (and the names people mistype them as), its
+service's pace, attachment and card support, its hosts and the shapes of its secrets.
+The registry (:mod:`afs_callbacks.channels`) reads them; nothing else lists channels.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, ClassVar
 
-from afs_callbacks.redaction import redact
+from afs_callbacks.redaction import SecretPattern, redact, register_pattern
 
 if TYPE_CHECKING:
     from afs_callbacks.config import Env, Settings
@@ -88,7 +94,9 @@ class NotificationHandler(abc.ABC):
 
     Subclasses implement :meth:`send` and usually :meth:`is_configured`, :meth:`describe`
     and :meth:`from_env`. Class attributes declare the service's limits so the sender can
-    pace messages and formatters can cut text.
+    pace messages and formatters can cut text, and what the registry derives from a
+    channel module in ``afs_callbacks/channels/`` (its exports, routing variables, the
+    variables ``afs-notify status`` knows, the hosts it checks for misspellings).
 
     Example::
 
@@ -108,6 +116,34 @@ class NotificationHandler(abc.ABC):
     supports_images: ClassVar[bool] = False
     #: Whether the channel can edit a message it sent, so a run gets one live card.
     supports_cards: ClassVar[bool] = False
+
+    #: The prefix of its routing variables ``<PREFIX>_MIN_LEVEL``, ``_EVENTS``, ``_CARD``
+    #: (empty: the name in capitals).
+    prefix: ClassVar[str] = ""
+    #: Every environment variable :meth:`from_env` reads (routing ones aside), in the
+    #: order ``.env.example`` documents them.
+    variables: ClassVar[tuple[str, ...]] = ()
+    #: Names people write from other tools' habits -> the variable they mean
+    #: (``SLACK_URL`` -> ``SLACK_WEBHOOK_URL``), for ``afs-notify status``'s "did you mean".
+    variable_aliases: ClassVar[Mapping[str, str]] = {}
+    #: Variable prefixes no other common tool uses: any unknown name with one is surely
+    #: meant for this channel (``TWILIO_``); a name shared with other tools' (``SLACK_``)
+    #: counts only in our ``.env``.
+    own_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: The default of ``<PREFIX>_MIN_LEVEL`` (SMS costs money: ``error``).
+    default_min_level: ClassVar[str] = "info"
+    #: Where ``afs-notify status`` and the registry list it: lower first, ties by name.
+    listing_order: ClassVar[int] = 500
+    #: The service's own hosts: a host that looks like a misspelling of one is refused in
+    #: any channel's URL (``hooks.slak.com``).
+    hosts: ClassVar[tuple[str, ...]] = ()
+    #: Shapes of the service's secrets, masked in every text even when never registered
+    #: (a webhook path in a ``requests`` error); they apply once the class exists.
+    secret_patterns: ClassVar[tuple[SecretPattern, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        register_pattern(*vars(cls).get("secret_patterns", ()))
 
     @abc.abstractmethod
     def send(self, event: NotificationEvent) -> DeliveryResult | bool | None:

@@ -24,6 +24,8 @@ class ConsoleNotifier(NotificationHandler):
     """
 
     name: ClassVar[str] = "console"
+    #: Turned on by the core's ``AFS_CONSOLE``; listed last (it is the fallback).
+    listing_order: ClassVar[int] = 1000
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream

@@ -17,30 +17,24 @@ environment variables that a fixed PowerShell script decodes, so no title can br
 
 from __future__ import annotations
 
+import base64
+import html
+import importlib.util
 import os
 import shutil
 import stat
+import subprocess
 import sys
-from collections.abc import Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from afs_callbacks.cards import card_view, render_text
-from afs_callbacks.channels._desktop_backends import (
-    AppleScriptBackend,
-    Backend,
-    DBusBackend,
-    NotifySendBackend,
-    Popup,
-    PowerShellBackend,
-    Runner,
-    jeepney_available,
-    run_command,
-)
-from afs_callbacks.channels.base import ChannelStatus, DeliveryResult, NotificationHandler
+from afs_callbacks.channels.base import ChannelStatus, DeliveryResult, NotificationHandler, Outcome
+from afs_callbacks.channels.card_view import card_view, render_text
 from afs_callbacks.events import NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_metrics, truncate
+from afs_callbacks.redaction import redact
 
 if TYPE_CHECKING:
     from afs_callbacks.config import Env, Settings
@@ -48,6 +42,9 @@ if TYPE_CHECKING:
     from afs_callbacks.runstate import RunState
 
 __all__ = ["DesktopNotifier", "Popup", "Runner", "session_bus_address"]
+
+#: Runs ``argv`` with environment ``env`` (None: inherit), giving up after ``timeout`` s.
+Runner = Callable[[Sequence[str], Mapping[str, str] | None, float], subprocess.CompletedProcess[str]]
 
 APP_NAME = "afs-callbacks"
 _TITLE_CHARS = 120
@@ -78,6 +75,12 @@ class DesktopNotifier(NotificationHandler):
     """
 
     name: ClassVar[str] = "desktop"
+    variables: ClassVar[tuple[str, ...]] = (
+        "DESKTOP_NOTIFICATIONS_ENABLED",
+        "DESKTOP_NOTIFICATIONS_SOUND",
+        "DESKTOP_NOTIFICATIONS_TIMEOUT",
+    )
+    listing_order: ClassVar[int] = 10
     min_interval: ClassVar[float] = 0.5
 
     def __init__(
@@ -250,3 +253,370 @@ def session_bus_address(environ: Mapping[str, str]) -> str | None:
 def _clean(text: str) -> str:
     # NUL cannot travel in argv or the environment, nor lone surrogates in UTF-8.
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+# Backends: how a pop-up is shown on each platform ------------------------------------------
+# Each backend turns a :class:`Popup` into a :class:`DeliveryResult` and can say, without
+# showing anything, why it cannot work (:meth:`Backend.probe`). Run text is never spliced
+# into a script: it is passed as D-Bus arguments, as ``argv`` entries, or base64-encoded in
+# environment variables read by a fixed script.
+
+SERVER_NAME = "org.freedesktop.Notifications"
+#: Seconds a status check waits for the bus.
+PROBE_TIMEOUT = 2.0
+NO_SERVER = f"no notification server on the session bus (nothing owns {SERVER_NAME})"
+_CRITICAL = (NotificationLevel.ERROR, NotificationLevel.CRITICAL)
+#: freedesktop icon and sound theme names for each level.
+ICONS = {
+    NotificationLevel.INFO: "dialog-information",
+    NotificationLevel.SUCCESS: "dialog-information",
+    NotificationLevel.WARNING: "dialog-warning",
+    NotificationLevel.ERROR: "dialog-error",
+    NotificationLevel.CRITICAL: "dialog-error",
+}
+SOUNDS = {
+    NotificationLevel.INFO: "message-new-instant",
+    NotificationLevel.SUCCESS: "complete",
+    NotificationLevel.WARNING: "dialog-warning",
+    NotificationLevel.ERROR: "dialog-error",
+    NotificationLevel.CRITICAL: "dialog-error",
+}
+
+
+@dataclass(frozen=True)
+class Popup:
+    """What to show, the same on every platform."""
+
+    title: str
+    body: str
+    level: NotificationLevel
+    sound: bool = True
+    #: Seconds on screen; 0 means until dismissed.
+    timeout: float = 10.0
+    app_name: str = "afs-callbacks"
+    #: A pop-up to update in place (freedesktop ``replaces_id``; 0: a new one).
+    replaces_id: int = 0
+
+    @property
+    def urgency(self) -> int:
+        """freedesktop urgency: 1 normal, 2 critical (errors stay until dismissed)."""
+        return 2 if self.level in _CRITICAL else 1
+
+    @property
+    def expire_ms(self) -> int:
+        """The timeout in milliseconds, as D-Bus' int32 carries it."""
+        return min(int(self.timeout * 1000), 2**31 - 1)
+
+
+class Backend(Protocol):
+    """One way of showing pop-ups."""
+
+    label: str
+
+    def show(self, popup: Popup) -> DeliveryResult:
+        """Show ``popup``; never raises."""
+
+    def probe(self) -> str | None:
+        """None when pop-ups can be shown, else the reason they cannot."""
+
+
+def jeepney_available() -> bool:
+    """Whether the optional ``jeepney`` package is installed (without importing it)."""
+    return importlib.util.find_spec("jeepney") is not None
+
+
+class DBusBackend:
+    """``org.freedesktop.Notifications`` on the session bus, spoken with jeepney.
+
+    A connection is opened per pop-up: pop-ups are rare, and a connection kept open would
+    go stale when the desktop session restarts (or be shared across a fork).
+    """
+
+    label = "D-Bus"
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.address = address
+        self.timeout = timeout
+
+    def probe(self) -> str | None:
+        """Is the notification name owned, or can the bus start its owner on demand?"""
+        from jeepney.bus_messages import message_bus
+
+        # Short: status() runs when the channel is registered, on the training thread.
+        timeout = min(self.timeout, PROBE_TIMEOUT)
+        try:
+            connection = self._connect(timeout)
+        except Exception as error:
+            return f"no desktop session: cannot connect to the session bus ({_text(error)})"
+        try:
+            with connection:
+                if self._call(connection, message_bus, "NameHasOwner", "s", (SERVER_NAME,), timeout)[0]:
+                    return None
+                if (
+                    SERVER_NAME
+                    in self._call(connection, message_bus, "ListActivatableNames", timeout=timeout)[0]
+                ):
+                    return None
+        except Exception as error:
+            return f"the session bus did not answer ({_text(error)})"
+        return NO_SERVER
+
+    def show(self, popup: Popup) -> DeliveryResult:
+        """Call ``Notify``; escape the body where the server reads it as markup."""
+        from jeepney import DBusAddress, DBusErrorResponse
+
+        server = DBusAddress("/org/freedesktop/Notifications", SERVER_NAME, SERVER_NAME)
+        try:
+            connection = self._connect(self.timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            return DeliveryResult.permanent(f"no desktop session: {_text(error)}", disable_channel=True)
+        except Exception as error:
+            return DeliveryResult.retry(f"cannot connect to the session bus: {_text(error)}")
+        hints: dict[str, tuple[str, Any]] = {"urgency": ("y", popup.urgency)}
+        if popup.sound:
+            hints["sound-name"] = ("s", SOUNDS[popup.level])
+        else:
+            hints["suppress-sound"] = ("b", True)
+        try:
+            with connection:
+                capabilities = self._call(connection, server, "GetCapabilities", timeout=self.timeout)[0]
+                # Servers with body-markup read "<" and "&" as markup: "loss < 1" would vanish.
+                body = html.escape(popup.body, quote=False) if "body-markup" in capabilities else popup.body
+                args: tuple[Any, ...] = (
+                    popup.app_name,
+                    popup.replaces_id,
+                    ICONS[popup.level],
+                    popup.title,
+                    body,
+                    [],
+                    hints,
+                    popup.expire_ms,
+                )
+                (number,) = self._call(connection, server, "Notify", "susssasa{sv}i", args, self.timeout)
+        except DBusErrorResponse as error:
+            if error.name in (
+                "org.freedesktop.DBus.Error.ServiceUnknown",
+                "org.freedesktop.DBus.Error.NameHasNoOwner",
+            ):
+                return DeliveryResult.permanent(NO_SERVER, disable_channel=True)
+            if error.name in ("org.freedesktop.DBus.Error.NoReply", "org.freedesktop.DBus.Error.Timeout"):
+                return DeliveryResult.retry(f"notification server busy: {error.name}")
+            return DeliveryResult.permanent(f"notification server refused: {_text(error)}")
+        except (TimeoutError, OSError) as error:
+            return DeliveryResult.retry(f"notification server did not answer: {_text(error)}")
+        # The id lets a live card replace this very pop-up later.
+        return DeliveryResult(Outcome.DELIVERED, f"notification {number}", message_id=str(number))
+
+    def _connect(self, timeout: float) -> Any:
+        from jeepney.io.blocking import open_dbus_connection
+
+        return open_dbus_connection(bus=self.address, auth_timeout=timeout)
+
+    def _call(
+        self,
+        connection: Any,
+        address: Any,
+        method: str,
+        signature: str | None = None,
+        body: tuple[Any, ...] = (),
+        timeout: float = 10.0,
+    ) -> tuple[Any, ...]:
+        from jeepney import new_method_call
+        from jeepney.wrappers import unwrap_msg
+
+        reply = connection.send_and_get_reply(
+            new_method_call(address, method, signature, body), timeout=timeout
+        )
+        return tuple(unwrap_msg(reply))
+
+
+class _CommandBackend:
+    """A backend that runs one command per pop-up."""
+
+    label = "command"
+
+    def __init__(self, executable: str, runner: Runner, timeout: float) -> None:
+        self.executable = executable
+        self.runner = runner
+        self.timeout = timeout
+
+    def argv(self, popup: Popup) -> list[str]:
+        """The command line."""
+        raise NotImplementedError
+
+    def environment(self, popup: Popup) -> dict[str, str] | None:
+        """The command's environment (None: this process's)."""
+        return None
+
+    def failure(self, returncode: int, stderr: str) -> DeliveryResult:
+        """What a non-zero exit means; by default the message cannot be shown."""
+        return DeliveryResult.permanent(f"{self.label} exited with {returncode}: {stderr}")
+
+    def probe(self) -> str | None:
+        """The executable was found: assume it works until a pop-up says otherwise."""
+        return None
+
+    def show(self, popup: Popup) -> DeliveryResult:
+        """Run the command; a timeout is retried, a missing command disables the channel."""
+        try:
+            done = self.runner(self.argv(popup), self.environment(popup), self.timeout)
+        except subprocess.TimeoutExpired:
+            return DeliveryResult.retry(f"{self.label} did not finish within {self.timeout:g} s")
+        except OSError as error:
+            return DeliveryResult.permanent(f"cannot run {self.label}: {_text(error)}", disable_channel=True)
+        if done.returncode != 0:
+            return self.failure(done.returncode, _text(done.stderr or done.stdout or ""))
+        return DeliveryResult.delivered(self.label)
+
+
+class NotifySendBackend(_CommandBackend):
+    """``notify-send`` (libnotify), for Linux machines without jeepney."""
+
+    label = "notify-send"
+
+    def __init__(self, executable: str, address: str, runner: Runner, timeout: float) -> None:
+        super().__init__(executable, runner, timeout)
+        self.address = address
+
+    def argv(self, popup: Popup) -> list[str]:
+        """Options, then ``--`` so that a title starting with ``-`` is not read as one."""
+        hint = f"string:sound-name:{SOUNDS[popup.level]}" if popup.sound else "boolean:suppress-sound:true"
+        return [
+            self.executable,
+            f"--app-name={popup.app_name}",
+            f"--urgency={'critical' if popup.urgency == 2 else 'normal'}",
+            f"--expire-time={popup.expire_ms}",
+            f"--icon={ICONS[popup.level]}",
+            f"--hint={hint}",
+            "--",
+            popup.title,
+            # notify-send cannot ask for capabilities; the common servers all read markup.
+            html.escape(popup.body, quote=False),
+        ]
+
+    def environment(self, popup: Popup) -> dict[str, str]:
+        """This process's environment with the bus address found."""
+        return {**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.address}
+
+    def failure(self, returncode: int, stderr: str) -> DeliveryResult:
+        """No server or no bus disables the channel; other errors lose this pop-up only."""
+        if "ServiceUnknown" in stderr or "not provided by any .service" in stderr:
+            return DeliveryResult.permanent(NO_SERVER, disable_channel=True)
+        if "connect" in stderr.lower() or "autolaunch" in stderr.lower():
+            return DeliveryResult.permanent(f"no desktop session: {stderr}", disable_channel=True)
+        return super().failure(returncode, stderr)
+
+
+class AppleScriptBackend(_CommandBackend):
+    """macOS: ``display notification`` through ``osascript``, text passed as arguments."""
+
+    label = "osascript"
+    #: System sounds (/System/Library/Sounds) per level.
+    SOUNDS: ClassVar[dict[NotificationLevel, str]] = {
+        level: "Basso" if level in _CRITICAL else "Glass" for level in NotificationLevel
+    }
+
+    def argv(self, popup: Popup) -> list[str]:
+        """A fixed script reading ``argv``; the leading ``afs-callbacks`` argument ends
+        option parsing, so a title starting with ``-`` stays text."""
+        sound = f' sound name "{self.SOUNDS[popup.level]}"' if popup.sound else ""
+        statement = (
+            "display notification (item 3 of argv) with title (item 2 of argv)"
+            f" subtitle (item 4 of argv){sound}"
+        )
+        return [
+            self.executable,
+            "-e",
+            "on run argv",
+            "-e",
+            statement,
+            "-e",
+            "end run",
+            popup.app_name,
+            popup.title,
+            popup.body or popup.title,
+            popup.level.value.upper(),
+        ]
+
+
+#: The toast script; run text arrives base64-encoded in AFS_DESKTOP_* variables.
+TOAST_SCRIPT = r"""
+$ErrorActionPreference = 'Stop'
+function Read-Text($name) {
+  [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String([Environment]::GetEnvironmentVariable($name)))
+}
+$null = [Windows.UI.Notifications.ToastNotificationManager, Windows.UI.Notifications,
+  ContentType = WindowsRuntime]
+$null = [Windows.Data.Xml.Dom.XmlDocument, Windows.Data.Xml.Dom.XmlDocument, ContentType = WindowsRuntime]
+$xml = [Windows.UI.Notifications.ToastNotificationManager]::GetTemplateContent(
+  [Windows.UI.Notifications.ToastTemplateType]::ToastText02)
+$texts = $xml.GetElementsByTagName('text')
+$null = $texts.Item(0).AppendChild($xml.CreateTextNode((Read-Text 'AFS_DESKTOP_TITLE')))
+$null = $texts.Item(1).AppendChild($xml.CreateTextNode((Read-Text 'AFS_DESKTOP_BODY')))
+if ($env:AFS_DESKTOP_SILENT -eq '1') {
+  $audio = $xml.CreateElement('audio'); $audio.SetAttribute('silent', 'true')
+  $null = $xml.DocumentElement.AppendChild($audio)
+}
+if ($env:AFS_DESKTOP_LONG -eq '1') { $xml.DocumentElement.SetAttribute('duration', 'long') }
+$toast = [Windows.UI.Notifications.ToastNotification]::new($xml)
+$app = '{1AC14E77-02E7-4E5D-B744-2EB1AE5198B7}\WindowsPowerShell\v1.0\powershell.exe'
+[Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier($app).Show($toast)
+""".strip()
+
+
+class PowerShellBackend(_CommandBackend):
+    """Windows: a toast from Windows PowerShell (no BurntToast module needed)."""
+
+    label = "PowerShell toast"
+
+    def argv(self, popup: Popup) -> list[str]:
+        """The fixed script as ``-EncodedCommand`` (UTF-16LE base64): no quoting at all."""
+        encoded = base64.b64encode(TOAST_SCRIPT.encode("utf-16-le")).decode("ascii")
+        return [
+            self.executable,
+            "-NoProfile",
+            "-NonInteractive",
+            "-ExecutionPolicy",
+            "Bypass",
+            "-EncodedCommand",
+            encoded,
+        ]
+
+    def environment(self, popup: Popup) -> dict[str, str]:
+        """The run text, base64-encoded UTF-8, in variables the script decodes."""
+        long_toast = popup.level in _CRITICAL or popup.timeout == 0 or popup.timeout > 10
+        return {
+            **os.environ,
+            "AFS_DESKTOP_TITLE": _b64(popup.title),
+            "AFS_DESKTOP_BODY": _b64(popup.body),
+            "AFS_DESKTOP_SILENT": "0" if popup.sound else "1",
+            "AFS_DESKTOP_LONG": "1" if long_toast else "0",
+        }
+
+
+def run_command(
+    argv: Sequence[str], env: Mapping[str, str] | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` without a shell or a console window, capturing its output."""
+    return subprocess.run(
+        list(argv),
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        # Windows would flash a console window for every toast without this.
+        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+    )
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8", "replace")).decode("ascii")
+
+
+def _text(error: object) -> str:
+    text = " ".join(redact(error).split())
+    return truncate(text or type(error).__name__, 300)

@@ -17,12 +17,13 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from afs_callbacks.cards import discord_embed
-from afs_callbacks.channels._http import HttpChannel, parse_retry_after, short_body
-from afs_callbacks.channels._shapes import check_discord_webhook
+from afs_callbacks.channels._http import HttpChannel, json_object, parse_retry_after, short_body
 from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.channels.card_view import card_view, escape_markdown
+from afs_callbacks.channels.hosts import check_host
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import Attachment, NotificationEvent
+from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import (
     LEVEL_COLORS,
     LEVEL_EMOJI,
@@ -31,15 +32,21 @@ from afs_callbacks.formatting import (
     format_value,
     truncate,
 )
-from afs_callbacks.redaction import mask_url, redact, register_secret
+from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, mask_url, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
 
     from afs_callbacks.runstate import RunState
 
+#: Where webhooks live (the canary and PTB clients' hosts too).
+DISCORD_HOSTS = tuple(
+    f"{prefix}{domain}" for domain in ("discord.com", "discordapp.com") for prefix in ("", "ptb.", "canary.")
+)
 # Discord resolves ``attachment://name`` only for plain file names.
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+_WEBHOOK_PATH = re.compile(r"^/api(?:/v\d+)?/webhooks/(?P<id>[^/]*)/(?P<token>[^/]*)/?$")
+_WEBHOOK_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,}$")
 
 
 class DiscordNotifier(HttpChannel):
@@ -56,6 +63,21 @@ class DiscordNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "discord"
+    variables: ClassVar[tuple[str, ...]] = ("DISCORD_WEBHOOK_URL",)
+    variable_aliases: ClassVar[dict[str, str]] = {
+        "DISCORD_WEBHOOK": "DISCORD_WEBHOOK_URL",
+        "DISCORD_URL": "DISCORD_WEBHOOK_URL",
+    }
+    listing_order: ClassVar[int] = 40
+    hosts: ClassVar[tuple[str, ...]] = DISCORD_HOSTS
+    #: A webhook's id and token: /api/webhooks/{id}/{token}.
+    secret_patterns: ClassVar[tuple[SecretPattern, ...]] = (
+        SecretPattern(
+            "webhooks",
+            re.compile(rf"({DELIMITER}api{DELIMITER}webhooks{DELIMITER})[^\s\"'<>]+"),
+            r"\1" + MASK,
+        ),
+    )
     #: A webhook takes about 5 requests per 2 s and a channel 30 messages a minute.
     min_interval: ClassVar[float] = 1.0
     supports_images: ClassVar[bool] = True
@@ -172,7 +194,7 @@ class DiscordNotifier(HttpChannel):
         result = self.classify(response)
         if not result.ok:
             return result
-        message_id = _json_body(response).get("id")
+        message_id = json_object(response).get("id")
         if not message_id:
             return DeliveryResult.permanent("Discord answered without a message id")
         return DeliveryResult(Outcome.DELIVERED, result.detail, message_id=str(message_id))
@@ -190,12 +212,12 @@ class DiscordNotifier(HttpChannel):
             )
         except requests.RequestException as error:
             return DeliveryResult.retry(f"{type(error).__name__}: {redact(error)}")
-        if response.status_code == 404 and _json_body(response).get("code") == self.UNKNOWN_MESSAGE:
+        if response.status_code == 404 and json_object(response).get("code") == self.UNKNOWN_MESSAGE:
             return DeliveryResult(Outcome.PERMANENT, f"HTTP 404: {short_body(response)}", gone=True)
         return self.classify(response)
 
     def _card_payload(self, state: RunState) -> dict[str, Any]:
-        return {"embeds": [discord_embed(state)], "allowed_mentions": {"parse": []}}
+        return {"embeds": [card_embed(state)], "allowed_mentions": {"parse": []}}
 
     def _message_url(self, message_id: str) -> str:
         """The webhook's message URL, keeping its query (a ``thread_id`` applies to edits too)."""
@@ -235,12 +257,55 @@ class DiscordNotifier(HttpChannel):
         url = env.url("DISCORD_WEBHOOK_URL", allow_http=settings.allow_http)
         if url is None:
             return None
-        check_discord_webhook(url, "DISCORD_WEBHOOK_URL")
+        check_webhook_url(url, "DISCORD_WEBHOOK_URL")
         return cls(
             webhook_url=url,
             timeout=settings.send_timeout,
             allow_http=settings.allow_http,
         )
+
+
+def check_webhook_url(url: str, variable: str) -> None:
+    """A Discord webhook: ``https://discord.com/api/webhooks/<numeric id>/<token>``.
+
+    Raises:
+        ConfigurationError: a Discord host with another path, a non-numeric id, a
+            malformed token, or a misspelt host.
+    """
+    if not check_host(url, variable, DISCORD_HOSTS, "Discord"):
+        return
+    expected = "expected https://discord.com/api/webhooks/<numeric id>/<token>"
+    match = _WEBHOOK_PATH.match(urlsplit(url).path)
+    if match is None:
+        raise ConfigurationError(variable, f"is not a Discord webhook URL: {expected}")
+    if not match.group("id").isdigit():
+        raise ConfigurationError(variable, f"the webhook id must be a number ({expected})")
+    if not _WEBHOOK_TOKEN.match(match.group("token")):
+        raise ConfigurationError(variable, f"the webhook token is missing or malformed ({expected})")
+
+
+def card_embed(state: RunState, *, now: float | None = None) -> dict[str, Any]:
+    """A run card as one embed (title 256, description 4096, 25 fields of 1024, 6000 in all)."""
+    view = card_view(state, now=now)
+    description = [f"`{view.progress}`"] if view.progress else []
+    if view.outcome:
+        description.append(escape_markdown(truncate(view.outcome, 1500)))
+    embed: dict[str, Any] = {
+        "title": truncate(view.headline, 256),
+        "color": view.color,
+        "fields": [
+            {
+                "name": truncate(label, 256),
+                "value": escape_markdown(truncate(value, 1000)) or "-",
+                "inline": True,
+            }
+            for label, value in view.fields[:25]
+        ],
+        "footer": {"text": f"afs-callbacks · {view.footer}"},
+    }
+    if description:
+        embed["description"] = "\n".join(description)
+    return embed
 
 
 def _embed_length(embed: dict[str, Any]) -> int:
@@ -249,14 +314,6 @@ def _embed_length(embed: dict[str, Any]) -> int:
     total += len(embed.get("footer", {}).get("text", ""))
     total += sum(len(field["name"]) + len(field["value"]) for field in embed.get("fields", []))
     return total
-
-
-def _json_body(response: requests.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _safe_filename(filename: str) -> str:

@@ -24,15 +24,15 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-from afs_callbacks.cards import card_view, render_text
 from afs_callbacks.channels._http import HttpChannel, parse_retry_after
-from afs_callbacks.channels._shapes import check_self_hosted
 from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.channels.card_view import card_view, render_text
+from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings
 from afs_callbacks.events import NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_metrics, truncate, truncate_bytes
-from afs_callbacks.redaction import mask_url, redact, register_secret
+from afs_callbacks.redaction import MASK, SecretPattern, mask_url, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
@@ -89,6 +89,14 @@ class NtfyNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "ntfy"
+    variables: ClassVar[tuple[str, ...]] = ("NTFY_TOPIC", "NTFY_URL", "NTFY_TOKEN", "NTFY_LIVE")
+    own_prefixes: ClassVar[tuple[str, ...]] = ("NTFY_",)
+    listing_order: ClassVar[int] = 80
+    hosts: ClassVar[tuple[str, ...]] = ("ntfy.sh",)
+    #: Access tokens.
+    secret_patterns: ClassVar[tuple[SecretPattern, ...]] = (
+        SecretPattern("tk_", re.compile(r"\btk_[A-Za-z0-9]{16,}"), MASK),
+    )
     min_interval: ClassVar[float] = 0.5
     permanent_statuses: ClassVar[frozenset[int]] = frozenset({400, 401, 403, 404, 413})
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})

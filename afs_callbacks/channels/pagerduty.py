@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_callbacks.channels._http import HttpChannel, parse_retry_after
-from afs_callbacks.channels._shapes import check_self_hosted
 from afs_callbacks.channels.base import DeliveryResult
+from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import DEFAULT_LEVELS, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
@@ -110,6 +110,11 @@ class PagerDutyNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "pagerduty"
+    variables: ClassVar[tuple[str, ...]] = ("PAGERDUTY_ROUTING_KEY", "PAGERDUTY_API_URL", "PAGERDUTY_SOURCE")
+    variable_aliases: ClassVar[dict[str, str]] = {"PAGERDUTY_KEY": "PAGERDUTY_ROUTING_KEY"}
+    own_prefixes: ClassVar[tuple[str, ...]] = ("PAGERDUTY_",)
+    listing_order: ClassVar[int] = 100
+    hosts: ClassVar[tuple[str, ...]] = ("events.pagerduty.com", "events.eu.pagerduty.com")
     min_interval: ClassVar[float] = 0.5  # 120 events per minute per routing key
     permanent_statuses: ClassVar[frozenset[int]] = frozenset({400, 401, 403, 404, 413})
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403, 404})

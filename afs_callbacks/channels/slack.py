@@ -12,17 +12,22 @@ a model name or an error message is shown as text and pings nobody.
 Incoming webhooks cannot edit what they posted. With a bot token (``xoxb-``, scope
 ``chat:write``) and a channel, the channel speaks the Web API instead: ``chat.postMessage``
 for every message and each run's live card, ``chat.update`` (by the kept ``ts``) to edit it.
+Unlike a webhook, the Web API answers HTTP 200 for most failures, with ``{"ok": false,
+"error": "<code>"}``; the code decides: a deleted message is gone (the card is posted
+anew), a lost channel or a bad token disables the channel, ``ratelimited`` and server
+trouble are retried. A 429 carries ``Retry-After`` in seconds.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
-from afs_callbacks.cards import slack_message
-from afs_callbacks.channels import _slack_api
-from afs_callbacks.channels._http import HttpChannel
-from afs_callbacks.channels._shapes import check_slack_webhook
+from afs_callbacks.channels._http import HttpChannel, json_object
 from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.channels.card_view import card_view, render_text
+from afs_callbacks.channels.hosts import check_host
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
@@ -34,10 +39,43 @@ from afs_callbacks.formatting import (
     truncate,
     truncate_escaped,
 )
-from afs_callbacks.redaction import MASK, mask_url, redact, register_secret
+from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, mask_url, redact, register_secret
 
 if TYPE_CHECKING:
+    import requests
+
     from afs_callbacks.runstate import RunState
+
+#: Where incoming webhooks live.
+SLACK_HOSTS = ("hooks.slack.com", "hooks.slack-gov.com")
+DEFAULT_API_URL = "https://slack.com/api"
+#: The message to edit no longer exists.
+GONE_ERRORS = frozenset({"message_not_found"})
+#: Every later call would fail the same way: stop using the channel.
+DISABLING_ERRORS = frozenset(
+    {
+        "account_inactive",
+        "channel_not_found",
+        "invalid_auth",
+        "is_archived",
+        "missing_scope",
+        "no_permission",
+        "not_authed",
+        "not_in_channel",
+        "org_login_required",
+        "team_access_not_granted",
+        "token_expired",
+        "token_revoked",
+    }
+)
+#: Slack's own trouble: try again later.
+RETRY_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+#: Slack's Retry-After is whole seconds; without one, a rate limit still waits this long.
+RATE_LIMIT_WAIT = 1.0
+
+_WEBHOOK_PATH = re.compile(r"^/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+/?$")
 
 
 def escape_mrkdwn(text: str) -> str:
@@ -78,6 +116,32 @@ class SlackNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "slack"
+    variables: ClassVar[tuple[str, ...]] = (
+        "SLACK_WEBHOOK_URL",
+        "SLACK_CHANNEL",
+        "SLACK_BOT_TOKEN",
+        "SLACK_API_URL",
+    )
+    variable_aliases: ClassVar[dict[str, str]] = {
+        "SLACK_WEBHOOK": "SLACK_WEBHOOK_URL",
+        "SLACK_URL": "SLACK_WEBHOOK_URL",
+    }
+    listing_order: ClassVar[int] = 30
+    hosts: ClassVar[tuple[str, ...]] = SLACK_HOSTS
+    secret_patterns: ClassVar[tuple[SecretPattern, ...]] = (
+        # An incoming webhook's path: /services/T000/B000/XXXX (also the bare path, which
+        # is all that requests' "Max retries exceeded with url: ..." shows).
+        SecretPattern(
+            "services", re.compile(r"(hooks\.slack\.com(?:/|\\/)services(?:/|\\/))[^\s\"'<>]+"), r"\1" + MASK
+        ),
+        SecretPattern(
+            "services",
+            re.compile(
+                rf"({DELIMITER}services{DELIMITER})T[A-Z0-9]+{DELIMITER}B[A-Z0-9]+{DELIMITER}[A-Za-z0-9]+"
+            ),
+            r"\1" + MASK,
+        ),
+    )
     #: Slack allows about one message per second per webhook.
     min_interval: ClassVar[float] = 1.0
     #: Incoming webhooks cannot upload files.
@@ -100,7 +164,7 @@ class SlackNotifier(HttpChannel):
         channel: str | None = None,
         *,
         bot_token: str | None = None,
-        api_url: str = _slack_api.DEFAULT_API_URL,
+        api_url: str = DEFAULT_API_URL,
         timeout: float = 10.0,
         allow_http: bool = False,
     ) -> None:
@@ -139,22 +203,20 @@ class SlackNotifier(HttpChannel):
         """chat.postMessage; the card's id is the answer's channel id and ``ts``."""
         if self._bot_token is None:
             return super().post_card(state)
-        result, body = self._api("chat.postMessage", {"channel": self.channel, **slack_message(state)})
+        result, body = self._api("chat.postMessage", {"channel": self.channel, **card_message(state)})
         ts = body.get("ts")
         if not result.ok or not ts:
             return result if not result.ok else DeliveryResult.permanent("chat.postMessage gave no ts")
         channel = str(body.get("channel") or self.channel)
-        return DeliveryResult(
-            Outcome.DELIVERED, result.detail, message_id=_slack_api.card_id(channel, str(ts))
-        )
+        return DeliveryResult(Outcome.DELIVERED, result.detail, message_id=card_id(channel, str(ts)))
 
     def edit_card(self, message_id: str, state: RunState) -> DeliveryResult:
         """chat.update of the card; ``message_not_found`` is gone (posted anew)."""
         if self._bot_token is None:
             return super().edit_card(message_id, state)
         assert self.channel is not None
-        channel, ts = _slack_api.split_card_id(message_id, self.channel)
-        return self._api("chat.update", {"channel": channel, "ts": ts, **slack_message(state)})[0]
+        channel, ts = split_card_id(message_id, self.channel)
+        return self._api("chat.update", {"channel": channel, "ts": ts, **card_message(state)})[0]
 
     def _api(self, method: str, payload: dict[str, Any]) -> tuple[DeliveryResult, dict[str, Any]]:
         """POST a Web API method with the bot token; the classified answer and its JSON."""
@@ -165,7 +227,7 @@ class SlackNotifier(HttpChannel):
         response = self.post(f"{self.api_url}/{method}", json=payload, headers=headers)
         if isinstance(response, DeliveryResult):
             return response, {}
-        return _slack_api.classify(method, response, self.retry_hint(response))
+        return classify_api_answer(method, response, self.retry_hint(response))
 
     def payload(self, event: NotificationEvent) -> dict[str, Any]:
         """The JSON body for ``event``, within Slack's documented limits."""
@@ -269,7 +331,7 @@ class SlackNotifier(HttpChannel):
         settings = channel_settings(env, settings)
         url = env.url("SLACK_WEBHOOK_URL", allow_http=settings.allow_http)
         if url is not None:
-            check_slack_webhook(url, "SLACK_WEBHOOK_URL")
+            check_webhook_url(url, "SLACK_WEBHOOK_URL")
         token = env.text("SLACK_BOT_TOKEN")
         register_secret(token)
         if token is not None and not env.text("SLACK_CHANNEL"):
@@ -282,8 +344,96 @@ class SlackNotifier(HttpChannel):
             webhook_url=url,
             channel=env.text("SLACK_CHANNEL"),
             bot_token=token,
-            api_url=env.url("SLACK_API_URL", secret=False, allow_http=settings.allow_http)
-            or _slack_api.DEFAULT_API_URL,
+            api_url=env.url("SLACK_API_URL", secret=False, allow_http=settings.allow_http) or DEFAULT_API_URL,
             timeout=settings.send_timeout,
             allow_http=settings.allow_http,
         )
+
+
+def check_webhook_url(url: str, variable: str) -> None:
+    """A Slack incoming webhook: ``https://hooks.slack.com/services/T…/B…/<secret>``.
+
+    Raises:
+        ConfigurationError: a Slack host with another path, or a misspelt host.
+    """
+    if not check_host(url, variable, SLACK_HOSTS, "Slack"):
+        return
+    path = urlsplit(url).path
+    if _WEBHOOK_PATH.match(path):
+        return
+    if path.startswith("/services/"):
+        found = f"found {len([part for part in path[len('/services/') :].split('/') if part])}"
+    else:
+        found = "found no /services/"
+    raise ConfigurationError(
+        variable,
+        "is not a Slack incoming-webhook URL: expected https://hooks.slack.com/services/ followed by "
+        f"3 parts, T…/B…/<secret> ({found})",
+    )
+
+
+def card_message(state: RunState, *, now: float | None = None) -> dict[str, Any]:
+    """A run card's ``text`` (the notification fallback) and ``blocks`` for
+    chat.postMessage/chat.update, within Block Kit's limits (header 150, section 3000,
+    field 2000, 10 fields a section)."""
+    view = card_view(state, now=now)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": truncate(view.headline, 150)}}
+    ]
+    if view.progress:
+        blocks.append(_mrkdwn_section(f"`{escape_mrkdwn(view.progress)}`"))
+    fields = [
+        {
+            "type": "mrkdwn",
+            "text": f"*{escape_mrkdwn(label)}*\n{truncate_escaped(value, 1800, escape_mrkdwn)}",
+        }
+        for label, value in view.fields
+    ]
+    for start in range(0, len(fields), 10):
+        blocks.append({"type": "section", "fields": fields[start : start + 10]})
+    if view.outcome:
+        blocks.append(_mrkdwn_section(truncate_escaped(view.outcome, 3000, escape_mrkdwn)))
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": view.footer}]})
+    fallback = truncate_escaped(render_text(state, limit=3000, now=now), 3000, escape_mrkdwn)
+    return {"text": fallback, "blocks": blocks[:50]}
+
+
+def _mrkdwn_section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def classify_api_answer(
+    method: str, response: requests.Response, hint: float | None
+) -> tuple[DeliveryResult, dict[str, Any]]:
+    """The outcome of a Web API call and its JSON answer (empty when there is none)."""
+    body = json_object(response)
+    status = response.status_code
+    if status == 429:
+        return DeliveryResult.retry(f"{method}: HTTP 429", max(hint or 0.0, RATE_LIMIT_WAIT)), body
+    if status >= 500 or status == 408:
+        return DeliveryResult.retry(f"{method}: HTTP {status}", hint), body
+    if status != 200 or not body:
+        disable = status in (401, 403, 404, 410)
+        return DeliveryResult.permanent(f"{method}: HTTP {status}", disable_channel=disable), body
+    if body.get("ok") is True:
+        return DeliveryResult.delivered(f"{method}: ok"), body
+    error = redact(str(body.get("error") or "unknown_error"))[:100]
+    detail = f"{method}: {error}"
+    if error in GONE_ERRORS:
+        return DeliveryResult(Outcome.PERMANENT, detail, gone=True), body
+    if error == "ratelimited":
+        return DeliveryResult.retry(detail, max(hint or 0.0, RATE_LIMIT_WAIT)), body
+    if error in RETRY_ERRORS:
+        return DeliveryResult.retry(detail, hint), body
+    return DeliveryResult.permanent(detail, disable_channel=error in DISABLING_ERRORS), body
+
+
+def card_id(channel: str, ts: str) -> str:
+    """A card's message id: chat.update needs the channel's id (not its name) and the ts."""
+    return f"{channel}/{ts}"
+
+
+def split_card_id(message_id: str, default_channel: str) -> tuple[str, str]:
+    """``(channel, ts)`` from :func:`card_id`'s form (a bare ts uses ``default_channel``)."""
+    channel, _, ts = message_id.rpartition("/")
+    return (channel or default_channel), ts

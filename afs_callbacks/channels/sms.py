@@ -9,7 +9,7 @@ mobile number) refuses that one recipient for good, and the others keep getting 
 retried. A retry goes only to the recipients that do not have the event yet.
 
 SMS costs money per segment, so only ERROR and CRITICAL events are sent by default
-(``SMS_MIN_LEVEL`` to change), and the text is cut to one segment (see ``_sms_text``).
+(``SMS_MIN_LEVEL`` to change), and the text is cut to one segment (:func:`sms_text`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import base64
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.channels._http import HttpChannel, short_body
-from afs_callbacks.channels._shapes import check_host
-from afs_callbacks.channels._sms_text import sms_text
+from afs_callbacks.channels._http import HttpChannel, json_object, short_body
 from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.channels.hosts import check_host
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
@@ -97,6 +96,24 @@ class SmsNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "sms"
+    variables: ClassVar[tuple[str, ...]] = (
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_FROM_NUMBER",
+        "SMS_TO_NUMBERS",
+        "TWILIO_API_URL",
+    )
+    variable_aliases: ClassVar[dict[str, str]] = {
+        "TWILIO_SID": "TWILIO_ACCOUNT_SID",
+        "TWILIO_TOKEN": "TWILIO_AUTH_TOKEN",
+        "TWILIO_FROM": "TWILIO_FROM_NUMBER",
+        "SMS_TO": "SMS_TO_NUMBERS",
+    }
+    own_prefixes: ClassVar[tuple[str, ...]] = ("TWILIO_", "SMS_")
+    #: SMS costs money: errors and worse only, unless ``SMS_MIN_LEVEL`` says otherwise.
+    default_min_level: ClassVar[str] = "error"
+    listing_order: ClassVar[int] = 90
+    hosts: ClassVar[tuple[str, ...]] = ("api.twilio.com",)
     #: Twilio sends about one message per second from a long-code number.
     min_interval: ClassVar[float] = 1.0
     disabling_statuses: ClassVar[frozenset[int]] = frozenset({401, 403})
@@ -185,7 +202,7 @@ class SmsNotifier(HttpChannel):
         """Twilio's answer for one recipient (the recipient's own refusals noted in
         :attr:`refused`)."""
         status = response.status_code
-        answer = _json(response)
+        answer = json_object(response)
         code = answer.get("code") if isinstance(answer.get("code"), int) else None
         if 200 <= status < 300:
             return DeliveryResult.delivered(f"{mask_number(number)} {answer.get('sid', '')}".strip())
@@ -230,7 +247,7 @@ class SmsNotifier(HttpChannel):
         except Exception as error:
             return DeliveryResult.retry(f"{type(error).__name__}: could not reach {self.api_url}")
         if response.status_code == 200:
-            state = str(_json(response).get("status", "active"))
+            state = str(json_object(response).get("status", "active"))
             if state != "active":
                 return DeliveryResult.permanent(f"the Twilio account is {state}")
             return DeliveryResult.delivered("credentials work; account active")
@@ -276,9 +293,76 @@ class SmsNotifier(HttpChannel):
         )
 
 
-def _json(response: requests.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+# One segment ------------------------------------------------------------------------------
+# A carrier bills per segment. A text of GSM-7 characters fits 160 of them in one segment
+# (the extension characters ``^{}\\[~]|€`` count twice); one character outside that alphabet
+# (an emoji, a CJK model name, a curly quote) turns the whole text into UCS-2, 70 characters
+# a segment. Typographic punctuation is replaced by its ASCII twin first, so the usual text
+# stays GSM-7.
+
+GSM7_SEGMENT = 160
+UCS2_SEGMENT = 70
+
+_GSM7_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ ÆæßÉ!\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENSION = set("^{}\\[~]|€\f")
+# Look-alikes that would otherwise force UCS-2 for one character.
+_ASCII_TWINS = str.maketrans(
+    {
+        "‘": "'",
+        "’": "'",
+        "‚": "'",
+        "“": '"',
+        "”": '"',
+        "„": '"',
+        "–": "-",
+        "—": "-",
+        "−": "-",
+        "…": "...",
+        "\u00a0": " ",
+        "\t": " ",
+        "•": "*",
+        "·": "-",
+        "×": "x",
+    }
+)
+
+
+def gsm7_length(text: str) -> int | None:
+    """Septets ``text`` takes in GSM-7, or None when it holds a character outside it."""
+    length = 0
+    for ch in text:
+        if ch in _GSM7_BASIC:
+            length += 1
+        elif ch in _GSM7_EXTENSION:
+            length += 2
+        else:
+            return None
+    return length
+
+
+def _cut_gsm7(text: str, limit: int) -> str:
+    if (gsm7_length(text) or 0) <= limit:
+        return text
+    out, used = [], 0
+    budget = limit - 3  # room for "..."
+    for ch in text:
+        cost = 2 if ch in _GSM7_EXTENSION else 1
+        if used + cost > budget:
+            break
+        out.append(ch)
+        used += cost
+    return "".join(out).rstrip() + "..."
+
+
+def sms_text(text: str, *, ucs2_limit: int = UCS2_SEGMENT) -> str:
+    """``text`` made to fit one segment: 160 GSM-7 septets, else ``ucs2_limit`` characters
+    (70 by default: one UCS-2 segment). Line breaks and runs of spaces become one space."""
+    text = " ".join(text.translate(_ASCII_TWINS).split())
+    if gsm7_length(text) is not None:
+        return _cut_gsm7(text, GSM7_SEGMENT)
+    if len(text) <= ucs2_limit:
+        return text
+    return text[: ucs2_limit - 1].rstrip() + "…"

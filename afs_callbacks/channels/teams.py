@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 from afs_callbacks.channels._http import HttpChannel
-from afs_callbacks.channels._shapes import check_teams_workflow
 from afs_callbacks.channels.base import DeliveryResult
-from afs_callbacks.config import Env, Settings, channel_settings, validate_url
+from afs_callbacks.channels.hosts import add_warning, clear_warning
+from afs_callbacks.config import Env, Settings, channel_settings, is_loopback, validate_url
 from afs_callbacks.events import NotificationEvent, NotificationLevel
+from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import (
     LEVEL_EMOJI,
     context_fields,
@@ -31,6 +33,8 @@ from afs_callbacks.formatting import (
 )
 from afs_callbacks.redaction import mask_url, register_secret
 
+#: Where Workflows (Power Automate / Logic Apps) webhooks live.
+TEAMS_HOST_SUFFIXES = (".logic.azure.com", ".powerplatform.com", ".powerautomate.com")
 #: Teams refuses messages over about 28 KB; stay well below it, card JSON included.
 MAX_PAYLOAD_BYTES = 20_000
 #: Adaptive Card colour names (Teams themes them for light and dark mode).
@@ -91,6 +95,9 @@ class TeamsNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "teams"
+    variables: ClassVar[tuple[str, ...]] = ("TEAMS_WEBHOOK_URL",)
+    variable_aliases: ClassVar[dict[str, str]] = {"TEAMS_WEBHOOK": "TEAMS_WEBHOOK_URL"}
+    listing_order: ClassVar[int] = 70
     min_interval: ClassVar[float] = 0.5
 
     def __init__(
@@ -205,8 +212,35 @@ class TeamsNotifier(HttpChannel):
         url = env.url("TEAMS_WEBHOOK_URL", allow_http=settings.allow_http)
         if url is None:
             return None
-        check_teams_workflow(url, "TEAMS_WEBHOOK_URL")
+        check_workflow_url(url, "TEAMS_WEBHOOK_URL")
         return cls(url, timeout=settings.send_timeout, allow_http=settings.allow_http)
+
+
+def check_workflow_url(url: str, variable: str) -> None:
+    """A Teams Workflows webhook: ``https://<...>.logic.azure.com/workflows/<id>/triggers/
+    manual/paths/invoke?...&sig=<secret>`` (or the newer ``*.powerplatform.com`` form).
+
+    Raises:
+        ConfigurationError: an Azure/Power Platform host without the invoke path or ``sig=``.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    clear_warning(variable)
+    if host.endswith(".webhook.office.com"):
+        add_warning(
+            variable,
+            "an Office 365 connector URL: Microsoft retired these; create a Workflows webhook instead",
+        )
+        return
+    if not host.endswith(TEAMS_HOST_SUFFIXES):
+        if not is_loopback(host):
+            add_warning(variable, f"{host!r} is not a Power Automate / Logic Apps host; fine for a relay")
+        return
+    expected = "expected the Workflows URL .../workflows/<id>/triggers/manual/paths/invoke?...&sig=<secret>"
+    if "/workflows/" not in parts.path or not parts.path.rstrip("/").endswith("/invoke"):
+        raise ConfigurationError(variable, f"is not a Teams Workflows URL: {expected}")
+    if not parse_qs(parts.query).get("sig"):
+        raise ConfigurationError(variable, f"has no sig= (its credential): {expected}")
 
 
 def _fact(title: str, value: str) -> dict[str, str]:

@@ -17,15 +17,15 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.cards import render_html
-from afs_callbacks.channels._http import HttpChannel
-from afs_callbacks.channels._shapes import check_self_hosted
+from afs_callbacks.channels._http import HttpChannel, json_object
 from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.channels.card_view import card_view, render_markup
+from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import LEVEL_EMOJI, context_fields, format_value, truncate_escaped
-from afs_callbacks.redaction import MASK, redact, register_secret
+from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
@@ -59,6 +59,14 @@ class TelegramNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "telegram"
+    variables: ClassVar[tuple[str, ...]] = ("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "TELEGRAM_API_URL")
+    variable_aliases: ClassVar[dict[str, str]] = {"TELEGRAM_TOKEN": "TELEGRAM_BOT_TOKEN"}
+    listing_order: ClassVar[int] = 60
+    hosts: ClassVar[tuple[str, ...]] = ("api.telegram.org",)
+    #: The token in a Bot API path: /bot<token>/method.
+    secret_patterns: ClassVar[tuple[SecretPattern, ...]] = (
+        SecretPattern("bot", re.compile(rf"({DELIMITER}bot)\d+(?::|%3[Aa])[A-Za-z0-9_-]+"), r"\1" + MASK),
+    )
     #: Telegram allows about one message per second to a chat (20 a minute to a group).
     min_interval: ClassVar[float] = 1.0
     supports_images: ClassVar[bool] = True
@@ -158,7 +166,7 @@ class TelegramNotifier(HttpChannel):
         if isinstance(response, DeliveryResult):
             return response
         result = self.classify(response)
-        answer = _json(response).get("result")
+        answer = json_object(response).get("result")
         message_id = answer.get("message_id") if isinstance(answer, dict) else None
         if not result.ok or message_id is None:
             return result if not result.ok else DeliveryResult.permanent("Telegram gave no message_id")
@@ -172,7 +180,7 @@ class TelegramNotifier(HttpChannel):
         response = self.post(self._method_url("editMessageText"), json=fields)
         if isinstance(response, DeliveryResult):
             return response
-        description = str(_json(response).get("description") or "").lower()
+        description = str(json_object(response).get("description") or "").lower()
         if response.status_code == 400 and "message is not modified" in description:
             return DeliveryResult.delivered("not modified")
         if response.status_code == 400 and "message to edit not found" in description:
@@ -180,9 +188,9 @@ class TelegramNotifier(HttpChannel):
         return self.classify(response)
 
     def _card_fields(self, state: RunState) -> dict[str, Any]:
-        text = render_html(state, limit=self.TEXT_LIMIT)
+        text = card_html(state, limit=self.TEXT_LIMIT)
         if _utf16_length(text) > self.TEXT_LIMIT:  # emoji count twice in Telegram's units
-            text = render_html(state, limit=self.TEXT_LIMIT // 2)
+            text = card_html(state, limit=self.TEXT_LIMIT // 2)
         return {
             "chat_id": self.chat_id,
             "text": text,
@@ -199,7 +207,7 @@ class TelegramNotifier(HttpChannel):
 
     def classify(self, response: requests.Response) -> DeliveryResult:
         """Read the Bot API's JSON answer: ok, retry_after, migrate_to_chat_id, errors."""
-        body = _json(response)
+        body = json_object(response)
         status = response.status_code
         if 200 <= status < 300 and body.get("ok", True) is not False:
             return DeliveryResult.delivered(f"HTTP {status}")
@@ -230,7 +238,7 @@ class TelegramNotifier(HttpChannel):
 
     def retry_hint(self, response: requests.Response) -> float | None:
         """``parameters.retry_after`` from the body, else the ``Retry-After`` header."""
-        parameters = _json(response).get("parameters")
+        parameters = json_object(response).get("parameters")
         if isinstance(parameters, dict):
             value = parameters.get("retry_after")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
@@ -284,6 +292,17 @@ class TelegramNotifier(HttpChannel):
         )
 
 
+def card_html(state: RunState, *, limit: int = 4096, now: float | None = None) -> str:
+    """A run card as Telegram HTML (``parse_mode=HTML``) of at most ``limit`` characters."""
+    return render_markup(
+        card_view(state, now=now),
+        limit,
+        escape=escape_html,
+        bold=lambda text: f"<b>{text}</b>",
+        code=lambda text: f"<code>{escape_html(text)}</code>",
+    )
+
+
 def _check_chat_id(chat_id: str, variable: str) -> str:
     if not _CHAT_ID.match(chat_id):
         raise ConfigurationError(variable, f"must be a chat id (-100123...) or @channelname, got {chat_id!r}")
@@ -303,11 +322,3 @@ def _share(message: int, metrics: int, room: int) -> tuple[int, int]:
 
 def _utf16_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
-
-
-def _json(response: requests.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

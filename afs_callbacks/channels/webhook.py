@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from afs_callbacks.channels._http import HttpChannel
-from afs_callbacks.channels._shapes import check_self_hosted
 from afs_callbacks.channels.base import DeliveryResult
+from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
@@ -88,6 +88,13 @@ class WebhookNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "webhook"
+    variables: ClassVar[tuple[str, ...]] = (
+        "WEBHOOK_URL",
+        "WEBHOOK_SECRET",
+        "WEBHOOK_HEADERS",
+        "WEBHOOK_INCLUDE_ATTACHMENTS",
+    )
+    listing_order: ClassVar[int] = 50
     min_interval: ClassVar[float] = 0.0
     supports_images: ClassVar[bool] = True
     #: Only 410 Gone says the endpoint is gone for good; a 404 may be a redeploy.

@@ -11,8 +11,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from afs_callbacks.channels import CHANNELS
-from afs_callbacks.channels._shapes import url_warnings
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
+from afs_callbacks.channels.hosts import url_warnings
+from afs_callbacks.channels.variables import unknown_variables
 from afs_callbacks.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -30,7 +31,6 @@ from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SEND
 from afs_callbacks.events import NotificationLevel
 from afs_callbacks.manager import NotificationManager, Route
 from afs_callbacks.redaction import redact
-from afs_callbacks.variables import unknown_variables
 
 # A channel without a probe answers check() with a permanent result saying so (the base
 # class's default, and channels that override it only to explain why).

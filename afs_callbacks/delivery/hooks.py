@@ -101,7 +101,7 @@ class RunHooks:
         with self._lock:
             if self._cards is None:
                 try:
-                    from afs_callbacks.delivery.cards import CardDispatcher
+                    from afs_callbacks.delivery.live_cards import CardDispatcher
                 except ImportError:
                     return None
                 self._cards = CardDispatcher(self.manager._delivery.store, interval=settings.card_interval)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from afs_callbacks.channels.telegram import TelegramNotifier
-from afs_callbacks.delivery.cards import CardDispatcher
+from afs_callbacks.delivery.live_cards import CardDispatcher
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.runstate import RunState
 from tests.cards.services import FakeDiscord, FakeSlack, FakeTelegram

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from afs_callbacks.channels.telegram import TelegramNotifier
-from afs_callbacks.delivery.cards import CardDispatcher
+from afs_callbacks.delivery.live_cards import CardDispatcher
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.runstate import RunState
 

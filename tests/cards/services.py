@@ -1,7 +1,8 @@
 """Loopback stand-ins for the services that can edit a message, for the card tests.
 
-Each is a real HTTP server on 127.0.0.1 that keeps the messages it was sent and answers
-their post and edit endpoints the way the service documents:
+Each is a :class:`~afs_callbacks.testing.LoopbackReceiver` (a real HTTP server on
+127.0.0.1) whose responder keeps the messages it was sent and answers their post and edit
+endpoints the way the service documents:
 
 - Discord webhook: ``POST /api/webhooks/{id}/{token}?wait=true`` returns the message
   (snowflake ``id``); ``PATCH .../messages/{id}`` edits; a deleted message answers 404
@@ -16,7 +17,8 @@ their post and edit endpoints the way the service documents:
   id, older servers ignore the field and add a new one.
 
 Every server can be scripted: ``fail(status, body, headers)`` answers the next requests
-so (an outage, a rate limit), ``down = True`` answers 503 until cleared.
+so (an outage, a rate limit), ``down = True`` answers 503 until cleared, ``delay`` makes
+every answer slow.
 """
 
 from __future__ import annotations
@@ -24,132 +26,44 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import itertools
-import json
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
 
 
-@dataclass(frozen=True)
-class Request:
-    """One request a fake service answered."""
-
-    method: str
-    path: str
-    query: Mapping[str, list[str]]
-    headers: Mapping[str, str]
-    body: bytes
-    status: int = 0
-
-    def json(self) -> Any:
-        """The body parsed as JSON."""
-        return json.loads(self.body)
+def answer(status: int = 200, body: Any = None, headers: Mapping[str, str] | None = None) -> Reply:
+    """A JSON answer (an empty body when ``body`` is None), as these services give."""
+    return Reply(
+        status, b"" if body is None else body, {"Content-Type": "application/json", **(headers or {})}
+    )
 
 
-@dataclass
-class Answer:
-    """A status, a JSON (or empty) body and headers."""
-
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class FakeService:
-    """A threaded loopback HTTP server dispatching to :meth:`handle`; records requests."""
+class FakeService(LoopbackReceiver):
+    """A service played on a loopback receiver: :meth:`handle` answers each request."""
 
     def __init__(self) -> None:
-        self.requests: list[Request] = []
         self.down = False
-        #: Seconds every answer takes.
-        self.delay = 0.0
-        self._scripted: deque[Answer] = deque()
-        self._changed = threading.Condition()
+        #: Held while :meth:`handle` runs (the server answers on a thread per request).
         self.lock = threading.Lock()
-        service = self
-
-        class _Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                request = Request(self.command, parts.path, parse_qs(parts.query), dict(self.headers), body)
-                answer = service._answer(request)
-                if service.delay:
-                    time.sleep(service.delay)  # the slow service being simulated
-                # Recorded before answering: a client that has its answer finds it recorded.
-                with service._changed:
-                    service.requests.append(Request(**{**request.__dict__, "status": answer.status}))
-                    service._changed.notify_all()
-                payload = b"" if answer.body is None else json.dumps(answer.body).encode("utf-8")
-                self.send_response(answer.status)
-                for name, value in {"Content-Type": "application/json", **answer.headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_POST = do_GET = do_PATCH = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    def url(self, path: str = "/") -> str:
-        """The full URL of ``path`` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+        super().__init__(responder=self._answer)
 
     def fail(
         self, status: int, body: Any = None, headers: Mapping[str, str] | None = None, times: int = 1
     ) -> None:
         """Answer the next ``times`` requests with this instead of handling them."""
-        with self.lock:
-            self._scripted.extend(Answer(status, body, dict(headers or {})) for _ in range(times))
+        self.reply(*(answer(status, body, headers) for _ in range(times)))
 
-    def _answer(self, request: Request) -> Answer:
+    def _answer(self, request: ReceivedRequest) -> Reply:
         with self.lock:
-            if self._scripted:
-                return self._scripted.popleft()
             if self.down:
-                return Answer(503, {"error": "service unavailable"})
+                return answer(503, {"error": "service unavailable"})
             return self.handle(request)
 
-    def handle(self, request: Request) -> Answer:
+    def handle(self, request: ReceivedRequest) -> Reply:
         """The service's answer (called with ``lock`` held)."""
         raise NotImplementedError
-
-    def wait_for(
-        self, count: int = 1, predicate: Callable[[Request], bool] = lambda _: True, timeout: float = 10.0
-    ) -> list[Request]:
-        """Block until ``count`` answered requests match ``predicate``."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                matches = [r for r in self.requests if predicate(r)]
-                if len(matches) >= count:
-                    return matches
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"expected {count} request(s), got {len(matches)}: {self.requests}")
-                self._changed.wait(remaining)
-
-    def close(self) -> None:
-        """Stop the server."""
-        self._server.shutdown()
-        self._server.server_close()
 
 
 class FakeTelegram(FakeService):
@@ -161,11 +75,11 @@ class FakeTelegram(FakeService):
         self._ids = itertools.count(100)
         super().__init__()
 
-    def calls(self, method: str) -> list[Request]:
+    def calls(self, method: str) -> list[ReceivedRequest]:
         """Answered requests to one Bot API method."""
         return [r for r in self.requests if r.path.endswith(f"/{method}")]
 
-    def handle(self, request: Request) -> Answer:
+    def handle(self, request: ReceivedRequest) -> Reply:
         prefix = f"/bot{self.token}/"
         if not request.path.startswith(prefix):
             return _telegram_error(401, "Unauthorized")
@@ -178,7 +92,7 @@ class FakeTelegram(FakeService):
                 "text": fields["caption"],
                 "silent": False,
             }
-            return Answer(
+            return answer(
                 200, {"ok": True, "result": {"message_id": message_id, "caption": fields["caption"]}}
             )
         body = request.json()
@@ -186,7 +100,7 @@ class FakeTelegram(FakeService):
             message_id = next(self._ids)
             silent = bool(body.get("disable_notification"))
             self.messages[message_id] = {"chat": body["chat_id"], "text": body["text"], "silent": silent}
-            return Answer(200, {"ok": True, "result": {"message_id": message_id, "text": body["text"]}})
+            return answer(200, {"ok": True, "result": {"message_id": message_id, "text": body["text"]}})
         if method == "editMessageText":
             message = self.messages.get(body["message_id"])
             if message is None or message["chat"] != body["chat_id"]:
@@ -198,13 +112,13 @@ class FakeTelegram(FakeService):
                     " markup are exactly the same as a current content and reply markup of the message",
                 )
             message["text"] = body["text"]
-            return Answer(
+            return answer(
                 200, {"ok": True, "result": {"message_id": body["message_id"], "text": body["text"]}}
             )
         return _telegram_error(404, "Not Found")
 
 
-def _form_fields(request: Request) -> dict[str, str]:
+def _form_fields(request: ReceivedRequest) -> dict[str, str]:
     """The text fields of a multipart/form-data body."""
     head = f"Content-Type: {request.headers['Content-Type']}\r\n\r\n".encode()
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.body)
@@ -216,17 +130,17 @@ def _form_fields(request: Request) -> dict[str, str]:
     return fields
 
 
-def _telegram_error(code: int, description: str, retry_after: int | None = None) -> Answer:
+def _telegram_error(code: int, description: str, retry_after: int | None = None) -> Reply:
     body: dict[str, Any] = {"ok": False, "error_code": code, "description": description}
     if retry_after is not None:
         body["parameters"] = {"retry_after": retry_after}
-    return Answer(code, body)
+    return answer(code, body)
 
 
 def telegram_rate_limit(retry_after: int) -> tuple[int, dict[str, Any]]:
     """A Bot API 429 (status, body)."""
-    answer = _telegram_error(429, f"Too Many Requests: retry after {retry_after}", retry_after)
-    return answer.status, answer.body
+    error = _telegram_error(429, f"Too Many Requests: retry after {retry_after}", retry_after)
+    return error.status, error.body
 
 
 class FakeDiscord(FakeService):
@@ -245,21 +159,21 @@ class FakeDiscord(FakeService):
         """The webhook URL to configure."""
         return self.url(self.base)
 
-    def handle(self, request: Request) -> Answer:
+    def handle(self, request: ReceivedRequest) -> Reply:
         if request.method == "POST" and request.path == self.base:
             message_id = str(next(self._ids))
             self.messages[message_id] = request.json()
             if request.query.get("wait") != ["true"]:
-                return Answer(204)
-            return Answer(200, {"id": message_id, **request.json()})
+                return answer(204)
+            return answer(200, {"id": message_id, **request.json()})
         prefix = self.base + "/messages/"
         if request.method == "PATCH" and request.path.startswith(prefix):
             message_id = request.path[len(prefix) :]
             if message_id not in self.messages:
-                return Answer(404, {"message": "Unknown Message", "code": 10008})
+                return answer(404, {"message": "Unknown Message", "code": 10008})
             self.messages[message_id] = request.json()
-            return Answer(200, {"id": message_id, **request.json()})
-        return Answer(404, {"message": "Unknown Webhook", "code": 10015})
+            return answer(200, {"id": message_id, **request.json()})
+        return answer(404, {"message": "Unknown Webhook", "code": 10015})
 
 
 class FakeSlack(FakeService):
@@ -273,33 +187,33 @@ class FakeSlack(FakeService):
         self._ts = itertools.count(1)
         super().__init__()
 
-    def calls(self, method: str) -> list[Request]:
+    def calls(self, method: str) -> list[ReceivedRequest]:
         """Answered requests to one Web API method."""
         return [r for r in self.requests if r.path.endswith(f"/{method}")]
 
-    def handle(self, request: Request) -> Answer:
+    def handle(self, request: ReceivedRequest) -> Reply:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return Answer(200, {"ok": False, "error": "invalid_auth"})
+            return answer(200, {"ok": False, "error": "invalid_auth"})
         method = request.path.rsplit("/", 1)[-1]
         if method == "auth.test":
-            return Answer(200, {"ok": True, "team": "Lab", "user": "afs-bot"})
+            return answer(200, {"ok": True, "team": "Lab", "user": "afs-bot"})
         body = request.json()
         if method == "chat.postMessage":
             channel = self.channels.get(body.get("channel", ""))
             if channel is None:
-                return Answer(200, {"ok": False, "error": "channel_not_found"})
+                return answer(200, {"ok": False, "error": "channel_not_found"})
             ts = f"1764600000.{next(self._ts):06d}"
             self.messages[(channel, ts)] = body
-            return Answer(200, {"ok": True, "channel": channel, "ts": ts, "message": {"text": body["text"]}})
+            return answer(200, {"ok": True, "channel": channel, "ts": ts, "message": {"text": body["text"]}})
         if method == "chat.update":
             channel = body.get("channel", "")
             if channel not in self.channels.values():  # chat.update wants the id, not a name
-                return Answer(200, {"ok": False, "error": "channel_not_found"})
+                return answer(200, {"ok": False, "error": "channel_not_found"})
             if (channel, body.get("ts")) not in self.messages:
-                return Answer(200, {"ok": False, "error": "message_not_found"})
+                return answer(200, {"ok": False, "error": "message_not_found"})
             self.messages[(channel, body["ts"])] = body
-            return Answer(200, {"ok": True, "channel": channel, "ts": body["ts"], "text": body["text"]})
-        return Answer(200, {"ok": False, "error": "unknown_method"})
+            return answer(200, {"ok": True, "channel": channel, "ts": body["ts"], "text": body["text"]})
+        return answer(200, {"ok": False, "error": "unknown_method"})
 
 
 class FakeNtfy(FakeService):
@@ -312,7 +226,7 @@ class FakeNtfy(FakeService):
         self._ids = itertools.count(1)
         super().__init__()
 
-    def handle(self, request: Request) -> Answer:
+    def handle(self, request: ReceivedRequest) -> Reply:
         body = request.json()
         message = {"id": f"msg{next(self._ids)}", "event": "message", **body}
         sequence = body.get("sequence_id") if self.version >= (2, 16) else None
@@ -322,4 +236,4 @@ class FakeNtfy(FakeService):
                 break
         else:
             self.notifications.append(message)
-        return Answer(200, message)
+        return answer(200, message)

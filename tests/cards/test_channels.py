@@ -16,7 +16,7 @@ from afs_callbacks.channels.ntfy import NtfyNotifier, card_sequence_id
 from afs_callbacks.channels.slack import SlackNotifier
 from afs_callbacks.channels.telegram import TelegramNotifier
 from afs_callbacks.config import Env
-from afs_callbacks.delivery.cards import CardDispatcher
+from afs_callbacks.delivery.live_cards import CardDispatcher
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from afs_callbacks.channels.desktop import DesktopNotifier
-from afs_callbacks.delivery.cards import CardDispatcher
+from afs_callbacks.delivery.live_cards import CardDispatcher
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.runstate import COMPLETED
 from tests.cards.conftest import state

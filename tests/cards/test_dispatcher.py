@@ -13,7 +13,7 @@ import pytest
 
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
 from afs_callbacks.channels.telegram import TelegramNotifier
-from afs_callbacks.delivery.cards import CardDispatcher
+from afs_callbacks.delivery.live_cards import CardDispatcher
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.runstate import COMPLETED, FAILED

@@ -7,15 +7,10 @@ import json
 
 import pytest
 
-from afs_callbacks.cards import (
-    card_view,
-    discord_embed,
-    progress_bar,
-    render_html,
-    render_markdown,
-    render_text,
-    slack_message,
-)
+from afs_callbacks.channels.card_view import card_view, progress_bar, render_markdown, render_text
+from afs_callbacks.channels.discord import card_embed
+from afs_callbacks.channels.slack import card_message
+from afs_callbacks.channels.telegram import card_html
 from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, KILLED, STALLED, RunState
 from tests.cards.conftest import state
 
@@ -98,15 +93,15 @@ NASTY = "<!channel> <@U1> *bold* <b>x</b> & [link](http://x) `code`"
 
 def test_run_text_cannot_format_or_ping() -> None:
     hostile = state(model=NASTY, metrics={NASTY: 1.0})
-    assert "&lt;!channel&gt;" in slack_message(hostile)["text"]
-    fields = [f["text"] for block in slack_message(hostile)["blocks"] for f in block.get("fields", [])]
+    assert "&lt;!channel&gt;" in card_message(hostile)["text"]
+    fields = [f["text"] for block in card_message(hostile)["blocks"] for f in block.get("fields", [])]
     assert all("<!channel>" not in text for text in fields)
     markdown = render_markdown(hostile)
     assert r"\*bold\*" in markdown and r"\[link\]" in markdown and r"\`code\`" in markdown
     parser = html.parser.HTMLParser()
     tags: list[str] = []
     parser.handle_starttag = lambda tag, attrs: tags.append(tag)  # type: ignore[method-assign]
-    parser.feed(render_html(hostile))
+    parser.feed(card_html(hostile))
     assert set(tags) <= {"b", "code"}
 
 
@@ -121,16 +116,16 @@ def test_huge_runs_stay_within_every_limit() -> None:
         last_checkpoint="/" + "d/" * 2000 + "last.ckpt",
     )
     assert len(render_text(huge, limit=4000)) <= 4000
-    assert len(render_html(huge, limit=4096)) <= 4096
+    assert len(card_html(huge, limit=4096)) <= 4096
     assert len(render_text(huge, limit=500)) <= 500
-    message = slack_message(huge)
+    message = card_message(huge)
     assert len(message["text"]) <= 3000 and len(message["blocks"]) <= 50
     assert len(message["blocks"][0]["text"]["text"]) <= 150
     for block in message["blocks"]:
         assert len(block.get("text", {}).get("text", "")) <= 3000
         assert all(len(f["text"]) <= 2000 for f in block.get("fields", []))
         assert len(block.get("fields", [])) <= 10
-    embed = discord_embed(huge)
+    embed = card_embed(huge)
     total = len(embed["title"]) + len(embed.get("description", "")) + len(embed["footer"]["text"])
     total += sum(len(f["name"]) + len(f["value"]) for f in embed["fields"])
     assert len(embed["title"]) <= 256 and len(embed["fields"]) <= 25 and total <= 6000

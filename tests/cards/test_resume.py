@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from afs_callbacks.channels.telegram import TelegramNotifier
-from afs_callbacks.delivery.cards import CardDispatcher
+from afs_callbacks.delivery.live_cards import CardDispatcher
 from afs_callbacks.delivery.outbox import Outbox
 from tests.cards.conftest import TELEGRAM_TOKEN, state
 from tests.cards.services import FakeTelegram

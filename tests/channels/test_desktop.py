@@ -22,9 +22,8 @@ from typing import IO, Any
 import pytest
 
 from afs_callbacks import EventType, NotificationEvent, NotificationLevel
-from afs_callbacks.channels._desktop_backends import TOAST_SCRIPT
 from afs_callbacks.channels.base import Outcome
-from afs_callbacks.channels.desktop import DesktopNotifier, session_bus_address
+from afs_callbacks.channels.desktop import TOAST_SCRIPT, DesktopNotifier, session_bus_address
 from afs_callbacks.config import Env, Settings
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager

@@ -10,9 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from afs_callbacks.channels._sms_text import GSM7_SEGMENT, UCS2_SEGMENT, gsm7_length
 from afs_callbacks.channels.base import Outcome
-from afs_callbacks.channels.sms import SmsNotifier
+from afs_callbacks.channels.sms import GSM7_SEGMENT, UCS2_SEGMENT, SmsNotifier, gsm7_length
 from afs_callbacks.config import Env
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError

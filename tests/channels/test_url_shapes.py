@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from afs_callbacks.channels import REGISTRY, build_channel
-from afs_callbacks.channels._shapes import url_warnings
 from afs_callbacks.channels.apprise import AppriseNotifier
+from afs_callbacks.channels.hosts import url_warnings
 from afs_callbacks.config import Env, validate_url
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.testing import LoopbackReceiver

@@ -2,8 +2,10 @@
 
 A misspelt variable (``SLAK_WEBHOOK_URL``) is otherwise silently ignored: the channel just
 stays "not set up". :func:`unknown_variables` finds names that look like ours but are not,
-with the likely intended name, for ``afs-notify status``. Channel variables come from the
-channel registry; the core's and the monitors' are listed here.
+with the likely intended name, for ``afs-notify status``. Channel variables, the names
+people mistype them as and the prefixes only a channel uses are each channel's own
+declarations (``variables``, ``variable_aliases``, ``own_prefixes`` on its class); the
+core's and the monitors' are listed here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from afs_callbacks.channels import channel_variables
+from afs_callbacks.channels import channel_classes, channel_variables
 
 #: The core's own variables (``Settings`` and how settings are found).
 CORE_VARIABLES = (
@@ -63,28 +65,20 @@ MONITOR_VARIABLES = (
 )
 # Names read under a pattern, and internal ones passed to our own subprocesses.
 _PATTERNS = re.compile(r"^(COST_ALERT_THRESHOLD_\d+|AFS_DESKTOP_[A-Z_]+)$")
-# Prefixes no other common tool uses: any unknown name with one is worth a question.
-_OUR_PREFIXES = ("AFS_", "TWILIO_", "SMS_", "NTFY_", "PAGERDUTY_", "ALERTMANAGER_", "APPRISE_")
-# Names people write from other tools' habits.
-_HABITS = {
-    "SMTP_SERVER": "SMTP_HOST",
-    "SMTP_PASS": "SMTP_PASSWORD",
-    "SMTP_USERNAME": "SMTP_USER",
-    "EMAIL_TO": "TO_EMAILS",
-    "EMAIL_FROM": "FROM_EMAIL",
-    "TO_EMAIL": "TO_EMAILS",
-    "SLACK_WEBHOOK": "SLACK_WEBHOOK_URL",
-    "SLACK_URL": "SLACK_WEBHOOK_URL",
-    "DISCORD_WEBHOOK": "DISCORD_WEBHOOK_URL",
-    "DISCORD_URL": "DISCORD_WEBHOOK_URL",
-    "TELEGRAM_TOKEN": "TELEGRAM_BOT_TOKEN",
-    "TEAMS_WEBHOOK": "TEAMS_WEBHOOK_URL",
-    "TWILIO_SID": "TWILIO_ACCOUNT_SID",
-    "TWILIO_TOKEN": "TWILIO_AUTH_TOKEN",
-    "TWILIO_FROM": "TWILIO_FROM_NUMBER",
-    "SMS_TO": "SMS_TO_NUMBERS",
-    "PAGERDUTY_KEY": "PAGERDUTY_ROUTING_KEY",
-}
+# Prefixes no other common tool uses besides the channels' own: any unknown name with one
+# is worth a question.
+_CORE_PREFIXES = ("AFS_",)
+
+
+def _own_prefixes() -> tuple[str, ...]:
+    return (*_CORE_PREFIXES, *(prefix for handler in channel_classes() for prefix in handler.own_prefixes))
+
+
+def _aliases() -> dict[str, str]:
+    """Names people write from other tools' habits -> the variable they mean."""
+    return {
+        alias: meant for handler in channel_classes() for alias, meant in handler.variable_aliases.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -114,6 +108,8 @@ def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> 
     """
     known = known_variables()
     known_set = set(known)
+    aliases = _aliases()
+    own_prefixes = _own_prefixes()
     file_names = set(from_file)
     channel_prefixes = {name.split("_")[0] + "_" for name in known}
     found = []
@@ -121,8 +117,8 @@ def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> 
         if name in known_set or _PATTERNS.match(name) or not name.isupper():
             continue
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        suggestion = _HABITS.get(name) or (close[0] if close else None)
-        ours = name.startswith(_OUR_PREFIXES) or (
+        suggestion = aliases.get(name) or (close[0] if close else None)
+        ours = name.startswith(own_prefixes) or (
             name in file_names and name.startswith(tuple(channel_prefixes))
         )
         if suggestion or ours:

@@ -1,10 +1,12 @@
-"""What a live run card shows, rendered once for every service that can edit a message.
+"""What a live run card shows, whichever service shows it.
 
 A card is built from a :class:`~afs_callbacks.runstate.RunState` in two steps:
 :func:`card_view` decides *what* to show (headline, progress bar, the run's facts, the
-outcome once it ended) and the renderers below decide *how*: plain text (ntfy, desktop),
-Markdown, Telegram HTML, Slack blocks and a Discord embed. Each renderer escapes run text
-for its markup and keeps to the service's documented limits, so a channel only sends.
+outcome once it ended), the same for every service; *how* is the channel's: the plain text
+and Markdown renderers here (ntfy, desktop), and each service's own markup in its module
+(Slack blocks in ``slack.py``, a Discord embed in ``discord.py``, Telegram HTML in
+``telegram.py``), all built on :func:`render_markup` or on the view's fields directly.
+Renderers escape run text for their markup and keep to the service's documented limits.
 
 Example (plain text)::
 
@@ -20,14 +22,12 @@ Example (plain text)::
 
 from __future__ import annotations
 
-import html
 import math
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 from afs_callbacks.formatting import format_bytes, format_duration, format_value, truncate, truncate_escaped
 from afs_callbacks.redaction import redact
@@ -111,12 +111,12 @@ def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
 
 def render_text(state: RunState, *, limit: int = 4000, now: float | None = None) -> str:
     """The card as plain text of at most ``limit`` characters (ntfy, desktop, logs)."""
-    return _render(card_view(state, now=now), limit, escape=str, bold=str, code=str)
+    return render_markup(card_view(state, now=now), limit, escape=str, bold=str, code=str)
 
 
 def render_markdown(state: RunState, *, limit: int = 4000, now: float | None = None) -> str:
     """The card as CommonMark with run text escaped (Discord, ntfy with ``markdown``)."""
-    return _render(
+    return render_markup(
         card_view(state, now=now),
         limit,
         escape=escape_markdown,
@@ -125,68 +125,41 @@ def render_markdown(state: RunState, *, limit: int = 4000, now: float | None = N
     )
 
 
-def render_html(state: RunState, *, limit: int = 4096, now: float | None = None) -> str:
-    """The card as Telegram HTML (``parse_mode=HTML``) of at most ``limit`` characters."""
-    return _render(
-        card_view(state, now=now),
-        limit,
-        escape=lambda text: html.escape(text, quote=False),
-        bold=lambda text: f"<b>{text}</b>",
-        code=lambda text: f"<code>{html.escape(text, quote=False)}</code>",
-    )
-
-
-def slack_message(state: RunState, *, now: float | None = None) -> dict[str, Any]:
-    """``text`` (the notification fallback) and ``blocks`` for chat.postMessage/chat.update,
-    within Block Kit's limits (header 150, section 3000, field 2000, 10 fields a section)."""
-    view = card_view(state, now=now)
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": truncate(view.headline, 150)}}
-    ]
-    if view.progress:
-        blocks.append(_slack_section(f"`{escape_mrkdwn(view.progress)}`"))
-    fields = [{"type": "mrkdwn", "text": _slack_field(label, value)} for label, value in view.fields]
-    for start in range(0, len(fields), 10):
-        blocks.append({"type": "section", "fields": fields[start : start + 10]})
-    if view.outcome:
-        blocks.append(_slack_section(truncate_escaped(view.outcome, 3000, escape_mrkdwn)))
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": view.footer}]})
-    fallback = truncate_escaped(render_text(state, limit=3000, now=now), 3000, escape_mrkdwn)
-    return {"text": fallback, "blocks": blocks[:50]}
-
-
-def discord_embed(state: RunState, *, now: float | None = None) -> dict[str, Any]:
-    """One embed (title 256, description 4096, 25 fields of 1024, 6000 in all)."""
-    view = card_view(state, now=now)
-    description = [f"`{view.progress}`"] if view.progress else []
-    if view.outcome:
-        description.append(escape_markdown(truncate(view.outcome, 1500)))
-    embed: dict[str, Any] = {
-        "title": truncate(view.headline, 256),
-        "color": view.color,
-        "fields": [
-            {
-                "name": truncate(label, 256),
-                "value": escape_markdown(truncate(value, 1000)) or "-",
-                "inline": True,
-            }
-            for label, value in view.fields[:25]
-        ],
-        "footer": {"text": f"afs-callbacks · {view.footer}"},
-    }
-    if description:
-        embed["description"] = "\n".join(description)
-    return embed
-
-
 def escape_markdown(text: str) -> str:
     """Backslash-escape Markdown's control characters so run text shows as typed."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def escape_mrkdwn(text: str) -> str:
-    """Escape Slack mrkdwn's ``&``, ``<`` and ``>`` (no mention or link can form)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def render_markup(
+    view: CardView,
+    limit: int,
+    *,
+    escape: Callable[[str], str],
+    bold: Callable[[str], str],
+    code: Callable[[str], str],
+) -> str:
+    """``view`` as lines of text in one markup, at most ``limit`` characters: headline,
+    progress, fields, outcome, footer; the fields give way first when long.
+
+    Args:
+        escape: makes run text literal in the markup.
+        bold: wraps escaped text in bold.
+        code: escapes and wraps text as code (the progress bar).
+    """
+    head = [bold(truncate_escaped(view.headline, 200, escape))]
+    if view.progress:
+        head.append(code(view.progress))  # ``code`` escapes for its own markup
+    tail = [escape(view.footer)]
+    if view.outcome:
+        tail.insert(0, truncate_escaped(view.outcome, max(limit // 3, 1), escape))
+    lines = [
+        f"{bold(escape(label) + ':')} {truncate_escaped(value, 200, escape)}" for label, value in view.fields
+    ]
+    fixed = len("\n".join(head + tail)) + 1
+    while lines and fixed + len("\n".join(lines)) > limit:
+        lines.pop()
+    text = "\n".join(head + lines + tail)
+    return text if len(text) <= limit else truncate(view.headline, limit)
 
 
 # What the card shows ----------------------------------------------------------------------
@@ -266,39 +239,6 @@ def _outcome(state: RunState) -> str | None:
     return truncate(redact("\n".join(lines)), _SUMMARY_CHARS)
 
 
-def _render(
-    view: CardView,
-    limit: int,
-    *,
-    escape: Callable[[str], str],
-    bold: Callable[[str], str],
-    code: Callable[[str], str],
-) -> str:
-    """Headline, progress, fields, outcome, footer; the fields give way first when long."""
-    head = [bold(truncate_escaped(view.headline, 200, escape))]
-    if view.progress:
-        head.append(code(view.progress))  # ``code`` escapes for its own markup
-    tail = [escape(view.footer)]
-    if view.outcome:
-        tail.insert(0, truncate_escaped(view.outcome, max(limit // 3, 1), escape))
-    lines = [
-        f"{bold(escape(label) + ':')} {truncate_escaped(value, 200, escape)}" for label, value in view.fields
-    ]
-    fixed = len("\n".join(head + tail)) + 1
-    while lines and fixed + len("\n".join(lines)) > limit:
-        lines.pop()
-    text = "\n".join(head + lines + tail)
-    return text if len(text) <= limit else truncate(view.headline, limit)
-
-
-def _slack_section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
-
-
-def _slack_field(label: str, value: str) -> str:
-    return f"*{escape_mrkdwn(label)}*\n{truncate_escaped(value, 1800, escape_mrkdwn)}"
-
-
 def _tail(path: str, keep: int = 80) -> str:
     """The end of a long path (the file name matters most)."""
     return path if len(path) <= keep else "…" + path[-(keep - 1) :]
@@ -309,12 +249,9 @@ __all__ = [
     "STATUS_EMOJI",
     "CardView",
     "card_view",
-    "discord_embed",
     "escape_markdown",
-    "escape_mrkdwn",
     "progress_bar",
-    "render_html",
     "render_markdown",
+    "render_markup",
     "render_text",
-    "slack_message",
 ]
