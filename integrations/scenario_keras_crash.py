@@ -94,6 +94,8 @@ def _received(receiver: Any) -> list[Any]:
 
 @pytest.mark.slow
 def test_keras_crash_without_a_wrapper_is_reported_by_the_excepthook(receiver):
+    pytest.importorskip("torch")  # the child process trains with these
+    pytest.importorskip("keras")
     job = _job(receiver, "crash")
     try:
         _, stderr = job.communicate(timeout=120)
@@ -109,6 +111,8 @@ def test_keras_crash_without_a_wrapper_is_reported_by_the_excepthook(receiver):
 
 @pytest.mark.slow
 def test_keras_sigterm_is_reported_before_the_process_exits(receiver):
+    pytest.importorskip("torch")  # the child process trains with these
+    pytest.importorskip("keras")
     job = _job(receiver, "sigterm")
     try:
         assert job.stdout is not None

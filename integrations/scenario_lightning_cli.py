@@ -69,6 +69,8 @@ def main() -> None:
 
 @pytest.mark.slow
 def test_lightning_cli_with_the_callback_from_the_command_line(receiver, tmp_path):
+    pytest.importorskip("torch")  # the child process trains with these
+    pytest.importorskip("lightning.pytorch")
     pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse[signatures]")
     from afs_callbacks import EventType, NotificationEvent
 

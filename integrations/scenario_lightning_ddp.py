@@ -75,6 +75,8 @@ def train() -> None:
 
 @pytest.mark.slow
 def test_ddp_run_speaks_once_and_a_nan_on_rank_one_is_reported_once_and_stops_both(receiver, tmp_path):
+    pytest.importorskip("torch")  # the child process trains with these
+    pytest.importorskip("lightning.pytorch")
     from afs_callbacks import EventType, NotificationEvent
 
     env = {

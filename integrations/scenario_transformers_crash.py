@@ -77,6 +77,8 @@ def train(error: str, output_dir: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("error", "kind"), [("oom", "out_of_memory"), ("value", "training_failed")])
 def test_transformers_crash_without_a_wrapper_is_reported_by_the_excepthook(receiver, tmp_path, error, kind):
+    pytest.importorskip("torch")  # the child process trains with these
+    pytest.importorskip("transformers")
     from afs_callbacks import NotificationEvent
 
     env = {

@@ -6,6 +6,12 @@ tracker an adapter reports through, the facts a framework settles (model name, r
 shared run id, the NaN-check cadence), the crash hooks and pickling for spawned workers.
 An adapter subclasses it next to its framework's callback class and only translates hooks.
 
+Beside it: :func:`hook`, the guard every hook body runs under (an error in an adapter is
+logged once and never reaches the framework), :func:`broadcast_run_id`, the collective
+that gives every rank rank zero's run id, and the words a completion uses to say why a run
+ended (``max_epochs``, ``early_stopping (val_loss, patience 3, best 0.21)``...), which each
+adapter's ``end_reason`` reads from its framework.
+
 One set of defaults:
 
 * ``mode`` is ``"min"`` unless given, except that the Hugging Face adapter follows the
@@ -19,12 +25,13 @@ One set of defaults:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+import functools
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar, cast
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.integrations._caller import CrashHooks
-from afs_callbacks.integrations._guard import broadcast_run_id, hook
+from afs_callbacks.formatting import format_value
 from afs_callbacks.tracking import RunTracker, TrackerConfig
 from afs_callbacks.tracking.config import check_settings
 from afs_callbacks.tracking.sink import EventSink
@@ -34,8 +41,49 @@ log = get_logger(__name__)
 #: ``nan_check_every`` when neither the user nor the framework decides.
 DEFAULT_NAN_CHECK_EVERY = 50
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-class NotifierBase(CrashHooks):
+
+def hook(method: _F) -> _F:
+    """Run a hook body so that no exception reaches the framework; log each hook's first
+    failure (a per-step hook would flood the log)."""
+
+    @functools.wraps(method)
+    def guarded(self: NotifierBase, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            hook_failed(self, method.__name__)
+            return None
+
+    return cast(_F, guarded)
+
+
+def hook_failed(notifier: NotifierBase, name: str) -> None:
+    """Log the first failure of hook ``name`` (with its traceback); later ones stay quiet.
+    Call it from an ``except`` block: a hot hook guards its body inline, not with
+    :func:`hook`, whose wrapper would pack the framework's keyword arguments once more."""
+    if name not in notifier._failed_hooks:
+        notifier._failed_hooks.add(name)
+        log.exception("afs-callbacks: %s.%s failed; training continues", type(notifier).__name__, name)
+
+
+def broadcast_run_id(run_id: str) -> str:
+    """Rank zero's run id on every rank of an initialised ``torch.distributed`` group
+    (else ``run_id`` unchanged). A collective: every rank must call it at the same point."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            box = [run_id]
+            dist.broadcast_object_list(box, src=0)
+            return str(box[0])
+    except Exception:
+        log.warning("afs-callbacks: could not share the run id between processes", exc_info=True)
+    return run_id
+
+
+class NotifierBase:
     """The arguments and plumbing every adapter shares (see the module docstring).
 
     Args:
@@ -94,7 +142,7 @@ class NotifierBase(CrashHooks):
         crash_hook: bool = True,
         tracker: RunTracker | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # the framework's Callback, next in an adapter's MRO
         check_settings(
             type(self).__name__,
             mode=mode,
@@ -209,6 +257,42 @@ class NotifierBase(CrashHooks):
         (a crash skips the framework's end hook but ends the run)."""
         return self._training and self._tracker is not None and not self._tracker.finished
 
+    # Crashes where the framework has no exception hook (HF, Keras; RunNotifier's SIGTERM)
+
+    def _caller_caught(self, error: BaseException) -> None:
+        """``train()``/``fit()`` raised (its wrapper tells: see ``_caller.wrap_call``).
+
+        The run is reported failed (or interrupted) now, with the exception's type, so a
+        caller that catches it (a notebook, a retry loop) leaves no run open and no stall
+        watchdog running; the next call is a new run. Inside ``afs_callbacks.watch()`` the
+        block reports it instead (one message per crash).
+        """
+        tracker = self._tracker
+        if tracker is None or not tracker.started or tracker.finished or _watch_block_open():
+            return
+        self._training = False
+        self._remove_sigterm_handler()
+        if isinstance(error, GeneratorExit) or (isinstance(error, SystemExit) and error.code in (None, 0)):
+            tracker.close()  # a clean exit is no failure: stop the watchdog, report nothing
+            return
+        tracker.failed(error)
+
+    def _install_crash_hooks(self) -> None:
+        """The excepthook fallback and SIGTERM handler (frameworks without an exception hook)."""
+        if not self.crash_hook:
+            return
+        from afs_callbacks.watch import install_excepthook, install_sigterm_handler
+
+        install_excepthook()
+        if self._restore_sigterm is None:
+            self._restore_sigterm = install_sigterm_handler()
+
+    def _remove_sigterm_handler(self) -> None:
+        """Training is over: SIGTERM gets its default handling back."""
+        restore, self._restore_sigterm = self._restore_sigterm, None
+        if restore is not None:
+            restore()
+
     # Pickling (ddp_spawn) -------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
@@ -236,4 +320,67 @@ class NotifierBase(CrashHooks):
         )
 
 
-__all__ = ["DEFAULT_NAN_CHECK_EVERY", "NotifierBase", "broadcast_run_id", "hook"]
+def _watch_block_open() -> bool:
+    """Whether an ``afs_callbacks.watch()`` block is open: it reports what escapes it on
+    the running tracker, so a wrapper leaves the report to it (one report per crash)."""
+    module = sys.modules.get("afs_callbacks.watch")
+    return bool(getattr(module, "_open_blocks", 0)) if module is not None else False
+
+
+# Why a run ended: the words every adapter's ``end_reason`` uses ---------------------------
+#
+# Each adapter reads its framework at the end of a run, duck-typed (no framework import),
+# and returns None when it cannot tell; the tracker then infers the reason from the run's
+# plan, or from its own NaN stop (``stop_on_nan``), which the adapters leave to it.
+
+MAX_EPOCHS = "max_epochs"
+MAX_STEPS = "max_steps"
+MAX_TIME = "max_time"
+SHOULD_STOP = "should_stop"  # the user's own code asked to stop
+TERMINATE_ON_NAN = "terminate_on_nan"
+FAST_DEV_RUN = "fast_dev_run"
+
+
+def early_stopping(monitor: Any, patience: Any, best: Any) -> str:
+    """``early_stopping (val_loss, patience 3, best 0.21)`` (parts that are known)."""
+    parts = [str(monitor)] if monitor else []
+    if isinstance(patience, int):
+        parts.append(f"patience {patience}")
+    number = _number(best)
+    if number is not None:
+        parts.append(f"best {format_value(number)}")
+    return f"early_stopping ({', '.join(parts)})" if parts else "early_stopping"
+
+
+def named(callbacks: Iterable[Any], *names: str) -> list[Any]:
+    """The callbacks among ``callbacks`` whose class is one of ``names`` (duck-typed: the
+    framework's own ``EarlyStopping`` & co. without importing it)."""
+    return [callback for callback in callbacks if type(callback).__name__ in names]
+
+
+def _number(value: Any) -> float | None:
+    try:
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    return None
+
+
+__all__ = [
+    "DEFAULT_NAN_CHECK_EVERY",
+    "FAST_DEV_RUN",
+    "MAX_EPOCHS",
+    "MAX_STEPS",
+    "MAX_TIME",
+    "SHOULD_STOP",
+    "TERMINATE_ON_NAN",
+    "NotifierBase",
+    "broadcast_run_id",
+    "early_stopping",
+    "hook",
+    "hook_failed",
+    "named",
+]

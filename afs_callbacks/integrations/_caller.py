@@ -5,15 +5,17 @@ Hugging Face and Keras give a callback no exception hook and no view of the othe
 callbacks. Two small, documented tools close the gap:
 
 * :func:`holder_in_stack` looks a few frames up from a hook for the object that called
-  it (the HF ``CallbackHandler`` and ``Trainer``, the Keras ``CallbackList``). It runs at
-  run boundaries only (start, end), never per step, and returns None when the layout is
-  not what it expects: the adapter then does without.
+  it (the HF ``CallbackHandler`` and ``Trainer``, the Keras ``CallbackList``); its sibling
+  :func:`method_in_stack` tells which public call runs (``predict`` or ``evaluate``). They
+  run at run boundaries only (start, end), never per step, and return None when the
+  layout is not what they expect: the adapter then does without.
 * :func:`wrap_call` replaces ``trainer.train`` / ``model.fit`` *on that one instance* with
   a wrapper that reports an exception escaping it, then re-raises it unchanged. So a crash
   the caller catches (a notebook, a retry loop) closes the run at once. The class is not
   touched, the wrapper is installed once per instance and passes arguments and results
   through as they are; an error inside the report is logged and never replaces the
-  training's own exception.
+  training's own exception. The report is the adapter's ``_caller_caught``
+  (:class:`~afs_callbacks.integrations._base.NotifierBase`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,9 @@ import sys
 import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from afs_callbacks._log import get_logger
-
-if TYPE_CHECKING:
-    from afs_callbacks.tracking import RunTracker
 
 log = get_logger(__name__)
 
@@ -139,63 +138,10 @@ def method_in_stack(
     return None
 
 
-def watch_block_open() -> bool:
-    """Whether an ``afs_callbacks.watch()`` block is open: it reports what escapes it on
-    the running tracker, so a wrapper leaves the report to it (one report per crash)."""
-    module = sys.modules.get("afs_callbacks.watch")
-    return bool(getattr(module, "_open_blocks", 0)) if module is not None else False
-
-
-class CrashHooks:
-    """An adapter's side of a crash (a base of ``NotifierBase``): the exception a wrapped
-    ``train()``/``fit()`` saw, the excepthook fallback and the SIGTERM handler."""
-
-    crash_hook: bool
-    _tracker: RunTracker | None
-    _training: bool
-    _restore_sigterm: Callable[[], None] | None
-
-    def _caller_caught(self, error: BaseException) -> None:
-        """``train()``/``fit()`` raised (its wrapper tells: see ``_caller.wrap_call``).
-
-        The run is reported failed (or interrupted) now, with the exception's type, so a
-        caller that catches it (a notebook, a retry loop) leaves no run open and no stall
-        watchdog running; the next call is a new run. Inside ``afs_callbacks.watch()`` the
-        block reports it instead (one message per crash).
-        """
-        tracker = self._tracker
-        if tracker is None or not tracker.started or tracker.finished or watch_block_open():
-            return
-        self._training = False
-        self._remove_sigterm_handler()
-        if isinstance(error, GeneratorExit) or (isinstance(error, SystemExit) and error.code in (None, 0)):
-            tracker.close()  # a clean exit is no failure: stop the watchdog, report nothing
-            return
-        tracker.failed(error)
-
-    def _install_crash_hooks(self) -> None:
-        """The excepthook fallback and SIGTERM handler (frameworks without an exception hook)."""
-        if not self.crash_hook:
-            return
-        from afs_callbacks.watch import install_excepthook, install_sigterm_handler
-
-        install_excepthook()
-        if self._restore_sigterm is None:
-            self._restore_sigterm = install_sigterm_handler()
-
-    def _remove_sigterm_handler(self) -> None:
-        """Training is over: SIGTERM gets its default handling back."""
-        restore, self._restore_sigterm = self._restore_sigterm, None
-        if restore is not None:
-            restore()
-
-
 __all__ = [
     "STACK_DEPTH",
-    "CrashHooks",
     "holder_in_stack",
     "holds",
     "method_in_stack",
-    "watch_block_open",
     "wrap_call",
 ]

@@ -27,16 +27,23 @@ looked up the call stack once, to tell why a run ended (``EarlyStopping``,
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from afs_callbacks.integrations import _stops
-from afs_callbacks.integrations._base import NotifierBase, hook
+from afs_callbacks.integrations._base import (
+    MAX_EPOCHS,
+    SHOULD_STOP,
+    TERMINATE_ON_NAN,
+    NotifierBase,
+    early_stopping,
+    hook,
+    named,
+)
 from afs_callbacks.integrations._caller import holder_in_stack, holds, wrap_call
-from afs_callbacks.integrations._keras_read import FitAbandoned, batch_loss, new_saves, process_rank
 from afs_callbacks.tracking.values import floats, positive
 
 try:
@@ -46,6 +53,14 @@ except ImportError as error:  # pragma: no cover - depends on what is installed
         "afs_callbacks.integrations.keras needs Keras 3 and a backend: pip install 'afs-callbacks[keras]'"
         " and torch, jax or tensorflow (set KERAS_BACKEND=torch|jax|tensorflow before importing keras)"
     ) from error
+
+
+class FitAbandoned(RuntimeError):
+    """What a run is closed with when its ``fit()`` raised outside the training step before
+    the callback could watch it, and the caller started another ``fit()``."""
+
+    def __init__(self) -> None:
+        super().__init__("the previous fit() raised before it ended (caught by the caller)")
 
 
 class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
@@ -99,7 +114,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         # This fit's step function, and the later fits whole: see the module docstring.
         wrap_call(self.model, "train_function", self._caller_caught)
         wrap_call(self.model, "fit", self._caller_caught)
-        rank, processes = process_rank(keras)
+        rank, processes = _process_rank()
         self._bind(rank=rank, world_size=processes)
         self._batch_lock = threading.Lock()  # async dispatch may run two batch hooks at once
         self._training, self._announced = True, False
@@ -124,7 +139,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         tracker.start(
             epochs=epochs,
             max_steps=epochs * steps if epochs and steps else None,
-            world_size=process_rank(keras)[1],
+            world_size=_process_rank()[1],
             initial_epoch=epoch or None,
             backend=keras.backend.backend(),
         )
@@ -138,7 +153,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         self._report_saves()
         tracker = self.tracker
         loss = floats(logs or {}).get("loss")
-        reason = _stops.keras(
+        reason = _end_reason(
             self.model,
             self._peers,
             epochs_done=self._epochs_done,
@@ -158,7 +173,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         epoch's running mean, so a NaN stays visible until the epoch ends."""
         loss = logs.get("loss") if logs else None
         if loss is not None and type(loss) is not float:  # a float is what Keras hands over
-            loss = batch_loss(logs)
+            loss = _batch_loss(logs)
         batch = int(batch)
         with self._batch_lock:  # async dispatch may run two of these at once
             if batch > self._last_batch:
@@ -220,8 +235,92 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         if self._pending_save is None:
             return
         epoch, logs = self._pending_save
-        for path, best in new_saves(self._peers, epoch, logs, since=self._fit_wall, seen=self._saves_seen):
+        for path, best in _new_saves(self._peers, epoch, logs, since=self._fit_wall, seen=self._saves_seen):
             self.tracker.checkpoint_saved(path, step=self._step_base, best=best)
+
+
+# Why fit() ended ------------------------------------------------------------------------
+
+
+def _end_reason(
+    model: Any,
+    callbacks: Iterable[Any],
+    *,
+    epochs_done: int,
+    epochs: int | None,
+    nan_seen: bool,
+    nan_stop: bool,
+) -> str | None:
+    """Why ``model.fit`` ended (None: the tracker infers it)."""
+    if nan_stop:
+        return None
+    callbacks = list(callbacks)
+    if not getattr(model, "stop_training", False):
+        return MAX_EPOCHS if epochs and epochs_done >= epochs else None
+    for stopper in named(callbacks, "EarlyStopping"):
+        if getattr(stopper, "stopped_epoch", 0):
+            return early_stopping(stopper.monitor, stopper.patience, getattr(stopper, "best", None))
+    if nan_seen and named(callbacks, "TerminateOnNaN"):
+        return TERMINATE_ON_NAN
+    return SHOULD_STOP
+
+
+# What the adapter reads from Keras objects (duck-typed) ----------------------------------
+
+
+def _batch_loss(logs: Mapping[str, Any] | None) -> float | None:
+    """The host float Keras prepared for its progress bar, if the logs hold one."""
+    loss = (logs or {}).get("loss")
+    return float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) else None
+
+
+def _new_saves(
+    peers: Iterable[Any],
+    epoch: int,
+    logs: Mapping[str, Any],
+    *,
+    since: float,
+    seen: set[tuple[str, float]],
+) -> list[tuple[str, bool]]:
+    """(path, best) of each file a ModelCheckpoint among ``peers`` wrote for ``epoch``,
+    modified after ``since`` (``time.time()``) and not in ``seen`` (which records it)."""
+    found: list[tuple[str, bool]] = []
+    for saver in named(peers, "ModelCheckpoint"):
+        path = _checkpoint_path(saver, epoch, logs)
+        try:
+            written = os.path.getmtime(path) if path else None
+        except OSError:
+            continue
+        if path is None or written is None or written + 1 < since:
+            continue
+        if (path, written) in seen:
+            continue
+        seen.add((path, written))
+        found.append((str(path), bool(getattr(saver, "save_best_only", False))))
+    return found
+
+
+def _checkpoint_path(saver: Any, epoch: int, logs: Mapping[str, Any]) -> str | None:
+    """The file ModelCheckpoint writes for ``epoch`` (0-based) with these logs."""
+    try:
+        return str(saver._get_file_path(epoch, None, dict(logs)))  # how it names it itself
+    except Exception:
+        try:
+            return str(saver.filepath).format(epoch=epoch + 1, **logs)
+        except Exception:
+            return None
+
+
+def _process_rank() -> tuple[int, int]:
+    """(this process's index, process count) from Keras' distribution, when one is set."""
+    try:
+        distribution = keras.distribution.distribution()
+    except Exception:
+        return 0, 1
+    if distribution is None:
+        return 0, 1
+    count = int(getattr(distribution, "num_processes", 1) or 1)
+    return int(getattr(distribution, "_process_id", 0) or 0), count
 
 
 __all__ = ["AFSNotify", "FitAbandoned"]

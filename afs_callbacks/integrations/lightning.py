@@ -18,7 +18,7 @@ For the standalone ``pytorch_lightning`` package use
 
 from __future__ import annotations
 
-from afs_callbacks.integrations._lightning_core import LightningNotifyCore
+from afs_callbacks.integrations._lightning import LightningNotifyCore
 
 try:
     from lightning.pytorch.callbacks import Callback

@@ -18,7 +18,7 @@ For ``lightning.pytorch`` (the ``lightning`` package) use
 
 from __future__ import annotations
 
-from afs_callbacks.integrations._lightning_core import LightningNotifyCore
+from afs_callbacks.integrations._lightning import LightningNotifyCore
 
 try:
     from pytorch_lightning.callbacks import Callback

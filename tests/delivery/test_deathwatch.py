@@ -282,6 +282,8 @@ def test_a_real_lightning_run_killed_mid_training_is_reported(
     watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path, tmp_path: Path
 ) -> None:
     """End to end, without a wrapper: AFSNotify's manager starts the watcher by itself."""
+    pytest.importorskip("torch")  # the child process trains with these
+    pytest.importorskip("lightning.pytorch")
     child = subprocess.Popen(
         [sys.executable, "-c", TRAINING_CHILD, str(tmp_path / "lightning")],
         env=watch_env,

@@ -26,7 +26,7 @@ keras = pytest.importorskip("keras")
 from afs_callbacks import EventType, watch  # noqa: E402
 from afs_callbacks.formatting import format_value  # noqa: E402
 from afs_callbacks.integrations.keras import AFSNotify  # noqa: E402
-from tests.integrations.fidelity_support import history, in_order, kinds, make_manager, of_type, only, settle  # noqa: E402
+from tests.integrations.conftest import history, in_order, kinds, make_manager, of_type, only, settle  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -2,7 +2,7 @@
 the reason a run ended, the best checkpoint and smoke runs said as such.
 
 Each test is a real tiny training on CPU; what reached the channel goes through the real
-manager, outbox and sender (see ``fidelity_support``), and what did *not* reach it is
+manager, outbox and sender (see ``conftest.make_manager``), and what did *not* reach it is
 checked too. The SLURM requeue, which needs a process to signal, is in
 ``integrations/scenario_slurm_requeue.py``.
 """
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from afs_callbacks import EventType  # noqa: E402
 from afs_callbacks.integrations.lightning import AFSNotify  # noqa: E402
-from tests.integrations.fidelity_support import history, kinds, make_manager, of_type, only, settle  # noqa: E402
+from tests.integrations.conftest import history, kinds, make_manager, of_type, only, settle  # noqa: E402
 
 BATCH = 4
 

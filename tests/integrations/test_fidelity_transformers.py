@@ -27,7 +27,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from afs_callbacks import EventType, watch  # noqa: E402
 from afs_callbacks.integrations.transformers import AFSNotify  # noqa: E402
-from tests.integrations.fidelity_support import history, in_order, kinds, make_manager, of_type, only, settle  # noqa: E402
+from tests.integrations.conftest import history, in_order, kinds, make_manager, of_type, only, settle  # noqa: E402
 
 BATCH = 4
 POINTS = 32  # 8 batches an epoch

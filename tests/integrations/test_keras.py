@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -24,16 +23,14 @@ np = pytest.importorskip("numpy")
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
-from afs_callbacks import EventType, NotificationEvent, NotificationManager, Settings, watch  # noqa: E402
-from afs_callbacks.channels.webhook import WebhookNotifier  # noqa: E402
+from afs_callbacks import EventType, watch  # noqa: E402
 from afs_callbacks.integrations.keras import AFSNotify  # noqa: E402
-from afs_callbacks.testing import LoopbackReceiver  # noqa: E402
 from afs_callbacks.tracking import RunTracker  # noqa: E402
+from tests.integrations.conftest import SECRET_TOKEN, delivered, of_type  # noqa: E402
 
 # Keras' torch backend converts tensors with a NumPy 1 idiom; not this project's concern.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-SECRET_TOKEN = "T0k3n-keras-s3cr3t"
 BATCH = 8
 
 
@@ -86,39 +83,6 @@ def restore_process_hooks() -> Iterator[None]:
     yield
     signal.signal(signal.SIGTERM, handler)
     sys.excepthook = excepthook
-
-
-@pytest.fixture
-def manager(receiver: LoopbackReceiver, tmp_path: Path) -> Iterator[NotificationManager]:
-    """A manager with one real webhook channel pointed at the loopback receiver."""
-    channel = WebhookNotifier(receiver.url(f"/hooks/{SECRET_TOKEN}"))
-    with NotificationManager({"webhook": channel}, settings=verbose_settings(tmp_path)) as built:
-        yield built
-
-
-def verbose_settings(tmp_path: Path) -> Settings:
-    """Every event pushed (``AFS_VERBOSITY=verbose``): these tests check what the run
-    reports, not which of it the default pushes."""
-    return Settings(state_dir=tmp_path / "state", verbosity="verbose")
-
-
-def delivered(manager: NotificationManager, receiver: LoopbackReceiver) -> list[NotificationEvent]:
-    """Every event the run reported, in the order it reported them, once the outbox has
-    nothing pending; each one reached the receiver or was superseded (stale progress of a
-    run that ended before it was sent is kept in the history, never sent late)."""
-    report = manager.flush(10)
-    assert report.pending == 0 and report.dead == 0, report
-    received = {NotificationEvent.from_dict(request.json()).id for request in receiver.requests}
-    events = []
-    for entry in manager.outbox.history(limit=10_000):
-        states = {delivery.state for delivery in entry.deliveries}
-        assert entry.event.id in received or states == {"superseded"}, (entry.event.title, states)
-        events.append(entry.event)
-    return sorted(events, key=lambda event: event.timestamp)
-
-
-def of_type(events: list[NotificationEvent], kind: EventType) -> list[NotificationEvent]:
-    return [event for event in events if event.event_type is kind]
 
 
 # A run, end to end -----------------------------------------------------------------------

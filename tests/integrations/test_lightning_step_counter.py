@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from afs_callbacks.integrations import _lightning_read as read  # noqa: E402
+from afs_callbacks.integrations._lightning import step_counter  # noqa: E402
 
 
 class Tiny(pl.LightningModule):
@@ -49,7 +49,7 @@ class Compare(Callback):
         self.counter: Any = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.counter = read.step_counter(trainer, pl_module)
+        self.counter = step_counter(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
         self.pairs.append((self.counter.completed, trainer.global_step))
@@ -79,4 +79,4 @@ def test_an_unknown_layout_falls_back_to_the_property() -> None:
     class Bare:
         global_step = 3
 
-    assert read.step_counter(Bare(), None) is None
+    assert step_counter(Bare(), None) is None

@@ -3,36 +3,20 @@ and a real webhook channel to a loopback HTTP receiver."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from afs_callbacks import EventType, NotificationEvent, NotificationLevel, NotificationManager, Settings  # noqa: E402
-from afs_callbacks.channels.webhook import WebhookNotifier  # noqa: E402
+from afs_callbacks import EventType, NotificationEvent, NotificationLevel  # noqa: E402
 from afs_callbacks.integrations.loop import RunNotifier  # noqa: E402
-from afs_callbacks.testing import LoopbackReceiver  # noqa: E402
+from tests.integrations.conftest import delivered  # noqa: E402
 
 QUIET = {"monitors": False, "stall_timeout": None, "chart": False}
 
 
-@pytest.fixture
-def manager(receiver: LoopbackReceiver, tmp_path: Path) -> Iterator[NotificationManager]:
-    channel = WebhookNotifier(receiver.url("/hook"))
-    with NotificationManager({"webhook": channel}, settings=Settings(state_dir=tmp_path / "state")) as built:
-        yield built
-
-
-def delivered(manager: NotificationManager, receiver: LoopbackReceiver) -> dict[EventType, NotificationEvent]:
-    """What reached the receiver, by type (the last of each), once nothing is pending."""
-    report = manager.flush(10)
-    assert report.pending == 0 and report.dead == 0, report
-    return {
-        event.event_type: event
-        for event in map(NotificationEvent.from_dict, (r.json() for r in receiver.requests))
-    }
+def by_type(events: list[NotificationEvent]) -> dict[EventType, NotificationEvent]:
+    """The last event of each type."""
+    return {event.event_type: event for event in events}
 
 
 def train(run: RunNotifier, *, epochs: int = 3, steps: int = 4, nan_at: int | None = None) -> None:
@@ -59,7 +43,7 @@ def test_a_loop_is_announced_and_completes_with_its_summary(manager, receiver):
     with RunNotifier(manager, model_name="linear", total_steps=12, epochs=3, batch_size=16, **QUIET) as run:
         train(run)
         run.checkpoint("/tmp/best.pt", best=True)
-    events = delivered(manager, receiver)
+    events = by_type(delivered(manager, receiver))
     started, completed = events[EventType.TRAINING_STARTED], events[EventType.TRAINING_COMPLETED]
     assert started.title == "Training started: linear" and started.context["max_steps"] == 12
     assert completed.run_id == started.run_id and completed.context["steps"] == 12
@@ -74,7 +58,7 @@ def test_an_exception_is_reported_as_a_failure_and_raised_again(manager, receive
         RunNotifier(manager, model_name="linear", **QUIET),
     ):
         raise RuntimeError("data loader died")
-    events = delivered(manager, receiver)
+    events = by_type(delivered(manager, receiver))
     failed = events[EventType.TRAINING_FAILED]
     assert failed.context["error_type"] == "RuntimeError" and EventType.TRAINING_COMPLETED not in events
 
@@ -83,7 +67,7 @@ def test_ctrl_c_is_an_interruption(manager, receiver):
     with pytest.raises(KeyboardInterrupt), RunNotifier(manager, model_name="linear", **QUIET) as run:
         run.step(loss=1.0)
         raise KeyboardInterrupt
-    interrupted = delivered(manager, receiver)[EventType.TRAINING_INTERRUPTED]
+    interrupted = by_type(delivered(manager, receiver))[EventType.TRAINING_INTERRUPTED]
     assert interrupted.context["step"] == 1 and "Ctrl-C" in interrupted.message
 
 
@@ -91,7 +75,7 @@ def test_a_nan_loss_stops_the_loop_when_asked(manager, receiver):
     with RunNotifier(manager, model_name="linear", stop_on_nan=True, nan_check_every=2, **QUIET) as run:
         train(run, nan_at=3)
         assert run.should_stop
-    events = delivered(manager, receiver)
+    events = by_type(delivered(manager, receiver))
     assert events[EventType.NAN_DETECTED].context["step"] == 4  # read at the end of its window
     completed = events[EventType.TRAINING_COMPLETED]
     assert completed.level is NotificationLevel.WARNING and completed.context["end_reason"] == "stop_on_nan"
