@@ -10,7 +10,7 @@ import pytest
 
 from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.runstate import STALLED
-from afs_callbacks.tracking import reporting
+from afs_callbacks.tracking import tracker as tracker_module
 from afs_callbacks.tracking.points import MAX_POINTS, Curves
 from tests.tracking.support import RecordingSink, tracker
 
@@ -137,7 +137,7 @@ def test_step_snapshots_are_throttled_by_time(monkeypatch: pytest.MonkeyPatch) -
         run.on_step(step, loss=0.1)
     assert len(sink.states) <= 3  # the start, and at most one per interval
 
-    monkeypatch.setattr(reporting, "SNAPSHOT_INTERVAL", 0.0)
+    monkeypatch.setattr(tracker_module, "SNAPSHOT_INTERVAL", 0.0)
     eager = RecordingSink()
     run = tracker(eager)
     run.start(max_steps=10_000)
