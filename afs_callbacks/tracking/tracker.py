@@ -762,7 +762,7 @@ class RunTracker:
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles callbacks. A manager holds threads and a database connection,
         # the watchdog and monitors hold threads: each worker builds its own.
-        state = {name: getattr(self, name) for name in self.__slots__ if hasattr(self, name)}
+        state = {name: getattr(self, name) for name in RunTracker.__slots__ if hasattr(self, name)}
         state.update(getattr(self, "__dict__", {}))  # a subclass's own attributes
         for name in ("__weakref__", *_PER_PROCESS):
             state.pop(name, None)
@@ -781,21 +781,10 @@ class RunTracker:
 
     # Events -----------------------------------------------------------------------------
 
-    def _emit(
-        self,
-        event_type: EventType,
-        text: messages.Message,
-        *,
-        rank_any: bool = False,
-        attachments: tuple[Attachment, ...] = (),
-        level: NotificationLevel | None = None,
-        key: str | None = None,
-        **context: Any,
-    ) -> None:
-        """Hand one event to the sink, if this rank speaks for it."""
-        event = self._event(
-            event_type, text, rank_any=rank_any, attachments=attachments, level=level, key=key, **context
-        )
+    def _emit(self, event_type: EventType, text: messages.Message, **options: Any) -> None:
+        """Hand one event to the sink, if this rank speaks for it (``options``: those of
+        :meth:`_event`)."""
+        event = self._event(event_type, text, **options)
         if event is not None:
             sink = self.manager
             hand_over = getattr(sink, "post", None) or sink.emit  # post: admitted off this thread
