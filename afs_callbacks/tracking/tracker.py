@@ -53,6 +53,7 @@ and text shown to people is 1-based ("Epoch 1/3", ``epoch=1``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import socket
 import threading
@@ -352,11 +353,7 @@ class RunTracker:
             **extra,
         )
         if self._config.stall_timeout is not None:
-            self._stop_watchdog()
-            self._watchdog = StallWatchdog(
-                self._config.stall_timeout, lambda: self._last_progress, self._stalled
-            )
-            self._watchdog.start()
+            self._start_watchdog(self._config.stall_timeout)
         if self._config.monitors and self._is_global_zero:
             self._start_monitors(output_dir, world_size)
         self._update_run = getattr(self.manager, "update_run", None) if self._is_global_zero else None
@@ -993,6 +990,20 @@ class RunTracker:
 
     # What runs beside the run: the stall watchdog and the GPU/system/cost monitors -------
 
+    def _start_watchdog(self, timeout: float) -> None:
+        """Watch for a stall of ``timeout`` seconds. The watchdog's thread holds the run
+        weakly: a run that nobody holds any more (its trainer gone without reporting an
+        end) is collected, which stops the thread, instead of staying alive, and the
+        process's active run (:func:`active_tracker`), for good."""
+        self._stop_watchdog()
+        run = weakref.ref(self)
+        watchdog = StallWatchdog(
+            timeout, functools.partial(_last_progress, run), functools.partial(_stall, run)
+        )
+        weakref.finalize(self, watchdog.stop)
+        self._watchdog = watchdog
+        watchdog.start()
+
     def _start_monitors(self, output_dir: str | None, world_size: int | None) -> None:
         """Start the resource monitors (they report through the sink); never raises."""
         try:
@@ -1054,6 +1065,18 @@ class RunTracker:
 
     def _duration(self) -> float:
         return 0.0 if self._started_at is None else time.monotonic() - self._started_at
+
+
+def _last_progress(run: weakref.ref[RunTracker]) -> float:
+    """The watchdog's view of a run's progress: a run collected meanwhile never stalls."""
+    tracker = run()
+    return time.monotonic() if tracker is None else tracker._last_progress
+
+
+def _stall(run: weakref.ref[RunTracker], idle: float) -> None:
+    tracker = run()
+    if tracker is not None:
+        tracker._stalled(idle)
 
 
 def _last_line(text: str) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -94,6 +96,19 @@ def test_a_stall_is_reported_and_never_after_the_end() -> None:
     assert len(_watchdogs()) == before  # stopped at the end: nothing left to fire
     run._stalled(60.0)  # a wake-up racing with the end sends nothing
     assert len(sink.of(EventType.TRAINING_STALLED)) == 1
+
+
+def test_a_run_nobody_holds_is_collected_and_its_watchdog_stops() -> None:
+    """A started run whose end never came (its trainer dropped it) does not stay alive on
+    its watchdog's thread: ``watch()`` and the excepthook would take it for this process's
+    active run, and report a later crash to its sink."""
+    run = tracker(RecordingSink(), stall_timeout=60.0)
+    run.start()
+    watchdog, forgotten = run._watchdog, weakref.ref(run)
+    assert watchdog is not None and not watchdog.stopped
+    del run
+    gc.collect()
+    assert forgotten() is None and watchdog.stopped
 
 
 def test_only_global_zero_speaks_for_the_run_but_any_rank_reports_a_failure() -> None:
