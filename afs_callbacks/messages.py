@@ -24,6 +24,11 @@ class Message:
     body: str
 
 
+def smoke_run(text: Message) -> Message:
+    """``text`` of a smoke run (Lightning's ``fast_dev_run``): its title says so."""
+    return Message(f"{text.title} (smoke run)", text.body)
+
+
 def join(*parts: str) -> str:
     """The non-empty parts, comma-separated."""
     return ", ".join(part for part in parts if part)
@@ -223,6 +228,7 @@ __all__ = [
     "metric_improved",
     "nan_detected",
     "plan",
+    "smoke_run",
     "training_completed",
     "training_failed",
     "training_interrupted",

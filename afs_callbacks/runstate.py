@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from afs_callbacks.events import _json_safe, _restore_non_finite
+
 #: Run statuses, as cards, the history and the dashboard show them.
 RUNNING = "running"
 COMPLETED = "completed"
@@ -111,8 +113,6 @@ class RunState:
 
     def to_dict(self) -> dict[str, Any]:
         """The state as JSON-safe values (NaN metrics as strings, as events do)."""
-        from afs_callbacks.events import _json_safe
-
         # Fields one level deep (``asdict`` would deep-copy every value on the way): the
         # writer thread turns a state into a row at every snapshot.
         return dict(_json_safe({name: getattr(self, name) for name in _state_fields()}))
@@ -120,8 +120,6 @@ class RunState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunState:
         """Rebuild a state written by :meth:`to_dict`; unknown keys are ignored (newer writers)."""
-        from afs_callbacks.events import _restore_non_finite
-
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         if isinstance(values.get("metrics"), Mapping):

@@ -1,4 +1,22 @@
-"""Framework-free run tracking: training semantics shared by every framework adapter."""
+"""Framework-free run tracking: training semantics shared by every framework adapter.
+
+The modules, one concept each:
+
+- ``tracker.py``: :class:`RunTracker`, the one class adapters call (its verbs are listed
+  there), and :func:`active_tracker`.
+- ``config.py``: :class:`TrackerConfig`, what it reports and how often.
+- ``sink.py``: :class:`EventSink` / :class:`RunSink`, what it hands events and snapshots to.
+- ``run.py``: a run's facts and what is derived from them (throughput, ETA, end reason,
+  the completion summary, the :class:`~afs_callbacks.runstate.RunState`).
+- ``nan.py``: NaN/Inf checks per window of steps, without a per-step device sync;
+  ``reader.py``: the thread those windows are read on.
+- ``metrics.py``: the monitored metric's best value and plateau.
+- ``points.py``: the loss and metric curves (for the chart and the snapshots);
+  ``charts.py``: the loss chart (matplotlib, optional).
+- ``classify.py``: out of memory, interruption or crash, and what each report says.
+- ``watchdog.py``: the stall watchdog. ``cluster.py``: SLURM job facts. ``values.py``:
+  numbers from what frameworks hand over.
+"""
 
 from __future__ import annotations
 

@@ -1,16 +1,28 @@
-"""Telling an out-of-memory error or an interruption apart from an ordinary crash.
+"""Telling an out-of-memory error or an interruption apart from an ordinary crash, and
+what a report of each says (the device out of memory and its figures, Ctrl-C or SIGTERM).
 
 Frameworks wrap the real error (Lightning re-raises, accelerate wraps), so the whole
 ``__cause__``/``__context__`` chain is walked. Only names and text are inspected: no
-framework is imported here.
+framework is imported here. The memory figures consult torch only if the program already
+imported it and CUDA is already initialised: touching CUDA first in a process that forks
+DDP workers breaks them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
+import sys
 from collections.abc import Iterator
 from enum import Enum
+from typing import Any
+
+from afs_callbacks._log import get_logger
+
+log = get_logger(__name__)
+
+_MIB = 2**20
 
 
 class Failure(str, Enum):
@@ -74,12 +86,41 @@ def was_reported(error: BaseException) -> bool:
     return bool(getattr(error, _REPORTED, False))
 
 
+def interrupt_reason(error: BaseException) -> str:
+    """How an interruption is described: Ctrl-C or SIGTERM."""
+    if type(error).__name__ == "KeyboardInterrupt":
+        return "KeyboardInterrupt (Ctrl-C)"
+    return "SIGTERM (preemption or job cancellation)"
+
+
 def oom_device(error: BaseException) -> str | None:
     """The device named in an OOM message ("GPU 0", "cuda:1"), when the text says."""
-    import re
-
     for item in exception_chain(error):
         match = re.search(r"\b(GPU \d+|cuda:\d+|mps)\b", str(item))
         if match:
             return match.group(1)
     return None
+
+
+def cuda_memory_figures(device: str | None = None) -> dict[str, Any]:
+    """Allocated, reserved, peak, free and total memory (MiB) of the current CUDA device,
+    for an out-of-memory report; empty where torch or CUDA is not in use already."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    try:
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return {}
+        index = torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        return {
+            "device": device or f"cuda:{index}",
+            "memory_allocated_mb": round(torch.cuda.memory_allocated(index) / _MIB, 1),
+            "memory_reserved_mb": round(torch.cuda.memory_reserved(index) / _MIB, 1),
+            "peak_allocated_mb": round(torch.cuda.max_memory_allocated(index) / _MIB, 1),
+            "memory_free_mb": round(free / _MIB, 1),
+            "memory_total_mb": round(total / _MIB, 1),
+        }
+    except Exception:
+        log.debug("afs-callbacks: no CUDA memory figures", exc_info=True)
+        return {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from afs_callbacks.messages import Summary
-from afs_callbacks.runstate import RUNNING, RunState
+from afs_callbacks.runstate import RUNNING, STALLED, RunState
 
 #: End reasons the tracker infers when the adapter names none.
 MAX_EPOCHS = "max_epochs"
@@ -157,7 +157,7 @@ def build_state(
     """A snapshot of the run now."""
     now = time.time()
     steps_rate, samples_rate = rates(record, steps, duration)
-    final = record.status != RUNNING and record.status != "stalled"
+    final = record.status not in (RUNNING, STALLED)
     return RunState(
         run_id=run_id,
         model=model,

@@ -1,18 +1,50 @@
 """The framework-free run tracker: training semantics in, events and run snapshots out.
 
-Framework adapters translate their hooks into the calls below and hold no logic of their
-own. The tracker knows what a run is (started, steps, epochs, a monitored metric getting
-better or worse, NaN, OOM, interruption, stall, end) and nothing about channels: it hands
+Framework adapters translate their hooks into :class:`RunTracker`'s verbs and hold no
+logic of their own. The tracker knows what a run is and nothing about channels: it hands
 events to a sink (:class:`~afs_callbacks.tracking.sink.EventSink`, the
 :class:`~afs_callbacks.manager.NotificationManager` by default) and, when the sink has
 ``update_run``, snapshots of the run (:class:`~afs_callbacks.runstate.RunState`).
 
-Every public method is safe to call from a framework hook: it never raises and never
-waits on a network. :meth:`RunTracker.on_step` is the hot path: a few counters and a
-clock read. The loss windows are read on a reader thread (:mod:`.reader`): no device sync
-on the training thread, except with ``stop_on_nan`` (once every ``nan_check_every`` steps)
-and at the run's end. Events go to the sink's ``post`` where it has one (the manager's
-admits them on its writer thread).
+The verbs, in the order a run meets them:
+
+=====================  ==============================================================
+where the run stands   :meth:`~RunTracker.bind` (rank, world size),
+                       :meth:`~RunTracker.resolve` (model name, run id, monitor, cadence)
+start                  :meth:`~RunTracker.start`
+step                   :meth:`~RunTracker.on_step` (the hot path; True: stop training),
+                       :meth:`~RunTracker.heartbeat` (progress that is not a step)
+epoch                  :meth:`~RunTracker.epoch_started`, :meth:`~RunTracker.epoch_end`
+evaluation             :meth:`~RunTracker.evaluation_started`,
+                       :meth:`~RunTracker.evaluation_completed`,
+                       :meth:`~RunTracker.evaluation_failed`
+checkpoint             :meth:`~RunTracker.checkpoint_saved`,
+                       :meth:`~RunTracker.best_checkpoint`,
+                       :meth:`~RunTracker.checkpoint_loading`
+NaN                    :meth:`~RunTracker.nan_detected` (the loss windows find the rest)
+stall                  by itself: the watchdog of ``stall_timeout``
+end (the first wins)   :meth:`~RunTracker.completed`, :meth:`~RunTracker.failed`
+                       (out of memory, crash), :meth:`~RunTracker.interrupted`;
+                       :meth:`~RunTracker.close` stops without a word
+state                  :meth:`~RunTracker.state` (the :class:`RunState` now),
+                       :meth:`~RunTracker.state_dict` / :meth:`~RunTracker.load_state_dict`
+                       (what a checkpoint keeps), and the read-only facts ``config``,
+                       ``run_id``, ``model_name``, ``manager``, ``rank``, ``world_size``,
+                       ``is_global_zero``, ``started``, ``started_at``, ``finished``,
+                       ``stop_requested``, ``steps``
+=====================  ==============================================================
+
+Every verb is safe to call from a framework hook: it never raises and never waits on a
+network. :meth:`RunTracker.on_step` is a few counters and a clock read. The loss windows
+are read on a reader thread (:mod:`.reader`): no device sync on the training thread,
+except with ``stop_on_nan`` (once every ``nan_check_every`` steps) and at the run's end.
+Events go to the sink's ``post`` where it has one (the manager's admits them on its writer
+thread).
+
+Who speaks (the rank policy): run-level events (started, epochs, completion) come from
+global rank zero only. Events any rank may be the first to see (a NaN, a crash, a stall)
+come from every rank with an id fixed by run, attempt and event type, so several ranks
+reporting the same failure make one message: the outbox ignores an id it already holds.
 
 Numbering: the ``epoch`` arguments are 0-based indices, as frameworks count; every field
 and text shown to people is 1-based ("Epoch 1/3", ``epoch=1``).
@@ -20,28 +52,92 @@ and text shown to people is 1-based ("Epoch 1/3", ``epoch=1``).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import socket
+import threading
 import time
-from collections.abc import Mapping
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from afs_callbacks import _pending as pending
 from afs_callbacks import messages
 from afs_callbacks._log import get_logger
-from afs_callbacks.events import EventType
+from afs_callbacks.events import (
+    DEFAULT_LEVELS,
+    Attachment,
+    EventType,
+    NotificationEvent,
+    NotificationLevel,
+    _new_id,
+)
 from afs_callbacks.formatting import describe_exception
-from afs_callbacks.tracking import registry
+from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, STALLED, RunState
+from afs_callbacks.tracking.classify import (
+    Failure,
+    classify,
+    cuda_memory_figures,
+    interrupt_reason,
+    mark_reported,
+    oom_device,
+)
 from afs_callbacks.tracking.cluster import slurm_context
-from afs_callbacks.tracking.config import TrackerConfig, cadence_hit
-from afs_callbacks.tracking.ends import RunEnds
-from afs_callbacks.tracking.facts import _guarded
-from afs_callbacks.tracking.registry import active_tracker
-from afs_callbacks.tracking.values import floats, last_line, smoke
+from afs_callbacks.tracking.config import TrackerConfig, cadence_hit, new_run_id
+from afs_callbacks.tracking.metrics import Change, MetricWatch
+from afs_callbacks.tracking.nan import LossAccumulator, Window
+from afs_callbacks.tracking.points import Curves
+from afs_callbacks.tracking.reader import WindowReads
+from afs_callbacks.tracking.run import RunRecord, build_state, infer_end_reason, summary_of
+from afs_callbacks.tracking.sink import EventSink
+from afs_callbacks.tracking.values import floats
+from afs_callbacks.tracking.watchdog import StallWatchdog
 
 log = get_logger(__name__)
 
+#: Seconds between run snapshots sent from the step hook (epochs, evaluations,
+#: checkpoints and the end send one at once).
+SNAPSHOT_INTERVAL = 5.0
+#: Shortest time between two snapshots for news (see ``RunTracker._snapshot_soon``).
+SNAPSHOT_MIN_GAP = 0.5
+#: Longest wait for the loss windows being read, where the last verdict is needed (a
+#: device read that takes longer is stuck behind a long GPU queue or a broken device).
+WINDOW_WAIT_SECONDS = 10.0
+_NEVER = math.inf
+_RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
+#: What a pickled tracker (``ddp_spawn``) leaves behind and builds afresh in its process.
+_PER_PROCESS = ("_lock", "_watchdog", "_monitors", "_accumulator", "_reads", "_update_run")
 
-class RunTracker(RunEnds):
+# The runs of this process that started and have not ended: ``watch()`` and the
+# excepthook fallback report a crash on the run a callback already announced. Weak
+# references: a forgotten tracker does not stay alive.
+_active: weakref.WeakSet[RunTracker] = weakref.WeakSet()
+
+
+def active_tracker() -> RunTracker | None:
+    """The most recently started run of this process that has not ended, if any."""
+    running = [tracker for tracker in list(_active) if not tracker.finished]
+    return max(running, key=lambda t: t.started_at or 0.0) if running else None
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a hook-facing method swallow (and log) any exception: hooks must not raise."""
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            log.exception("afs-callbacks: %s failed; training continues", method.__name__)
+            return None
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+class RunTracker:
     """Turns training signals into events and snapshots for one run.
 
     Args:
@@ -60,6 +156,134 @@ class RunTracker(RunEnds):
                 break
         tracker.completed({"val_loss": 0.12})
     """
+
+    # Slots, not a __dict__: the step hook reads a dozen of these attributes, and CPython's
+    # fast path for attributes in a dict-backed instance ends at 30 of them (3.11: past it
+    # every read costs ~20 ns more; on_step with no loss went from 0.24 to 0.28 µs). Slot
+    # reads stay fast however many facts the tracker holds. A new attribute is added here.
+    __slots__ = (
+        "__weakref__",  # the process's set of active runs holds trackers weakly
+        "_accumulator",
+        "_attempt",
+        "_batch_every",
+        "_config",
+        "_curves",
+        "_epoch",
+        "_finished",
+        "_is_global_zero",
+        "_last_progress",
+        "_last_step",
+        "_lock",
+        "_metric",
+        "_monitors",
+        "_nan_every",
+        "_nan_reported",
+        "_next_snapshot",
+        "_rank",
+        "_reads",
+        "_record",
+        "_resumed",
+        "_run_id",
+        "_run_id_fixed",
+        "_sink",
+        "_snapshot_at",
+        "_started_at",
+        "_steps",
+        "_stop_requested",
+        "_update_run",
+        "_watchdog",
+        "_world_size",
+    )
+
+    def __init__(self, manager: EventSink | None = None, config: TrackerConfig | None = None) -> None:
+        self._config = config or TrackerConfig()
+        self._sink = manager
+        self._run_id = self._config.run_id or new_run_id(self._config.model_name)
+        # A run id given, shared by rank zero or restored from a checkpoint is never
+        # replaced; a generated one is renamed once the model's name is known.
+        self._run_id_fixed = self._config.run_id is not None
+        self._rank, self._world_size, self._is_global_zero = 0, 1, True
+        self._metric = self._new_watch()
+        self._resumed = False
+        # How many times this run was (re)started from a checkpoint: part of the ids of
+        # once-per-run events, so a failure after a resume is not taken for the old one.
+        self._attempt = 0
+        self._lock = threading.Lock()
+        self._started_at: float | None = None
+        self._finished = False
+        # The step hook's counters: one plain attribute each (the rest is in the record).
+        self._steps = 0
+        self._last_step = 0
+        self._epoch: int | None = None  # 0-based index of the current/last epoch
+        self._record = RunRecord()
+        self._nan_reported = False
+        self._stop_requested = False
+        self._accumulator = LossAccumulator()
+        self._reads = WindowReads()
+        self._curves = Curves()
+        self._last_progress = time.monotonic()
+        # What runs beside the run: both start with it and stop at every end path.
+        self._watchdog: StallWatchdog | None = None
+        self._monitors: Any = None
+        self._update_run: Callable[..., Any] | None = None
+        self._next_snapshot = _NEVER
+        self._snapshot_at = -_NEVER  # when the last snapshot went out (monotonic)
+        self._cache_cadence()
+
+    # Where the run stands ---------------------------------------------------------------
+
+    def bind(
+        self, *, rank: int | None = None, world_size: int | None = None, is_global_zero: bool | None = None
+    ) -> None:
+        """Say where this process stands in a distributed run (default: rank 0 of 1).
+
+        ``is_global_zero`` defaults to ``rank == 0``.
+        """
+        if rank is not None:
+            self._rank = int(rank)
+        if world_size is not None:
+            self._world_size = max(1, int(world_size))
+        self._is_global_zero = (self._rank == 0) if is_global_zero is None else bool(is_global_zero)
+
+    def resolve(
+        self,
+        *,
+        model_name: str | None = None,
+        run_id: str | None = None,
+        monitor: str | None = None,
+        mode: str | None = None,
+        nan_check_every: int | None = None,
+    ) -> None:
+        """Settle what the framework decides (the model's name, the shared run id, the
+        Trainer's metric to monitor, its logging cadence). None leaves a fact as it is.
+
+        A model name given before the run starts also names a generated run id.
+
+        Raises:
+            ValueError: ``mode`` or ``nan_check_every`` out of range.
+        """
+        changes: dict[str, Any] = {}
+        if model_name is not None:
+            renamed = model_name != self._config.model_name
+            if renamed and not self._run_id_fixed and self._started_at is None and not self._resumed:
+                self._run_id = new_run_id(model_name)
+            changes["model_name"] = model_name
+        if monitor is not None:
+            changes["monitor"] = monitor
+        if mode is not None:
+            changes["mode"] = mode
+        if nan_check_every is not None:
+            changes["nan_check_every"] = nan_check_every
+        if changes:
+            before = (self._config.monitor, self._config.mode)
+            self._config = dataclasses.replace(self._config, **changes)
+            if (self._config.monitor, self._config.mode) != before:  # a new watch, a new best
+                self._metric = self._new_watch()
+            self._cache_cadence()
+        if run_id is not None:
+            self._run_id, self._run_id_fixed = str(run_id), True
+
+    # Start ------------------------------------------------------------------------------
 
     @_guarded
     def start(
@@ -104,7 +328,7 @@ class RunTracker(RunEnds):
             extra["smoke_run"] = True
         extra = {**slurm_context(), **extra}
         record.extra.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
-        registry.register(self)
+        _active.add(self)
         resumed = self._resumed or resumed_from is not None
         if resumed_from is not None:
             self.checkpoint_loading(resumed_from)
@@ -116,7 +340,7 @@ class RunTracker(RunEnds):
             resumed=resumed,
         )
         if smoke_run:
-            text = smoke(text)
+            text = messages.smoke_run(text)
         self._emit(
             EventType.TRAINING_RESUMED if resumed else EventType.TRAINING_STARTED,
             text,
@@ -129,16 +353,13 @@ class RunTracker(RunEnds):
             **extra,
         )
         if self._config.stall_timeout is not None:
-            self._background.start_watchdog(
-                self._config.stall_timeout, lambda: self._last_progress, self._stalled
-            )
-        if self._config.monitors and self.is_global_zero:
-            paths = [output_dir] if output_dir else []
-            self._background.start_monitors(
-                self.manager, paths=paths, run_id=self._run_id, model=self.model_name, gpu_count=world_size
-            )
-        self._update_run = getattr(self.manager, "update_run", None) if self.is_global_zero else None
+            self._start_watchdog(self._config.stall_timeout)
+        if self._config.monitors and self._is_global_zero:
+            self._start_monitors(output_dir, world_size)
+        self._update_run = getattr(self.manager, "update_run", None) if self._is_global_zero else None
         self._snapshot()
+
+    # Step -------------------------------------------------------------------------------
 
     def on_step(self, step: int, loss: Any = None, grad_norm: Any = None) -> bool:
         """One optimisation step finished. Returns True when training should stop.
@@ -172,6 +393,8 @@ class RunTracker(RunEnds):
         """Progress that is not a training step (an evaluation batch): keeps the stall
         watchdog quiet."""
         self._last_progress = time.monotonic()
+
+    # Epoch, evaluation, checkpoint, NaN -------------------------------------------------
 
     def epoch_started(self, epoch: int) -> None:
         """An epoch (0-based index) begins: messages during it can name it."""
@@ -241,7 +464,7 @@ class RunTracker(RunEnds):
         self._emit(
             EventType.EVALUATION_FAILED,
             messages.evaluation_failed(self.model_name, text),
-            error=last_line(text),
+            error=_last_line(text),
             rank_any=True,
         )
 
@@ -288,5 +511,578 @@ class RunTracker(RunEnds):
         """``what`` became NaN/Inf at ``step`` (reported once per run)."""
         self._report_nan(step, what)
 
+    # The ends: the first wins; each stops the watchdog before anything else ------------
 
-__all__ = ["RunTracker", "TrackerConfig", "active_tracker"]
+    @_guarded
+    def completed(
+        self,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        end_reason: str | None = None,
+        best_checkpoint: str | None = None,
+    ) -> None:
+        """Training reached its end: TRAINING_COMPLETED with the run's summary and chart.
+
+        Args:
+            metrics: final metrics not reported at an epoch end already.
+            end_reason: why the run ended, as the framework tells (``max_epochs``,
+                ``max_steps``, ``max_time``, ``early_stopping (val_loss, patience 3)``,
+                ``should_stop``...); default: inferred from the plan or a NaN stop.
+            best_checkpoint: the best checkpoint's path, for the summary.
+
+        A run that saw a NaN/Inf loss is reported as a warning, not a success. Returns at
+        once: delivery happens in the background (and at process exit).
+        """
+        if not self._begin_end():
+            return
+        if metrics:
+            self._observe(metrics)
+        record = self._record
+        if best_checkpoint:
+            record.best_checkpoint = str(best_checkpoint)
+        stopped = self._stop_requested and self._config.stop_on_nan
+        record.status = COMPLETED
+        record.end_reason = end_reason or infer_end_reason(record, self._last_step, stopped)
+        monitors = self._monitor_figures()
+        summary = summary_of(
+            record,
+            duration=self._duration(),
+            steps=self._steps,
+            monitor=self._metric.name,
+            best=self._metric.best,
+            best_epoch=self._metric.best_epoch,
+            extra_lines=self._monitor_lines(),
+        )
+        text = messages.training_completed(
+            self.model_name, self._run_id, summary, nan_seen=self._nan_reported, stopped_on_nan=stopped
+        )
+        if record.extra.get("smoke_run"):
+            text = messages.smoke_run(text)
+        record.summary_text = text.body
+        fields: dict[str, Any] = {
+            "duration": summary.duration,
+            "steps": self._steps,
+            "step": self._last_step,
+            "epoch": record.epochs_done,
+            "epochs_run": record.epochs_done,
+            "steps_per_second": summary.steps_per_second,
+            "samples_per_second": summary.samples_per_second,
+            "end_reason": record.end_reason,
+            "best_checkpoint": record.best_checkpoint,
+            **monitors,
+        }
+        if self._metric.best is not None:
+            fields["best"] = {
+                self._metric.name or "metric": self._metric.best,
+                "epoch": self._metric.best_epoch,
+            }
+        event = self._event(
+            EventType.TRAINING_COMPLETED,
+            text,
+            level=NotificationLevel.WARNING if self._nan_reported else None,
+            metrics=dict(record.last_metrics),
+            **fields,
+        )
+        if event is not None:
+            sink = self.manager
+            if self._config.chart and self._is_global_zero:
+                # Drawing takes a second or more: not on the training thread (see _pending).
+                # The event keeps the time the run ended; only its attachment comes later.
+                pending.start(
+                    lambda: sink.emit(event.with_changes(attachments=self._chart_attachment())),
+                    "afs-completion-chart",
+                    owner=sink,
+                )
+            else:
+                sink.emit(event)
+        self._finish(flush=False)
+
+    @_guarded
+    def failed(self, error: BaseException) -> None:
+        """Training raised ``error``: OUT_OF_MEMORY, TRAINING_INTERRUPTED or TRAINING_FAILED.
+
+        Delivery is flushed (bounded by ``flush_timeout``): the process is likely about to
+        exit. Only the first end of a run is reported.
+        """
+        mark_reported(error)  # on this run, whichever of the calls below reports it
+        kind = classify(error)
+        if kind is Failure.INTERRUPTED:
+            self.interrupted(interrupt_reason(error))
+            return
+        if not self._begin_end():
+            return
+        text = describe_exception(error)
+        record = self._record
+        record.status, record.error_type, record.error = FAILED, type(error).__name__, _last_line(text)
+        context: dict[str, Any] = {
+            "error": record.error,
+            "error_type": record.error_type,
+            "step": self._last_step,
+            "epoch": self._epoch_number(),
+            "duration": self._duration(),
+        }
+        oom = kind is Failure.OUT_OF_MEMORY
+        if oom:
+            device = oom_device(error)
+            # A dict display, not keywords: the figures repeat "device" (and keep its value).
+            context.update({"device": device, **cuda_memory_figures(device), **self._monitor_figures()})
+        event_type = EventType.OUT_OF_MEMORY if oom else EventType.TRAINING_FAILED
+        self._emit(
+            event_type,
+            messages.training_failed(self.model_name, text, out_of_memory=oom),
+            rank_any=True,
+            **context,
+        )
+        self._finish(flush=True)
+
+    @_guarded
+    def interrupted(self, reason: str = "interrupted") -> None:
+        """Training was stopped from outside (Ctrl-C, SIGTERM/preemption)."""
+        if not self._begin_end():
+            return
+        self._record.status, self._record.end_reason = INTERRUPTED, reason
+        duration = self._duration()
+        self._emit(
+            EventType.TRAINING_INTERRUPTED,
+            messages.training_interrupted(self.model_name, self._run_id, reason, self._last_step, duration),
+            reason=reason,
+            step=self._last_step,
+            epoch=self._epoch_number(),
+            duration=duration,
+            rank_any=True,
+        )
+        self._finish(flush=True)
+
+    @_guarded
+    def close(self) -> None:
+        """Stop the watchdog and monitors without reporting anything."""
+        self._stop_beside()
+
+    # State ------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> TrackerConfig:
+        """What this tracker reports (settled by :meth:`resolve`)."""
+        return self._config
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (shared by every rank, kept across resumes)."""
+        return self._run_id
+
+    @property
+    def model_name(self) -> str:
+        """The model name shown in every message."""
+        return self._config.model_name or "model"
+
+    @property
+    def rank(self) -> int:
+        """This process's global rank."""
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train this run."""
+        return self._world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process speaks for the run."""
+        return self._is_global_zero
+
+    @property
+    def manager(self) -> EventSink:
+        """The sink events go to (``NotificationManager.from_env()`` on first use)."""
+        if self._sink is None:
+            from afs_callbacks.manager import NotificationManager  # only the default needs it
+
+            self._sink = NotificationManager.from_env()
+        return self._sink
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` was called for this run."""
+        return self._started_at is not None
+
+    @property
+    def started_at(self) -> float | None:
+        """``time.monotonic()`` at :meth:`start`, or None."""
+        return self._started_at
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run's end (completed, failed, interrupted) was reported."""
+        return self._finished
+
+    @property
+    def stop_requested(self) -> bool:
+        """True after a NaN when ``stop_on_nan`` is set."""
+        return self._stop_requested
+
+    @property
+    def steps(self) -> int:
+        """Optimisation steps counted in this process for this run."""
+        return self._steps
+
+    def state(self, status: str | None = None) -> RunState:
+        """A snapshot of the run now (what the sink's ``update_run`` receives)."""
+        return build_state(
+            self._record if status is None else dataclasses.replace(self._record, status=status),
+            run_id=self._run_id,
+            model=self.model_name,
+            step=self._last_step,
+            steps=self._steps,
+            duration=self._duration(),
+            monitor=self._metric.name,
+            best=self._metric.best,
+            best_epoch=self._metric.best_epoch,
+            monitors=self._monitor_figures(),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: run id, attempt, monitored metric, started marker."""
+        return {
+            "run_id": self._run_id,
+            "attempt": self._attempt,
+            "started": self._started_at is not None or self._resumed,
+            **self._metric.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from a checkpoint: the next :meth:`start` reports TRAINING_RESUMED."""
+        self._run_id = str(state.get("run_id") or self._run_id)
+        self._run_id_fixed = True
+        self._attempt = int(state.get("attempt") or 0) + 1
+        self._metric.load_state_dict(state)
+        self._resumed = bool(state.get("started", True))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles callbacks. A manager holds threads and a database connection,
+        # the watchdog and monitors hold threads: each worker builds its own.
+        state = {name: getattr(self, name) for name in RunTracker.__slots__ if hasattr(self, name)}
+        state.update(getattr(self, "__dict__", {}))  # a subclass's own attributes
+        for name in ("__weakref__", *_PER_PROCESS):
+            state.pop(name, None)
+        state["_sink"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._lock = threading.Lock()
+        self._watchdog = None
+        self._monitors = None
+        self._accumulator = LossAccumulator()
+        self._reads = WindowReads()
+        self._update_run = None
+
+    # Events -----------------------------------------------------------------------------
+
+    def _emit(self, event_type: EventType, text: messages.Message, **options: Any) -> None:
+        """Hand one event to the sink, if this rank speaks for it (``options``: those of
+        :meth:`_event`)."""
+        event = self._event(event_type, text, **options)
+        if event is not None:
+            sink = self.manager
+            hand_over = getattr(sink, "post", None) or sink.emit  # post: admitted off this thread
+            hand_over(event)
+
+    def _event(
+        self,
+        event_type: EventType,
+        text: messages.Message,
+        *,
+        rank_any: bool = False,
+        attachments: tuple[Attachment, ...] = (),
+        level: NotificationLevel | None = None,
+        key: str | None = None,
+        **context: Any,
+    ) -> NotificationEvent | None:
+        """The event as it would be handed over; None when this rank does not speak for it
+        (the rank policy: see the module's docstring)."""
+        if not (self._is_global_zero or rank_any):
+            return None
+        base: dict[str, Any] = {"model": self.model_name, "run_id": self._run_id}
+        if not self._is_global_zero:
+            base["rank"] = self._rank
+        fields = {name: value for name, value in {**base, **context}.items() if value is not None}
+        # A rank-any event's id is shared by every rank; any other is fresh from the events
+        # module's own generator (never the ``random`` the training code seeds).
+        if rank_any:
+            event_id = uuid.uuid5(_RUN_NAMESPACE, f"{self._run_id}|{self._attempt}|{event_type.value}").hex
+        else:
+            event_id = _new_id()
+        return NotificationEvent(
+            event_type,
+            level or DEFAULT_LEVELS[event_type],
+            text.title,
+            text.body,
+            fields,
+            attachments,
+            id=event_id,
+            key=key or "",
+        )
+
+    def _report_nan(self, step: int, what: str) -> None:
+        with self._lock:
+            if self._nan_reported:
+                return
+            self._nan_reported = True
+        if self._config.stop_on_nan:
+            self._stop_requested = True
+        text = messages.nan_detected(
+            self.model_name, what, step, self._epoch_number(), will_stop=self._config.stop_on_nan
+        )
+        self._emit(
+            EventType.NAN_DETECTED, text, step=step, epoch=self._epoch_number(), metric=what, rank_any=True
+        )
+
+    def _batch_processed(self, step: int) -> None:
+        self._read_window(wait=True)
+        losses = self._curves.losses
+        loss = losses[-1][1] if losses else None
+        self._emit(
+            EventType.BATCH_PROCESSED,
+            messages.batch_processed(self.model_name, step, loss),
+            step=step,
+            epoch=self._epoch_number(),
+            metrics={"loss": loss} if loss is not None else None,
+            key=f"step-{step}",
+        )
+
+    def _observe(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """Record metrics; report NaN and improvement/degradation of the monitored one."""
+        values = floats(metrics)
+        self._record.last_metrics.update(values)
+        epoch = self._epoch_number()
+        x, axis = (epoch, "epoch") if epoch is not None else (self._last_step, "step")
+        for metric, number in values.items():
+            self._curves.add_metric(metric, x, number, axis)
+        verdict = self._metric.observe(values, epoch)
+        name = verdict.name or "metric"
+        common: dict[str, Any] = {
+            "epoch": epoch,
+            "step": self._last_step,
+            "key": f"{name}-{epoch}-{self._last_step}",
+        }
+        if verdict.change is Change.NON_FINITE:
+            self._report_nan(self._last_step, name)
+        elif verdict.change is Change.IMPROVED:
+            text = messages.metric_improved(self.model_name, name, verdict.previous_best, verdict.value)
+            self._emit(EventType.LOSS_IMPROVED, text, metrics={name: verdict.value}, **common)
+        elif verdict.change is Change.DEGRADED:
+            text = messages.metric_degraded(
+                self.model_name, name, verdict.value, verdict.previous_best, verdict.stale_count
+            )
+            best = {name: verdict.value, f"best_{name}": verdict.previous_best}
+            self._emit(EventType.LOSS_DEGRADED, text, metrics=best, **common)
+        return values
+
+    def _stalled(self, idle: float) -> None:
+        """The watchdog's call, on its thread: no step for ``idle`` seconds."""
+        if self._finished:  # the run ended while the watchdog was waking up
+            return
+        self._emit(
+            EventType.TRAINING_STALLED,
+            messages.training_stalled(self.model_name, idle, self._last_step),
+            step=self._last_step,
+            idle_seconds=round(idle, 1),
+            rank_any=True,
+        )
+        self._snapshot(STALLED)
+
+    # Loss windows -----------------------------------------------------------------------
+
+    def _read_window(self, *, wait: bool = False) -> None:
+        """Hand the loss window to the reader thread and take the verdicts already in; with
+        ``wait``, every verdict. With ``stop_on_nan`` the window is read here: the run must
+        stop at the check."""
+        window = self._accumulator.take()
+        if self._config.stop_on_nan:
+            if window is not None:
+                self._reads.read_here(window)
+            wait = True
+        elif window is not None:
+            self._reads.submit(window)
+        self._take_windows(self._reads.wait(WINDOW_WAIT_SECONDS) if wait else self._reads.ready())
+
+    def _take_windows(self, windows: list[Window]) -> None:
+        for window in windows:
+            if window.saw_non_finite:
+                self._report_nan(window.last_step, "loss")
+            elif window.mean_loss is not None:
+                self._curves.add_loss(window.last_step, window.mean_loss)
+
+    # Snapshots --------------------------------------------------------------------------
+
+    def _snapshot(self, status: str | None = None) -> None:
+        """Hand the run's state and new points to the sink's ``update_run`` (global rank
+        zero while running; any rank for its own end). Never raises."""
+        update = self._update_run
+        if update is None:
+            self._next_snapshot = _NEVER
+            return
+        now = time.monotonic()
+        self._next_snapshot = now + SNAPSHOT_INTERVAL
+        self._snapshot_at = now
+        try:
+            update(self.state(status), self._curves.take_pending())
+        except Exception:
+            log.exception("afs-callbacks: could not hand over the run's state")
+
+    def _snapshot_soon(self) -> None:
+        """A snapshot for news (an epoch, an evaluation, a checkpoint): now, or, when one
+        went out less than :data:`SNAPSHOT_MIN_GAP` ago, from the step hook once the gap
+        has passed (a run of 20 epochs a second hands over a few states, not 20). The
+        points gathered meanwhile go with it; the run's end always sends one at once."""
+        gap_ends = self._snapshot_at + SNAPSHOT_MIN_GAP
+        if time.monotonic() >= gap_ends:
+            self._snapshot()
+        elif self._update_run is not None:
+            self._next_snapshot = min(self._next_snapshot, gap_ends)
+
+    # The end ----------------------------------------------------------------------------
+
+    def _begin_end(self) -> bool:
+        """Mark the run ended; False when it already was (the first end wins). The
+        watchdog stops here, before anything else, so no stall follows an end."""
+        with self._lock:
+            if self._finished:
+                return False
+            self._finished = True
+        self._stop_watchdog()
+        self._read_window(wait=True)
+        return True
+
+    def _finish(self, *, flush: bool) -> None:
+        """The end was reported: stop what runs beside the run and send the final state.
+
+        ``flush`` (failures and interruptions, after which the process usually exits):
+        wait up to ``flush_timeout`` for delivery. A completed run never waits: delivery
+        goes on in the background and, at the latest, at process exit.
+        """
+        _active.discard(self)
+        if self._update_run is None and not self._is_global_zero:
+            self._update_run = getattr(self.manager, "update_run", None)  # its own end
+        self._snapshot()
+        self._stop_beside()
+        if flush:
+            flush_now = getattr(self.manager, "flush", None)
+            if callable(flush_now):
+                flush_now(self._config.flush_timeout)
+
+    def _chart_attachment(self) -> tuple[Attachment, ...]:
+        """The loss chart, or nothing when it cannot be drawn (the message goes anyway)."""
+        try:
+            chart = self._chart()
+        except Exception:
+            log.warning("afs-callbacks: the loss chart could not be drawn", exc_info=True)
+            return ()
+        return (chart,) if chart is not None else ()
+
+    def _chart(self) -> Attachment | None:
+        # Imported here: matplotlib is optional and only needed once, at the end of a run.
+        from afs_callbacks.tracking.charts import loss_chart
+
+        return loss_chart(
+            self._curves.losses, self._curves.metrics, title=f"{self.model_name}: training loss"
+        )
+
+    # What runs beside the run: the stall watchdog and the GPU/system/cost monitors -------
+
+    def _start_watchdog(self, timeout: float) -> None:
+        """Watch for a stall of ``timeout`` seconds. The watchdog's thread holds the run
+        weakly: a run that nobody holds any more (its trainer gone without reporting an
+        end) is collected, which stops the thread, instead of staying alive, and the
+        process's active run (:func:`active_tracker`), for good."""
+        self._stop_watchdog()
+        run = weakref.ref(self)
+        watchdog = StallWatchdog(
+            timeout, functools.partial(_last_progress, run), functools.partial(_stall, run)
+        )
+        weakref.finalize(self, watchdog.stop)
+        self._watchdog = watchdog
+        watchdog.start()
+
+    def _start_monitors(self, output_dir: str | None, world_size: int | None) -> None:
+        """Start the resource monitors (they report through the sink); never raises."""
+        try:
+            from afs_callbacks.monitors import start_monitors  # a lower layer, loaded on demand
+
+            self._monitors = start_monitors(
+                self.manager,  # type: ignore[arg-type]  # any sink; the monitors only emit
+                paths=[output_dir] if output_dir else [],
+                run_id=self._run_id,
+                model=self.model_name,
+                gpu_count=world_size,
+            )
+        except Exception:
+            log.debug("afs-callbacks: run monitors not started", exc_info=True)
+            self._monitors = None
+
+    def _monitor_figures(self) -> dict[str, Any]:
+        """The monitors' figures for the state and the end (peak memory, cost...)."""
+        try:
+            return {} if self._monitors is None else dict(self._monitors.summary().to_dict())
+        except Exception:
+            return {}
+
+    def _monitor_lines(self) -> list[str]:
+        """The monitors' summary as text lines, for the completion message."""
+        try:
+            return [] if self._monitors is None else list(self._monitors.summary().lines())
+        except Exception:
+            return []
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.stop()
+
+    def _stop_beside(self) -> None:
+        """Stop the watchdog and the monitors (idempotent); never raises."""
+        self._stop_watchdog()
+        monitors, self._monitors = self._monitors, None
+        if monitors is not None:
+            try:
+                monitors.stop()
+            except Exception:
+                log.debug("afs-callbacks: stopping monitors failed", exc_info=True)
+
+    # Small facts ------------------------------------------------------------------------
+
+    def _new_watch(self) -> MetricWatch:
+        c = self._config
+        return MetricWatch(c.monitor, c.mode, c.min_delta, c.patience)
+
+    def _cache_cadence(self) -> None:
+        # Read on every step: plain attributes, not a walk through the config.
+        self._nan_every = self._config.nan_check_every
+        self._batch_every = self._config.batch_every
+
+    def _epoch_number(self) -> int | None:
+        return None if self._epoch is None else self._epoch + 1
+
+    def _duration(self) -> float:
+        return 0.0 if self._started_at is None else time.monotonic() - self._started_at
+
+
+def _last_progress(run: weakref.ref[RunTracker]) -> float:
+    """The watchdog's view of a run's progress: a run collected meanwhile never stalls."""
+    tracker = run()
+    return time.monotonic() if tracker is None else tracker._last_progress
+
+
+def _stall(run: weakref.ref[RunTracker], idle: float) -> None:
+    tracker = run()
+    if tracker is not None:
+        tracker._stalled(idle)
+
+
+def _last_line(text: str) -> str:
+    """The last non-blank line of an error text (at most 300 characters)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+__all__ = ["SNAPSHOT_INTERVAL", "SNAPSHOT_MIN_GAP", "RunTracker", "TrackerConfig", "active_tracker"]

@@ -1,11 +1,10 @@
-"""Small conversions the tracker applies to what frameworks hand over."""
+"""Numbers from what frameworks hand over: metrics that may be tensors, counts that may
+mean "no limit". The tracker and the adapters read framework values through these."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-from afs_callbacks.messages import Message
 
 
 def floats(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -40,22 +39,4 @@ def positive(value: Any) -> int | None:
     return int(value)
 
 
-def last_line(text: str) -> str:
-    """The last non-blank line of an error text (at most 300 characters)."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "unknown error"
-
-
-def interrupt_reason(error: BaseException) -> str:
-    """How an interruption is described: Ctrl-C or SIGTERM."""
-    if type(error).__name__ == "KeyboardInterrupt":
-        return "KeyboardInterrupt (Ctrl-C)"
-    return "SIGTERM (preemption or job cancellation)"
-
-
-def smoke(text: Message) -> Message:
-    """``text`` of a smoke run (Lightning's ``fast_dev_run``): its title says so."""
-    return Message(f"{text.title} (smoke run)", text.body)
-
-
-__all__ = ["floats", "interrupt_reason", "last_line", "positive", "smoke", "to_float"]
+__all__ = ["floats", "positive", "to_float"]

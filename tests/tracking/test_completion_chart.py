@@ -9,7 +9,7 @@ import pytest
 
 from afs_callbacks.events import EventType
 from afs_callbacks.testing import CapturingHandler
-from afs_callbacks.tracking import RunTracker, reporting
+from afs_callbacks.tracking import RunTracker
 from tests.tracking.support import RecordingSink, quiet_config, tracker
 
 pytest.importorskip("matplotlib")
@@ -31,14 +31,14 @@ def test_the_chart_is_drawn_on_its_own_thread_not_the_training_thread(
     run = tracker(sink, chart=True, nan_check_every=5)
     drawn_on: list[str] = []
     release = threading.Event()
-    real_chart = reporting.Reporting._chart
+    real_chart = RunTracker._chart
 
-    def slow_chart(self: reporting.Reporting):  # type: ignore[no-untyped-def]
+    def slow_chart(self: RunTracker):  # type: ignore[no-untyped-def]
         drawn_on.append(threading.current_thread().name)
         release.wait(10)  # the drawing is still going on when completed() returns
         return real_chart(self)
 
-    monkeypatch.setattr(reporting.Reporting, "_chart", slow_chart)
+    monkeypatch.setattr(RunTracker, "_chart", slow_chart)
     _train(run)
     run.completed()
     assert not sink.of(EventType.TRAINING_COMPLETED)  # not yet: the chart is being drawn

@@ -3,6 +3,7 @@ complete, fail, out of memory, interrupt; one end per run; 1-based epochs."""
 
 from __future__ import annotations
 
+import pickle
 import time
 
 from afs_callbacks.events import EventType, NotificationLevel
@@ -147,3 +148,25 @@ def test_a_sink_without_update_run_gets_events_only() -> None:
     while not sink.titles[-1].startswith("Training completed") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sink.titles[0] == "Training started: m" and sink.titles[-1].startswith("Training completed")
+
+
+def test_a_pickled_tracker_keeps_its_run_and_rebuilds_what_belongs_to_its_process() -> None:
+    """ddp_spawn pickles callbacks: the run's facts travel, the sink and threads do not."""
+    sink = RecordingSink()
+    run = tracker(sink, stall_timeout=60.0)
+    run.bind(rank=1, world_size=2)
+    run.start(epochs=2)
+    run.on_step(1, loss=0.5)
+    clone = pickle.loads(pickle.dumps(run))
+    run.close()
+    assert (clone.run_id, clone.rank, clone.world_size, clone.is_global_zero) == (run.run_id, 1, 2, False)
+    assert clone.steps == 1 and clone.started and clone.config == run.config
+    assert clone._sink is None and clone._watchdog is None and clone._update_run is None
+    clone.on_step(2, loss=0.4)  # a fresh loss window and reader in the new process
+    assert clone.steps == 2
+
+
+def test_the_step_hook_reads_slots_not_an_instance_dict() -> None:
+    """Past 30 attributes a dict-backed instance loses CPython's fast attribute reads: the
+    tracker keeps its facts in slots (see ``RunTracker.__slots__``)."""
+    assert not hasattr(RunTracker(RecordingSink()), "__dict__")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
+import weakref
 
 import pytest
 
 from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.runstate import STALLED
-from afs_callbacks.tracking import reporting
+from afs_callbacks.tracking import tracker as tracker_module
 from afs_callbacks.tracking.points import MAX_POINTS, Curves
 from tests.tracking.support import RecordingSink, tracker
 
@@ -96,6 +98,19 @@ def test_a_stall_is_reported_and_never_after_the_end() -> None:
     assert len(sink.of(EventType.TRAINING_STALLED)) == 1
 
 
+def test_a_run_nobody_holds_is_collected_and_its_watchdog_stops() -> None:
+    """A started run whose end never came (its trainer dropped it) does not stay alive on
+    its watchdog's thread: ``watch()`` and the excepthook would take it for this process's
+    active run, and report a later crash to its sink."""
+    run = tracker(RecordingSink(), stall_timeout=60.0)
+    run.start()
+    watchdog, forgotten = run._watchdog, weakref.ref(run)
+    assert watchdog is not None and not watchdog.stopped
+    del run
+    gc.collect()
+    assert forgotten() is None and watchdog.stopped
+
+
 def test_only_global_zero_speaks_for_the_run_but_any_rank_reports_a_failure() -> None:
     sink = RecordingSink()
     run = tracker(sink)
@@ -137,7 +152,7 @@ def test_step_snapshots_are_throttled_by_time(monkeypatch: pytest.MonkeyPatch) -
         run.on_step(step, loss=0.1)
     assert len(sink.states) <= 3  # the start, and at most one per interval
 
-    monkeypatch.setattr(reporting, "SNAPSHOT_INTERVAL", 0.0)
+    monkeypatch.setattr(tracker_module, "SNAPSHOT_INTERVAL", 0.0)
     eager = RecordingSink()
     run = tracker(eager)
     run.start(max_steps=10_000)
