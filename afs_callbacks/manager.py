@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from afs_callbacks import _pending as pending
+from afs_callbacks import messages
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels import REGISTRY, build_channel
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
@@ -27,10 +28,10 @@ from afs_callbacks.delivery.hooks import RunHooks
 from afs_callbacks.delivery.lifecycle import Delivery, FlushReport, budget_policy, retry_policy, track
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.routing import Route, channel_status
-from afs_callbacks.delivery.seed_api import SeedNotifications
 from afs_callbacks.delivery.store import Store
 from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
+from afs_callbacks.formatting import describe_exception
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import MetricPoint, RunState
 
@@ -46,7 +47,7 @@ class _Registration:
     configured: bool = True
 
 
-class NotificationManager(SeedNotifications):
+class NotificationManager:
     """Routes events to channels through a durable outbox and background senders.
 
     Args:
@@ -290,8 +291,10 @@ class NotificationManager(SeedNotifications):
             pushed = self._pushed[key] = bool(self._targets(event, self.settings.verbosity))
         return pushed
 
+    # Routing (admission's route step) ------------------------------------------------
+
     def _route(self, event: NotificationEvent, verbosity: str) -> list[tuple[str, NotificationHandler]]:
-        """Admission's route step: the channels that take ``event``."""
+        """The channels that take ``event`` at ``verbosity``."""
         return [(name, reg.handler) for name, reg in self._targets(event, verbosity)]
 
     def _targets(self, event: NotificationEvent, verbosity: str) -> list[tuple[str, _Registration]]:
@@ -309,6 +312,8 @@ class NotificationManager(SeedNotifications):
             self._console = _Registration(ConsoleNotifier(), Route())
         return self._console
 
+    # Run states ----------------------------------------------------------------------
+
     def update_run(self, state: RunState, points: Sequence[MetricPoint] = ()) -> None:
         """Queue a run's latest state and new metric points (history, dashboard, live
         cards). Latest wins per run; stored off the calling thread; never raises."""
@@ -317,6 +322,113 @@ class NotificationManager(SeedNotifications):
 
     def _on_store_open(self) -> None:
         self._runs.store_opened()
+
+    # The seed API ------------------------------------------------------------------
+    # The old code's convenience methods over notify(), each worded exactly as the run
+    # tracker words the same event (both use afs_callbacks.messages).
+
+    def notify_training_started(
+        self,
+        model: str,
+        run_id: str,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        **context: Any,
+    ) -> NotificationEvent | None:
+        """Training began."""
+        text = messages.training_started(
+            model, run_id, plan_text=messages.plan(epochs, batch_size=batch_size)
+        )
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.TRAINING_STARTED,
+            model=model,
+            run_id=run_id,
+            epochs=epochs,
+            batch_size=batch_size,
+            **context,
+        )
+
+    def notify_training_completed(
+        self,
+        model: str,
+        run_id: str,
+        duration: float | None = None,
+        loss: float | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        **context: Any,
+    ) -> NotificationEvent | None:
+        """Training finished; ``duration`` in seconds, ``loss`` the final loss."""
+        all_metrics = dict(metrics or {})
+        if loss is not None:
+            all_metrics.setdefault("loss", loss)
+        text = messages.training_completed(
+            model, run_id, messages.Summary(duration=duration, final=all_metrics)
+        )
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.TRAINING_COMPLETED,
+            model=model,
+            run_id=run_id,
+            duration=duration,
+            metrics=all_metrics,
+            **context,
+        )
+
+    def notify_training_failed(
+        self, model: str, run_id: str, error: BaseException | str, **context: Any
+    ) -> NotificationEvent | None:
+        """Training crashed; ``error`` is the exception or its text."""
+        detail = describe_exception(error) if isinstance(error, BaseException) else redact(error)
+        summary = detail.strip().splitlines()[-1] if detail.strip() else "unknown error"
+        text = messages.training_failed(model, detail)
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.TRAINING_FAILED,
+            model=model,
+            run_id=run_id,
+            error=summary,
+            **context,
+        )
+
+    def notify_cost_alert(
+        self,
+        current_cost: float,
+        threshold: float,
+        model_name: str | None = None,
+        **context: Any,
+    ) -> NotificationEvent | None:
+        """The run's cost passed ``threshold`` (same currency units as the hourly price)."""
+        text = messages.cost_alert(current_cost, threshold, model_name)
+        key = str(context.pop("key", "") or f"{threshold:g}")
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.COST_THRESHOLD,
+            key=key,
+            model=model_name,
+            cost=current_cost,
+            threshold=threshold,
+            **context,
+        )
+
+    def notify_evaluation_completed(
+        self, model: str, run_id: str, metrics: Mapping[str, Any], **context: Any
+    ) -> NotificationEvent | None:
+        """An evaluation finished with ``metrics``."""
+        text = messages.evaluation_completed(model, metrics)
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.EVALUATION_COMPLETED,
+            model=model,
+            run_id=run_id,
+            metrics=dict(metrics),
+            **context,
+        )
 
     # Flushing and closing -----------------------------------------------------------
 

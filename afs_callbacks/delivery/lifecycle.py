@@ -1,9 +1,9 @@
 """Everything after admission: the store, the writer thread, one sender per channel, flush
 and close, and what a process's exit and ``fork()`` do to them.
 
-:class:`Delivery` is what a manager hands an admitted event to. Handing over is a queue
-append (the training thread never waits on SQLite); the writer stores it and wakes the
-channel's sender. ``flush()`` and ``close()`` wait, bounded, and never raise. At exit every
+:class:`Delivery` is what admission hands an event to. Handing over is a queue append
+(the training thread never waits on SQLite); the writer stores it and wakes the channel's
+sender. ``flush()`` and ``close()`` wait, bounded, and never raise. At exit every
 open manager is closed within ``AFS_EXIT_FLUSH_TIMEOUT``; the senders send the end of a run
 and alerts before anything else still queued, so that bounded wait is spent on them first.
 """
