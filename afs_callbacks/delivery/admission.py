@@ -1,34 +1,23 @@
 """Admission: the one path of every event from its hand-over to the writer's queue.
 
-``notify()``, ``emit()``, the tracker's ``post()``, a repeat digest and a death notice all
-pass through :class:`Admission`: a few steps with one job each, like structlog's
-processors, in this order.
+``notify()``, ``emit()``, the tracker's ``post()``, repeat digests and death notices all
+pass through :class:`Admission`'s steps, each with one job (like structlog's processors):
 
-1. **Context.** The manager's context (``project``, ``run_id``, ...) goes under the
-   event's own: it can hold the run id that tells repeats apart.
-2. **Repeats.** The storm guard (:class:`~afs_callbacks.delivery.limits.StormGuard`) holds
-   back a true repeat inside the dedup window: it is only counted, and nothing else
-   happens to it. A window that has closed gives its digest, admitted just before the
-   event. This comes before the text's work, so that a storm of repeats costs little.
-3. **Bound.** :func:`bounded_event`: the text made valid, secrets masked, each field
-   bounded; the host added.
-4. **Route.** The channels that take it (each channel's route and the verbosity: see
-   :mod:`afs_callbacks.delivery.routing`); their senders start.
+1. **context**: the manager's context goes under the event's own (it can hold the run id
+   that tells repeats apart);
+2. **repeats**: the storm guard holds back a true repeat inside the dedup window (only
+   counted, never stored) and hands over the digest of a window that closed. Before the
+   text's work, so a storm costs little;
+3. **bound**: :func:`bounded_event` makes the text valid, masks secrets, bounds each field
+   and adds the host. Secrets are masked before anything is cut (a cut never leaves half
+   a secret) and before anything is stored (nothing unredacted leaves the process);
+4. **route**: the channels that take it (:mod:`afs_callbacks.delivery.routing`) and their
+   senders started.
 
-What comes out is stored by the writer thread with one pending delivery per channel. The
-steps run once per event: on the caller's thread for ``notify()`` and ``emit()``, which
-return the event as stored, and on the writer thread for ``post()``, whose caller pays a
-deque append (see :class:`~afs_callbacks.delivery.writer.Handover`). The same code either
-way. Everything after the store (superseding, the budget's folds, priority, pacing) is the
-senders' work: ``docs/delivery.md`` ("How the limits compose") follows a message through
-all of it.
-
-Valid: text that cannot be encoded as UTF-8 (a lone surrogate from a non-UTF-8 file name in
-an exception) is repaired, so SQLite, JSON and every service accept it. Bounded: each text
-field keeps at most :data:`MAX_TEXT_CHARS` characters, with a note saying how much was cut,
-so a 10 MB message costs microseconds, not seconds. Safe: secrets are masked *before*
-anything is cut, so a cut never leaves half a secret behind, and before anything is stored,
-so nothing unredacted reaches the history or a service.
+The steps run once per event: on the caller's thread for ``notify()`` and ``emit()``
+(they return the event as stored), on the writer thread for ``post()`` (its caller pays a
+deque append; see :class:`~afs_callbacks.delivery.writer.Handover`). What happens after
+the store is in ``docs/delivery.md``, "How the limits compose".
 """
 
 from __future__ import annotations

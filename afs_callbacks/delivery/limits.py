@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,40 +162,11 @@ class StormGuard:
 # Digests ------------------------------------------------------------------------------------
 
 
-def digest(
-    count: int,
-    title: str,
-    message: str,
-    *,
-    like: NotificationEvent | None = None,
-    level: NotificationLevel = NotificationLevel.INFO,
-    context: Mapping[str, Any] | None = None,
-) -> NotificationEvent:
-    """The one event that stands for ``count`` messages held back.
-
-    ``like``: the event whose type, level, run and context it keeps (the latest of the
-    repeats it stands for); without one it is an :attr:`EventType.DIGEST` of ``level``.
-    Either way it has a fresh id, is never collapsed as a repeat and never waits for a
-    budget (``digest_count`` marks it; see :func:`~afs_callbacks.delivery.priority.is_budgeted`).
-    """
-    if like is not None:
-        return like.with_changes(
-            title=title,
-            message=message,
-            context={**like.context, **(context or {})},
-            id=uuid.uuid4().hex,
-            collapse=False,
-            digest_count=count,
-        )
-    return NotificationEvent(
-        event_type=EventType.DIGEST,
-        level=level,
-        title=title,
-        message=message,
-        context=dict(context or {}),
-        collapse=False,
-        digest_count=count,
-    )
+def digest(like: NotificationEvent, count: int, **changes: Any) -> NotificationEvent:
+    """The one event that stands for ``count`` messages held back: ``like`` with ``changes``
+    and a fresh id, never collapsed as a repeat and never budgeted (its ``digest_count``
+    says so: :func:`~afs_callbacks.delivery.priority.is_budgeted`)."""
+    return like.with_changes(**changes, id=uuid.uuid4().hex, collapse=False, digest_count=count)
 
 
 def repeat_digest(
@@ -208,7 +179,8 @@ def repeat_digest(
         f"{first.event_type.value.replace('_', ' ')} happened {count:,} more "
         f"times after the first message; the latest: {last.message or last.title}"
     )
-    return digest(count, title, message, like=last, context={"digest_window_s": window})
+    context = {**last.context, "digest_window_s": window}
+    return digest(last, count, title=title, message=message, context=context)
 
 
 @dataclass(frozen=True)
@@ -230,10 +202,11 @@ def fold_digest(held: Sequence[HeldMessage]) -> NotificationEvent:
         lines.append(f"… and {count - DIGEST_TITLES:,} more.")
     lines.append(f"All {count:,} are kept in the history: afs-notify history --state folded")
     runs = {message.run_id for message in held}
-    return digest(
-        count,
-        f"{count:,} messages held back (too many at once)",
-        "\n".join(lines),
+    folded = NotificationEvent(
+        event_type=EventType.DIGEST,
         level=max((message.level for message in held), default=NotificationLevel.INFO),
-        context={"run_id": next(iter(runs))} if len(runs) == 1 and None not in runs else None,
+        title=f"{count:,} messages held back (too many at once)",
+        message="\n".join(lines),
+        context={"run_id": next(iter(runs))} if len(runs) == 1 and None not in runs else {},
     )
+    return digest(folded, count)
