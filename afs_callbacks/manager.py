@@ -1,16 +1,16 @@
 """NotificationManager: the registry of channels and the one door every event goes through.
 
-``notify()``/``emit()`` admit an event (valid, bounded, redacted text; true repeats
-collapsed), route it to the channels that want it and hand it to delivery: a queue append,
-so the training thread never waits on a disk, a lock or a network, and nothing here raises
-into the caller. Storing, sending, flushing and the exit flush live in
+``notify()``, ``emit()`` and ``post()`` hand an event to admission
+(:mod:`afs_callbacks.delivery.admission`: context, true repeats held back, valid, bounded
+and redacted text, the channels that take it) and from there to the writer's queue: a
+deque append, so the training thread never waits on a disk, a lock or a network, and
+nothing here raises into the caller. Storing, sending, flushing and the exit flush live in
 :mod:`afs_callbacks.delivery` (``writer``, ``store``, ``sender``, ``lifecycle``).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,20 +18,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from afs_callbacks import _pending as pending
+from afs_callbacks import messages
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels import REGISTRY, build_channel, channel_classes
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
 from afs_callbacks.config import Env, Settings, open_env, read_settings
-from afs_callbacks.delivery import hooks
-from afs_callbacks.delivery.admission import admit_event
+from afs_callbacks.delivery.admission import Admission
+from afs_callbacks.delivery.hooks import RunHooks
 from afs_callbacks.delivery.lifecycle import Delivery, FlushReport, budget_policy, retry_policy, track
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.routing import Route, channel_status
-from afs_callbacks.delivery.seed_api import SeedNotifications
 from afs_callbacks.delivery.store import Store
-from afs_callbacks.delivery.writer import Ready
 from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
+from afs_callbacks.formatting import describe_exception
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import MetricPoint, RunState
 
@@ -47,7 +47,7 @@ class _Registration:
     configured: bool = True
 
 
-class NotificationManager(SeedNotifications):
+class NotificationManager:
     """Routes events to channels through a durable outbox and background senders.
 
     Args:
@@ -86,11 +86,9 @@ class NotificationManager(SeedNotifications):
         self.context = dict(context or {})
         self.config_errors: dict[str, str] = {}
         self._registrations: dict[str, _Registration] = {}
-        self._guard = StormGuard(settings.dedup_window)
         # Whether some channel takes an event of a (type, level): routes look at nothing else.
         self._pushed: dict[tuple[EventType, NotificationLevel], bool] = {}
         self._lock = threading.RLock()
-        self._host = socket.gethostname()
         self._console: _Registration | None = None
         self._closed = False
         self._delivery = Delivery(
@@ -99,7 +97,20 @@ class NotificationManager(SeedNotifications):
             on_open=self._on_store_open,
             budget=budget_policy(settings),
         )
-        self._runs = hooks.RunHooks(self)
+        self._admission = Admission(
+            StormGuard(settings.dedup_window),
+            self._route,
+            self._delivery,
+            context=self.context,
+            verbosity=settings.verbosity,
+        )
+        self._runs = RunHooks(
+            self._delivery,
+            settings,
+            self.state_dir,
+            channels=self._configured,
+            emit=self.emit,
+        )
         track(self)
         for name, handler in (handlers or {}).items():
             self.register_handler(name, handler)
@@ -254,7 +265,7 @@ class NotificationManager(SeedNotifications):
         except Exception as error:
             log.error("afs-callbacks: notification dropped, bad arguments: %s", redact(error))
             return None
-        return self._admit(event, "verbose")
+        return self._admission.now(event, "verbose") if self.settings.enabled else None
 
     def emit(self, event: NotificationEvent) -> NotificationEvent | None:
         """Accept a ready-made run event (the tracker's sink); see :meth:`notify`.
@@ -262,14 +273,14 @@ class NotificationManager(SeedNotifications):
         Which channels get it follows ``AFS_VERBOSITY``: at ``normal`` a run's progress
         (epochs, improvements, checkpoints) is kept in the history, not pushed.
         """
-        return self._admit(event, self.settings.verbosity)
+        return self._admission.now(event, self.settings.verbosity) if self.settings.enabled else None
 
     def post(self, event: NotificationEvent) -> None:
-        """Hand a run event over from a training thread: :meth:`emit`, with admission's work
-        (repeat check, redaction, bounds, routing) done on the writer thread, so the caller
-        pays a queue append. Returns nothing: the event as stored is known only there."""
+        """Hand a run event over from a training thread: :meth:`emit`, with admission's steps
+        run on the writer thread, so the caller pays a deque append. Returns nothing: the
+        event as stored is known only there."""
         if self.settings.enabled:
-            self._delivery.post(event, self._admit_posted, hurry=self._is_pushed(event))
+            self._admission.later(event, hurry=self._is_pushed(event))
 
     def _is_pushed(self, event: NotificationEvent) -> bool:
         """Whether some channel takes ``event`` (then progress is stored at once, not
@@ -281,44 +292,10 @@ class NotificationManager(SeedNotifications):
             pushed = self._pushed[key] = bool(self._targets(event, self.settings.verbosity))
         return pushed
 
-    def _admit_posted(self, event: NotificationEvent) -> list[Ready]:
-        """On the writer thread: what :meth:`post`'s event becomes (see :meth:`_admitted`)."""
-        try:
-            verbosity = self.settings.verbosity
-            return [self._delivery.ready(e, self._handlers_for(e, verbosity)) for e in self._admitted(event)]
-        except Exception as error:
-            log.error("afs-callbacks: could not accept a notification: %s", redact(error))
-            return []
+    # Routing (admission's route step) ------------------------------------------------
 
-    def _admit(self, event: NotificationEvent, verbosity: str) -> NotificationEvent | None:
-        if not self.settings.enabled:
-            return None
-        try:
-            admitted = self._admitted(event)
-            for ready in admitted:
-                self._delivery.submit(ready, self._handlers_for(ready, verbosity))
-            # The event itself comes last (a repeat digest before it); none when it collapsed.
-            return admitted[-1] if admitted and admitted[-1].id == event.id else None
-        except Exception as error:
-            log.error("afs-callbacks: could not accept a notification: %s", redact(error))
-            return None
-
-    def _admitted(self, event: NotificationEvent) -> list[NotificationEvent]:
-        """The events to store for ``event``: valid, bounded and redacted, a due repeat
-        digest first; nothing else when ``event`` is a repeat being collapsed."""
-        if self.context:  # it can hold the run_id that tells repeats apart
-            event = event.with_changes(context={**self.context, **event.context})
-        # Repeats are told apart before admission's work, so a storm costs little.
-        admitted, digest = self._guard.admit(event)
-        ready = [] if digest is None else [admit_event(digest, {"host": self._host})]
-        if not admitted:
-            self._runs.ensure_digests()
-            return ready
-        return [*ready, admit_event(event, {"host": self._host})]
-
-    def _handlers_for(
-        self, event: NotificationEvent, verbosity: str
-    ) -> list[tuple[str, NotificationHandler]]:
+    def _route(self, event: NotificationEvent, verbosity: str) -> list[tuple[str, NotificationHandler]]:
+        """The channels that take ``event`` at ``verbosity``."""
         return [(name, reg.handler) for name, reg in self._targets(event, verbosity)]
 
     def _targets(self, event: NotificationEvent, verbosity: str) -> list[tuple[str, _Registration]]:
@@ -336,6 +313,8 @@ class NotificationManager(SeedNotifications):
             self._console = _Registration(ConsoleNotifier(), Route())
         return self._console
 
+    # Run states ----------------------------------------------------------------------
+
     def update_run(self, state: RunState, points: Sequence[MetricPoint] = ()) -> None:
         """Queue a run's latest state and new metric points (history, dashboard, live
         cards). Latest wins per run; stored off the calling thread; never raises."""
@@ -344,6 +323,113 @@ class NotificationManager(SeedNotifications):
 
     def _on_store_open(self) -> None:
         self._runs.store_opened()
+
+    # The seed API ------------------------------------------------------------------
+    # The old code's convenience methods over notify(), each worded exactly as the run
+    # tracker words the same event (both use afs_callbacks.messages).
+
+    def notify_training_started(
+        self,
+        model: str,
+        run_id: str,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        **context: Any,
+    ) -> NotificationEvent | None:
+        """Training began."""
+        text = messages.training_started(
+            model, run_id, plan_text=messages.plan(epochs, batch_size=batch_size)
+        )
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.TRAINING_STARTED,
+            model=model,
+            run_id=run_id,
+            epochs=epochs,
+            batch_size=batch_size,
+            **context,
+        )
+
+    def notify_training_completed(
+        self,
+        model: str,
+        run_id: str,
+        duration: float | None = None,
+        loss: float | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        **context: Any,
+    ) -> NotificationEvent | None:
+        """Training finished; ``duration`` in seconds, ``loss`` the final loss."""
+        all_metrics = dict(metrics or {})
+        if loss is not None:
+            all_metrics.setdefault("loss", loss)
+        text = messages.training_completed(
+            model, run_id, messages.Summary(duration=duration, final=all_metrics)
+        )
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.TRAINING_COMPLETED,
+            model=model,
+            run_id=run_id,
+            duration=duration,
+            metrics=all_metrics,
+            **context,
+        )
+
+    def notify_training_failed(
+        self, model: str, run_id: str, error: BaseException | str, **context: Any
+    ) -> NotificationEvent | None:
+        """Training crashed; ``error`` is the exception or its text."""
+        detail = describe_exception(error) if isinstance(error, BaseException) else redact(error)
+        summary = detail.strip().splitlines()[-1] if detail.strip() else "unknown error"
+        text = messages.training_failed(model, detail)
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.TRAINING_FAILED,
+            model=model,
+            run_id=run_id,
+            error=summary,
+            **context,
+        )
+
+    def notify_cost_alert(
+        self,
+        current_cost: float,
+        threshold: float,
+        model_name: str | None = None,
+        **context: Any,
+    ) -> NotificationEvent | None:
+        """The run's cost passed ``threshold`` (same currency units as the hourly price)."""
+        text = messages.cost_alert(current_cost, threshold, model_name)
+        key = str(context.pop("key", "") or f"{threshold:g}")
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.COST_THRESHOLD,
+            key=key,
+            model=model_name,
+            cost=current_cost,
+            threshold=threshold,
+            **context,
+        )
+
+    def notify_evaluation_completed(
+        self, model: str, run_id: str, metrics: Mapping[str, Any], **context: Any
+    ) -> NotificationEvent | None:
+        """An evaluation finished with ``metrics``."""
+        text = messages.evaluation_completed(model, metrics)
+        return self.notify(
+            text.title,
+            text.body,
+            EventType.EVALUATION_COMPLETED,
+            model=model,
+            run_id=run_id,
+            metrics=dict(metrics),
+            **context,
+        )
 
     # Flushing and closing -----------------------------------------------------------
 
@@ -367,11 +453,16 @@ class NotificationManager(SeedNotifications):
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return self._delivery.flush(self._active(), left)
 
-    def _active(self) -> list[tuple[str, NotificationHandler]]:
+    def _configured(self) -> list[tuple[str, NotificationHandler]]:
+        """The registered channels that can be used (the console aside)."""
         with self._lock:
-            active = [(name, reg.handler) for name, reg in self._registrations.items() if reg.configured]
-            if self._console is not None:
-                active.append(("console", self._console.handler))
+            return [(name, reg.handler) for name, reg in self._registrations.items() if reg.configured]
+
+    def _active(self) -> list[tuple[str, NotificationHandler]]:
+        active = self._configured()
+        console = self._console
+        if console is not None:
+            active.append(("console", console.handler))
         return active
 
     def close(self, timeout: float | None = None) -> FlushReport | None:
@@ -387,6 +478,7 @@ class NotificationManager(SeedNotifications):
         started = time.monotonic()
         pending.wait(wait, owner=self)
         try:
+            self._admission.close()
             # One budget for both: the cards' last edits take at most half of it.
             self._runs.close(wait / 2)
             report = self._delivery.close(self._active(), max(0.0, wait - (time.monotonic() - started)))
@@ -410,6 +502,6 @@ class NotificationManager(SeedNotifications):
     def _after_fork_in_child(self) -> None:
         # Threads do not survive fork(); locks may have been held by one that did not.
         self._lock = threading.RLock()
-        self._guard.reset_lock()
+        self._admission.after_fork_in_child()
         self._delivery.after_fork_in_child()
         self._runs.after_fork_in_child()

@@ -1,19 +1,163 @@
-"""Admission: every event is made valid and bounded before anything stores or sends it.
+"""Admission: the one path of every event from its hand-over to the writer's queue.
 
-Valid: text that cannot be encoded as UTF-8 (a lone surrogate from a non-UTF-8 file name in
-an exception) is repaired, so SQLite, JSON and every service accept it. Bounded: each text
-field keeps at most :data:`MAX_TEXT_CHARS` characters, with a note saying how much was cut,
-so a 10 MB message costs the training thread microseconds, not seconds. Safe: secrets are
-masked *before* anything is cut, so a cut never leaves half a secret behind.
+``notify()``, ``emit()``, the tracker's ``post()``, repeat digests and death notices all
+pass through :class:`Admission`'s steps, each with one job (like structlog's processors):
+
+1. **context**: the manager's context goes under the event's own (it can hold the run id
+   that tells repeats apart);
+2. **repeats**: the storm guard holds back a true repeat inside the dedup window (only
+   counted, never stored) and hands over the digest of a window that closed. Before the
+   text's work, so a storm costs little;
+3. **bound**: :func:`bounded_event` makes the text valid, masks secrets, bounds each field
+   and adds the host. Secrets are masked before anything is cut (a cut never leaves half
+   a secret) and before anything is stored (nothing unredacted leaves the process);
+4. **route**: the channels that take it (:mod:`afs_callbacks.delivery.routing`) and their
+   senders started.
+
+The steps run once per event: on the caller's thread for ``notify()`` and ``emit()``
+(they return the event as stored), on the writer thread for ``post()`` (its caller pays a
+deque append; see :class:`~afs_callbacks.delivery.writer.Handover`). What happens after
+the store is in ``docs/delivery.md``, "How the limits compose".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
+from afs_callbacks._log import get_logger
+from afs_callbacks.channels.base import NotificationHandler
+from afs_callbacks.delivery.lifecycle import Delivery
+from afs_callbacks.delivery.limits import StormGuard
+from afs_callbacks.delivery.writer import Handover, Ready
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.redaction import redact, registered_secrets
+
+log = get_logger(__name__)
+
+#: The channels that take an event at a verbosity (the manager's routes).
+Router: TypeAlias = Callable[[NotificationEvent, str], Sequence[tuple[str, NotificationHandler]]]
+#: How often the digest thread looks for closed repeat windows.
+DIGEST_POLL_SECONDS = 0.5
+
+
+class Admission:
+    """The admission steps of one manager, and the thread that sends repeat digests on time.
+
+    Args:
+        guard: the storm guard whose windows hold repeats back.
+        route: the channels that take an event at a verbosity.
+        delivery: where admitted events go (the writer's queue; the channels' senders).
+        context: the manager's context, put under every event's own (read at each event).
+        verbosity: the verbosity run events and digests are routed by (``AFS_VERBOSITY``).
+    """
+
+    def __init__(
+        self,
+        guard: StormGuard,
+        route: Router,
+        delivery: Delivery,
+        *,
+        context: Mapping[str, Any],
+        verbosity: str,
+    ) -> None:
+        self.guard = guard
+        self.verbosity = verbosity
+        self._route = route
+        self._delivery = delivery
+        self._context = context
+        self._host = {"host": socket.gethostname()}
+        self._lock = threading.Lock()
+        self._digester: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # Handing over -----------------------------------------------------------------------
+
+    def now(self, event: NotificationEvent, verbosity: str) -> NotificationEvent | None:
+        """Admit ``event`` on this thread and queue what it became; return it as stored
+        (None: a repeat held back, or not accepted). Never raises."""
+        try:
+            item = Handover(event, verbosity, self.admit)
+            ready = item.admitted()
+            if ready:
+                self._delivery.hand_over(item, hurry=any(channels for _, channels in ready))
+            # The event itself comes last (a repeat digest before it); none when held back.
+            return ready[-1][0] if ready and ready[-1][0].id == event.id else None
+        except Exception as error:
+            log.error("afs-callbacks: could not accept a notification: %s", redact(error))
+            return None
+
+    def later(self, event: NotificationEvent, *, hurry: bool) -> None:
+        """Queue ``event`` for the writer thread to admit (routed by :attr:`verbosity`): the
+        caller pays a deque append. ``hurry``: some channel takes it, store it at once."""
+        self._delivery.hand_over(Handover(event, self.verbosity, self.admit), hurry=hurry)
+
+    # The steps ----------------------------------------------------------------------------
+
+    def admit(self, event: NotificationEvent, verbosity: str) -> list[Ready]:
+        """What ``event`` becomes, step by step (see the module docstring): the events to
+        store, with their channels. Never raises: what fails is logged and left out."""
+        try:
+            events = self._repeats(self._with_context(event))
+            return [self._routed(bounded_event(e, self._host), verbosity) for e in events]
+        except Exception as error:
+            log.error("afs-callbacks: could not accept a notification: %s", redact(error))
+            return []
+
+    def _with_context(self, event: NotificationEvent) -> NotificationEvent:
+        if not self._context:
+            return event
+        return event.with_changes(context={**self._context, **event.context})
+
+    def _repeats(self, event: NotificationEvent) -> list[NotificationEvent]:
+        admitted, digest = self.guard.admit(event)
+        if not admitted:
+            self._watch_repeats()
+        return [*([] if digest is None else [digest]), *([event] if admitted else [])]
+
+    def _routed(self, event: NotificationEvent, verbosity: str) -> Ready:
+        return self._delivery.ready(event, self._route(event, verbosity))
+
+    # Repeat digests: a window closes on time even when no later event comes ----------------
+
+    def _watch_repeats(self) -> None:
+        with self._lock:
+            if self._digester is not None or self._stopping.is_set():
+                return
+            self._digester = threading.Thread(target=self._digest_loop, name="afs-digests", daemon=True)
+            self._digester.start()
+
+    def _digest_loop(self) -> None:
+        while not self._stopping.wait(DIGEST_POLL_SECONDS):
+            self._send(self.guard.due_digests())
+            with self._lock:
+                # Decided under the lock _watch_repeats takes, so a repeat held back just
+                # now either keeps this thread going or starts a new one.
+                if not self.guard.has_suppressed():
+                    self._digester = None
+                    return
+        with self._lock:
+            self._digester = None
+
+    def _send(self, digests: Sequence[NotificationEvent]) -> None:
+        for digest in digests:
+            self.now(digest, self.verbosity)
+
+    def close(self) -> None:
+        """Admit the digests of every open repeat window now; stop the digest thread."""
+        self._send(self.guard.due_digests(flush_all=True))
+        self._stopping.set()
+
+    def after_fork_in_child(self) -> None:
+        """Threads do not survive ``fork()``; locks may have been held by one that did not."""
+        self._lock = threading.Lock()
+        self._digester = None
+        self.guard.reset_lock()
+
+
+# Bounds: valid, redacted, bounded text ----------------------------------------------------
 
 #: Most characters one text field (title, message, a context string) keeps (64 KiB).
 MAX_TEXT_CHARS = 64 * 1024
@@ -85,7 +229,7 @@ def bounded_value(value: Any) -> Any:
     return value
 
 
-def admit_event(event: NotificationEvent, base_context: Mapping[str, Any]) -> NotificationEvent:
+def bounded_event(event: NotificationEvent, base_context: Mapping[str, Any]) -> NotificationEvent:
     """The event as it is stored: ``base_context`` under its own context, text valid,
     redacted and bounded, oversized attachments left out (with a note in the message)."""
     _refresh_cache()

@@ -4,22 +4,19 @@ The storm guard collapses true repeats. A flood of *distinct* messages (a loop c
 ``notify()`` with a new title each time, a sweep of fifty runs) is held by this budget
 instead: each channel may send :attr:`BudgetPolicy.burst` messages at once, then one per
 :attr:`BudgetPolicy.interval` seconds. Messages that wait for the budget are not sent one by
-one when it refills: they are *folded* into one digest that names the first few titles and
-how many there were; each folded message stays in the history. The end of a run, alerts
-and digests never wait for the budget (see :mod:`afs_callbacks.delivery.priority`).
+one when it refills: the outbox *folds* them into one digest
+(:func:`~afs_callbacks.delivery.limits.fold_digest`, the same kind of digest the storm guard
+makes of repeats) that names the first few titles and how many there were; each folded
+message stays in the history. The end of a run, alerts and digests never wait for the
+budget (see :mod:`afs_callbacks.delivery.priority`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
-
-#: Titles a digest names before it says "and N more".
-DIGEST_TITLES = 5
 
 
 @dataclass(frozen=True)
@@ -79,38 +76,3 @@ class TokenBucket:
         interval = self.policy.interval
         gained = float("inf") if interval <= 0 else (self._clock() - self._stamp) / interval
         return min(self._tokens + gained, float(self.policy.burst))
-
-
-@dataclass(frozen=True)
-class HeldMessage:
-    """What a digest needs to know about one message it stands for."""
-
-    event_id: str
-    title: str
-    level: NotificationLevel
-    run_id: str | None
-
-
-def fold_digest(held: Sequence[HeldMessage]) -> NotificationEvent:
-    """One message standing for ``held`` (in order): the first titles and a count.
-
-    Its level is the most serious held level; it is never collapsed as a repeat.
-    """
-    count = len(held)
-    lines = [f"• {message.title}" for message in held[:DIGEST_TITLES]]
-    if count > DIGEST_TITLES:
-        lines.append(f"… and {count - DIGEST_TITLES:,} more.")
-    lines.append(f"All {count:,} are kept in the history: afs-notify history --state folded")
-    runs = {message.run_id for message in held}
-    context: dict[str, object] = {}
-    if len(runs) == 1 and None not in runs:
-        context["run_id"] = next(iter(runs))
-    return NotificationEvent(
-        event_type=EventType.DIGEST,
-        level=max((message.level for message in held), default=NotificationLevel.INFO),
-        title=f"{count:,} messages held back (too many at once)",
-        message="\n".join(lines),
-        context=context,
-        collapse=False,
-        digest_count=count,
-    )

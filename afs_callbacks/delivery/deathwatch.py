@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,6 @@ from afs_callbacks.runstate import KILLED, RUNNING, RunState
 
 if TYPE_CHECKING:
     from afs_callbacks.events import NotificationEvent
-    from afs_callbacks.manager import NotificationManager
 
 log = get_logger(__name__)
 
@@ -295,11 +295,11 @@ def find_and_claim(
     return notices
 
 
-def report_vanished(manager: NotificationManager) -> None:
-    """Report, through ``manager``, this host's runs whose process vanished without a word
-    (called by the manager once its store is open). Never raises."""
+def report_vanished(state_dir: str, emit: Callable[[NotificationEvent], object]) -> None:
+    """Report, through ``emit`` (a manager's), this host's runs in ``state_dir`` whose
+    process vanished without a word (called once the store is open). Never raises."""
     try:
-        conn = open_db(manager.state_dir)
+        conn = open_db(state_dir)
         if conn is None:
             return
         try:
@@ -307,7 +307,7 @@ def report_vanished(manager: NotificationManager) -> None:
         finally:
             conn.close()
         for notice in notices:
-            manager.emit(notice)
+            emit(notice)
     except Exception as error:
         log.warning("afs-callbacks: could not check for runs that vanished: %s", error)
 

@@ -1,9 +1,9 @@
 """Everything after admission: the store, the writer thread, one sender per channel, flush
 and close, and what a process's exit and ``fork()`` do to them.
 
-:class:`Delivery` is what a manager hands an admitted event to. Handing over is a queue
-append (the training thread never waits on SQLite); the writer stores it and wakes the
-channel's sender. ``flush()`` and ``close()`` wait, bounded, and never raise. At exit every
+:class:`Delivery` is what admission hands an event to. Handing over is a queue append
+(the training thread never waits on SQLite); the writer stores it and wakes the channel's
+sender. ``flush()`` and ``close()`` wait, bounded, and never raise. At exit every
 open manager is closed within ``AFS_EXIT_FLUSH_TIMEOUT``; the senders send the end of a run
 and alerts before anything else still queued, so that bounded wait is spent on them first.
 """
@@ -27,7 +27,7 @@ from afs_callbacks.delivery.flushing import flush_workers
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SENDING, SUPERSEDED
 from afs_callbacks.delivery.sender import ChannelWorker, RetryPolicy
 from afs_callbacks.delivery.store import Store
-from afs_callbacks.delivery.writer import Admit, Ready, Writer
+from afs_callbacks.delivery.writer import Handover, Ready, Writer
 from afs_callbacks.events import NotificationEvent
 
 log = get_logger(__name__)
@@ -163,21 +163,14 @@ class Delivery:
 
     # Handing over --------------------------------------------------------------------------------
 
-    def submit(self, event: NotificationEvent, targets: Sequence[tuple[str, NotificationHandler]]) -> None:
-        """Queue ``event`` for storing and for the senders of ``targets``; never waits on disk."""
-        for name, handler in targets:
-            self.worker(name, handler)
-        self.writer.put(event, [name for name, _ in targets])
-        ensure_exit_hook()
-
-    def post(self, event: NotificationEvent, admit: Admit, *, hurry: bool = False) -> None:
-        """Queue ``event`` to be admitted by ``admit`` on the writer thread, then stored:
-        the caller pays a queue append. ``hurry``: store it without gathering."""
-        self.writer.put(event, admit, hurry=hurry)
+    def hand_over(self, item: Handover, *, hurry: bool = False) -> None:
+        """Queue ``item`` for the writer (a deque append: never waits on disk). ``hurry``:
+        some channel takes it, so it is stored without gathering."""
+        self.writer.put(item, hurry=hurry)
         ensure_exit_hook()
 
     def ready(self, event: NotificationEvent, targets: Sequence[tuple[str, NotificationHandler]]) -> Ready:
-        """``event`` with its channels' names, their senders started (for an ``Admit``)."""
+        """``event`` with its channels' names, their senders started (admission's last step)."""
         for name, handler in targets:
             self.worker(name, handler)
         return event, tuple(name for name, _ in targets)

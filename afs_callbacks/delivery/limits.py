@@ -1,9 +1,14 @@
-"""Keeping an event storm from becoming a message storm, and spacing retries.
+"""Keeping an event storm from becoming a message storm: what is held back becomes one
+digest; and spacing retries.
 
-:class:`StormGuard` collapses repeats of the same event (same type, run and key) inside a
-window into the first message plus, when the window closes, one digest naming how many were
-held back. :func:`backoff_delay` is full-jitter exponential backoff that defers to a
-server's own wait hint.
+Two things hold messages back. :class:`StormGuard` collapses true repeats (same type, run
+and key inside the dedup window) at admission: the first goes out, the rest are only
+counted. A channel's budget (:mod:`afs_callbacks.delivery.budget`) holds distinct messages
+over its burst: they are stored, then folded by the outbox. Either way, what was held
+becomes one event made by :func:`digest` (through :func:`repeat_digest` or
+:func:`fold_digest`): a fresh id, never collapsed, never budgeted, its ``digest_count``
+saying how many messages it stands for. :func:`backoff_delay` is full-jitter exponential
+backoff that defers to a server's own wait hint.
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from afs_callbacks.events import NotificationEvent
+from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
+
+#: Titles a budget digest names before it says "and N more".
+DIGEST_TITLES = 5
 
 
 def backoff_delay(
@@ -147,20 +156,57 @@ class StormGuard:
     def _digest(self, window: _Window) -> NotificationEvent | None:
         if not window.suppressed or window.last is None:
             return None
-        last = window.last
-        count = window.suppressed
-        span = self.window
-        title = f"{window.first.title} (repeated {count:,} times in the last {span:g} s)"
-        message = (
-            f"{window.first.event_type.value.replace('_', ' ')} happened {count:,} more "
-            f"times after the first message; the latest: {last.message or last.title}"
-        )
-        context = {**last.context, "digest_window_s": span}
-        return last.with_changes(
-            title=title,
-            message=message,
-            context=context,
-            id=uuid.uuid4().hex,
-            collapse=False,
-            digest_count=count,
-        )
+        return repeat_digest(window.first, window.last, window.suppressed, self.window)
+
+
+# Digests ------------------------------------------------------------------------------------
+
+
+def digest(like: NotificationEvent, count: int, **changes: Any) -> NotificationEvent:
+    """The one event that stands for ``count`` messages held back: ``like`` with ``changes``
+    and a fresh id, never collapsed as a repeat and never budgeted (its ``digest_count``
+    says so: :func:`~afs_callbacks.delivery.priority.is_budgeted`)."""
+    return like.with_changes(**changes, id=uuid.uuid4().hex, collapse=False, digest_count=count)
+
+
+def repeat_digest(
+    first: NotificationEvent, last: NotificationEvent, count: int, window: float
+) -> NotificationEvent:
+    """The digest of ``count`` repeats of ``first`` held back within ``window`` seconds:
+    it names the message and the latest occurrence, and keeps their type and run."""
+    title = f"{first.title} (repeated {count:,} times in the last {window:g} s)"
+    message = (
+        f"{first.event_type.value.replace('_', ' ')} happened {count:,} more "
+        f"times after the first message; the latest: {last.message or last.title}"
+    )
+    context = {**last.context, "digest_window_s": window}
+    return digest(last, count, title=title, message=message, context=context)
+
+
+@dataclass(frozen=True)
+class HeldMessage:
+    """What a budget digest needs to know about one message it stands for."""
+
+    event_id: str
+    title: str
+    level: NotificationLevel
+    run_id: str | None
+
+
+def fold_digest(held: Sequence[HeldMessage]) -> NotificationEvent:
+    """The digest of distinct messages a channel's budget held (in order): the first
+    titles and a count, at the most serious held level."""
+    count = len(held)
+    lines = [f"• {message.title}" for message in held[:DIGEST_TITLES]]
+    if count > DIGEST_TITLES:
+        lines.append(f"… and {count - DIGEST_TITLES:,} more.")
+    lines.append(f"All {count:,} are kept in the history: afs-notify history --state folded")
+    runs = {message.run_id for message in held}
+    folded = NotificationEvent(
+        event_type=EventType.DIGEST,
+        level=max((message.level for message in held), default=NotificationLevel.INFO),
+        title=f"{count:,} messages held back (too many at once)",
+        message="\n".join(lines),
+        context={"run_id": next(iter(runs))} if len(runs) == 1 and None not in runs else {},
+    )
+    return digest(folded, count)

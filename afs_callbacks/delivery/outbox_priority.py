@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from afs_callbacks.delivery.budget import HeldMessage
+from afs_callbacks.delivery.limits import HeldMessage
 from afs_callbacks.delivery.outbox_base import PENDING, OutboxBase
 from afs_callbacks.delivery.priority import BUDGET_EXEMPT_TYPES, FOLDED, SUPERSEDED, sql_list
 from afs_callbacks.events import PROGRESS_TYPES, TERMINAL_TYPES, NotificationEvent, NotificationLevel

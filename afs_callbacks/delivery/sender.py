@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler, Outcome
-from afs_callbacks.delivery.budget import BudgetPolicy, TokenBucket, fold_digest
-from afs_callbacks.delivery.limits import backoff_delay
+from afs_callbacks.delivery.budget import BudgetPolicy, TokenBucket
+from afs_callbacks.delivery.limits import backoff_delay, fold_digest
 from afs_callbacks.delivery.outbox import Claim, Outbox
 from afs_callbacks.delivery.priority import is_budgeted
 from afs_callbacks.delivery.retry import RetryPolicy, call_handler

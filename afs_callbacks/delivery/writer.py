@@ -3,11 +3,12 @@
 ``notify()``, ``post()`` and ``update_run()`` hand their work to :class:`Writer` and return
 at once (a deque append); the thread stores it in batches, one transaction for many events,
 so eight processes sharing a state directory do not queue on SQLite's write lock event by
-event, and then wakes the senders. An event posted from a training thread comes with the
-function that admits it (repeat check, redaction, bounds, routing), which runs here. A
-run's progress alone waits up to :data:`PROGRESS_GATHER_SECONDS` for company; anything
-else is stored at once. Run states coalesce: only the latest state of a run is written,
-with every metric point since the last write.
+event, and then wakes the senders. Each queued event is a :class:`Handover`: admission
+(:mod:`afs_callbacks.delivery.admission`) runs on it once, on the caller's thread for
+``notify()`` (which returns the event as stored) and here for ``post()`` (whose caller pays
+only the append). A run's progress alone waits up to :data:`PROGRESS_GATHER_SECONDS` for
+company; anything else is stored at once. Run states coalesce: only the latest state of a
+run is written, with every metric point since the last write.
 """
 
 from __future__ import annotations
@@ -40,9 +41,32 @@ IDLE_WAKE_SECONDS = 1.0
 
 #: An event ready to store and the channels it goes to.
 Ready: TypeAlias = tuple[NotificationEvent, tuple[str, ...]]
-#: Admits a posted event on the writer thread: what to store (nothing when it collapsed,
-#: two events when a repeat digest comes first). Never raises.
-Admit: TypeAlias = Callable[[NotificationEvent], list[Ready]]
+#: Admission: what to store for an event routed at a verbosity (nothing when it is a repeat
+#: held back, a repeat digest first when one is due). Never raises.
+Admit: TypeAlias = Callable[[NotificationEvent, str], list[Ready]]
+
+
+class Handover:
+    """One event handed to the writer, and what admission makes of it.
+
+    Admission runs once, on the first thread that asks for :meth:`admitted`: the caller's
+    for ``notify()``, the writer's for ``post()``. A plain class with slots: making one is
+    part of what the training thread pays per posted event.
+    """
+
+    __slots__ = ("_admit", "_ready", "event", "verbosity")
+
+    def __init__(self, event: NotificationEvent, verbosity: str, admit: Admit) -> None:
+        self.event = event
+        self.verbosity = verbosity
+        self._admit = admit
+        self._ready: list[Ready] | None = None
+
+    def admitted(self) -> list[Ready]:
+        """The events to store for this one, with their channels (admitted now if not yet)."""
+        if self._ready is None:
+            self._ready = self._admit(self.event, self.verbosity)
+        return self._ready
 
 
 class Writer:
@@ -65,7 +89,7 @@ class Writer:
         self._on_open = on_open
         # A deque's append and popleft are atomic: the training thread takes no lock that
         # the writer could hold (a contended lock would hand the GIL away and wait for it).
-        self._events: deque[tuple[NotificationEvent, tuple[str, ...] | Admit]] = deque()
+        self._events: deque[Handover] = deque()
         self._runs: dict[str, tuple[RunState, list[MetricPoint]]] = {}
         self._runs_lock = threading.Lock()
         self._wake = threading.Event()
@@ -79,17 +103,17 @@ class Writer:
 
     # Training-thread side --------------------------------------------------------------
 
-    def put(self, event: NotificationEvent, channels: Sequence[str] | Admit, *, hurry: bool = False) -> bool:
-        """Queue an event for storing, with its channels or the function that admits it
-        here; False (counted, logged once) when the queue is full. Progress that no channel
-        takes may gather; anything else (``hurry``, channels named) is stored at once."""
+    def put(self, item: Handover, *, hurry: bool = False) -> bool:
+        """Queue an event for storing; False (counted, logged once) when the queue is full.
+        Progress that no channel takes may gather; anything else (``hurry``: some channel
+        takes it) is stored at once."""
         if len(self._events) >= QUEUE_LIMIT:
             self.dropped += 1
             if self.dropped == 1:
                 log.error("afs-callbacks: %d events wait to be stored; new ones are dropped", QUEUE_LIMIT)
             return False
-        self._events.append((event, channels if callable(channels) else tuple(channels)))
-        if hurry or event.event_type not in PROGRESS_TYPES or (channels and not callable(channels)):
+        self._events.append(item)
+        if hurry or item.event.event_type not in PROGRESS_TYPES:
             self._hurry.set()
         self._wake.set()
         if self._thread is None:
@@ -177,7 +201,9 @@ class Writer:
             self._busy = True
             self._hurry.clear()  # before taking the batch: a put() from now on hurries the next
             try:
-                batch = _admitted([self._events.popleft() for _ in range(min(BATCH, len(self._events)))])
+                items = [self._events.popleft() for _ in range(min(BATCH, len(self._events)))]
+                # In the order they were handed over; admitted here unless the caller did.
+                batch = [ready for item in items for ready in item.admitted()]
                 with self._runs_lock:
                     runs, self._runs = self._runs, {}
                 self._write(batch, runs)
@@ -207,14 +233,3 @@ class Writer:
             self._on_written(set(self.store.counts()))
         for state, points in runs.values():
             self.store.save_run(state, points)
-
-
-def _admitted(items: list[tuple[NotificationEvent, tuple[str, ...] | Admit]]) -> list[Ready]:
-    """The batch with each posted event admitted, in the order they were handed over."""
-    ready: list[Ready] = []
-    for event, channels in items:
-        if callable(channels):
-            ready.extend(channels(event))
-        else:
-            ready.append((event, channels))
-    return ready

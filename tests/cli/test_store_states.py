@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from afs_callbacks.cli._status import outbox_summary
-from afs_callbacks.delivery.budget import fold_digest
+from afs_callbacks.delivery.limits import fold_digest
 from afs_callbacks.delivery.outbox import FOLDED, SUPERSEDED, Outbox
 from afs_callbacks.events import EventType, NotificationEvent
 from cli.helpers import afs_notify, cli_env

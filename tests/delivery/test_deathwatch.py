@@ -182,8 +182,9 @@ def test_report_vanished_reports_a_stale_row_once(
     )
     monkeypatch.setenv("WEBHOOK_URL", receiver.url("/hook"))
     with NotificationManager.from_env() as manager:
-        deathwatch.report_vanished(manager)
-        deathwatch.report_vanished(manager)  # a second look (or a second process) adds nothing
+        deathwatch.report_vanished(manager.state_dir, manager.emit)
+        # A second look (or a second process) adds nothing.
+        deathwatch.report_vanished(manager.state_dir, manager.emit)
         manager.flush(10)
     notices = killed_notices(receiver)
     assert len(notices) == 1

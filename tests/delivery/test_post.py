@@ -26,13 +26,13 @@ def test_a_posted_event_is_admitted_off_the_calling_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     admitting: list[str] = []
-    real = admission.admit_event
+    real = admission.bounded_event
 
     def recorded(event: NotificationEvent, base: dict[str, object]) -> NotificationEvent:
         admitting.append(threading.current_thread().name)
         return real(event, base)
 
-    monkeypatch.setattr("afs_callbacks.manager.admit_event", recorded)
+    monkeypatch.setattr("afs_callbacks.delivery.admission.bounded_event", recorded)
     manager, channel = capturing_manager(tmp_path, verbosity="verbose")
     with manager:
         manager.post(run_event("Epoch 1/3 completed: tiny"))
