@@ -121,7 +121,9 @@ class Watch(contextlib.ContextDecorator):
         if isinstance(self._target, RunTracker):
             return self._target
         running = active_tracker()
-        if running is not None:
+        # A run that reports elsewhere is not this block's: watch(manager) names where the
+        # crash goes, and a stale run left behind by other code must not take it.
+        if running is not None and (self._target is None or running.manager is self._target):
             return running
         if self._own is None:
             self._own = RunTracker(manager=self._target, config=self._config)

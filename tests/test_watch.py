@@ -115,6 +115,23 @@ def test_the_run_a_callback_announced_is_the_one_reported(manager, receiver):
     assert tracker.finished and active_tracker() is None
 
 
+def test_a_run_reporting_elsewhere_does_not_take_a_crash_watched_for_another_manager(
+    manager, receiver, tmp_path
+):
+    settings = Settings(state_dir=tmp_path / "elsewhere", console="never")
+    with NotificationManager({}, settings=settings) as elsewhere:
+        stale = started_tracker(elsewhere, model_name="left-behind")
+        assert active_tracker() is stale  # e.g. a run whose end hook never ran
+
+        with pytest.raises(ValueError), watch(manager, model_name="mine"):
+            raise ValueError("bad batch")
+
+        [failed] = received(receiver)
+        assert failed.event_type is EventType.TRAINING_FAILED and failed.model == "mine"
+        assert not stale.finished
+        stale.close()
+
+
 def test_without_a_run_the_channels_come_from_the_environment(receiver, monkeypatch):
     monkeypatch.setenv("WEBHOOK_URL", receiver.url("/from-env"))
 

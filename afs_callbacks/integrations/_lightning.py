@@ -206,16 +206,21 @@ class LightningNotifyCore(NotifierBase):
     @hook
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """TRAINING_COMPLETED with the summary (this hook does not run when fit fails)."""
-        reported = self._report_pending_epoch(trainer)
-        self._report_checkpoints(trainer)
-        tracker = self.tracker
-        nan_stop = tracker.stop_requested and tracker.config.stop_on_nan
-        # Metrics already seen at the last epoch must not count twice towards a plateau.
-        tracker.completed(
-            None if reported else floats(trainer.callback_metrics or {}),
-            end_reason=end_reason(trainer, nan_stop=nan_stop),
-            best_checkpoint=best_checkpoint(trainer),
-        )
+        reported = True
+        try:
+            reported = self._report_pending_epoch(trainer)
+            self._report_checkpoints(trainer)
+        finally:
+            # The end is what a person waits for: a failing epoch report (logged by the
+            # hook guard) must not leave the run without one.
+            tracker = self.tracker
+            nan_stop = tracker.stop_requested and tracker.config.stop_on_nan
+            # Metrics already seen at the last epoch must not count twice towards a plateau.
+            tracker.completed(
+                None if reported else floats(trainer.callback_metrics or {}),
+                end_reason=end_reason(trainer, nan_stop=nan_stop),
+                best_checkpoint=best_checkpoint(trainer),
+            )
 
     @hook
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:

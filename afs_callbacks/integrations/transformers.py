@@ -146,18 +146,22 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
     @hook
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """TRAINING_COMPLETED with the summary (the Trainer skips this hook on a crash)."""
-        self._report_step()
-        self._report_epoch()
-        self._training = False
-        self._remove_sigterm_handler()
-        tracker = self.tracker
-        trainer = self._find_trainer()
-        callbacks = _callbacks_of(trainer)
-        nan_stop = tracker.stop_requested and tracker.config.stop_on_nan
-        tracker.completed(
-            self._final_metrics or None,
-            end_reason=_end_reason(args, state, control, callbacks, nan_stop=nan_stop),
-        )
+        try:
+            self._report_step()
+            self._report_epoch()
+        finally:
+            # The end is what a person waits for: a failing step or epoch report (logged by
+            # the hook guard) must not leave the run without one.
+            self._training = False
+            self._remove_sigterm_handler()
+            tracker = self.tracker
+            trainer = self._find_trainer()
+            callbacks = _callbacks_of(trainer)
+            nan_stop = tracker.stop_requested and tracker.config.stop_on_nan
+            tracker.completed(
+                self._final_metrics or None,
+                end_reason=_end_reason(args, state, control, callbacks, nan_stop=nan_stop),
+            )
 
     # Steps, logs, epochs ----------------------------------------------------------------
 

@@ -340,13 +340,15 @@ def test_a_failing_tracker_never_breaks_training(manager, tmp_path, caplog):
         def epoch_end(self, epoch: int, metrics: Any = None) -> None:
             raise RuntimeError("tracker bug")
 
-    trainer = make_trainer(tmp_path, AFSNotify(tracker=BrokenTracker(manager)), max_epochs=2)
+    broken = BrokenTracker(manager)
+    trainer = make_trainer(tmp_path, AFSNotify(tracker=broken), max_epochs=2)
     with caplog.at_level(logging.ERROR, logger="afs_callbacks"):
         trainer.fit(TinyModel())
 
     assert trainer.global_step == 8  # training ran to the end
     failures = [r for r in caplog.records if "AFSNotify.on_train_batch_end failed" in r.getMessage()]
     assert len(failures) == 1  # logged once, not once per step
+    assert broken.finished  # the run still ended: its end was reported, not left to a watcher
 
 
 def test_the_callback_pickles_for_ddp_spawn_without_its_manager(manager):

@@ -409,13 +409,15 @@ def test_a_failing_tracker_never_breaks_training(manager, tmp_path, caplog):
         def epoch_end(self, epoch: int, metrics: Any = None) -> None:
             raise RuntimeError("tracker bug")
 
-    trainer = make_trainer(tmp_path, AFSNotify(tracker=BrokenTracker(manager)), num_train_epochs=2)
+    broken = BrokenTracker(manager)
+    trainer = make_trainer(tmp_path, AFSNotify(tracker=broken), num_train_epochs=2)
     with caplog.at_level(logging.ERROR, logger="afs_callbacks"):
         trainer.train()
 
     assert trainer.state.global_step == 16  # training ran to the end
     failures = [r for r in caplog.records if "AFSNotify.on_step_end failed" in r.getMessage()]
     assert len(failures) == 1  # logged once, not once per step
+    assert broken.finished  # the run still ended: its end was reported, not left to a watcher
 
 
 def test_a_second_train_call_is_a_new_run(manager, receiver, tmp_path):
