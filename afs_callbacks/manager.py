@@ -4,7 +4,7 @@
 collapsed), route it to the channels that want it and hand it to delivery: a queue append,
 so the training thread never waits on a disk, a lock or a network, and nothing here raises
 into the caller. Storing, sending, flushing and the exit flush live in
-:mod:`afs_callbacks.delivery` (``writer``, ``store``, ``sender``, ``lifecycle``).
+:mod:`afs_callbacks.delivery` (``writer``, ``outbox``, ``sender``, ``lifecycle``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from afs_callbacks.delivery import hooks
 from afs_callbacks.delivery.admission import admit_event
 from afs_callbacks.delivery.lifecycle import Delivery, FlushReport, budget_policy, retry_policy, track
 from afs_callbacks.delivery.limits import StormGuard
+from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.delivery.routing import Route, channel_status
 from afs_callbacks.delivery.seed_api import SeedNotifications
-from afs_callbacks.delivery.store import Store
 from afs_callbacks.delivery.writer import Ready
 from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
@@ -347,7 +347,7 @@ class NotificationManager(SeedNotifications):
     # Flushing and closing -----------------------------------------------------------
 
     @property
-    def outbox(self) -> Store:
+    def outbox(self) -> Outbox:
         """The outbox/history this manager writes to (opened now, for reading)."""
         return self._delivery.opened_store()
 

@@ -26,7 +26,7 @@ import afs_callbacks
 from afs_callbacks import EventType, NotificationEvent, NotificationManager, Settings
 from afs_callbacks.channels.webhook import WebhookNotifier
 from afs_callbacks.testing import LoopbackReceiver
-from afs_callbacks.tracking import RunTracker, TrackerConfig, active_tracker
+from afs_callbacks.tracking import RunTracker, TrackerConfig, active_tracker, registry
 from afs_callbacks.watch import (
     SIGTERM_EXIT_CODE,
     TerminatedBySignal,
@@ -52,6 +52,20 @@ def default_sigterm() -> Iterator[None]:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     yield
     signal.signal(signal.SIGTERM, handler)
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_active() -> Iterator[None]:
+    """Each test starts with no run active in this process.
+
+    watch() reports on the active run when there is one (as documented), through that run's
+    manager. A run an earlier test started and never ended (one whose tracker was made to
+    fail, kept alive by its stall watchdog thread) would otherwise take the report away
+    from the manager a test here passes, and the receiver would get nothing.
+    """
+    while (stale := active_tracker()) is not None:
+        registry.unregister(stale)
+    yield
 
 
 @pytest.fixture

@@ -137,7 +137,10 @@ class RunHooks:
         # On its own thread: it emits, and emitting from the writer thread could wait on
         # the writer's own full queue.
         threading.Thread(
-            target=deathwatch.report_vanished, args=(self.manager,), name="afs-vanished", daemon=True
+            target=deathwatch.report_vanished,
+            args=(store, self.manager.emit),
+            name="afs-vanished",
+            daemon=True,
         ).start()
 
     # Closing and fork ---------------------------------------------------------------------

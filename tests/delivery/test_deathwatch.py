@@ -182,8 +182,10 @@ def test_report_vanished_reports_a_stale_row_once(
     )
     monkeypatch.setenv("WEBHOOK_URL", receiver.url("/hook"))
     with NotificationManager.from_env() as manager:
-        deathwatch.report_vanished(manager)
-        deathwatch.report_vanished(manager)  # a second look (or a second process) adds nothing
+        deathwatch.report_vanished(manager.outbox, manager.emit)
+        deathwatch.report_vanished(
+            manager.outbox, manager.emit
+        )  # a second look (or a second process) adds nothing
         manager.flush(10)
     notices = killed_notices(receiver)
     assert len(notices) == 1
@@ -241,9 +243,7 @@ def test_notice_also_goes_to_the_channels_the_run_set_up_in_code(
 def test_reads_the_oom_kill_count_and_peak_memory_of_the_cgroup() -> None:
     """The real cgroup files of this machine (v2 ``memory.events``/``memory.peak`` or v1
     ``memory.oom_control``/``memory.max_usage_in_bytes``); skipped where none is readable."""
-    from afs_callbacks.delivery._procfacts import cgroup_dir
-
-    oom, peak = deathwatch.cgroup_memory(cgroup_dir(os.getpid()))
+    oom, peak = deathwatch.cgroup_memory(deathwatch.cgroup_dir(os.getpid()))
     if oom is None and peak is None:
         pytest.skip("no readable memory cgroup here")
     assert oom is None or oom >= 0
@@ -282,6 +282,8 @@ def test_a_real_lightning_run_killed_mid_training_is_reported(
     watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path, tmp_path: Path
 ) -> None:
     """End to end, without a wrapper: AFSNotify's manager starts the watcher by itself."""
+    pytest.importorskip("torch")
+    pytest.importorskip("lightning.pytorch")
     child = subprocess.Popen(
         [sys.executable, "-c", TRAINING_CHILD, str(tmp_path / "lightning")],
         env=watch_env,
