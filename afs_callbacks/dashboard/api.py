@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from afs_callbacks.delivery.outbox import DEAD, PENDING, SENDING, Delivery, HistoryEntry, Outbox
@@ -263,7 +263,9 @@ def state_of(run: RunState) -> dict[str, Any]:
     """A stored run state as a dict, ``killed`` when it claims to run here but its process
     is gone: the death watcher writes that itself when it can; a SIGKILLed run with no
     watcher left would otherwise show ``running`` for ever."""
-    state = run.to_dict()
+    # Its fields as they are (to_dict would also turn NaN into text: every number shown
+    # passes through _number, which reads both).
+    state = {name: getattr(run, name) for name in _RUN_FIELDS}
     pid = state.get("pid")
     if state.get("status") != RUNNING or not isinstance(pid, int) or state.get("host") != _HOST:
         return state
@@ -277,6 +279,7 @@ def state_of(run: RunState) -> dict[str, Any]:
 
 
 _HOST = socket.gethostname()
+_RUN_FIELDS = tuple(field.name for field in fields(RunState))
 
 
 def event_of(entry: HistoryEntry) -> dict[str, Any]:

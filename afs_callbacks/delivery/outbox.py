@@ -62,6 +62,8 @@ from afs_callbacks.runstate import MetricPoint, RunState
 log = get_logger(__name__)
 
 _T = TypeVar("_T")
+#: A claim's lease: (now, lease seconds, forced since or -1, owner or None for this process).
+_Lease = tuple[float, float, float, "str | None"]
 
 #: The outbox's file name inside the state directory (``AFS_STATE_DIR``).
 OUTBOX_FILE = "outbox.sqlite3"
@@ -223,6 +225,7 @@ class Outbox:
             tolerant outbox, 5 for a read-only one, 10 otherwise.
 
     Raises:
+        ValueError: both ``tolerant`` and ``read_only`` (a reader has nothing to keep).
         OutboxUnavailable: ``read_only`` and the file is missing or cannot be read.
     """
 
@@ -235,8 +238,12 @@ class Outbox:
         memory_limit: int = 10_000,
         busy_timeout: float | None = None,
     ) -> None:
+        if tolerant and read_only:
+            raise ValueError(
+                "Outbox(tolerant=True, read_only=True): a read-only outbox writes nothing it could keep"
+            )
         self.path = str(path)
-        self.tolerant = tolerant and not read_only
+        self.tolerant = tolerant
         self.read_only = read_only
         self.memory_limit = memory_limit
         if busy_timeout is None:
@@ -382,9 +389,9 @@ class Outbox:
         time are due regardless of their backoff, so each is tried once per flush. Events
         kept in memory come before the file's.
         """
-        lease = (time.time(), lease_seconds, -1.0 if forced_since is None else forced_since, owner)
+        lease: _Lease = (time.time(), lease_seconds, -1.0 if forced_since is None else forced_since, owner)
         none: list[Claim] = []
-        claims = self._in_memory(lambda kept: _claim(kept, channel, limit, *lease), none)
+        claims = self._in_memory(lambda kept: _claim(kept, channel, limit, lease), none)
         if len(claims) >= limit:
             return claims
         no_rows: list[Any] = []
@@ -666,12 +673,16 @@ class Outbox:
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL under WAL survives a killed process (not a power cut) without an fsync
-        # per event, which keeps notify() in the tens of microseconds.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.executescript(_SCHEMA)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL under WAL survives a killed process (not a power cut) without an fsync
+            # per event, which keeps notify() in the tens of microseconds.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()  # a damaged file is moved aside: hold no handle on it
+            raise
         return conn
 
     def _open_read_only(self) -> sqlite3.Connection:
@@ -747,11 +758,9 @@ class Outbox:
         with self._transaction() as conn:
             _insert(conn, events, items, time.time())
 
-    def _claim_file(
-        self, channel: str, limit: int, lease: tuple[float, float, float, str | None]
-    ) -> list[Any]:
+    def _claim_file(self, channel: str, limit: int, lease: _Lease) -> list[Any]:
         with self._transaction() as conn:
-            return _claim_rows(conn, channel, limit, *lease)
+            return _claim_rows(conn, channel, limit, lease)
 
     def _supersede_stale(self, channel: str) -> int:
         self._ensure_run_index()
@@ -1109,15 +1118,8 @@ def _insert(
     )
 
 
-def _claim_rows(
-    conn: sqlite3.Connection,
-    channel: str,
-    limit: int,
-    now: float,
-    lease_seconds: float,
-    forced: float,
-    owner: str | None,
-) -> list[Any]:
+def _claim_rows(conn: sqlite3.Connection, channel: str, limit: int, lease: _Lease) -> list[Any]:
+    now, lease_seconds, forced, owner = lease
     rows = conn.execute(_CLAIM, (channel, now, forced, now, limit)).fetchall()
     conn.executemany(
         "UPDATE deliveries SET state = 'sending', lease_until = ?, lease_owner = ?"
@@ -1127,17 +1129,9 @@ def _claim_rows(
     return rows
 
 
-def _claim(
-    kept: sqlite3.Connection,
-    channel: str,
-    limit: int,
-    now: float,
-    lease_seconds: float,
-    forced: float,
-    owner: str | None,
-) -> list[Claim]:
+def _claim(kept: sqlite3.Connection, channel: str, limit: int, lease: _Lease) -> list[Claim]:
     with _atomic(kept):
-        rows = _claim_rows(kept, channel, limit, now, lease_seconds, forced, owner)
+        rows = _claim_rows(kept, channel, limit, lease)
     return [Claim(NotificationEvent.from_json(payload), channel, attempts) for _, attempts, payload in rows]
 
 
