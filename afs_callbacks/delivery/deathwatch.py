@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.runstate import KILLED, RUNNING, RunState
 
@@ -145,11 +145,17 @@ def find_and_claim(
     return notices
 
 
-def report_vanished(outbox: Outbox, emit: Callable[[NotificationEvent], object]) -> None:
-    """Report, through ``emit`` (a manager's), this host's runs in ``outbox`` whose process
-    vanished without a word (called by the manager once its outbox is open). Never raises."""
+def report_vanished(state_dir: str, emit: Callable[[NotificationEvent], object]) -> None:
+    """Report, through ``emit`` (a manager's), this host's runs in ``state_dir`` whose
+    process vanished without a word (called once the manager's outbox is open). Never
+    raises."""
     try:
-        for notice in find_and_claim(outbox, host=socket.gethostname(), detected_by="the next run"):
+        path = os.path.join(state_dir, OUTBOX_FILE)
+        if not os.path.exists(path):
+            return
+        with Outbox(path) as outbox:  # its own connection, off the writer's
+            notices = find_and_claim(outbox, host=socket.gethostname(), detected_by="the next run")
+        for notice in notices:
             emit(notice)
     except Exception as error:
         log.warning("afs-callbacks: could not check for runs that vanished: %s", error)

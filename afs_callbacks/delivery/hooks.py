@@ -138,7 +138,7 @@ class RunHooks:
         # the writer's own full queue.
         threading.Thread(
             target=deathwatch.report_vanished,
-            args=(store, self.manager.emit),
+            args=(self.manager.state_dir, self.manager.emit),
             name="afs-vanished",
             daemon=True,
         ).start()

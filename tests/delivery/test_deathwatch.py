@@ -182,10 +182,9 @@ def test_report_vanished_reports_a_stale_row_once(
     )
     monkeypatch.setenv("WEBHOOK_URL", receiver.url("/hook"))
     with NotificationManager.from_env() as manager:
-        deathwatch.report_vanished(manager.outbox, manager.emit)
-        deathwatch.report_vanished(
-            manager.outbox, manager.emit
-        )  # a second look (or a second process) adds nothing
+        deathwatch.report_vanished(manager.state_dir, manager.emit)
+        # A second look (or a second process) adds nothing.
+        deathwatch.report_vanished(manager.state_dir, manager.emit)
         manager.flush(10)
     notices = killed_notices(receiver)
     assert len(notices) == 1
@@ -282,7 +281,7 @@ def test_a_real_lightning_run_killed_mid_training_is_reported(
     watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path, tmp_path: Path
 ) -> None:
     """End to end, without a wrapper: AFSNotify's manager starts the watcher by itself."""
-    pytest.importorskip("torch")
+    pytest.importorskip("torch")  # the child process trains with these
     pytest.importorskip("lightning.pytorch")
     child = subprocess.Popen(
         [sys.executable, "-c", TRAINING_CHILD, str(tmp_path / "lightning")],
