@@ -5,7 +5,7 @@
 and redacted text, the channels that take it) and from there to the writer's queue: a
 deque append, so the training thread never waits on a disk, a lock or a network, and
 nothing here raises into the caller. Storing, sending, flushing and the exit flush live in
-:mod:`afs_callbacks.delivery` (``writer``, ``store``, ``sender``, ``lifecycle``).
+:mod:`afs_callbacks.delivery` (``writer``, ``outbox``, ``sender``, ``lifecycle``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from afs_callbacks.delivery.admission import Admission
 from afs_callbacks.delivery.hooks import RunHooks
 from afs_callbacks.delivery.lifecycle import Delivery, FlushReport, budget_policy, retry_policy, track
 from afs_callbacks.delivery.limits import StormGuard
+from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.delivery.routing import Route, channel_status
-from afs_callbacks.delivery.store import Store
 from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import describe_exception
@@ -434,7 +434,7 @@ class NotificationManager:
     # Flushing and closing -----------------------------------------------------------
 
     @property
-    def outbox(self) -> Store:
+    def outbox(self) -> Outbox:
         """The outbox/history this manager writes to (opened now, for reading)."""
         return self._delivery.opened_store()
 

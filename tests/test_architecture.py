@@ -19,7 +19,7 @@ LAYERS = {
     "cli": 11,
     "exporter": 10,
     "dashboard": 9,
-    "deathwatch": 9,
+    "_watcher_main": 9,  # the death watcher process: it delivers through a manager
     "integrations": 8,
     "watch": 8,
     "control": 7,
@@ -58,7 +58,9 @@ def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
                 package = name.split(".") if is_package else name.split(".")[:-1]
                 package = package[: len(package) - (node.level - 1)]
                 base = ".".join([*package, base] if base else package)
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names
+            ]
         for target in targets:
             while target not in known and "." in target:
                 target = target.rsplit(".", 1)[0]
@@ -119,7 +121,10 @@ def test_the_package_has_no_import_cycle():
 
 def test_no_import_points_up_the_layers():
     back = sorted(
-        f"{name} -> {target}" for name, targets in graph().items() for target in targets if layer(target) > layer(name)
+        f"{name} -> {target}"
+        for name, targets in graph().items()
+        for target in targets
+        if layer(target) > layer(name)
     )
     assert back == []
 
@@ -127,4 +132,6 @@ def test_no_import_points_up_the_layers():
 def test_the_checker_sees_a_cycle_and_a_back_arrow():
     edges = {"a": {"b"}, "b": {"a"}, "c": set()}
     assert cycles(edges) == [["a", "b"]]
-    assert layer("afs_callbacks.cli.x") > layer("afs_callbacks.delivery.outbox") > layer("afs_callbacks.events")
+    assert (
+        layer("afs_callbacks.cli.x") > layer("afs_callbacks.delivery.outbox") > layer("afs_callbacks.events")
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import itertools
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -296,3 +297,23 @@ def test_through_the_manager_the_end_of_a_run_overtakes_queued_epochs(
     states = [d.state for entry in manager.outbox.history(limit=100) for d in entry.deliveries]
     assert states.count("superseded") == 39 and len(states) == 41  # all kept in the history
     manager.close()
+
+
+def test_a_flush_that_ends_does_not_end_another_still_under_way(tmp_path: Path) -> None:
+    """Two flushes at once (a crash report's and the exit's, say): the short one giving up
+    must not make the long one return before its message was sent."""
+    gate = Gate()
+    with LoopbackReceiver(responder=gate) as service:
+        manager = manager_for(tmp_path, {"hook": HookChannel(service.url("/hook"))}, **NEVER)
+        manager.notify("held by the service")
+        reports: list[int] = []
+        long = threading.Thread(target=lambda: reports.append(manager.flush(30).pending))
+        long.start()
+        assert gate.arrived.wait(10)  # the message is in flight
+        assert manager.flush(0.2).pending == 1  # the short flush gives up
+        long.join(0.5)
+        assert long.is_alive()  # ...and the long one still waits for the send
+        gate.open()
+        long.join(30)
+        assert reports == [0]
+        manager.close()

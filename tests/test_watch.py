@@ -8,6 +8,7 @@ like PyTorch's, which is how the tracker recognises it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.synchronize
@@ -52,6 +53,25 @@ def default_sigterm() -> Iterator[None]:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     yield
     signal.signal(signal.SIGTERM, handler)
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_active() -> Iterator[None]:
+    """Each test starts with no run active in this process.
+
+    watch() reports on the active run when there is one (as documented), through that run's
+    manager. A run an earlier test started and never ended (one whose tracker was made to
+    fail) would otherwise take the report away from the manager a test here passes, and
+    the receiver would get nothing: the cause of this module's failures in full-suite runs.
+    """
+    gc.collect()  # a run nobody holds any more goes with its last reference
+    while (stale := active_tracker()) is not None:
+        # Still held (by its own stall watchdog thread, where that holds it strongly).
+        from afs_callbacks.tracking import registry
+
+        stale.close()
+        registry.unregister(stale)
+    yield
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from datetime import datetime
 from afs_callbacks.channels import CHANNELS
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
 from afs_callbacks.cli._output import Output
+from afs_callbacks.cli._store_check import history_path, history_problem
 from afs_callbacks.config import Env, Settings
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SUPERSEDED, Delivery
 from afs_callbacks.exceptions import ConfigurationError
@@ -187,9 +188,9 @@ def open_session(args: argparse.Namespace, *, channels: bool = True, check_store
         raise errors[0][0]
     problems = [ChannelProblem("settings", f"{error} ({outcome})", True) for error, outcome in errors]
     if check_store and settings.enabled:
-        from afs_callbacks.cli._store_check import check_history, history_path  # imports this module
-
-        check_history(history_path(settings.state_dir))
+        problem = history_problem(history_path(settings.state_dir))
+        if problem is not None:
+            raise UsageError(problem)
     with library_silenced():
         if channels:
             manager = NotificationManager.from_env(env, channels=requested)

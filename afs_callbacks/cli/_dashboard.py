@@ -14,14 +14,14 @@ from contextlib import suppress
 
 from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session, release
 from afs_callbacks.cli._output import Output
-from afs_callbacks.cli._retry import store_path
+from afs_callbacks.cli._store_check import history_path
 from afs_callbacks.urls import is_loopback
 
 
 def command_dashboard(args: argparse.Namespace, output: Output) -> int:
     """Serve until interrupted (Ctrl-C ends it with exit code 0)."""
     # Imported here: http.server and the pages cost every other subcommand's start-up.
-    from afs_callbacks.dashboard import DashboardConfig, Store, make_server
+    from afs_callbacks.dashboard import DashboardConfig, make_server
 
     loopback = is_loopback(args.host)
     token = args.token or (None if loopback else secrets.token_urlsafe(18))
@@ -30,7 +30,7 @@ def command_dashboard(args: argparse.Namespace, output: Output) -> int:
             "--token must be at least 8 letters, digits or . _ ~ - (it goes in a URL and a cookie)"
         )
     config = DashboardConfig(
-        store=Store(store_path(args.state_dir)), token=token, channels=channel_rows(args), loopback=loopback
+        path=str(history_path(args.state_dir)), token=token, channels=channel_rows(args), loopback=loopback
     )
     try:
         server = make_server(args.host, args.port, config)
@@ -38,7 +38,7 @@ def command_dashboard(args: argparse.Namespace, output: Output) -> int:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
     # The URL goes to stdout even with --quiet: it is what the command is for.
     print(f"afs-notify dashboard: {server.url}", flush=True)
-    output.note(f"history: {config.store.path}")
+    output.note(f"history: {config.path}")
     if token and not args.token:
         output.note("a token was generated because the address is reachable from other machines")
     if not loopback:

@@ -11,64 +11,25 @@ import argparse
 import contextlib
 import os
 import sqlite3
-import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 
 from afs_callbacks.cli._common import EXIT_OK, UsageError, requested_channels
 from afs_callbacks.cli._output import Output
-from afs_callbacks.cli._store_check import history_fault
-from afs_callbacks.config import default_state_dir
-
-STORE_NAME = "outbox.sqlite3"
-
-
-def requeue_dead(
-    path: str | os.PathLike[str], *, channels: Sequence[str] | None = None, event_id: str | None = None
-) -> int:
-    """Make dead deliveries pending again with a fresh attempt budget; returns how many.
-
-    Only ``channels`` (None: every channel) and only ``event_id`` (None: every message).
-    The last error is kept so the history still says what went wrong before.
-
-    Raises:
-        FileNotFoundError: there is no history database at ``path``.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no history database at {path}")
-    sql = "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt = ? WHERE state = 'dead'"
-    params: list[object] = [time.time()]
-    if channels is not None:
-        sql += f" AND channel IN ({','.join('?' * len(channels))})"
-        params += list(channels)
-    if event_id is not None:
-        sql += " AND event_id = ?"
-        params.append(event_id)
-    # Its own short-lived connection: a writer for one statement, waiting its turn politely
-    # (BEGIN IMMEDIATE with a timeout) instead of holding a lock across requests.
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        count = conn.execute(sql, params).rowcount
-        conn.execute("COMMIT")
-        return int(count)
-    finally:
-        conn.close()
-
-
-def store_path(state_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The history database in ``state_dir`` (default: ``AFS_STATE_DIR`` or the XDG one)."""
-    return Path(state_dir or default_state_dir()).expanduser() / STORE_NAME
+from afs_callbacks.cli._store_check import history_fault, history_path
+from afs_callbacks.delivery.outbox import Outbox
 
 
 def command_retry(args: argparse.Namespace, output: Output) -> int:
     """Queue dead messages again and say how many; with ``--send``, deliver them now."""
-    path = store_path(args.state_dir)
+    path = history_path(args.state_dir)
     channels = requested_channels(args)
+    if not path.is_file():
+        raise UsageError(f"no history at {path}: nothing was ever queued there (see --state-dir)")
     try:
-        count = requeue_dead(path, channels=channels, event_id=args.event)
-    except FileNotFoundError:
-        raise UsageError(f"no history at {path}: nothing was ever queued there (see --state-dir)") from None
+        # A writer for one statement, waiting its turn politely (BEGIN IMMEDIATE with a
+        # timeout) instead of holding a lock; it never moves a damaged file aside.
+        with Outbox(path) as outbox:
+            count = outbox.requeue_dead(channels, event_id=args.event)
     except sqlite3.DatabaseError as error:
         raise UsageError(history_fault(path, error)) from None
     what = f"failed message{'s' if count != 1 else ''}"

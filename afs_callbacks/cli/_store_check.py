@@ -1,22 +1,19 @@
 """The CLI's word on a history file it cannot read: which file, what is wrong, what to do.
 
 A training process moves a corrupted file aside and goes on (see
-:mod:`afs_callbacks.delivery.store`); a command that only reads the history must not move
-the user's file behind their back, so it looks first and, when the file is damaged,
-locked or unreadable, says so in one line and exits 2.
+:mod:`afs_callbacks.delivery.outbox`); a command that only reads the history must not move
+the user's file behind their back, so it looks first, read-only, and when the file is
+damaged, locked or unreadable says so in one line and exits 2.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
-from urllib.parse import quote
 
-from afs_callbacks.cli._common import UsageError
 from afs_callbacks.config import default_state_dir
 from afs_callbacks.delivery.faults import describe_fault, is_corruption
-from afs_callbacks.delivery.lifecycle import OUTBOX_FILE
+from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox, OutboxUnavailable
 
 
 def history_path(state_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -43,19 +40,13 @@ def history_fault(path: str | os.PathLike[str], error: BaseException) -> str:
     return f"cannot read the notification history {path}: {what}; {todo}"
 
 
-def check_history(path: str | os.PathLike[str]) -> None:
-    """Read the file's schema, read-only; a missing file is fine (nothing was queued yet).
-
-    Raises:
-        UsageError: the file cannot be read (worded by :func:`history_fault`).
-    """
-    if not os.path.exists(path):
-        return
+def history_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the file cannot be read, in one :func:`history_fault` sentence; None when it
+    can, or when there is none (nothing was queued yet)."""
     try:
-        conn = sqlite3.connect(f"file:{quote(os.fspath(path))}?mode=ro", uri=True, timeout=5.0)
-        try:
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as error:
-        raise UsageError(history_fault(path, error)) from None
+        Outbox(path, read_only=True).close()
+    except OutboxUnavailable as problem:
+        if problem.reason == "missing":
+            return None
+        return history_fault(path, problem.error or problem)
+    return None

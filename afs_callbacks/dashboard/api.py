@@ -1,4 +1,4 @@
-"""The dashboard's JSON answers, built from the read-only store.
+"""The dashboard's JSON answers, built from the outbox opened read-only.
 
 Each function returns plain JSON-safe data for one endpoint. Every text that came from the
 history passes through :func:`afs_callbacks.redaction.redact` on the way out (the rows are
@@ -8,28 +8,55 @@ redacted when written; this catches a secret registered since), so no page can s
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
-from afs_callbacks.dashboard.store import Connection, RunFilter
+from afs_callbacks.delivery.outbox import DEAD, PENDING, SENDING, Delivery, HistoryEntry, Outbox
 from afs_callbacks.redaction import redact
-from afs_callbacks.runstate import FINAL_STATUSES
+from afs_callbacks.runstate import FINAL_STATUSES, RUNNING, RunState
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What the runs list is narrowed to (every field optional)."""
+
+    status: str = ""
+    model: str = ""
+    search: str = ""
+    limit: int = 100
+
 
 #: Texts of a run state shown on the pages (everything else there is numbers or ids).
 _STATE_TEXTS = ("summary", "error", "error_type", "end_reason", "last_checkpoint", "best_checkpoint")
 
 
-def runs_payload(conn: Connection, where: RunFilter) -> dict[str, Any]:
+def runs_payload(outbox: Outbox, where: RunFilter) -> dict[str, Any]:
     """``/api/runs``: the filtered runs, newest first, plus what the filters can offer."""
     now = time.time()
-    states = conn.runs(where)
+    found = outbox.runs(
+        limit=where.limit,
+        status=where.status or None,
+        model=where.model or None,
+        run_id_contains=where.search or None,
+    )
+    states = [state_of(run) for run in found]
     names = redact_many([str(s.get(key) or "") for s in states for key in _ROW_TEXTS])
     rows = [
         run_row(state, now, names[n * len(_ROW_TEXTS) : (n + 1) * len(_ROW_TEXTS)])
         for n, state in enumerate(states)
     ]
-    return {"now": now, "runs": rows, **conn.run_facets()}
+    statuses = outbox.run_counts()
+    return {
+        "now": now,
+        "runs": rows,
+        "statuses": statuses,
+        "models": outbox.models(),
+        "total": sum(statuses.values()),
+    }
 
 
 #: The texts of a runs-table row, redacted together (one pass for the whole page).
@@ -64,10 +91,11 @@ def run_row(state: Mapping[str, Any], now: float, texts: Sequence[str] | None = 
     }
 
 
-def run_payload(conn: Connection, run_id: str, *, event_limit: int = 300) -> dict[str, Any] | None:
+def run_payload(outbox: Outbox, run_id: str, *, event_limit: int = 300) -> dict[str, Any] | None:
     """``/api/run/<id>``: the state, curves, events with their deliveries; None if unknown."""
-    state = conn.run(run_id)
-    events = conn.events(run_id=run_id, window=event_window(state), limit=event_limit)
+    stored = outbox.run(run_id)
+    state = None if stored is None else state_of(stored)
+    events = [event_of(entry) for entry in outbox.history(run_id=run_id, limit=event_limit)]
     if state is None and not events:
         return None
     now = time.time()
@@ -90,25 +118,16 @@ def run_payload(conn: Connection, run_id: str, *, event_limit: int = 300) -> dic
         "now": now,
         "run_id": run_id,
         "state": detail or None,
-        "series": conn.points(run_id),
+        "series": curves(outbox, run_id),
         "events": event_rows(events, now),
     }
 
 
-def event_window(state: Mapping[str, Any] | None) -> tuple[float, float | None] | None:
-    """When a run's events can have been written: from an hour before it started (a CLI
-    ``start``, another rank) to a day after it ended (a late alert, the death watcher)."""
-    started = _number(state.get("started_at")) if state else None
-    if state is None or started is None:
-        return None
-    ended = _number(state.get("ended_at")) if state.get("status") in FINAL_STATUSES else None
-    return started - 3600, None if ended is None else ended + 86400
-
-
-def events_payload(conn: Connection, *, run_id: str | None, limit: int) -> dict[str, Any]:
+def events_payload(outbox: Outbox, *, run_id: str | None, limit: int) -> dict[str, Any]:
     """``/api/events``: events (of a run, or all), newest first, with deliveries."""
     now = time.time()
-    return {"now": now, "events": event_rows(conn.events(run_id=run_id, limit=limit), now)}
+    events = [event_of(entry) for entry in outbox.history(run_id=run_id, limit=limit)]
+    return {"now": now, "events": event_rows(events, now)}
 
 
 def event_rows(events: Sequence[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
@@ -126,22 +145,26 @@ def event_rows(events: Sequence[Mapping[str, Any]], now: float) -> list[dict[str
     return rows
 
 
-def outbox_payload(conn: Connection, channels: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
-    """``/api/outbox``: per channel counts, where it sends (masked), pending and dead messages."""
+def outbox_payload(
+    outbox: Outbox, channels: Sequence[Mapping[str, str]] = (), *, limit: int = 200
+) -> dict[str, Any]:
+    """``/api/outbox``: per channel counts, where it sends (masked), and the messages that
+    did not arrive (pending, being sent or dead), newest first."""
     now = time.time()
-    data = conn.outbox()
+    waiting = (PENDING, SENDING, DEAD)
+    messages = [
+        {**delivery_row(delivery, now), "title": event["title"], "run_id": event["run_id"]}
+        | {"event_id": event["id"], "created": event["created"]}
+        | {key: event[key] for key in ("event_type", "level")}
+        for event in map(event_of, outbox.history(state=waiting, limit=limit))
+        for delivery in event["deliveries"]
+        if delivery["state"] in waiting
+    ]
     return {
         "now": now,
-        "counts": data["counts"],
+        "counts": outbox.counts(),
         "channels": [{key: redact(value) for key, value in row.items()} for row in channels],
-        "messages": _redact_fields(
-            [
-                {**delivery_row(m, now), "title": m["title"], "run_id": m["run_id"]}
-                | {key: m[key] for key in ("event_id", "created", "event_type", "level")}
-                for m in data["messages"]
-            ],
-            ("title", "detail"),
-        ),
+        "messages": _redact_fields(messages[:limit], ("title", "detail")),
     }
 
 
@@ -231,3 +254,71 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+# The outbox's rows as the pages show them ----------------------------------------------------
+
+
+def state_of(run: RunState) -> dict[str, Any]:
+    """A stored run state as a dict, ``killed`` when it claims to run here but its process
+    is gone: the death watcher writes that itself when it can; a SIGKILLed run with no
+    watcher left would otherwise show ``running`` for ever."""
+    # Its fields as they are (to_dict would also turn NaN into text: every number shown
+    # passes through _number, which reads both).
+    state = {name: getattr(run, name) for name in _RUN_FIELDS}
+    pid = state.get("pid")
+    if state.get("status") != RUNNING or not isinstance(pid, int) or state.get("host") != _HOST:
+        return state
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return {**state, "status": "killed", "status_note": "its process is gone (seen by the dashboard)"}
+    except OSError:  # alive but someone else's
+        pass
+    return state
+
+
+_HOST = socket.gethostname()
+_RUN_FIELDS = tuple(field.name for field in fields(RunState))
+
+
+def event_of(entry: HistoryEntry) -> dict[str, Any]:
+    """One event of the history with its deliveries, as the timeline shows it."""
+    event = entry.event
+    return {
+        "id": event.id,
+        "created": event.timestamp.timestamp(),
+        "event_type": event.event_type.value,
+        "level": event.level.value,
+        "run_id": event.run_id,
+        "title": event.title,
+        "message": event.message,
+        "model": event.context.get("model"),
+        "deliveries": [_delivery(delivery) for delivery in entry.deliveries],
+    }
+
+
+def _delivery(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "channel": delivery.channel,
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "next_attempt": delivery.next_attempt,
+        "last_attempt": delivery.last_attempt,
+        "last_error": delivery.last_error,
+        "delivered_at": delivery.delivered_at,
+    }
+
+
+def curves(outbox: Outbox, run_id: str) -> list[dict[str, Any]]:
+    """A run's curves: ``[{"series", "axis", "x": [...], "y": [...]}]`` (y None = NaN)."""
+    axes = outbox.series_axes(run_id)
+    return [
+        {
+            "series": series,
+            "axis": axes.get(series, "step"),
+            "x": [x for x, _ in points],
+            "y": [y for _, y in points],
+        }
+        for series, points in outbox.points(run_id).items()
+    ]

@@ -1,5 +1,5 @@
 """The dashboard's HTTP server: standard library only (``http.server``), one thread per
-request, pages and JSON over the read-only store.
+request, pages and JSON over the outbox, opened read-only for each request.
 
 Who may use it:
 - Bound to loopback, only requests whose ``Host`` is a loopback name are answered, so a
@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import secrets
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.dashboard import api, pages, static
-from afs_callbacks.dashboard.store import RunFilter, Store, StoreUnavailable
+from afs_callbacks.dashboard.api import RunFilter
+from afs_callbacks.delivery.outbox import Outbox, OutboxUnavailable
 from afs_callbacks.redaction import redact
 
 log = get_logger(__name__)
@@ -49,17 +53,33 @@ class DashboardConfig:
     """What the server serves and who may see it.
 
     Args:
-        store: the history database (read-only except for retries).
+        path: the outbox file (read-only except for retries).
         token: required on every request when set (always set for a non-loopback bind).
         channels: rows of ``afs-notify status`` (channel, state, detail) with secrets masked.
         loopback: whether the server listens on a loopback address (the Host check).
     """
 
-    store: Store
+    path: str
     token: str | None = None
     channels: Sequence[Mapping[str, str]] = ()
     loopback: bool = True
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    def __post_init__(self) -> None:
+        self.path = str(Path(self.path).expanduser().absolute())
+
+    def version(self) -> str:
+        """Changes whenever anything is written: the sizes and modification times of the
+        file and its WAL (every commit appends to the WAL; a checkpoint writes the file)."""
+        parts = []
+        for name in (self.path, self.path + "-wal"):
+            try:
+                stat = os.stat(name)
+            except OSError:
+                parts.append("-")
+                continue
+            parts.append(f"{stat.st_mtime_ns:x}.{stat.st_size:x}")
+        return "-".join(parts)
 
 
 class DashboardServer(ThreadingHTTPServer):
@@ -131,8 +151,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_html(HTTPStatus.UNAUTHORIZED, pages.unauthorized_page())
             else:
                 route(parts.path, query)
-        except StoreUnavailable as problem:
+        except OutboxUnavailable as problem:
             self._store_problem(parts.path, problem)
+        except sqlite3.DatabaseError as error:  # damaged beyond what opening it showed
+            detail = f"the history database cannot be read ({error})"
+            self._store_problem(parts.path, OutboxUnavailable(self.config.path, "unreadable", detail, error))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away mid-answer
         except Exception as error:  # never a traceback page
@@ -191,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path.startswith("/api/"):
             # An open tab asks every second; while nothing was written, "not modified" costs
             # no query at all (the browser revalidates: Cache-Control no-cache + ETag).
-            tag = f'"{self.config.csrf[:8]}-{self.config.store.version()}"'
+            tag = f'"{self.config.csrf[:8]}-{self.config.version()}"'
             if tag in self.headers.get("If-None-Match", ""):
                 self.send_response(HTTPStatus.NOT_MODIFIED)
                 self.send_header("ETag", tag)
@@ -199,31 +222,31 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._send_json(HTTPStatus.OK, self._api(path.removeprefix("/api/"), query), etag=tag)
         elif path in ("/", "/runs", "/outbox") or path.startswith("/run/"):
-            with self.config.store.connect():  # a missing/corrupt store gets its own page now
-                pass
-            self._send_html(HTTPStatus.OK, pages.shell(csrf=self.config.csrf, store=self.config.store.path))
+            Outbox(self.config.path, read_only=True).close()  # a missing/corrupt file gets its own page now
+            self._send_html(HTTPStatus.OK, pages.shell(csrf=self.config.csrf, store=self.config.path))
         else:
             self._send_text(HTTPStatus.NOT_FOUND, "not found\n")
 
     def _api(self, endpoint: str, query: dict[str, list[str]]) -> Any:
-        store = self.config.store
-        with store.connect() as conn:
+        # Its own read-only connection per request: under WAL a reader never blocks the
+        # training process's writers, and a bug here cannot change the history.
+        with Outbox(self.config.path, read_only=True) as outbox:
             if endpoint == "runs":
                 where = RunFilter(
                     status=_one(query, "status"), model=_one(query, "model"), search=_one(query, "q")
                 )
-                return api.runs_payload(conn, where)
+                return api.runs_payload(outbox, where)
             if endpoint.startswith("run/"):
                 run_id = unquote(endpoint.removeprefix("run/"))
-                payload = api.run_payload(conn, run_id)
+                payload = api.run_payload(outbox, run_id)
                 return payload if payload is not None else _NotFound(f"no run {run_id!r} in the history")
             if endpoint == "events":
                 limit = _limit(_one(query, "limit"))
-                return api.events_payload(conn, run_id=_one(query, "run") or None, limit=limit)
+                return api.events_payload(outbox, run_id=_one(query, "run") or None, limit=limit)
             if endpoint == "outbox":
-                return api.outbox_payload(conn, self.config.channels)
+                return api.outbox_payload(outbox, self.config.channels)
             if endpoint == "health":
-                return {"ok": True, "store": store.path}
+                return {"ok": True, "store": self.config.path}
         return _NotFound(f"no endpoint /api/{endpoint}")
 
     def _post(self, path: str, query: dict[str, list[str]]) -> None:
@@ -242,19 +265,16 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": "expected a JSON object"})
             return
         channel, event_id = body.get("channel") or None, body.get("event_id") or None
-        from afs_callbacks.cli._retry import requeue_dead  # the CLI's own, so both do the same
-
-        try:
-            count = requeue_dead(
-                self.config.store.path, channels=[str(channel)] if channel else None, event_id=event_id
-            )
-        except FileNotFoundError:
-            raise StoreUnavailable(self.config.store.path, "missing", "no history database yet") from None
+        if not os.path.isfile(self.config.path):
+            raise OutboxUnavailable(self.config.path, "missing", "no history database yet")
+        # A writer for one statement, as `afs-notify retry` is: the same outbox method.
+        with Outbox(self.config.path) as outbox:
+            count = outbox.requeue_dead([str(channel)] if channel else None, event_id=event_id)
         self._send_json(HTTPStatus.OK, {"requeued": count, "channel": channel, "event_id": event_id})
 
     # Answers ------------------------------------------------------------------------
 
-    def _store_problem(self, path: str, problem: StoreUnavailable) -> None:
+    def _store_problem(self, path: str, problem: OutboxUnavailable) -> None:
         if path.startswith("/api/"):
             self._send_json(
                 HTTPStatus.SERVICE_UNAVAILABLE,

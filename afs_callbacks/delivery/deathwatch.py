@@ -8,57 +8,54 @@ row in the ``runs`` table would say "running" forever. Two things catch it:
   first run starts it; later runs find it through a lock file). It runs in its own session,
   so it outlives the training process, checks every second for ``running`` rows of this
   host whose process is gone, and reports each one within seconds
-  (``python -m afs_callbacks.delivery._watcher_main``).
-* :func:`report_vanished` lets the next process that opens the store report runs that
+  (``python -m afs_callbacks._watcher_main``, which delivers through a manager).
+* :func:`report_vanished` lets the next process that opens the outbox report runs that
   vanished while no watcher could see them (the whole job was killed, the node rebooted).
 
-Either way a run is reported once: whoever turns its row from ``running`` to ``killed`` (a
-conditional UPDATE) sends the notice, and the notice has a deterministic id, so DDP ranks,
-two watchers or a watcher and the next run never make two. Only this host's runs are judged:
-whether a process on another host still lives cannot be known from here.
+Either way a run is reported once: whoever turns its row from ``running`` to ``killed``
+(:meth:`Outbox.claim_run_end`) sends the notice, and the notice has a deterministic id, so
+DDP ranks, two watchers or a watcher and the next run never make two. Only this host's runs
+are judged: whether a process on another host still lives cannot be known from here. What
+can be known about a process from outside it (gone, its exit signal, its cgroup's OOM kills
+and peak memory) is read here too.
+
+This module imports nothing above the outbox: the manager starts the watcher through it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
+import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.delivery._procfacts import (
-    Sighting,
-    cgroup_dir,
-    cgroup_memory,
-    exit_signal,
-    process_gone,
-    sight,
-)
+from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
+from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.runstate import KILLED, RUNNING, RunState
-
-if TYPE_CHECKING:
-    from afs_callbacks.events import NotificationEvent
 
 log = get_logger(__name__)
 
-DB_NAME = "outbox.sqlite3"
 LOCK_NAME = "deathwatch.lock"  # held (flock) by the live watcher; holds its pid as text
 WANTED_NAME = "deathwatch.wanted"  # touched by every ensure_watcher(): "a run wants watching"
 REASON = "killed without a word"
+_NOTICE_TITLE = "Training killed without a word"
 _FALSE = frozenset({"0", "false", "no", "off"})
 _TERMINAL_TYPES = ("training_completed", "training_failed", "training_interrupted")
 _TERMINAL_STATUS = {"training_completed": "completed", "training_failed": "failed"}
+#: Terminal events of a run looked at to tell whether it ended normally: its own, newest
+#: first, past the notices of its earlier deaths (one per death).
+_ENDS_LOOKED_AT = 50
 
 _spawned: dict[str, subprocess.Popen[bytes]] = {}
 _spawn_lock = threading.Lock()
@@ -110,7 +107,7 @@ def watcher_alive(state_dir: str) -> bool:
 
 def _spawn(state_dir: str, pid: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "afs_callbacks.delivery._watcher_main", state_dir, str(pid)],
+        [sys.executable, "-m", "afs_callbacks._watcher_main", state_dir, str(pid)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -126,65 +123,76 @@ def _spawn(state_dir: str, pid: int) -> subprocess.Popen[bytes]:
 # Reporting -----------------------------------------------------------------------------
 
 
-def running_here(conn: sqlite3.Connection, host: str) -> list[RunState]:
-    """Rows of this host that say ``running``."""
-    rows = conn.execute("SELECT state FROM runs WHERE status = ? AND host = ?", (RUNNING, host)).fetchall()
-    states = []
-    for (payload,) in rows:
-        with contextlib.suppress(Exception):
-            states.append(RunState.from_dict(json.loads(payload)))
-    return states
+def find_and_claim(
+    outbox: Outbox,
+    *,
+    host: str,
+    seen: dict[int, Sighting] | None = None,
+    detected_by: str,
+) -> list[NotificationEvent]:
+    """Claim every vanished run of ``host`` in ``outbox``; return their notices."""
+    notices = []
+    for state in outbox.runs(status=RUNNING, host=host, limit=None):
+        if state.pid == os.getpid():
+            continue
+        sighting = None if seen is None or state.pid is None else seen.get(state.pid)
+        if not process_gone(state.pid, state.updated_at, sighting):
+            continue
+        event_id = notice_id(outbox, state)
+        won = claim(outbox, state)
+        if won is not None:
+            notices.append(build_notice(state, event_id, seen=sighting, detected_by=detected_by))
+    return notices
 
 
-def open_db(state_dir: str) -> sqlite3.Connection | None:
-    """A connection to the state dir's database, or None while it does not exist yet."""
-    path = os.path.join(state_dir, DB_NAME)
-    if not os.path.exists(path):
-        return None
-    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
+def report_vanished(state_dir: str, emit: Callable[[NotificationEvent], object]) -> None:
+    """Report, through ``emit`` (a manager's), this host's runs in ``state_dir`` whose
+    process vanished without a word (called once the manager's outbox is open). Never
+    raises."""
+    try:
+        path = os.path.join(state_dir, OUTBOX_FILE)
+        if not os.path.exists(path):
+            return
+        with Outbox(path) as outbox:  # its own connection, off the writer's
+            notices = find_and_claim(outbox, host=socket.gethostname(), detected_by="the next run")
+        for notice in notices:
+            emit(notice)
+    except Exception as error:
+        log.warning("afs-callbacks: could not check for runs that vanished: %s", error)
 
 
-def claim(conn: sqlite3.Connection, state: RunState) -> RunState | None:
+def claim(outbox: Outbox, state: RunState) -> RunState | None:
     """Mark a vanished run ended; return its new state if this caller won it, else None.
 
     A run that sent its terminal event before its row said so ended normally: its row is
     corrected and None returned (no notice).
     """
-    now = time.time()
-    ended = _terminal_status(conn, state)
+    ended = _terminal_status(outbox, state)
     new = replace(
         state,
         status=ended or KILLED,
-        ended_at=now,
+        ended_at=time.time(),
         end_reason=state.end_reason if ended else REASON,
     )
-    cursor = conn.execute(
-        "UPDATE runs SET status = ?, ended_at = ?, state = ? WHERE run_id = ? AND status = ? AND pid IS ?",
-        (new.status, now, json.dumps(new.to_dict(), allow_nan=False), state.run_id, RUNNING, state.pid),
-    )
-    return new if cursor.rowcount == 1 and not ended else None
+    return new if outbox.claim_run_end(new, pid=state.pid) and not ended else None
 
 
-def _terminal_status(conn: sqlite3.Connection, state: RunState) -> str | None:
-    marks = ",".join("?" * len(_TERMINAL_TYPES))
-    row = conn.execute(
-        f"SELECT event_type FROM events WHERE run_id = ? AND event_type IN ({marks}) AND created >= ?"
-        " AND title NOT LIKE 'Training killed without a word%' ORDER BY created DESC LIMIT 1",
-        (state.run_id, *_TERMINAL_TYPES, state.started_at or 0.0),
-    ).fetchone()
-    if row is None:
-        return None
-    return _TERMINAL_STATUS.get(row[0], "interrupted")
+def _terminal_status(outbox: Outbox, state: RunState) -> str | None:
+    since = state.started_at or 0.0
+    ends = outbox.history(run_id=state.run_id, event_type=_TERMINAL_TYPES, limit=_ENDS_LOOKED_AT)
+    for entry in ends:  # newest first; a death notice is not the run's own end
+        if entry.event.timestamp.timestamp() < since:
+            break  # an end of an earlier attempt
+        if not entry.event.title.startswith(_NOTICE_TITLE):
+            return _TERMINAL_STATUS.get(entry.event.event_type.value, "interrupted")
+    return None
 
 
-def notice_id(conn: sqlite3.Connection, state: RunState) -> str:
+def notice_id(outbox: Outbox, state: RunState) -> str:
     """The notice's id: the same for every reporter of this run's death; a resumed run
     that dies again (its first notice already stored) gets one that names its process."""
     first = uuid.uuid5(uuid.NAMESPACE_URL, f"afs-callbacks:{state.run_id}:killed").hex
-    taken = conn.execute("SELECT 1 FROM events WHERE id = ?", (first,)).fetchone()
-    if taken is None:
+    if not outbox.history(event_id=first, limit=1):
         return first
     return uuid.uuid5(uuid.NAMESPACE_URL, f"afs-callbacks:{state.run_id}:killed:{state.pid}").hex
 
@@ -193,8 +201,6 @@ def build_notice(
     state: RunState, event_id: str, *, seen: Sighting | None, detected_by: str, now: float | None = None
 ) -> NotificationEvent:
     """The "killed without a word" event for ``state``, with everything that can be known."""
-    from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
-
     now = time.time() if now is None else now
     signal_name = exit_signal(state.pid)
     folder = seen.cgroup if seen is not None and seen.cgroup else cgroup_dir(state.pid)
@@ -235,7 +241,7 @@ def build_notice(
     return NotificationEvent(
         event_type=EventType.TRAINING_FAILED,
         level=NotificationLevel.CRITICAL,
-        title=f"Training killed without a word: {state.model}",
+        title=f"{_NOTICE_TITLE}: {state.model}",
         message="\n".join(lines),
         context={key: value for key, value in context.items() if value is not None},
         id=event_id,
@@ -257,69 +263,143 @@ def _progress_line(state: RunState, now: float) -> str:
     return f"Last heard from: {where}, at {when} ({ago:.0f} s before it was found gone)."
 
 
-def route_like_the_run(conn: sqlite3.Connection, event_id: str, run_id: str) -> int:
-    """Queue the stored notice ``event_id`` also for every channel that carried the run's
-    earlier messages: channels the dead process set up in code (not in the environment)
-    are unknown to the watcher, and the next process that has them delivers it. Returns
-    how many deliveries were added."""
-    now = time.time()
-    cursor = conn.execute(
-        "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt)"
-        " SELECT ?, channel, 'pending', ? FROM (SELECT DISTINCT d.channel AS channel FROM deliveries d"
-        " JOIN events e ON e.id = d.event_id WHERE e.run_id = ? AND e.id != ?)"
-        " WHERE EXISTS (SELECT 1 FROM events WHERE id = ?)",
-        (event_id, now, run_id, event_id, event_id),
-    )
-    return max(0, cursor.rowcount)
+# What can be known about a process from outside it --------------------------------
 
 
-def find_and_claim(
-    conn: sqlite3.Connection,
-    *,
-    host: str,
-    seen: dict[int, Sighting] | None = None,
-    detected_by: str,
-) -> list[NotificationEvent]:
-    """Claim every vanished run of ``host`` in the database; return their notices."""
-    notices = []
-    for state in running_here(conn, host):
-        if state.pid == os.getpid():
-            continue
-        sighting = None if seen is None or state.pid is None else seen.get(state.pid)
-        if not process_gone(state.pid, state.updated_at, sighting):
-            continue
-        event_id = notice_id(conn, state)
-        won = claim(conn, state)
-        if won is not None:
-            notices.append(build_notice(state, event_id, seen=sighting, detected_by=detected_by))
-    return notices
+@dataclass
+class Sighting:
+    """What the watcher learnt about a run's process while it was alive."""
+
+    create_time: float | None
+    cgroup: str | None
+    oom_kills: int | None
 
 
-def report_vanished(state_dir: str, emit: Callable[[NotificationEvent], object]) -> None:
-    """Report, through ``emit`` (a manager's), this host's runs in ``state_dir`` whose
-    process vanished without a word (called once the store is open). Never raises."""
+def sight(pid: int) -> Sighting | None:
+    """Note a live process's start time, memory cgroup and that cgroup's OOM-kill count."""
     try:
-        conn = open_db(state_dir)
-        if conn is None:
-            return
+        import psutil
+
+        created: float | None = psutil.Process(pid).create_time()
+    except ImportError:
+        created = None
+    except Exception:
+        return None  # already gone
+    folder = cgroup_dir(pid)
+    return Sighting(created, folder, cgroup_memory(folder)[0])
+
+
+def process_gone(pid: int | None, last_update: float | None, seen: Sighting | None = None) -> bool:
+    """Whether the process ``pid`` that wrote a run's row no longer exists on this host.
+
+    A zombie counts as gone; so does a live process that started after the row was last
+    written, or another one than the watcher saw (the pid was reused).
+    """
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's: the start time below still tells a reused pid
+    try:
+        import psutil
+    except ImportError:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        created = process.create_time()
+    except psutil.NoSuchProcess:  # a zombie too (ZombieProcess is one)
+        return True
+    except psutil.Error:
+        return False  # access denied: alive, and nothing more can be told
+    if seen is not None and seen.create_time is not None:
+        return abs(created - seen.create_time) > 1.0
+    return last_update is not None and created > last_update + 1.0
+
+
+def exit_signal(pid: int | None) -> str | None:
+    """The signal that ended ``pid``, while it is a zombie its parent has not reaped yet."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        if fields[0] != b"Z" or len(fields) < 50:
+            return None
+        status = int(fields[-1])  # the wait status (Linux >= 3.5, same user)
+    except (OSError, ValueError, IndexError):
+        return None
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        with contextlib.suppress(ValueError):
+            return signal.Signals(number).name
+        return f"signal {number}"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return None
+
+
+def cgroup_dir(pid: int | None) -> str | None:
+    """The memory cgroup folder of ``pid`` (v2 or v1), or of this process if ``pid`` is gone."""
+    for who in ([str(pid)] if pid else []) + ["self"]:
         try:
-            notices = find_and_claim(conn, host=socket.gethostname(), detected_by="the next run")
-        finally:
-            conn.close()
-        for notice in notices:
-            emit(notice)
-    except Exception as error:
-        log.warning("afs-callbacks: could not check for runs that vanished: %s", error)
+            with open(f"/proc/{who}/cgroup", encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if controllers == "" and os.path.exists("/sys/fs/cgroup/memory.events"):
+                return _existing("/sys/fs/cgroup", path)
+            if "memory" in controllers.split(","):
+                return _existing("/sys/fs/cgroup/memory", path)
+    return None
+
+
+def _existing(root: str, path: str) -> str:
+    # Inside a container the path names the host's hierarchy; the mount shows its own root.
+    candidate = os.path.join(root, path.lstrip("/"))
+    return candidate if os.path.isdir(candidate) else root
+
+
+def cgroup_memory(folder: str | None) -> tuple[int | None, int | None]:
+    """(the cgroup's ``oom_kill`` count, its peak memory in bytes); None where unreadable."""
+    if folder is None:
+        return None, None
+    oom = None
+    for name in ("memory.events", "memory.oom_control"):
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                for line in handle:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        oom = int(value)
+            break
+    peak = None
+    for name in ("memory.peak", "memory.max_usage_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                peak = int(handle.read().split()[0])
+            break
+    return oom, peak
 
 
 __all__ = [
+    "LOCK_NAME",
+    "WANTED_NAME",
     "Sighting",
+    "build_notice",
+    "cgroup_dir",
     "cgroup_memory",
     "ensure_watcher",
+    "exit_signal",
     "find_and_claim",
     "process_gone",
     "report_vanished",
-    "route_like_the_run",
     "sight",
     "watcher_alive",
 ]

@@ -4,7 +4,9 @@ A flush forces one attempt of every pending message (ignoring backoff), then kee
 for a message whose next attempt fits inside the deadline: a ``429 Retry-After: 1`` during
 ``flush(30)`` is retried a second later, not given up on. It never sends into a channel's
 rate-limit pause, and it stops early when nothing left can happen before the deadline
-(a pause longer than the time left, a backoff past it).
+(a pause longer than the time left, a backoff past it). Two flushes may drive the same
+senders at once (a crash report's and the exit's): the first to end leaves the other's
+forcing in place.
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ def flush_workers(
     started = time.time()
     deadline = None if timeout is None else started + timeout
     for worker in workers:
-        worker.forced_since = started
-        worker.wake()
+        worker.begin_flush(started)
     try:
         while any(worker.flush_pending(deadline) for worker in workers):
             remaining = _CHECK_EVERY if deadline is None else min(deadline - time.time(), _CHECK_EVERY)
@@ -46,4 +47,4 @@ def flush_workers(
                 progress.wait(remaining)
     finally:
         for worker in workers:
-            worker.forced_since = None
+            worker.end_flush(started)

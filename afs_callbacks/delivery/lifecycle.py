@@ -24,15 +24,22 @@ from afs_callbacks.channels.base import NotificationHandler
 from afs_callbacks.config import Settings
 from afs_callbacks.delivery.budget import BudgetPolicy
 from afs_callbacks.delivery.flushing import flush_workers
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SENDING, SUPERSEDED
+from afs_callbacks.delivery.outbox import (
+    DEAD,
+    DELIVERED,
+    FOLDED,
+    OUTBOX_FILE,
+    PENDING,
+    SENDING,
+    SUPERSEDED,
+    Outbox,
+)
 from afs_callbacks.delivery.sender import ChannelWorker, RetryPolicy
-from afs_callbacks.delivery.store import Store
 from afs_callbacks.delivery.writer import Handover, Ready, Writer
 from afs_callbacks.events import NotificationEvent
 
 log = get_logger(__name__)
 
-OUTBOX_FILE = "outbox.sqlite3"
 #: Seconds ``close()`` may spend storing queued events, whatever its flush timeout.
 STORE_AT_CLOSE = 2.0
 
@@ -101,7 +108,7 @@ class Delivery:
         self._on_open = on_open
         self._lock = threading.RLock()
         self._progress = threading.Condition()
-        self._store: Store | None = None
+        self._store: Outbox | None = None
         self._writer: Writer | None = None
         self._workers: dict[str, ChannelWorker] = {}
         self._stopping = False
@@ -112,11 +119,11 @@ class Delivery:
     # Parts, made lazily (a manager that sends nothing opens no file) ---------------------------
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Outbox:
         """The store (no I/O: the writer thread opens the file)."""
         with self._lock:
             if self._store is None:
-                self._store = Store(self.path)
+                self._store = Outbox(self.path, tolerant=True)
             return self._store
 
     @property
@@ -132,7 +139,7 @@ class Delivery:
         """Whether anything was handed over (so there is something to flush or close)."""
         return self._writer is not None or self._store is not None
 
-    def opened_store(self) -> Store:
+    def opened_store(self) -> Outbox:
         """The store with its file opened now, on this thread (for the CLI's reads)."""
         store = self.store
         store.open()

@@ -1,61 +1,161 @@
-"""The durable outbox: every accepted event and its delivery state per channel, in SQLite.
+"""The outbox: every accepted event and its delivery state per channel, in one SQLite file.
 
-The same table is the notification history. Rows move ``pending -> sending -> delivered``
-or back to ``pending`` with a later ``next_attempt``, or end ``dead``; the sender may end
-stale progress ``superseded`` and fold a flood into a digest (``folded``). A sender claims
-rows with a lease (``lease_until`` + ``lease_owner``) inside ``BEGIN IMMEDIATE``, so two
-processes never send the same row at once and a crashed sender's rows are claimed again.
+The same tables are the notification history, each run's latest state and metric points,
+and the ids of live run cards; this module is the only one that knows them. Rows of
+``deliveries`` move ``pending -> sending -> delivered`` or back to ``pending`` with a later
+``next_attempt``, or end ``dead``; the sender may end stale progress ``superseded`` and fold
+a flood into a digest (``folded``). A sender claims rows with a lease (``lease_until`` +
+``lease_owner``) inside ``BEGIN IMMEDIATE``, so two processes never send the same row at
+once and a crashed sender's rows are claimed again.
 
-:class:`Outbox` is the writing and claiming here plus the mixins of ``outbox_reads``
-(history), ``outbox_priority`` (superseding, folding, flush bookkeeping) and
-``outbox_runs`` (runs, points, cards), all over one connection (``outbox_base``).
+One :class:`Outbox` per file and process; three ways to open it:
+
+* ``Outbox(path)`` reads and writes, and raises what SQLite raises (tests, ``afs-notify
+  retry``, the death watcher).
+* ``Outbox(path, tolerant=True)`` is the manager's: a disk that fills, a folder that turns
+  read-only, another process holding the write lock or a corrupted file must not cost a
+  notification. When a write fails, the events (and what happens to them) are kept in the
+  same tables on an in-memory SQLite connection, bounded, and the senders deliver them from
+  there; the cause is logged once, with the file's name; everything is written back once
+  the file is writable again. A corrupted file is moved aside (``outbox.sqlite3.corrupt-<time>``)
+  and a fresh one started. Nothing raises into the caller.
+* ``Outbox(path, read_only=True)`` for readers (the dashboard, the CLI's check): never
+  creates or changes the file; a missing or unreadable one raises :class:`OutboxUnavailable`;
+  a table an older file lacks reads as empty.
+
+SQLite connections must not cross ``fork()`` (DataLoader workers fork), so each process
+opens its own connection lazily; an inherited one is left alone, never closed or used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import socket
+import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.delivery.outbox_base import (
-    DEAD,
-    DELIVERED,
-    PENDING,
-    SENDING,
-    STATES,
-    OutboxBase,
-    lease_owner,
+from afs_callbacks.delivery.faults import describe_fault, is_corruption, move_aside, still_corrupt
+from afs_callbacks.delivery.limits import HeldMessage
+from afs_callbacks.delivery.priority import (
+    BUDGET_EXEMPT_TYPES,
+    FOLDED,
+    SUPERSEDED,
+    priority_sql,
+    sql_list,
 )
-from afs_callbacks.delivery.outbox_priority import PriorityQueries
-from afs_callbacks.delivery.outbox_reads import Delivery, HistoryEntry, HistoryReads
-from afs_callbacks.delivery.outbox_runs import MAX_POINTS_PER_SERIES, RunTables
-from afs_callbacks.delivery.priority import FOLDED, SUPERSEDED, priority_sql
-from afs_callbacks.events import NotificationEvent
+from afs_callbacks.events import PROGRESS_TYPES, TERMINAL_TYPES, NotificationEvent, NotificationLevel
 from afs_callbacks.redaction import redact
-
-__all__ = [
-    "DEAD",
-    "DELIVERED",
-    "FOLDED",
-    "MAX_POINTS_PER_SERIES",
-    "PENDING",
-    "SENDING",
-    "STATES",
-    "SUPERSEDED",
-    "Claim",
-    "Delivery",
-    "HistoryEntry",
-    "Outbox",
-    "OutboxBase",
-    "event_row",
-    "lease_owner",
-]
+from afs_callbacks.runstate import MetricPoint, RunState
 
 log = get_logger(__name__)
+
+_T = TypeVar("_T")
+#: A claim's lease: (now, lease seconds, forced since or -1, owner or None for this process).
+_Lease = tuple[float, float, float, "str | None"]
+
+#: The outbox's file name inside the state directory (``AFS_STATE_DIR``).
+OUTBOX_FILE = "outbox.sqlite3"
+
+PENDING = "pending"
+SENDING = "sending"
+DELIVERED = "delivered"
+DEAD = "dead"
+#: Every delivery state: superseded (stale progress, not sent) and folded (held back by the
+#: channel's budget, named in a digest) are finished states like delivered and dead.
+STATES = (PENDING, SENDING, DELIVERED, DEAD, SUPERSEDED, FOLDED)
+
+#: At most this many points are kept per (run, series); beyond it every other one goes.
+MAX_POINTS_PER_SERIES = 2000
+#: Seconds between two attempts to write to a file that failed (a tolerant outbox).
+RETRY_SECONDS = 1.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    event_type TEXT NOT NULL,
+    level TEXT NOT NULL,
+    run_id TEXT,
+    title TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_created ON events (created);
+-- Superseding looks events up by run and type.
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, event_type, created);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    channel TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_attempt REAL,
+    lease_until REAL,
+    lease_owner TEXT,
+    last_error TEXT,
+    delivered_at REAL,
+    PRIMARY KEY (event_id, channel)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (channel, state, next_attempt);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    model TEXT,
+    host TEXT,
+    pid INTEGER,
+    status TEXT NOT NULL,
+    started_at REAL,
+    updated_at REAL,
+    ended_at REAL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
+CREATE TABLE IF NOT EXISTS points (
+    run_id TEXT NOT NULL,
+    series TEXT NOT NULL,
+    axis TEXT NOT NULL,
+    x REAL NOT NULL,
+    y REAL,
+    PRIMARY KEY (run_id, series, x)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cards (
+    run_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (run_id, channel)
+);
+"""
+
+# The parts of a delivery row the sender's steps share.
+_DUE = (
+    "((d.state = 'pending' AND (d.next_attempt <= ? OR COALESCE(d.last_attempt, 0) < ?))"
+    " OR (d.state = 'sending' AND d.lease_until < ?))"
+)
+_CLEAR_LEASE = "lease_until = NULL, lease_owner = NULL"
+_CLAIM = (
+    "SELECT d.event_id, d.attempts, e.payload FROM deliveries d JOIN events e ON e.id = d.event_id"
+    # The IN term lets SQLite use the (channel, state) index instead of scanning the
+    # channel's whole delivered history on every claim.
+    f" WHERE d.channel = ? AND d.state IN ('pending', 'sending') AND {_DUE}"
+    f" ORDER BY {priority_sql('e.event_type')}, e.created LIMIT ?"
+)
+_UNFINISHED = "state IN ('pending', 'sending')"
+
+# Connections inherited across fork(): kept referenced so they are never closed (closing
+# one in the child could checkpoint or delete the parent's WAL).
+_inherited: list[sqlite3.Connection] = []
+_instances: weakref.WeakSet[Outbox] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -67,48 +167,210 @@ class Claim:
     attempts: int
 
 
-class Outbox(PriorityQueries, RunTables, HistoryReads):
-    """SQLite-backed outbox and history at ``path`` (``":memory:"`` for a volatile one).
+@dataclass(frozen=True)
+class Delivery:
+    """The state of one event on one channel, as the history shows it."""
 
-    Thread-safe within a process; safe across processes through SQLite's locking.
+    channel: str
+    state: str
+    attempts: int
+    next_attempt: float | None
+    last_error: str | None
+    delivered_at: float | None
+    last_attempt: float | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One event and its deliveries."""
+
+    event: NotificationEvent
+    deliveries: tuple[Delivery, ...] = field(default_factory=tuple)
+
+
+class OutboxUnavailable(Exception):
+    """A read-only outbox cannot be read: ``reason`` is ``missing`` or ``unreadable``.
+
+    The message names the file; ``error`` is SQLite's own error, when there is one.
     """
 
-    # Writing ------------------------------------------------------------------------
+    def __init__(self, path: str, reason: str, detail: str, error: BaseException | None = None) -> None:
+        super().__init__(f"{detail}: {path}")
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+        self.error = error
+
+
+def lease_owner() -> str:
+    """Who holds a lease: host and PID, so a dead local owner can be recognised."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Outbox:
+    """The outbox and history in the SQLite file at ``path`` (see the module docstring).
+
+    Thread-safe within a process; safe across processes through SQLite's locking.
+
+    Args:
+        path: the SQLite file (``":memory:"`` for a volatile one).
+        tolerant: keep working through storage faults instead of raising (the manager's
+            outbox). It opens the file on :meth:`open` or its first use; a plain one opens
+            it now, so that a bad path fails in the constructor.
+        read_only: open an existing file for reading only.
+        memory_limit: a tolerant outbox keeps at most this many events in memory while its
+            file cannot be written.
+        busy_timeout: seconds a statement waits for another process's write lock (a
+            tolerant outbox then keeps the events in memory instead); default 2 for a
+            tolerant outbox, 5 for a read-only one, 10 otherwise.
+
+    Raises:
+        ValueError: both ``tolerant`` and ``read_only`` (a reader has nothing to keep).
+        OutboxUnavailable: ``read_only`` and the file is missing or cannot be read.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        tolerant: bool = False,
+        read_only: bool = False,
+        memory_limit: int = 10_000,
+        busy_timeout: float | None = None,
+    ) -> None:
+        if tolerant and read_only:
+            raise ValueError(
+                "Outbox(tolerant=True, read_only=True): a read-only outbox writes nothing it could keep"
+            )
+        self.path = str(path)
+        self.tolerant = tolerant
+        self.read_only = read_only
+        self.memory_limit = memory_limit
+        if busy_timeout is None:
+            busy_timeout = 2.0 if self.tolerant else 5.0 if read_only else 10.0
+        self.busy_timeout = busy_timeout
+        #: A tolerant outbox's storage fault, in words; None while the file is healthy.
+        self.fault: str | None = None
+        self._lock = threading.RLock()  # the file's connection
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        # What a tolerant outbox keeps while its file fails: the same tables in memory, and
+        # outcomes of the file's own rows to replay there.
+        self._kept_lock = threading.RLock()
+        self._kept: sqlite3.Connection | None = None
+        self._marks: dict[tuple[str, str], tuple[str, tuple[Any, ...]]] = {}
+        self._dropped = 0
+        self._fault_lock = threading.Lock()
+        self._next_try = 0.0
+        self._opened = False  # once it opened, a failure is "cannot use", before "cannot open"
+        self._run_index_ready = False
+        _instances.add(self)
+        if not self.tolerant:
+            self._connection()  # fail early (bad path, read-only disk, no file) in the constructor
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # Health (a tolerant outbox) -----------------------------------------------------------
+
+    def open(self) -> bool:
+        """Open (or reopen) the file; False, with the fault noted, when that fails."""
+        self._opened = self._file("open", lambda: self._connection() is not None, False) or self._opened
+        return self._opened
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the file is being written (no fault since the last successful write)."""
+        return self.fault is None
+
+    def due_for_retry(self) -> bool:
+        """Whether a faulted outbox should try its file again now."""
+        return self.fault is not None and time.monotonic() >= self._next_try
+
+    def close(self) -> None:
+        """Write what memory still holds (one last try), then close this process's
+        connection (an inherited one is left alone)."""
+        if (self._kept_count() or self._marks) and not self.recover(now=True):
+            log.error(
+                "afs-callbacks: %d message(s) delivered or pending in memory could not be written"
+                " to the notification history %s before closing",
+                self._kept_count(),
+                self.path,
+            )
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    # Writing -------------------------------------------------------------------------------
 
     def enqueue(self, event: NotificationEvent, channels: Iterable[str]) -> None:
         """Store ``event`` and one pending delivery per channel, in one transaction."""
-        self.enqueue_many([(event, list(channels))])
+        self.write([(event, list(channels))])
 
-    def enqueue_many(
-        self,
-        items: Sequence[tuple[NotificationEvent, Sequence[str]]],
-        *,
-        pause: Callable[[], None] | None = None,
-    ) -> None:
-        """Store several events and their pending deliveries in one transaction (the writer
-        thread batches: one commit for many events is what keeps up under contention).
+    def write(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> bool:
+        """Store events and their pending deliveries in one transaction (the writer thread
+        batches: one commit for many events is what keeps up under contention).
 
-        ``pause`` is called after each event is serialised (the writer yields the GIL there,
-        so a training thread never waits long for it).
+        Returns whether they reached the file; a tolerant outbox keeps them in memory when
+        they did not.
         """
-        now = time.time()
-        events = []
-        for event, _ in items:
-            events.append(event_row(event))
-            if pause is not None:
-                pause()
-        rows = [(event.id, channel, PENDING, now) for event, channels in items for channel in channels]
-        with self._transaction(immediate=True) as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO events (id, created, event_type, level, run_id, title, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                events,
+        if not self.tolerant:
+            self._insert_file(items)
+            return True
+        if self.fault is not None and not self.recover():
+            self._keep(items)
+            return False
+        try:
+            self._insert_file(items)
+            self._opened = True
+            return True
+        except (sqlite3.Error, OSError) as error:
+            self._on_fault("write", error)
+            self._keep(items)
+            if self.fault is None:  # corruption: a fresh file was started, try it at once
+                return self.recover()
+            return False
+
+    def recover(self, *, now: bool = False) -> bool:
+        """Write what memory holds back to the file; True when the outbox is healthy again.
+
+        Between faults it waits :data:`RETRY_SECONDS`; ``now`` tries at once (at close).
+        """
+        if self.fault is not None and time.monotonic() < self._next_try and not now:
+            return False
+        moved = 0
+        try:
+            with self._kept_lock:
+                kept = self._kept
+                if kept is not None:
+                    moved = self._write_back(kept)
+                    self._kept = None
+                    kept.close()
+            self._replay_marks()
+        except (sqlite3.Error, OSError) as error:
+            self._on_fault("write", error)
+            return False
+        self._opened = True
+        with self._fault_lock:
+            was, self.fault = self.fault, None
+        if was is not None:
+            log.warning(
+                "afs-callbacks: the notification history %s is writable again; %d kept message(s) written",
+                self.path,
+                moved,
             )
-            conn.executemany(
-                "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt)"
-                " VALUES (?, ?, ?, ?)",
-                rows,
-            )
+        return True
+
+    # Sending -------------------------------------------------------------------------------
 
     def claim(
         self,
@@ -119,33 +381,21 @@ class Outbox(PriorityQueries, RunTables, HistoryReads):
         forced_since: float | None = None,
         owner: str | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` due deliveries of ``channel``, oldest first.
+        """Lease up to ``limit`` due deliveries of ``channel``, most urgent first (the end of
+        a run, then alerts, progress last), then oldest first.
 
         Due means pending with ``next_attempt`` passed, or leased by someone whose lease
         expired. With ``forced_since`` (a flush), pending rows not attempted since that
-        time are due regardless of their backoff, so each is tried once per flush.
+        time are due regardless of their backoff, so each is tried once per flush. Events
+        kept in memory come before the file's.
         """
-        now = time.time()
-        forced = -1.0 if forced_since is None else forced_since
-        with self._transaction(immediate=True) as conn:
-            rows = conn.execute(
-                "SELECT d.event_id, d.attempts, e.payload FROM deliveries d"
-                " JOIN events e ON e.id = d.event_id"
-                # The IN term lets SQLite use the (channel, state) index instead of scanning
-                # the channel's whole delivered history on every claim.
-                " WHERE d.channel = ? AND d.state IN ('pending', 'sending') AND ("
-                "   (d.state = 'pending' AND (d.next_attempt <= ?"
-                "       OR COALESCE(d.last_attempt, 0) < ?))"
-                "   OR (d.state = 'sending' AND d.lease_until < ?))"
-                f" ORDER BY {priority_sql('e.event_type')}, e.created LIMIT ?",
-                (channel, now, forced, now, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE deliveries SET state = 'sending', lease_until = ?, lease_owner = ?"
-                " WHERE event_id = ? AND channel = ?",
-                [(now + lease_seconds, owner or lease_owner(), row[0], channel) for row in rows],
-            )
-        claims = []
+        lease: _Lease = (time.time(), lease_seconds, -1.0 if forced_since is None else forced_since, owner)
+        none: list[Claim] = []
+        claims = self._in_memory(lambda kept: _claim(kept, channel, limit, lease), none)
+        if len(claims) >= limit:
+            return claims
+        no_rows: list[Any] = []
+        rows = self._file("write", lambda: self._claim_file(channel, limit - len(claims), lease), no_rows)
         for event_id, attempts, payload in rows:
             try:
                 event = NotificationEvent.from_json(payload)
@@ -157,13 +407,7 @@ class Outbox(PriorityQueries, RunTables, HistoryReads):
 
     def mark_delivered(self, event_id: str, channel: str) -> None:
         """Record a successful delivery."""
-        now = time.time()
-        self._finish(
-            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,"
-            " last_attempt = ?, delivered_at = ?, lease_until = NULL, lease_owner = NULL,"
-            " last_error = NULL WHERE event_id = ? AND channel = ?",
-            (now, now, event_id, channel),
-        )
+        self._mark("mark_delivered", event_id, channel, ())
 
     def mark_retry(self, event_id: str, channel: str, next_attempt: float, error: str) -> None:
         """Record a failed attempt to be retried at ``next_attempt`` (epoch seconds).
@@ -171,49 +415,422 @@ class Outbox(PriorityQueries, RunTables, HistoryReads):
         Like :meth:`mark_dead`, it leaves a delivered row alone: a sender whose lease ran
         out reports late, after another sender already delivered the message.
         """
-        self._finish(
-            "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,"
-            " last_attempt = ?, next_attempt = ?, lease_until = NULL, lease_owner = NULL,"
-            " last_error = ? WHERE event_id = ? AND channel = ? AND state IN ('pending', 'sending')",
-            (time.time(), next_attempt, redact(error), event_id, channel),
-        )
+        self._mark("mark_retry", event_id, channel, (next_attempt, redact(error)))
 
     def mark_dead(self, event_id: str, channel: str, error: str, *, attempted: bool = True) -> None:
         """Record a delivery that will not be tried again (the dead-letter state)."""
-        self._finish(
-            "UPDATE deliveries SET state = 'dead', attempts = attempts + ?,"
-            " last_attempt = ?, lease_until = NULL, lease_owner = NULL,"
-            " last_error = ? WHERE event_id = ? AND channel = ? AND state IN ('pending', 'sending')",
-            (1 if attempted else 0, time.time(), redact(error), event_id, channel),
-        )
+        self._mark("mark_dead", event_id, channel, (1 if attempted else 0, redact(error)))
 
     def release(self, event_id: str, channel: str) -> None:
         """Give a claimed delivery back untouched (the sender is stopping)."""
-        self._finish(
-            "UPDATE deliveries SET state = 'pending', lease_until = NULL, lease_owner = NULL"
-            " WHERE event_id = ? AND channel = ? AND state = 'sending'",
-            (event_id, channel),
+        self._mark("release", event_id, channel, ())
+
+    def supersede_stale(self, channel: str) -> int:
+        """Mark ``channel``'s stale progress superseded instead of sending it; return how many.
+
+        Stale: a pending progress delivery whose run has a terminal event stored at or after
+        it, or a newer event of the same type on this channel. Its event stays in the history.
+        """
+        return self._file("write", lambda: self._supersede_stale(channel), 0)
+
+    def fold_due(
+        self,
+        channel: str,
+        make_digest: Callable[[Sequence[HeldMessage]], NotificationEvent],
+        *,
+        forced_since: float | None = None,
+        claimed: str | None = None,
+        minimum: int = 2,
+    ) -> NotificationEvent | None:
+        """Fold ``channel``'s due budgeted deliveries into one digest, in one transaction.
+
+        When at least ``minimum`` are due (as :meth:`claim` counts due; ``claimed`` is the
+        id of one the caller holds a claim on), they become ``folded`` (kept in the
+        history, naming the digest) and the digest from ``make_digest`` is stored with one
+        pending delivery on ``channel``; returns it (None: nothing folded).
+        """
+        forced = -1.0 if forced_since is None else forced_since
+        return self._file(
+            "write", lambda: self._fold_due(channel, make_digest, forced, claimed, minimum), None
         )
 
-    def requeue_dead(self, channels: Iterable[str] | None = None) -> int:
-        """Make dead deliveries (of ``channels``, or all) pending again with a fresh attempt
-        budget, for after the cause is fixed; returns how many. The last error is kept."""
+    def flush_due(self, channel: str, forced_since: float) -> tuple[int, float | None]:
+        """What a flush started at ``forced_since`` still waits for on ``channel``: how many
+        deliveries are in flight or not yet tried since then, and when the earliest retry of
+        one tried since then is due (epoch seconds; None when there is none)."""
+        nothing: tuple[int, float | None] = (0, None)
+        found = self._everywhere("read", lambda conn: _flush_due(conn, channel, forced_since), nothing)
+        dues = [due for _, due in found if due is not None]
+        return sum(untried for untried, _ in found), (min(dues) if dues else None)
+
+    def next_due(self, channel: str) -> float | None:
+        """When the next pending delivery of ``channel`` is due (epoch seconds), if any."""
+        dues = [due for due in self._everywhere("read", lambda conn: _next_due(conn, channel), None) if due]
+        return min(dues) if dues else None
+
+    def untried_since(self, channels: Sequence[str], since: float) -> int:
+        """Deliveries of ``channels`` being sent, or pending and not attempted since ``since``."""
+        if not channels:
+            return 0
+        return sum(self._everywhere("read", lambda conn: _untried_since(conn, channels, since), 0))
+
+    def data_version(self) -> int:
+        """A number that changes when another connection (process) commits to the file: an
+        idle sender reads it instead of the tables to learn whether anything arrived (-1
+        when a tolerant outbox cannot read its file)."""
+        return self._file("read", lambda: int(self._query("PRAGMA data_version")[0][0]), -1)
+
+    # Housekeeping ------------------------------------------------------------------------------
+
+    def requeue_dead(self, channels: Iterable[str] | None = None, *, event_id: str | None = None) -> int:
+        """Make dead deliveries pending again with a fresh attempt budget, for after the
+        cause is fixed; returns how many. Only ``channels`` (None: every channel) and only
+        ``event_id`` (None: every message). The last error is kept, so the history still
+        says what went wrong before."""
         sql = "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt = ? WHERE state = 'dead'"
         params: list[Any] = [time.time()]
         wanted = None if channels is None else list(channels)
         if wanted is not None:
-            sql += f" AND channel IN ({','.join('?' * len(wanted))})"
+            sql += f" AND channel IN ({_marks(wanted)})"
             params += wanted
-        with self._transaction(immediate=True) as conn:
-            return int(conn.execute(sql, params).rowcount)
+        if event_id is not None:
+            sql += " AND event_id = ?"
+            params.append(event_id)
+        return self._file("write", lambda: self._change(sql, params), 0)
 
     def reclaim_orphans(self) -> int:
         """Free rows leased by processes on this host that no longer exist.
 
         A SIGKILLed sender's lease would otherwise hold its rows until it expires.
         """
+        return self._file("write", self._reclaim_orphans, 0)
+
+    def prune(self, *, max_age_seconds: float, max_events: int) -> int:
+        """Drop old history: events past ``max_age_seconds`` or beyond the newest
+        ``max_events``, but only those with nothing left to deliver."""
+        return self._file("write", lambda: self._prune(max_age_seconds, max_events), 0)
+
+    # The history ----------------------------------------------------------------------------
+
+    def history(
+        self,
+        *,
+        limit: int = 50,
+        run_id: str | None = None,
+        event_type: str | Collection[str] | None = None,
+        level: str | None = None,
+        state: str | Collection[str] | None = None,
+        channel: str | None = None,
+        event_id: str | None = None,
+    ) -> list[HistoryEntry]:
+        """Recent events, newest first, with their deliveries; every filter optional.
+
+        ``event_type`` and ``state`` take one value or several. Events kept in memory come
+        first. An event whose stored form cannot be read is left out.
+        """
+        where = _HistoryFilter(run_id, event_type, level, state, channel, event_id)
+        none: list[HistoryEntry] = []
+        found = self._everywhere("read", lambda conn: _history(conn, where, limit), none)
+        return [entry for entries in found for entry in entries][:limit]
+
+    def counts(self, channels: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """Deliveries per channel per state: ``{"slack": {"pending": 2, "dead": 1}}``."""
+        wanted = None if channels is None else list(channels)
+        return _summed(self._everywhere("read", lambda conn: _counts(conn, wanted), {}))
+
+    def outstanding(self, channels: Iterable[str] | None = None) -> int:
+        """How many deliveries are pending or being sent (for ``channels``, or all)."""
+        return sum(
+            states.get(PENDING, 0) + states.get(SENDING, 0) for states in self.counts(channels).values()
+        )
+
+    def finished_between(self, start: float, end: float) -> dict[str, dict[str, int]]:
+        """Deliveries that ended in ``[start, end)`` per channel: ``{"slack": {"delivered":
+        3, "dead": 1, "superseded": 2}}`` (by any process sharing this outbox)."""
+        return _summed(self._everywhere("read", lambda conn: _finished_between(conn, start, end), {}))
+
+    def route_like_run(self, event_id: str, run_id: str) -> int:
+        """Queue the stored event ``event_id`` also for every channel that carried the other
+        messages of run ``run_id``; returns how many deliveries were added (none when the
+        event is not stored)."""
+        sql = (
+            "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt)"
+            " SELECT ?, channel, 'pending', ? FROM (SELECT DISTINCT d.channel AS channel FROM deliveries d"
+            " JOIN events e ON e.id = d.event_id WHERE e.run_id = ? AND e.id != ?)"
+            " WHERE EXISTS (SELECT 1 FROM events WHERE id = ?)"
+        )
+        params = (event_id, time.time(), run_id, event_id, event_id)
+        return self._file("write", lambda: max(0, self._change(sql, params)), 0)
+
+    # Runs, their points and their cards ---------------------------------------------------------
+
+    def save_run(self, state: RunState, points: Sequence[MetricPoint] = ()) -> None:
+        """Store the latest state of a run and append its new metric points.
+
+        A series over :data:`MAX_POINTS_PER_SERIES` keeps every other point: the curve's
+        shape survives, the table stays bounded. A tolerant outbox notes a fault and goes
+        on (the run's next state wins anyway).
+        """
+        self._file("write", lambda: self._save_run(state, points), None)
+
+    def claim_run_end(self, state: RunState, *, pid: int | None) -> bool:
+        """Store ``state`` (an ended run) only if the run's row still says running, written
+        by process ``pid``; True when this call changed it (whoever does reports the end)."""
+        sql = (
+            "UPDATE runs SET status = ?, ended_at = ?, state = ?"
+            " WHERE run_id = ? AND status = 'running' AND pid IS ?"
+        )
+        params = (state.status, state.ended_at, _run_json(state), state.run_id, pid)
+        return bool(self._file("write", lambda: self._change(sql, params), 0) == 1)
+
+    def run(self, run_id: str) -> RunState | None:
+        """The stored state of one run."""
+        states = _states(self._read("SELECT state FROM runs WHERE run_id = ?", (run_id,)))
+        return states[0] if states else None
+
+    def runs(
+        self,
+        *,
+        limit: int | None = 100,
+        status: str | None = None,
+        model: str | None = None,
+        host: str | None = None,
+        run_id_contains: str | None = None,
+    ) -> list[RunState]:
+        """Runs, newest first, narrowed by any of the filters (``limit`` None: all).
+
+        A row whose stored state cannot be read is left out.
+        """
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("status", status), ("model", model), ("host", host)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if run_id_contains:
+            clauses.append("run_id LIKE ? ESCAPE '\\'")
+            params.append("%" + _like_escape(run_id_contains) + "%")
+        sql = "SELECT state FROM runs"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        return _states(self._read(sql, params))
+
+    def run_counts(self) -> dict[str, int]:
+        """How many runs there are per status."""
+        rows = self._read("SELECT status, COUNT(*) FROM runs GROUP BY status")
+        return {str(status): int(count) for status, count in rows}
+
+    def models(self) -> list[str]:
+        """The model names the runs have, in order."""
+        sql = "SELECT DISTINCT model FROM runs WHERE model IS NOT NULL ORDER BY model"
+        return [str(row[0]) for row in self._read(sql)]
+
+    def points(self, run_id: str) -> dict[str, list[tuple[float, float | None]]]:
+        """A run's curves: series name -> [(x, y)] in x order (y None where it was NaN/Inf)."""
+        sql = "SELECT series, x, y FROM points WHERE run_id = ? ORDER BY series, x"
+        result: dict[str, list[tuple[float, float | None]]] = {}
+        for series, x, y in self._read(sql, (run_id,)):
+            result.setdefault(series, []).append((x, y))
+        return result
+
+    def series_axes(self, run_id: str) -> dict[str, str]:
+        """What each of a run's series is plotted over: ``{"loss": "step", "val_loss": "epoch"}``."""
+        sql = "SELECT DISTINCT series, axis FROM points WHERE run_id = ? ORDER BY series"
+        return {str(s): str(a) for s, a in self._read(sql, (run_id,))}
+
+    def card_id(self, run_id: str, channel: str) -> str | None:
+        """The message id of a run's live card on ``channel``, if one was posted."""
+        sql = "SELECT message_id FROM cards WHERE run_id = ? AND channel = ?"
+        rows = self._read(sql, (run_id, channel))
+        return str(rows[0][0]) if rows else None
+
+    def save_card_id(self, run_id: str, channel: str, message_id: str) -> None:
+        """Remember the message a run's card lives in (a resumed run edits the same one)."""
+        sql = "INSERT OR REPLACE INTO cards (run_id, channel, message_id, updated_at) VALUES (?, ?, ?, ?)"
+        self._file("write", lambda: self._change(sql, (run_id, channel, message_id, time.time())), None)
+
+    def forget_card(self, run_id: str, channel: str) -> None:
+        """Drop a card's message id (someone deleted the message: the next edit posts anew)."""
+        sql = "DELETE FROM cards WHERE run_id = ? AND channel = ?"
+        self._file("write", lambda: self._change(sql, (run_id, channel)), None)
+
+    # The file's connection ----------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._conn is None:
+            with self._lock:  # two threads opening at once would race on the schema and WAL
+                if self._conn is None:
+                    self._conn = self._open_read_only() if self.read_only else self._open_file()
+        return self._conn
+
+    def _open_file(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL under WAL survives a killed process (not a power cut) without an fsync
+            # per event, which keeps notify() in the tens of microseconds.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()  # a damaged file is moved aside: hold no handle on it
+            raise
+        return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not os.path.isfile(self.path):
+            raise OutboxUnavailable(self.path, "missing", "no history database yet")
+        try:
+            conn = sqlite3.connect(
+                f"file:{quote(self.path)}?mode=ro",
+                uri=True,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as error:
+            raise OutboxUnavailable(
+                self.path, "unreadable", f"cannot open the history database ({error})", error
+            ) from None
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            # A table an older file lacks reads as empty: an empty one in the connection's
+            # own temporary schema stands in for it (the file is never written).
+            for table, sql in _TABLES.items():
+                if table not in tables:
+                    conn.execute(sql.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1))
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.DatabaseError as error:
+            conn.close()
+            raise OutboxUnavailable(
+                self.path, "unreadable", f"the history database cannot be read ({error})", error
+            ) from None
+        return conn
+
+    def _after_fork(self) -> None:
+        if self._conn is not None:
+            _inherited.append(self._conn)
+        if self._kept is not None:
+            _inherited.append(self._kept)
+        # The parent delivers what it kept in memory; a child sending it too would duplicate.
+        self._conn = self._kept = None
+        self._marks = {}
+        self._lock = threading.RLock()
+        self._kept_lock = threading.RLock()
+        self._fault_lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _atomic(self._connection()) as conn:
+            yield conn
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._connection().execute(sql, params).fetchall()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of a query on the file (none when a tolerant outbox cannot read it)."""
+        none: list[Any] = []
+        return self._file("read", lambda: self._query(sql, params), none)
+
+    def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._transaction() as conn:
+            return int(conn.execute(sql, params).rowcount)
+
+    # The file's statements ----------------------------------------------------------------------
+
+    def _insert_file(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> None:
+        events = []
+        for event, _ in items:
+            events.append(_event_row(event))
+            # sleep(0) releases the GIL: a training thread waiting for it takes it now
+            # instead of after the interpreter's 5 ms switch interval.
+            time.sleep(0)
+        with self._transaction() as conn:
+            _insert(conn, events, items, time.time())
+
+    def _claim_file(self, channel: str, limit: int, lease: _Lease) -> list[Any]:
+        with self._transaction() as conn:
+            return _claim_rows(conn, channel, limit, lease)
+
+    def _supersede_stale(self, channel: str) -> int:
+        self._ensure_run_index()
+        stale = (
+            "SELECT e.id FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.channel = ? AND d.state = 'pending' AND e.run_id IS NOT NULL"
+            f" AND e.event_type IN ({sql_list(PROGRESS_TYPES)}) AND ("
+            "  EXISTS (SELECT 1 FROM events t WHERE t.run_id = e.run_id"
+            f"   AND t.event_type IN ({sql_list(TERMINAL_TYPES)}) AND t.created >= e.created)"
+            "  OR EXISTS (SELECT 1 FROM events n JOIN deliveries nd ON nd.event_id = n.id"
+            "   AND nd.channel = d.channel WHERE n.run_id = e.run_id"
+            "   AND n.event_type = e.event_type AND n.created > e.created))"
+        )
+        # Looked for outside a write transaction first: usually there is nothing stale, and
+        # a reader never holds up the processes that are writing events.
+        if not self._query(stale + " LIMIT 1", (channel,)):
+            return 0
+        reason = "superseded: its run moved on or ended before it was sent"
+        return self._change(
+            # last_attempt: when it ended, for the flush report (it was not attempted).
+            f"UPDATE deliveries SET state = ?, {_CLEAR_LEASE}, last_error = ?, last_attempt = ?"
+            f" WHERE channel = ? AND state = 'pending' AND event_id IN ({stale})",
+            (SUPERSEDED, reason, time.time(), channel, channel),
+        )
+
+    def _ensure_run_index(self) -> None:
+        # The schema creates this index; a file made by an older version gets it here, once.
+        if not self._run_index_ready:
+            self._query("CREATE INDEX IF NOT EXISTS events_run ON events (run_id, event_type, created)")
+            self._run_index_ready = True
+
+    def _fold_due(
+        self,
+        channel: str,
+        make_digest: Callable[[Sequence[HeldMessage]], NotificationEvent],
+        forced: float,
+        claimed: str | None,
+        minimum: int,
+    ) -> NotificationEvent | None:
+        now = time.time()
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT e.id, e.title, e.level, e.run_id FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE d.channel = ? AND ((d.state = 'pending'"
+                " AND (d.next_attempt <= ? OR COALESCE(d.last_attempt, 0) < ?))"
+                " OR (d.state = 'sending' AND d.event_id = ?))"
+                f" AND e.event_type NOT IN ({sql_list(BUDGET_EXEMPT_TYPES)})"
+                # A storm guard's digest is exempt too (see priority.is_budgeted).
+                " AND COALESCE(json_extract(e.payload, '$.control.digest_count'), 0) = 0"
+                " ORDER BY e.created",
+                (channel, now, forced, claimed),
+            ).fetchall()
+            if len(rows) < max(minimum, 1):
+                return None
+            held = [HeldMessage(row[0], row[1], NotificationLevel.parse(row[2]), row[3]) for row in rows]
+            digest = make_digest(held)
+            _insert(conn, [_event_row(digest)], [(digest, [channel])], now)
+            conn.executemany(
+                f"UPDATE deliveries SET state = ?, last_error = ?, last_attempt = ?, {_CLEAR_LEASE}"
+                f" WHERE event_id = ? AND channel = ? AND {_UNFINISHED}",
+                [
+                    (FOLDED, f"folded into digest {digest.id}", now, message.event_id, channel)
+                    for message in held
+                ],
+            )
+        return digest
+
+    def _reclaim_orphans(self) -> int:
         host = socket.gethostname()
-        with self._transaction(immediate=True) as conn:
+        with self._transaction() as conn:
             owners = [
                 row[0]
                 for row in conn.execute("SELECT DISTINCT lease_owner FROM deliveries WHERE state = 'sending'")
@@ -222,32 +839,460 @@ class Outbox(PriorityQueries, RunTables, HistoryReads):
             dead = [owner for owner in owners if _is_dead_local_owner(owner, host)]
             for owner in dead:
                 conn.execute(
-                    "UPDATE deliveries SET state = 'pending', lease_until = NULL,"
-                    " lease_owner = NULL WHERE state = 'sending' AND lease_owner = ?",
+                    f"UPDATE deliveries SET state = 'pending', {_CLEAR_LEASE}"
+                    " WHERE state = 'sending' AND lease_owner = ?",
                     (owner,),
                 )
         return len(dead)
 
-    def prune(self, *, max_age_seconds: float, max_events: int) -> int:
-        """Drop old history: events past ``max_age_seconds`` or beyond the newest
-        ``max_events``, but only those with nothing left to deliver."""
+    def _prune(self, max_age_seconds: float, max_events: int) -> int:
         cutoff = time.time() - max_age_seconds
-        finished = (
-            "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
-            " AND d.state IN ('pending', 'sending'))"
-        )
-        with self._transaction(immediate=True) as conn:
+        finished = f"NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.{_UNFINISHED})"
+        with self._transaction() as conn:
             removed = conn.execute(f"DELETE FROM events WHERE created < ? AND {finished}", (cutoff,)).rowcount
             removed += conn.execute(
                 f"DELETE FROM events WHERE {finished} AND id NOT IN"
                 " (SELECT id FROM events ORDER BY created DESC LIMIT ?)",
                 (max_events,),
             ).rowcount
-        return removed
+        return int(removed)
+
+    def _save_run(self, state: RunState, points: Sequence[MetricPoint]) -> None:
+        payload = _run_json(state)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO runs (run_id, model, host, pid, status, started_at, updated_at, ended_at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
+                " model = excluded.model, host = excluded.host, pid = excluded.pid,"
+                " status = excluded.status, started_at = COALESCE(runs.started_at, excluded.started_at),"
+                " updated_at = excluded.updated_at, ended_at = excluded.ended_at, state = excluded.state",
+                (
+                    state.run_id,
+                    state.model,
+                    state.host,
+                    state.pid,
+                    state.status,
+                    state.started_at,
+                    state.updated_at,
+                    state.ended_at,
+                    payload,
+                ),
+            )
+            if not points:
+                return
+            conn.executemany(
+                "INSERT OR REPLACE INTO points (run_id, series, axis, x, y) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (state.run_id, p.series, p.axis, float(p.x), p.y if math.isfinite(p.y) else None)
+                    for p in points
+                ],
+            )
+            for series in {p.series for p in points}:
+                count = conn.execute(
+                    "SELECT COUNT(*) FROM points WHERE run_id = ? AND series = ?", (state.run_id, series)
+                ).fetchone()[0]
+                if count > MAX_POINTS_PER_SERIES:
+                    conn.execute(
+                        "DELETE FROM points WHERE run_id = ? AND series = ? AND x IN (SELECT x FROM"
+                        " (SELECT x, ROW_NUMBER() OVER (ORDER BY x) AS n FROM points"
+                        "  WHERE run_id = ? AND series = ?) WHERE n % 2 = 0)",
+                        (state.run_id, series, state.run_id, series),
+                    )
+
+    # Storage faults (a tolerant outbox) -------------------------------------------------------------
+
+    def _file(self, doing: str, action: Callable[[], _T], fallback: _T) -> _T:
+        """``action()`` on the file; a tolerant outbox notes a storage error and returns
+        ``fallback`` (and, while its file fails, does not even try a write)."""
+        if not self.tolerant:
+            return action()
+        if doing == "write" and self._resting():
+            return fallback
+        try:
+            return action()
+        except (sqlite3.Error, OSError) as error:
+            self._on_fault(doing, error)
+            return fallback
+
+    def _resting(self) -> bool:
+        # While the file fails, writes wait for the writer thread's next retry instead of
+        # each sender waiting out a lock or failing on a full disk again and again.
+        return self.fault is not None and time.monotonic() < self._next_try
+
+    def _on_fault(self, doing: str, error: BaseException) -> None:
+        if is_corruption(error):
+            self._move_aside(error)
+            return
+        cause = describe_fault(error)
+        self._next_try = time.monotonic() + RETRY_SECONDS
+        self._drop_connection()  # reopened on the next try: a read-only one stays read-only
+        with self._fault_lock:
+            if self.fault == cause:
+                return
+            self.fault = cause
+        # One line per new cause, never a traceback per event.
+        log.error(
+            "afs-callbacks: cannot %s the notification history %s: %s. Messages are kept in memory"
+            " (up to %d) and still delivered; writing resumes when the file is writable again.",
+            "use" if self._opened else "open",
+            self.path,
+            cause,
+            self.memory_limit,
+        )
+
+    def _drop_connection(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+            self._conn = None
+
+    def _move_aside(self, error: BaseException) -> None:
+        with self._lock:
+            self._drop_connection()
+            # Another thread may have moved the damaged file aside already: never move a
+            # fresh one. A check of the file as it is now decides.
+            if still_corrupt(self.path, self.busy_timeout):
+                target = move_aside(self.path)
+                log.error(
+                    "afs-callbacks: the notification history %s is corrupted (%s); it was moved to %s"
+                    " and a fresh one started. Messages not yet delivered are kept in memory and"
+                    " still sent.",
+                    self.path,
+                    redact(error),
+                    target,
+                )
+
+    def _mark(self, name: str, event_id: str, channel: str, args: tuple[Any, ...]) -> None:
+        """Record a sender's outcome: in memory when the event is kept there, else in the
+        file; one the file cannot take now is replayed there on recovery (meanwhile the
+        row's lease keeps other senders off it)."""
+        if self._in_memory(
+            lambda kept: _apply_mark(kept, name, event_id, channel, args, only_kept=True), False
+        ):
+            return
+        if not self.tolerant:
+            self._mark_file(name, event_id, channel, args)
+            return
+        try:
+            if self._resting():
+                raise sqlite3.OperationalError("the history is not writable now")
+            self._mark_file(name, event_id, channel, args)
+        except (sqlite3.Error, OSError) as error:
+            if not self._resting():
+                self._on_fault("write", error)
+            with self._kept_lock:
+                self._marks[(event_id, channel)] = (name, args)
+
+    def _mark_file(self, name: str, event_id: str, channel: str, args: tuple[Any, ...]) -> None:
+        with self._transaction() as conn:
+            _apply_mark(conn, name, event_id, channel, args, only_kept=False)
+
+    def _replay_marks(self) -> None:
+        with self._kept_lock:
+            pending = list(self._marks.items())
+        for (event_id, channel), mark in pending:
+            self._mark_file(mark[0], event_id, channel, mark[1])
+            with self._kept_lock:
+                if self._marks.get((event_id, channel)) is mark:  # a newer outcome waits its turn
+                    del self._marks[(event_id, channel)]
+
+    def _keep(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> None:
+        """Keep events the file could not take in memory, bounded: past the limit, finished
+        ones go first, then the oldest progress, then the oldest."""
+        rows = [_event_row(event) for event, _ in items]
+        with self._kept_lock:
+            if self._kept is None:
+                self._kept = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                self._kept.execute("PRAGMA foreign_keys=ON")
+                self._kept.executescript(_SCHEMA)
+            with _atomic(self._kept) as kept:
+                _insert(kept, rows, items, time.time())
+                excess = kept.execute("SELECT COUNT(*) FROM events").fetchone()[0] - self.memory_limit
+                if excess <= 0:
+                    return
+                victims = kept.execute(
+                    "SELECT id, NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
+                    f" AND d.{_UNFINISHED}) AS finished FROM events e ORDER BY finished DESC,"
+                    f" e.event_type IN ({sql_list(PROGRESS_TYPES)}) DESC, e.rowid LIMIT ?",
+                    (excess,),
+                ).fetchall()
+                kept.executemany("DELETE FROM events WHERE id = ?", [(row[0],) for row in victims])
+            dropped = sum(1 for _, finished in victims if not finished)
+            if dropped and not self._dropped:
+                log.error(
+                    "afs-callbacks: more than %d messages are waiting for a writable history; the"
+                    " oldest progress messages are being dropped",
+                    self.memory_limit,
+                )
+            self._dropped += dropped
+
+    def _write_back(self, kept: sqlite3.Connection) -> int:
+        """Write the kept events with their delivery states, as they are now, to the file in
+        one transaction; returns how many events."""
+        events = kept.execute(
+            "SELECT id, created, event_type, level, run_id, title, payload FROM events"
+        ).fetchall()
+        columns = (
+            "event_id, channel, state, attempts, next_attempt, last_attempt, lease_until,"
+            " lease_owner, last_error, delivered_at"
+        )
+        deliveries = kept.execute(f"SELECT {columns} FROM deliveries").fetchall()
+        if events:
+            with self._transaction() as conn:
+                conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", events)
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO deliveries ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    deliveries,
+                )
+        return len(events)
+
+    def _in_memory(self, action: Callable[[sqlite3.Connection], _T], nothing: _T) -> _T:
+        """``action`` on the kept events' connection, or ``nothing`` when none are kept (the
+        common case: one attribute read, no lock)."""
+        if self._kept is None:
+            return nothing
+        with self._kept_lock:
+            kept = self._kept
+            return nothing if kept is None else action(kept)
+
+    def _kept_count(self) -> int:
+        return self._in_memory(lambda kept: int(kept.execute("SELECT COUNT(*) FROM events").fetchone()[0]), 0)
+
+    def _everywhere(self, doing: str, query: Callable[[sqlite3.Connection], _T], fallback: _T) -> list[_T]:
+        """``query`` on the kept events, then on the file (``fallback`` for a file that fails)."""
+        found = [] if self._kept is None else [self._in_memory(query, fallback)]
+
+        def on_file() -> _T:
+            with self._lock:
+                return query(self._connection())
+
+        found.append(self._file(doing, on_file, fallback))
+        return found
 
 
-def event_row(event: NotificationEvent) -> tuple[str, float, str, str, str | None, str, str]:
-    """The ``events`` table row of ``event``."""
+def _reset_after_fork() -> None:
+    for outbox in list(_instances):
+        outbox._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# Statements shared by the file and the kept events --------------------------------------------------
+
+_TABLES = {
+    statement.split("(", 1)[0].split()[-1]: statement.strip()
+    for statement in _SCHEMA.split(";")
+    if "CREATE TABLE" in statement
+}
+
+
+@contextlib.contextmanager
+def _atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    # IMMEDIATE: a writer takes the write lock up front, so two processes never deadlock
+    # upgrading their read locks.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    events: Sequence[tuple[Any, ...]],
+    items: Sequence[tuple[NotificationEvent, Sequence[str]]],
+    now: float,
+) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO events (id, created, event_type, level, run_id, title, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        events,
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt) VALUES (?, ?, ?, ?)",
+        [(event.id, channel, PENDING, now) for event, channels in items for channel in channels],
+    )
+
+
+def _claim_rows(conn: sqlite3.Connection, channel: str, limit: int, lease: _Lease) -> list[Any]:
+    now, lease_seconds, forced, owner = lease
+    rows = conn.execute(_CLAIM, (channel, now, forced, now, limit)).fetchall()
+    conn.executemany(
+        "UPDATE deliveries SET state = 'sending', lease_until = ?, lease_owner = ?"
+        " WHERE event_id = ? AND channel = ?",
+        [(now + lease_seconds, owner or lease_owner(), row[0], channel) for row in rows],
+    )
+    return rows
+
+
+def _claim(kept: sqlite3.Connection, channel: str, limit: int, lease: _Lease) -> list[Claim]:
+    with _atomic(kept):
+        rows = _claim_rows(kept, channel, limit, lease)
+    return [Claim(NotificationEvent.from_json(payload), channel, attempts) for _, attempts, payload in rows]
+
+
+def _apply_mark(
+    conn: sqlite3.Connection,
+    name: str,
+    event_id: str,
+    channel: str,
+    args: tuple[Any, ...],
+    *,
+    only_kept: bool,
+) -> bool:
+    """Apply one sender outcome to the row ``(event_id, channel)``; with ``only_kept``,
+    False (nothing done) when ``conn`` does not hold that row."""
+    key = (event_id, channel)
+    if (
+        only_kept
+        and conn.execute("SELECT 1 FROM deliveries WHERE event_id = ? AND channel = ?", key).fetchone()
+        is None
+    ):
+        return False
+    now = time.time()
+    if name == "mark_delivered":
+        sql = (
+            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_attempt = ?,"
+            f" delivered_at = ?, {_CLEAR_LEASE}, last_error = NULL WHERE event_id = ? AND channel = ?"
+        )
+        params: tuple[Any, ...] = (now, now, *key)
+    elif name == "mark_retry":
+        next_attempt, error = args
+        sql = (
+            "UPDATE deliveries SET state = 'pending', attempts = attempts + 1, last_attempt = ?,"
+            f" next_attempt = ?, {_CLEAR_LEASE}, last_error = ? WHERE event_id = ? AND channel = ?"
+            f" AND {_UNFINISHED}"
+        )
+        params = (now, next_attempt, error, *key)
+    elif name == "mark_dead":
+        attempted, error = args
+        sql = (
+            "UPDATE deliveries SET state = 'dead', attempts = attempts + ?, last_attempt = ?,"
+            f" {_CLEAR_LEASE}, last_error = ? WHERE event_id = ? AND channel = ? AND {_UNFINISHED}"
+        )
+        params = (attempted, now, error, *key)
+    else:  # release
+        sql = (
+            f"UPDATE deliveries SET state = 'pending', {_CLEAR_LEASE}"
+            " WHERE event_id = ? AND channel = ? AND state = 'sending'"
+        )
+        params = key
+    conn.execute(sql, params)
+    return True
+
+
+def _flush_due(conn: sqlite3.Connection, channel: str, since: float) -> tuple[int, float | None]:
+    row = conn.execute(
+        "SELECT SUM(CASE WHEN state = 'sending' OR COALESCE(last_attempt, 0) < ? THEN 1 ELSE 0 END),"
+        " MIN(CASE WHEN state = 'pending' AND COALESCE(last_attempt, 0) >= ? THEN next_attempt END)"
+        f" FROM deliveries WHERE channel = ? AND {_UNFINISHED}",
+        (since, since, channel),
+    ).fetchone()
+    untried = 0 if row is None or row[0] is None else int(row[0])
+    return untried, None if row is None or row[1] is None else float(row[1])
+
+
+def _next_due(conn: sqlite3.Connection, channel: str) -> float | None:
+    row = conn.execute(
+        "SELECT MIN(CASE WHEN state = 'pending' THEN next_attempt ELSE lease_until END)"
+        f" FROM deliveries WHERE channel = ? AND {_UNFINISHED}",
+        (channel,),
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def _untried_since(conn: sqlite3.Connection, channels: Sequence[str], since: float) -> int:
+    row = conn.execute(
+        f"SELECT COUNT(*) FROM deliveries WHERE channel IN ({_marks(channels)}) AND {_UNFINISHED}"
+        " AND (state = 'sending' OR COALESCE(last_attempt, 0) < ?)",
+        (*channels, since),
+    ).fetchone()
+    return int(row[0])
+
+
+def _counts(conn: sqlite3.Connection, channels: Sequence[str] | None) -> dict[str, dict[str, int]]:
+    sql = "SELECT channel, state, COUNT(*) FROM deliveries"
+    if channels is not None:
+        sql += f" WHERE channel IN ({_marks(channels)})"
+    result: dict[str, dict[str, int]] = {}
+    for channel, state, count in conn.execute(sql + " GROUP BY channel, state", channels or ()):
+        result.setdefault(channel, {})[state] = count
+    return result
+
+
+def _finished_between(conn: sqlite3.Connection, start: float, end: float) -> dict[str, dict[str, int]]:
+    result: dict[str, dict[str, int]] = {}
+    for channel, state, count in conn.execute(
+        "SELECT channel, state, COUNT(*) FROM deliveries WHERE"
+        " (state = 'delivered' AND delivered_at >= ? AND delivered_at < ?)"
+        " OR (state IN ('dead', 'superseded', 'folded') AND last_attempt >= ? AND last_attempt < ?)"
+        " GROUP BY channel, state",
+        (start, end, start, end),
+    ):
+        result.setdefault(channel, {})[state] = count
+    return result
+
+
+@dataclass(frozen=True)
+class _HistoryFilter:
+    run_id: str | None
+    event_type: str | Collection[str] | None
+    level: str | None
+    state: str | Collection[str] | None
+    channel: str | None
+    event_id: str | None
+
+
+def _history(conn: sqlite3.Connection, where: _HistoryFilter, limit: int) -> list[HistoryEntry]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("id", where.event_id), ("run_id", where.run_id), ("level", where.level)):
+        if value is not None:
+            clauses.append(f"e.{column} = ?")
+            params.append(value)
+    if where.event_type is not None:
+        types = _values(where.event_type)
+        clauses.append(f"e.event_type IN ({_marks(types)})")
+        params += types
+    if where.state is not None or where.channel is not None:
+        sub = "SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
+        if where.state is not None:
+            states = _values(where.state)
+            sub += f" AND d.state IN ({_marks(states)})"
+            params += states
+        if where.channel is not None:
+            sub += " AND d.channel = ?"
+            params.append(where.channel)
+        clauses.append(f"EXISTS ({sub})")
+    sql = "SELECT e.id, e.payload FROM events e"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    rows = conn.execute(sql + " ORDER BY e.created DESC LIMIT ?", (*params, limit)).fetchall()
+    deliveries: dict[str, list[Delivery]] = {}
+    for start in range(0, len(rows), 500):  # SQLite's bound-parameter limit
+        ids = [row[0] for row in rows[start : start + 500]]
+        for event_id, *columns in conn.execute(
+            "SELECT event_id, channel, state, attempts, CASE WHEN state = 'pending' THEN next_attempt END,"
+            f" last_error, delivered_at, last_attempt FROM deliveries WHERE event_id IN ({_marks(ids)})"
+            " ORDER BY channel",
+            ids,
+        ):
+            deliveries.setdefault(event_id, []).append(Delivery(*columns))
+    entries = []
+    for event_id, payload in rows:
+        try:
+            event = NotificationEvent.from_json(payload)
+        except (ValueError, KeyError):
+            continue
+        entries.append(HistoryEntry(event, tuple(deliveries.get(event_id, ()))))
+    return entries
+
+
+def _event_row(event: NotificationEvent) -> tuple[str, float, str, str, str | None, str, str]:
     return (
         event.id,
         event.timestamp.timestamp(),
@@ -257,6 +1302,40 @@ def event_row(event: NotificationEvent) -> tuple[str, float, str, str, str | Non
         event.title,
         event.to_json(),
     )
+
+
+def _run_json(state: RunState) -> str:
+    return json.dumps(state.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+def _states(rows: Iterable[Sequence[Any]]) -> list[RunState]:
+    states = []
+    for (payload,) in rows:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            states.append(RunState.from_dict(json.loads(payload)))
+    return states
+
+
+def _summed(parts: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    result: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for channel, states in part.items():
+            into = result.setdefault(channel, {})
+            for state, count in states.items():
+                into[state] = into.get(state, 0) + count
+    return result
+
+
+def _values(value: str | Collection[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _is_dead_local_owner(owner: str, host: str) -> bool:
@@ -273,3 +1352,23 @@ def _is_dead_local_owner(owner: str, host: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+__all__ = [
+    "DEAD",
+    "DELIVERED",
+    "FOLDED",
+    "MAX_POINTS_PER_SERIES",
+    "OUTBOX_FILE",
+    "PENDING",
+    "RETRY_SECONDS",
+    "SENDING",
+    "STATES",
+    "SUPERSEDED",
+    "Claim",
+    "Delivery",
+    "HistoryEntry",
+    "Outbox",
+    "OutboxUnavailable",
+    "lease_owner",
+]

@@ -86,7 +86,7 @@ class ChannelWorker:
         self._held = False  # budgeted rows are due but wait for the budget
         self._wake_at: float | None = None  # epoch time something scheduled falls due
         self._seen_version: int | None = None
-        self.forced_since: float | None = None
+        self._flushes: list[float] = []  # when each flush under way began
         self.disabled_reason: str | None = None
 
     def start(self) -> None:
@@ -116,6 +116,23 @@ class ChannelWorker:
     def paused_until(self) -> float:
         """Epoch seconds until which the service asked this channel to wait (429)."""
         return self._paused_until
+
+    @property
+    def forced_since(self) -> float | None:
+        """When the earliest flush under way began (None: no flush): a row not tried since
+        then is due whatever its backoff says."""
+        flushes = list(self._flushes)
+        return min(flushes) if flushes else None
+
+    def begin_flush(self, started: float) -> None:
+        """A flush begun at ``started`` (epoch seconds) drives this worker until
+        :meth:`end_flush`; another may run at the same time (each ends only its own)."""
+        self._flushes.append(started)
+        self.wake()
+
+    def end_flush(self, started: float) -> None:
+        """The flush begun at ``started`` is over."""
+        self._flushes.remove(started)
 
     def flush_pending(self, deadline: float | None) -> bool:
         """Whether a flush (``forced_since`` set) should keep waiting for this channel.

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.delivery.store import Store
+from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.events import PROGRESS_TYPES, NotificationEvent
 from afs_callbacks.runstate import MetricPoint, RunState
 
@@ -80,7 +80,7 @@ class Writer:
 
     def __init__(
         self,
-        store: Store,
+        store: Outbox,
         on_written: Callable[[set[str]], None],
         on_open: Callable[[], None] | None = None,
     ) -> None:

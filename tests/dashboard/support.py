@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from afs_callbacks.dashboard import DashboardConfig, DashboardServer, Store, make_server, serve_in_thread
+from afs_callbacks.dashboard import DashboardConfig, DashboardServer, make_server, serve_in_thread
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.runstate import MetricPoint, RunState
@@ -63,7 +63,7 @@ def request(
 @contextmanager
 def running_dashboard(path: Path, **options: Any) -> Iterator[DashboardServer]:
     """A dashboard over the history at ``path``, on a free loopback port, for the block."""
-    server = make_server("127.0.0.1", 0, DashboardConfig(store=Store(path), **options))
+    server = make_server("127.0.0.1", 0, DashboardConfig(path=str(path), **options))
     serve_in_thread(server)
     try:
         yield server

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from afs_callbacks.dashboard import DashboardServer, Store
+from afs_callbacks.dashboard import DashboardServer
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.runstate import COMPLETED, MetricPoint
 from tests.dashboard.support import add_event, run_state, running_dashboard, wait_for
@@ -164,13 +164,13 @@ def test_the_page_follows_a_real_lightning_training(browser: Any, isolated_env: 
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    store = Store(isolated_env / "outbox.sqlite3")
+    path = isolated_env / "outbox.sqlite3"
     try:
 
         def run_row() -> bool:
             try:
-                with store.connect() as conn:
-                    return conn.run("browser-run") is not None
+                with Outbox(path, read_only=True) as outbox:
+                    return outbox.run("browser-run") is not None
             except Exception:  # not created yet
                 return False
 
@@ -179,7 +179,7 @@ def test_the_page_follows_a_real_lightning_training(browser: Any, isolated_env: 
             pytest.skip(
                 "the training wrote no row in the runs table: the tracker does not persist runs here yet"
             )
-        with running_dashboard(store.path) as server:
+        with running_dashboard(path) as server:
             follow(browser, server, "browser-run", tmp_path, timeout=180)
         training.wait(timeout=120)  # it delivers what is queued, then exits
     finally:

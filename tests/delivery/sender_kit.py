@@ -80,7 +80,7 @@ class Rig:
     def enqueue(self, *events: NotificationEvent) -> None:
         """Store events for every worker's channel and wake the workers."""
         # One transaction, as the manager's writer batches: a worker sees all or none.
-        self.outbox.enqueue_many([(item, list(self.workers)) for item in events])
+        self.outbox.write([(item, list(self.workers)) for item in events])
         for worker in self.workers.values():
             worker.wake()
 

@@ -242,9 +242,7 @@ def test_notice_also_goes_to_the_channels_the_run_set_up_in_code(
 def test_reads_the_oom_kill_count_and_peak_memory_of_the_cgroup() -> None:
     """The real cgroup files of this machine (v2 ``memory.events``/``memory.peak`` or v1
     ``memory.oom_control``/``memory.max_usage_in_bytes``); skipped where none is readable."""
-    from afs_callbacks.delivery._procfacts import cgroup_dir
-
-    oom, peak = deathwatch.cgroup_memory(cgroup_dir(os.getpid()))
+    oom, peak = deathwatch.cgroup_memory(deathwatch.cgroup_dir(os.getpid()))
     if oom is None and peak is None:
         pytest.skip("no readable memory cgroup here")
     assert oom is None or oom >= 0

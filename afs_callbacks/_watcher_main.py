@@ -1,10 +1,15 @@
-"""The death watcher process: ``python -m afs_callbacks.delivery._watcher_main STATE_DIR PID``.
+"""The death watcher process: ``python -m afs_callbacks._watcher_main STATE_DIR PID``.
 
 Started by :func:`afs_callbacks.delivery.deathwatch.ensure_watcher`. One per state dir and
 host (an exclusive ``flock`` on ``deathwatch.lock``; a second one exits at once). Every
 second it reads the ``runs`` table, notes each live run's process (start time, memory
-cgroup, OOM-kill count) and reports those that vanished. It leaves once no run of this host
-has been running for a grace period and no run asked for watching in that time.
+cgroup, OOM-kill count) and reports those that vanished, through a
+:class:`~afs_callbacks.manager.NotificationManager` of its own (the channels the
+environment configures). It leaves once no run of this host has been running for a grace
+period and no run asked for watching in that time.
+
+It sits above the manager it delivers through; :mod:`~afs_callbacks.delivery.deathwatch`,
+which the manager uses to start it, sits below.
 
 ``AFS_DEATHWATCH_INTERVAL`` (seconds between checks, default 1) and
 ``AFS_DEATHWATCH_GRACE`` (default 60: long enough for a new run's first row to be written
@@ -26,6 +31,8 @@ import time
 from typing import TYPE_CHECKING
 
 from afs_callbacks.delivery import deathwatch as dw
+from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
+from afs_callbacks.runstate import RUNNING
 
 if TYPE_CHECKING:
     from afs_callbacks.events import NotificationEvent
@@ -56,7 +63,7 @@ class Watcher:
         self.grace = grace
         self.host = socket.gethostname()
         self.seen: dict[int, dw.Sighting] = {}
-        self.conn: sqlite3.Connection | None = None
+        self.outbox: Outbox | None = None
         self.manager: NotificationManager | None = None
         self.idle_since = time.monotonic()
 
@@ -69,21 +76,25 @@ class Watcher:
 
     def check(self) -> bool:
         """One round: report vanished runs; return whether any run of this host still runs."""
-        if self.conn is None:
-            self.conn = dw.open_db(self.state_dir)
-            if self.conn is None:
-                return False
+        if self.outbox is None:
+            path = os.path.join(self.state_dir, OUTBOX_FILE)
+            if not os.path.exists(path):
+                return False  # no run wrote anything yet
+            try:
+                self.outbox = Outbox(path, busy_timeout=5.0)
+            except sqlite3.Error:
+                return True  # a busy or half-made file: open it again next round
         try:
-            for state in dw.running_here(self.conn, self.host):
+            for state in self.outbox.runs(status=RUNNING, host=self.host, limit=None):
                 if state.pid is not None and not dw.process_gone(state.pid, state.updated_at):
                     self.note(state.pid)
             notices = dw.find_and_claim(
-                self.conn, host=self.host, seen=self.seen, detected_by="the death watcher"
+                self.outbox, host=self.host, seen=self.seen, detected_by="the death watcher"
             )
-            running = bool(dw.running_here(self.conn, self.host))
+            running = bool(self.outbox.runs(status=RUNNING, host=self.host, limit=1))
         except sqlite3.Error:
-            self.conn.close()  # a busy or replaced file: open it again next round
-            self.conn = None
+            self.outbox.close()  # a busy or replaced file: open it again next round
+            self.outbox = None
             return True
         if notices:
             self.deliver(notices)
@@ -93,16 +104,16 @@ class Watcher:
         """Send the notices through the channels the environment configures (and queue
         them for the run's own channels, which may have been set up in code)."""
         if self.manager is None:
-            from afs_callbacks.manager import NotificationManager
+            from afs_callbacks.manager import NotificationManager  # only once there is news
 
             self.manager = NotificationManager.from_env(state_dir=self.state_dir)
         for notice in notices:
             self.manager.emit(notice)
         self.manager.flush(DELIVERY_BOUND)
-        if self.conn is not None:
+        if self.outbox is not None:
             for notice in notices:
                 if notice.run_id is not None:
-                    dw.route_like_the_run(self.conn, notice.id, notice.run_id)
+                    self.outbox.route_like_run(notice.id, notice.run_id)
 
     def wanted_recently(self) -> bool:
         """Whether some run asked for watching within the grace period."""
@@ -136,9 +147,9 @@ class Watcher:
         self.close()
 
     def close(self) -> None:
-        """Close the database and the manager (sending what is left within a bound)."""
-        if self.conn is not None:
-            self.conn.close()
+        """Close the outbox and the manager (sending what is left within a bound)."""
+        if self.outbox is not None:
+            self.outbox.close()
         if self.manager is not None:
             with contextlib.suppress(Exception):
                 self.manager.close(timeout=5.0)
