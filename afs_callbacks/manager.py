@@ -25,7 +25,7 @@ from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
 from afs_callbacks.config import Env, Settings, open_env, read_settings
 from afs_callbacks.delivery.admission import Admission
 from afs_callbacks.delivery.hooks import RunHooks
-from afs_callbacks.delivery.lifecycle import Delivery, FlushReport, budget_policy, retry_policy, track
+from afs_callbacks.delivery.lifecycle import FlushReport, Lifecycle, budget_policy, retry_policy, track
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.delivery.routing import Route, channel_status
@@ -91,7 +91,7 @@ class NotificationManager:
         self._lock = threading.RLock()
         self._console: _Registration | None = None
         self._closed = False
-        self._delivery = Delivery(
+        self._delivery = Lifecycle(
             self.state_dir,
             retry_policy(settings),
             on_open=self._on_store_open,

@@ -29,7 +29,7 @@ from typing import Any, TypeAlias
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import NotificationHandler
-from afs_callbacks.delivery.lifecycle import Delivery
+from afs_callbacks.delivery.lifecycle import Lifecycle
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.writer import Handover, Ready
 from afs_callbacks.events import Attachment, NotificationEvent
@@ -58,7 +58,7 @@ class Admission:
         self,
         guard: StormGuard,
         route: Router,
-        delivery: Delivery,
+        delivery: Lifecycle,
         *,
         context: Mapping[str, Any],
         verbosity: str,

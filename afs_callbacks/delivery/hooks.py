@@ -16,7 +16,7 @@ from typing import Any
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import NotificationHandler
 from afs_callbacks.config import Settings
-from afs_callbacks.delivery.lifecycle import Delivery
+from afs_callbacks.delivery.lifecycle import Lifecycle
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import RUNNING, MetricPoint, RunState
@@ -38,7 +38,7 @@ class RunHooks:
 
     def __init__(
         self,
-        delivery: Delivery,
+        delivery: Lifecycle,
         settings: Settings,
         state_dir: str,
         *,

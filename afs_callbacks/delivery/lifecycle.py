@@ -1,7 +1,7 @@
 """Everything after admission: the store, the writer thread, one sender per channel, flush
 and close, and what a process's exit and ``fork()`` do to them.
 
-:class:`Delivery` is what admission hands an event to. Handing over is a queue append
+:class:`Lifecycle` is what admission hands an event to. Handing over is a queue append
 (the training thread never waits on SQLite); the writer stores it and wakes the channel's
 sender. ``flush()`` and ``close()`` wait, bounded, and never raise. At exit every
 open manager is closed within ``AFS_EXIT_FLUSH_TIMEOUT``; the senders send the end of a run
@@ -83,7 +83,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
-class Delivery:
+class Lifecycle:
     """The store, its writer and the channel senders of one manager.
 
     Args:

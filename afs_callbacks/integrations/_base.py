@@ -33,8 +33,8 @@ from typing import Any, Literal, TypeVar, cast
 from afs_callbacks._log import get_logger
 from afs_callbacks.formatting import format_value
 from afs_callbacks.tracking import RunTracker, TrackerConfig
-from afs_callbacks.tracking.config import check_settings
 from afs_callbacks.tracking.sink import EventSink
+from afs_callbacks.tracking.tracker import check_settings
 
 log = get_logger(__name__)
 

@@ -3,8 +3,7 @@
 The modules, one concept each:
 
 - ``tracker.py``: :class:`RunTracker`, the one class adapters call (its verbs are listed
-  there), and :func:`active_tracker`.
-- ``config.py``: :class:`TrackerConfig`, what it reports and how often.
+  there), :class:`TrackerConfig` (what it reports and how often) and :func:`active_tracker`.
 - ``sink.py``: :class:`EventSink` / :class:`RunSink`, what it hands events and snapshots to.
 - ``run.py``: a run's facts and what is derived from them (throughput, ETA, end reason,
   the completion summary, the :class:`~afs_callbacks.runstate.RunState`).
