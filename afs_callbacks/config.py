@@ -268,6 +268,10 @@ class Settings:
             held back is folded into one digest (``AFS_BURST``, default 20; 0 turns the
             budget off). The end of a run and alerts never wait for it.
         pace: seconds per ordinary message once the burst is spent (``AFS_PACE``).
+        prometheus_textfile_dir: node exporter's textfile folder; when set, each run's
+            state is written there as a ``.prom`` file (``AFS_PROMETHEUS_TEXTFILE_DIR``).
+        prometheus_keep: seconds an ended or vanished run's series stay exposed
+            (``AFS_PROMETHEUS_KEEP``; textfile and ``afs-notify exporter``).
     """
 
     state_dir: Path
@@ -290,6 +294,8 @@ class Settings:
     card_interval: float = 30.0
     burst: int = 20
     pace: float = 10.0
+    prometheus_textfile_dir: Path | None = None
+    prometheus_keep: float = 3600.0
 
     @classmethod
     def from_env(
@@ -331,6 +337,8 @@ class Settings:
             "card_interval": lambda default: _num(env, "AFS_CARD_INTERVAL", default, 0.0),
             "burst": lambda default: _int(env, "AFS_BURST", default, 0),
             "pace": lambda default: _num(env, "AFS_PACE", default, 0.0),
+            "prometheus_textfile_dir": lambda default: _path(env, "AFS_PROMETHEUS_TEXTFILE_DIR", default),
+            "prometheus_keep": lambda default: _num(env, "AFS_PROMETHEUS_KEEP", default, 60.0),
         }
         values: dict[str, Any] = {}
         for name, reader in readers.items():
@@ -347,6 +355,11 @@ class Settings:
 def _num(env: Env, name: str, default: float, minimum: float) -> float:
     value = env.number(name, default, minimum=minimum)
     return default if value is None else value
+
+
+def _path(env: Env, name: str, default: Path | None) -> Path | None:
+    value = env.text(name)
+    return default if value is None else Path(value).expanduser()
 
 
 def _int(env: Env, name: str, default: int, minimum: int) -> int:

@@ -53,6 +53,8 @@ class RunState:
         pid: the training process (the death watcher checks it).
         status: one of :data:`STATUSES`.
         started_at / updated_at / ended_at: when the run began, this snapshot, the end.
+        last_step_at: when the run last made progress (a training step, or an evaluation
+            batch: what keeps the stall watchdog quiet); a stall is measured from it.
         epoch / total_epochs: 1-based epochs done and planned.
         step / total_steps: optimizer steps done and planned.
         steps_per_second / samples_per_second: throughput so far.
@@ -75,6 +77,7 @@ class RunState:
     started_at: float | None = None
     updated_at: float | None = None
     ended_at: float | None = None
+    last_step_at: float | None = None
     epoch: int | None = None
     total_epochs: int | None = None
     step: int | None = None

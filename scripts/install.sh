@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian/Ubuntu machine:
-#   - system services the tests run for real: Prometheus Alertmanager, a D-Bus session bus;
+#   - system services the tests run for real: Prometheus, its node exporter and Alertmanager,
+#     a D-Bus session bus;
 #   - headless Chromium and its chromedriver, for the dashboard's browser tests (Selenium uses
 #     these; nothing downloads a browser);
 #   - a CPU-only PyTorch (torch==2.13.0; on a CUDA machine install your CUDA torch first);
@@ -14,6 +15,10 @@ if command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     prometheus-alertmanager dbus libnotify-bin chromium chromium-driver >/dev/null
+  # The fleet tests (tests/prometheus, tests/test_deploy.py): Prometheus with promtool, and
+  # node exporter's textfile collector.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    prometheus prometheus-node-exporter >/dev/null
 fi
 python -m pip install --quiet --upgrade pip
 # Pinned exactly: an open range would pull a multi-GB CUDA build.

@@ -27,6 +27,7 @@ LAYERS = {
     "monitors": 5,
     "manager": 4,
     "delivery": 3,
+    "prometheus": 3,  # the textfile writer hangs off delivery's run hooks
     "channels": 2,
     "messages": 1,
     "formatting": 1,

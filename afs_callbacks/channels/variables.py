@@ -40,6 +40,8 @@ CORE_VARIABLES = (
     "AFS_CARD_INTERVAL",
     "AFS_BURST",
     "AFS_PACE",
+    "AFS_PROMETHEUS_TEXTFILE_DIR",
+    "AFS_PROMETHEUS_KEEP",
 )
 #: The monitors' variables and the death watch's.
 MONITOR_VARIABLES = (

@@ -4,7 +4,7 @@ sentence with exit code 2).
 
 One module per subcommand (``_status``, ``_selftest`` for ``test``, ``_send`` for the
 commands that send one event, ``_history``, ``_flush``, ``_monitor``, ``_run``, ``_retry``,
-``_dashboard``); what they share lives in ``_common`` (exit codes, the session built from
+``_dashboard``, ``_exporter``); what they share lives in ``_common`` (exit codes, the session built from
 the environment, delivery results) and ``_output``. Every subcommand builds its manager
 from the environment / ``.env`` and prints through one
 :class:`~afs_callbacks.cli._output.Output`, which redacts secrets from every line.
@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from afs_callbacks import __version__
 from afs_callbacks.cli._common import EXIT_FAILED, EXIT_USAGE, UsageError, non_negative, number, positive_int
 from afs_callbacks.cli._dashboard import command_dashboard
+from afs_callbacks.cli._exporter import add_exporter_command
 from afs_callbacks.cli._flush import command_flush
 from afs_callbacks.cli._history import command_history
 from afs_callbacks.cli._monitor import command_monitor, reading_interval
@@ -107,6 +108,7 @@ COMMANDS = (
     "run",
     "retry",
     "dashboard",
+    "exporter",
 )
 
 
@@ -314,6 +316,7 @@ def build_parser() -> Parser:
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
     _dashboard_commands(add)
+    add_exporter_command(add)
     return parser
 
 

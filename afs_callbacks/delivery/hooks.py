@@ -1,5 +1,5 @@
-"""A manager's run companions: run states, live cards, the death watcher and the store's
-housekeeping once it opens.
+"""A manager's run companions: run states, live cards, the Prometheus textfile, the death
+watcher and the store's housekeeping once it opens.
 
 :class:`RunHooks` is handed what it uses (the delivery whose writer and store it feeds, the
 settings, the channels, the manager's ``emit``), so it needs no manager. Every call from
@@ -55,13 +55,18 @@ class RunHooks:
         self._cards: Any = None  # CardDispatcher, made when a card channel first needs it
         self._card_channels: set[str] = set()
         self._watched: set[str] = set()
+        self._textfile: Any = None  # TextfileWriter, made at the first state when configured
+        self._textfile_wanted = settings.prometheus_textfile_dir is not None
 
-    # Run states, cards, the death watcher ----------------------------------------------
+    # Run states, cards, the Prometheus textfile, the death watcher -----------------------
 
     def update(self, state: RunState, points: Sequence[MetricPoint]) -> None:
-        """Queue ``state`` for the store and the cards; start the watcher for a new run."""
+        """Queue ``state`` for the store, the cards and the textfile; start the watcher for
+        a new run."""
         try:
             self._delivery.writer.put_run(state, points)
+            if self._textfile_wanted:
+                (self._textfile or self._textfile_writer()).offer(state)
             cards = self._card_dispatcher()
             if cards is not None:
                 cards.update(state)
@@ -70,6 +75,22 @@ class RunHooks:
                 self._start_watcher()
         except Exception as error:
             log.error("afs-callbacks: could not queue a run state: %s", redact(error))
+
+    def _textfile_writer(self) -> Any:
+        """The textfile writer of ``AFS_PROMETHEUS_TEXTFILE_DIR`` (its thread imports
+        prometheus_client, or says which extra to install)."""
+        with self._lock:
+            if self._textfile is None:
+                from afs_callbacks.prometheus.textfile import TextfileWriter
+
+                store = self._delivery.store
+                self._textfile = TextfileWriter(
+                    str(self._settings.prometheus_textfile_dir),
+                    store=os.path.realpath(self._state_dir),
+                    health=store.channel_health,
+                    keep=self._settings.prometheus_keep,
+                )
+            return self._textfile
 
     def _card_dispatcher(self) -> Any:
         if not self._settings.card:
@@ -129,7 +150,14 @@ class RunHooks:
     # Closing and fork ---------------------------------------------------------------------
 
     def close(self, timeout: float) -> None:
-        """Push the cards' last states (bounded) and stop their thread."""
+        """Write the runs' last states for Prometheus, push the cards' last states (each
+        bounded) and stop their threads."""
+        textfile = self._textfile
+        if textfile is not None:
+            try:
+                textfile.close(max(timeout, 0.0))
+            except Exception as error:
+                log.error("afs-callbacks: the Prometheus textfile could not finish: %s", redact(error))
         cards = self._cards
         if cards is not None:
             try:
@@ -142,3 +170,5 @@ class RunHooks:
         """Threads do not survive ``fork()``; the child starts its own when needed."""
         self._lock = threading.RLock()
         self._watched = set()
+        if self._textfile is not None:
+            self._textfile.after_fork_in_child()

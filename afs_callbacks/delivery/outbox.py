@@ -188,6 +188,29 @@ class HistoryEntry:
     deliveries: tuple[Delivery, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class ChannelHealth:
+    """How one channel's deliveries stand: what a fleet's monitoring alerts on.
+
+    Times are epoch seconds; None when there is no such delivery.
+
+    Args:
+        channel: the channel's name.
+        states: deliveries per state (``pending``, ``delivered``, ``dead``...).
+        retrying: deliveries waiting for another attempt after a failed one.
+        failing_since: when the oldest of those messages was accepted.
+        last_delivered: the latest delivery.
+        last_dead: the latest delivery given up on.
+    """
+
+    channel: str
+    states: dict[str, int] = field(default_factory=dict)
+    retrying: int = 0
+    failing_since: float | None = None
+    last_delivered: float | None = None
+    last_dead: float | None = None
+
+
 class OutboxUnavailable(Exception):
     """A read-only outbox cannot be read: ``reason`` is ``missing`` or ``unreadable``.
 
@@ -538,6 +561,16 @@ class Outbox:
         wanted = None if channels is None else list(channels)
         return _summed(self._everywhere("read", lambda conn: _counts(conn, wanted), {}))
 
+    def channel_health(self) -> list[ChannelHealth]:
+        """Every channel's counts, retries and latest deliveries, by channel name (one
+        scan of the deliveries; the in-memory rows of a faulted file included)."""
+        merged: dict[str, ChannelHealth] = {}
+        none: list[ChannelHealth] = []
+        for part in self._everywhere("read", _channel_health, none):
+            for health in part:
+                merged[health.channel] = _merge_health(merged.get(health.channel), health)
+        return [merged[name] for name in sorted(merged)]
+
     def outstanding(self, channels: Iterable[str] | None = None) -> int:
         """How many deliveries are pending or being sent (for ``channels``, or all)."""
         return sum(
@@ -596,8 +629,10 @@ class Outbox:
         model: str | None = None,
         host: str | None = None,
         run_id_contains: str | None = None,
+        ended_since: float | None = None,
     ) -> list[RunState]:
-        """Runs, newest first, narrowed by any of the filters (``limit`` None: all).
+        """Runs, newest first, narrowed by any of the filters (``limit`` None: all);
+        ``ended_since``: only runs still going or ended at that time or later.
 
         A row whose stored state cannot be read is left out.
         """
@@ -610,6 +645,9 @@ class Outbox:
         if run_id_contains:
             clauses.append("run_id LIKE ? ESCAPE '\\'")
             params.append("%" + _like_escape(run_id_contains) + "%")
+        if ended_since is not None:
+            clauses.append("(ended_at IS NULL OR ended_at >= ?)")
+            params.append(ended_since)
         sql = "SELECT state FROM runs"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
@@ -1224,6 +1262,50 @@ def _counts(conn: sqlite3.Connection, channels: Sequence[str] | None) -> dict[st
     return result
 
 
+def _channel_health(conn: sqlite3.Connection) -> list[ChannelHealth]:
+    retrying = "d.state IN ('pending', 'sending') AND d.attempts > 0 AND d.last_error IS NOT NULL"
+    rows = conn.execute(
+        "SELECT d.channel, d.state, COUNT(*),"
+        f" SUM(CASE WHEN {retrying} THEN 1 ELSE 0 END),"
+        f" MIN(CASE WHEN {retrying} THEN e.created END),"
+        " MAX(d.delivered_at), MAX(d.last_attempt)"
+        " FROM deliveries d JOIN events e ON e.id = d.event_id GROUP BY d.channel, d.state"
+    ).fetchall()
+    found: dict[str, ChannelHealth] = {}
+    for channel, state, count, failing, failing_since, delivered_at, last_attempt in rows:
+        part = ChannelHealth(
+            channel,
+            {state: int(count)},
+            retrying=int(failing or 0),
+            failing_since=failing_since,
+            last_delivered=delivered_at if state == DELIVERED else None,
+            last_dead=last_attempt if state == DEAD else None,
+        )
+        found[channel] = _merge_health(found.get(channel), part)
+    return list(found.values())
+
+
+def _merge_health(first: ChannelHealth | None, second: ChannelHealth) -> ChannelHealth:
+    """Two counts of one channel (per state, or the file's and memory's) as one."""
+    if first is None:
+        return second
+    states = dict(first.states)
+    for state, count in second.states.items():
+        states[state] = states.get(state, 0) + count
+
+    def pick(choose: Callable[[float, float], float], a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else choose(a, b)
+
+    return ChannelHealth(
+        first.channel,
+        states,
+        retrying=first.retrying + second.retrying,
+        failing_since=pick(min, first.failing_since, second.failing_since),
+        last_delivered=pick(max, first.last_delivered, second.last_delivered),
+        last_dead=pick(max, first.last_dead, second.last_dead),
+    )
+
+
 def _finished_between(conn: sqlite3.Connection, start: float, end: float) -> dict[str, dict[str, int]]:
     result: dict[str, dict[str, int]] = {}
     for channel, state, count in conn.execute(
@@ -1365,6 +1447,7 @@ __all__ = [
     "SENDING",
     "STATES",
     "SUPERSEDED",
+    "ChannelHealth",
     "Claim",
     "Delivery",
     "HistoryEntry",

@@ -153,8 +153,9 @@ def build_state(
     best: float | None,
     best_epoch: int | None,
     monitors: dict[str, Any],
+    last_step_at: float | None = None,
 ) -> RunState:
-    """A snapshot of the run now."""
+    """A snapshot of the run now (``last_step_at``: wall time of the last progress)."""
     now = time.time()
     steps_rate, samples_rate = rates(record, steps, duration)
     final = record.status not in (RUNNING, STALLED)
@@ -167,6 +168,7 @@ def build_state(
         started_at=record.started_wall,
         updated_at=now,
         ended_at=now if final else None,
+        last_step_at=last_step_at,
         epoch=record.epochs_done,
         total_epochs=record.planned_epochs,
         step=step,

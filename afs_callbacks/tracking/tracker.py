@@ -835,6 +835,8 @@ class RunTracker:
             best=self._metric.best,
             best_epoch=self._metric.best_epoch,
             monitors=self._monitor_figures(),
+            # The watchdog's clock (monotonic) as wall time: what a stall is measured from.
+            last_step_at=time.time() - (time.monotonic() - self._last_progress),
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,20 +9,18 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
 
-from afs_callbacks import EventType, NotificationEvent
+from afs_callbacks import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.channels.alertmanager import AlertmanagerNotifier, alert_name, parse_labels
 from afs_callbacks.config import Env
 from afs_callbacks.exceptions import ConfigurationError
@@ -30,21 +28,7 @@ from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
 from tests.channels import support
 from tests.channels.support import OUTBOX_FILES, assert_not_shown, assert_not_stored, flushed
-
-BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], timeout: float = 15.0) -> T:
-    """Poll ``check`` until it returns something truthy (bounded); return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.05)
+from tests.helpers.services import eventually, free_port, start_alertmanager
 
 
 @pytest.fixture
@@ -56,58 +40,11 @@ def hook(receiver: LoopbackReceiver) -> LoopbackReceiver:
 @pytest.fixture
 def alertmanager(tmp_path: Path, hook: LoopbackReceiver) -> Iterator[str]:
     """A real Alertmanager on a free loopback port, routing everything to ``hook`` fast."""
-    if BINARY is None:
-        pytest.skip("prometheus-alertmanager is not installed (CI: apt-get install prometheus-alertmanager)")
-    config = tmp_path / "am.yml"
-    config.write_text(
-        "route:\n"
-        "  receiver: hook\n"
-        "  group_by: ['alertname', 'run_id']\n"
-        "  group_wait: 100ms\n"
-        "  group_interval: 300ms\n"
-        "  repeat_interval: 1h\n"
-        "receivers:\n"
-        "  - name: hook\n"
-        "    webhook_configs:\n"
-        f"      - url: {hook.url('/am-webhook')}\n"
-        "        send_resolved: true\n"
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log_path = tmp_path / "alertmanager.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                BINARY,
-                f"--config.file={config}",
-                f"--storage.path={tmp_path / 'am-data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise AssertionError("alertmanager exited:\n" + log_path.read_text())
-        try:
-            return requests.get(url + "/-/ready", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
+    service = start_alertmanager(tmp_path / "am", hook.url("/am-webhook"))
     try:
-        eventually(ready)
-        yield url
+        yield service.url
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        service.stop()
 
 
 # The shared fixture, bound in this module so that pytest finds it for these tests.
@@ -152,9 +89,9 @@ def test_alert_fires_and_completion_resolves_it(
         "severity": "error",
         "run_id": "run-1",
         "model": "bert-tiny",
-        "host": socket.gethostname(),
         "team": "ml",
-    }
+    }  # no host: the same run on another host or rank is the same alert
+    assert alert["annotations"]["host"] == socket.gethostname()
     assert alert["status"]["state"] == "active"
     assert alert["annotations"]["summary"] == "NaN loss: bert-tiny"
     assert "Metrics: loss=NaN" in alert["annotations"]["description"]
@@ -231,10 +168,15 @@ def test_failed_run_alert_outlives_the_process(loopback_am: LoopbackReceiver) ->
     assert channel.send(
         NotificationEvent(EventType.TRAINING_FAILED, "error", "boom", context={"run_id": "r"})
     ).ok
-    (alert,) = loopback_am.wait_for(1)[0].json()
+    # It first asks which of the run's alerts fire (to keep them firing too), then posts.
+    get, post = loopback_am.wait_for(2)
+    assert (get.method, post.method) == ("GET", "POST")
+    (alert,) = post.json()
     ends = datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
     assert ends >= before + timedelta(seconds=3599)
-    assert channel.firing == []  # nobody will re-post it: it was given a long life instead
+    assert alert["labels"]["alertname"] == "TrainingFailed"
+    # Re-sent with that same endsAt while this process lives; nobody extends it after.
+    assert channel.firing == [alert["labels"]]
     channel.close()
 
 
@@ -331,3 +273,272 @@ def test_from_env() -> None:
         )
     with pytest.raises(ConfigurationError, match="ALERTMANAGER_LABELS"):
         parse_labels("team=ml,bad-name=x")
+
+
+# How a run ended decides its alerts (the outcome contract) --------------------------------
+# Until the tracker puts context["outcome"] on every end event (the "outcome" change), these
+# tests pass the outcome in the event's context explicitly, as the tracker will.
+
+
+def end_event(
+    outcome: str,
+    run_id: str = "r",
+    event_type: EventType = EventType.TRAINING_COMPLETED,
+    level: str = "success",
+) -> NotificationEvent:
+    return NotificationEvent(
+        event_type,
+        level,
+        f"bert: {outcome}",
+        "",
+        context={"run_id": run_id, "model": "bert", "outcome": outcome},
+    )
+
+
+@pytest.mark.slow
+def test_a_nan_stop_keeps_the_nan_alert_firing_and_it_reaches_the_receiver(
+    manager: NotificationManager, alertmanager: str, hook: LoopbackReceiver
+) -> None:
+    """The NaN and the run's end are posted together (issue #21): the end no longer
+    resolves the NaN, so it outlives Alertmanager's group_wait and reaches the receiver."""
+    channel = AlertmanagerNotifier(alertmanager, failed_ttl=3600.0)
+    manager.register_handler("alertmanager", channel)
+    manager.notify(
+        "NaN loss: bert", "loss became NaN at step 5", EventType.NAN_DETECTED, model="bert", run_id="nan-1"
+    )
+    manager.notify(
+        "Training stopped after NaN/Inf: bert",
+        event_type=EventType.TRAINING_COMPLETED,
+        level="error",
+        model="bert",
+        run_id="nan-1",
+        outcome="stopped_on_problem",
+    )
+    assert flushed(manager) == ["delivered", "delivered"]
+    names = {alert["labels"]["alertname"]: alert for alert in listed(alertmanager, "nan-1")}
+    assert set(names) == {"TrainingNaN", "TrainingStoppedOnProblem"}
+    for alert in names.values():  # nobody will re-post them once the process is gone
+        ends = datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
+        assert ends > datetime.now(timezone.utc) + timedelta(minutes=50)
+    assert names["TrainingStoppedOnProblem"]["annotations"]["outcome"] == "stopped on problem"
+    firing = hook.wait_for(
+        predicate=lambda r: (
+            webhook_says("firing", "nan-1")(r)
+            and json.loads(r.body)["commonLabels"].get("alertname") == "TrainingNaN"
+        )
+    )
+    assert json.loads(firing[0].body)["alerts"][0]["annotations"]["summary"] == "NaN loss: bert"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "resolves"),
+    [
+        ("completed", True),
+        ("stopped_early", True),
+        ("pruned", True),
+        ("stopped_by_command", True),
+        ("completed_with_warnings", False),
+        ("stopped_on_problem", False),
+        ("stopped_by_rule", False),
+        ("failed", False),
+        ("interrupted", False),
+        ("preempted", False),
+        ("killed", False),
+    ],
+)
+def test_only_a_clean_end_resolves_the_runs_alerts(
+    outcome: str, resolves: bool, receiver: LoopbackReceiver
+) -> None:
+    nan = {
+        "labels": {"alertname": "TrainingNaN", "event_type": "nan_detected", "run_id": "r"},
+        "annotations": {"summary": "NaN"},
+        "startsAt": "2026-01-01T00:00:00.000Z",
+    }
+    receiver.responder = lambda request: Reply(200, [nan]) if request.method == "GET" else Reply(200, b"")
+    # Above the end's own level: what is posted is the run's NaN alert alone.
+    channel = AlertmanagerNotifier(receiver.url(), min_level=NotificationLevel.CRITICAL)
+    assert channel.send(end_event(outcome)).ok
+    posted = [request.json() for request in receiver.requests if request.method == "POST"]
+    (alerts,) = posted
+    ends = datetime.fromisoformat(alerts[0]["endsAt"].replace("Z", "+00:00"))
+    if resolves:
+        assert ends <= datetime.now(timezone.utc)
+    else:
+        assert ends > datetime.now(timezone.utc) + timedelta(hours=23)
+    assert [a["labels"]["alertname"] for a in alerts] == ["TrainingNaN"]
+    channel.close()
+
+
+def test_the_end_of_a_run_fires_under_its_outcomes_name(loopback_am: LoopbackReceiver) -> None:
+    channel = AlertmanagerNotifier(loopback_am.url())
+    assert channel.send(end_event("killed", event_type=EventType.TRAINING_FAILED, level="critical")).ok
+    (post,) = [request for request in loopback_am.requests if request.method == "POST"]
+    (alert,) = post.json()
+    assert alert["labels"]["alertname"] == "TrainingKilled"
+    assert alert["labels"]["severity"] == "critical"
+    # A later alert of that run, from this process, lives as long as the end's.
+    assert channel.send(NotificationEvent(EventType.NAN_DETECTED, "error", "NaN", context={"run_id": "r"})).ok
+    later = [request for request in loopback_am.requests if request.method == "POST"][-1].json()[0]
+    assert later["endsAt"] == alert["endsAt"]
+    channel.close()
+
+
+# Labels: one run, one alert ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_same_condition_from_two_hosts_and_two_epochs_is_one_alert(
+    manager: NotificationManager, alertmanager: str
+) -> None:
+    manager.register_handler("alertmanager", AlertmanagerNotifier(alertmanager))
+    for host, rank in (("node-a", 0), ("node-b", 3)):
+        manager.notify(
+            "NaN", event_type=EventType.NAN_DETECTED, run_id="one", model="bert", host=host, rank=rank
+        )
+    for epoch in (2, 3):  # the tracker keys each degradation by epoch and step
+        manager.notify(
+            "val_loss worse",
+            event_type=EventType.LOSS_DEGRADED,
+            run_id="one",
+            model="bert",
+            key=f"val_loss-{epoch}-{epoch * 10}",
+        )
+    manager.flush(5)
+    names = sorted(alert["labels"]["alertname"] for alert in listed(alertmanager, "one"))
+    assert names == ["TrainingLossDegraded", "TrainingNaN"]
+    manager.notify("val_loss better", event_type=EventType.LOSS_IMPROVED, run_id="one", key="val_loss-4-40")
+    manager.flush(5)
+    assert [alert["labels"]["alertname"] for alert in listed(alertmanager, "one")] == ["TrainingNaN"]
+
+
+def test_the_description_leads_with_the_error(loopback_am: LoopbackReceiver) -> None:
+    frames = "\n".join(
+        f'  File "/site-packages/lightning/loops/x{i}.py", line {i}, in run\n    ^^^^^^' for i in range(900)
+    )
+    event = NotificationEvent(
+        EventType.TRAINING_FAILED,
+        "error",
+        "Training failed: bert",
+        "Traceback (most recent call last):\n" + frames + "\nRuntimeError: CUDA error: device-side assert",
+        context={
+            "run_id": "r",
+            "error_type": "RuntimeError",
+            "error": "RuntimeError: CUDA error: device-side assert",
+        },
+    )
+    channel = AlertmanagerNotifier(loopback_am.url())
+    assert channel.send(event).ok
+    (alert,) = next(request for request in loopback_am.requests if request.method == "POST").json()
+    description = alert["annotations"]["description"]
+    assert description.splitlines()[0] == "RuntimeError: CUDA error: device-side assert"
+    assert len(description) <= 8192
+    assert alert["annotations"]["error"] == "RuntimeError: CUDA error: device-side assert"
+    channel.close()
+
+
+# An HA cluster: every peer gets every alert ----------------------------------------------
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, hook: LoopbackReceiver) -> Iterator[list[str]]:
+    """Two real Alertmanagers gossiping as one HA cluster, both routing to ``hook``."""
+    first, second = free_port(), free_port()
+    peers = [
+        start_alertmanager(tmp_path / "am0", hook.url("/am-webhook"), cluster_port=first, peers=[second])
+    ]
+    try:
+        peers.append(
+            start_alertmanager(tmp_path / "am1", hook.url("/am-webhook"), cluster_port=second, peers=[first])
+        )
+        eventually(
+            lambda: all(
+                len(requests.get(p.url + "/api/v2/status", timeout=2).json()["cluster"]["peers"]) == 2
+                for p in peers
+            ),
+            what="the two peers see each other",
+        )
+        yield [p.url for p in peers]
+    finally:
+        for peer in peers:
+            peer.stop()
+
+
+@pytest.mark.slow
+def test_every_peer_of_a_cluster_gets_every_alert(
+    cluster: list[str], hook: LoopbackReceiver, tmp_path: Path
+) -> None:
+    env = Env(
+        {
+            "ALERTMANAGER_URL": ",".join(cluster),
+            "AFS_STATE_DIR": str(tmp_path / "state"),
+            "AFS_CONSOLE": "never",
+        },
+        env_file=False,
+    )
+    manager = NotificationManager.from_env(env, strict=True)
+    channel = manager.handlers["alertmanager"]
+    assert isinstance(channel, AlertmanagerNotifier) and channel.peers == tuple(cluster)
+    try:
+        assert channel.check().ok
+        manager.notify("NaN loss: bert", event_type=EventType.NAN_DETECTED, run_id="ha-1", model="bert")
+        manager.notify("stalled", event_type=EventType.TRAINING_STALLED, run_id="ha-1", model="bert")
+        assert flushed(manager) == ["delivered", "delivered"]
+        for peer in cluster:  # each peer was posted to: neither depends on gossip
+            assert sorted(a["labels"]["alertname"] for a in listed(peer, "ha-1")) == [
+                "TrainingNaN",
+                "TrainingStalled",
+            ]
+        hook.wait_for(2, predicate=webhook_says("firing", "ha-1"))
+        manager.notify_training_completed("bert", "ha-1")
+        manager.flush(5)
+        for peer in cluster:
+            assert listed(peer, "ha-1") == []
+    finally:
+        manager.close(timeout=1)
+
+
+def test_a_peer_down_still_delivers_and_gets_the_alert_when_back(receiver: LoopbackReceiver) -> None:
+    with LoopbackReceiver(responder=lambda r: Reply(200, []) if r.method == "GET" else Reply(200, b"")) as up:
+        receiver.reply(Reply(503, b"down"), Reply(503, b"down"))
+        receiver.responder = lambda r: Reply(200, []) if r.method == "GET" else Reply(200, b"")
+        channel = AlertmanagerNotifier([up.url(), receiver.url()], resend_interval=0.2, resolve_timeout=1.0)
+        result = channel.send(
+            NotificationEvent(EventType.NAN_DETECTED, "error", "NaN", context={"run_id": "r"})
+        )
+        assert result.ok and "1 of 2 peers" in result.detail
+        # The re-post reaches the peer that was down.
+        receiver.wait_for(predicate=lambda r: r.method == "POST" and r.status == 200)
+        # Resolving while it is down again: resolved on the other at once, then told again.
+        receiver.reply(Reply(503, b"down"))
+        result = channel.send(
+            NotificationEvent(
+                EventType.TRAINING_COMPLETED,
+                "success",
+                "done",
+                context={"run_id": "r", "outcome": "completed"},
+            )
+        )
+        assert result.ok and channel.firing == []
+        resolution = [r for r in up.requests if r.method == "POST"][-1].json()[0]
+        assert resolution["endsAt"] <= now_text()
+        again = receiver.wait_for(
+            predicate=lambda r: r.method == "POST" and r.status == 200 and r.json()[0] == resolution
+        )
+        assert again  # the same resolution, to the peer that missed it
+        channel.close()
+
+
+def now_text() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_every_peer_down_is_retried(receiver: LoopbackReceiver) -> None:
+    with LoopbackReceiver(default=Reply(502, b"bad gateway")) as other:
+        receiver.default = Reply(503, b"unavailable")
+        channel = AlertmanagerNotifier(f"{receiver.url()}, {other.url()}")
+        result = channel.send(
+            NotificationEvent(EventType.NAN_DETECTED, "error", "NaN", context={"run_id": "r"})
+        )
+        assert result.outcome.value == "retry"
+        assert f"127.0.0.1:{receiver.port}" in result.detail and f"127.0.0.1:{other.port}" in result.detail
+        channel.close()
