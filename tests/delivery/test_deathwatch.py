@@ -250,8 +250,9 @@ def test_reads_the_oom_kill_count_and_peak_memory_of_the_cgroup() -> None:
 
 
 TRAINING_CHILD = """
-import sys, threading, torch
+import os, sys, threading, time, torch
 import lightning.pytorch as pl
+from afs_callbacks.delivery.deathwatch import watcher_alive
 from afs_callbacks.integrations.lightning import AFSNotify
 
 class Tiny(pl.LightningModule):
@@ -260,6 +261,11 @@ class Tiny(pl.LightningModule):
         self.net = torch.nn.Linear(32, 1)
     def training_step(self, batch, batch_idx):
         if batch_idx == 20:
+            # Mid-training means after the watcher took its lock: a process killed in the
+            # few hundred ms before (its spawn, its imports) is reported at the next start.
+            deadline = time.monotonic() + 30
+            while not watcher_alive(os.environ["AFS_STATE_DIR"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
             print("training", flush=True)
             threading.Event().wait()  # holds here until SIGKILLed
         x, y = batch
@@ -283,9 +289,12 @@ def test_a_real_lightning_run_killed_mid_training_is_reported(
     """End to end, without a wrapper: AFSNotify's manager starts the watcher by itself."""
     pytest.importorskip("torch")  # the child process trains with these
     pytest.importorskip("lightning.pytorch")
+    # A grace of 1 s can be shorter than the first row's write on a loaded machine (the
+    # watcher would leave before the run it was started for appears); 60 s by default.
+    env = dict(watch_env, AFS_DEATHWATCH_GRACE="5")
     child = subprocess.Popen(
         [sys.executable, "-c", TRAINING_CHILD, str(tmp_path / "lightning")],
-        env=watch_env,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
