@@ -226,7 +226,8 @@ def _commands(state: RunState) -> list[tuple[str, str]]:
         when = (
             f" {datetime.fromtimestamp(at, timezone.utc):%H:%M} UTC" if isinstance(at, (int, float)) else ""
         )
-        text = f"{entry.get('action')} by {entry.get('actor')} via {entry.get('source')}{when}: {entry.get('state')}"
+        who = f"{entry.get('action')} by {entry.get('actor')} via {entry.get('source')}"
+        text = f"{who}{when}: {entry.get('state')}"
         detail = str(entry.get("detail") or "")
         lines.append(("Command", f"{text} ({detail})" if detail else text))
     return lines
