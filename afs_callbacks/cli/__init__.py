@@ -378,7 +378,12 @@ def _dashboard_commands(add: Any) -> None:
     dashboard.add_argument("--open", action="store_true", help="open it in the browser")
     dashboard.add_argument(
         "--token",
-        help="require this token (always required off loopback; generated and printed when not given)",
+        help="require this token (default: one is generated; the printed URL carries it)",
+    )
+    dashboard.add_argument(
+        "--no-token",
+        action="store_true",
+        help="no token, on a loopback address only: for a machine nobody else logs in to",
     )
 
 
