@@ -121,6 +121,10 @@ class RunControl:
                 return
             # A little overlap: a command committed while the previous look ran is not missed.
             rows = store.commands(run_ids=[self.run_id], updated_since=since - 2.0, limit=50)
+            # Pending ones whatever their time (a command written with an old clock, or
+            # while this run was not looking, is judged by its age, not skipped).
+            known = {command.id for command in rows}
+            rows += [c for c in store.commands(run_ids=[self.run_id], states=[QUEUED]) if c.id not in known]
             changed = False
             for command in reversed(rows):
                 mark = (command.state, command.detail)
