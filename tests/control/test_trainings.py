@@ -74,7 +74,7 @@ def check_outcome(manager: NotificationManager, commander: Commander, state_dir:
     assert end.context["step"] < MAX_STEPS // 2
     states = [(c.action, c.state) for c in commands(state_dir, commander.run_id)]
     assert states == [("checkpoint", "done"), ("stop", "done")]
-    stopped_with = [c for c in commands(state_dir) if c.action == "stop"][0]
+    stopped_with = next(c for c in commands(state_dir) if c.action == "stop")
     return saved.group(1), stopped_with.detail
 
 
@@ -205,7 +205,7 @@ def test_a_custom_loop_is_checkpointed_then_stopped_from_the_cli(
             if stop:
                 assert run.should_stop
                 break
-    path, stop_detail = check_outcome(manager, commander, tmp_path / "state")
+    path, _stop_detail = check_outcome(manager, commander, tmp_path / "state")
     assert Path(path).parent == folder
     assert len(list(folder.glob("step*.pt"))) == 2  # the asked one, and the one before the stop
     assert steps < MAX_STEPS // 2
