@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from afs_callbacks._files import open_private
+from afs_callbacks._files import open_private, private_dir
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.card_view import render_text
 from afs_callbacks.channels.slack import (
@@ -163,6 +163,7 @@ def ensure_socket(manager: Any, policy: ControlPolicy) -> Any:
         app = app_token.split("-")[1] if "-" in app_token else "app"  # the app's public id
         lock = os.path.join(key, LOCK_TEMPLATE.format(app=app))
         try:
+            private_dir(key)
             fd = open_private(lock)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

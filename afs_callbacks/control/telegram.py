@@ -39,7 +39,7 @@ from typing import Any
 
 import requests
 
-from afs_callbacks._files import open_private
+from afs_callbacks._files import open_private, private_dir
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.telegram import (
     CALLBACK_PREFIX,
@@ -144,6 +144,7 @@ class TelegramPoller:
     def _take_lock(self) -> bool:
         path = os.path.join(self.manager.state_dir, LOCK_TEMPLATE.format(bot=self.channel.bot_id))
         try:
+            private_dir(self.manager.state_dir)
             fd = open_private(path)
         except OSError:
             return False
@@ -292,13 +293,26 @@ class TelegramPoller:
         chat_id = str((message.get("chat") or {}).get("id", ""))
         user = message.get("from") or {}
         actor = _actor(user)
-        sent = message.get("date")
-        if isinstance(sent, (int, float)) and time.time() - sent > self.policy.max_age:
-            log.info("afs-callbacks: telegram /%s from %s ignored: older than the age limit", command, actor)
-            return
         refusal = self.policy.telegram_refusal(str(user.get("id", "")), chat_id, self.channel.chat_id)
         store = self._store()
         name = " ".join(words[1:])
+        sent = message.get("date")
+        if isinstance(sent, (int, float)) and time.time() - sent > self.policy.max_age:
+            # Read late (the poller was not running): ignored, and kept in the history.
+            state = find_run(store, name) if name else None
+            if state is not None:
+                late = f"sent {time.time() - sent:.0f} s before the bot read it (AFS_CONTROL_MAX_AGE)"
+                action = {"stop": STOP, "checkpoint": CHECKPOINT}.get(command, STATUS)
+                issue(
+                    store,
+                    state.run_id,
+                    action,
+                    source=TELEGRAM,
+                    actor=actor,
+                    policy=self.policy,
+                    refusal=late,
+                )
+            return
         if command == "status" and not name:
             if refusal is not None:
                 self._send(chat_id, f"Not allowed: {html.escape(refusal)}")
