@@ -40,6 +40,12 @@ CORE_VARIABLES = (
     "AFS_CARD_INTERVAL",
     "AFS_BURST",
     "AFS_PACE",
+    # Run control (afs_callbacks.control, docs/control.md).
+    "AFS_CONTROL",
+    "AFS_CONTROL_MAX_AGE",
+    "AFS_CONTROL_TELEGRAM_USERS",
+    "AFS_CONTROL_SLACK_USERS",
+    "SLACK_APP_TOKEN",
 )
 #: The monitors' variables and the death watch's.
 MONITOR_VARIABLES = (
