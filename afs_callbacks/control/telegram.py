@@ -82,6 +82,12 @@ def ensure_poller(manager: Any, policy: ControlPolicy) -> TelegramPoller | None:
     if not isinstance(channel, TelegramNotifier):
         log.warning("afs-callbacks: AFS_CONTROL names telegram, but no Telegram channel is configured")
         return None
+    if channel.chat_id.startswith(("-", "@")) and not policy.telegram_users:
+        log.warning(
+            "afs-callbacks: every member of Telegram chat %s can stop and checkpoint runs; list who"
+            " may in AFS_CONTROL_TELEGRAM_USERS",
+            channel.chat_id,
+        )
     key = (os.path.realpath(manager.state_dir), channel.bot_id)
     with _pollers_lock:
         poller = _pollers.get(key)
