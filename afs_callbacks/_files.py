@@ -41,23 +41,29 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
         os.chmod(folder, PRIVATE_DIR)  # mkdir's mode passes through the umask first
         return folder
     except FileExistsError:
-        pass
+        if not folder.is_dir():
+            raise  # a file stands where the folder should be: the caller says so
     _tighten_dir(folder)
     return folder
 
 
 def private_file(path: str | os.PathLike[str]) -> None:
     """Create ``path`` empty as 0600 if it is missing, else make an existing file of ours
-    0600 (never raises: a file we cannot change is left as it is)."""
+    0600 (never raises: a file we cannot change is left as it is).
+
+    An existing file is changed by its path, never opened: closing any descriptor of a
+    SQLite database drops every POSIX lock this process holds on it, those of the open
+    connections included (SQLite's documentation warns of exactly that).
+    """
     try:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE)
-    except OSError:
+        # O_EXCL: only a file that did not exist, so no connection of ours has it open.
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE)
+    except FileExistsError:
         tighten_file(path)
         return
-    try:
-        _chmod_if_open(fd)
-    finally:
-        os.close(fd)
+    except OSError:
+        return
+    os.close(fd)
 
 
 def open_private(path: str | os.PathLike[str], flags: int = os.O_RDWR | os.O_CREAT) -> int:

@@ -82,6 +82,9 @@ MAX_POINTS_PER_SERIES = 2000
 #: Seconds between two attempts to write to a file that failed (a tolerant outbox).
 RETRY_SECONDS = 1.0
 
+# ``commands``: what was asked of runs (afs_callbacks.control: stop, checkpoint, status),
+# every one, accepted or refused, with who asked, from where and when. (Comments inside the
+# script stay out of the way of _TABLES, which splits it on semicolons and parentheses.)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -136,8 +139,6 @@ CREATE TABLE IF NOT EXISTS cards (
     updated_at REAL NOT NULL,
     PRIMARY KEY (run_id, channel)
 );
--- Commands asked of runs (afs_callbacks.control): stop, checkpoint, status; every one,
--- accepted or refused, with who asked, from where and when.
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
     run_id TEXT NOT NULL,

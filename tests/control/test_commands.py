@@ -156,7 +156,7 @@ def test_the_run_takes_a_command_written_by_another_connection(tmp_path: Path) -
     done = wait_for(lambda: (c := outside.command(command.id)) and c.state == "done" and c, what="done")
     assert "/ckpt/step2.pt" in done.detail
     assert tracker.on_step(3) is False
-    tracker.close()
+    tracker.completed()  # an ended run: no run of this test stays active in the process
     manager.close()
 
 
@@ -171,7 +171,7 @@ def test_a_stale_command_is_ignored(tmp_path: Path) -> None:
     )
     wait_for(lambda: outside.command(command.id).state == "expired", timeout=10, what="expired")  # type: ignore[union-attr]
     assert tracker.on_step(2) is False and tracker.asks_waiting() == (False, False)
-    tracker.close()
+    tracker.completed()
     manager.close()
 
 
