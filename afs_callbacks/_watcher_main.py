@@ -30,6 +30,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from afs_callbacks._files import open_private
 from afs_callbacks.delivery import deathwatch as dw
 from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
 from afs_callbacks.runstate import RUNNING
@@ -43,7 +44,7 @@ DELIVERY_BOUND = 15.0  # seconds a notice may take to leave before the loop goes
 
 def acquire(state_dir: str) -> int | None:
     """Take the watcher lock (and write our pid in it), or None when another watcher has it."""
-    fd = os.open(os.path.join(state_dir, dw.LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(os.path.join(state_dir, dw.LOCK_NAME))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

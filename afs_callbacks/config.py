@@ -272,6 +272,11 @@ class Settings:
             state is written there as a ``.prom`` file (``AFS_PROMETHEUS_TEXTFILE_DIR``).
         prometheus_keep: seconds an ended or vanished run's series stay exposed
             (``AFS_PROMETHEUS_KEEP``; textfile and ``afs-notify exporter``).
+        control: the surfaces that may command runs (stop, checkpoint, status): any of
+            ``cli``, ``dashboard``, ``telegram``, ``slack`` (``AFS_CONTROL``, a comma list,
+            or ``all``; default none: runs take no commands). See docs/control.md.
+        control_max_age: seconds after which a command not yet acted on is ignored
+            (``AFS_CONTROL_MAX_AGE``).
     """
 
     state_dir: Path
@@ -296,6 +301,8 @@ class Settings:
     pace: float = 10.0
     prometheus_textfile_dir: Path | None = None
     prometheus_keep: float = 3600.0
+    control: tuple[str, ...] = ()
+    control_max_age: float = 120.0
 
     @classmethod
     def from_env(
@@ -339,6 +346,8 @@ class Settings:
             "pace": lambda default: _num(env, "AFS_PACE", default, 0.0),
             "prometheus_textfile_dir": lambda default: _path(env, "AFS_PROMETHEUS_TEXTFILE_DIR", default),
             "prometheus_keep": lambda default: _num(env, "AFS_PROMETHEUS_KEEP", default, 60.0),
+            "control": lambda default: control_surfaces(env, default),
+            "control_max_age": lambda default: _num(env, "AFS_CONTROL_MAX_AGE", default, 1.0),
         }
         values: dict[str, Any] = {}
         for name, reader in readers.items():
@@ -372,6 +381,32 @@ def _console(env: Env, default: str) -> str:
     if console not in ("auto", "always", "never"):
         raise ConfigurationError("AFS_CONSOLE", f"must be auto, always or never, got {console!r}")
     return console
+
+
+#: The surfaces that can command a run (``AFS_CONTROL``), in the order docs list them.
+CONTROL_SURFACES = ("cli", "dashboard", "telegram", "slack")
+
+
+def control_surfaces(env: Env, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``AFS_CONTROL``: a comma list of :data:`CONTROL_SURFACES`, ``all``, or ``off``.
+
+    Raises:
+        ConfigurationError: a name that is not a surface.
+    """
+    names = [name.lower() for name in env.items_list("AFS_CONTROL")]
+    if not names:
+        return default
+    if names in (["off"], ["none"], ["false"], ["0"]):
+        return ()
+    if names in (["all"], ["on"], ["true"], ["1"]):
+        return CONTROL_SURFACES
+    unknown = [name for name in names if name not in CONTROL_SURFACES]
+    if unknown:
+        raise ConfigurationError(
+            "AFS_CONTROL",
+            f"unknown surface(s) {', '.join(unknown)}; use any of {', '.join(CONTROL_SURFACES)}, all or off",
+        )
+    return tuple(name for name in CONTROL_SURFACES if name in names)
 
 
 VERBOSITIES = ("quiet", "normal", "verbose")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,6 +320,17 @@ class NotificationManager:
         cards). Latest wins per run; stored off the calling thread; never raises."""
         if self.settings.enabled:
             self._runs.update(state, points)
+
+    def on_store_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` on a background thread after another process wrote to the
+        store (at most about once a second; run control reads its commands so). Returns
+        the function that stops it. Never raises."""
+        return self._delivery.changes.listen(listener)
+
+    def store_changed(self) -> None:
+        """This process wrote something the store's listeners want (a chat poller stored a
+        command): tell them now."""
+        self._delivery.changes.poke()
 
     def _on_store_open(self) -> None:
         self._runs.store_opened()

@@ -10,6 +10,7 @@ dashboard reads it back. Everything in it is JSON-safe.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -67,6 +68,9 @@ class RunState:
         error_type / error: the exception type and its last line, on failure.
         summary: the completion summary text.
         extra: framework facts (SLURM job id, strategy, ...).
+        control: what the run's control tells (``afs_callbacks.control``): ``accepts``, the
+            surfaces it takes commands from, and ``recent``, its latest commands (action,
+            source, actor, at, state, detail), shown on the card and the dashboard.
     """
 
     run_id: str
@@ -99,6 +103,7 @@ class RunState:
     error: str | None = None
     summary: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    control: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def final(self) -> bool:
@@ -130,6 +135,19 @@ class RunState:
         return cls(**values)
 
 
+def run_token(run_id: str) -> str:
+    """A short, fixed token for a run (16 hex digits): chat buttons carry it where a run id
+    may be too long (Telegram's ``callback_data`` holds 64 bytes)."""
+    return hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:16]
+
+
+def commands_from(state: RunState) -> tuple[str, ...]:
+    """The surfaces a run takes commands from, as its own process published them in
+    ``state.control["accepts"]`` (``afs_callbacks.control``); empty: none."""
+    value = state.control.get("accepts") if isinstance(state.control, Mapping) else None
+    return tuple(str(item) for item in value) if isinstance(value, (list, tuple)) else ()
+
+
 @functools.lru_cache(maxsize=1)
 def _state_fields() -> tuple[str, ...]:
     return tuple(f.name for f in fields(RunState))
@@ -146,4 +164,6 @@ __all__ = [
     "STATUSES",
     "MetricPoint",
     "RunState",
+    "commands_from",
+    "run_token",
 ]

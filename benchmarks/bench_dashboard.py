@@ -138,9 +138,13 @@ def build(path: Path, runs: int, events: int, points: int) -> None:
 
 @contextmanager
 def dashboard(state_dir: str) -> Iterator[str]:
-    """A real ``afs-notify dashboard --port 0`` process; yields its base URL."""
+    """A real ``afs-notify dashboard --port 0 --no-token`` process (a benchmark's own loopback
+    server: the token would only be one more header); yields its base URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "afs_callbacks", "dashboard", "--port", "0", "--state-dir", state_dir, "-q"],
+        [
+            *(sys.executable, "-m", "afs_callbacks", "dashboard", "--port", "0", "--no-token"),
+            *("--state-dir", state_dir, "-q"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -8,7 +8,9 @@ loop adapter's ``RunNotifier.step``.
 
 A second pass counts device syncs: on a GPU with ``torch.cuda.set_sync_debug_mode``, on a
 CPU the host reads of tensor values (``item``, ``tolist``, ``bool``/``float``/``int``).
-The only ones allowed are the NaN checks, one every ``nan_check_every`` steps.
+The only ones allowed are the NaN checks, one every ``nan_check_every`` steps. Every
+subject is measured twice in the same run: with run control off (the default) and on
+(``AFS_CONTROL=cli``: the run listens for commands; the step hook still reads one flag).
 Targets: ≤ 2 µs per call (issue #16; issue #7 asked for "a few"); no sync outside the
 every-N-steps check (counted on every thread: the reads themselves run on the reader
 thread, ``afs_callbacks/tracking/reader.py``).
@@ -103,14 +105,18 @@ def settle(tracker: RunTracker) -> None:
     tracker._reads.wait(10.0)
 
 
-def _manager() -> NotificationManager:
-    settings = Settings(state_dir=tempfile.mkdtemp(prefix="afs-bench-"))
+def _manager(control: bool = False) -> NotificationManager:
+    """A manager with one capturing channel; ``control``: runs take commands (AFS_CONTROL=cli),
+    so the run's control listens to the store and the step hook returns its flag."""
+    settings = Settings(state_dir=tempfile.mkdtemp(prefix="afs-bench-"), control=("cli",) if control else ())
     return NotificationManager({"capture": CapturingHandler()}, settings=settings)
 
 
-def bench_framework(framework: str, *, calls: int, device: str) -> list[dict[str, Any]]:
+def bench_framework(
+    framework: str, *, calls: int, device: str, control: bool = False
+) -> list[dict[str, Any]]:
     """Time AFSNotify's and an empty callback's step hook inside a real training."""
-    manager = _manager()
+    manager = _manager(control)
     notify = afs_callback(framework, manager, monitors=False)
     empty = empty_callback(framework)
     hook = HOOKS[framework]
@@ -181,13 +187,17 @@ def _probe(framework: str, probe: Callable[[Callable[[Any], Any]], None]) -> Any
     return type("Probe", (base,), {"on_train_batch_end": batch_end})()
 
 
-def bench_tracker(*, calls: int, device: str) -> list[dict[str, Any]]:
+def bench_tracker(*, calls: int, device: str, control: bool = False) -> list[dict[str, Any]]:
     """``RunTracker.on_step`` without a framework: tensor loss, float loss, no loss."""
     import torch
 
-    manager = _manager()
+    manager = _manager(control)
     tracker = RunTracker(manager, TrackerConfig(monitors=False, chart=False, stall_timeout=None))
     tracker.start(epochs=1)
+    if control:
+        from afs_callbacks.control import attach
+
+        attach(tracker)
     every = tracker.config.nan_check_every
     loss = torch.tensor(0.25, device=device)
     rows = []
@@ -251,13 +261,18 @@ def main() -> None:
         return
     calls = args.calls or (5_000 if args.quick else 100_000)
     what = "CUDA syncs" if args.device == "cuda" else "tensor reads"
-    figures: dict[str, Any] = {"tracker": bench_tracker(calls=calls, device=args.device)}
-    for framework in [f.strip() for f in args.frameworks.split(",") if f.strip()]:
-        missing = available(framework)
-        if missing is None:
-            figures[framework] = bench_framework(framework, calls=calls, device=args.device)
-        else:
-            report.table(f"{framework}: skipped", ("reason",), [(missing,)])
+    # Each subject twice in the same run: run control off (the default), then on.
+    figures: dict[str, Any] = {}
+    for control, suffix in ((False, ""), (True, ", control on")):
+        figures[f"tracker{suffix}"] = bench_tracker(calls=calls, device=args.device, control=control)
+        for framework in [f.strip() for f in args.frameworks.split(",") if f.strip()]:
+            missing = available(framework)
+            if missing is None:
+                figures[f"{framework}{suffix}"] = bench_framework(
+                    framework, calls=calls, device=args.device, control=control
+                )
+            elif not control:
+                report.table(f"{framework}: skipped", ("reason",), [(missing,)])
     rows = [
         (group, r["subject"], r["us"], r["checked"], r["reads"], r["allowed"])
         for group, results in figures.items()

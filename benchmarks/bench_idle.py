@@ -12,8 +12,12 @@ Targets: every idle thread wakes at most once a second, and a thread with no tim
 wake on their period (at least a second): checking is their job. The death watcher is a
 separate process polling once a second; its CPU is counted too.
 
-    python benchmarks/bench_idle.py            # two 10 s windows
-    python benchmarks/bench_idle.py --quick    # two 2 s windows
+Both are measured twice in the same run, run control off and on (``AFS_CONTROL``): the
+run's control reads its commands on the senders' once-a-second look at the store, so it
+must add no wake-up.
+
+    python benchmarks/bench_idle.py            # four 10 s windows
+    python benchmarks/bench_idle.py --quick    # four 2 s windows
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from afs_callbacks.tracking import RunTracker, TrackerConfig
 
 PREFIX = "afs"
 #: Threads that have no timed duty: idle, they must not wake at all.
-NO_TIMER = ("afs-writer", "afs-loss-reader", "afs-cards")
+NO_TIMER = ("afs-writer", "afs-loss-reader", "afs-cards", "afs-control")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,18 +90,18 @@ def window(seconds: float, state_dir: str) -> list[tuple[str, float, float]]:
     return sorted(rows)
 
 
-def main() -> None:
-    args = parse_args(__doc__ or "")
-    seconds = 2.0 if args.quick else 10.0
-    report = Report("idle", args)
-    state_dir = tempfile.mkdtemp(prefix="afs-bench-idle-")
-    results: dict[str, Any] = {}
+def scenario(seconds: float, state_dir: str, *, control: bool) -> dict[str, list[tuple[str, float, float]]]:
+    """A run between steps, then after its end, each over a quiet window of ``seconds``."""
+    results: dict[str, list[tuple[str, float, float]]] = {}
     with LoopbackReceiver() as receiver:
-        manager = NotificationManager(
-            {"webhook": WebhookNotifier(receiver.url("/hook"))}, settings=Settings(state_dir=state_dir)
-        )
+        settings = Settings(state_dir=state_dir, control=("cli", "dashboard") if control else ())
+        manager = NotificationManager({"webhook": WebhookNotifier(receiver.url("/hook"))}, settings=settings)
         run = RunTracker(manager, TrackerConfig(model_name="idle", stall_timeout=3600))
         run.start(epochs=1)
+        if control:
+            from afs_callbacks.control import attach
+
+            attach(run)  # what the adapters do at the start
         manager.flush(10)  # the start message out: from here on nothing is to be done
         time.sleep(1.0)  # let the start's own work finish (senders back to sleep)
         results["during a run, between steps"] = window(seconds, state_dir)
@@ -106,6 +110,20 @@ def main() -> None:
         time.sleep(1.0)
         results["after the run, everything sent"] = window(seconds, state_dir)
         manager.close()
+    return results
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    seconds = 2.0 if args.quick else 10.0
+    report = Report("idle", args)
+    results: dict[str, Any] = {}
+    # The same scenario twice in one run: run control off (the default), then on
+    # (AFS_CONTROL=cli,dashboard: the run listens for commands on the senders' looks).
+    for control in (False, True):
+        suffix = " (control on)" if control else " (control off)"
+        measured = scenario(seconds, tempfile.mkdtemp(prefix="afs-bench-idle-"), control=control)
+        results.update({label + suffix: rows for label, rows in measured.items()})
     for label, rows in results.items():
         report.table(
             f"{label}: {seconds:.0f} s quiet window",
@@ -124,6 +142,16 @@ def main() -> None:
             "0 wake-ups",
             f"{busiest[1]:.2f} ({busiest[0]})",
             busiest[1] == 0,
+        )
+    for label in ("during a run, between steps", "after the run, everything sent"):
+        off, on = (
+            sum(w for _, w, _ in results[f"{label} ({c})"] if w == w) for c in ("control off", "control on")
+        )
+        report.target(
+            f"{label}: all threads, control on beside off",
+            "no extra wake-up (≤ +0.1 / s)",
+            f"{on:.2f} vs {off:.2f} / s",
+            on <= off + 0.1,
         )
     report.finish(seconds=seconds, windows={k: [list(r) for r in v] for k, v in results.items()})
 

@@ -204,7 +204,33 @@ def _fields(state: RunState, updated: float) -> list[tuple[str, str]]:
         fields.append(("Peak GPU memory", format_bytes(state.peak_gpu_memory)))
     if state.cost is not None:
         fields.append(("Cost", f"${state.cost:,.2f}"))
+    fields += _commands(state)
     return [(label, truncate(redact(value), _VALUE_CHARS)) for label, value in fields]
+
+
+#: Commands a card lists (the latest first): every one, refused ones too, says who and how.
+CARD_COMMANDS = 3
+
+
+def _commands(state: RunState) -> list[tuple[str, str]]:
+    """``("Command", "stop by alice@gpu-7 via cli 12:03 UTC: done (…)")`` for the run's
+    latest commands (``state.control["recent"]``, written by its control)."""
+    recent = state.control.get("recent") if isinstance(state.control, Mapping) else None
+    if not isinstance(recent, list):
+        return []
+    lines = []
+    for entry in recent[:CARD_COMMANDS]:
+        if not isinstance(entry, Mapping):
+            continue
+        at = entry.get("at")
+        when = (
+            f" {datetime.fromtimestamp(at, timezone.utc):%H:%M} UTC" if isinstance(at, (int, float)) else ""
+        )
+        who = f"{entry.get('action')} by {entry.get('actor')} via {entry.get('source')}"
+        text = f"{who}{when}: {entry.get('state')}"
+        detail = str(entry.get("detail") or "")
+        lines.append(("Command", f"{text} ({detail})" if detail else text))
+    return lines
 
 
 def _throughput(state: RunState) -> str:

@@ -40,6 +40,7 @@ from afs_callbacks.formatting import (
     truncate_escaped,
 )
 from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, mask_url, redact, register_secret
+from afs_callbacks.runstate import commands_from
 
 if TYPE_CHECKING:
     import requests
@@ -218,6 +219,16 @@ class SlackNotifier(HttpChannel):
         channel, ts = split_card_id(message_id, self.channel)
         return self._api("chat.update", {"channel": channel, "ts": ts, **card_message(state)})[0]
 
+    @property
+    def bot_token(self) -> str | None:
+        """The bot token (a secret), when the channel posts through the Web API."""
+        return self._bot_token
+
+    def api(self, method: str, payload: dict[str, Any]) -> tuple[DeliveryResult, dict[str, Any]]:
+        """Call a Web API method with the bot token (run control posts its questions so);
+        the classified answer and its JSON."""
+        return self._api(method, payload)
+
     def _api(self, method: str, payload: dict[str, Any]) -> tuple[DeliveryResult, dict[str, Any]]:
         """POST a Web API method with the bot token; the classified answer and its JSON."""
         headers = {
@@ -394,8 +405,64 @@ def card_message(state: RunState, *, now: float | None = None) -> dict[str, Any]
     if view.outcome:
         blocks.append(_mrkdwn_section(truncate_escaped(view.outcome, 3000, escape_mrkdwn)))
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": view.footer}]})
+    actions = card_actions(state)
+    if actions is not None:
+        blocks.append(actions)
     fallback = truncate_escaped(render_text(state, limit=3000, now=now), 3000, escape_mrkdwn)
     return {"text": fallback, "blocks": blocks[:50]}
+
+
+#: ``action_id`` of the control buttons (read by ``afs_callbacks.control.slack``): the
+#: card's carry the run id as their ``value``, the confirmation's the command's id.
+ACTION_STOP = "afs_stop"
+ACTION_CHECKPOINT = "afs_checkpoint"
+ACTION_STATUS = "afs_status"
+ACTION_CONFIRM = "afs_confirm"
+ACTION_CANCEL = "afs_cancel"
+
+
+def card_actions(state: RunState) -> dict[str, Any] | None:
+    """Stop / Checkpoint / Status buttons for a live card whose run takes commands through
+    Slack (``AFS_CONTROL``; clicks arrive over Socket Mode); None otherwise."""
+    if state.final or "slack" not in commands_from(state):
+        return None
+    run_id = state.run_id[:2000]
+    return {
+        "type": "actions",
+        "block_id": "afs_control",
+        "elements": [
+            _button("✋ Stop", ACTION_STOP, run_id, style="danger"),
+            _button("💾 Checkpoint", ACTION_CHECKPOINT, run_id),
+            _button("ℹ️ Status", ACTION_STATUS, run_id),
+        ],
+    }
+
+
+def confirm_blocks(question: str, command_id: str) -> list[dict[str, Any]]:
+    """The question a stop asks first, with Yes / Cancel (the command's id as value)."""
+    return [
+        _mrkdwn_section(truncate_escaped(question, 2900, escape_mrkdwn)),
+        {
+            "type": "actions",
+            "block_id": "afs_confirm",
+            "elements": [
+                _button("✋ Yes, stop it", ACTION_CONFIRM, command_id, style="danger"),
+                _button("Cancel", ACTION_CANCEL, command_id),
+            ],
+        },
+    ]
+
+
+def _button(text: str, action_id: str, value: str, *, style: str | None = None) -> dict[str, Any]:
+    button: dict[str, Any] = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": text, "emoji": True},
+        "action_id": action_id,
+        "value": value,
+    }
+    if style:
+        button["style"] = style
+    return button
 
 
 def _mrkdwn_section(text: str) -> dict[str, Any]:

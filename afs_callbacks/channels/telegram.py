@@ -26,6 +26,7 @@ from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import LEVEL_EMOJI, context_fields, format_value, truncate_escaped
 from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, redact, register_secret
+from afs_callbacks.runstate import commands_from, run_token
 
 if TYPE_CHECKING:
     import requests
@@ -191,12 +192,25 @@ class TelegramNotifier(HttpChannel):
         text = card_html(state, limit=self.TEXT_LIMIT)
         if _utf16_length(text) > self.TEXT_LIMIT:  # emoji count twice in Telegram's units
             text = card_html(state, limit=self.TEXT_LIMIT // 2)
-        return {
+        fields: dict[str, Any] = {
             "chat_id": self.chat_id,
             "text": text,
             "parse_mode": "HTML",
             "link_preview_options": {"is_disabled": True},
         }
+        buttons = card_buttons(state)
+        if buttons is not None:
+            fields["reply_markup"] = buttons  # an edit without it removes the buttons
+        return fields
+
+    @property
+    def bot_id(self) -> str:
+        """The bot's public id (the token's part before the colon)."""
+        return self._token.partition(":")[0]
+
+    def method_url(self, method: str) -> str:
+        """The URL of a Bot API method (holds the token: never log it unredacted)."""
+        return self._method_url(method)
 
     def _photo(self, event: NotificationEvent) -> Attachment | None:
         for attachment in event.attachments:
@@ -301,6 +315,46 @@ def card_html(state: RunState, *, limit: int = 4096, now: float | None = None) -
         bold=lambda text: f"<b>{text}</b>",
         code=lambda text: f"<code>{escape_html(text)}</code>",
     )
+
+
+#: ``callback_data`` of the control buttons: ``afs:<op>:<arg>`` (at most 64 bytes): ``s`` stop,
+#: ``c`` checkpoint, ``i`` status (arg: the run's token), ``y`` confirm and ``n`` cancel a
+#: stop (arg: the command's id). Read by ``afs_callbacks.control.telegram``.
+CALLBACK_PREFIX = "afs"
+
+
+def callback_data(op: str, arg: str) -> str:
+    """The ``callback_data`` of a control button."""
+    return f"{CALLBACK_PREFIX}:{op}:{arg}"[:64]
+
+
+def card_buttons(state: RunState) -> dict[str, Any] | None:
+    """Stop / Checkpoint / Status under a live card whose run takes commands through
+    Telegram (``AFS_CONTROL``); None for an ended run or one that takes none."""
+    if state.final or "telegram" not in commands_from(state):
+        return None
+    token = run_token(state.run_id)
+    return {
+        "inline_keyboard": [
+            [
+                {"text": "✋ Stop", "callback_data": callback_data("s", token)},
+                {"text": "💾 Checkpoint", "callback_data": callback_data("c", token)},
+                {"text": "ℹ️ Status", "callback_data": callback_data("i", token)},
+            ]
+        ]
+    }
+
+
+def confirm_buttons(command_id: str) -> dict[str, Any]:
+    """Yes / Cancel under the question a stop asks first."""
+    return {
+        "inline_keyboard": [
+            [
+                {"text": "✋ Yes, stop it", "callback_data": callback_data("y", command_id)},
+                {"text": "Cancel", "callback_data": callback_data("n", command_id)},
+            ]
+        ]
+    }
 
 
 def _check_chat_id(chat_id: str, variable: str) -> str:

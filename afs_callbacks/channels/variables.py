@@ -42,6 +42,12 @@ CORE_VARIABLES = (
     "AFS_PACE",
     "AFS_PROMETHEUS_TEXTFILE_DIR",
     "AFS_PROMETHEUS_KEEP",
+    # Run control (afs_callbacks.control, docs/control.md).
+    "AFS_CONTROL",
+    "AFS_CONTROL_MAX_AGE",
+    "AFS_CONTROL_TELEGRAM_USERS",
+    "AFS_CONTROL_SLACK_USERS",
+    "SLACK_APP_TOKEN",
 )
 #: The monitors' variables and the death watch's.
 MONITOR_VARIABLES = (

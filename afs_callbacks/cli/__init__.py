@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 from afs_callbacks import __version__
 from afs_callbacks.cli._common import EXIT_FAILED, EXIT_USAGE, UsageError, non_negative, number, positive_int
+from afs_callbacks.cli._control import command_control, command_run_status
 from afs_callbacks.cli._dashboard import command_dashboard
 from afs_callbacks.cli._exporter import add_exporter_command
 from afs_callbacks.cli._flush import command_flush
@@ -109,6 +110,8 @@ COMMANDS = (
     "retry",
     "dashboard",
     "exporter",
+    "stop",
+    "checkpoint",
 )
 
 
@@ -211,8 +214,15 @@ def build_parser() -> Parser:
         return sub
 
     status = add(
-        "status", command_status, "every channel: configured or why not, secrets masked", timeout=None
+        "status",
+        _status,
+        "every channel: configured or why not, secrets masked; with RUN_ID, that run's card",
+        timeout=None,
     )
+    status.add_argument(
+        "run_id", nargs="?", metavar="RUN_ID", help="a run of this host: print its live card and commands"
+    )
+    status.add_argument("--state-dir", metavar="DIR", help="the history's folder (default: AFS_STATE_DIR)")
     status.add_argument(
         "--check",
         action="store_true",
@@ -317,7 +327,28 @@ def build_parser() -> Parser:
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
     _dashboard_commands(add)
     add_exporter_command(add)
+    _control_commands(add)
     return parser
+
+
+def _status(args: argparse.Namespace, output: Output) -> int:
+    """``status``: the channels, or with a run id that run's card (docs/control.md)."""
+    if getattr(args, "run_id", None):
+        return command_run_status(args, output)
+    return command_status(args, output)
+
+
+def _control_commands(add: Any) -> None:
+    """``stop`` and ``checkpoint``: command a run of this host (``AFS_CONTROL`` names cli)."""
+    for name, text in (
+        ("stop", "stop a run gracefully: it finishes its step, saves a checkpoint, ends (AFS_CONTROL)"),
+        ("checkpoint", "ask a run to save a checkpoint now and print its path (AFS_CONTROL)"),
+    ):
+        sub = add(name, command_control, text, timeout=30.0)
+        sub.add_argument("run_id", metavar="RUN_ID", help="the run (its id, or a part only one live run has)")
+        sub.add_argument("--state-dir", metavar="DIR", help="the history's folder (default: AFS_STATE_DIR)")
+        if name == "stop":
+            sub.add_argument("--yes", action="store_true", help="do not ask for a confirmation")
 
 
 def _run_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -350,7 +381,12 @@ def _dashboard_commands(add: Any) -> None:
     dashboard.add_argument("--open", action="store_true", help="open it in the browser")
     dashboard.add_argument(
         "--token",
-        help="require this token (always required off loopback; generated and printed when not given)",
+        help="require this token (default: one is generated; the printed URL carries it)",
+    )
+    dashboard.add_argument(
+        "--no-token",
+        action="store_true",
+        help="no token, on a loopback address only: for a machine nobody else logs in to",
     )
 
 

@@ -1,7 +1,9 @@
 """``afs-notify dashboard``: serve the live web dashboard over the history and print its URL.
 
-Bound to 127.0.0.1 by default. Any other address needs a token (``--token``, or one is
-generated and printed), because the pages show run names, hosts and errors.
+Bound to 127.0.0.1 by default, and, as Jupyter does, it asks for a token on every address:
+one is generated and the printed URL carries it (``--token`` sets it). On a shared node
+loopback is every user's, and the pages show run names, hosts and errors, and can stop
+runs. ``--no-token`` drops it, on a loopback address only, for a single-user machine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from contextlib import suppress
 from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session, release
 from afs_callbacks.cli._output import Output
 from afs_callbacks.cli._store_check import history_path
+from afs_callbacks.config import open_env, read_settings
+from afs_callbacks.control.policy import DASHBOARD, ControlPolicy
 from afs_callbacks.urls import is_loopback
 
 
@@ -24,13 +28,22 @@ def command_dashboard(args: argparse.Namespace, output: Output) -> int:
     from afs_callbacks.dashboard import DashboardConfig, make_server
 
     loopback = is_loopback(args.host)
-    token = args.token or (None if loopback else secrets.token_urlsafe(18))
+    if args.no_token and args.token:
+        raise UsageError("--no-token and --token contradict each other; choose one")
+    if args.no_token and not loopback:
+        raise UsageError("--no-token is for a loopback address only: other machines must need the token")
+    token = None if args.no_token else (args.token or secrets.token_urlsafe(18))
     if args.token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,}", args.token):
         raise UsageError(
             "--token must be at least 8 letters, digits or . _ ~ - (it goes in a URL and a cookie)"
         )
+    env = open_env(None, getattr(args, "env_file", None))
     config = DashboardConfig(
-        path=str(history_path(args.state_dir)), token=token, channels=channel_rows(args), loopback=loopback
+        path=str(history_path(args.state_dir)),
+        token=token,
+        channels=channel_rows(args),
+        loopback=loopback,
+        policy=ControlPolicy.from_settings(read_settings(env), env),
     )
     try:
         server = make_server(args.host, args.port, config)
@@ -40,9 +53,11 @@ def command_dashboard(args: argparse.Namespace, output: Output) -> int:
     print(f"afs-notify dashboard: {server.url}", flush=True)
     output.note(f"history: {config.path}")
     if token and not args.token:
-        output.note("a token was generated because the address is reachable from other machines")
+        output.note("open the URL above: it carries the access token (--no-token on a single-user machine)")
     if not loopback:
         output.note("anyone who can reach this address and has the URL can see and retry messages")
+    if DASHBOARD in config.policy.surfaces:
+        output.note("runs that take dashboard commands (AFS_CONTROL) get Stop and Checkpoint buttons")
     output.note("press Ctrl-C to stop")
     if args.open:
         with suppress(Exception):  # no browser here is not an error: the URL is printed

@@ -17,7 +17,7 @@ from typing import Any
 
 from afs_callbacks.delivery.outbox import DEAD, PENDING, SENDING, Delivery, HistoryEntry, Outbox
 from afs_callbacks.redaction import redact
-from afs_callbacks.runstate import FINAL_STATUSES, RUNNING, RunState
+from afs_callbacks.runstate import FINAL_STATUSES, RUNNING, RunState, commands_from
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,30 @@ def run_payload(outbox: Outbox, run_id: str, *, event_limit: int = 300) -> dict[
         "state": detail or None,
         "series": curves(outbox, run_id),
         "events": event_rows(events, now),
+        "control": control_payload(outbox, stored),
+    }
+
+
+def control_payload(outbox: Outbox, run: RunState | None) -> dict[str, Any]:
+    """What the run page's Stop / Checkpoint buttons need: whether the run takes commands
+    from the dashboard (its own ``AFS_CONTROL``) and its commands, newest first, redacted."""
+    takes = run is not None and not run.final and "dashboard" in commands_from(run)
+    found = [] if run is None else outbox.commands(run_ids=[run.run_id], limit=20)
+    return {
+        "dashboard": takes,
+        "commands": [
+            {
+                "id": command.id,
+                "action": command.action,
+                "source": command.source,
+                "actor": redact(command.actor),
+                "created": command.created,
+                "updated": command.updated,
+                "state": command.state,
+                "detail": redact(command.detail),
+            }
+            for command in found
+        ],
     }
 
 

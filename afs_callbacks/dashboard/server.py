@@ -7,9 +7,14 @@ Who may use it:
 - With a token (required for any other address), every request needs it: ``?token=`` once
   (answered with an HttpOnly, SameSite=Strict cookie and a redirect that drops it from the
   address bar), the cookie, or ``Authorization: Bearer``. Anything else gets 401.
-- A retry (the only write) is a POST that must carry the page's CSRF token in a header and,
-  when the browser sends an Origin, come from this origin: another site's page can neither
-  read the token nor set the header without a CORS preflight this server never grants.
+- ``afs-notify dashboard`` asks for a token on every address by default, as Jupyter does
+  (the printed URL carries it; ``--no-token`` is for a single-user machine): on a shared
+  node, loopback is every user's.
+- The writes (a retry; a run's Stop and Checkpoint, ``afs_callbacks.control``) are POSTs
+  that must carry the page's CSRF token in a header and, when the browser sends an Origin,
+  come from this origin: another site's page can neither read the token nor set the header
+  without a CORS preflight this server never grants. A stop waits for its confirmation
+  (a second POST), and every command, refused ones too, is stored with who asked.
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from afs_callbacks._log import get_logger
+from afs_callbacks.control.commands import cancel, confirm, issue
+from afs_callbacks.control.policy import DASHBOARD, ControlPolicy
 from afs_callbacks.dashboard import api, pages, static
 from afs_callbacks.dashboard.api import RunFilter
-from afs_callbacks.delivery.outbox import Outbox, OutboxUnavailable
+from afs_callbacks.delivery.outbox import Command, Outbox, OutboxUnavailable
 from afs_callbacks.redaction import redact
+from afs_callbacks.tracking.asks import STOP
 
 log = get_logger(__name__)
 
@@ -57,6 +65,8 @@ class DashboardConfig:
         token: required on every request when set (always set for a non-loopback bind).
         channels: rows of ``afs-notify status`` (channel, state, detail) with secrets masked.
         loopback: whether the server listens on a loopback address (the Host check).
+        policy: who may command runs (``AFS_CONTROL`` must name ``dashboard`` for the Stop
+            and Checkpoint buttons to work; default: off).
     """
 
     path: str
@@ -64,6 +74,7 @@ class DashboardConfig:
     channels: Sequence[Mapping[str, str]] = ()
     loopback: bool = True
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    policy: ControlPolicy = field(default_factory=ControlPolicy)
 
     def __post_init__(self) -> None:
         self.path = str(Path(self.path).expanduser().absolute())
@@ -250,19 +261,27 @@ class Handler(BaseHTTPRequestHandler):
         return _NotFound(f"no endpoint /api/{endpoint}")
 
     def _post(self, path: str, query: dict[str, list[str]]) -> None:
-        if path != "/api/retry":
+        if path not in ("/api/retry", *_COMMAND_PATHS):
             self._send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
-            return
-        if not self._same_origin_post():
-            self._send_json(HTTPStatus.FORBIDDEN, {"error": "cross-site request refused"})
             return
         length = min(int(self.headers.get("Content-Length") or 0), 10_000)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
             body = None
+        if not self._same_origin_post():
+            if path == "/api/command" and isinstance(body, dict):
+                self._command(
+                    body, refusal="refused: the request did not come from the dashboard's page (CSRF)"
+                )
+            self._send_json(HTTPStatus.FORBIDDEN, {"error": "cross-site request refused"})
+            return
         if not isinstance(body, dict):
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": "expected a JSON object"})
+            return
+        if path in _COMMAND_PATHS:
+            answer = self._command(body) if path == "/api/command" else self._confirmation(path, body)
+            self._send_json(HTTPStatus.OK if "error" not in answer else HTTPStatus.BAD_REQUEST, answer)
             return
         channel, event_id = body.get("channel") or None, body.get("event_id") or None
         if not os.path.isfile(self.config.path):
@@ -271,6 +290,41 @@ class Handler(BaseHTTPRequestHandler):
         with Outbox(self.config.path) as outbox:
             count = outbox.requeue_dead([str(channel)] if channel else None, event_id=event_id)
         self._send_json(HTTPStatus.OK, {"requeued": count, "channel": channel, "event_id": event_id})
+
+    def _command(self, body: Mapping[str, Any], refusal: str | None = None) -> dict[str, Any]:
+        """``POST /api/command {"run_id", "action"}``: the one path of every surface
+        (``control.issue``); a stop waits for ``/api/command/confirm``."""
+        run_id, action = str(body.get("run_id") or "")[:300], str(body.get("action") or "")[:20]
+        if not run_id or not os.path.isfile(self.config.path):
+            return {"error": "expected a run_id of this dashboard's history"}
+        with Outbox(self.config.path) as outbox:
+            command = issue(
+                outbox,
+                run_id,
+                action,
+                source=DASHBOARD,
+                actor=self._actor(),
+                policy=self.config.policy,
+                confirmed=action != STOP,
+                refusal=refusal,
+            )
+        return {"command": _command_json(command)}
+
+    def _confirmation(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /api/command/confirm`` or ``/cancel`` ``{"id"}``: a stop's second tap."""
+        command_id = str(body.get("id") or "")[:64]
+        with Outbox(self.config.path) as outbox:
+            if path.endswith("/confirm"):
+                command = confirm(outbox, command_id, actor=self._actor(), policy=self.config.policy)
+            else:
+                command = cancel(outbox, command_id, actor=self._actor())
+        if command is None:
+            return {"error": "no such command"}
+        return {"command": _command_json(command)}
+
+    def _actor(self) -> str:
+        """Who asks: the holder of the dashboard's token, from this address."""
+        return f"dashboard user at {self.client_address[0]}"
 
     # Answers ------------------------------------------------------------------------
 
@@ -349,6 +403,20 @@ class Handler(BaseHTTPRequestHandler):
 @dataclass(frozen=True)
 class _NotFound:
     message: str
+
+
+_COMMAND_PATHS = ("/api/command", "/api/command/confirm", "/api/command/cancel")
+
+
+def _command_json(command: Command) -> dict[str, Any]:
+    return {
+        "id": command.id,
+        "run_id": command.run_id,
+        "action": command.action,
+        "state": command.state,
+        "detail": redact(command.detail),
+        "actor": redact(command.actor),
+    }
 
 
 def _one(query: dict[str, list[str]], name: str) -> str:

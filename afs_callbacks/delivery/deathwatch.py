@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from afs_callbacks._files import private_dir, private_file
 from afs_callbacks._log import get_logger
 from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
@@ -74,9 +75,8 @@ def ensure_watcher(state_dir: str, pid: int) -> None:
         if os.environ.get("AFS_ENABLED", "").strip().lower() in _FALSE:
             return
         key = os.path.realpath(state_dir)
-        os.makedirs(key, exist_ok=True)
-        with open(os.path.join(key, WANTED_NAME), "a"):
-            pass
+        private_dir(key)
+        private_file(os.path.join(key, WANTED_NAME))
         os.utime(os.path.join(key, WANTED_NAME))  # the watcher's exit rule reads this time
         with _spawn_lock:
             previous = _spawned.get(key)

@@ -23,6 +23,7 @@ from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import NotificationHandler
 from afs_callbacks.config import Settings
 from afs_callbacks.delivery.budget import BudgetPolicy
+from afs_callbacks.delivery.changes import StoreChanges
 from afs_callbacks.delivery.flushing import flush_workers
 from afs_callbacks.delivery.outbox import (
     DEAD,
@@ -112,6 +113,8 @@ class Lifecycle:
         self._writer: Writer | None = None
         self._workers: dict[str, ChannelWorker] = {}
         self._stopping = False
+        #: Listeners of other processes' writes, told by the senders' idle looks.
+        self.changes = StoreChanges(self._store_version, self._senders_alive)
         # Flush reports count what finished since the previous report (or since creation),
         # so a message the sender delivered just before flush() is not missed.
         self._report_mark = time.time()
@@ -154,7 +157,13 @@ class Lifecycle:
             worker = self._workers.get(name)
             if worker is None or worker.handler is not handler:
                 worker = ChannelWorker(
-                    name, handler, self.store, self.policy, self._on_progress, budget=self.budget
+                    name,
+                    handler,
+                    self.store,
+                    self.policy,
+                    self._on_progress,
+                    budget=self.budget,
+                    on_version=self.changes.observed,
                 )
                 self._workers[name] = worker
             if not self._stopping:
@@ -187,6 +196,12 @@ class Lifecycle:
             workers = [self._workers[name] for name in channels if name in self._workers]
         for worker in workers:
             worker.wake()
+
+    def _store_version(self) -> int | None:
+        return self.store.data_version()
+
+    def _senders_alive(self) -> int:
+        return sum(1 for worker in list(self._workers.values()) if worker.alive)
 
     def _on_progress(self) -> None:
         with self._progress:
@@ -230,6 +245,7 @@ class Lifecycle:
             started = time.monotonic()
             self.writer.drain(max(timeout, STORE_AT_CLOSE))
             report = self.flush(channels, max(0.0, timeout - (time.monotonic() - started)))
+        self.changes.stop()
         with self._lock:
             self._stopping = True
             workers = list(self._workers.values())
@@ -249,6 +265,7 @@ class Lifecycle:
         self._lock = threading.RLock()
         self._progress = threading.Condition()
         self._workers = {}
+        self.changes.after_fork_in_child()
         if self._writer is not None:
             self._writer.after_fork_in_child()
 

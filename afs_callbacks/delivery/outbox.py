@@ -38,13 +38,14 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from afs_callbacks._files import private_dir, private_file, tighten_file
 from afs_callbacks._log import get_logger
 from afs_callbacks.delivery.faults import describe_fault, is_corruption, move_aside, still_corrupt
 from afs_callbacks.delivery.limits import HeldMessage
@@ -81,6 +82,9 @@ MAX_POINTS_PER_SERIES = 2000
 #: Seconds between two attempts to write to a file that failed (a tolerant outbox).
 RETRY_SECONDS = 1.0
 
+# ``commands``: what was asked of runs (afs_callbacks.control: stop, checkpoint, status),
+# every one, accepted or refused, with who asked, from where and when. (Comments inside the
+# script stay out of the way of _TABLES, which splits it on semicolons and parentheses.)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -135,6 +139,21 @@ CREATE TABLE IF NOT EXISTS cards (
     updated_at REAL NOT NULL,
     PRIMARY KEY (run_id, channel)
 );
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    source TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    reply TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS commands_run ON commands (run_id, updated);
+CREATE INDEX IF NOT EXISTS commands_updated ON commands (updated);
 """
 
 # The parts of a delivery row the sender's steps share.
@@ -209,6 +228,57 @@ class ChannelHealth:
     failing_since: float | None = None
     last_delivered: float | None = None
     last_dead: float | None = None
+
+
+#: A command's states (see afs_callbacks.control): waiting for a confirmation tap, waiting
+#: for the run to act, taken by the run, carried out, refused, too old when the run saw it,
+#: or cancelled by the person who asked.
+UNCONFIRMED = "unconfirmed"
+QUEUED = "pending"
+ACCEPTED = "accepted"
+DONE = "done"
+REFUSED = "refused"
+EXPIRED = "expired"
+CANCELLED = "cancelled"
+COMMAND_STATES = (UNCONFIRMED, QUEUED, ACCEPTED, DONE, REFUSED, EXPIRED, CANCELLED)
+#: The states after which a command does not change any more.
+COMMAND_FINISHED = frozenset({DONE, REFUSED, EXPIRED, CANCELLED})
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command asked of a run, as the ``commands`` table keeps it.
+
+    Attributes:
+        id: the command's id.
+        run_id: the run it is asked of.
+        action: ``stop``, ``checkpoint`` or ``status``.
+        source: the surface it came through (``cli``, ``dashboard``, ``telegram``,
+            ``slack``, ``rule``).
+        actor: who asked, in words (``alice@gpu-7``, ``telegram user 42 (@alice)``).
+        created / updated: epoch seconds it was asked and last changed.
+        state: one of :data:`COMMAND_STATES`.
+        detail: why it was refused, or what was done (a checkpoint's path).
+        host: the host of the run, the only one that acts on it.
+        reply: where a chat surface answers (chat and message ids); JSON-safe.
+    """
+
+    id: str
+    run_id: str
+    action: str
+    source: str
+    actor: str
+    created: float
+    updated: float
+    state: str = QUEUED
+    detail: str = ""
+    host: str = ""
+    reply: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the command reached a state it does not leave."""
+        return self.state in COMMAND_FINISHED
 
 
 class OutboxUnavailable(Exception):
@@ -694,6 +764,87 @@ class Outbox:
         sql = "DELETE FROM cards WHERE run_id = ? AND channel = ?"
         self._file("write", lambda: self._change(sql, (run_id, channel)), None)
 
+    # Commands on runs (afs_callbacks.control) ---------------------------------------------------
+
+    def add_command(self, command: Command) -> bool:
+        """Store ``command``; False when a tolerant outbox could not write it (nothing is
+        kept in memory: a command nobody can read is no command)."""
+        row = (
+            command.id,
+            command.run_id,
+            command.action,
+            command.source,
+            redact(command.actor)[:200],
+            command.created,
+            command.updated,
+            command.state,
+            redact(command.detail)[:500],
+            command.host,
+            json.dumps(dict(command.reply), separators=(",", ":")),
+        )
+        sql = f"INSERT OR IGNORE INTO commands ({_COMMAND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        return bool(self._file("write", lambda: self._change(sql, row), 0))
+
+    def command(self, command_id: str) -> Command | None:
+        """One stored command by id."""
+        found = _commands(self._read(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE id = ?", (command_id,)))
+        return found[0] if found else None
+
+    def commands(
+        self,
+        *,
+        run_ids: Collection[str] | None = None,
+        states: Collection[str] | None = None,
+        updated_since: float | None = None,
+        limit: int | None = 50,
+    ) -> list[Command]:
+        """Commands, most recently changed first, narrowed by runs, states and change time."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if run_ids is not None:
+            ids = list(run_ids)
+            if not ids:
+                return []
+            clauses.append(f"run_id IN ({_marks(ids)})")
+            params += ids
+        if states is not None:
+            wanted = list(states)
+            clauses.append(f"state IN ({_marks(wanted)})")
+            params += wanted
+        if updated_since is not None:
+            clauses.append("updated >= ?")
+            params.append(updated_since)
+        sql = f"SELECT {_COMMAND_COLUMNS} FROM commands"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY updated DESC, rowid DESC LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        return _commands(self._read(sql, params))
+
+    def update_command(
+        self,
+        command_id: str,
+        state: str,
+        detail: str | None = None,
+        *,
+        expect: Collection[str] | None = None,
+    ) -> bool:
+        """Move a command to ``state`` (with ``detail`` when given), only from one of the
+        ``expect`` states when given; True when this call changed it (two processes racing
+        for one command: one wins)."""
+        sql = "UPDATE commands SET state = ?, updated = ?"
+        params: list[Any] = [state, time.time()]
+        if detail is not None:
+            sql += ", detail = ?"
+            params.append(redact(detail)[:500])
+        sql += " WHERE id = ?"
+        params.append(command_id)
+        if expect is not None:
+            wanted = list(expect)
+            sql += f" AND state IN ({_marks(wanted)})"
+            params += wanted
+        return bool(self._file("write", lambda: self._change(sql, params), 0) == 1)
+
     # The file's connection ----------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
@@ -707,7 +858,12 @@ class Outbox:
 
     def _open_file(self) -> sqlite3.Connection:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Private to the user (see afs_callbacks._files): SQLite gives the WAL and the
+            # shared memory the database file's permissions; older ones are tightened.
+            private_dir(Path(self.path).parent)
+            private_file(self.path)
+            for suffix in ("-wal", "-shm"):
+                tighten_file(self.path + suffix)
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -893,6 +1049,7 @@ class Outbox:
                 " (SELECT id FROM events ORDER BY created DESC LIMIT ?)",
                 (max_events,),
             ).rowcount
+            conn.execute("DELETE FROM commands WHERE updated < ?", (cutoff,))
         return int(removed)
 
     def _save_run(self, state: RunState, points: Sequence[MetricPoint]) -> None:
@@ -1386,6 +1543,34 @@ def _event_row(event: NotificationEvent) -> tuple[str, float, str, str, str | No
     )
 
 
+_COMMAND_COLUMNS = "id, run_id, action, source, actor, created, updated, state, detail, host, reply"
+
+
+def _commands(rows: Iterable[Sequence[Any]]) -> list[Command]:
+    found = []
+    for row in rows:
+        try:
+            reply = json.loads(row[10] or "{}")
+        except ValueError:
+            reply = {}
+        found.append(
+            Command(
+                id=str(row[0]),
+                run_id=str(row[1]),
+                action=str(row[2]),
+                source=str(row[3]),
+                actor=str(row[4]),
+                created=float(row[5]),
+                updated=float(row[6]),
+                state=str(row[7]),
+                detail=str(row[8] or ""),
+                host=str(row[9] or ""),
+                reply=reply if isinstance(reply, dict) else {},
+            )
+        )
+    return found
+
+
 def _run_json(state: RunState) -> str:
     return json.dumps(state.to_dict(), separators=(",", ":"), allow_nan=False)
 
@@ -1437,18 +1622,28 @@ def _is_dead_local_owner(owner: str, host: str) -> bool:
 
 
 __all__ = [
+    "ACCEPTED",
+    "CANCELLED",
+    "COMMAND_FINISHED",
+    "COMMAND_STATES",
     "DEAD",
     "DELIVERED",
+    "DONE",
+    "EXPIRED",
     "FOLDED",
     "MAX_POINTS_PER_SERIES",
     "OUTBOX_FILE",
     "PENDING",
+    "QUEUED",
+    "REFUSED",
     "RETRY_SECONDS",
     "SENDING",
     "STATES",
     "SUPERSEDED",
+    "UNCONFIRMED",
     "ChannelHealth",
     "Claim",
+    "Command",
     "Delivery",
     "HistoryEntry",
     "Outbox",

@@ -60,6 +60,8 @@ class ChannelWorker:
         on_progress: called after every recorded outcome (flush waits on it).
         budget: the channel's message budget; None: no budget (the manager passes the
             configured one, by default :class:`BudgetPolicy`'s burst and pace).
+        on_version: told every ``data_version`` the worker reads (the store's change
+            listeners piggy-back on this once-a-second look: ``delivery/changes.py``).
     """
 
     def __init__(
@@ -71,8 +73,10 @@ class ChannelWorker:
         on_progress: Callable[[], None],
         *,
         budget: BudgetPolicy | None = None,
+        on_version: Callable[[int | None], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_version = on_version
         self.handler = handler
         self.outbox = outbox
         self.policy = policy
@@ -202,9 +206,12 @@ class ChannelWorker:
 
     def _data_version(self) -> int | None:
         try:
-            return self.outbox.data_version()
+            version: int | None = self.outbox.data_version()
         except Exception:  # a broken file: the next look reports it, once per second at most
-            return None
+            version = None
+        if self._on_version is not None:
+            self._on_version(version)
+        return version
 
     def _drain_once(self) -> bool:
         """Claim and handle one batch; False when nothing could be done now."""

@@ -68,6 +68,25 @@ def hook_failed(notifier: NotifierBase, name: str) -> None:
         log.exception("afs-callbacks: %s.%s failed; training continues", type(notifier).__name__, name)
 
 
+def agree_across_ranks(flags: tuple[bool, ...]) -> tuple[bool, ...]:
+    """Each flag true on any rank of an initialised ``torch.distributed`` group (else
+    ``flags`` unchanged). A collective: every rank must call it at the same step."""
+    try:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return flags
+        on_gpu = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        values = torch.tensor([int(flag) for flag in flags], device=device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return tuple(bool(value) for value in values.tolist())
+    except Exception:
+        log.warning("afs-callbacks: the processes could not agree on stopping", exc_info=True)
+        return flags
+
+
 def broadcast_run_id(run_id: str) -> str:
     """Rank zero's run id on every rank of an initialised ``torch.distributed`` group
     (else ``run_id`` unchanged). A collective: every rank must call it at the same point."""
@@ -185,6 +204,9 @@ class NotifierBase:
         self._restore_sigterm: Callable[[], None] | None = None
         self._failed_hooks: set[str] = set()
         self._training = False  # inside train()/fit() (HF, Keras)
+        self._control_on = False  # settled by _attach_control at the start
+        self._agree = False  # DDP ranks agree every _agree_every steps (NaN stop, commands)
+        self._agree_every = DEFAULT_NAN_CHECK_EVERY
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -249,8 +271,34 @@ class NotifierBase:
         tracker.resolve(run_id=str(broadcast(tracker.run_id)))
 
     def _stop_asked(self, stop: bool) -> bool:
-        """Whether the framework should stop now (a NaN with ``stop_on_nan``)."""
-        return stop and self.tracker.config.stop_on_nan
+        """Whether the framework should stop now for a NaN (``stop_on_nan``); ``stop`` is
+        the step hook's answer, which also says an ask from outside waits."""
+        return stop and self.tracker.stop_requested
+
+    # Commands from outside (afs_callbacks.control) ------------------------------------
+
+    def _attach_control(self, world_size: int) -> None:
+        """After ``tracker.start``: rank zero's run takes commands (stop, checkpoint) when
+        ``AFS_CONTROL`` allows it, and under DDP every rank learns whether the ranks must
+        agree at a step (a NaN stop or a command: each rank reads the same environment)."""
+        tracker = self.tracker
+        settings = getattr(tracker.manager, "settings", None)
+        self._control_on = bool(getattr(settings, "control", ()))
+        self._agree = world_size > 1 and (tracker.config.stop_on_nan or self._control_on)
+        self._agree_every = max(1, tracker.config.nan_check_every)
+        if self._control_on and tracker.is_global_zero:
+            from afs_callbacks.control.run import attach  # the control layer, above the tracker
+
+            attach(tracker)
+
+    def _agreed_asks(self, agree: Callable[[tuple[bool, ...]], tuple[bool, ...]]) -> tuple[bool, bool, bool]:
+        """(stop for a NaN, stop asked, checkpoint asked) as every rank agrees: rank zero
+        holds the asks, the others learn them through ``agree`` (a collective taking the
+        maximum of each flag; every rank calls it at the same step)."""
+        tracker = self.tracker
+        stop, checkpoint = tracker.asks_waiting() if tracker.is_global_zero else (False, False)
+        flags = agree((tracker.stop_requested, stop, checkpoint))
+        return bool(flags[0]), bool(flags[1]), bool(flags[2])
 
     def _in_training(self) -> bool:
         """Inside ``train()``/``fit()`` (HF, Keras): begun, and neither ended nor crashed
@@ -378,6 +426,7 @@ __all__ = [
     "SHOULD_STOP",
     "TERMINATE_ON_NAN",
     "NotifierBase",
+    "agree_across_ranks",
     "broadcast_run_id",
     "early_stopping",
     "hook",

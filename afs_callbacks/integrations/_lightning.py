@@ -27,6 +27,7 @@ handlers it found, which removes this one too.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Mapping
@@ -137,6 +138,7 @@ class LightningNotifyCore(NotifierBase):
         }
         ckpt_path = getattr(trainer, "ckpt_path", None)
         tracker.start(resumed_from=None if ckpt_path is None else str(ckpt_path), **plan(trainer, pl_module))
+        self._attach_control(int(trainer.world_size))
 
     # Training steps and epochs ------------------------------------------------------
 
@@ -162,22 +164,45 @@ class LightningNotifyCore(NotifierBase):
                 tracker.heartbeat()
                 return
             self._seen_step = step
-            stop = tracker.on_step(step, loss=loss)
+            attention = tracker.on_step(step, loss=loss)
             self._steps += 1
             if self._checkpoint_pending:
                 self._report_checkpoints(trainer)
-            if self._stop_on_nan:
-                self._agree_to_stop(trainer, stop)
+            if self._agree:
+                # Stopping or saving on one rank alone would hang the others in their next
+                # collective: the ranks agree at the steps where each has just read its NaN
+                # flag, and rank zero tells the asks it holds.
+                if self._steps % self._agree_every == 0:
+                    nan_stop, stop, checkpoint = self._agreed_asks(lambda flags: _reduce_max(trainer, flags))
+                    self._act(trainer, nan_stop=nan_stop, stop=stop, checkpoint=checkpoint)
+            elif attention:
+                stop, checkpoint = tracker.asks_waiting()
+                self._act(trainer, nan_stop=tracker.stop_requested, stop=stop, checkpoint=checkpoint)
         except Exception:
             hook_failed(self, "on_train_batch_end")
 
-    def _agree_to_stop(self, trainer: Any, stop: bool) -> None:
-        if trainer.world_size > 1:
-            # Stopping one rank alone would hang the others in their next collective:
-            # agree at the steps where every rank has just read its NaN flag.
-            if self._steps % self.tracker.config.nan_check_every == 0:
-                self._stop_if_any_rank(trainer, stop)
-        elif stop:
+    def _act(self, trainer: Any, *, nan_stop: bool, stop: bool, checkpoint: bool) -> None:
+        """At a step's end, with every rank agreeing: save a checkpoint (asked, or before a
+        stop where the run has a checkpointer), then stop."""
+        tracker = self.tracker
+        asked = tracker.asked(stop=stop, checkpoint=checkpoint) if (stop or checkpoint) else None
+        if checkpoint or (stop and checkpointers(trainer)):
+            ask = asked.save if asked is not None else None
+            try:
+                path = command_checkpoint_path(trainer, "stop" if stop and not checkpoint else "checkpoint")
+                trainer.save_checkpoint(path)  # every rank calls it; rank zero writes
+            except Exception as error:
+                log.warning("afs-callbacks: the checkpoint asked for could not be saved: %s", error)
+                if ask is not None:
+                    tracker.answered(ask, error=f"the checkpoint could not be saved: {type(error).__name__}")
+            else:
+                tracker.checkpoint_saved(path, step=int(trainer.global_step))
+                if asked is not None:
+                    for answered in {
+                        id(a): a for a in (asked.checkpoint, asked.stop) if a is not None
+                    }.values():
+                        tracker.answered(answered, checkpoint=path)
+        if stop or nan_stop:
             trainer.should_stop = True
 
     @hook
@@ -362,6 +387,7 @@ class LightningNotifyCore(NotifierBase):
         self.tracker.interrupted(self._requeue.reason())
 
     def _stop_if_any_rank(self, trainer: Any, local: bool) -> None:
+        # Only here for a NaN: every rank reaches the epoch's end at the same point.
         if trainer.strategy.reduce_boolean_decision(bool(local), all=False):
             trainer.should_stop = True
 
@@ -373,6 +399,28 @@ class LightningNotifyCore(NotifierBase):
                 self._checkpoints_seen[index] = marker
                 step = marker[1] if isinstance(marker[1], int) else None
                 self.tracker.checkpoint_saved(str(marker[0]), step=step)
+
+
+def _reduce_max(trainer: Any, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+    """Each flag true on any rank, through the trainer's strategy (a collective)."""
+    import torch  # the Lightning adapter's framework brings it
+
+    values = torch.tensor([int(flag) for flag in flags], device=trainer.strategy.root_device)
+    total = trainer.strategy.reduce(values, reduce_op="sum")
+    return tuple(bool(value > 0) for value in total.tolist())
+
+
+def command_checkpoint_path(trainer: Any, kind: str) -> str:
+    """Where a checkpoint asked from outside goes: beside ModelCheckpoint's files (its
+    ``dirpath``), else in the trainer's ``default_root_dir``; the name says why and when
+    (``afs-stop-step=120.ckpt``)."""
+    folder = None
+    for callback in checkpointers(trainer):
+        folder = getattr(callback, "dirpath", None)
+        if folder:
+            break
+    folder = str(folder or getattr(trainer, "default_root_dir", None) or os.getcwd())
+    return os.path.join(folder, f"afs-{kind}-step={int(trainer.global_step)}.ckpt")
 
 
 # SLURM requeue ----------------------------------------------------------------------

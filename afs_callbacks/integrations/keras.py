@@ -94,6 +94,10 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
     _epochs_done = 0
     _fit_wall = 0.0  # time.time() at the start of fit: older files are not its saves
     _pending_save: tuple[int, dict[str, Any]] | None = None  # the epoch ModelCheckpoint may save
+    # Asks from outside waiting for a safe point: a checkpoint is saved at the next batch's
+    # start (on the training thread, between steps); a stop's save at the end of fit.
+    _save_ask: Any = None
+    _stop_ask: Any = None
 
     # Start and end ------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         self._batch_lock = threading.Lock()  # async dispatch may run two batch hooks at once
         self._training, self._announced = True, False
         self._step_base, self._last_batch = 0, -1
+        self._save_ask = self._stop_ask = None
         self._install_crash_hooks()
 
     @hook
@@ -143,6 +148,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
             initial_epoch=epoch or None,
             backend=keras.backend.backend(),
         )
+        self._attach_control(_process_rank()[1])
         tracker.epoch_started(epoch)
 
     @hook
@@ -151,6 +157,7 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         self._training = False
         self._remove_sigterm_handler()
         self._report_saves()
+        self._save_if_asked(final=True)
         tracker = self.tracker
         loss = floats(logs or {}).get("loss")
         reason = _end_reason(
@@ -178,9 +185,53 @@ class AFSNotify(NotifierBase, keras.callbacks.Callback):  # type: ignore[misc]
         with self._batch_lock:  # async dispatch may run two of these at once
             if batch > self._last_batch:
                 self._last_batch = batch
-            stop = self.tracker.on_step(self._step_base + batch + 1, loss=loss)
-        if stop and self._stop_asked(stop):
+            attention = self.tracker.on_step(self._step_base + batch + 1, loss=loss)
+            if attention:
+                self._take_asks()
+        if attention and (self._stop_asked(attention) or self._stop_ask is not None):
             self.model.stop_training = True
+
+    def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """A checkpoint asked from outside is saved here: on the training thread, between
+        two steps (the batch-end hook may run on Keras' worker thread)."""
+        if self._save_ask is not None:
+            self._save_if_asked(final=False)
+
+    def _take_asks(self) -> None:
+        """Hold what was asked for the safe points (called under the batch lock)."""
+        asked = self.tracker.asked()
+        if asked.checkpoint is not None:
+            self._save_ask = asked.checkpoint
+        if asked.stop is not None:
+            self._stop_ask = asked.stop
+
+    @hook
+    def _save_if_asked(self, *, final: bool) -> None:
+        """Save the checkpoint asked for (and, at the end of fit, the one a stop saves where
+        the run has a ModelCheckpoint), then answer the asks with its path."""
+        asks = [self._save_ask] if self._save_ask is not None else []
+        self._save_ask = None
+        if final and self._stop_ask is not None:
+            asks.append(self._stop_ask)  # the weights are final now
+            self._stop_ask = None
+        if not asks:
+            return
+        tracker = self.tracker
+        kind = "checkpoint" if any(ask.action == "checkpoint" for ask in asks) else "stop"
+        target = _command_checkpoint(self._peers, kind, tracker.steps)
+        if target is None:
+            for ask in asks:
+                if ask.action == "checkpoint":
+                    tracker.answered(ask, error="no checkpoint location: add keras.callbacks.ModelCheckpoint")
+            return
+        path, weights_only = target
+        if weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+        tracker.checkpoint_saved(path, step=self._step_base)
+        for ask in asks:
+            tracker.answered(ask, checkpoint=path)
 
     @hook
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
@@ -309,6 +360,21 @@ def _checkpoint_path(saver: Any, epoch: int, logs: Mapping[str, Any]) -> str | N
             return str(saver.filepath).format(epoch=epoch + 1, **logs)
         except Exception:
             return None
+
+
+def _command_checkpoint(peers: Iterable[Any], kind: str, step: int) -> tuple[str, bool] | None:
+    """Where a checkpoint asked from outside goes, and whether it holds weights only:
+    beside the first ModelCheckpoint's file, in its format (``.weights.h5`` or
+    ``.keras``); None without a ModelCheckpoint (Keras has no folder of its own)."""
+    for saver in named(peers, "ModelCheckpoint"):
+        filepath = str(getattr(saver, "filepath", "") or "")
+        if not filepath:
+            continue
+        folder = os.path.dirname(os.path.abspath(filepath))
+        weights_only = filepath.endswith(".weights.h5") or bool(getattr(saver, "save_weights_only", False))
+        suffix = ".weights.h5" if weights_only else ".keras"
+        return os.path.join(folder, f"afs-{kind}-step{step}{suffix}"), weights_only
+    return None
 
 
 def _process_rank() -> tuple[int, int]:

@@ -8,7 +8,10 @@ Example::
         for epoch in range(epochs):
             for batch in loader:
                 loss = train_step(batch)
-                if run.step(loss=loss):      # True when stop_on_nan asks to stop
+                stop = run.step(loss=loss)   # True: a NaN with stop_on_nan, or a stop command
+                if run.checkpoint_requested: # a checkpoint command (or a stop: save first)
+                    run.checkpoint(save_checkpoint(model))
+                if stop:
                     break
             run.epoch({"val_loss": validate()})
 
@@ -30,7 +33,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from afs_callbacks.integrations._base import NotifierBase, broadcast_run_id
+from afs_callbacks.integrations._base import NotifierBase, agree_across_ranks, broadcast_run_id
+from afs_callbacks.tracking.asks import CHECKPOINT, STOP, Ask
 from afs_callbacks.tracking.sink import EventSink
 
 
@@ -75,6 +79,8 @@ class RunNotifier(NotifierBase):
         self._epoch = 0
         self._inside = False
         self._end_reason: str | None = None
+        self._stop_ask: Ask | None = None
+        self._checkpoint_ask: Ask | None = None
 
     def __enter__(self) -> RunNotifier:
         """Announce the run (TRAINING_STARTED)."""
@@ -87,6 +93,8 @@ class RunNotifier(NotifierBase):
         self._install_crash_hooks()  # SIGTERM then raises here and is reported as such
         tracker = self.tracker
         tracker.start(world_size=self._world, **self._plan)
+        self._stop_ask = self._checkpoint_ask = None
+        self._attach_control(self._world)
         tracker.epoch_started(0)
         self._inside = True
         return self
@@ -114,7 +122,28 @@ class RunNotifier(NotifierBase):
         ``loss`` may be a float or a tensor on any device (no sync here).
         """
         self._step = self._step + 1 if step is None else int(step)
-        return self._stop_asked(self.tracker.on_step(self._step, loss, grad_norm))
+        tracker = self.tracker
+        attention = tracker.on_step(self._step, loss, grad_norm)
+        if self._agree:
+            # Every rank must stop (and save) at the same step: agree every few steps.
+            if self._step % self._agree_every == 0:
+                self._take(*self._agreed_asks(agree_across_ranks))
+        elif attention:
+            self._take(tracker.stop_requested, *tracker.asks_waiting())
+        return self._stop_ask is not None or self._stop_asked(tracker.stop_requested)
+
+    def _take(self, nan_stop: bool, stop: bool, checkpoint: bool) -> None:
+        """Hold what was asked until the loop reads :attr:`should_stop` and
+        :attr:`checkpoint_requested` (on other ranks than zero, what rank zero agreed)."""
+        if not (stop or checkpoint):
+            return
+        tracker = self.tracker
+        asked = tracker.asked(stop=stop, checkpoint=checkpoint)
+        agreed = Ask(CHECKPOINT, "rank 0", "rank 0")  # what the other ranks act on
+        if stop:
+            self._stop_ask = asked.stop or Ask(STOP, "rank 0", "rank 0")
+        if checkpoint or stop:
+            self._checkpoint_ask = asked.save or self._stop_ask or agreed
 
     def epoch(self, metrics: Mapping[str, Any] | None = None) -> None:
         """An epoch finished with ``metrics`` (floats or 0-d tensors; read here, once)."""
@@ -129,8 +158,13 @@ class RunNotifier(NotifierBase):
         self.tracker.evaluation_completed(metrics, in_training=self._inside)
 
     def checkpoint(self, path: str | os.PathLike[str], *, best: bool = False) -> None:
-        """A checkpoint was written to ``path`` (``best``: it holds the best model)."""
-        self.tracker.checkpoint_saved(os.fspath(path), step=self._step, best=best)
+        """A checkpoint was written to ``path`` (``best``: it holds the best model). It
+        answers a checkpoint asked from outside (:attr:`checkpoint_requested`)."""
+        tracker = self.tracker
+        tracker.checkpoint_saved(os.fspath(path), step=self._step, best=best)
+        ask, self._checkpoint_ask = self._checkpoint_ask, None
+        if ask is not None:
+            tracker.answered(ask, checkpoint=os.fspath(path))
 
     def stop(self, reason: str) -> None:
         """Say why the loop ends early (``"early_stopping"``, ``"time budget"``): the
@@ -139,8 +173,17 @@ class RunNotifier(NotifierBase):
 
     @property
     def should_stop(self) -> bool:
-        """True after a NaN/Inf loss when ``stop_on_nan`` is set."""
-        return self._stop_asked(self.tracker.stop_requested)
+        """True after a NaN/Inf loss when ``stop_on_nan`` is set, or when someone asked the
+        run to stop (``afs-notify stop``, the dashboard, a chat button, a rule): finish
+        the step, save if :attr:`checkpoint_requested`, then leave the loop."""
+        return self._stop_ask is not None or self._stop_asked(self.tracker.stop_requested)
+
+    @property
+    def checkpoint_requested(self) -> bool:
+        """True when someone asked for a checkpoint now (``afs-notify checkpoint``), or
+        asked the run to stop: save one and pass its path to :meth:`checkpoint`, which
+        answers them. Read after :meth:`step`; a loop that never saves can ignore it."""
+        return self._checkpoint_ask is not None
 
 
 __all__ = ["RunNotifier"]

@@ -52,6 +52,7 @@ from afs_callbacks.integrations._base import (
     MAX_STEPS,
     SHOULD_STOP,
     NotifierBase,
+    agree_across_ranks,
     broadcast_run_id,
     early_stopping,
     hook,
@@ -110,6 +111,7 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
     _predicting = False
 
     def _reset_run(self) -> None:
+        self._save_asks: list[Any] = []  # asks a checkpoint the Trainer is about to save answers
         self._pending_step: int | None = None  # a step whose loss the coming log brings
         self._pending_epoch: int | None = None  # an epoch waiting for its evaluation
         self._epoch_metrics: dict[str, float] = {}
@@ -142,6 +144,8 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         if first and state.global_step > 0:
             resumed_from = self._restore(args, state)
         tracker.start(resumed_from=resumed_from, **_plan(args, state))
+        if first:
+            self._attach_control(int(getattr(args, "world_size", 1) or 1))
 
     @hook
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -173,11 +177,14 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         try:
             if self._pending_step is not None:
                 self._report_step()
+            if self._agree and state.global_step % self._agree_every == 0:
+                # Under DDP the ranks agree at the same steps (a NaN stop, rank zero's asks).
+                self._act(control, *self._agreed_asks(agree_across_ranks))
             if control.should_log:  # DefaultFlowCallback, always first, has decided already
                 self._pending_step = int(state.global_step)
                 return None
-            stop = self.tracker.on_step(int(state.global_step))
-            return self._stop_if_asked(control, stop) if stop else None
+            attention = self.tracker.on_step(int(state.global_step))
+            return self._stop_if_asked(control, attention) if attention else None
         except Exception:
             hook_failed(self, "on_step_end")
             return None
@@ -269,6 +276,9 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         if state.is_world_process_zero and os.path.isdir(path):
             _save_run_state(path, tracker.state_dict())
         tracker.checkpoint_saved(path, step=int(state.global_step))
+        asks, self._save_asks = self._save_asks, []
+        for ask in asks:  # the checkpoint a command asked for (control.should_save)
+            tracker.answered(ask, checkpoint=path)
 
     # Between hooks --------------------------------------------------------------------
 
@@ -320,11 +330,26 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         metrics, self._epoch_metrics = self._epoch_metrics, {}
         self.tracker.epoch_end(epoch, metrics)
 
-    def _stop_if_asked(self, control: Any, stop: bool) -> Any:
-        if self._stop_asked(stop):
+    def _stop_if_asked(self, control: Any, attention: bool) -> Any:
+        """The step hook's answer: a NaN stop, or asks from outside (single process; under
+        DDP the ranks act together in on_step_end)."""
+        if not attention or self._agree:
+            return None
+        stop, checkpoint = self.tracker.asks_waiting()
+        return self._act(control, self.tracker.stop_requested, stop, checkpoint)
+
+    def _act(self, control: Any, nan_stop: bool, stop: bool, checkpoint: bool) -> Any:
+        """Set the Trainer's flags: save (asked, or before a stop: the Trainer always has
+        its ``output_dir``), then stop. The save's path answers the asks in on_save."""
+        if not (nan_stop or stop or checkpoint):
+            return None
+        if stop or checkpoint:
+            asked = self.tracker.asked(stop=stop, checkpoint=checkpoint)
+            control.should_save = True
+            self._save_asks = [a for a in {id(a): a for a in (asked.checkpoint, asked.stop) if a}.values()]
+        if stop or nan_stop:
             control.should_training_stop = True
-            return control
-        return None
+        return control
 
 
 # Why train() ended ----------------------------------------------------------------------

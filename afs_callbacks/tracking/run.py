@@ -51,6 +51,7 @@ class RunRecord:
     error: str | None = None
     summary_text: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    control: dict[str, Any] = field(default_factory=dict)  # what the run's control shows
 
     def plan(
         self,
@@ -190,6 +191,7 @@ def build_state(
         error=record.error,
         summary=record.summary_text,
         extra=dict(record.extra),
+        control=dict(record.control),
     )
 
 

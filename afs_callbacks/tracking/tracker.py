@@ -26,6 +26,9 @@ stall                  by itself: the watchdog of ``stall_timeout``
 end (the first wins)   :meth:`~RunTracker.completed`, :meth:`~RunTracker.failed`
                        (out of memory, crash), :meth:`~RunTracker.interrupted`;
                        :meth:`~RunTracker.close` stops without a word
+asks from outside      :meth:`~RunTracker.ask` (stop, checkpoint: any thread),
+                       :meth:`~RunTracker.asked` (the adapter takes them at a safe
+                       point), :meth:`~RunTracker.answered`, :meth:`~RunTracker.listen`
 state                  :meth:`~RunTracker.state` (the :class:`RunState` now),
                        :meth:`~RunTracker.state_dict` / :meth:`~RunTracker.load_state_dict`
                        (what a checkpoint keeps), and the read-only facts ``config``,
@@ -76,7 +79,19 @@ from afs_callbacks.events import (
     _new_id,
 )
 from afs_callbacks.formatting import describe_exception
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, STALLED, RunState
+from afs_callbacks.tracking.asks import (
+    ACCEPTED,
+    ACTIONS,
+    CHECKPOINT,
+    DONE,
+    REFUSED,
+    STOP,
+    Ask,
+    Asked,
+    Listener,
+)
 from afs_callbacks.tracking.classify import (
     Failure,
     classify,
@@ -206,7 +221,7 @@ WINDOW_WAIT_SECONDS = 10.0
 _NEVER = math.inf
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
 #: What a pickled tracker (``ddp_spawn``) leaves behind and builds afresh in its process.
-_PER_PROCESS = ("_lock", "_watchdog", "_monitors", "_accumulator", "_reads", "_update_run")
+_PER_PROCESS = ("_lock", "_watchdog", "_monitors", "_accumulator", "_reads", "_update_run", "_listener")
 
 # The runs of this process that started and have not ended: ``watch()`` and the
 # excepthook fallback report a crash on the run a callback already announced. Weak
@@ -262,7 +277,9 @@ class RunTracker:
     __slots__ = (
         "__weakref__",  # the process's set of active runs holds trackers weakly
         "_accumulator",
+        "_asks",
         "_attempt",
+        "_attention",
         "_batch_every",
         "_config",
         "_curves",
@@ -271,6 +288,7 @@ class RunTracker:
         "_is_global_zero",
         "_last_progress",
         "_last_step",
+        "_listener",
         "_lock",
         "_metric",
         "_monitors",
@@ -288,6 +306,7 @@ class RunTracker:
         "_started_at",
         "_steps",
         "_stop_requested",
+        "_stopped_by",
         "_update_run",
         "_watchdog",
         "_world_size",
@@ -316,6 +335,12 @@ class RunTracker:
         self._record = RunRecord()
         self._nan_reported = False
         self._stop_requested = False
+        # What the step hook returns: a NaN stop or an ask from outside waits for the
+        # adapter (one attribute read per step, whatever else happens).
+        self._attention = False
+        self._asks: list[Ask] = []
+        self._listener: Listener | None = None
+        self._stopped_by: Ask | None = None
         self._accumulator = LossAccumulator()
         self._reads = WindowReads()
         self._curves = Curves()
@@ -460,7 +485,8 @@ class RunTracker:
     # Step -------------------------------------------------------------------------------
 
     def on_step(self, step: int, loss: Any = None, grad_norm: Any = None) -> bool:
-        """One optimisation step finished. Returns True when training should stop.
+        """One optimisation step finished. Returns True when the adapter should look: a NaN
+        with ``stop_on_nan`` (:attr:`stop_requested`) or an ask from outside (:meth:`asked`).
 
         The loss may be a device tensor: it is kept as is, and each window of
         ``nan_check_every`` steps is read on the reader thread, never here.
@@ -482,7 +508,7 @@ class RunTracker:
                 self._batch_processed(step)
             if now >= self._next_snapshot:
                 self._snapshot()
-            return self._stop_requested
+            return self._attention
         except Exception:
             log.exception("afs-callbacks: on_step failed; training continues")
             return False
@@ -609,6 +635,102 @@ class RunTracker:
         """``what`` became NaN/Inf at ``step`` (reported once per run)."""
         self._report_nan(step, what)
 
+    # Asks from outside: stop, checkpoint --------------------------------------------
+
+    def ask(
+        self,
+        action: str,
+        *,
+        source: str,
+        actor: str,
+        reason: str = "",
+        command_id: str | None = None,
+    ) -> bool:
+        """Ask the run to ``stop`` (gracefully: the current step finishes, a checkpoint is
+        saved where the run has a checkpointer) or to save a ``checkpoint`` now; the adapter
+        acts at its next step. Safe from any thread. False when the run is not running.
+
+        ``source`` and ``actor`` say who asked (the end reads "stopped by ``actor`` via
+        ``source``"); ``reason`` why (a rule's condition).
+
+        Raises:
+            ValueError: ``action`` is neither ``stop`` nor ``checkpoint``.
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"RunTracker.ask({action!r}): the action must be one of {', '.join(ACTIONS)}")
+        with self._lock:
+            if self._finished or self._started_at is None:
+                return False
+            self._asks.append(Ask(action, source, actor, reason, command_id))
+            self._attention = True
+        return True
+
+    def asks_waiting(self) -> tuple[bool, bool]:
+        """(a stop waits, a checkpoint waits), without taking them (DDP ranks agree on these
+        before rank zero takes them)."""
+        with self._lock:
+            return (
+                any(a.action == STOP for a in self._asks),
+                any(a.action == CHECKPOINT for a in self._asks),
+            )
+
+    def asked(self, *, stop: bool = True, checkpoint: bool = True) -> Asked:
+        """Take what was asked since the last call (the adapter, at a safe point); only
+        stops or only checkpoints with ``checkpoint=False`` / ``stop=False`` (DDP ranks take
+        what they agreed on, not what arrived meanwhile). A stop is acknowledged here
+        ("stopping after step N") and reported done at the run's end; a second ask of the
+        same kind is answered by the first."""
+        kinds = {kind for kind, wanted in ((STOP, stop), (CHECKPOINT, checkpoint)) if wanted}
+        with self._lock:
+            asks = [a for a in self._asks if a.action in kinds]
+            self._asks = [a for a in self._asks if a.action not in kinds]
+            self._attention = self._stop_requested or bool(self._asks)
+        first_stop = next((a for a in asks if a.action == STOP), None)
+        first_checkpoint = next((a for a in asks if a.action == CHECKPOINT), None)
+        for extra in asks:
+            if extra is not first_stop and extra is not first_checkpoint:
+                self._tell(extra, DONE, f"answered together with the {extra.action} asked before it")
+        if first_stop is not None:
+            if self._stopped_by is None:
+                self._stopped_by = first_stop
+                self._tell(first_stop, ACCEPTED, f"stopping after step {self._last_step:,}")
+            else:
+                self._tell(first_stop, DONE, "the run is already stopping")
+                first_stop = None
+        return Asked(first_stop, first_checkpoint)
+
+    def answered(self, ask: Ask, *, checkpoint: str | None = None, error: str | None = None) -> None:
+        """The adapter acted on ``ask``: it saved ``checkpoint`` (a path; the adapter reports
+        the save itself, with :meth:`checkpoint_saved`), or could not (``error``, in words)."""
+        if error is not None:
+            self._tell(ask, REFUSED if ask.action == CHECKPOINT else ACCEPTED, error)
+            return
+        if ask.action == CHECKPOINT:
+            where = f": {checkpoint}" if checkpoint else ""
+            self._tell(ask, DONE, f"checkpoint saved at step {self._last_step:,}{where}")
+        elif checkpoint is not None:
+            self._tell(ask, ACCEPTED, f"checkpoint saved at step {self._last_step:,}: {checkpoint}; stopping")
+
+    def listen(self, listener: Listener | None) -> None:
+        """Call ``listener(ask, state, detail)`` when an ask is taken, done or refused (the
+        run's control records it; called on the training thread: it must not block)."""
+        self._listener = listener
+
+    def note_control(self, facts: dict[str, Any]) -> None:
+        """What the run's control tells people (the surfaces it takes commands from, the
+        latest commands): in the next snapshot, for the card and the dashboard."""
+        self._record.control = dict(facts)
+        if self._update_run is not None:
+            self._next_snapshot = min(self._next_snapshot, time.monotonic())
+
+    def _tell(self, ask: Ask, state: str, detail: str) -> None:
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener(ask, state, detail)
+            except Exception:
+                log.exception("afs-callbacks: recording the answer to a %s failed", ask.action)
+
     # The ends: the first wins; each stops the watchdog before anything else ------------
 
     @_guarded
@@ -641,6 +763,9 @@ class RunTracker:
         stopped = self._stop_requested and self._config.stop_on_nan
         record.status = COMPLETED
         record.end_reason = end_reason or infer_end_reason(record, self._last_step, stopped)
+        commanded = self._stopped_by
+        if commanded is not None and not stopped:
+            record.end_reason = commanded.words  # "stopped by alice@gpu-7 via cli"
         monitors = self._monitor_figures()
         summary = summary_of(
             record,
@@ -669,6 +794,12 @@ class RunTracker:
             "best_checkpoint": record.best_checkpoint,
             **monitors,
         }
+        if commanded is not None and not stopped:
+            # The outcome helper's tracker decides every outcome; until then a stop asked
+            # from outside names its own (see afs_callbacks.outcome).
+            by_rule = commanded.source == "rule"
+            fields["outcome"] = (Outcome.STOPPED_BY_RULE if by_rule else Outcome.STOPPED_BY_COMMAND).value
+            fields["stopped_by"] = {"actor": commanded.actor, "via": commanded.source}
         if self._metric.best is not None:
             fields["best"] = {
                 self._metric.name or "metric": self._metric.best,
@@ -875,6 +1006,7 @@ class RunTracker:
         self._accumulator = LossAccumulator()
         self._reads = WindowReads()
         self._update_run = None
+        self._listener = None
 
     # Events -----------------------------------------------------------------------------
 
@@ -929,7 +1061,7 @@ class RunTracker:
                 return
             self._nan_reported = True
         if self._config.stop_on_nan:
-            self._stop_requested = True
+            self._stop_requested = self._attention = True
         text = messages.nan_detected(
             self.model_name, what, step, self._epoch_number(), will_stop=self._config.stop_on_nan
         )
@@ -1062,6 +1194,12 @@ class RunTracker:
         goes on in the background and, at the latest, at process exit.
         """
         _active.discard(self)
+        with self._lock:
+            waiting, self._asks = self._asks, []
+        for ask in waiting:
+            self._tell(ask, REFUSED, "the run ended before its next step")
+        if self._stopped_by is not None:
+            self._tell(self._stopped_by, DONE, f"{self._stopped_by.words}; ended at step {self._last_step:,}")
         if self._update_run is None and not self._is_global_zero:
             self._update_run = getattr(self.manager, "update_run", None)  # its own end
         self._snapshot()

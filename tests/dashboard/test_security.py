@@ -150,23 +150,66 @@ def test_the_command_requires_a_token_off_loopback(dead_history: tuple[Path, lis
         process.wait(timeout=30)
 
 
-def test_the_command_prints_the_real_port_on_loopback(dead_history: tuple[Path, list[str]]) -> None:
-    path, _ = dead_history
-    process = subprocess.Popen(
-        [sys.executable, "-m", "afs_callbacks", "dashboard", "--port", "0", "--state-dir", str(path.parent)],
+def _dashboard(*options: str, state_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "afs_callbacks",
+            "dashboard",
+            "--port",
+            "0",
+            "--state-dir",
+            str(state_dir),
+            *options,
+        ],
         env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_the_command_asks_for_a_token_on_loopback_too(dead_history: tuple[Path, list[str]]) -> None:
+    """On a shared node loopback is every user's: the printed URL carries a token (as
+    Jupyter's does), and without it the pages and the API answer 401."""
+    path, _ = dead_history
+    process = _dashboard(state_dir=path.parent)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.fullmatch(r"afs-notify dashboard: (http://127\.0\.0\.1:(\d+))/\?token=(\S+)\n", line)
+        assert match and match.group(2) != "0", line
+        url, token = match.group(1), match.group(3)
+        answer = wait_for(lambda: request(url, "/api/outbox"), what="the server")
+        assert answer.status == 401
+        assert request(url, "/").status == 401
+        runs = request(url, "/api/outbox", headers={"Authorization": f"Bearer {token}"})
+        assert runs.status == 200 and runs.json()["counts"]["email"] == {"dead": 2}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode is not None  # it ends when asked
+
+
+def test_no_token_serves_a_single_user_machine_on_loopback(dead_history: tuple[Path, list[str]]) -> None:
+    path, _ = dead_history
+    process = _dashboard("--no-token", state_dir=path.parent)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
         match = re.fullmatch(r"afs-notify dashboard: (http://127\.0\.0\.1:(\d+))/\n", line)
         assert match and match.group(2) != "0", line
         runs = wait_for(lambda: request(match.group(1), "/api/outbox"), what="the server")
-        assert runs.status == 200 and runs.json()["counts"]["email"] == {"dead": 2}
+        assert runs.status == 200
     finally:
         process.terminate()
         process.wait(timeout=30)
-    assert process.returncode is not None  # it ends when asked
+
+
+def test_no_token_is_refused_off_loopback(dead_history: tuple[Path, list[str]]) -> None:
+    path, _ = dead_history
+    process = _dashboard("--no-token", "--host", "0.0.0.0", state_dir=path.parent)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "--no-token is for a loopback address only" in stderr

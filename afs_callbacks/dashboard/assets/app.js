@@ -168,7 +168,9 @@
     const head = h("section", { class: "run-head" });
     const charts = h("section", { class: "charts", id: "charts" });
     const events = h("section", { class: "events" });
-    main.replaceChildren(h("p", { class: "crumbs" }, h("a", { href: "/" }, "← Runs")), head, charts, events);
+    const control = h("section", { class: "control", id: "control" });
+    main.replaceChildren(h("p", { class: "crumbs" }, h("a", { href: "/" }, "← Runs")), head, control, charts, events);
+    const commands = controlBox(runId, control);
     const drawn = {};
     // Charts are drawn at their box's width: a resized window redraws them at the next poll.
     window.addEventListener("resize", () => { for (const key in drawn) delete drawn[key]; });
@@ -176,6 +178,7 @@
       const data = await getJSON(`/api/run/${encodeURIComponent(runId)}`);
       document.title = `${runId} · afs-callbacks`;
       head.replaceChildren(...runHead(data).filter(Boolean));
+      commands(data.control || { dashboard: false, commands: [] }, data.now);
       drawCharts(charts, data.series, drawn);
       events.replaceChildren(h("h2", {}, "Events"), eventsTable(data.events, data.now));
     });
@@ -203,6 +206,66 @@
       s.error ? h("div", { class: "error-box", id: "run-error" }, h("b", {}, s.error_type || "Error"), h("pre", {}, s.error)) : null,
       s.summary ? h("div", { class: "summary", id: "run-summary" }, h("h2", {}, "Summary"), h("pre", {}, s.summary)) : null,
     ];
+  }
+
+  /* Run control: Stop (asks for a confirmation) and Checkpoint, and the run's commands.
+     Redrawn only when something changed, so a button is not replaced under the pointer. */
+  function controlBox(runId, box) {
+    const note = h("p", { class: "note", id: "control-note", role: "status" });
+    let shown = "", asking = null, last = null;
+    const send = async (path, body) => {
+      const answer = await fetch(path, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-AFS-CSRF": csrf }, body: JSON.stringify(body),
+      });
+      const result = await answer.json();
+      if (!answer.ok) throw new Error(result.error || `HTTP ${answer.status}`);
+      return result.command;
+    };
+    const act = async (action) => {
+      try {
+        const command = await send("/api/command", { run_id: runId, action });
+        if (command.state === "refused") note.textContent = `Refused: ${command.detail}`;
+        else if (command.state === "unconfirmed") { asking = command.id; note.textContent = ""; }
+        else note.textContent = `${action} asked: the run acts at its next step.`;
+      } catch (error) { note.textContent = `${action} failed: ${error.message}`; }
+      shown = ""; draw();
+    };
+    const answer = async (yes) => {
+      const id = asking; asking = null;
+      try {
+        const command = await send(yes ? "/api/command/confirm" : "/api/command/cancel", { id });
+        note.textContent = yes ? (command.state === "pending" ? "Stop asked: the run stops after its current step." : `Stop ${command.state}: ${command.detail}`) : "Cancelled: the run goes on.";
+      } catch (error) { note.textContent = `Stop failed: ${error.message}`; }
+      shown = ""; draw();
+    };
+    const draw = () => {
+      if (!last) return;
+      const [control, now] = last;
+      const sig = JSON.stringify([control, asking]);
+      if (sig === shown) return;
+      shown = sig;
+      const parts = [];
+      if (control.dashboard) {
+        parts.push(h("h2", {}, "Control"), asking
+          ? h("p", { class: "confirm", id: "stop-confirm" }, "Stop this run? It finishes its current step, saves a checkpoint where it has a checkpointer, and ends. ",
+              h("button", { class: "danger", id: "stop-yes", onclick: () => answer(true) }, "Yes, stop it"), " ",
+              h("button", { id: "stop-no", onclick: () => answer(false) }, "Cancel"))
+          : h("p", { class: "buttons" },
+              h("button", { class: "danger", id: "stop-run", onclick: () => act("stop") }, "Stop"), " ",
+              h("button", { id: "checkpoint-run", onclick: () => act("checkpoint") }, "Checkpoint")));
+      }
+      parts.push(note);
+      if (control.commands.length) {
+        parts.push(h("h2", {}, "Commands"), h("table", { class: "commands", id: "commands" },
+          h("thead", {}, h("tr", {}, ["When", "Command", "Who", "Via", "State", "Detail"].map((t) => h("th", {}, t)))),
+          h("tbody", {}, control.commands.map((c) => h("tr", { "data-command": c.id, "data-state": c.state },
+            h("td", {}, when(c.created)), h("td", {}, c.action), h("td", {}, c.actor), h("td", {}, c.source),
+            h("td", {}, c.state), h("td", {}, c.detail))))));
+      }
+      box.replaceChildren(...parts);
+    };
+    return (control, now) => { last = [control, now]; draw(); };
   }
 
   function groupOf(series) {
