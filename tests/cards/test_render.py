@@ -56,7 +56,15 @@ def test_a_running_card_shows_what_a_glance_needs() -> None:
 @pytest.mark.parametrize(
     ("status", "changes", "expected"),
     [
-        (COMPLETED, {"end_reason": "max_epochs", "summary": "best val_loss 0.41"}, "Completed (max_epochs)"),
+        (
+            COMPLETED,
+            {
+                "end_reason": "max_epochs",
+                "summary": "Finished (max_epochs) after 10 of 10 epochs.\nBest val_loss: 0.41",
+            },
+            "Finished (max_epochs) after 10 of 10 epochs.",
+        ),
+        (COMPLETED, {"end_reason": "max_epochs"}, "Completed (max_epochs)"),
         (
             FAILED,
             {"error_type": "RuntimeError", "error": "Traceback\nRuntimeError: CUDA out of memory"},
