@@ -153,6 +153,12 @@ def run_payload(outbox: Outbox, run_id: str, *, event_limit: int = 300) -> dict[
             "ended_at": state.get("ended_at"),
             "updated_at": state.get("updated_at"),
             "metrics": {str(k): _number(v) for k, v in (state.get("metrics") or {}).items()},
+            # As people read them: "NaN" and "Inf" too, where ``metrics`` has null.
+            "metric_texts": {
+                str(k): format_value(number)
+                for k, v in (state.get("metrics") or {}).items()
+                if (number := _metric_value(v)) is not None
+            },
             "steps_per_second": _number(state.get("steps_per_second")),
             "samples_per_second": _number(state.get("samples_per_second")),
             "eta_seconds": _number(state.get("eta_seconds")),

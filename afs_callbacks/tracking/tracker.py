@@ -1132,6 +1132,8 @@ class RunTracker:
                 first = window.first_bad_step
                 if window.finite_mean is not None and first is not None and first > window.first_step:
                     self._curves.add_loss(first - 1, window.finite_mean)  # the curve up to it
+                if first is not None and not self._nan_reported:
+                    self._curves.add_loss(first, math.nan)  # where it went wrong: a NaN point
                 self._report_nan(window.last_step if first is None else first, "loss", window.first_bad_value)
             elif window.mean_loss is not None:
                 self._curves.add_loss(window.last_step, window.mean_loss)

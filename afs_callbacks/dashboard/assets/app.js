@@ -38,7 +38,8 @@
   }
   function span(seconds) {
     if (seconds === null || seconds === undefined) return "";
-    if (seconds < 10) return `${(Math.floor(seconds * 10) / 10).toFixed(1)} s`;  // 0.3 s, not 0 s
+    if (seconds < 0.1) return `${seconds.toFixed(2)} s`;  // 0.03 s, not 0 s
+    if (seconds < 10) return `${(Math.floor(seconds * 10) / 10).toFixed(1)} s`;  // 0.3 s, 4.2 s
     seconds = Math.round(seconds);
     if (seconds < 60) return `${seconds} s`;
     if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${pad(seconds % 60)} s`;
@@ -167,7 +168,7 @@
     const options = (info || []).map((s) => [s.status, `${s.icon ? s.icon + " " : ""}${s.label}${counts[s.status] ? ` (${counts[s.status]})` : ""}`]);
     const have = Array.from(select.options).slice(1).map((o) => `${o.value}=${o.textContent}`).join("\n");
     if (have !== options.map(([v, t]) => `${v}=${t}`).join("\n")) {
-      select.replaceChildren(h("option", { value: "" }, "any status"), options.map(([v, t]) => h("option", { value: v }, t)));
+      select.replaceChildren(h("option", { value: "" }, "any status"), ...options.map(([v, t]) => h("option", { value: v }, t)));
     }
     select.value = current;
   }
@@ -176,7 +177,7 @@
     const current = wanted || select.value;
     const have = Array.from(select.options).slice(1).map((o) => o.value).join("\n");
     if (have !== models.join("\n")) {
-      select.replaceChildren(h("option", { value: "" }, "any model"), models.map((m) => h("option", { value: m }, m)));
+      select.replaceChildren(h("option", { value: "" }, "any model"), ...models.map((m) => h("option", { value: m }, m)));
     }
     select.value = models.includes(current) ? current : "";
   }
@@ -230,7 +231,8 @@
       ["GPU utilisation", s.gpu_utilization !== null ? `${num(s.gpu_utilization)} %` : ""],
       ["Cost", money(s.cost)], ["End", s.end_reason], ["Best checkpoint", s.best_checkpoint],
     ].filter(([, v]) => v !== "" && v !== null && v !== undefined);
-    const metrics = Object.entries(s.metrics || {}).map(([k, v]) => h("span", { class: "metric" }, h("b", {}, k), " ", num(v)));
+    const texts = s.metric_texts || {};
+    const metrics = Object.entries(s.metrics || {}).map(([k, v]) => h("span", { class: "metric" }, h("b", {}, k), " ", k in texts ? texts[k] : num(v)));
     return [
       h("h1", {}, s.run_id, " ", badge(s.status, s.status_note), nanMark(s.non_finite)),
       s.non_finite ? h("p", { class: "nan-note", id: "run-nan" }, `First NaN/Inf: ${s.non_finite}`) : null,
