@@ -1,6 +1,7 @@
 """Each way a run ends, through a real tiny Lightning training on CPU, read back from every
 surface this project owns: the end message (a real webhook channel to a loopback
-receiver), the run's state in the store, the live card (a real Telegram channel on the
+receiver), PagerDuty's resolution (the real channel to the same receiver, under its Events
+API path), the run's state in the store, the live card (a real Telegram channel on the
 loopback Bot API, tests/cards/services.py), the dashboard's JSON and ``afs-notify history
 --json``. Every one of them must say the same outcome, the one the tracker decided.
 
@@ -31,6 +32,7 @@ from lightning.pytorch.callbacks import EarlyStopping  # noqa: E402
 from lightning.pytorch.demos.boring_classes import BoringModel  # noqa: E402
 
 from afs_callbacks import EventType, NotificationEvent, NotificationManager, Settings  # noqa: E402
+from afs_callbacks.channels.pagerduty import INCIDENT_TYPES, PagerDutyNotifier, dedup_key  # noqa: E402
 from afs_callbacks.channels.telegram import TelegramNotifier  # noqa: E402
 from afs_callbacks.channels.webhook import WebhookNotifier  # noqa: E402
 from afs_callbacks.cli import main as afs_notify  # noqa: E402
@@ -46,6 +48,7 @@ from tests.cards.services import FakeTelegram  # noqa: E402
 
 pytestmark = pytest.mark.slow
 END_TYPES = (EventType.TRAINING_COMPLETED, EventType.TRAINING_FAILED, EventType.TRAINING_INTERRUPTED)
+PAGERDUTY_KEY = "R0UTINGkey1234567890abcdefABCDEF"
 
 
 class Scripted(BoringModel):
@@ -159,9 +162,11 @@ def signals_restored() -> Iterator[None]:
 
 
 def train(case: Case, tmp_path: Path, receiver: LoopbackReceiver, bot_api: FakeTelegram) -> str:
-    """Run the case's training with a webhook and a Telegram card; return the run id."""
+    """Run the case's training with a webhook, PagerDuty (on the same receiver, under
+    ``/v2/enqueue``) and a Telegram card; return the run id."""
     channels = {
         "webhook": WebhookNotifier(receiver.url("/hook")),
+        "pagerduty": PagerDutyNotifier(PAGERDUTY_KEY, api_url=receiver.url("/v2/enqueue")),
         "telegram": TelegramNotifier(TELEGRAM_TOKEN, CHAT, api_url=bot_api.url("")),
     }
     settings = Settings(state_dir=Path(os.environ["AFS_STATE_DIR"]), card_interval=0.2, console="never")
@@ -220,7 +225,11 @@ def test_every_surface_tells_the_same_outcome(
     outcome = case.outcome
     run_id = train(case, tmp_path, receiver, bot_api)
     events = sorted(
-        (NotificationEvent.from_dict(request.json()) for request in receiver.requests),
+        (
+            NotificationEvent.from_dict(request.json())
+            for request in receiver.requests
+            if request.path == "/hook"
+        ),
         key=lambda event: event.timestamp,
     )
 
@@ -237,6 +246,21 @@ def test_every_surface_tells_the_same_outcome(
     else:
         assert len(nans) == 1 and nans[0].message.startswith(case.nan), nans[0].message
         assert end.context["non_finite"] == case.nan.rstrip(".")
+
+    # PagerDuty: only an end that resolves alerts closes the run's incidents; a NaN stop
+    # keeps the NaN's incident open and pages its own end (error level).
+    pages = [request.json() for request in receiver.requests if request.path == "/v2/enqueue"]
+    resolved = {page["dedup_key"] for page in pages if page["event_action"] == "resolve"}
+    triggered = [page["dedup_key"] for page in pages if page["event_action"] == "trigger"]
+    if outcome.resolves_alerts:
+        assert resolved >= {dedup_key(run_id, kind) for kind in INCIDENT_TYPES}, pages
+    else:
+        assert not resolved, pages
+    if end.event_type is EventType.TRAINING_COMPLETED:
+        paged_end = dedup_key(run_id, EventType.TRAINING_COMPLETED) in triggered
+        assert paged_end is (end.level >= NotificationLevel.ERROR), pages
+    if case.nan is not None:
+        assert dedup_key(run_id, EventType.NAN_DETECTED) in triggered
 
     # The run's state in the store, and the dashboard's view of it.
     with Outbox(Path(os.environ["AFS_STATE_DIR"]) / "outbox.sqlite3") as outbox:
@@ -272,7 +296,11 @@ def test_a_clean_run_says_each_thing_once(
     """One value per metric, one duration, singular and plural right, and the card's
     numbers the end message's."""
     run_id = train(CASES["planned_end"], tmp_path, receiver, bot_api)
-    events = [NotificationEvent.from_dict(request.json()) for request in receiver.requests]
+    events = [
+        NotificationEvent.from_dict(request.json())
+        for request in receiver.requests
+        if request.path == "/hook"
+    ]
     [end] = [event for event in events if event.event_type is EventType.TRAINING_COMPLETED]
     assert end.run_id == run_id
     # train_loss logged on_step and on_epoch is one metric, with the epoch's value.

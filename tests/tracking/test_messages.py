@@ -75,7 +75,8 @@ def test_completion_wording_covers_the_summary_parts() -> None:
         (
             Outcome.COMPLETED_WITH_WARNINGS,
             "⚠️ Training completed with warnings (Inf loss at step 3): m",
-            "Finished (max_epochs) after 1 of 1 epoch, but loss became Inf at step 3 (epoch 1), seen at step 8.",
+            "Finished (max_epochs) after 1 of 1 epoch, "
+            "but loss became Inf at step 3 (epoch 1), seen at step 8.",
         ),
         (
             Outcome.STOPPED_ON_PROBLEM,
@@ -88,7 +89,10 @@ def test_completion_wording_covers_the_summary_parts() -> None:
 def test_the_end_is_titled_by_its_outcome(outcome: Outcome, title: str, first_line: str) -> None:
     reason = "stop_on_nan" if outcome is Outcome.STOPPED_ON_PROBLEM else "max_epochs"
     summary = messages.Summary(
-        epochs_run=1, total_epochs=1, end_reason=reason, reason_text="stop_on_nan" if reason != "max_epochs" else ""
+        epochs_run=1,
+        total_epochs=1,
+        end_reason=reason,
+        reason_text="stop_on_nan" if reason != "max_epochs" else "",
     )
     found = messages.NonFinite("loss", math.inf, step=3, epoch=1, seen_step=8)
     text = messages.training_completed(
