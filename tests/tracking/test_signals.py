@@ -90,8 +90,11 @@ def test_a_stall_is_reported_and_never_after_the_end() -> None:
     sink = RecordingSink()
     run = tracker(sink, stall_timeout=0.2)
     run.start()
-    sink.wait_for(lambda: bool(sink.of(EventType.TRAINING_STALLED)), timeout=5)
-    assert any(state.status == STALLED for state in sink.states)
+    # The watchdog's thread hands over the event, then the stalled state: wait for both.
+    sink.wait_for(
+        lambda: bool(sink.of(EventType.TRAINING_STALLED)) and any(s.status == STALLED for s in sink.states),
+        timeout=5,
+    )
     run.completed()
     deadline = time.monotonic() + 5
     while len(_watchdogs()) > before and time.monotonic() < deadline:
