@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from afs_callbacks.events import NotificationEvent, NotificationLevel
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.redaction import redact
 
 #: The visible mark left where text was cut to a service's limit.
@@ -48,6 +49,22 @@ _FIELDS = (
     ("checkpoint", "Checkpoint"),
     ("exit_code", "Exit code"),
 )
+
+
+#: The icons a run's end leads its title with (one per outcome).
+_OUTCOME_ICONS = tuple(sorted({outcome.icon for outcome in Outcome}, key=len, reverse=True))
+
+
+def title_mark(level: NotificationLevel, title: str) -> str:
+    """What goes in front of ``title``: the level's symbol and a space, or nothing when the
+    title leads with its own (the end of a run leads with its outcome's icon, ``"🛑 Training
+    stopped on a problem ..."``, which says more than the level's)."""
+    return "" if title.startswith(_OUTCOME_ICONS) else f"{LEVEL_EMOJI[level]} "
+
+
+def marked_title(level: NotificationLevel, title: str) -> str:
+    """``title`` with :func:`title_mark` in front: ``"⚠️ Inf loss at step 3: m"``."""
+    return title_mark(level, title) + title
 
 
 def level_hex(level: NotificationLevel) -> str:
@@ -140,6 +157,11 @@ def format_value(value: Any) -> str:
             return f"{value:.3e}"
         return f"{value:.4g}"
     return str(value)
+
+
+def format_rate(value: float) -> str:
+    """A throughput for people: ``12.5``, ``1,600`` (thousands grouped, no decimals)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else format_value(float(value))
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

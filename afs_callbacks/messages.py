@@ -6,14 +6,26 @@ builder is a pure function of plain values: no I/O, no clock, no framework.
 
 Numbering: epochs are 1-based in everything shown to people ("Epoch 3/10", ``epoch=3``);
 frameworks count from 0 and the tracker converts once.
+
+The end of a run is titled by its :class:`~afs_callbacks.outcome.Outcome` (decided by the
+tracker, never here): the outcome's icon, ``Training`` and its label, a short why in
+parentheses where there is one, and the model — ``⚠️ Training completed with warnings
+(Inf loss at step 3): resnet50``, ``⏹️ Training stopped early (EarlyStopping on val_loss,
+patience 3): resnet50``. A channel that puts the level's symbol in front of titles leaves
+an outcome's icon alone (:func:`afs_callbacks.formatting.marked_title`).
+
+Each fact is said once: what channels show as fields beside the text (the run id, the
+duration, the epoch and step, the final metrics) is not repeated in the text.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from afs_callbacks.formatting import format_duration, format_metrics, format_value
+from afs_callbacks.formatting import format_duration, format_metrics, format_rate, format_value
+from afs_callbacks.outcome import Outcome
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,17 @@ def join(*parts: str) -> str:
     return ", ".join(part for part in parts if part)
 
 
+def count(number: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``, ``"1,200 steps"``."""
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
+def end_title(outcome: Outcome, model: str, why: str = "") -> str:
+    """The title of a run's end: ``🛑 Training stopped on a problem (NaN loss at step 5): m``."""
+    detail = f" ({why})" if why else ""
+    return f"{outcome.icon} Training {outcome.label}{detail}: {model}"
+
+
 def plan(
     epochs: int | None = None,
     max_steps: int | None = None,
@@ -42,8 +65,8 @@ def plan(
 ) -> str:
     """What a run is set to do: ``"10 epochs, batch size 32"``."""
     return join(
-        f"{epochs} epochs" if epochs and epochs > 0 else "",
-        f"{max_steps} steps" if max_steps and max_steps > 0 else "",
+        count(epochs, "epoch") if epochs and epochs > 0 else "",
+        count(max_steps, "step") if max_steps and max_steps > 0 else "",
         f"batch size {batch_size}" if batch_size else "",
         f"world size {world_size}" if world_size and world_size > 1 else "",
     )
@@ -99,11 +122,56 @@ def batch_processed(model: str, step: int, loss: float | None) -> Message:
     )
 
 
-def nan_detected(model: str, what: str, step: int, epoch: int | None, *, will_stop: bool) -> Message:
-    """NAN_DETECTED; ``epoch`` is 1-based."""
-    where = f"step {step}" + (f" (epoch {epoch})" if epoch is not None else "")
+@dataclass(frozen=True)
+class NonFinite:
+    """The first NaN/Inf a run saw: which value, where it first happened, where it was seen.
+
+    Args:
+        metric: ``loss`` (the training loss), ``grad_norm``, ``val_loss``...
+        value: the bad value (NaN, Inf or -Inf); None when not known which.
+        step: the optimizer step where it first happened.
+        epoch: that step's epoch (1-based), when known.
+        seen_step: the step where the check found it, when that is later (the loss is
+            read once per window of steps).
+        at_epoch_end: the metric is computed at the end of ``epoch`` (a validation loss).
+    """
+
+    metric: str
+    value: float | None
+    step: int
+    epoch: int | None = None
+    seen_step: int | None = None
+    at_epoch_end: bool = False
+
+    @property
+    def kind(self) -> str:
+        """``"NaN"``, ``"Inf"``, ``"-Inf"``, or ``"NaN/Inf"`` when not known which."""
+        if self.value is None or math.isfinite(self.value):
+            return "NaN/Inf"
+        return format_value(self.value)
+
+    def short(self) -> str:
+        """For a title: ``"Inf loss at step 3"``, ``"NaN val_loss at epoch 2"``."""
+        where = (
+            f"epoch {self.epoch}" if self.at_epoch_end and self.epoch is not None else f"step {self.step:,}"
+        )
+        return f"{self.kind} {self.metric} at {where}"
+
+    def words(self) -> str:
+        """The sentence (no full stop): ``"loss became Inf at step 3 (epoch 1), seen at
+        step 8"``; ``"val_loss became NaN at the end of epoch 2 (step 16)"``."""
+        became = "NaN or Inf" if self.kind == "NaN/Inf" else self.kind
+        if self.at_epoch_end and self.epoch is not None:
+            return f"{self.metric} became {became} at the end of epoch {self.epoch} (step {self.step:,})"
+        where = f"step {self.step:,}" + (f" (epoch {self.epoch})" if self.epoch is not None else "")
+        seen = f", seen at step {self.seen_step:,}" if self.seen_step and self.seen_step > self.step else ""
+        return f"{self.metric} became {became} at {where}{seen}"
+
+
+def nan_detected(model: str, found: NonFinite, *, will_stop: bool) -> Message:
+    """NAN_DETECTED: the first non-finite value, where it happened and where it was seen."""
     action = " Training will stop." if will_stop else ""
-    return Message(f"NaN/Inf {what}: {model}", f"{what} became NaN or Inf at {where}.{action}")
+    return Message(f"{found.short()}: {model}", f"{found.words()}.{action}")
 
 
 def metric_improved(model: str, name: str, previous: float | None, value: float | None) -> Message:
@@ -123,16 +191,31 @@ def metric_degraded(
 
 
 def training_failed(model: str, error_text: str, *, out_of_memory: bool = False) -> Message:
-    """TRAINING_FAILED or OUT_OF_MEMORY; ``error_text`` is the described exception."""
-    return Message(f"{'Out of memory' if out_of_memory else 'Training failed'}: {model}", error_text)
+    """TRAINING_FAILED or OUT_OF_MEMORY (outcome ``failed``); ``error_text`` is the
+    described exception."""
+    icon = Outcome.FAILED.icon
+    return Message(f"{icon} {'Out of memory' if out_of_memory else 'Training failed'}: {model}", error_text)
 
 
-def training_interrupted(model: str, run_id: str, reason: str, step: int, duration: float) -> Message:
-    """TRAINING_INTERRUPTED (Ctrl-C, SIGTERM)."""
-    return Message(
-        f"Training interrupted: {model}",
-        f"Run {run_id} was interrupted ({reason}) at step {step} after {format_duration(duration)}.",
-    )
+def training_interrupted(
+    model: str, reason: str, step: int, *, outcome: Outcome = Outcome.INTERRUPTED
+) -> Message:
+    """TRAINING_INTERRUPTED: Ctrl-C (``interrupted``) or SIGTERM, a preemption, a SLURM
+    requeue (``preempted``). The run id and duration are the event's fields."""
+    return Message(end_title(outcome, model, _signal_words(reason)), f"Stopped by {reason} at step {step:,}.")
+
+
+def _signal_words(reason: str) -> str:
+    """What stopped a run, in a word or two: ``Ctrl-C``, ``SIGTERM``, ``SLURM requeue``."""
+    words = reason.lower()
+    if "ctrl-c" in words or "keyboardinterrupt" in words:
+        return "Ctrl-C"
+    if "requeue" in words:
+        return "SLURM requeue"
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        if name.lower() in words:
+            return name
+    return ""
 
 
 def training_stalled(model: str, idle: float, step: int) -> Message:
@@ -146,7 +229,12 @@ def training_stalled(model: str, idle: float, step: int) -> Message:
 
 @dataclass(frozen=True)
 class Summary:
-    """What a completion message says about the run (every part optional)."""
+    """What a completion message says about the run (every part optional).
+
+    ``end_reason`` is the framework's words (``early_stopping (val_loss, patience 3,
+    best 0.21)``); ``reason_text`` the same for people (``EarlyStopping on val_loss,
+    patience 3``), given by the tracker, which owns those words.
+    """
 
     duration: float | None = None
     final: Mapping[str, float] | None = None
@@ -159,48 +247,69 @@ class Summary:
     steps_per_second: float | None = None
     samples_per_second: float | None = None
     end_reason: str | None = None
+    reason_text: str = ""
     extra_lines: Sequence[str] = ()
 
 
 def training_completed(
-    model: str, run_id: str, summary: Summary, *, nan_seen: bool = False, stopped_on_nan: bool = False
+    model: str,
+    run_id: str,
+    summary: Summary,
+    *,
+    outcome: Outcome = Outcome.COMPLETED,
+    non_finite: NonFinite | None = None,
 ) -> Message:
-    """TRAINING_COMPLETED: a run that reached its end, with its summary.
+    """TRAINING_COMPLETED: a run that ended without an error, titled by its ``outcome``.
 
-    A run that saw a NaN/Inf loss and went on (``stop_on_nan`` off) is titled as
-    completed *with* a NaN/Inf loss; one that ``stop_on_nan`` stopped says so. The
-    tracker sends both as warnings.
+    The text says what the fields beside it do not: why and how far the run went, the
+    first NaN/Inf it saw, its best metric and checkpoint, its throughput and the monitors'
+    lines. The run id, the duration, the last epoch and step and the final metrics are
+    the event's fields, which every channel shows (``run_id`` is kept for the old API).
     """
-    took = f" in {format_duration(summary.duration)}" if summary.duration is not None else ""
-    why = f" ({summary.end_reason})" if summary.end_reason else ""
-    lines = [f"Run {run_id} finished{took}{why}."]
-    if summary.epochs_run:
-        lines.append(
-            f"Epochs: {summary.epochs_run}" + (f"/{summary.total_epochs}" if summary.total_epochs else "")
-        )
-    if summary.final:
-        lines.append("Final: " + format_metrics(summary.final))
+    del run_id  # a field of the event: said once, there
+    title_why = summary.reason_text if outcome is not Outcome.COMPLETED_WITH_WARNINGS else ""
+    if non_finite is not None and outcome in (Outcome.STOPPED_ON_PROBLEM, Outcome.COMPLETED_WITH_WARNINGS):
+        title_why = non_finite.short()
+    lines = [_how_it_ended(outcome, summary, non_finite)]
     if summary.best is not None:
         at = f" (epoch {summary.best_epoch})" if summary.best_epoch is not None else ""
         lines.append(f"Best {summary.monitor or 'metric'}: {format_value(summary.best)}{at}")
     if summary.best_checkpoint:
         lines.append(f"Best checkpoint: {summary.best_checkpoint}")
     throughput = join(
-        f"{format_value(summary.steps_per_second)} steps/s" if summary.steps_per_second is not None else "",
-        f"{format_value(summary.samples_per_second)} samples/s"
+        f"{format_rate(summary.steps_per_second)} steps/s" if summary.steps_per_second is not None else "",
+        f"{format_rate(summary.samples_per_second)} samples/s"
         if summary.samples_per_second is not None
         else "",
     )
     if throughput:
         lines.append(f"Throughput: {throughput}")
     lines.extend(summary.extra_lines)
-    if stopped_on_nan:
-        title = f"Training stopped after NaN/Inf: {model}"
-    elif nan_seen:
-        title = f"Training completed with a NaN/Inf loss: {model}"
-    else:
-        title = f"Training completed: {model}"
-    return Message(title, "\n".join(lines))
+    return Message(end_title(outcome, model, title_why), "\n".join(line for line in lines if line))
+
+
+def _how_it_ended(outcome: Outcome, summary: Summary, non_finite: NonFinite | None) -> str:
+    """The first line: why the run ended and how far it went, in one sentence."""
+    far = ""
+    if summary.epochs_run:
+        total = f" of {summary.total_epochs:,}" if summary.total_epochs else ""
+        noun = "epoch" if (summary.total_epochs or summary.epochs_run) == 1 else "epochs"
+        far = f" after {summary.epochs_run:,}{total} {noun}"
+    why = summary.reason_text
+    if outcome is Outcome.STOPPED_ON_PROBLEM:
+        if non_finite is None:
+            return "Stopped on a problem" + (f" ({why})" if why else "") + f"{far}."
+        rule = why or summary.end_reason
+        head = "Stopped at the first NaN/Inf" + (f" ({rule})" if rule else "")
+        return f"{head}{',' if far else ''}{far}: {non_finite.words()}."
+    if outcome in (Outcome.COMPLETED, Outcome.COMPLETED_WITH_WARNINGS, Outcome.STOPPED_EARLY):
+        if why:
+            head = f"Stopped early by {why}"
+        else:
+            head = "Finished" + (f" ({summary.end_reason})" if summary.end_reason else "")
+        but = f", but {non_finite.words()}" if non_finite is not None else ""
+        return f"{head}{far}{but}."
+    return outcome.label.capitalize() + (f" ({why})" if why else "") + f"{far}."
 
 
 def cost_alert(cost: float, threshold: float, model: str | None = None) -> Message:
@@ -214,11 +323,14 @@ def cost_alert(cost: float, threshold: float, model: str | None = None) -> Messa
 
 __all__ = [
     "Message",
+    "NonFinite",
     "Summary",
     "batch_processed",
     "checkpoint_loading",
     "checkpoint_saved",
     "cost_alert",
+    "count",
+    "end_title",
     "epoch_completed",
     "evaluation_completed",
     "evaluation_failed",

@@ -16,17 +16,19 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from afs_callbacks.events import _json_safe, _restore_non_finite
+from afs_callbacks.outcome import RUNNING, STALLED, Outcome
 
-#: Run statuses, as cards, the history and the dashboard show them.
-RUNNING = "running"
-COMPLETED = "completed"
-FAILED = "failed"
-INTERRUPTED = "interrupted"
-STALLED = "stalled"
-KILLED = "killed"  # the process vanished without a terminal event (the death watcher)
-STATUSES = (RUNNING, COMPLETED, FAILED, INTERRUPTED, STALLED, KILLED)
+#: The statuses of an ended run are the :class:`~afs_callbacks.outcome.Outcome` values;
+#: these names keep the four older ones at hand.
+COMPLETED = Outcome.COMPLETED.value
+FAILED = Outcome.FAILED.value
+INTERRUPTED = Outcome.INTERRUPTED.value
+KILLED = Outcome.KILLED.value  # the process vanished without a terminal event (the death watcher)
+#: Run statuses, as cards, the history and the dashboard show them: a live run's
+#: (``running``, ``stalled``), then every outcome.
+STATUSES = (RUNNING, STALLED, *(outcome.value for outcome in Outcome))
 #: Statuses after which a run does not change any more (a stalled run may resume).
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, INTERRUPTED, KILLED})
+FINAL_STATUSES = frozenset(outcome.value for outcome in Outcome)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class RunState:
         model: the model name shown everywhere.
         host: the machine the run trains on.
         pid: the training process (the death watcher checks it).
-        status: one of :data:`STATUSES`.
+        status: one of :data:`STATUSES`: ``running`` or ``stalled`` while it runs, its
+            :class:`~afs_callbacks.outcome.Outcome` value once it ended.
         started_at / updated_at / ended_at: when the run began, this snapshot, the end.
         last_step_at: when the run last made progress (a training step, or an evaluation
             batch: what keeps the stall watchdog quiet); a stall is measured from it.
@@ -66,6 +69,8 @@ class RunState:
         peak_gpu_memory / gpu_utilization / cost: from the monitors, when they know.
         end_reason: why the run ended (``max_epochs``, ``early_stopping``, ...).
         error_type / error: the exception type and its last line, on failure.
+        non_finite: the first NaN/Inf the run saw, in words (``"loss became Inf at
+            step 3 (epoch 1)"``); None while all was finite.
         summary: the completion summary text.
         extra: framework facts (SLURM job id, strategy, ...).
         control: what the run's control tells (``afs_callbacks.control``): ``accepts``, the
@@ -101,6 +106,7 @@ class RunState:
     end_reason: str | None = None
     error_type: str | None = None
     error: str | None = None
+    non_finite: str | None = None
     summary: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     control: Mapping[str, Any] = field(default_factory=dict, hash=False)
@@ -109,6 +115,13 @@ class RunState:
     def final(self) -> bool:
         """Whether the run has ended."""
         return self.status in FINAL_STATUSES
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How the run ended; None while it runs (or for a status no outcome names)."""
+        if self.status not in FINAL_STATUSES:
+            return None
+        return Outcome(self.status)
 
     @property
     def progress(self) -> float | None:

@@ -2,8 +2,11 @@
 
     python examples/lightning_example.py
 
-Runs in seconds with no account. The first run trains normally; the second one's loss
-turns NaN at step 5 and ``stop_on_nan=True`` stops it. The messages go to your channels when
+Runs in seconds with no account. The first run trains normally ("✅ Training completed").
+The second one's loss turns NaN at step 5; the loss is read every ``log_every_n_steps``
+(4) steps, so ``stop_on_nan=True`` stops it at step 8, and both messages say where it went
+wrong and where it was seen: "loss became NaN at step 5 (epoch 1), seen at step 8", then
+"🛑 Training stopped on a problem (NaN loss at step 5)". The messages go to your channels when
 the environment or ``.env`` configures one, else to a demo webhook on 127.0.0.1 (see
 ``examples/_demo.py``); either way ``afs-notify history`` shows them afterwards.
 
@@ -38,7 +41,8 @@ class TinyRegressor(LightningModule):
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = nn.functional.mse_loss(self.layer(x), y)
-        if self.nan_at_step is not None and self.global_step >= self.nan_at_step:
+        # global_step counts the steps finished: this batch makes step global_step + 1.
+        if self.nan_at_step is not None and self.global_step + 1 >= self.nan_at_step:
             loss = loss * float("nan")  # what a diverging run looks like
         self.log("train_loss", loss, on_step=False, on_epoch=True)
         return loss  # AFSNotify reads it on the device, without a sync per step

@@ -19,6 +19,10 @@ if command -v apt-get >/dev/null; then
   # node exporter's textfile collector.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     prometheus prometheus-node-exporter >/dev/null
+  # The end of a run on a real desktop (tests/cards/test_desktop_end.py: dunst under Xvfb,
+  # ImageMagick's import for its screenshot) and the outcome icons in dashboard screenshots.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    xvfb dunst imagemagick fonts-noto-color-emoji >/dev/null
 fi
 python -m pip install --quiet --upgrade pip
 # Pinned exactly: an open range would pull a multi-GB CUDA build.

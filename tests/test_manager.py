@@ -411,10 +411,10 @@ def test_seed_convenience_methods(tmp_path: Path) -> None:
     completed = got[EventType.TRAINING_COMPLETED]
     assert completed.level is NotificationLevel.SUCCESS
     assert completed.metrics == {"acc": 0.9, "loss": 0.1234}
-    assert completed.message.splitlines() == [
-        "Run run-1 finished in 1h 02m 03s.",
-        "Final: acc=0.9, loss=0.1234",
-    ]
+    # The duration and the metrics are the event's fields (every channel shows them):
+    # the text does not say them twice.
+    assert completed.message == "Finished."
+    assert completed.context["duration"] == 3723.4 and completed.context["outcome"] == "completed"
     failed = got[EventType.TRAINING_FAILED]
     assert failed.level is NotificationLevel.ERROR
     assert failed.context["error"] == "MemoryError: CUDA out of memory" and "Traceback" in failed.message

@@ -94,15 +94,6 @@ OUTCOME_ALERT_NAMES: Mapping[RunOutcome, str] = {
     RunOutcome.KILLED: "TrainingKilled",
 }
 
-#: The events that end a run, and the outcome of each when the event does not say
-#: (stored before events carried ``context["outcome"]``).
-END_OUTCOMES: Mapping[EventType, RunOutcome] = {
-    EventType.TRAINING_COMPLETED: RunOutcome.COMPLETED,
-    EventType.TRAINING_FAILED: RunOutcome.FAILED,
-    EventType.OUT_OF_MEMORY: RunOutcome.FAILED,
-    EventType.TRAINING_INTERRUPTED: RunOutcome.INTERRUPTED,
-}
-
 #: Types whose ``key`` the tracker makes per occurrence (an epoch, a step) to tell
 #: repeats apart: as a label it would make each epoch's degradation its own alert.
 OCCURRENCE_KEYED = frozenset(
@@ -258,7 +249,7 @@ class AlertmanagerNotifier(HttpChannel):
         without posting)."""
         if self._pid != os.getpid():
             self._reset_runtime()
-        outcome = run_outcome(event)
+        outcome = RunOutcome.of_event(event)
         if outcome is not None:
             if outcome.resolves_alerts:
                 return self._resolve(event, None)
@@ -618,21 +609,6 @@ def _shown(peer: str) -> str:
 # The payload (pure functions: an event to an /api/v2/alerts item, label sets compared) ---
 
 
-def run_outcome(event: NotificationEvent) -> RunOutcome | None:
-    """How the run ended, for an event that ends one (None for any other): the event's
-    ``context["outcome"]``, else what its type meant before events carried one."""
-    fallback = END_OUTCOMES.get(event.event_type)
-    if fallback is None:
-        return None
-    value = event.context.get("outcome")
-    if isinstance(value, str) and value:
-        try:
-            return RunOutcome.parse(value)
-        except ValueError:
-            pass  # a newer writer's outcome: read the type
-    return fallback
-
-
 def alert_name(event_type: EventType, outcome: RunOutcome | None = None) -> str:
     """``nan_detected`` -> ``TrainingNaN``, ``training_stalled`` -> ``TrainingStalled``; a
     run's end by its outcome (``stopped_on_problem`` -> ``TrainingStoppedOnProblem``)."""
@@ -687,7 +663,7 @@ def build_alert(
     if condition and event.event_type not in OCCURRENCE_KEYED:
         labels["key"] = condition  # which GPU, which disk: separate alerts
     labels.update(
-        alertname=alert_name(event.event_type, run_outcome(event)),
+        alertname=alert_name(event.event_type, RunOutcome.of_event(event)),
         event_type=event.event_type.value,
         severity=SEVERITY[event.level],
     )

@@ -8,6 +8,12 @@ and Markdown renderers here (ntfy, desktop), and each service's own markup in it
 ``telegram.py``), all built on :func:`render_markup` or on the view's fields directly.
 Renderers escape run text for their markup and keep to the service's documented limits.
 
+The card and the run's end message divide the work: the card is the run at a glance (its
+outcome's icon, label and colour, the progress, the key numbers, and one line of how it
+ended: the completion's first line, the error, or the first NaN/Inf); the end message is
+the push that rings, with the whole summary and the chart. The card's numbers (elapsed
+time, throughput) are the ones the end message states: both come from the run's end facts.
+
 Example (plain text)::
 
     🏃 resnet50 · running
@@ -18,6 +24,15 @@ Example (plain text)::
     Throughput: 12.5 steps/s
     val_loss: 0.4321 (best 0.4102 at epoch 3)
     updated 12:34:56 UTC
+
+Ended (a NaN stop)::
+
+    🛑 resnet50 · stopped on a problem
+    ██░░░░░░░░░░░░░░░░░░ 10% · epoch 1/10 · step 8
+    ...
+    Stopped at the first NaN/Inf (stop_on_nan), after 1 of 10 epochs: loss became NaN at
+    step 5 (epoch 1), seen at step 8.
+    updated 12:35:02 UTC
 """
 
 from __future__ import annotations
@@ -29,27 +44,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from afs_callbacks.formatting import format_bytes, format_duration, format_value, truncate, truncate_escaped
+from afs_callbacks.formatting import (
+    format_bytes,
+    format_duration,
+    format_rate,
+    format_value,
+    truncate,
+    truncate_escaped,
+)
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.redaction import redact
-from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, KILLED, RUNNING, STALLED, RunState
+from afs_callbacks.runstate import RUNNING, STALLED, RunState
 
-#: The symbol in front of each status.
+#: The symbol in front of each status: a live run's, then each outcome's own.
 STATUS_EMOJI: Mapping[str, str] = {
     RUNNING: "🏃",
-    COMPLETED: "✅",
-    FAILED: "❌",
-    INTERRUPTED: "⏹️",
     STALLED: "⚠️",
-    KILLED: "💀",
+    **{outcome.value: outcome.icon for outcome in Outcome},
 }
-#: Embed/attachment colour of each status (Discord, Slack's side bar).
+#: Embed/attachment colour of each status (Discord, Slack's side bar): each outcome's own.
 STATUS_COLORS: Mapping[str, int] = {
     RUNNING: 0x3B82F6,
-    COMPLETED: 0x22C55E,
-    FAILED: 0xEF4444,
-    INTERRUPTED: 0xF59E0B,
     STALLED: 0xF59E0B,
-    KILLED: 0x7F1D1D,
+    **{outcome.value: outcome.colour for outcome in Outcome},
 }
 BAR_WIDTH = 20
 #: Metrics listed besides the monitored one (a card is glanced at, not read).
@@ -65,10 +82,12 @@ class CardView:
     """A card's content, independent of any service.
 
     Attributes:
-        headline: ``"🏃 resnet50 · running"``.
+        headline: ``"🏃 resnet50 · running"``, ``"⚠️ resnet50 · completed with warnings"``.
         progress: the bar line, or None when the run's length is unknown.
         fields: the run's facts as ``(label, value)`` pairs, in display order.
-        outcome: how the run ended (summary, or the exception on failure); None while running.
+        outcome: how the run ended, in a line or two (the completion's first line, or the
+            exception on failure), or what is wrong with a live run (a stall, the first
+            NaN/Inf); None while all is well.
         footer: ``"updated 12:34:56 UTC"``.
         status: the run's status; ``color`` its colour.
     """
@@ -88,8 +107,9 @@ def card_view(state: RunState, *, now: float | None = None) -> CardView:
     updated = state.updated_at if state.updated_at is not None else (now if now is not None else time.time())
     emoji = STATUS_EMOJI.get(state.status, "•")
     model = " ".join(state.model.split()) or "run"
+    ended = state.outcome
     return CardView(
-        headline=f"{emoji} {model} · {state.status}",
+        headline=f"{emoji} {model} · {ended.label if ended is not None else state.status}",
         progress=_progress_line(state),
         fields=tuple(_fields(state, updated)),
         outcome=_outcome(state),
@@ -235,10 +255,11 @@ def _commands(state: RunState) -> list[tuple[str, str]]:
 
 def _throughput(state: RunState) -> str:
     parts = []
+    # Worded as the end message words them: the same figures read the same.
     if state.steps_per_second:
-        parts.append(f"{state.steps_per_second:.3g} steps/s")
+        parts.append(f"{format_rate(state.steps_per_second)} steps/s")
     if state.samples_per_second:
-        parts.append(f"{state.samples_per_second:,.0f} samples/s")
+        parts.append(f"{format_rate(state.samples_per_second)} samples/s")
     return " · ".join(parts)
 
 
@@ -252,16 +273,23 @@ def _monitored(state: RunState) -> str:
 
 
 def _outcome(state: RunState) -> str | None:
-    if not state.final and state.status != STALLED:
-        return None
-    lines = [state.status.capitalize() + (f" ({state.end_reason})" if state.end_reason else "")]
+    ended = state.outcome
+    lines: list[str] = []
+    if ended is not None:
+        first = state.summary.strip().splitlines()[0] if state.summary and state.summary.strip() else ""
+        reason = f" ({state.end_reason})" if state.end_reason else ""
+        lines.append(first or ended.label.capitalize() + reason)
+    elif state.status == STALLED:
+        lines.append("Stalled: no step for a while")
     if state.error_type or state.error:
         error = state.error.strip().splitlines()[-1] if state.error and state.error.strip() else ""
         if state.error_type and not error.startswith(state.error_type):
             error = f"{state.error_type}: {error}" if error else state.error_type
         lines.append(error)
-    if state.summary:
-        lines.append(state.summary.strip())
+    if state.non_finite and not any(state.non_finite in line for line in lines):
+        lines.append(f"First NaN/Inf: {state.non_finite}")
+    if not lines:
+        return None
     return truncate(redact("\n".join(lines)), _SUMMARY_CHARS)
 
 

@@ -8,7 +8,9 @@ a send is a permanent failure that disables it. Nothing raises.
 
 A run's live card is one pop-up updated in place: ``Notify`` returns an id, and passing it
 back as ``replaces_id`` replaces that bubble. Only the D-Bus backend gets the id, so only
-it keeps cards.
+it keeps cards. When the run ends the card's bubble is closed (``CloseNotification``): the
+end message is the one bubble left, with its sound and urgency, so the end never leaves
+two near-identical pop-ups (docs/channels/desktop.md, "Live run card").
 
 macOS runs ``osascript`` and Windows a PowerShell toast. Run text never becomes part of a
 script: it travels as ``osascript`` arguments (read with ``on run argv``) or as base64 in
@@ -121,8 +123,14 @@ class DesktopNotifier(NotificationHandler):
 
     def edit_card(self, message_id: str, state: RunState) -> DeliveryResult:
         """Replace the card's pop-up (a server that let it expire shows it anew, maybe
-        under a new id, which the result carries)."""
-        return self._show_card(state, int(message_id) if message_id.isdigit() else 0)
+        under a new id, which the result carries). The final state closes it instead: on a
+        desktop the run's end message is the pop-up that tells the end."""
+        number = int(message_id) if message_id.isdigit() else 0
+        if state.final and number:
+            backend = self._backend()
+            if isinstance(backend, DBusBackend):
+                return backend.close(number)
+        return self._show_card(state, number)
 
     def _show_card(self, state: RunState, replaces_id: int) -> DeliveryResult:
         backend = self._backend()
@@ -406,6 +414,21 @@ class DBusBackend:
             return DeliveryResult.retry(f"notification server did not answer: {_text(error)}")
         # The id lets a live card replace this very pop-up later.
         return DeliveryResult(Outcome.DELIVERED, f"notification {number}", message_id=str(number))
+
+    def close(self, number: int) -> DeliveryResult:
+        """Call ``CloseNotification``: the pop-up ``number`` goes (one already gone is no
+        error: the spec closes nothing then)."""
+        from jeepney import DBusAddress, DBusErrorResponse
+
+        server = DBusAddress("/org/freedesktop/Notifications", SERVER_NAME, SERVER_NAME)
+        try:
+            with self._connect(self.timeout) as connection:
+                self._call(connection, server, "CloseNotification", "u", (number,), self.timeout)
+        except DBusErrorResponse as error:
+            return DeliveryResult.permanent(f"notification server refused: {_text(error)}")
+        except (TimeoutError, OSError) as error:
+            return DeliveryResult.retry(f"notification server did not answer: {_text(error)}")
+        return DeliveryResult(Outcome.DELIVERED, f"notification {number} closed", message_id=str(number))
 
     def _connect(self, timeout: float) -> Any:
         from jeepney.io.blocking import open_dbus_connection

@@ -26,10 +26,10 @@ from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import (
     LEVEL_COLORS,
-    LEVEL_EMOJI,
     context_fields,
     format_metrics,
     format_value,
+    marked_title,
     truncate,
 )
 from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, mask_url, redact, register_secret
@@ -128,7 +128,7 @@ class DiscordNotifier(HttpChannel):
         """The JSON body for ``event`` (without the image), within Discord's limits."""
         title = event.title.strip() or event.event_type.value.replace("_", " ")
         embed: dict[str, Any] = {
-            "title": truncate(f"{LEVEL_EMOJI[event.level]} {title}", self.TITLE_LIMIT),
+            "title": truncate(marked_title(event.level, title), self.TITLE_LIMIT),
             "color": LEVEL_COLORS[event.level],
             "timestamp": event.timestamp.isoformat(),
             "footer": {"text": f"afs-callbacks · {event.level.value} · {event.event_type.value}"},

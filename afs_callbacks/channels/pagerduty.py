@@ -3,8 +3,12 @@
 Only ERROR and CRITICAL events page someone. Each opens (or adds to) one incident per run
 and condition: the ``dedup_key`` is ``afs:<run_id>:<event_type>``, so the tenth NaN of a
 run lands on the incident the first one opened. When the run completes, every condition's
-key of that run is resolved; a recovery (a resumed run, a passed re-evaluation, an event
-marked ``resolved=True``) resolves its own condition.
+key of that run is resolved, but only when its outcome says it ended well
+(:attr:`~afs_callbacks.outcome.Outcome.resolves_alerts`, read from the end event, never
+decided here): a run that stopped on a NaN, or completed with warnings, keeps its incidents
+open, and its end pages on its own key when its level reaches the trigger level. A recovery
+(a resumed run, a passed re-evaluation, an event marked ``resolved=True``) resolves its own
+condition.
 
 Which keys to resolve must be known in any process (``afs-notify flush`` delivering a dead
 run's backlog, a wrapper script reporting completion), so the set is deterministic: the
@@ -27,6 +31,7 @@ from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import DEFAULT_LEVELS, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import truncate
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.redaction import mask, mask_url, register_secret
 
 if TYPE_CHECKING:
@@ -50,6 +55,9 @@ SEVERITY = {
 
 #: Conditions that page by default: resolved for every completed run, in any process.
 INCIDENT_TYPES = frozenset(kind for kind, level in DEFAULT_LEVELS.items() if level >= NotificationLevel.ERROR)
+#: Keys a clean end resolves besides ``INCIDENT_TYPES``: an earlier end of the same run id
+#: that did not resolve (a NaN stop) paged on its own type's key.
+END_KEYS = frozenset({EventType.TRAINING_COMPLETED})
 
 #: Events that end conditions of their run: ``None`` means all of them.
 RECOVERIES: Mapping[EventType, frozenset[EventType] | None] = {
@@ -68,10 +76,15 @@ def ended_conditions(event: NotificationEvent) -> frozenset[EventType] | None:
     completed), an empty set for none. An event whose context has ``resolved=True`` ends
     its own type's condition (a monitor saying GPU memory is back to normal).
 
-    Shared with the Alertmanager channel, which resolves alerts on the same events.
+    A run's end ends them all only when its outcome resolves alerts (``completed``,
+    ``stopped_early``, ...): a ``stopped_on_problem`` or ``completed_with_warnings`` end
+    ends none. Shared with the Alertmanager channel, which resolves alerts on the same events.
     """
     if event.context.get("resolved") is True:
         return frozenset({event.event_type})
+    outcome = Outcome.of_event(event)
+    if outcome is not None and not outcome.resolves_alerts:
+        return frozenset()
     return RECOVERIES.get(event.event_type, frozenset())
 
 
@@ -185,7 +198,7 @@ class PagerDutyNotifier(HttpChannel):
 
     def resolve_keys(self, run_id: str, ended: Iterable[EventType] | None) -> list[str]:
         """The dedup keys a recovery of ``run_id`` resolves (``None``: the run completed)."""
-        kinds = set(INCIDENT_TYPES) | self._paged.get(run_id, set()) if ended is None else set(ended)
+        kinds = INCIDENT_TYPES | END_KEYS | self._paged.get(run_id, set()) if ended is None else set(ended)
         return [dedup_key(run_id, kind) for kind in sorted(kinds, key=lambda k: k.value)]
 
     def _resolve(self, event: NotificationEvent, ended: frozenset[EventType] | None) -> DeliveryResult:

@@ -32,9 +32,9 @@ from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import (
-    LEVEL_EMOJI,
     context_fields,
     format_value,
+    marked_title,
     plain_text,
     truncate,
     truncate_escaped,
@@ -242,13 +242,15 @@ class SlackNotifier(HttpChannel):
 
     def payload(self, event: NotificationEvent) -> dict[str, Any]:
         """The JSON body for ``event``, within Slack's documented limits."""
-        emoji = LEVEL_EMOJI[event.level]
         title = event.title.strip() or event.event_type.value.replace("_", " ")
         blocks: list[dict[str, Any]] = [
             {
                 "type": "header",
                 # plain_text: Slack renders no markup or mentions in it, so no escaping.
-                "text": {"type": "plain_text", "text": truncate(f"{emoji} {title}", self.HEADER_LIMIT)},
+                "text": {
+                    "type": "plain_text",
+                    "text": truncate(marked_title(event.level, title), self.HEADER_LIMIT),
+                },
             },
             {
                 "type": "context",

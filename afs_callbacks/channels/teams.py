@@ -25,9 +25,9 @@ from afs_callbacks.config import Env, Settings, channel_settings, is_loopback, v
 from afs_callbacks.events import NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import (
-    LEVEL_EMOJI,
     context_fields,
     format_value,
+    marked_title,
     truncate,
     truncate_bytes,
 )
@@ -142,7 +142,7 @@ class TeamsNotifier(HttpChannel):
         self, event: NotificationEvent, *, message: str | None = None, max_metrics: int = _MAX_METRICS
     ) -> dict[str, Any]:
         """The Teams message: one Adaptive Card attachment built from ``event``."""
-        title = truncate(f"{LEVEL_EMOJI[event.level]} {event.title}", _TITLE_CHARS)
+        title = truncate(marked_title(event.level, event.title), _TITLE_CHARS)
         body: list[dict[str, Any]] = [
             {
                 "type": "TextBlock",

@@ -24,7 +24,7 @@ from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.formatting import LEVEL_EMOJI, context_fields, format_value, truncate_escaped
+from afs_callbacks.formatting import context_fields, format_value, title_mark, truncate_escaped
 from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, redact, register_secret
 from afs_callbacks.runstate import commands_from, run_token
 
@@ -139,7 +139,8 @@ class TelegramNotifier(HttpChannel):
         parsing entities; counting the markup too keeps well inside them.
         """
         title = event.title.strip() or event.event_type.value.replace("_", " ")
-        head = f"{LEVEL_EMOJI[event.level]} <b>{truncate_escaped(title, self.TITLE_LIMIT, escape_html)}</b>"
+        mark = escape_html(title_mark(event.level, title))
+        head = f"{mark}<b>{truncate_escaped(title, self.TITLE_LIMIT, escape_html)}</b>"
         lines = [head]
         for label, value in context_fields(event):
             lines.append(f"<b>{escape_html(label)}:</b> {truncate_escaped(value, 100, escape_html)}")

@@ -1,6 +1,9 @@
 """``afs-notify history``: recent events and, per channel, where each one went.
 
-It only reads the outbox: no channel is built and nothing is sent.
+It only reads the outbox: no channel is built and nothing is sent. A run's end says how the
+run ended (its :class:`~afs_callbacks.outcome.Outcome`, as the tracker decided it): in the
+text as ``outcome=stopped_on_problem`` after the type, in ``--json`` as the ``outcome`` key
+(also for ends stored before outcomes existed, from their type).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from afs_callbacks.cli._output import Output, render_table
 from afs_callbacks.delivery.outbox import DEAD, STATES, HistoryEntry
 from afs_callbacks.events import EventType, NotificationLevel
 from afs_callbacks.manager import NotificationManager
+from afs_callbacks.outcome import Outcome
 
 #: Words accepted by ``--state``, beyond the outbox's own state names.
 STATE_ALIASES = {"failed": DEAD}
@@ -101,7 +105,9 @@ def _event_line(entry: HistoryEntry, output: Output) -> str:
     event = entry.event
     level = output.paint(f"{event.level.value:<8}", _LEVEL_STYLE.get(event.level))
     run = f"run={event.run_id}  " if event.run_id else ""
-    return f"{level}  {event.event_type.value:<20}  {run}{event.title}"
+    outcome = Outcome.of_event(event)
+    ended = f"outcome={outcome.value}  " if outcome is not None else ""
+    return f"{level}  {event.event_type.value:<20}  {run}{ended}{event.title}"
 
 
 _LEVEL_STYLE = {
@@ -114,6 +120,9 @@ _LEVEL_STYLE = {
 
 def _as_json(entry: HistoryEntry, channels: list[str] | None) -> dict[str, Any]:
     event = entry.event.to_dict()
+    outcome = Outcome.of_event(entry.event)
+    if outcome is not None:
+        event["outcome"] = outcome.value
     event["attachments"] = [a["filename"] for a in event["attachments"]]
     event["deliveries"] = [
         {

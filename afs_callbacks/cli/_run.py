@@ -37,6 +37,7 @@ from afs_callbacks.cli._output import Output
 from afs_callbacks.events import EventType, NotificationEvent
 from afs_callbacks.formatting import format_duration, truncate
 from afs_callbacks.manager import NotificationManager
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.redaction import redact
 
 #: Signals passed on to the command; getattr because Windows has no SIGHUP.
@@ -298,6 +299,8 @@ def _report(
             model=model,
             run_id=run_id,
             signal=name,
+            # A scheduler stops a job with SIGTERM; a person with Ctrl-C or a closed terminal.
+            outcome=(Outcome.PREEMPTED if interrupt == signal.SIGTERM else Outcome.INTERRUPTED).value,
             **context,
         )
     if returncode == 0:

@@ -3,6 +3,10 @@
 Each function returns plain JSON-safe data for one endpoint. Every text that came from the
 history passes through :func:`afs_callbacks.redaction.redact` on the way out (the rows are
 redacted when written; this catches a secret registered since), so no page can show one.
+
+A run's status is its :class:`~afs_callbacks.outcome.Outcome` once it ended; the badge's
+words, icon and colour are the outcome's own (:func:`status_info`), the same the cards
+and the end messages show, and the page decides nothing about them.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from afs_callbacks.delivery.outbox import DEAD, PENDING, SENDING, Delivery, HistoryEntry, Outbox
+from afs_callbacks.formatting import format_value
+from afs_callbacks.outcome import STALLED, Outcome
 from afs_callbacks.redaction import redact
-from afs_callbacks.runstate import FINAL_STATUSES, RUNNING, RunState, commands_from
+from afs_callbacks.runstate import FINAL_STATUSES, RUNNING, STATUSES, RunState, commands_from
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,41 @@ def runs_payload(outbox: Outbox, where: RunFilter) -> dict[str, Any]:
         "now": now,
         "runs": rows,
         "statuses": statuses,
+        "status_info": status_info(),
         "models": outbox.models(),
         "total": sum(statuses.values()),
     }
+
+
+#: What a live run's badge shows (an ended run's is its outcome's).
+_LIVE = {
+    RUNNING: ("running", "🏃", 0x3B82F6),
+    STALLED: ("stalled", "⚠️", 0xF59E0B),
+}
+
+
+def status_info() -> list[dict[str, Any]]:
+    """Every status a run can have, in order (live ones, then each outcome), with the
+    badge's ``label``, ``icon`` and ``colour`` (``#rrggbb``) and, for an outcome, its
+    ``level`` and whether it ``succeeded``: the filter's options and the badges' looks."""
+    info: list[dict[str, Any]] = []
+    for status in STATUSES:
+        if status in _LIVE:
+            label, icon, colour = _LIVE[status]
+            info.append({"status": status, "label": label, "icon": icon, "colour": f"#{colour:06x}"})
+            continue
+        outcome = Outcome(status)
+        info.append(
+            {
+                "status": status,
+                "label": outcome.label,
+                "icon": outcome.icon,
+                "colour": f"#{outcome.colour:06x}",
+                "level": outcome.level.value,
+                "succeeded": outcome.succeeded,
+            }
+        )
+    return info
 
 
 #: The texts of a runs-table row, redacted together (one pass for the whole page).
@@ -69,6 +107,10 @@ def run_row(state: Mapping[str, Any], now: float, texts: Sequence[str] | None = 
     if texts is None:
         texts = redact_many([str(state.get(key) or "") for key in _ROW_TEXTS])
     latest_name, latest_value = latest_metric(state)
+    metrics = state.get("metrics") or {}
+    raw_latest = (
+        _metric_value(metrics.get(latest_name)) if latest_name and isinstance(metrics, Mapping) else None
+    )
     return {
         "run_id": texts[0],
         "model": texts[1],
@@ -84,6 +126,10 @@ def run_row(state: Mapping[str, Any], now: float, texts: Sequence[str] | None = 
         "total_steps": state.get("total_steps"),
         "latest_name": latest_name,
         "latest": latest_value,
+        # The value as people read it: "NaN" and "Inf" too, which ``latest`` (a number or
+        # null) cannot carry.
+        "latest_text": None if raw_latest is None else format_value(raw_latest),
+        "non_finite": non_finite(state),
         "monitor": state.get("monitor"),
         "best": _number(state.get("best")),
         "best_epoch": state.get("best_epoch"),
@@ -107,6 +153,12 @@ def run_payload(outbox: Outbox, run_id: str, *, event_limit: int = 300) -> dict[
             "ended_at": state.get("ended_at"),
             "updated_at": state.get("updated_at"),
             "metrics": {str(k): _number(v) for k, v in (state.get("metrics") or {}).items()},
+            # As people read them: "NaN" and "Inf" too, where ``metrics`` has null.
+            "metric_texts": {
+                str(k): format_value(number)
+                for k, v in (state.get("metrics") or {}).items()
+                if (number := _metric_value(v)) is not None
+            },
             "steps_per_second": _number(state.get("steps_per_second")),
             "samples_per_second": _number(state.get("samples_per_second")),
             "eta_seconds": _number(state.get("eta_seconds")),
@@ -117,6 +169,7 @@ def run_payload(outbox: Outbox, run_id: str, *, event_limit: int = 300) -> dict[
     return {
         "now": now,
         "run_id": run_id,
+        "status_info": status_info(),
         "state": detail or None,
         "series": curves(outbox, run_id),
         "events": event_rows(events, now),
@@ -246,6 +299,31 @@ def latest_metric(state: Mapping[str, Any]) -> tuple[str | None, float | None]:
         if name in metrics:
             return str(name), _number(metrics[name])
     return None, None
+
+
+def non_finite(state: Mapping[str, Any]) -> str | None:
+    """The run's first NaN/Inf in words, when it saw one: the tracker's own words, else
+    (a run stored before it said them) the non-finite metrics it ended with."""
+    said = state.get("non_finite")
+    if said:
+        return redact(str(said))
+    metrics = state.get("metrics") or {}
+    if not isinstance(metrics, Mapping):
+        return None
+    bad = [
+        name for name, value in metrics.items() if _metric_value(value) is not None and _number(value) is None
+    ]
+    return f"non-finite: {', '.join(map(str, bad))}" if bad else None
+
+
+def _metric_value(value: Any) -> Any:
+    """A stored metric as a float where it is one (``"nan"``, ``"inf"`` included)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def duration(state: Mapping[str, Any], now: float) -> float | None:

@@ -4,7 +4,9 @@
 pass through :class:`Admission`'s steps, each with one job (like structlog's processors):
 
 1. **context**: the manager's context goes under the event's own (it can hold the run id
-   that tells repeats apart);
+   that tells repeats apart); an end event that names no outcome (sent by code that does
+   not decide one: ``notify_training_completed``, ``afs-notify complete``) gets the one its
+   type means, so every end in the store carries ``context["outcome"]``;
 2. **repeats**: the storm guard holds back a true repeat inside the dedup window (only
    counted, never stored) and hands over the digest of a window that closed. Before the
    text's work, so a storm costs little;
@@ -33,6 +35,7 @@ from afs_callbacks.delivery.lifecycle import Lifecycle
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.writer import Handover, Ready
 from afs_callbacks.events import Attachment, NotificationEvent
+from afs_callbacks.outcome import END_TYPES, Outcome
 from afs_callbacks.redaction import redact, registered_secrets
 
 log = get_logger(__name__)
@@ -107,9 +110,13 @@ class Admission:
             return []
 
     def _with_context(self, event: NotificationEvent) -> NotificationEvent:
-        if not self._context:
-            return event
-        return event.with_changes(context={**self._context, **event.context})
+        context = event.context
+        if event.event_type in END_TYPES and "outcome" not in context:
+            outcome = Outcome.of_event(event)
+            context = {**context, "outcome": outcome.value} if outcome is not None else context
+        if self._context:
+            context = {**self._context, **context}
+        return event if context is event.context else event.with_changes(context=context)
 
     def _repeats(self, event: NotificationEvent) -> list[NotificationEvent]:
         admitted, digest = self.guard.admit(event)

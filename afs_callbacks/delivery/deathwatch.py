@@ -43,6 +43,7 @@ from afs_callbacks._files import private_dir, private_file
 from afs_callbacks._log import get_logger
 from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.runstate import KILLED, RUNNING, RunState
 
 log = get_logger(__name__)
@@ -52,8 +53,7 @@ WANTED_NAME = "deathwatch.wanted"  # touched by every ensure_watcher(): "a run w
 REASON = "killed without a word"
 _NOTICE_TITLE = "Training killed without a word"
 _FALSE = frozenset({"0", "false", "no", "off"})
-_TERMINAL_TYPES = ("training_completed", "training_failed", "training_interrupted")
-_TERMINAL_STATUS = {"training_completed": "completed", "training_failed": "failed"}
+_TERMINAL_TYPES = ("training_completed", "training_failed", "out_of_memory", "training_interrupted")
 #: Terminal events of a run looked at to tell whether it ended normally: its own, newest
 #: first, past the notices of its earlier deaths (one per death).
 _ENDS_LOOKED_AT = 50
@@ -183,8 +183,9 @@ def _terminal_status(outbox: Outbox, state: RunState) -> str | None:
     for entry in ends:  # newest first; a death notice is not the run's own end
         if entry.event.timestamp.timestamp() < since:
             break  # an end of an earlier attempt
-        if not entry.event.title.startswith(_NOTICE_TITLE):
-            return _TERMINAL_STATUS.get(entry.event.event_type.value, "interrupted")
+        outcome = Outcome.of_event(entry.event)
+        if outcome is not Outcome.KILLED and _NOTICE_TITLE not in entry.event.title:
+            return str((outcome or Outcome.INTERRUPTED).value)  # the run's own end, as it said
     return None
 
 
@@ -227,6 +228,7 @@ def build_notice(
         "host": state.host,
         "pid": state.pid,
         "reason": REASON,
+        "outcome": Outcome.KILLED.value,
         "status": KILLED,
         "signal": signal_name,
         "oom_kills": oom_now,
@@ -241,7 +243,7 @@ def build_notice(
     return NotificationEvent(
         event_type=EventType.TRAINING_FAILED,
         level=NotificationLevel.CRITICAL,
-        title=f"{_NOTICE_TITLE}: {state.model}",
+        title=f"{Outcome.KILLED.icon} {_NOTICE_TITLE}: {state.model}",
         message="\n".join(lines),
         context={key: value for key, value in context.items() if value is not None},
         id=event_id,

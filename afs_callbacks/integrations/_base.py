@@ -27,12 +27,22 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar, cast
 
 from afs_callbacks._log import get_logger
-from afs_callbacks.formatting import format_value
 from afs_callbacks.tracking import RunTracker, TrackerConfig
+from afs_callbacks.tracking.ending import (
+    FAST_DEV_RUN,
+    MAX_EPOCHS,
+    MAX_STEPS,
+    MAX_TIME,
+    SHOULD_STOP,
+    TERMINATE_ON_NAN,
+    early_stopping,
+    early_stopping_not_finite,
+    named,
+)
 from afs_callbacks.tracking.sink import EventSink
 from afs_callbacks.tracking.tracker import check_settings
 
@@ -375,47 +385,12 @@ def _watch_block_open() -> bool:
     return bool(getattr(module, "_open_blocks", 0)) if module is not None else False
 
 
-# Why a run ended: the words every adapter's ``end_reason`` uses ---------------------------
+# Why a run ended: the words every adapter's ``end_reason`` uses, owned by the tracker
+# (afs_callbacks/tracking/ending.py, which also says which outcome each one means).
 #
 # Each adapter reads its framework at the end of a run, duck-typed (no framework import),
 # and returns None when it cannot tell; the tracker then infers the reason from the run's
 # plan, or from its own NaN stop (``stop_on_nan``), which the adapters leave to it.
-
-MAX_EPOCHS = "max_epochs"
-MAX_STEPS = "max_steps"
-MAX_TIME = "max_time"
-SHOULD_STOP = "should_stop"  # the user's own code asked to stop
-TERMINATE_ON_NAN = "terminate_on_nan"
-FAST_DEV_RUN = "fast_dev_run"
-
-
-def early_stopping(monitor: Any, patience: Any, best: Any) -> str:
-    """``early_stopping (val_loss, patience 3, best 0.21)`` (parts that are known)."""
-    parts = [str(monitor)] if monitor else []
-    if isinstance(patience, int):
-        parts.append(f"patience {patience}")
-    number = _number(best)
-    if number is not None:
-        parts.append(f"best {format_value(number)}")
-    return f"early_stopping ({', '.join(parts)})" if parts else "early_stopping"
-
-
-def named(callbacks: Iterable[Any], *names: str) -> list[Any]:
-    """The callbacks among ``callbacks`` whose class is one of ``names`` (duck-typed: the
-    framework's own ``EarlyStopping`` & co. without importing it)."""
-    return [callback for callback in callbacks if type(callback).__name__ in names]
-
-
-def _number(value: Any) -> float | None:
-    try:
-        if hasattr(value, "item"):
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    except (TypeError, ValueError, RuntimeError):
-        pass
-    return None
-
 
 __all__ = [
     "DEFAULT_NAN_CHECK_EVERY",
@@ -429,6 +404,7 @@ __all__ = [
     "agree_across_ranks",
     "broadcast_run_id",
     "early_stopping",
+    "early_stopping_not_finite",
     "hook",
     "hook_failed",
     "named",

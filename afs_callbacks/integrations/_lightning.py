@@ -43,6 +43,7 @@ from afs_callbacks.integrations._base import (
     SHOULD_STOP,
     NotifierBase,
     early_stopping,
+    early_stopping_not_finite,
     hook,
     hook_failed,
     named,
@@ -497,7 +498,7 @@ def end_reason(trainer: Any, *, nan_stop: bool) -> str | None:
         reason = getattr(getattr(stopper, "stopping_reason", None), "name", "")
         if getattr(stopper, "stopped_epoch", 0) or (reason and reason != "NOT_STOPPED"):
             if reason == "NON_FINITE_METRIC":
-                return f"early_stopping ({stopper.monitor} not finite)"
+                return early_stopping_not_finite(stopper.monitor)
             return early_stopping(stopper.monitor, stopper.patience, getattr(stopper, "best_score", None))
     return SHOULD_STOP
 

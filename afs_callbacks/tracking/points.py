@@ -50,7 +50,8 @@ class Curves:
     _sent: dict[str, _Sent] = field(default_factory=dict)
 
     def add_loss(self, step: int, value: float) -> None:
-        """The mean training loss of the window ending at ``step``."""
+        """The mean training loss of the window ending at ``step`` (NaN: the step where
+        the loss first went NaN/Inf, which the dashboard's chart marks)."""
         self.losses.append((step, value))
         if len(self.losses) > MAX_POINTS:
             self.losses = self.losses[::2]  # keep the shape, halve the memory

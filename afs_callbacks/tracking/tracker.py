@@ -51,6 +51,12 @@ reporting the same failure make one message: the outbox ignores an id it already
 
 Numbering: the ``epoch`` arguments are 0-based indices, as frameworks count; every field
 and text shown to people is 1-based ("Epoch 1/3", ``epoch=1``).
+
+The outcome: the tracker decides how the run ended once, at its end
+(:mod:`~afs_callbacks.tracking.ending` says which end reason means which
+:class:`~afs_callbacks.outcome.Outcome`), and puts it in the run's state (``status``) and
+in the end event's context (``outcome``); the end's title and level follow from it. Every
+surface reads that value and decides nothing itself.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ from afs_callbacks.events import (
 )
 from afs_callbacks.formatting import describe_exception
 from afs_callbacks.outcome import Outcome
-from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, STALLED, RunState
+from afs_callbacks.runstate import STALLED, RunState
 from afs_callbacks.tracking.asks import (
     ACCEPTED,
     ACTIONS,
@@ -101,13 +107,14 @@ from afs_callbacks.tracking.classify import (
     oom_device,
 )
 from afs_callbacks.tracking.cluster import slurm_context
+from afs_callbacks.tracking.ending import decide, infer_end_reason, interruption
 from afs_callbacks.tracking.metrics import Change, MetricWatch
 from afs_callbacks.tracking.nan import LossAccumulator, Window
 from afs_callbacks.tracking.points import Curves
 from afs_callbacks.tracking.reader import WindowReads
-from afs_callbacks.tracking.run import RunRecord, build_state, infer_end_reason, summary_of
+from afs_callbacks.tracking.run import RunRecord, build_state, summary_of
 from afs_callbacks.tracking.sink import EventSink
-from afs_callbacks.tracking.values import floats
+from afs_callbacks.tracking.values import floats, one_per_metric
 from afs_callbacks.tracking.watchdog import StallWatchdog
 
 log = get_logger(__name__)
@@ -211,7 +218,8 @@ def new_run_id(model: str | None) -> str:
 
 
 #: Seconds between run snapshots sent from the step hook (epochs, evaluations,
-#: checkpoints and the end send one at once).
+#: checkpoints and the end send one at once). The first one after the start goes out
+#: :data:`SNAPSHOT_MIN_GAP` after it, so a live card moves from the first steps on.
 SNAPSHOT_INTERVAL = 5.0
 #: Shortest time between two snapshots for news (see ``RunTracker._snapshot_soon``).
 SNAPSHOT_MIN_GAP = 0.5
@@ -220,6 +228,9 @@ SNAPSHOT_MIN_GAP = 0.5
 WINDOW_WAIT_SECONDS = 10.0
 _NEVER = math.inf
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
+#: Epoch starts remembered to tell which epoch a step was in (a loss window spans a few
+#: steps, so only the last epochs matter).
+_EPOCH_STARTS_KEPT = 16
 #: What a pickled tracker (``ddp_spawn``) leaves behind and builds afresh in its process.
 _PER_PROCESS = ("_lock", "_watchdog", "_monitors", "_accumulator", "_reads", "_update_run", "_listener")
 
@@ -284,6 +295,7 @@ class RunTracker:
         "_config",
         "_curves",
         "_epoch",
+        "_epoch_starts",
         "_finished",
         "_is_global_zero",
         "_last_progress",
@@ -303,6 +315,7 @@ class RunTracker:
         "_run_id_fixed",
         "_sink",
         "_snapshot_at",
+        "_stalled_seen",
         "_started_at",
         "_steps",
         "_stop_requested",
@@ -332,8 +345,11 @@ class RunTracker:
         self._steps = 0
         self._last_step = 0
         self._epoch: int | None = None  # 0-based index of the current/last epoch
+        # (first step, 0-based epoch) of the last epochs begun: which epoch a step was in.
+        self._epoch_starts: list[tuple[int, int]] = []
         self._record = RunRecord()
         self._nan_reported = False
+        self._stalled_seen = False
         self._stop_requested = False
         # What the step hook returns: a NaN stop or an ask from outside waits for the
         # adapter (one attribute read per step, whatever else happens).
@@ -481,6 +497,8 @@ class RunTracker:
             self._start_monitors(output_dir, world_size)
         self._update_run = getattr(self.manager, "update_run", None) if self._is_global_zero else None
         self._snapshot()
+        if self._update_run is not None:  # the next one soon: a live card moves from the first steps
+            self._next_snapshot = self._snapshot_at + min(SNAPSHOT_MIN_GAP, SNAPSHOT_INTERVAL)
 
     # Step -------------------------------------------------------------------------------
 
@@ -497,9 +515,9 @@ class RunTracker:
             self._steps += 1
             self._last_step = step
             if loss is not None and self._accumulator.add(step, loss):
-                self._report_nan(step, "loss")
+                self._report_nan(step, "loss", loss)
             if grad_norm is not None and isinstance(grad_norm, float) and not math.isfinite(grad_norm):
-                self._report_nan(step, "grad_norm")
+                self._report_nan(step, "grad_norm", grad_norm)
             if self._steps % self._nan_every == 0:
                 self._read_window()
             elif self._reads.landed:  # a window's verdict came in from the reader thread
@@ -522,6 +540,11 @@ class RunTracker:
 
     def epoch_started(self, epoch: int) -> None:
         """An epoch (0-based index) begins: messages during it can name it."""
+        if self._epoch != epoch or not self._epoch_starts:
+            starts = self._epoch_starts
+            starts.append((self._last_step + 1, epoch))
+            if len(starts) > _EPOCH_STARTS_KEPT:
+                del starts[0]
         self._epoch = epoch
         self.heartbeat()
 
@@ -631,9 +654,10 @@ class RunTracker:
         )
 
     @_guarded
-    def nan_detected(self, step: int, what: str = "loss") -> None:
-        """``what`` became NaN/Inf at ``step`` (reported once per run)."""
-        self._report_nan(step, what)
+    def nan_detected(self, step: int, what: str = "loss", value: float | None = None) -> None:
+        """``what`` became NaN/Inf (``value``, when known) at ``step`` (reported once per
+        run: the first one a run sees)."""
+        self._report_nan(step, what, value)
 
     # Asks from outside: stop, checkpoint --------------------------------------------
 
@@ -740,8 +764,10 @@ class RunTracker:
         *,
         end_reason: str | None = None,
         best_checkpoint: str | None = None,
+        outcome: Outcome | str | None = None,
     ) -> None:
-        """Training reached its end: TRAINING_COMPLETED with the run's summary and chart.
+        """Training ended without an error: TRAINING_COMPLETED with the run's summary and
+        chart, titled by its outcome.
 
         Args:
             metrics: final metrics not reported at an epoch end already.
@@ -749,9 +775,21 @@ class RunTracker:
                 ``max_steps``, ``max_time``, ``early_stopping (val_loss, patience 3)``,
                 ``should_stop``...); default: inferred from the plan or a NaN stop.
             best_checkpoint: the best checkpoint's path, for the summary.
+            outcome: how the run ended, where the caller knows better than the reason's
+                words (:mod:`~afs_callbacks.tracking.ending`): ``pruned`` (a sweep's pruner
+                ended the trial), ``stopped_by_command`` (``afs-notify stop``, the
+                dashboard, a chat button), ``stopped_by_rule`` (a rule's stop action), or
+                any other :class:`~afs_callbacks.outcome.Outcome` that ends a run without
+                an error. Default: decided from ``end_reason`` and what the run saw.
 
-        A run that saw a NaN/Inf loss is reported as a warning, not a success. Returns at
-        once: delivery happens in the background (and at process exit).
+        The outcome decided (see :func:`~afs_callbacks.tracking.ending.decide`): a
+        ``stop_on_nan``/TerminateOnNaN stop is ``stopped_on_problem``; a NaN/Inf (or a
+        stall) seen and survived ``completed_with_warnings``; the user's own stopping rule
+        ``stopped_early``; else ``completed``. Returns at once: delivery happens in the
+        background (and at process exit).
+
+        An ``outcome`` that is not one is logged and the decided one used (a hook never
+        raises).
         """
         if not self._begin_end():
             return
@@ -761,29 +799,43 @@ class RunTracker:
         if best_checkpoint:
             record.best_checkpoint = str(best_checkpoint)
         stopped = self._stop_requested and self._config.stop_on_nan
-        record.status = COMPLETED
-        record.end_reason = end_reason or infer_end_reason(record, self._last_step, stopped)
-        commanded = self._stopped_by
-        if commanded is not None and not stopped:
+        record.end_reason = end_reason or infer_end_reason(
+            planned_epochs=record.planned_epochs,
+            epochs_done=record.epochs_done,
+            max_steps=record.max_steps,
+            step=self._last_step,
+            stopped_on_nan=stopped,
+        )
+        commanded = self._stopped_by if not stopped else None
+        if commanded is not None:
             record.end_reason = commanded.words  # "stopped by alice@gpu-7 via cli"
+            asked = Outcome.STOPPED_BY_RULE if commanded.source == "rule" else Outcome.STOPPED_BY_COMMAND
+        ended = (
+            _given_outcome(outcome)
+            or (asked if commanded is not None else None)
+            or decide(record.end_reason, warnings=self._nan_reported or self._stalled_seen)
+        )
+        duration = self._duration()
+        record.end(ended, duration)
         monitors = self._monitor_figures()
         summary = summary_of(
             record,
-            duration=self._duration(),
+            duration=duration,
             steps=self._steps,
             monitor=self._metric.name,
             best=self._metric.best,
             best_epoch=self._metric.best_epoch,
-            extra_lines=self._monitor_lines(),
+            extra_lines=self._monitor_lines() + self._warning_lines(),
         )
         text = messages.training_completed(
-            self.model_name, self._run_id, summary, nan_seen=self._nan_reported, stopped_on_nan=stopped
+            self.model_name, self._run_id, summary, outcome=ended, non_finite=record.non_finite
         )
         if record.extra.get("smoke_run"):
             text = messages.smoke_run(text)
         record.summary_text = text.body
         fields: dict[str, Any] = {
-            "duration": summary.duration,
+            "outcome": ended.value,
+            "duration": duration,
             "steps": self._steps,
             "step": self._last_step,
             "epoch": record.epochs_done,
@@ -792,13 +844,10 @@ class RunTracker:
             "samples_per_second": summary.samples_per_second,
             "end_reason": record.end_reason,
             "best_checkpoint": record.best_checkpoint,
+            **self._non_finite_fields(),
             **monitors,
         }
-        if commanded is not None and not stopped:
-            # The outcome helper's tracker decides every outcome; until then a stop asked
-            # from outside names its own (see afs_callbacks.outcome).
-            by_rule = commanded.source == "rule"
-            fields["outcome"] = (Outcome.STOPPED_BY_RULE if by_rule else Outcome.STOPPED_BY_COMMAND).value
+        if commanded is not None:
             fields["stopped_by"] = {"actor": commanded.actor, "via": commanded.source}
         if self._metric.best is not None:
             fields["best"] = {
@@ -808,8 +857,8 @@ class RunTracker:
         event = self._event(
             EventType.TRAINING_COMPLETED,
             text,
-            level=NotificationLevel.WARNING if self._nan_reported else None,
-            metrics=dict(record.last_metrics),
+            level=_end_level(ended, EventType.TRAINING_COMPLETED),
+            metrics=one_per_metric(record.last_metrics, keep=self._metric.name),
             **fields,
         )
         if event is not None:
@@ -828,7 +877,8 @@ class RunTracker:
 
     @_guarded
     def failed(self, error: BaseException) -> None:
-        """Training raised ``error``: OUT_OF_MEMORY, TRAINING_INTERRUPTED or TRAINING_FAILED.
+        """Training raised ``error``: OUT_OF_MEMORY, TRAINING_INTERRUPTED or TRAINING_FAILED
+        (outcome ``failed``; an interruption is ``interrupted`` or ``preempted``).
 
         Delivery is flushed (bounded by ``flush_timeout``): the process is likely about to
         exit. Only the first end of a run is reported.
@@ -842,13 +892,17 @@ class RunTracker:
             return
         text = describe_exception(error)
         record = self._record
-        record.status, record.error_type, record.error = FAILED, type(error).__name__, _last_line(text)
+        duration = self._duration()
+        record.end(Outcome.FAILED, duration)
+        record.error_type, record.error = type(error).__name__, _last_line(text)
         context: dict[str, Any] = {
+            "outcome": Outcome.FAILED.value,
             "error": record.error,
             "error_type": record.error_type,
             "step": self._last_step,
             "epoch": self._epoch_number(),
-            "duration": self._duration(),
+            "duration": duration,
+            **self._non_finite_fields(),
         }
         oom = kind is Failure.OUT_OF_MEMORY
         if oom:
@@ -860,25 +914,33 @@ class RunTracker:
             event_type,
             messages.training_failed(self.model_name, text, out_of_memory=oom),
             rank_any=True,
+            level=_end_level(Outcome.FAILED, event_type),
             **context,
         )
         self._finish(flush=True)
 
     @_guarded
-    def interrupted(self, reason: str = "interrupted") -> None:
-        """Training was stopped from outside (Ctrl-C, SIGTERM/preemption)."""
+    def interrupted(self, reason: str = "interrupted", *, outcome: Outcome | str | None = None) -> None:
+        """Training was stopped from outside: Ctrl-C (outcome ``interrupted``), SIGTERM, a
+        scheduler's preemption or a SLURM requeue (``preempted``), as ``reason`` tells;
+        ``outcome`` names it where the reason's words do not."""
         if not self._begin_end():
             return
-        self._record.status, self._record.end_reason = INTERRUPTED, reason
+        ended = _given_outcome(outcome) or interruption(reason)
         duration = self._duration()
+        self._record.end(ended, duration)
+        self._record.end_reason = reason
         self._emit(
             EventType.TRAINING_INTERRUPTED,
-            messages.training_interrupted(self.model_name, self._run_id, reason, self._last_step, duration),
+            messages.training_interrupted(self.model_name, reason, self._last_step, outcome=ended),
+            outcome=ended.value,
             reason=reason,
             step=self._last_step,
             epoch=self._epoch_number(),
             duration=duration,
             rank_any=True,
+            level=_end_level(ended, EventType.TRAINING_INTERRUPTED),
+            **self._non_finite_fields(),
         )
         self._finish(flush=True)
 
@@ -953,8 +1015,14 @@ class RunTracker:
         """Optimisation steps counted in this process for this run."""
         return self._steps
 
+    @property
+    def outcome(self) -> Outcome | None:
+        """How the run ended (decided once, at its end); None while it runs."""
+        return self._record.outcome
+
     def state(self, status: str | None = None) -> RunState:
-        """A snapshot of the run now (what the sink's ``update_run`` receives)."""
+        """A snapshot of the run now (what the sink's ``update_run`` receives); its
+        ``status`` is the outcome's value once the run ended."""
         return build_state(
             self._record if status is None else dataclasses.replace(self._record, status=status),
             run_id=self._run_id,
@@ -1055,19 +1123,68 @@ class RunTracker:
             key=key or "",
         )
 
-    def _report_nan(self, step: int, what: str) -> None:
+    def _report_nan(
+        self,
+        step: int,
+        what: str,
+        value: float | None = None,
+        *,
+        seen_step: int | None = None,
+        at_epoch_end: bool = False,
+    ) -> None:
+        """Report the run's first NaN/Inf: ``what`` became ``value`` at ``step`` (found at
+        ``seen_step`` when later; ``at_epoch_end``: a metric of the epoch's end)."""
+        if self._nan_reported:  # read without the lock: once reported, always reported
+            return
+        if at_epoch_end and not self._finished:
+            # A metric of the epoch's end (val_loss) may have turned NaN because the train
+            # loss did earlier, in a window not read yet: read it first, so the message
+            # names the first bad value.
+            self._read_window(wait=True)
         with self._lock:
             if self._nan_reported:
                 return
             self._nan_reported = True
         if self._config.stop_on_nan:
             self._stop_requested = self._attention = True
-        text = messages.nan_detected(
-            self.model_name, what, step, self._epoch_number(), will_stop=self._config.stop_on_nan
+        found = messages.NonFinite(
+            metric=what,
+            value=value,
+            step=step,
+            epoch=self._epoch_at(step),
+            seen_step=self._last_step if seen_step is None else seen_step,
+            at_epoch_end=at_epoch_end,
         )
+        self._record.non_finite = found
         self._emit(
-            EventType.NAN_DETECTED, text, step=step, epoch=self._epoch_number(), metric=what, rank_any=True
+            EventType.NAN_DETECTED,
+            messages.nan_detected(self.model_name, found, will_stop=self._config.stop_on_nan),
+            step=step,
+            epoch=found.epoch,
+            metric=what,
+            value=None if value is None else found.kind,
+            seen_step=found.seen_step if found.seen_step != step else None,
+            rank_any=True,
         )
+        self._snapshot_soon()
+
+    def _non_finite_fields(self) -> dict[str, Any]:
+        """The first NaN/Inf in an end event's context: what, where (None when none)."""
+        found = self._record.non_finite
+        if found is None:
+            return {}
+        return {"non_finite": found.words(), "non_finite_metric": found.metric, "non_finite_step": found.step}
+
+    def _warning_lines(self) -> list[str]:
+        """What a completion warns about besides a NaN/Inf (which its first line names)."""
+        return ["The run stalled at least once (see the history)."] if self._stalled_seen else []
+
+    def _epoch_at(self, step: int) -> int | None:
+        """The 1-based epoch ``step`` was in (the current one when not known)."""
+        for first, epoch in reversed(self._epoch_starts):
+            if step >= first:
+                return epoch + 1
+        return self._epoch_number()
 
     def _batch_processed(self, step: int) -> None:
         self._read_window(wait=True)
@@ -1083,14 +1200,16 @@ class RunTracker:
         )
 
     def _observe(self, metrics: Mapping[str, Any]) -> dict[str, float]:
-        """Record metrics; report NaN and improvement/degradation of the monitored one."""
-        values = floats(metrics)
-        self._record.last_metrics.update(values)
+        """Record metrics; report NaN and improvement/degradation of the monitored one.
+        Returns them as people read them (one value per metric: see ``one_per_metric``)."""
+        raw = floats(metrics)
+        self._record.last_metrics.update(raw)
+        values = one_per_metric(raw, keep=self._metric.name or self._config.monitor)
         epoch = self._epoch_number()
         x, axis = (epoch, "epoch") if epoch is not None else (self._last_step, "step")
         for metric, number in values.items():
             self._curves.add_metric(metric, x, number, axis)
-        verdict = self._metric.observe(values, epoch)
+        verdict = self._metric.observe(raw, epoch)
         name = verdict.name or "metric"
         common: dict[str, Any] = {
             "epoch": epoch,
@@ -1098,7 +1217,7 @@ class RunTracker:
             "key": f"{name}-{epoch}-{self._last_step}",
         }
         if verdict.change is Change.NON_FINITE:
-            self._report_nan(self._last_step, name)
+            self._report_nan(self._last_step, name, verdict.value, at_epoch_end=epoch is not None)
         elif verdict.change is Change.IMPROVED:
             text = messages.metric_improved(self.model_name, name, verdict.previous_best, verdict.value)
             self._emit(EventType.LOSS_IMPROVED, text, metrics={name: verdict.value}, **common)
@@ -1114,6 +1233,7 @@ class RunTracker:
         """The watchdog's call, on its thread: no step for ``idle`` seconds."""
         if self._finished:  # the run ended while the watchdog was waking up
             return
+        self._stalled_seen = True
         self._emit(
             EventType.TRAINING_STALLED,
             messages.training_stalled(self.model_name, idle, self._last_step),
@@ -1141,7 +1261,12 @@ class RunTracker:
     def _take_windows(self, windows: list[Window]) -> None:
         for window in windows:
             if window.saw_non_finite:
-                self._report_nan(window.last_step, "loss")
+                first = window.first_bad_step
+                if window.finite_mean is not None and first is not None and first > window.first_step:
+                    self._curves.add_loss(first - 1, window.finite_mean)  # the curve up to it
+                if first is not None and not self._nan_reported:
+                    self._curves.add_loss(first, math.nan)  # where it went wrong: a NaN point
+                self._report_nan(window.last_step if first is None else first, "loss", window.first_bad_value)
             elif window.mean_loss is not None:
                 self._curves.add_loss(window.last_step, window.mean_loss)
 
@@ -1315,6 +1440,25 @@ def _stall(run: weakref.ref[RunTracker], idle: float) -> None:
     tracker = run()
     if tracker is not None:
         tracker._stalled(idle)
+
+
+def _given_outcome(outcome: Outcome | str | None) -> Outcome | None:
+    """A caller's outcome for an end verb, or None (then the tracker decides): an unknown
+    value, or one no end without an error may have, is logged and ignored."""
+    if outcome is None:
+        return None
+    try:
+        given = Outcome.parse(outcome)
+    except ValueError as error:
+        log.error("afs-callbacks: %s; the tracker decides the outcome instead", error)
+        return None
+    return given
+
+
+def _end_level(outcome: Outcome, event_type: EventType) -> NotificationLevel:
+    """The end event's level: its outcome's, or its type's where that is higher (an
+    out-of-memory failure stays critical)."""
+    return max(outcome.level, DEFAULT_LEVELS[event_type], key=lambda level: level.severity)
 
 
 def _last_line(text: str) -> str:

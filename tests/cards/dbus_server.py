@@ -1,5 +1,6 @@
 """A notification server honouring ``replaces_id``, as the freedesktop spec says: a Notify
-with a non-zero ``replaces_id`` of a shown notification replaces it and returns that id.
+with a non-zero ``replaces_id`` of a shown notification replaces it and returns that id;
+``CloseNotification`` closes one (recorded as ``{"closed": id}``) and answers empty.
 
 Run as ``python dbus_server.py RECORD ADDRESS``: owns org.freedesktop.Notifications on the
 bus at ADDRESS, appends each Notify call to RECORD (JSON lines) before replying, prints
@@ -47,6 +48,12 @@ def main() -> None:
                 with open(record, "a", encoding="utf-8") as out:
                     out.write(json.dumps(call) + "\n")
                 connection.send(new_method_return(message, "u", (number,)))
+            elif member == "CloseNotification":
+                (number,) = message.body
+                shown.discard(number)
+                with open(record, "a", encoding="utf-8") as out:
+                    out.write(json.dumps({"closed": number}) + "\n")
+                connection.send(new_method_return(message))
 
 
 if __name__ == "__main__":

@@ -144,3 +144,46 @@ def test_keras_run_keeps_one_live_card(manager: NotificationManager, bot_api: Fa
         x, 3 * x + 1, epochs=3, batch_size=8, verbose=0, validation_split=0.25, callbacks=[AFSNotify(manager)]
     )
     assert_one_final_card(manager, bot_api, epochs=3)
+
+
+def test_the_card_moves_from_the_first_steps(
+    manager: NotificationManager, bot_api: FakeTelegram, tmp_path: Path
+) -> None:
+    """A first epoch of 3 s, cards every 0.2 s: the card shows steps done long before the
+    epoch ends (the run's first state after its start goes out half a second in), not
+    "step 0" until then."""
+    pl = pytest.importorskip("lightning.pytorch")
+    import time
+
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from afs_callbacks.integrations.lightning import AFSNotify
+
+    edits: list[tuple[int, str]] = []  # (steps done when the edit was seen, its text)
+
+    class Slow(BoringModel):  # type: ignore[misc]
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            time.sleep(0.1)
+            edits.extend(
+                (self.global_step, r.json()["text"]) for r in bot_api.calls("editMessageText")[len(edits) :]
+            )
+            return super().training_step(batch, batch_idx)
+
+    trainer = pl.Trainer(
+        callbacks=[AFSNotify(manager, chart=False, monitors=False)],
+        max_epochs=1,
+        limit_train_batches=30,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(Slow())
+    in_epoch = [(done, text) for done, text in edits if done < 30]
+    assert in_epoch, "no edit of the card during the first epoch"
+    moved = [text for _, text in in_epoch if "step 0" not in text and "step " in text]
+    assert moved, [text.splitlines()[1] for _, text in in_epoch]
+    assert in_epoch[0][0] <= 20, "the first edit came late in the epoch"

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="nee
 SERVER = Path(__file__).with_name("dbus_server.py")
 
 
-def test_the_card_is_one_bubble_replaced_in_place(tmp_path: Path) -> None:
+def test_the_card_is_one_bubble_replaced_in_place_and_closed_at_the_end(tmp_path: Path) -> None:
+    """The run's end message is the end's one bubble (it sounds): the card's goes."""
     bus = start_bus(tmp_path)
     record = tmp_path / "cards.jsonl"
     server = subprocess.Popen(
@@ -41,13 +42,16 @@ def test_the_card_is_one_bubble_replaced_in_place(tmp_path: Path) -> None:
         cards.add_channel("desktop", desktop)
         cards.update(state(epoch=1))
         assert cards.flush(10)
+        cards.update(state(epoch=2, step=40))
+        assert cards.flush(10)
         cards.update(state(status=COMPLETED, epoch=10))
         assert cards.flush(10)
         cards.stop()
         calls = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
-        assert [(c["replaces_id"], c["id"]) for c in calls] == [(0, 1), (1, 1)]
-        assert calls[1]["summary"].startswith("✅ resnet18 · completed")
-        assert calls[1]["hints"].get("suppress-sound") is True  # a card never sounds
+        assert [(c["replaces_id"], c["id"]) for c in calls[:2]] == [(0, 1), (1, 1)]
+        assert "step 40" in calls[1]["body"]
+        assert all(c["hints"].get("suppress-sound") is True for c in calls[:2])  # a card never sounds
+        assert calls[2:] == [{"closed": 1}]
         assert outbox.card_id("run-1", "desktop") == "1"
         outbox.close()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from afs_callbacks.channels.card_view import card_view, progress_bar, render_mar
 from afs_callbacks.channels.discord import card_embed
 from afs_callbacks.channels.slack import card_message
 from afs_callbacks.channels.telegram import card_html
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, KILLED, STALLED, RunState
 from tests.cards.conftest import state
 
@@ -56,7 +58,15 @@ def test_a_running_card_shows_what_a_glance_needs() -> None:
 @pytest.mark.parametrize(
     ("status", "changes", "expected"),
     [
-        (COMPLETED, {"end_reason": "max_epochs", "summary": "best val_loss 0.41"}, "Completed (max_epochs)"),
+        (
+            COMPLETED,
+            {
+                "end_reason": "max_epochs",
+                "summary": "Finished (max_epochs) after 10 of 10 epochs.\nBest val_loss: 0.41",
+            },
+            "Finished (max_epochs) after 10 of 10 epochs.",
+        ),
+        (COMPLETED, {"end_reason": "max_epochs"}, "Completed (max_epochs)"),
         (
             FAILED,
             {"error_type": "RuntimeError", "error": "Traceback\nRuntimeError: CUDA out of memory"},
@@ -140,3 +150,87 @@ def test_secrets_in_run_text_are_redacted() -> None:
     register_secret(secret)
     leaky = state(status=FAILED, error=f"ConnectionError: https://x/{secret}", last_checkpoint=f"/{secret}/c")
     assert secret not in render_text(leaky)
+
+
+def _ended(outcome: Outcome) -> RunState:
+    """A busy run's final state, as the tracker leaves it for ``outcome``."""
+    facts: dict[str, object] = {
+        "model": "resnet50-imagenet-finetune-v2",
+        "host": "gpu-node-017.cluster.example.org",
+        "step": 1_250,
+        "total_steps": 12_500,
+        "epoch": 1,
+        "steps_per_second": 3.1,
+        "samples_per_second": 397.0,
+        "metrics": {"val_loss": 0.4321, **{f"train_metric_{i:02d}": 0.1 * i for i in range(12)}},
+        "best": 0.4102,
+        "best_epoch": 1,
+        "last_checkpoint": "/scratch/alice/runs/resnet50-finetune-v2/checkpoints/epoch=0-step=1250.ckpt",
+        "peak_gpu_memory": 61.2 * 2**30,
+        "cost": 1.27,
+        "ended_at": NOW,
+        "end_reason": {
+            Outcome.STOPPED_EARLY: "early_stopping (val_loss, patience 3, best 0.4102)",
+            Outcome.STOPPED_ON_PROBLEM: "stop_on_nan",
+            Outcome.INTERRUPTED: "KeyboardInterrupt (Ctrl-C)",
+            Outcome.PREEMPTED: "SIGTERM (preemption or job cancellation)",
+            Outcome.KILLED: "killed without a word",
+        }.get(outcome, "max_epochs"),
+    }
+    first_line = {
+        Outcome.COMPLETED: "Finished (max_epochs) after 10 of 10 epochs.",
+        Outcome.COMPLETED_WITH_WARNINGS: "Finished (max_epochs) after 10 of 10 epochs, but loss became"
+        " Inf at step 1,203 (epoch 1), seen at step 1,250.",
+        Outcome.STOPPED_EARLY: "Stopped early by EarlyStopping on val_loss, patience 3 after 4 of 10 epochs.",
+        Outcome.STOPPED_ON_PROBLEM: "Stopped at the first NaN/Inf (stop_on_nan), after 1 of 10 epochs:"
+        " loss became Inf at step 1,203 (epoch 1), seen at step 1,250.",
+    }.get(outcome)
+    if first_line:
+        facts["summary"] = (
+            first_line + "\nBest val_loss: 0.4102 (epoch 1)\nThroughput: 3.1 steps/s, 397 samples/s"
+        )
+    if outcome in (Outcome.COMPLETED_WITH_WARNINGS, Outcome.STOPPED_ON_PROBLEM):
+        facts["non_finite"] = "loss became Inf at step 1,203 (epoch 1), seen at step 1,250"
+    if outcome is Outcome.FAILED:
+        facts["error_type"] = "RuntimeError"
+        facts["error"] = (
+            "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.15 GiB total)"
+        )
+    return state(run_id="resnet50-imagenet-finetune-v2-20251202-041200-7f3a9c", status=outcome.value, **facts)
+
+
+@pytest.mark.parametrize("outcome", list(Outcome), ids=lambda outcome: outcome.value)
+def test_each_outcome_fits_every_service_whole(outcome: Outcome) -> None:
+    """The card of every outcome shows its icon and words, and its key lines (the headline,
+    the progress, how it ended, the elapsed time) whole within each service's limit."""
+    ended = _ended(outcome)
+    view = card_view(ended)
+    assert view.headline == f"{outcome.icon} resnet50-imagenet-finetune-v2 · {outcome.label}"
+    assert view.color == outcome.colour and view.outcome
+    how = view.outcome.splitlines()[0]
+    assert "Best val_loss" not in view.outcome  # the end message's summary, not the card's
+    desktop_body = render_text(ended, limit=500).partition("\n")[2]  # the title is the headline
+    renders = {
+        "desktop": desktop_body,
+        "ntfy": render_text(ended, limit=3000),
+        "markdown": render_markdown(ended),
+        "telegram": html.unescape(re.sub(r"</?(b|code)>", "", card_html(ended))),
+        "slack": "\n".join(block.get("text", {}).get("text", "") for block in card_message(ended)["blocks"]),
+        "discord": card_embed(ended)["title"] + "\n" + card_embed(ended)["description"],
+    }
+    for service, text in renders.items():
+        assert "[truncated]" not in text, (service, text)
+        plain = text.replace("\\", "")
+        assert how.replace("\\", "") in plain, (service, text)
+        assert (view.progress or "") in text, service
+    for service in ("desktop", "ntfy", "telegram"):
+        assert "Elapsed: " in renders[service], service
+    assert len(desktop_body) <= 500
+
+
+def test_a_live_run_that_saw_a_nan_says_so_on_its_card() -> None:
+    live = state(non_finite="loss became Inf at step 3 (epoch 1), seen at step 8")
+    view = card_view(live)
+    assert view.headline.startswith("🏃") and view.outcome == (
+        "First NaN/Inf: loss became Inf at step 3 (epoch 1), seen at step 8"
+    )

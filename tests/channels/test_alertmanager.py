@@ -320,7 +320,7 @@ def test_a_nan_stop_keeps_the_nan_alert_firing_and_it_reaches_the_receiver(
     for alert in names.values():  # nobody will re-post them once the process is gone
         ends = datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
         assert ends > datetime.now(timezone.utc) + timedelta(minutes=50)
-    assert names["TrainingStoppedOnProblem"]["annotations"]["outcome"] == "stopped on problem"
+    assert names["TrainingStoppedOnProblem"]["annotations"]["outcome"] == "stopped on a problem"
     firing = hook.wait_for(
         predicate=lambda r: (
             webhook_says("firing", "nan-1")(r)

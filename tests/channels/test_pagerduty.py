@@ -10,6 +10,7 @@ import pytest
 from afs_callbacks import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.channels.base import Outcome
 from afs_callbacks.channels.pagerduty import (
+    END_KEYS,
     INCIDENT_TYPES,
     RATE_LIMIT_BACKOFF,
     PagerDutyNotifier,
@@ -120,9 +121,11 @@ def test_completion_resolves_in_a_later_process(manager: NotificationManager, ap
     manager.register_handler("pagerduty", channel(api))
     manager.notify_training_completed("bert", "run-9", duration=60.0)
     assert flushed(manager) == ["delivered"]
-    resolves = [r.json() for r in api.wait_for(1 + len(INCIDENT_TYPES))[1:]]
+    resolves = [r.json() for r in api.wait_for(1 + len(INCIDENT_TYPES | END_KEYS))[1:]]
     assert {r["event_action"] for r in resolves} == {"resolve"}
-    assert {r["dedup_key"] for r in resolves} == {dedup_key("run-9", kind) for kind in INCIDENT_TYPES}
+    assert {r["dedup_key"] for r in resolves} == {
+        dedup_key("run-9", kind) for kind in INCIDENT_TYPES | END_KEYS
+    }
     assert "afs:run-9:nan_detected" in {r["dedup_key"] for r in resolves}
     assert all(set(r) == {"routing_key", "event_action", "dedup_key"} for r in resolves)
 
@@ -134,8 +137,44 @@ def test_completion_also_resolves_custom_conditions_paged_here(api: LoopbackRece
         NotificationEvent(EventType.TRAINING_COMPLETED, "success", "done", context={"run_id": "r2"})
     )
     assert result.ok
-    keys = {r.json()["dedup_key"] for r in api.wait_for(2 + len(INCIDENT_TYPES))[1:]}
+    keys = {r.json()["dedup_key"] for r in api.wait_for(2 + len(INCIDENT_TYPES | END_KEYS))[1:]}
     assert "afs:r2:custom" in keys
+
+
+def test_only_an_end_that_resolves_alerts_closes_incidents(api: LoopbackReceiver) -> None:
+    """The end's outcome (``context["outcome"]``, the tracker's) decides: a NaN stop keeps
+    the NaN's incident open and pages its own end; a run that completed with warnings
+    (warning level) sends nothing; a later clean end of the same run id closes both."""
+    pager = channel(api)
+    nan = NotificationEvent(
+        EventType.NAN_DETECTED, "error", "Inf loss at step 3: tiny", context={"run_id": "r4"}
+    )
+    stopped = NotificationEvent(
+        EventType.TRAINING_COMPLETED,
+        "error",
+        "🛑 Training stopped on a problem (Inf loss at step 3): tiny",
+        context={"run_id": "r4", "outcome": "stopped_on_problem"},
+    )
+    warned = NotificationEvent(
+        EventType.TRAINING_COMPLETED,
+        "warning",
+        "⚠️ Training completed with warnings (Inf loss at step 3): tiny",
+        context={"run_id": "r4", "outcome": "completed_with_warnings"},
+    )
+    assert ended_conditions(stopped) == frozenset() and ended_conditions(warned) == frozenset()
+    assert all(pager.send(event).ok for event in (nan, stopped, warned))
+    sent = [r.json() for r in api.wait_for(2)]
+    assert [(b["event_action"], b["dedup_key"]) for b in sent] == [
+        ("trigger", "afs:r4:nan_detected"),
+        ("trigger", "afs:r4:training_completed"),
+    ]
+    assert sent[1]["payload"]["severity"] == "error"
+    # An end stored before outcomes existed reads its type: completed, which resolves.
+    clean = NotificationEvent(EventType.TRAINING_COMPLETED, "success", "done", context={"run_id": "r4"})
+    assert ended_conditions(clean) is None
+    assert channel(api).send(clean).ok  # a fresh process: the keys are deterministic
+    resolves = {r.json()["dedup_key"] for r in api.wait_for(2 + len(INCIDENT_TYPES | END_KEYS))[2:]}
+    assert {"afs:r4:nan_detected", "afs:r4:training_completed"} <= resolves
 
 
 @pytest.mark.parametrize(

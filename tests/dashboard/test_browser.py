@@ -10,6 +10,7 @@ DASHBOARD_SCREENSHOTS=DIR to keep them there too (docs/dashboard.png comes from 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -213,3 +214,116 @@ def test_the_retry_button_queues_a_dead_message_again(
         )
         keep_screenshot(browser, tmp_path, "dashboard-outbox.png")
     assert "1 message(s) queued again" in note
+
+
+def test_the_runs_page_shows_each_outcome(browser: Any, isolated_env: Path, tmp_path: Path) -> None:
+    """Real tiny Lightning trainings that end each their own way, in one history: each row's
+    badge shows its outcome's words and colour, NaN runs are marked and their "Latest" says
+    NaN, sub-second durations read "0.3 s", and the status filter lists by outcome."""
+    pytest.importorskip("lightning.pytorch")
+    import signal
+
+    from afs_callbacks.channels.telegram import TelegramNotifier
+    from afs_callbacks.outcome import Outcome
+    from afs_callbacks.testing import LoopbackReceiver
+    from tests.cards.services import FakeTelegram
+    from tests.integrations.test_outcomes import CASES, Case, train
+
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    pace, TelegramNotifier.min_interval = TelegramNotifier.min_interval, 0.0
+    # A longer run that diverges in its second epoch: a curve before the NaN, and its mark.
+    diverging = Case(
+        Outcome.COMPLETED_WITH_WARNINGS,
+        "",
+        script={"inf_from": 13},
+        trainer={"max_epochs": 3, "limit_train_batches": 8, "log_every_n_steps": 2},
+    )
+    cases = [CASES[name] for name in ("planned_end", "early_stopping", "stop_on_nan", "crash", "sigterm")]
+    runs: dict[str, Outcome] = {}
+    try:
+        for n, case in enumerate([*cases, diverging]):
+            name = f"run-{n}"
+            with LoopbackReceiver() as receiver:
+                bot_api = FakeTelegram("123456789:AAHcardTOKENabcdefghijklmnopqrstuvw")
+                try:
+                    runs[last := train(case, tmp_path / name, receiver, bot_api)] = case.outcome
+                finally:
+                    bot_api.close()
+    finally:
+        TelegramNotifier.min_interval = pace
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+    rows_script = """
+        return Array.from(document.querySelectorAll('#runs-body tr[data-run]')).map((tr) => {
+          const b = tr.querySelector('.badge'), cells = tr.querySelectorAll('td');
+          return {run: tr.dataset.run, status: b.dataset.status, text: b.textContent,
+                  colour: getComputedStyle(b).backgroundColor, nan: !!tr.querySelector('.nan-mark'),
+                  duration: cells[5].textContent, latest: cells[7].textContent};
+        });"""
+    with running_dashboard(isolated_env / "outbox.sqlite3") as server:
+        browser.get(server.url)
+        rows = wait_for(
+            lambda: (found := browser.execute_script(rows_script)) and len(found) == len(runs) and found,
+            timeout=60,
+            what="every run listed",
+        )
+        keep_screenshot(browser, tmp_path, "dashboard-runs.png")
+        for row in rows:
+            outcome = runs[row["run"]]
+            assert row["status"] == outcome.value and row["text"] == f"{outcome.icon} {outcome.label}", row
+            red, green, blue = (outcome.colour >> 16) & 255, (outcome.colour >> 8) & 255, outcome.colour & 255
+            assert row["colour"] == f"rgb({red}, {green}, {blue})", row
+            assert re.fullmatch(r"0\.\d\d? s", row["duration"]), row  # sub-second runs: "0.3 s", not "0 s"
+            diverged = outcome in (Outcome.STOPPED_ON_PROBLEM, Outcome.COMPLETED_WITH_WARNINGS)
+            assert row["nan"] is diverged, row
+            if diverged:
+                assert row["latest"].endswith("NaN"), row  # the value, not a bare name
+        # The status filter offers each outcome and lists only its runs.
+        options = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#f-status option')).map((o) => o.value);"
+        )
+        assert [value for value in options if value] == [
+            "running",
+            "stalled",
+            *(outcome.value for outcome in Outcome),
+        ]
+        browser.execute_script(
+            "const s = document.getElementById('f-status'); s.value = 'stopped_on_problem';"
+            " s.dispatchEvent(new Event('change'));"
+        )
+        problem = [run for run, outcome in runs.items() if outcome is Outcome.STOPPED_ON_PROBLEM]
+        wait_for(
+            lambda: [row["run"] for row in browser.execute_script(rows_script)] == problem,
+            timeout=30,
+            what="only the run stopped on a problem",
+        )
+        # A diverged run's own page says what went wrong first, and where.
+        browser.get(server.url + f"run/{last}")  # the diverging one
+        note = wait_for(
+            lambda: browser.execute_script(
+                "const n = document.getElementById('run-nan'); return n && n.textContent;"
+            ),
+            timeout=30,
+            what="the run's NaN note",
+        )
+        # Read every 2 steps on the reader thread: seen at 14, or a step or two later.
+        assert re.fullmatch(
+            r"First NaN/Inf: loss became Inf at step 13 \(epoch 2\), seen at step 1[4-6]", note
+        )
+        # Its metrics say NaN, and its loss chart marks the step where the loss went bad.
+        shown = wait_for(
+            lambda: browser.execute_script(
+                "return Array.from(document.querySelectorAll('.metric')).map((m) => m.textContent);"
+            ),
+            timeout=30,
+            what="the run's metrics",
+        )
+        assert [text.split()[0] for text in shown] == ["train_loss", "val_loss"], shown
+        assert all(re.fullmatch(r"\S+ (NaN|-?Inf)", text) for text in shown), shown
+        marks = browser.execute_script(
+            "return Array.from(document.querySelectorAll('svg .nan-line')).map((l) => l.dataset.nan);"
+        )
+        assert marks == ["13"]
+        time.sleep(1.5)  # one more poll: the charts are drawn at their final width
+        keep_screenshot(browser, tmp_path, "dashboard.png")

@@ -23,7 +23,9 @@ import pytest
 
 from afs_callbacks import EventType, NotificationEvent, NotificationManager, Settings
 from afs_callbacks.channels.webhook import WebhookNotifier
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.testing import CapturingHandler, LoopbackReceiver
+from afs_callbacks.tracking.ending import reason_words
 
 #: In the webhook's URL (a channel secret): tests check that it leaks nowhere.
 SECRET_TOKEN = "T0k3n-integrations-s3cr3t"
@@ -107,3 +109,26 @@ def only(events: Iterable[NotificationEvent], kind: EventType) -> NotificationEv
     found = of_type(events, kind)
     assert len(found) == 1, [(event.event_type, event.title) for event in events]
     return found[0]
+
+
+#: The outcome each way a run ends means (afs_callbacks/tracking/ending.py).
+OUTCOME_OF_CASE = {
+    "max_epochs": Outcome.COMPLETED,
+    "max_steps": Outcome.COMPLETED,
+    "max_time": Outcome.STOPPED_EARLY,
+    "early_stopping": Outcome.STOPPED_EARLY,
+    "should_stop": Outcome.STOPPED_EARLY,
+    "stop_on_nan": Outcome.STOPPED_ON_PROBLEM,
+    "terminate_on_nan": Outcome.STOPPED_ON_PROBLEM,
+}
+
+
+def assert_ended_as(completed: NotificationEvent, case: str, end_reason: str) -> None:
+    """The completion of a run that ended by ``case`` carries its outcome, is titled and
+    levelled by it, and says why in words (``EarlyStopping on val_loss, patience 2``)."""
+    outcome = OUTCOME_OF_CASE[case]
+    assert completed.context["outcome"] == outcome.value, completed.title
+    assert completed.title.startswith(f"{outcome.icon} Training {outcome.label}"), completed.title
+    assert completed.level >= outcome.level
+    said = reason_words(end_reason) or f"({end_reason})"
+    assert said in completed.message, completed.message

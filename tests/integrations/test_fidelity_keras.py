@@ -26,7 +26,16 @@ keras = pytest.importorskip("keras")
 from afs_callbacks import EventType, watch  # noqa: E402
 from afs_callbacks.formatting import format_value  # noqa: E402
 from afs_callbacks.integrations.keras import AFSNotify  # noqa: E402
-from tests.integrations.conftest import history, in_order, kinds, make_manager, of_type, only, settle  # noqa: E402
+from tests.integrations.conftest import (  # noqa: E402
+    assert_ended_as,
+    history,
+    in_order,
+    kinds,
+    make_manager,
+    of_type,
+    only,
+    settle,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -123,7 +132,7 @@ def test_the_completion_says_why_the_run_ended(tmp_path: Path, case: str) -> Non
         stopper = callbacks[1]
         expected = f"early_stopping (val_loss, patience 2, best {format_value(stopper.best)})"
     assert completed.context["end_reason"] == expected
-    assert f"({expected})" in completed.message
+    assert_ended_as(completed, case, expected)
 
 
 # 4. A crash the caller catches --------------------------------------------------------------

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from afs_callbacks import EventType  # noqa: E402
 from afs_callbacks.integrations.lightning import AFSNotify  # noqa: E402
-from tests.integrations.conftest import history, kinds, make_manager, of_type, only, settle  # noqa: E402
+from tests.integrations.conftest import assert_ended_as, history, kinds, make_manager, of_type, only, settle  # noqa: E402
 
 BATCH = 4
 
@@ -124,7 +124,8 @@ def test_a_clean_40_epoch_run_sends_at_most_five_messages_ending_with_the_summar
     assert context["epochs_run"] == 40 and context["end_reason"] == "max_epochs"
     assert context["best_checkpoint"] == best_path  # save_last=True: the best one is named
     assert context["best"]["val_loss"] == pytest.approx(float(checkpoints.best_model_score))
-    assert "Epochs: 40/40" in completed.message
+    assert completed.message.startswith("Finished (max_epochs) after 40 of 40 epochs.")
+    assert completed.context["outcome"] == "completed" and completed.title.startswith("✅ Training completed")
     assert f"Best checkpoint: {best_path}" in completed.message
     assert "Best val_loss" in completed.message
 
@@ -229,7 +230,7 @@ def test_the_completion_says_why_the_run_ended(tmp_path: Path, case: str, expect
         settle(manager)
     completed = only(channel.events, EventType.TRAINING_COMPLETED)
     assert completed.context["end_reason"] == expected
-    assert f"({expected})" in completed.message
+    assert_ended_as(completed, case, expected)
 
 
 # 7. Smoke runs ------------------------------------------------------------------------------

@@ -27,7 +27,16 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from afs_callbacks import EventType, watch  # noqa: E402
 from afs_callbacks.integrations.transformers import AFSNotify  # noqa: E402
-from tests.integrations.conftest import history, in_order, kinds, make_manager, of_type, only, settle  # noqa: E402
+from tests.integrations.conftest import (  # noqa: E402
+    assert_ended_as,
+    history,
+    in_order,
+    kinds,
+    make_manager,
+    of_type,
+    only,
+    settle,
+)
 
 BATCH = 4
 POINTS = 32  # 8 batches an epoch
@@ -198,7 +207,7 @@ def test_the_completion_says_why_the_run_ended(tmp_path: Path, case: str, expect
         settle(manager)
     completed = only(channel.events, EventType.TRAINING_COMPLETED)
     assert completed.context["end_reason"] == expected
-    assert f"({expected})" in completed.message
+    assert_ended_as(completed, case, expected)
 
 
 # 4. A crash the caller catches --------------------------------------------------------------

@@ -76,9 +76,13 @@ def test_a_nan_loss_stops_the_loop_when_asked(manager, receiver):
         train(run, nan_at=3)
         assert run.should_stop
     events = by_type(delivered(manager, receiver))
-    assert events[EventType.NAN_DETECTED].context["step"] == 4  # read at the end of its window
+    nan = events[EventType.NAN_DETECTED]
+    # The first bad step, though the window was read at its end (step 4).
+    assert (nan.context["step"], nan.context["seen_step"]) == (3, 4)
+    assert nan.message.startswith("loss became NaN at step 3 (epoch 1), seen at step 4.")
     completed = events[EventType.TRAINING_COMPLETED]
-    assert completed.level is NotificationLevel.WARNING and completed.context["end_reason"] == "stop_on_nan"
+    assert completed.context["outcome"] == "stopped_on_problem" and completed.level is NotificationLevel.ERROR
+    assert completed.context["end_reason"] == "stop_on_nan"
 
 
 def test_bad_arguments_name_the_class():

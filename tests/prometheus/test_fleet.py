@@ -381,8 +381,7 @@ def test_a_nan_runs_alert_reaches_both_alertmanagers_and_the_receiver(fleet: Fle
             for entry in outbox.history(run_id="nan-1")
             if entry.event.event_type.value == "training_completed"
         ]
-    if "outcome" not in end.context:
-        pytest.skip("the tracker does not put context['outcome'] on end events yet (the outcome change)")
+    assert end.context["outcome"] == "stopped_on_problem", end.context
     for am in fleet.alertmanagers:  # the channel posts to every peer
         assert listed(am, 'alertname="TrainingNaN"', 'run_id="nan-1"')
     fleet.webhook.wait_for(predicate=lambda r: _firing(r, "TrainingNaN", "nan-1"), timeout=20)

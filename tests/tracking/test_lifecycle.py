@@ -101,7 +101,7 @@ def test_out_of_memory_and_interruption_are_told_apart() -> None:
     oom = tracker(sink)
     oom.start()
     oom.failed(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB on GPU 0"))
-    assert sink.of(EventType.OUT_OF_MEMORY)[0].title == "Out of memory: tiny"
+    assert sink.of(EventType.OUT_OF_MEMORY)[0].title == "❌ Out of memory: tiny"
 
     stopped = tracker(sink)
     stopped.start()
@@ -145,9 +145,9 @@ def test_a_sink_without_update_run_gets_events_only() -> None:
     run.epoch_end(0, {"loss": 1.0})
     run.completed()  # the default config draws a chart: the completion follows on its own thread
     deadline = time.monotonic() + 30
-    while not sink.titles[-1].startswith("Training completed") and time.monotonic() < deadline:
+    while not sink.titles[-1].startswith("✅ Training completed") and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert sink.titles[0] == "Training started: m" and sink.titles[-1].startswith("Training completed")
+    assert sink.titles[0] == "Training started: m" and sink.titles[-1].startswith("✅ Training completed")
 
 
 def test_a_pickled_tracker_keeps_its_run_and_rebuilds_what_belongs_to_its_process() -> None:

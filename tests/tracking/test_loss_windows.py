@@ -21,13 +21,13 @@ from tests.tracking.support import RecordingSink, tracker  # noqa: E402
 def reading_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the threads that read windows of tensors."""
     names: list[str] = []
-    real = nan._reduce
+    real = nan._values
 
-    def recorded(tensors: list[torch.Tensor]) -> float:
+    def recorded(tensors: list[torch.Tensor]) -> list[float]:
         names.append(threading.current_thread().name)
         return real(tensors)
 
-    monkeypatch.setattr(nan, "_reduce", recorded)
+    monkeypatch.setattr(nan, "_values", recorded)
     return names
 
 
@@ -41,9 +41,13 @@ def test_tensor_windows_are_read_off_the_training_thread(reading_threads: list[s
     run.completed()
     assert reading_threads and all(name.startswith("afs-loss-reader") for name in reading_threads)
     nans = sink.of(EventType.NAN_DETECTED)
-    assert len(nans) == 1 and nans[0].context["step"] == 8  # the window of steps 5-8
-    # The windows around it still give their mean loss to the curve.
+    # Found in the window of steps 5-8, named at its first bad step.
+    assert len(nans) == 1 and nans[0].context["step"] == 6 and nans[0].context["seen_step"] >= 8
+    assert nans[0].context["value"] == "NaN" and nans[0].message.startswith("loss became NaN at step 6")
+    # The windows around it still give their mean loss to the curve, and its own part
+    # before the NaN too.
     assert (4, 2.5) in run._curves.losses and (12, 10.5) in run._curves.losses
+    assert (5, 5.0) in run._curves.losses
 
 
 def test_stop_on_nan_reads_at_the_check_and_stops_there(reading_threads: list[str]) -> None:

@@ -3,11 +3,15 @@ afs_callbacks.messages."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import pytest
 
 from afs_callbacks import NotificationManager, Settings, messages
 from afs_callbacks.events import EventType
 from afs_callbacks.formatting import format_duration
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.testing import CapturingHandler
 from tests.tracking.support import RecordingSink, tracker
 
@@ -49,17 +53,84 @@ def test_completion_wording_covers_the_summary_parts() -> None:
         total_epochs=10,
         steps_per_second=12.5,
         samples_per_second=400.0,
-        end_reason="early_stopping",
+        end_reason="early_stopping (val_loss, patience 3, best 0.1)",
+        reason_text="EarlyStopping on val_loss, patience 3",
     )
-    text = messages.training_completed("m", "r", summary)
-    assert text.title == "Training completed: m"
+    text = messages.training_completed("m", "r", summary, outcome=Outcome.STOPPED_EARLY)
+    assert text.title == "⏹️ Training stopped early (EarlyStopping on val_loss, patience 3): m"
+    # The run id, the duration and the final metrics are the event's fields: not repeated.
     assert text.body.splitlines() == [
-        f"Run r finished in {format_duration(65.0)} (early_stopping).",
-        "Epochs: 5/10",
-        "Final: val_loss=0.2",
+        "Stopped early by EarlyStopping on val_loss, patience 3 after 5 of 10 epochs.",
         "Best val_loss: 0.1 (epoch 4)",
         "Best checkpoint: /c/best.ckpt",
         "Throughput: 12.5 steps/s, 400 samples/s",
     ]
-    nan = messages.training_completed("m", "r", messages.Summary(), nan_seen=True)
-    assert nan.title == "Training completed with a NaN/Inf loss: m"
+    assert format_duration(65.0) not in text.body and "val_loss=0.2" not in text.body
+
+
+@pytest.mark.parametrize(
+    ("outcome", "title", "first_line"),
+    [
+        (Outcome.COMPLETED, "✅ Training completed: m", "Finished (max_epochs) after 1 of 1 epoch."),
+        (
+            Outcome.COMPLETED_WITH_WARNINGS,
+            "⚠️ Training completed with warnings (Inf loss at step 3): m",
+            "Finished (max_epochs) after 1 of 1 epoch, "
+            "but loss became Inf at step 3 (epoch 1), seen at step 8.",
+        ),
+        (
+            Outcome.STOPPED_ON_PROBLEM,
+            "🛑 Training stopped on a problem (Inf loss at step 3): m",
+            "Stopped at the first NaN/Inf (stop_on_nan), after 1 of 1 epoch:"
+            " loss became Inf at step 3 (epoch 1), seen at step 8.",
+        ),
+    ],
+)
+def test_the_end_is_titled_by_its_outcome(outcome: Outcome, title: str, first_line: str) -> None:
+    reason = "stop_on_nan" if outcome is Outcome.STOPPED_ON_PROBLEM else "max_epochs"
+    summary = messages.Summary(
+        epochs_run=1,
+        total_epochs=1,
+        end_reason=reason,
+        reason_text="stop_on_nan" if reason != "max_epochs" else "",
+    )
+    found = messages.NonFinite("loss", math.inf, step=3, epoch=1, seen_step=8)
+    text = messages.training_completed(
+        "m", "r", summary, outcome=outcome, non_finite=None if outcome is Outcome.COMPLETED else found
+    )
+    assert (text.title, text.body.splitlines()[0]) == (title, first_line)
+
+
+@pytest.mark.parametrize(
+    ("found", "title", "body"),
+    [
+        (
+            messages.NonFinite("loss", math.inf, step=3, epoch=1, seen_step=8),
+            "Inf loss at step 3: m",
+            "loss became Inf at step 3 (epoch 1), seen at step 8. Training will stop.",
+        ),
+        (
+            messages.NonFinite("val_loss", math.nan, step=16, epoch=2, at_epoch_end=True),
+            "NaN val_loss at epoch 2: m",
+            "val_loss became NaN at the end of epoch 2 (step 16). Training will stop.",
+        ),
+        (
+            messages.NonFinite("grad_norm", -math.inf, step=5, seen_step=5),
+            "-Inf grad_norm at step 5: m",
+            "grad_norm became -Inf at step 5. Training will stop.",
+        ),
+        (
+            messages.NonFinite("loss", None, step=1_200),
+            "NaN/Inf loss at step 1,200: m",
+            "loss became NaN or Inf at step 1,200. Training will stop.",
+        ),
+    ],
+)
+def test_the_nan_message_names_the_first_bad_value(found: messages.NonFinite, title: str, body: str) -> None:
+    text = messages.nan_detected("m", found, will_stop=True)
+    assert (text.title, text.body) == (title, body)
+
+
+def test_counts_are_singular_and_plural() -> None:
+    assert messages.plan(epochs=1, max_steps=1) == "1 epoch, 1 step"
+    assert messages.plan(epochs=3, max_steps=1200) == "3 epochs, 1,200 steps"

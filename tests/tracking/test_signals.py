@@ -30,8 +30,10 @@ def test_a_nan_float_loss_is_reported_once_and_stops_when_asked() -> None:
     assert "Training will stop" in nans[0].message
     run.completed()
     completed = sink.of(EventType.TRAINING_COMPLETED)[0]
-    assert completed.title == "Training stopped after NaN/Inf: tiny"
-    assert completed.level is NotificationLevel.WARNING and completed.context["end_reason"] == "stop_on_nan"
+    assert completed.title == "🛑 Training stopped on a problem (NaN loss at step 2): tiny"
+    assert completed.context["outcome"] == "stopped_on_problem"
+    assert completed.level is NotificationLevel.ERROR and completed.context["end_reason"] == "stop_on_nan"
+    assert run.state().status == "stopped_on_problem"
 
 
 def test_a_run_that_goes_on_after_a_nan_completes_with_a_warning() -> None:
@@ -44,7 +46,8 @@ def test_a_run_that_goes_on_after_a_nan_completes_with_a_warning() -> None:
     run.completed()
     assert len(sink.of(EventType.NAN_DETECTED)) == 1
     completed = sink.of(EventType.TRAINING_COMPLETED)[0]
-    assert completed.title == "Training completed with a NaN/Inf loss: tiny"
+    assert completed.title == "⚠️ Training completed with warnings (NaN loss at step 1): tiny"
+    assert completed.context["outcome"] == "completed_with_warnings"
     assert completed.level is NotificationLevel.WARNING and completed.context["end_reason"] == "max_epochs"
 
 
@@ -87,8 +90,11 @@ def test_a_stall_is_reported_and_never_after_the_end() -> None:
     sink = RecordingSink()
     run = tracker(sink, stall_timeout=0.2)
     run.start()
-    sink.wait_for(lambda: bool(sink.of(EventType.TRAINING_STALLED)), timeout=5)
-    assert any(state.status == STALLED for state in sink.states)
+    # The watchdog's thread hands over the event, then the stalled state: wait for both.
+    sink.wait_for(
+        lambda: bool(sink.of(EventType.TRAINING_STALLED)) and any(s.status == STALLED for s in sink.states),
+        timeout=5,
+    )
     run.completed()
     deadline = time.monotonic() + 5
     while len(_watchdogs()) > before and time.monotonic() < deadline:

@@ -5,7 +5,9 @@
 
 (function () {
   const POLL_MS = 1000;
-  const STATUSES = ["running", "completed", "failed", "interrupted", "stalled", "killed"];
+  /* Each status's words, icon and colour come from the API (the run's outcome decides them,
+   * here as on the cards and in the end messages); these cover the first paint. */
+  let statusInfo = {};
   const csrf = (document.querySelector('meta[name="afs-csrf"]') || {}).content || "";
   const main = document.getElementById("main");
   const live = document.getElementById("live");
@@ -36,6 +38,8 @@
   }
   function span(seconds) {
     if (seconds === null || seconds === undefined) return "";
+    if (seconds < 0.1) return `${seconds.toFixed(2)} s`;  // 0.03 s, not 0 s
+    if (seconds < 10) return `${(Math.floor(seconds * 10) / 10).toFixed(1)} s`;  // 0.3 s, 4.2 s
     seconds = Math.round(seconds);
     if (seconds < 60) return `${seconds} s`;
     if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${pad(seconds % 60)} s`;
@@ -51,7 +55,23 @@
   }
   const num = (v) => (v === null || v === undefined ? "" : window.AfsChart.format(v));
   const money = (v) => (v === null || v === undefined ? "" : `$${v.toFixed(2)}`);
-  const badge = (status, note) => h("span", { class: `badge s-${status}`, title: note || status, "data-status": status }, status);
+  function learnStatuses(info) {
+    if (info) statusInfo = Object.fromEntries(info.map((s) => [s.status, s]));
+  }
+  /* Dark text on a light colour, white on a dark one (WCAG relative luminance). */
+  function textOn(hex) {
+    const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255)
+      .map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.35 ? "#1f2328" : "#fff";
+  }
+  function badge(status, note) {
+    const info = statusInfo[status] || { label: status, icon: "", colour: "" };
+    const look = info.colour ? `background:${info.colour};color:${textOn(info.colour)}` : null;
+    return h("span", { class: `badge s-${status}`, style: look, title: note || info.label, "data-status": status },
+      info.icon ? `${info.icon} ${info.label}` : info.label);
+  }
+  /* A run that saw a NaN/Inf carries the mark whatever its outcome, with the first one as its tip. */
+  const nanMark = (text) => (text ? h("span", { class: "nan-mark", title: text, "data-nan": "1" }, "NaN") : null);
 
   function progressBar(fraction) {
     if (fraction === null || fraction === undefined) return "";
@@ -104,10 +124,12 @@
 
   function runsView() {
     const params = new URLSearchParams(location.search);
-    const status = h("select", { id: "f-status" }, h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s }, s)));
+    const status = h("select", { id: "f-status" }, h("option", { value: "" }, "any status"));
+    const wantedStatus = params.get("status") || "";
     const model = h("select", { id: "f-model" }, h("option", { value: "" }, "any model"));
     const search = h("input", { id: "f-search", type: "search", placeholder: "search run id", value: params.get("q") || "" });
-    status.value = params.get("status") || "";
+    if (wantedStatus) status.appendChild(h("option", { value: wantedStatus }, wantedStatus));
+    status.value = wantedStatus;
     const body = h("tbody", { id: "runs-body" });
     const count = h("span", { class: "muted", id: "runs-count" });
     main.replaceChildren(
@@ -127,6 +149,8 @@
       const q = query();
       history.replaceState(null, "", q ? `/?${q}` : "/");
       const data = await getJSON(`/api/runs${q ? "?" + q : ""}`);
+      learnStatuses(data.status_info);
+      fillStatuses(status, data.status_info, data.statuses);
       fillModels(model, data.models, wantedModel);
       wantedModel = "";
       count.textContent = `${data.runs.length} shown of ${data.total}`;
@@ -138,11 +162,22 @@
     poll(refresh);
   }
 
+  /* One option per status a run can have (each outcome), with how many runs have it. */
+  function fillStatuses(select, info, counts) {
+    const current = select.value;
+    const options = (info || []).map((s) => [s.status, `${s.icon ? s.icon + " " : ""}${s.label}${counts[s.status] ? ` (${counts[s.status]})` : ""}`]);
+    const have = Array.from(select.options).slice(1).map((o) => `${o.value}=${o.textContent}`).join("\n");
+    if (have !== options.map(([v, t]) => `${v}=${t}`).join("\n")) {
+      select.replaceChildren(h("option", { value: "" }, "any status"), ...options.map(([v, t]) => h("option", { value: v }, t)));
+    }
+    select.value = current;
+  }
+
   function fillModels(select, models, wanted) {
     const current = wanted || select.value;
     const have = Array.from(select.options).slice(1).map((o) => o.value).join("\n");
     if (have !== models.join("\n")) {
-      select.replaceChildren(h("option", { value: "" }, "any model"), models.map((m) => h("option", { value: m }, m)));
+      select.replaceChildren(h("option", { value: "" }, "any model"), ...models.map((m) => h("option", { value: m }, m)));
     }
     select.value = models.includes(current) ? current : "";
   }
@@ -153,11 +188,11 @@
 
   function runRow(r, now) {
     const link = `/run/${encodeURIComponent(r.run_id)}`;
-    const latest = r.latest_name ? `${r.latest_name} ${num(r.latest)}` : "";
+    const latest = r.latest_name ? `${r.latest_name} ${r.latest_text !== null && r.latest_text !== undefined ? r.latest_text : num(r.latest)}` : "";
     const best = r.best !== null ? `${r.monitor || "best"} ${num(r.best)}${r.best_epoch ? ` (ep ${r.best_epoch})` : ""}` : "";
     return h("tr", { "data-run": r.run_id },
       h("td", {}, r.model), h("td", {}, h("a", { href: link, class: "run-link" }, r.run_id)), h("td", {}, r.host),
-      h("td", {}, badge(r.status, r.status_note)), h("td", {}, when(r.started_at)), h("td", {}, durationOf(r)),
+      h("td", {}, badge(r.status, r.status_note), nanMark(r.non_finite)), h("td", {}, when(r.started_at)), h("td", {}, durationOf(r)),
       h("td", {}, progressBar(r.progress)), h("td", { class: "num" }, latest), h("td", { class: "num" }, best),
       h("td", { class: "num" }, money(r.cost)));
   }
@@ -176,6 +211,7 @@
     window.addEventListener("resize", () => { for (const key in drawn) delete drawn[key]; });
     poll(async () => {
       const data = await getJSON(`/api/run/${encodeURIComponent(runId)}`);
+      learnStatuses(data.status_info);
       document.title = `${runId} · afs-callbacks`;
       head.replaceChildren(...runHead(data).filter(Boolean));
       commands(data.control || { dashboard: false, commands: [] }, data.now);
@@ -198,9 +234,11 @@
       ["GPU utilisation", s.gpu_utilization !== null ? `${num(s.gpu_utilization)} %` : ""],
       ["Cost", money(s.cost)], ["End", s.end_reason], ["Best checkpoint", s.best_checkpoint],
     ].filter(([, v]) => v !== "" && v !== null && v !== undefined);
-    const metrics = Object.entries(s.metrics || {}).map(([k, v]) => h("span", { class: "metric" }, h("b", {}, k), " ", num(v)));
+    const texts = s.metric_texts || {};
+    const metrics = Object.entries(s.metrics || {}).map(([k, v]) => h("span", { class: "metric" }, h("b", {}, k), " ", k in texts ? texts[k] : num(v)));
     return [
-      h("h1", {}, s.run_id, " ", badge(s.status, s.status_note)),
+      h("h1", {}, s.run_id, " ", badge(s.status, s.status_note), nanMark(s.non_finite)),
+      s.non_finite ? h("p", { class: "nan-note", id: "run-nan" }, `First NaN/Inf: ${s.non_finite}`) : null,
       h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
       metrics.length ? h("p", { class: "metrics" }, metrics) : null,
       s.error ? h("div", { class: "error-box", id: "run-error" }, h("b", {}, s.error_type || "Error"), h("pre", {}, s.error)) : null,

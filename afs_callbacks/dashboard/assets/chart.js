@@ -1,5 +1,6 @@
-/* A tiny SVG line chart for the dashboard: several series, gaps where a value was NaN,
- * nice axis ticks, a legend, and a crosshair read-out. No dependency, no network. */
+/* A tiny SVG line chart for the dashboard: several series, gaps where a value was NaN (the
+ * first one marked with a red "NaN" line), nice axis ticks, a legend, and a crosshair
+ * read-out. No dependency, no network. */
 "use strict";
 
 (function () {
@@ -73,6 +74,13 @@
         pen = true;
       }
       svg.appendChild(el("path", { d: path, stroke: color, class: "line", "data-series": s.name }));
+      const bad = s.y.findIndex((y) => y === null || !isFinite(y));
+      if (bad >= 0) {  // where the series first went NaN/Inf
+        const x = sx(s.x[bad]).toFixed(1);
+        svg.appendChild(el("line", { x1: x, x2: x, y1: PAD.top, y2: PAD.top + plotH, class: "nan-line", "data-nan": s.x[bad] }));
+        const left = +x > width * 0.75;  // near the right edge: the label goes on its left
+        svg.appendChild(el("text", { x: left ? +x - 4 : +x + 4, y: PAD.top + 12, class: "nan-label", "text-anchor": left ? "end" : "start" }, `NaN/Inf at ${format(s.x[bad])}`));
+      }
       if (s.x.length <= 40) {  // few points (per-epoch series): show them as dots
         s.x.forEach((x, k) => {
           if (s.y[k] !== null && isFinite(s.y[k])) svg.appendChild(el("circle", { cx: sx(x), cy: sy(s.y[k]), r: 2.6, fill: color }));
