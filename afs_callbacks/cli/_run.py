@@ -277,8 +277,6 @@ def _report(
         "duration": duration,
     }
     after = f"after {format_duration(duration)}"
-    # The command first and the stderr tail last: the message's last line becomes the
-    # failure's one-line summary (the traceback's final line, or how it ended).
     command = f"Command: {shown}\n"
     stderr = f"\n\nLast lines of stderr:\n{tail}" if tail else ""
     interrupt = next((s for s in received if s in FORWARDED), None)
@@ -305,9 +303,12 @@ def _report(
     hint = ""
     if killed_by == getattr(signal, "SIGKILL", None):
         hint = " SIGKILL often comes from the kernel's out-of-memory killer or a scheduler's hard limit."
-    return manager.notify_training_failed(
-        model, run_id, f"{command}{ended[0].upper() + ended[1:]} {after}.{hint}{stderr}", **context
-    )
+    # A failure leads with its error: the stderr's last line (a traceback's final line),
+    # else how the command ended; that first line is the failure's one-line summary.
+    how = f"{ended[0].upper() + ended[1:]} {after}.{hint}"
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    lead = f"{lines[-1]}\n{how}" if lines else how
+    return manager.notify_training_failed(model, run_id, f"{lead}\n\n{command.rstrip()}{stderr}", **context)
 
 
 def _finish(

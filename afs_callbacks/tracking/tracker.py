@@ -75,7 +75,7 @@ from afs_callbacks.events import (
     NotificationLevel,
     _new_id,
 )
-from afs_callbacks.formatting import describe_exception
+from afs_callbacks.formatting import describe_exception, exception_report
 from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, STALLED, RunState
 from afs_callbacks.tracking.classify import (
     Failure,
@@ -562,7 +562,7 @@ class RunTracker:
         self._emit(
             EventType.EVALUATION_FAILED,
             messages.evaluation_failed(self.model_name, text),
-            error=_last_line(text),
+            error=_first_line(text),
             rank_any=True,
         )
 
@@ -709,15 +709,18 @@ class RunTracker:
             return
         if not self._begin_end():
             return
-        text = describe_exception(error)
+        report = exception_report(error)
         record = self._record
-        record.status, record.error_type, record.error = FAILED, type(error).__name__, _last_line(text)
+        record.status, record.error_type, record.error = FAILED, type(error).__name__, report.headline
         context: dict[str, Any] = {
             "error": record.error,
             "error_type": record.error_type,
             "step": self._last_step,
             "epoch": self._epoch_number(),
             "duration": self._duration(),
+            # The whole traceback, for the history, the dashboard and structured payloads;
+            # the message itself carries the error and the user's frames.
+            "traceback": report.traceback,
         }
         oom = kind is Failure.OUT_OF_MEMORY
         if oom:
@@ -727,7 +730,9 @@ class RunTracker:
         event_type = EventType.OUT_OF_MEMORY if oom else EventType.TRAINING_FAILED
         self._emit(
             event_type,
-            messages.training_failed(self.model_name, text, out_of_memory=oom),
+            messages.training_failed(
+                self.model_name, report, out_of_memory=oom, step=self._last_step, epoch=self._epoch_number()
+            ),
             rank_any=True,
             **context,
         )
@@ -1177,10 +1182,10 @@ def _stall(run: weakref.ref[RunTracker], idle: float) -> None:
         tracker._stalled(idle)
 
 
-def _last_line(text: str) -> str:
-    """The last non-blank line of an error text (at most 300 characters)."""
+def _first_line(text: str) -> str:
+    """The first non-blank line of an error text, the error itself (at most 300 characters)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "unknown error"
+    return lines[0][:300] if lines else "unknown error"
 
 
 __all__ = [
