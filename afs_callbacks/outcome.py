@@ -34,9 +34,11 @@ outcomes: a stalled run may move again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
-from afs_callbacks.events import NotificationLevel
+from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 
 #: A live run's statuses (not outcomes: a stalled run may resume).
 RUNNING = "running"
@@ -61,8 +63,9 @@ class Outcome(str, Enum):
 
     @property
     def label(self) -> str:
-        """The outcome in words, for titles and badges: ``"completed with warnings"``."""
-        return self.value.replace("_", " ")
+        """The outcome in words, for titles and badges: ``"completed with warnings"``,
+        ``"stopped on a problem"``."""
+        return _LABELS.get(self, self.value.replace("_", " "))
 
     @property
     def level(self) -> NotificationLevel:
@@ -111,9 +114,42 @@ class Outcome(str, Enum):
             names = ", ".join(outcome.value for outcome in cls)
             raise ValueError(f"unknown outcome {value!r}; expected one of {names}") from None
 
+    @classmethod
+    def of_event(cls, event: NotificationEvent) -> Outcome | None:
+        """The outcome an end event carries (``context["outcome"]``); for an end event
+        stored before outcomes existed, the one its type means; None for any other event."""
+        return cls.of(event.event_type, event.context)
+
+    @classmethod
+    def of(cls, event_type: EventType | str, context: Mapping[str, Any]) -> Outcome | None:
+        """:meth:`of_event` from an event's type and context (a stored row's JSON)."""
+        carried = context.get("outcome")
+        if carried:
+            try:
+                return cls.parse(carried)
+            except ValueError:
+                pass
+        try:
+            kind = EventType.parse(event_type) if isinstance(event_type, str) else event_type
+        except ValueError:
+            return None
+        return _BY_TYPE.get(kind)
+
     def __str__(self) -> str:
         return self.value
 
+
+_LABELS = {Outcome.STOPPED_ON_PROBLEM: "stopped on a problem"}
+#: What an end event means where it carries no outcome (stored before outcomes existed, or
+#: sent by code that names none).
+_BY_TYPE = {
+    EventType.TRAINING_COMPLETED: Outcome.COMPLETED,
+    EventType.TRAINING_FAILED: Outcome.FAILED,
+    EventType.OUT_OF_MEMORY: Outcome.FAILED,
+    EventType.TRAINING_INTERRUPTED: Outcome.INTERRUPTED,
+}
+#: Event types that end a run, and so carry an outcome.
+END_TYPES = frozenset(_BY_TYPE)
 
 _LEVELS = {
     Outcome.COMPLETED: NotificationLevel.SUCCESS,
@@ -157,4 +193,4 @@ _COLOURS = {
 _SUCCESSES = frozenset({Outcome.COMPLETED, Outcome.STOPPED_EARLY, Outcome.PRUNED, Outcome.STOPPED_BY_COMMAND})
 _RESOLVING = _SUCCESSES
 
-__all__ = ["LIVE_STATUSES", "RUNNING", "STALLED", "Outcome"]
+__all__ = ["END_TYPES", "LIVE_STATUSES", "RUNNING", "STALLED", "Outcome"]

@@ -2,9 +2,14 @@
 
 Only ERROR and CRITICAL events page someone. Each opens (or adds to) one incident per run
 and condition: the ``dedup_key`` is ``afs:<run_id>:<event_type>``, so the tenth NaN of a
-run lands on the incident the first one opened. When the run completes, every condition's
-key of that run is resolved; a recovery (a resumed run, a passed re-evaluation, an event
-marked ``resolved=True``) resolves its own condition.
+run lands on the incident the first one opened. The end of a run reads its outcome
+(:meth:`~afs_callbacks.outcome.Outcome.of_event`): one that ``resolves_alerts`` (completed,
+stopped early by the user's rule, pruned, stopped by a person) resolves every condition's
+key of the run; any other keeps them open, and pages at the outcome's level — a run
+stopped on a NaN/Inf triggers the NaN's own key again, so its incident stays open (or
+opens, if the NaN's own message never got through) with the end's summary. A recovery (a
+resumed run, a passed re-evaluation, an event marked ``resolved=True``) resolves its own
+condition.
 
 Which keys to resolve must be known in any process (``afs-notify flush`` delivering a dead
 run's backlog, a wrapper script reporting completion), so the set is deterministic: the
@@ -21,12 +26,13 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_callbacks.channels._http import HttpChannel, parse_retry_after
-from afs_callbacks.channels.base import DeliveryResult
+from afs_callbacks.channels.base import DeliveryResult, routed_level
 from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import DEFAULT_LEVELS, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import truncate
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.redaction import mask, mask_url, register_secret
 
 if TYPE_CHECKING:
@@ -48,12 +54,11 @@ SEVERITY = {
     NotificationLevel.INFO: "info",
 }
 
-#: Conditions that page by default: resolved for every completed run, in any process.
+#: Conditions that page by default: resolved by every end that resolves alerts, in any process.
 INCIDENT_TYPES = frozenset(kind for kind, level in DEFAULT_LEVELS.items() if level >= NotificationLevel.ERROR)
 
-#: Events that end conditions of their run: ``None`` means all of them.
+#: Events that end conditions of their run (the end of a run reads its outcome instead).
 RECOVERIES: Mapping[EventType, frozenset[EventType] | None] = {
-    EventType.TRAINING_COMPLETED: None,
     EventType.TRAINING_RESUMED: frozenset({EventType.TRAINING_STALLED, EventType.TRAINING_INTERRUPTED}),
     EventType.EVALUATION_COMPLETED: frozenset({EventType.EVALUATION_FAILED}),
     EventType.LOSS_IMPROVED: frozenset({EventType.LOSS_DEGRADED}),
@@ -63,15 +68,25 @@ _ROUTING_KEY = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 _MAX_REMEMBERED_RUNS = 1000
 
 
+#: The condition an end that keeps alerts open pages on, when it is not the end's own:
+#: a run stopped on a problem keeps the problem's incident (the NaN's) triggered.
+PROBLEM_CONDITIONS: Mapping[Outcome, EventType] = {Outcome.STOPPED_ON_PROBLEM: EventType.NAN_DETECTED}
+
+
 def ended_conditions(event: NotificationEvent) -> frozenset[EventType] | None:
-    """The conditions of ``event``'s run that it ends: ``None`` for all of them (the run
-    completed), an empty set for none. An event whose context has ``resolved=True`` ends
-    its own type's condition (a monitor saying GPU memory is back to normal).
+    """The conditions of ``event``'s run that it ends: ``None`` for all of them, an empty
+    set for none. The end of a run ends them all only when its outcome
+    ``resolves_alerts``; a NaN stop, a failure or a kill ends none. An event whose context
+    has ``resolved=True`` ends its own type's condition (a monitor saying GPU memory is
+    back to normal).
 
     Shared with the Alertmanager channel, which resolves alerts on the same events.
     """
     if event.context.get("resolved") is True:
         return frozenset({event.event_type})
+    outcome = Outcome.of_event(event)
+    if outcome is not None:
+        return None if outcome.resolves_alerts else frozenset()
     return RECOVERIES.get(event.event_type, frozenset())
 
 
@@ -149,24 +164,33 @@ class PagerDutyNotifier(HttpChannel):
         ended = ended_conditions(event)
         if ended is None or ended:
             return self._resolve(event, ended)
-        if event.level < self.trigger_level:
-            return DeliveryResult.delivered(f"{event.level.value}: below the trigger level, not sent")
+        level = routed_level(event)
+        if level < self.trigger_level:
+            return DeliveryResult.delivered(f"{level.value}: below the trigger level, not sent")
+        condition = self.condition(event)
         result = self.deliver(self.api_url, json=self.trigger_body(event))
-        if result.ok and event.run_id and event.event_type not in INCIDENT_TYPES:
-            self._remember(event.run_id, event.event_type)
+        if result.ok and event.run_id and condition not in INCIDENT_TYPES:
+            self._remember(event.run_id, condition)
         return result
+
+    @staticmethod
+    def condition(event: NotificationEvent) -> EventType:
+        """The condition ``event`` triggers: its type, or for an end that keeps the run's
+        alerts open the problem its outcome names (:data:`PROBLEM_CONDITIONS`)."""
+        outcome = Outcome.of_event(event)
+        return PROBLEM_CONDITIONS.get(outcome, event.event_type) if outcome else event.event_type
 
     def trigger_body(self, event: NotificationEvent) -> dict[str, Any]:
         """The ``trigger`` request for ``event``."""
         run_id = event.run_id
         # Without a run nothing will resolve it: one incident per event (its id makes
         # a retried delivery idempotent).
-        key = dedup_key(run_id, event.event_type) if run_id else f"afs:event:{event.id}"
+        key = dedup_key(run_id, self.condition(event)) if run_id else f"afs:event:{event.id}"
         summary = f"[{run_id}] {event.title}" if run_id else event.title
         payload: dict[str, Any] = {
             "summary": truncate(summary, MAX_SUMMARY_CHARS),
             "source": self.source or str(event.context.get("host") or "afs-callbacks"),
-            "severity": SEVERITY[event.level],
+            "severity": SEVERITY[routed_level(event)],
             "timestamp": event.timestamp.isoformat(),
             "class": event.event_type.value,
             "custom_details": _details(event),
@@ -184,7 +208,8 @@ class PagerDutyNotifier(HttpChannel):
         }
 
     def resolve_keys(self, run_id: str, ended: Iterable[EventType] | None) -> list[str]:
-        """The dedup keys a recovery of ``run_id`` resolves (``None``: the run completed)."""
+        """The dedup keys a recovery of ``run_id`` resolves (``None``: all of them, at an
+        end that resolves alerts)."""
         kinds = set(INCIDENT_TYPES) | self._paged.get(run_id, set()) if ended is None else set(ended)
         return [dedup_key(run_id, kind) for kind in sorted(kinds, key=lambda k: k.value)]
 

@@ -138,6 +138,67 @@ def test_completion_also_resolves_custom_conditions_paged_here(api: LoopbackRece
     assert "afs:r2:custom" in keys
 
 
+# The end of a run reads its outcome ---------------------------------------------------------
+# Until the tracker puts ``context["outcome"]`` on every end event (the outcome helper's
+# branch), these events carry it explicitly, as that tracker will; events without it read
+# as their type meant before (completed, failed, interrupted).
+
+
+def end(kind: EventType, level: str, outcome: str | None, run: str = "r5") -> NotificationEvent:
+    context: dict[str, object] = {"run_id": run, "model": "resnet"}
+    if outcome is not None:
+        context["outcome"] = outcome
+    return NotificationEvent(kind, level, f"{kind.value}: resnet", "the end", context=context)
+
+
+def test_a_nan_stop_keeps_the_nan_incident_triggered(
+    manager: NotificationManager, api: LoopbackReceiver
+) -> None:
+    manager.register_handler("pagerduty", channel(api))
+    manager.notify("NaN/Inf loss: resnet", event_type=EventType.NAN_DETECTED, run_id="r5")
+    assert flushed(manager) == ["delivered"]
+    # The level a training sends a NaN stop with today (a warning); the outcome says error.
+    manager.emit(end(EventType.TRAINING_COMPLETED, "warning", "stopped_on_problem"))
+    assert flushed(manager) == ["delivered"] * 2
+    nan, stop = [request.json() for request in api.wait_for(2)]
+    assert nan["event_action"] == stop["event_action"] == "trigger"  # never a resolve
+    assert nan["dedup_key"] == stop["dedup_key"] == "afs:r5:nan_detected"  # the same incident
+    assert (
+        stop["payload"]["severity"] == "error" and "the end" in stop["payload"]["custom_details"]["message"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "level", "expected"),
+    [
+        ("completed_with_warnings", "warning", []),  # below the trigger level, and no resolve
+        ("interrupted", "warning", []),
+        ("preempted", "warning", []),
+        ("stopped_by_rule", "warning", []),
+        ("completed", "success", ["resolve"] * len(INCIDENT_TYPES)),
+        ("stopped_early", "success", ["resolve"] * len(INCIDENT_TYPES)),
+        ("pruned", "info", ["resolve"] * len(INCIDENT_TYPES)),
+        ("stopped_by_command", "info", ["resolve"] * len(INCIDENT_TYPES)),
+        (None, "warning", ["resolve"] * len(INCIDENT_TYPES)),  # stored before outcomes: completed
+    ],
+)
+def test_only_an_end_whose_outcome_resolves_alerts_resolves(
+    api: LoopbackReceiver, outcome: str | None, level: str, expected: list[str]
+) -> None:
+    assert channel(api).send(end(EventType.TRAINING_COMPLETED, level, outcome)).ok
+    if expected:
+        api.wait_for(len(expected))
+    assert [r.json()["event_action"] for r in api.requests] == expected
+
+
+def test_a_killed_run_pages_critically_on_its_failure(api: LoopbackReceiver) -> None:
+    assert channel(api).send(end(EventType.TRAINING_FAILED, "critical", "killed")).ok
+    (request,) = api.wait_for(1)
+    body = request.json()
+    assert body["event_action"] == "trigger" and body["dedup_key"] == "afs:r5:training_failed"
+    assert body["payload"]["severity"] == "critical"
+
+
 @pytest.mark.parametrize(
     ("event_type", "context", "expected"),
     [
