@@ -187,6 +187,10 @@ class PagerDutyNotifier(HttpChannel):
         # a retried delivery idempotent).
         key = dedup_key(run_id, self.condition(event)) if run_id else f"afs:event:{event.id}"
         summary = f"[{run_id}] {event.title}" if run_id else event.title
+        # The summary is what the phone's push shows: a failure names its error there.
+        error = " ".join(str(event.context.get("error") or "").split())
+        if error and error not in summary:
+            summary = f"{summary} — {error}"
         payload: dict[str, Any] = {
             "summary": truncate(summary, MAX_SUMMARY_CHARS),
             "source": self.source or str(event.context.get("host") or "afs-callbacks"),

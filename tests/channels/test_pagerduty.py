@@ -292,3 +292,29 @@ def test_routing_key_never_leaks(
     assert_not_shown((caplog.text, repr(pager), pager.describe(), str(manager.status())), KEY)
     assert_not_stored(manager.state_dir, KEY, pattern=OUTBOX_FILES)
     assert pager.describe().endswith("key ***CDEF")
+
+
+def test_a_failures_summary_names_the_error_and_its_details_keep_the_traceback(
+    manager: NotificationManager, api: LoopbackReceiver
+) -> None:
+    """The summary is the line a phone's push shows: the error is in it, not only in the
+    incident's details; the full traceback travels in ``custom_details``."""
+    manager.register_handler("pagerduty", channel(api))
+
+    def training_step() -> None:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    try:
+        training_step()
+    except RuntimeError as error:
+        manager.notify_training_failed("resnet", "r9", error)
+    assert flushed(manager) == ["delivered"]
+    (request,) = api.wait_for(1)
+    payload = request.json()["payload"]
+    assert payload["summary"] == (
+        "[r9] Training failed: resnet — RuntimeError: CUDA error: device-side assert triggered"
+    )
+    details = payload["custom_details"]
+    assert details["message"].startswith("RuntimeError: CUDA error: device-side assert triggered\nat ")
+    assert "in training_step" in details["message"].splitlines()[1]
+    assert details["traceback"].startswith("Traceback (most recent call last):")
