@@ -351,12 +351,15 @@ def icon_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
 def icon_file(name: str, bases: tuple[Path, ...] | None = None) -> str | None:
     """The file of the standard icon ``name`` in an installed theme of :data:`ICON_THEMES`
     (the size nearest :data:`ICON_SIZE`, a bitmap before a vector at the same size), or
-    None when no theme carries it. Read from each theme's ``index.theme``."""
-    for theme in ICON_THEMES:
-        for base in bases if bases is not None else icon_dirs():
-            found = _icon_in_theme(base / theme, name)
-            if found is not None:
-                return found
+    None when no theme carries it. Read from each theme's ``index.theme``. A theme that
+    keeps only the symbolic variant (Adwaita from GNOME 46, which dropped ``legacy/``)
+    gives ``name-symbolic``: a plain icon is better than none."""
+    for variant in (name, f"{name}-symbolic"):
+        for theme in ICON_THEMES:
+            for base in bases if bases is not None else icon_dirs():
+                found = _icon_in_theme(base / theme, variant)
+                if found is not None:
+                    return found
     return None
 
 

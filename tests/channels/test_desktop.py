@@ -436,3 +436,39 @@ def test_missing_tools_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_unknown_backend_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="dbus-python"):
         DesktopNotifier(backend="dbus-python")
+
+
+def _theme(root: Path, directories: dict[str, str], files: list[str]) -> None:
+    """An icon theme as the freedesktop spec lays it out: index.theme and its folders."""
+    sections = "".join(
+        f"\n[{folder}]\nSize={size}\nType={'Scalable' if size == '0' else 'Fixed'}\n"
+        for folder, size in directories.items()
+    )
+    root.mkdir(parents=True)
+    (root / "index.theme").write_text(
+        f"[Icon Theme]\nName=T\nDirectories={','.join(directories)}\n{sections}"
+    )
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"icon")
+
+
+def test_icon_file_takes_the_nearest_size_and_a_symbolic_one_where_the_theme_has_only_that(
+    tmp_path: Path,
+) -> None:
+    """Adwaita up to GNOME 45 keeps the full-colour names under ``legacy/`` (found from its
+    index.theme); from GNOME 46 only ``-symbolic`` ones exist: either gives an icon."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    _theme(
+        old / "Adwaita",
+        {"16x16/legacy": "16", "48x48/legacy": "48", "scalable/status": "0"},
+        [
+            "16x16/legacy/dialog-error.png",
+            "48x48/legacy/dialog-error.png",
+            "scalable/status/dialog-error-symbolic.svg",
+        ],
+    )
+    _theme(new / "Adwaita", {"scalable/status": "0"}, ["scalable/status/dialog-error-symbolic.svg"])
+    assert icon_file("dialog-error", (old,)) == str(old / "Adwaita/48x48/legacy/dialog-error.png")
+    assert icon_file("dialog-error", (new,)) == str(new / "Adwaita/scalable/status/dialog-error-symbolic.svg")
+    assert icon_file("dialog-error", (tmp_path / "none",)) is None
