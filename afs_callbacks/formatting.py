@@ -206,6 +206,34 @@ def lead_of(text: str) -> str:
     return text.strip().partition("\n\n")[0]
 
 
+_TRACEBACK_HEADER = "Traceback (most recent call last):"
+
+
+def error_line_of(text: str) -> str:
+    """The error in a text that may hold a Python traceback (a log's tail, a pasted
+    traceback): the exception line that ends the last traceback (``RuntimeError: CUDA
+    error``), not a log line printed after it; without a traceback, the last non-blank
+    line. ``""`` for blank text."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    header = max((i for i, line in enumerate(lines) if line.strip() == _TRACEBACK_HEADER), default=None)
+    if header is not None:
+        # The frames are indented; the first line after them that is not is the error.
+        for line in lines[header + 1 :]:
+            if not line.startswith((" ", "\t")):
+                return line.strip()
+    return lines[-1].strip() if lines else ""
+
+
+def lead_with_error(text: str) -> str:
+    """A failure's text led by its error: a text whose Python traceback puts the error
+    last gets :func:`error_line_of` as its first paragraph, above the text as it was."""
+    text = text.strip()
+    if _TRACEBACK_HEADER not in text:
+        return text
+    error = error_line_of(text)
+    return f"{error}\n\n{text}" if error and not text.startswith(error) else text
+
+
 def _cut_line(count: int) -> str:
     return f"  … {count} line{'s' if count != 1 else ''} cut …"
 

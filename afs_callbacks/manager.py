@@ -31,7 +31,7 @@ from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.delivery.routing import Route, channel_status
 from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.formatting import exception_report, lead_of
+from afs_callbacks.formatting import exception_report, lead_of, lead_with_error
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import MetricPoint, RunState
 
@@ -390,7 +390,9 @@ class NotificationManager:
             context.setdefault("traceback", report.traceback)
             summary = report.headline
         else:
-            detail = redact(error)
+            # A pasted traceback (``afs-notify error --error "$(tail log)"``) leads with
+            # its error, as an exception's report does.
+            detail = lead_with_error(redact(error))
             text = messages.training_failed(model, detail)
             summary = lead_of(detail).splitlines()[0] if detail.strip() else "unknown error"
         return self.notify(

@@ -8,21 +8,25 @@ import math
 import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from afs_callbacks import EventType, NotificationEvent, NotificationLevel
+from afs_callbacks.config import Settings
 from afs_callbacks.formatting import (
     LEVEL_COLORS,
     LEVEL_EMOJI,
     TRUNCATION_MARK,
     context_fields,
     describe_exception,
+    error_line_of,
     exception_report,
     format_bytes,
     format_duration,
     format_metrics,
     format_value,
+    lead_with_error,
     level_hex,
     plain_text,
     shorten,
@@ -31,6 +35,7 @@ from afs_callbacks.formatting import (
     truncate_escaped,
     utf8_length,
 )
+from afs_callbacks.manager import NotificationManager
 from afs_callbacks.redaction import register_secret
 
 
@@ -257,3 +262,36 @@ def test_shorten_measures_after_escaping_and_in_bytes() -> None:
     assert shorten("E: " + "x" * 500 + "\n\nrest", 50) == truncate("E: " + "x" * 500, 50)
     # Text within the limit is left as it is (escaped).
     assert shorten("a < b", 10, escape=html.escape) == "a &lt; b"
+
+
+LOG_TAIL = """epoch 3: 40%|████      | 12/30
+Traceback (most recent call last):
+  File "train.py", line 12, in <module>
+    main()
+ValueError: bad shape
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "train.py", line 14, in <module>
+    raise RuntimeError("CUDA error: out of range")
+RuntimeError: CUDA error: out of range
+wandb: Waiting for W&B process to finish... (failed 1)."""
+
+
+def test_a_text_traceback_gives_its_last_exception_line_not_a_log_line_after_it() -> None:
+    assert error_line_of(LOG_TAIL) == "RuntimeError: CUDA error: out of range"
+    assert error_line_of("no traceback\nbut a last line\n\n") == "but a last line"
+    assert error_line_of("  \n") == ""
+    led = lead_with_error(LOG_TAIL)
+    assert led.startswith("RuntimeError: CUDA error: out of range\n\nepoch 3")
+    assert lead_with_error("Disk full on /scratch") == "Disk full on /scratch"
+
+
+def test_a_pasted_traceback_leads_the_failure_message(tmp_path: Path) -> None:
+    """``afs-notify error --error "$(tail log)"``: the message and the summary lead with the error."""
+    with NotificationManager(settings=Settings(state_dir=tmp_path, console="never")) as manager:
+        event = manager.notify_training_failed("resnet", "r1", LOG_TAIL)
+    assert event is not None
+    assert event.message.splitlines()[0] == "RuntimeError: CUDA error: out of range"
+    assert event.context["error"] == "RuntimeError: CUDA error: out of range"

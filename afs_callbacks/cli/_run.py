@@ -35,7 +35,7 @@ from afs_callbacks.cli._common import (
 )
 from afs_callbacks.cli._output import Output
 from afs_callbacks.events import EventType, NotificationEvent
-from afs_callbacks.formatting import format_duration, truncate
+from afs_callbacks.formatting import error_line_of, format_duration, truncate
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.redaction import redact
 
@@ -303,11 +303,12 @@ def _report(
     hint = ""
     if killed_by == getattr(signal, "SIGKILL", None):
         hint = " SIGKILL often comes from the kernel's out-of-memory killer or a scheduler's hard limit."
-    # A failure leads with its error: the stderr's last line (a traceback's final line),
-    # else how the command ended; that first line is the failure's one-line summary.
+    # A failure leads with its error: the exception line of the traceback in stderr (or
+    # stderr's last line), else how the command ended; that first line is the failure's
+    # one-line summary.
     how = f"{ended[0].upper() + ended[1:]} {after}.{hint}"
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    lead = f"{lines[-1]}\n{how}" if lines else how
+    error = error_line_of(tail)
+    lead = f"{error}\n{how}" if error else how
     return manager.notify_training_failed(model, run_id, f"{lead}\n\n{command.rstrip()}{stderr}", **context)
 
 
