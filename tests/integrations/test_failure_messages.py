@@ -254,7 +254,8 @@ def test_sms_is_one_segment_with_the_error_after_the_title(failure):
     form = parse_qs(failure.request("/twilio", b"RuntimeError").body.decode())
     [body] = form["Body"]
     assert len(body) <= GSM7_SEGMENT
-    assert body.startswith("ERROR: Training failed: resnet - " + ERROR[:40])
+    # The title may lead with its outcome's icon ("❌ Training failed: ...").
+    assert re.match(r"ERROR: (\S+ )?Training failed: resnet - " + re.escape(ERROR[:40]), body), body
     assert "Traceback" not in body  # the lead only: never frames on a phone
 
 
@@ -271,7 +272,7 @@ def test_email_subject_names_the_error_and_the_body_leads_with_it(failure):
     assert mail["Subject"].startswith("❌ resnet failed: RuntimeError: CUDA error: device-side assert")
     text = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
     shown, _, full = text.partition("\n\nFull traceback:\n")
-    assert shown.splitlines()[0] == "ERROR: Training failed: resnet"
+    assert re.fullmatch(r"ERROR: (\S+ )?Training failed: resnet", shown.splitlines()[0])
     assert_leads_with_the_error("\n".join(shown.splitlines()[1:]))
     assert full.startswith("Traceback (most recent call last):")  # below, for the record
     page = mail.get_body(("html",)).get_content()
