@@ -2,13 +2,12 @@
 
 Only ERROR and CRITICAL events page someone. Each opens (or adds to) one incident per run
 and condition: the ``dedup_key`` is ``afs:<run_id>:<event_type>``, so the tenth NaN of a
-run lands on the incident the first one opened. The end of a run reads its outcome
-(:meth:`~afs_callbacks.outcome.Outcome.of_event`): one that ``resolves_alerts`` (completed,
-stopped early by the user's rule, pruned, stopped by a person) resolves every condition's
-key of the run; any other keeps them open, and pages at the outcome's level — a run
-stopped on a NaN/Inf triggers the NaN's own key again, so its incident stays open (or
-opens, if the NaN's own message never got through) with the end's summary. A recovery (a
-resumed run, a passed re-evaluation, an event marked ``resolved=True``) resolves its own
+run lands on the incident the first one opened. When the run completes, every condition's
+key of that run is resolved, but only when its outcome says it ended well
+(:attr:`~afs_callbacks.outcome.Outcome.resolves_alerts`, read from the end event, never
+decided here): a run that stopped on a NaN, or completed with warnings, keeps its incidents
+open, and its end pages on its own key when its level reaches the trigger level. A recovery
+(a resumed run, a passed re-evaluation, an event marked ``resolved=True``) resolves its own
 condition.
 
 Which keys to resolve must be known in any process (``afs-notify flush`` delivering a dead
@@ -54,11 +53,15 @@ SEVERITY = {
     NotificationLevel.INFO: "info",
 }
 
-#: Conditions that page by default: resolved by every end that resolves alerts, in any process.
+#: Conditions that page by default: resolved for every completed run, in any process.
 INCIDENT_TYPES = frozenset(kind for kind, level in DEFAULT_LEVELS.items() if level >= NotificationLevel.ERROR)
+#: Keys a clean end resolves besides ``INCIDENT_TYPES``: an earlier end of the same run id
+#: that did not resolve (a NaN stop) paged on its own type's key.
+END_KEYS = frozenset({EventType.TRAINING_COMPLETED})
 
-#: Events that end conditions of their run (the end of a run reads its outcome instead).
+#: Events that end conditions of their run: ``None`` means all of them.
 RECOVERIES: Mapping[EventType, frozenset[EventType] | None] = {
+    EventType.TRAINING_COMPLETED: None,
     EventType.TRAINING_RESUMED: frozenset({EventType.TRAINING_STALLED, EventType.TRAINING_INTERRUPTED}),
     EventType.EVALUATION_COMPLETED: frozenset({EventType.EVALUATION_FAILED}),
     EventType.LOSS_IMPROVED: frozenset({EventType.LOSS_DEGRADED}),
@@ -68,25 +71,20 @@ _ROUTING_KEY = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 _MAX_REMEMBERED_RUNS = 1000
 
 
-#: The condition an end that keeps alerts open pages on, when it is not the end's own:
-#: a run stopped on a problem keeps the problem's incident (the NaN's) triggered.
-PROBLEM_CONDITIONS: Mapping[Outcome, EventType] = {Outcome.STOPPED_ON_PROBLEM: EventType.NAN_DETECTED}
-
-
 def ended_conditions(event: NotificationEvent) -> frozenset[EventType] | None:
-    """The conditions of ``event``'s run that it ends: ``None`` for all of them, an empty
-    set for none. The end of a run ends them all only when its outcome
-    ``resolves_alerts``; a NaN stop, a failure or a kill ends none. An event whose context
-    has ``resolved=True`` ends its own type's condition (a monitor saying GPU memory is
-    back to normal).
+    """The conditions of ``event``'s run that it ends: ``None`` for all of them (the run
+    completed), an empty set for none. An event whose context has ``resolved=True`` ends
+    its own type's condition (a monitor saying GPU memory is back to normal).
 
-    Shared with the Alertmanager channel, which resolves alerts on the same events.
+    A run's end ends them all only when its outcome resolves alerts (``completed``,
+    ``stopped_early``, ...): a ``stopped_on_problem`` or ``completed_with_warnings`` end
+    ends none. Shared with the Alertmanager channel, which resolves alerts on the same events.
     """
     if event.context.get("resolved") is True:
         return frozenset({event.event_type})
     outcome = Outcome.of_event(event)
-    if outcome is not None:
-        return None if outcome.resolves_alerts else frozenset()
+    if outcome is not None and not outcome.resolves_alerts:
+        return frozenset()
     return RECOVERIES.get(event.event_type, frozenset())
 
 
@@ -164,28 +162,20 @@ class PagerDutyNotifier(HttpChannel):
         ended = ended_conditions(event)
         if ended is None or ended:
             return self._resolve(event, ended)
-        level = routed_level(event)
+        level = routed_level(event)  # an end pages at its outcome's level
         if level < self.trigger_level:
             return DeliveryResult.delivered(f"{level.value}: below the trigger level, not sent")
-        condition = self.condition(event)
         result = self.deliver(self.api_url, json=self.trigger_body(event))
-        if result.ok and event.run_id and condition not in INCIDENT_TYPES:
-            self._remember(event.run_id, condition)
+        if result.ok and event.run_id and event.event_type not in INCIDENT_TYPES:
+            self._remember(event.run_id, event.event_type)
         return result
-
-    @staticmethod
-    def condition(event: NotificationEvent) -> EventType:
-        """The condition ``event`` triggers: its type, or for an end that keeps the run's
-        alerts open the problem its outcome names (:data:`PROBLEM_CONDITIONS`)."""
-        outcome = Outcome.of_event(event)
-        return PROBLEM_CONDITIONS.get(outcome, event.event_type) if outcome else event.event_type
 
     def trigger_body(self, event: NotificationEvent) -> dict[str, Any]:
         """The ``trigger`` request for ``event``."""
         run_id = event.run_id
         # Without a run nothing will resolve it: one incident per event (its id makes
         # a retried delivery idempotent).
-        key = dedup_key(run_id, self.condition(event)) if run_id else f"afs:event:{event.id}"
+        key = dedup_key(run_id, event.event_type) if run_id else f"afs:event:{event.id}"
         summary = f"[{run_id}] {event.title}" if run_id else event.title
         # The summary is what the phone's push shows: a failure names its error there.
         error = " ".join(str(event.context.get("error") or "").split())
@@ -212,9 +202,8 @@ class PagerDutyNotifier(HttpChannel):
         }
 
     def resolve_keys(self, run_id: str, ended: Iterable[EventType] | None) -> list[str]:
-        """The dedup keys a recovery of ``run_id`` resolves (``None``: all of them, at an
-        end that resolves alerts)."""
-        kinds = set(INCIDENT_TYPES) | self._paged.get(run_id, set()) if ended is None else set(ended)
+        """The dedup keys a recovery of ``run_id`` resolves (``None``: the run completed)."""
+        kinds = INCIDENT_TYPES | END_KEYS | self._paged.get(run_id, set()) if ended is None else set(ended)
         return [dedup_key(run_id, kind) for kind in sorted(kinds, key=lambda k: k.value)]
 
     def _resolve(self, event: NotificationEvent, ended: frozenset[EventType] | None) -> DeliveryResult:
