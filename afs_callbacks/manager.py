@@ -31,7 +31,7 @@ from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.delivery.routing import Route, channel_status
 from afs_callbacks.events import DEFAULT_LEVELS, Attachment, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.formatting import describe_exception
+from afs_callbacks.formatting import exception_report, lead_of, lead_with_error
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import MetricPoint, RunState
 
@@ -393,9 +393,19 @@ class NotificationManager:
         self, model: str, run_id: str, error: BaseException | str, **context: Any
     ) -> NotificationEvent | None:
         """Training crashed; ``error`` is the exception or its text."""
-        detail = describe_exception(error) if isinstance(error, BaseException) else redact(error)
-        summary = detail.strip().splitlines()[-1] if detail.strip() else "unknown error"
-        text = messages.training_failed(model, detail)
+        if isinstance(error, BaseException):
+            report = exception_report(error)
+            text = messages.training_failed(
+                model, report, step=context.get("step"), epoch=context.get("epoch")
+            )
+            context.setdefault("traceback", report.traceback)
+            summary = report.headline
+        else:
+            # A pasted traceback (``afs-notify error --error "$(tail log)"``) leads with
+            # its error, as an exception's report does.
+            detail = lead_with_error(redact(error))
+            text = messages.training_failed(model, detail)
+            summary = lead_of(detail).splitlines()[0] if detail.strip() else "unknown error"
         return self.notify(
             text.title,
             text.body,

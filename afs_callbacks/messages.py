@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from afs_callbacks.formatting import format_duration, format_metrics, format_rate, format_value
+from afs_callbacks.formatting import ErrorReport, format_duration, format_metrics, format_rate, format_value
 from afs_callbacks.outcome import Outcome
 
 
@@ -190,11 +190,24 @@ def metric_degraded(
     )
 
 
-def training_failed(model: str, error_text: str, *, out_of_memory: bool = False) -> Message:
-    """TRAINING_FAILED or OUT_OF_MEMORY (outcome ``failed``); ``error_text`` is the
-    described exception."""
+def training_failed(
+    model: str,
+    error: ErrorReport | str,
+    *,
+    out_of_memory: bool = False,
+    step: int | None = None,
+    epoch: int | None = None,
+) -> Message:
+    """TRAINING_FAILED or OUT_OF_MEMORY (outcome ``failed``); ``epoch`` is 1-based.
+
+    The body leads with the error: its first line is the exception's type and message,
+    the second where it happened in the user's own code (and at which epoch and step),
+    then the user's frames with the frameworks' folded (:meth:`ErrorReport.text`). A
+    described exception given as text is the body as it is.
+    """
+    body = error.text(step=step, epoch=epoch) if isinstance(error, ErrorReport) else error
     icon = Outcome.FAILED.icon
-    return Message(f"{icon} {'Out of memory' if out_of_memory else 'Training failed'}: {model}", error_text)
+    return Message(f"{icon} {'Out of memory' if out_of_memory else 'Training failed'}: {model}", body)
 
 
 def training_interrupted(

@@ -25,7 +25,7 @@ from helpers.hook import (
     wait_until,
 )
 
-from afs_callbacks import DeliveryResult, NotificationEvent, NotificationHandler
+from afs_callbacks import Attachment, DeliveryResult, NotificationEvent, NotificationHandler
 from afs_callbacks.channels._http import parse_retry_after
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, Claim
 from afs_callbacks.delivery.sender import call_handler
@@ -317,3 +317,70 @@ def test_a_flush_that_ends_does_not_end_another_still_under_way(tmp_path: Path) 
         long.join(30)
         assert reports == [0]
         manager.close()
+
+
+class NoFiles(NotificationHandler):
+    """A service that takes no attachments (a 413 for a file), or none at all."""
+
+    name = "nofiles"
+
+    def __init__(self, *, refuse_text_too: bool = False) -> None:
+        self.refuse_text_too = refuse_text_too
+        self.sent: list[NotificationEvent] = []
+
+    def send(self, event: NotificationEvent) -> DeliveryResult:
+        self.sent.append(event)
+        if event.attachments:
+            return DeliveryResult.refused_attachment("HTTP 413: file too large")
+        if self.refuse_text_too:
+            return DeliveryResult.permanent("HTTP 400: bad request")
+        return DeliveryResult.delivered()
+
+
+def chart_event() -> NotificationEvent:
+    chart = Attachment("loss_curve.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    return NotificationEvent(
+        "training_completed", "success", "Training completed: resnet", attachments=(chart,)
+    )
+
+
+def test_a_refused_attachment_sends_the_message_again_without_it_once_and_notes_it(tmp_path: Path) -> None:
+    handler = NoFiles()
+    manager = manager_for(tmp_path, {"nofiles": handler}, **NEVER)
+    event = manager.emit(chart_event())
+    assert event is not None and manager.flush(10).delivered == 1
+    assert [len(sent.attachments) for sent in handler.sent] == [1, 0]
+    assert {sent.id for sent in handler.sent} == {event.id}  # the same message, idempotency key kept
+    [delivery] = manager.outbox.history()[0].deliveries
+    assert delivery.state == DELIVERED and delivery.attempts == 1
+    assert delivery.last_error == (
+        "sent without its attachment, which the service refused (HTTP 413: file too large)"
+    )
+    manager.close()
+
+
+def test_a_message_refused_without_its_attachment_too_is_dead_with_both_reasons(tmp_path: Path) -> None:
+    handler = NoFiles(refuse_text_too=True)
+    manager = manager_for(tmp_path, {"nofiles": handler}, **NEVER)
+    manager.emit(chart_event())
+    manager.flush(10)
+    assert len(handler.sent) == 2  # once with, once without: never more
+    [delivery] = manager.outbox.history()[0].deliveries
+    assert delivery.state == DEAD
+    assert delivery.last_error == "HTTP 400: bad request (after the service refused the attachment)"
+    manager.close()
+
+
+def test_a_refusal_without_an_attachment_is_an_ordinary_permanent_failure(tmp_path: Path) -> None:
+    class Odd(NoFiles):
+        def send(self, event: NotificationEvent) -> DeliveryResult:
+            self.sent.append(event)
+            return DeliveryResult.refused_attachment("HTTP 413")
+
+    handler = Odd()
+    manager = manager_for(tmp_path, {"odd": handler}, **NEVER)
+    manager.notify("no chart here")
+    manager.flush(10)
+    assert len(handler.sent) == 1
+    assert manager.outbox.history()[0].deliveries[0].state == DEAD
+    manager.close()

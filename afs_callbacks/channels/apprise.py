@@ -13,10 +13,13 @@ goes only to the URLs that failed; the ones that already delivered the event are
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -128,34 +131,47 @@ class AppriseNotifier(NotificationHandler):
         self._done: OrderedDict[str, set[int]] = OrderedDict()
 
     def send(self, event: NotificationEvent) -> DeliveryResult:
-        """Notify every URL that does not have the event yet; any failure retries later."""
+        """Notify every URL that does not have the event yet; any failure retries later.
+
+        Attachments go as real files in a private temporary folder (Apprise's plugins open
+        attachments by path: ``form://`` cannot read an in-memory one). A URL that fails
+        while carrying them is answered as a refused attachment, so the sender sends the
+        message again without them at once rather than retrying it for a day; Apprise
+        says no more than "failed", so a network failure reads the same, and that resend
+        is then retried as usual.
+        """
         done = self._done.setdefault(event.id, set())
         self._done.move_to_end(event.id)
         while len(self._done) > _MAX_REMEMBERED:
             self._done.popitem(last=False)
         body = self.body_text(event)
-        attach = _attachments(event)
         failed = []
-        for index, (shown, target) in enumerate(self._targets):
-            if index in done:
-                continue
-            try:
-                ok = bool(
-                    target.notify(
-                        body=body,
-                        title=truncate(event.title, 250),
-                        notify_type=LEVEL_TYPES[event.level],
-                        body_format="text",
-                        attach=attach,
+        with _attachment_files(event) as attach:
+            for index, (shown, target) in enumerate(self._targets):
+                if index in done:
+                    continue
+                try:
+                    ok = bool(
+                        target.notify(
+                            body=body,
+                            title=truncate(event.title, 250),
+                            notify_type=LEVEL_TYPES[event.level],
+                            body_format="text",
+                            attach=attach,
+                        )
                     )
-                )
-            except Exception as error:  # a plugin bug must not reach the sender
-                ok = False
-                shown = f"{shown} ({type(error).__name__}: {redact(error)})"
-            if ok:
-                done.add(index)
-            else:
-                failed.append(shown)
+                except Exception as error:  # a plugin bug must not reach the sender
+                    ok = False
+                    shown = f"{shown} ({type(error).__name__}: {redact(error)})"
+                if ok:
+                    done.add(index)
+                else:
+                    failed.append(shown)
+        if failed and attach:
+            return DeliveryResult.refused_attachment(
+                f"apprise could not deliver to {', '.join(failed)}"
+                f" with {len(event.attachments)} attachment(s)"
+            )
         if failed:
             return DeliveryResult.retry(f"apprise could not deliver to {', '.join(failed)}")
         self._done.pop(event.id, None)
@@ -243,15 +259,22 @@ def _register_url_secrets(url: str) -> None:
     register_secret(password)
 
 
-def _attachments(event: NotificationEvent) -> list[Any] | None:
-    """The event's files as Apprise memory attachments (None on Apprise versions without)."""
+@contextlib.contextmanager
+def _attachment_files(event: NotificationEvent) -> Iterator[list[str] | None]:
+    """The event's files written to a private temporary folder (removed afterwards), as
+    the paths Apprise attaches; None when the event has none."""
     if not event.attachments:
-        return None
-    try:
-        from apprise.attachment.memory import AttachMemory
-    except ImportError:
-        return None
-    return [
-        AttachMemory(content=item.data, name=item.filename, mimetype=item.content_type)
-        for item in event.attachments
-    ]
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="afs-apprise-") as folder:  # mode 0700
+        paths: list[str] = []
+        for position, item in enumerate(event.attachments):
+            # The file keeps its name (services show it), made safe as a file name.
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(item.filename).name).lstrip(".")
+            name = name or f"attachment-{position}"
+            path = Path(folder) / name
+            if str(path) in paths:
+                path = Path(folder) / f"{position}-{name}"
+            path.write_bytes(item.data)
+            paths.append(str(path))
+        yield paths

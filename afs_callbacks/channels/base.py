@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, ClassVar
 
+from afs_callbacks.outcome import Outcome as RunOutcome
 from afs_callbacks.redaction import SecretPattern, redact, register_pattern
 
 if TYPE_CHECKING:
     from afs_callbacks.config import Env, Settings
-    from afs_callbacks.events import NotificationEvent
+    from afs_callbacks.events import NotificationEvent, NotificationLevel
     from afs_callbacks.runstate import RunState
 
 
@@ -46,6 +47,9 @@ class DeliveryResult:
             stop sending to it in this process instead of failing every message.
         message_id: the id the service gave the message (a live card keeps it to edit).
         gone: for an edit, the message no longer exists (deleted): post a new one.
+        attachment_refused: the service refused what the event carried (a file too big,
+            a plugin that cannot read it): the sender sends the message again without
+            its attachments, once, and the history notes it (:meth:`refused_attachment`).
     """
 
     outcome: Outcome
@@ -54,6 +58,7 @@ class DeliveryResult:
     disable_channel: bool = False
     message_id: str | None = None
     gone: bool = False
+    attachment_refused: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", redact(self.detail))
@@ -77,6 +82,24 @@ class DeliveryResult:
     def permanent(cls, detail: str, *, disable_channel: bool = False) -> DeliveryResult:
         """A failure that retrying cannot fix (bad request, dead webhook, bad credentials)."""
         return cls(Outcome.PERMANENT, detail, disable_channel=disable_channel)
+
+    @classmethod
+    def refused_attachment(cls, detail: str) -> DeliveryResult:
+        """The service refused the message because of its attachment (a 413, an SMTP 552,
+        a plugin that cannot open the file). As it stands the message cannot go
+        (permanent); without its attachments it may, and the sender tries that once."""
+        return cls(Outcome.PERMANENT, detail, attachment_refused=True)
+
+
+def routed_level(event: NotificationEvent) -> NotificationLevel:
+    """The level ``event`` is routed, texted and paged by: for the end of a run, its
+    outcome's level (:meth:`~afs_callbacks.outcome.Outcome.of_event`) or the event's own
+    where that is higher (an out-of-memory failure is critical); any other event's own.
+    A NaN stop is an error wherever the event's own level came from."""
+    outcome = RunOutcome.of_event(event)
+    if outcome is None:
+        return event.level
+    return max(event.level, outcome.level, key=lambda level: level.severity)
 
 
 @dataclass(frozen=True)

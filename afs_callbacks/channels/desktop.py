@@ -20,6 +20,8 @@ environment variables that a fixed PowerShell script decodes, so no title can br
 from __future__ import annotations
 
 import base64
+import configparser
+import functools
 import html
 import importlib.util
 import os
@@ -29,13 +31,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from afs_callbacks.channels.base import ChannelStatus, DeliveryResult, NotificationHandler, Outcome
 from afs_callbacks.channels.card_view import card_view, render_text
 from afs_callbacks.events import NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.formatting import context_fields, format_metrics, truncate
+from afs_callbacks.formatting import context_fields, format_metrics, shorten, truncate
 from afs_callbacks.redaction import redact
 
 if TYPE_CHECKING:
@@ -150,14 +153,26 @@ class DesktopNotifier(NotificationHandler):
         return backend.show(replace(popup, replaces_id=replaces_id))
 
     def render(self, event: NotificationEvent) -> Popup:
-        """What to show, independent of the platform."""
-        lines = [event.message] if event.message else []
-        lines += [f"{label}: {value}" for label, value in context_fields(event) if label != "Host"]
+        """What to show, independent of the platform: the message first (a failure's error
+        line leads, and only the middle of its frames gives way to the limit), then the
+        run's details and metrics in the room left."""
+        details = [f"{label}: {value}" for label, value in context_fields(event) if label != "Host"]
         if event.metrics:
-            lines.append(format_metrics(event.metrics))
+            details.append(format_metrics(event.metrics))
+        extra = _clean("\n".join(details))
+        message = _clean(event.message.strip())
+        # The details take at most a third of the bubble while the message needs the room.
+        room = _BODY_CHARS - min(len(extra) + 1, _BODY_CHARS // 3) if extra else _BODY_CHARS
+        body = shorten(message, room) if message else ""
+        if extra and len(body) + 1 < _BODY_CHARS:
+            body = (
+                f"{body}\n{truncate(extra, _BODY_CHARS - len(body) - 1)}"
+                if body
+                else truncate(extra, _BODY_CHARS)
+            )
         return Popup(
             title=truncate(_clean(" ".join(event.title.split())) or event.event_type.value, _TITLE_CHARS),
-            body=truncate(_clean("\n".join(lines)), _BODY_CHARS),
+            body=body,
             level=event.level,
             sound=self.sound,
             timeout=self.timeout,
@@ -282,6 +297,12 @@ ICONS = {
     NotificationLevel.ERROR: "dialog-error",
     NotificationLevel.CRITICAL: "dialog-error",
 }
+#: Themes searched, in order, for the file of a level's icon. The standard names are in
+#: each; Adwaita keeps its full-colour ones in ``legacy/`` directories, which dunst's
+#: theme lookup (and others) skip, so the file itself travels in the ``image-path`` hint.
+ICON_THEMES = ("Adwaita", "breeze", "Papirus", "elementary", "gnome", "Tango", "hicolor")
+#: The icon size looked for first (pixels); the nearest other size, else scalable, follows.
+ICON_SIZE = 48
 SOUNDS = {
     NotificationLevel.INFO: "message-new-instant",
     NotificationLevel.SUCCESS: "complete",
@@ -312,8 +333,75 @@ class Popup:
 
     @property
     def expire_ms(self) -> int:
-        """The timeout in milliseconds, as D-Bus' int32 carries it."""
+        """The timeout in milliseconds, as D-Bus' int32 carries it; 0 (never expires) for
+        errors and critical events whatever the timeout: a server honours the client's
+        timeout over its own rule for critical urgency, and the bubble of a crash must
+        wait for the person."""
+        if self.urgency == 2:
+            return 0
         return min(int(self.timeout * 1000), 2**31 - 1)
+
+
+def icon_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where icon themes live (the freedesktop icon theme specification's base
+    directories): ``$HOME/.icons``, then ``icons`` under ``$XDG_DATA_HOME`` and each of
+    ``$XDG_DATA_DIRS``."""
+    environ = os.environ if environ is None else environ
+    home = Path(environ.get("HOME") or Path.home())
+    data_home = Path(environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    data_dirs = [
+        Path(d) for d in (environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share").split(":") if d
+    ]
+    return [home / ".icons", data_home / "icons", *(d / "icons" for d in data_dirs)]
+
+
+@functools.lru_cache(maxsize=64)
+def icon_file(name: str, bases: tuple[Path, ...] | None = None) -> str | None:
+    """The file of the standard icon ``name`` in an installed theme of :data:`ICON_THEMES`
+    (the size nearest :data:`ICON_SIZE`, a bitmap before a vector at the same size), or
+    None when no theme carries it. Read from each theme's ``index.theme``. A theme that
+    keeps only the symbolic variant (Adwaita from GNOME 46, which dropped ``legacy/``)
+    gives ``name-symbolic``: a plain icon is better than none."""
+    for variant in (name, f"{name}-symbolic"):
+        for theme in ICON_THEMES:
+            for base in bases if bases is not None else icon_dirs():
+                found = _icon_in_theme(base / theme, variant)
+                if found is not None:
+                    return found
+    return None
+
+
+def _icon_in_theme(root: Path, name: str) -> str | None:
+    index = root / "index.theme"
+    if not index.is_file():
+        return None
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(index, encoding="utf-8")
+        listed = parser.get("Icon Theme", "Directories", fallback="")
+        listed += "," + parser.get("Icon Theme", "ScaledDirectories", fallback="")
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return None
+    ranked = []
+    for directory in dict.fromkeys(d.strip() for d in listed.split(",") if d.strip()):
+        try:
+            size = parser.getint(directory, "Size", fallback=0)
+        except ValueError:
+            size = 0
+        scalable = parser.get(directory, "Type", fallback="") == "Scalable"
+        ranked.append((scalable, abs(size - ICON_SIZE), directory))
+    for _, _, directory in sorted(ranked):
+        for extension in (".png", ".svg"):
+            path = root / directory / f"{name}{extension}"
+            if path.is_file():
+                return str(path)
+    return None
+
+
+def _icon_hint(level: NotificationLevel) -> str | None:
+    """The level's icon file as a ``file://`` URI, for the ``image-path`` hint."""
+    found = icon_file(ICONS[level])
+    return Path(found).as_uri() if found else None
 
 
 class Backend(Protocol):
@@ -381,6 +469,9 @@ class DBusBackend:
         except Exception as error:
             return DeliveryResult.retry(f"cannot connect to the session bus: {_text(error)}")
         hints: dict[str, tuple[str, Any]] = {"urgency": ("y", popup.urgency)}
+        image = _icon_hint(popup.level)
+        if image is not None:
+            hints["image-path"] = ("s", image)
         if popup.sound:
             hints["sound-name"] = ("s", SOUNDS[popup.level])
         else:
@@ -509,7 +600,7 @@ class NotifySendBackend(_CommandBackend):
             f"--app-name={popup.app_name}",
             f"--urgency={'critical' if popup.urgency == 2 else 'normal'}",
             f"--expire-time={popup.expire_ms}",
-            f"--icon={ICONS[popup.level]}",
+            f"--icon={icon_file(ICONS[popup.level]) or ICONS[popup.level]}",
             f"--hint={hint}",
             "--",
             popup.title,

@@ -30,6 +30,7 @@ from afs_callbacks.formatting import (
     format_metrics,
     format_value,
     marked_title,
+    shorten,
     truncate,
 )
 from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, mask_url, redact, register_secret
@@ -44,6 +45,8 @@ DISCORD_HOSTS = tuple(
     f"{prefix}{domain}" for domain in ("discord.com", "discordapp.com") for prefix in ("", "ptb.", "canary.")
 )
 # Discord resolves ``attachment://name`` only for plain file names.
+#: Discord's JSON error code for an upload over the size limit ("Request entity too large").
+ENTITY_TOO_LARGE = 40005
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 _WEBHOOK_PATH = re.compile(r"^/api(?:/v\d+)?/webhooks/(?P<id>[^/]*)/(?P<token>[^/]*)/?$")
 _WEBHOOK_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,}$")
@@ -117,12 +120,19 @@ class DiscordNotifier(HttpChannel):
         filename = _safe_filename(image.filename)
         payload["embeds"][0]["image"] = {"url": f"attachment://{filename}"}
         payload["attachments"] = [{"id": 0, "filename": filename}]
-        return self.deliver(
+        response = self.post(
             self.webhook_url,
             data={"payload_json": json.dumps(payload)},
             files={"files[0]": (filename, image.data, image.content_type)},
             params=params,
         )
+        if isinstance(response, DeliveryResult):
+            return response
+        if response.status_code == 413 or json_object(response).get("code") == ENTITY_TOO_LARGE:
+            # The file is over what this server takes (a guild's upload limit): the sender
+            # sends the embed again without it.
+            return DeliveryResult.refused_attachment(f"HTTP {response.status_code}: {short_body(response)}")
+        return self.classify(response)
 
     def payload(self, event: NotificationEvent) -> dict[str, Any]:
         """The JSON body for ``event`` (without the image), within Discord's limits."""
@@ -139,7 +149,8 @@ class DiscordNotifier(HttpChannel):
         while embed["fields"] and _embed_length(embed) > total_limit:
             embed["fields"].pop()  # only with absurd values: the field caps normally suffice
         description_budget = max(total_limit - _embed_length(embed), 0)
-        description = truncate(event.message.strip(), min(self.DESCRIPTION_LIMIT, description_budget))
+        # A failure's error line leads; only the middle of its frames gives way.
+        description = shorten(event.message.strip(), min(self.DESCRIPTION_LIMIT, description_budget))
         if description:  # Discord rejects an empty description
             embed["description"] = description
         return {"embeds": [embed], "allowed_mentions": {"parse": []}}

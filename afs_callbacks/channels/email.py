@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, ClassVar
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler
 from afs_callbacks.config import Settings, channel_settings, is_loopback
+from afs_callbacks.events import EventType
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_value, level_hex, plain_text, truncate
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.redaction import redact, register_secret
 
 if TYPE_CHECKING:
@@ -157,6 +159,10 @@ class EmailNotifier(NotificationHandler):
             with self._session() as smtp:
                 refused = smtp.send_message(message, self.sender_address, list(self.recipients))
         except Exception as error:  # every failure becomes a result; send never raises
+            if event.attachments and _too_big(error):
+                # The relay's size limit: the chart made the message too big. Without it
+                # the message fits; the sender sends it again so (DeliveryResult contract).
+                return DeliveryResult.refused_attachment(classify_error(error, self).detail)
             return classify_error(error, self)
         if refused:
             # The others got it: retrying would send them a second copy.
@@ -340,6 +346,15 @@ def classify_error(error: BaseException, channel: EmailNotifier) -> DeliveryResu
     return DeliveryResult.retry(f"{type(error).__name__}: {_text(error)}")
 
 
+def _too_big(error: BaseException) -> bool:
+    """The server refused the message for its size: 552 (RFC 5321: exceeded storage
+    allocation, what relays answer over ``message_size_limit``) or enhanced code 5.3.4."""
+    if not isinstance(error, smtplib.SMTPResponseException):
+        return False
+    reply = _reply(error.smtp_error)
+    return error.smtp_code == 552 or reply.startswith("5.3.4")
+
+
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
     if ca_file is None:
         return ssl.create_default_context()
@@ -375,34 +390,41 @@ def _text(error: BaseException) -> str:
 
 # The message (no network here) ---------------------------------------------------------
 
+#: The most characters of a failure's subject: the error after "❌ resnet failed: " is cut.
+FAILURE_SUBJECT_CHARS = 120
+_FAILURE_TYPES = frozenset({EventType.TRAINING_FAILED, EventType.OUT_OF_MEMORY})
+
 
 def build_message(
     event: NotificationEvent, sender: str, sender_address: str, recipients: tuple[str, ...]
 ) -> EmailMessage:
     """The whole message: headers, text and HTML alternatives, charts inline."""
     message = EmailMessage()
-    # Header values may not hold line breaks (they would start new headers).
-    title = " ".join(event.title.split()) or event.event_type.value
-    message["Subject"] = truncate(f"[{event.level.value.upper()}] {title}", SUBJECT_CHARS)
+    message["Subject"] = subject(event)
     message["From"] = sender
-    message["To"] = ", ".join(recipients)
+    # Angle brackets, as mail programs write a bare address: a To without them beside an
+    # HTML image is a spam sign (spamassassin's TO_NO_BRKTS_HTML_IMG).
+    message["To"] = ", ".join(f"<{address}>" for address in recipients)
     message["Date"] = format_datetime(event.timestamp)
     domain = sender_address.rpartition("@")[2]
     message["Message-ID"] = f"<{event.id}.afs@{domain}>"
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
     message["X-AFS-Event"] = event.event_type.value
     # Quoted-printable keeps the message 7-bit clean for relays without 8BITMIME.
-    message.set_content(truncate(plain_text(event), BODY_CHARS) + footer(event), cte="quoted-printable")
+    message.set_content(text_body(event), cte="quoted-printable")
     images = [a for a in event.attachments if a.content_type.startswith("image/")]
     cids = [make_msgid(domain=domain) for _ in images]
     page = html_body(event, [cid[1:-1] for cid in cids])
     message.add_alternative(page, subtype="html", cte="quoted-printable")
-    # The HTML alternative becomes multipart/related once an image is added to it.
+    # The HTML alternative becomes multipart/related once an image is added to it; the
+    # image is inline (shown where the HTML refers to it by cid:), not listed as a file.
     html_part = message.get_body(("html",))
     assert html_part is not None  # just added
     for attachment, cid in zip(images, cids, strict=True):
         maintype, _, subtype = attachment.content_type.partition("/")
-        html_part.add_related(attachment.data, maintype, subtype, cid=cid, filename=attachment.filename)
+        html_part.add_related(
+            attachment.data, maintype, subtype, cid=cid, filename=attachment.filename, disposition="inline"
+        )
     for attachment in event.attachments:
         if attachment not in images:
             maintype, _, subtype = attachment.content_type.partition("/")
@@ -412,39 +434,158 @@ def build_message(
     return message
 
 
+def subject(event: NotificationEvent) -> str:
+    """``[LEVEL] title``; a failure names its error: ``❌ resnet failed: RuntimeError: CUDA
+    error…``, so the inbox line alone says what happened. Never a line break (it would
+    start a new header)."""
+    error = event.context.get("error")
+    outcome = Outcome.of_event(event)
+    if event.event_type in _FAILURE_TYPES and error and outcome in (None, Outcome.FAILED):
+        who = " ".join(str(event.model or "training").split())
+        text = f"{Outcome.FAILED.icon} {who} failed: {' '.join(str(error).split())}"
+        return truncate(text, FAILURE_SUBJECT_CHARS, mark="…")
+    title = " ".join(event.title.split()) or event.event_type.value
+    return truncate(f"[{event.level.value.upper()}] {title}", SUBJECT_CHARS)
+
+
+def text_body(event: NotificationEvent) -> str:
+    """The text/plain alternative: level and title, the message, the run's details, the
+    metrics, a failure's full traceback, then the footer."""
+    text = truncate(plain_text(event), BODY_CHARS)
+    full = _traceback(event)
+    if full:
+        text += "\n\nFull traceback:\n" + truncate(full, BODY_CHARS)
+    return text + footer(event)
+
+
 def html_body(event: NotificationEvent, image_cids: list[str]) -> str:
-    """The HTML alternative; every piece of run text is escaped."""
+    """The HTML alternative: a card of the level's colour with the title, the message (its
+    first line in bold: a failure's error, then where it happened), the run's details and metrics,
+    the chart inline, a failure's full traceback, and why the mail came. Every piece of
+    run text is escaped; styles are inline, as mail programs drop style sheets."""
     esc = html.escape
     color = level_hex(event.level)
+    cell = 'style="padding:3px 16px 3px 0;vertical-align:top;color:#374151"'
     rows = "".join(
-        f'<tr><th align="left" style="padding:2px 12px 2px 0">{esc(label)}</th><td>{esc(value)}</td></tr>'
+        f'<tr><th align="left" {cell}>{esc(label)}</th><td style="padding:3px 0">{esc(value)}</td></tr>'
         for label, value in context_fields(event)
     )
     metrics = "".join(
-        f'<tr><td style="padding:2px 12px 2px 0">{esc(str(name))}</td>'
-        f'<td style="font-family:monospace">{esc(format_value(value))}</td></tr>'
+        f"<tr><td {cell}>{esc(str(name))}</td>"
+        f'<td style="padding:3px 0;font-family:Menlo,Consolas,monospace">{esc(format_value(value))}</td></tr>'
         for name, value in event.metrics.items()
     )
+    section = 'style="padding:8px 24px"'
+    heading = 'style="margin:0 0 6px 0;font-size:15px;color:#111827"'
+    kind = event.event_type.value.replace("_", " ")
     parts = [
-        f'<div style="font-family:sans-serif;border-left:6px solid {color};padding-left:12px">',
-        f'<p style="color:{color};font-weight:bold;margin:0">{esc(event.level.value.upper())}'
-        f" · {esc(event.event_type.value)}</p>",
-        f'<h2 style="margin:4px 0 12px 0">{esc(event.title)}</h2>',
+        f'<tr><td style="padding:20px 24px 4px 24px"><p style="margin:0;color:{color};font-weight:bold;'
+        f'font-size:13px;letter-spacing:0.04em">{esc(event.level.value.upper())} · {esc(kind)}</p>'
+        f'<h1 style="margin:6px 0 4px 0;font-size:20px;line-height:1.3;color:#111827">{esc(event.title)}</h1>'
+        "</td></tr>",
     ]
-    if event.message:
-        message = truncate(event.message, BODY_CHARS)
-        parts.append(f'<pre style="white-space:pre-wrap;font-family:monospace">{esc(message)}</pre>')
+    message = truncate(event.message.strip(), BODY_CHARS)
+    if message:
+        lead, _, rest = message.partition("\n\n")
+        first, _, more = lead.partition("\n")
+        parts.append(
+            f'<tr><td {section}><p style="margin:0;font-size:15px;line-height:1.5;white-space:pre-wrap;'
+            f'color:#111827"><strong>{esc(first)}</strong>'
+            + (f"\n{esc(more)}" if more else "")
+            + "</p>"
+            + (
+                f'<pre style="margin:10px 0 0 0;white-space:pre-wrap;font-size:13px;color:#374151;'
+                f'font-family:Menlo,Consolas,monospace">{esc(rest)}</pre>'
+                if rest.strip()
+                else ""
+            )
+            + "</td></tr>"
+        )
     if rows:
-        parts.append(f"<table>{rows}</table>")
+        parts.append(
+            f'<tr><td {section}><h2 {heading}>Run</h2><table role="presentation" cellpadding="0"'
+            f' cellspacing="0" style="font-size:14px">{rows}</table></td></tr>'
+        )
     if metrics:
-        parts.append(f"<h3>Metrics</h3><table>{metrics}</table>")
-    parts += [f'<p><img src="cid:{esc(cid)}" alt="chart" style="max-width:100%"></p>' for cid in image_cids]
-    parts.append(f'<p style="color:#6b7280;font-size:small">{esc(footer(event).strip())}</p></div>')
-    return "<!DOCTYPE html><html><body>" + "\n".join(parts) + "</body></html>"
+        parts.append(
+            f'<tr><td {section}><h2 {heading}>Metrics</h2><table role="presentation" cellpadding="0"'
+            f' cellspacing="0" style="font-size:14px">{metrics}</table></td></tr>'
+        )
+    images = [a for a in event.attachments if a.content_type.startswith("image/")]
+    for attachment, cid in zip(images, image_cids, strict=False):
+        name = esc(attachment.filename or "chart")
+        parts.append(
+            f'<tr><td {section}><h2 {heading}>Chart</h2><img src="cid:{esc(cid)}" alt="{name}: the run\'s'
+            f' curves" width="560" style="display:block;max-width:100%;height:auto;border:1px solid #e5e7eb">'
+            f'<p style="margin:4px 0 0 0;font-size:12px;color:#6b7280">{name}, drawn when the run'
+            " ended; every point is also in the run&#39;s history.</p></td></tr>"
+        )
+    full = _traceback(event)
+    if full:
+        parts.append(
+            f'<tr><td {section}><h2 {heading}>Full traceback</h2><pre style="margin:0;white-space:pre-wrap;'
+            f'font-size:12px;color:#374151;font-family:Menlo,Consolas,monospace">'
+            f"{esc(truncate(full, BODY_CHARS))}</pre></td></tr>"
+        )
+    parts.append(
+        '<tr><td style="padding:12px 24px 20px 24px;border-top:1px solid #e5e7eb;font-size:12px;'
+        f'line-height:1.5;color:#6b7280">{esc(_origin(event))}<br>{esc(_why(event))}</td></tr>'
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(event.title)}</title><style>{_STYLE}</style></head>"
+        '<body style="margin:0;padding:0;background:#f3f4f6">'
+        '<table role="presentation" width="100%" cellpadding="0" cellspacing="0"'
+        ' style="background:#f3f4f6"><tr><td align="center" style="padding:24px 12px">'
+        '<table role="presentation" class="card" width="600" cellpadding="0" cellspacing="0"'
+        ' style="max-width:600px;'
+        f"width:100%;background:#ffffff;border-top:6px solid {color};border-radius:6px;"
+        'font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;text-align:left">\n'
+        + "\n".join(parts)
+        + "\n</table></td></tr></table></body></html>"
+    )
+
+
+# Inline styles do the layout (mail programs drop style sheets); this adds what only a
+# style sheet can say, for the programs that read one: small screens and dark mode.
+_STYLE = (
+    "@media (max-width:620px){.card{border-radius:0 !important}.card td{padding-left:14px !important;"
+    "padding-right:14px !important}h1{font-size:18px !important}}"
+    "@media (prefers-color-scheme:dark){body,.card{background:#111827 !important}"
+    ".card,.card h1,.card h2,.card p,.card th,.card td{color:#f3f4f6 !important}"
+    ".card pre{color:#d1d5db !important}.card img{background:#ffffff}}"
+)
 
 
 def footer(event: NotificationEvent) -> str:
-    """The plain-text signature: where and when the event came from, and its id."""
+    """The plain-text signature: where and when the event came from, its id, and why the
+    mail came."""
+    return f"\n\n-- \n{_origin(event)}\n{_why(event)}"
+
+
+def _origin(event: NotificationEvent) -> str:
     host = event.context.get("host")
     where = f" on {host}" if host else ""
-    return f"\n\n-- \nafs-callbacks{where}, {event.timestamp:%Y-%m-%d %H:%M:%S} UTC, event {event.id}"
+    return f"afs-callbacks{where}, {event.timestamp:%Y-%m-%d %H:%M:%S} UTC, event {event.id}"
+
+
+def _why(event: NotificationEvent) -> str:
+    run = event.run_id
+    history = (
+        f"`afs-notify history --run {run}` lists the run's messages, and `afs-notify dashboard`"
+        " shows its curves. "
+        if run
+        else ""
+    )
+    return (
+        f"An automatic message about a training run. {history}This address gets them because"
+        " TO_EMAILS names it in the run's afs-callbacks settings; EMAIL_MIN_LEVEL and"
+        " EMAIL_EVENTS choose which ones, and removing it from TO_EMAILS stops them."
+    )
+
+
+def _traceback(event: NotificationEvent) -> str:
+    """A failure's full traceback (``context["traceback"]``), when it carries one."""
+    value = event.context.get("traceback")
+    return value.strip() if isinstance(value, str) else ""

@@ -31,7 +31,14 @@ from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings
 from afs_callbacks.events import NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.formatting import context_fields, format_metrics, truncate, truncate_bytes
+from afs_callbacks.formatting import (
+    context_fields,
+    format_metrics,
+    shorten,
+    truncate,
+    truncate_bytes,
+    utf8_length,
+)
 from afs_callbacks.redaction import MASK, SecretPattern, mask_url, redact, register_secret
 
 if TYPE_CHECKING:
@@ -172,15 +179,18 @@ class NtfyNotifier(HttpChannel):
 
     def encode(self, event: NotificationEvent) -> bytes:
         """The JSON request for ``event``, at most 4096 bytes (the message is cut to fit)."""
-        message = self.body_text(event)
+        whole = message = self.body_text(event)
+        budget = len(whole.encode("utf-8"))
         while True:
             data = _dump(self.payload(event, message))
             over = len(data) - MAX_REQUEST_BYTES
-            size = len(message.encode("utf-8"))
-            if over <= 0 or size <= _MIN_MESSAGE_BYTES:
+            if over <= 0 or budget <= _MIN_MESSAGE_BYTES:
                 return data
             # JSON escaping never shortens text: cutting `over` raw bytes removes enough.
-            message = truncate_bytes(message, max(size - over - 16, _MIN_MESSAGE_BYTES))
+            # Always cut from the whole text: a failure's error line stays, the middle of
+            # its frames gives way.
+            budget = max(budget - over - 16, _MIN_MESSAGE_BYTES)
+            message = shorten(whole, budget, measure=utf8_length)
 
     def payload(self, event: NotificationEvent, message: str) -> dict[str, Any]:
         """The JSON publish request (``markdown`` off: run text is shown as typed)."""

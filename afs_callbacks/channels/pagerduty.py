@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_callbacks.channels._http import HttpChannel, parse_retry_after
-from afs_callbacks.channels.base import DeliveryResult
+from afs_callbacks.channels.base import DeliveryResult, routed_level
 from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import DEFAULT_LEVELS, EventType, NotificationEvent, NotificationLevel
@@ -162,8 +162,9 @@ class PagerDutyNotifier(HttpChannel):
         ended = ended_conditions(event)
         if ended is None or ended:
             return self._resolve(event, ended)
-        if event.level < self.trigger_level:
-            return DeliveryResult.delivered(f"{event.level.value}: below the trigger level, not sent")
+        level = routed_level(event)  # an end pages at its outcome's level
+        if level < self.trigger_level:
+            return DeliveryResult.delivered(f"{level.value}: below the trigger level, not sent")
         result = self.deliver(self.api_url, json=self.trigger_body(event))
         if result.ok and event.run_id and event.event_type not in INCIDENT_TYPES:
             self._remember(event.run_id, event.event_type)
@@ -176,10 +177,14 @@ class PagerDutyNotifier(HttpChannel):
         # a retried delivery idempotent).
         key = dedup_key(run_id, event.event_type) if run_id else f"afs:event:{event.id}"
         summary = f"[{run_id}] {event.title}" if run_id else event.title
+        # The summary is what the phone's push shows: a failure names its error there.
+        error = " ".join(str(event.context.get("error") or "").split())
+        if error and error not in summary:
+            summary = f"{summary} — {error}"
         payload: dict[str, Any] = {
             "summary": truncate(summary, MAX_SUMMARY_CHARS),
             "source": self.source or str(event.context.get("host") or "afs-callbacks"),
-            "severity": SEVERITY[event.level],
+            "severity": SEVERITY[routed_level(event)],
             "timestamp": event.timestamp.isoformat(),
             "class": event.event_type.value,
             "custom_details": _details(event),

@@ -36,6 +36,7 @@ from afs_callbacks.formatting import (
     format_value,
     marked_title,
     plain_text,
+    shorten,
     truncate,
     truncate_escaped,
 )
@@ -258,11 +259,13 @@ class SlackNotifier(HttpChannel):
             },
         ]
         if event.message.strip():
-            blocks.append(self._section(event.message))
+            # A failure's error line leads; only the middle of its frames gives way.
+            text = shorten(event.message.strip(), self.SECTION_LIMIT, escape=escape_mrkdwn)
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
         blocks += self._field_sections(context_fields(event))
         blocks += self._metric_blocks(event.metrics)
         payload: dict[str, Any] = {
-            "text": truncate_escaped(plain_text(event), self.TEXT_LIMIT, escape_mrkdwn),
+            "text": shorten(plain_text(event), self.TEXT_LIMIT, escape=escape_mrkdwn),
             "blocks": blocks[: self.MAX_BLOCKS],
         }
         if self.channel:

@@ -9,7 +9,9 @@ mobile number) refuses that one recipient for good, and the others keep getting 
 retried. A retry goes only to the recipients that do not have the event yet.
 
 SMS costs money per segment, so only ERROR and CRITICAL events are sent by default
-(``SMS_MIN_LEVEL`` to change), and the text is cut to one segment (:func:`sms_text`).
+(``SMS_MIN_LEVEL`` to change), and the text is cut to one segment (:func:`sms_text`). The
+end of a run is sent by its outcome's level (:func:`~afs_callbacks.channels.base.routed_level`):
+a run stopped on a NaN/Inf texts, one that completed with warnings does not.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels._http import HttpChannel, json_object, short_body
-from afs_callbacks.channels.base import DeliveryResult, Outcome
+from afs_callbacks.channels.base import DeliveryResult, Outcome, routed_level
 from afs_callbacks.channels.hosts import check_host
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
+from afs_callbacks.formatting import lead_of, unmarked_title
 from afs_callbacks.redaction import register_secret
 
 if TYPE_CHECKING:
@@ -160,17 +163,19 @@ class SmsNotifier(HttpChannel):
         return f"{self.api_url}/2010-04-01/Accounts/{self.account_sid}/Messages.json"
 
     def body(self, event: NotificationEvent) -> str:
-        """One segment: ``ERROR: <title> - <message>``, cut to fit."""
-        title = event.title.strip() or event.event_type.value.replace("_", " ")
-        text = f"{event.level.value.upper()}: {title}"
-        message = event.message.strip()
+        """One segment: ``ERROR: <title> - <lead>``, cut to fit. The lead is the message's
+        first paragraph: a failure's error and where it happened, never its frames."""
+        # The level says what the outcome's icon would; an emoji would make it UCS-2.
+        title = unmarked_title(event.title.strip()) or event.event_type.value.replace("_", " ")
+        text = f"{routed_level(event).value.upper()}: {title}"
+        message = lead_of(event.message)
         if message and message != title:
             text += f" - {message}"
         return sms_text(text)
 
     def send(self, event: NotificationEvent) -> DeliveryResult:
         """Text every recipient that does not have the event yet; see the module doc."""
-        if event.level < self.min_level and event.event_type is not EventType.TEST:
+        if routed_level(event) < self.min_level and event.event_type is not EventType.TEST:
             return DeliveryResult.delivered(f"not sent: below SMS_MIN_LEVEL ({self.min_level.value})")
         done = self._remembered(event.id)
         body = self.body(event)

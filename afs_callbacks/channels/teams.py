@@ -28,8 +28,9 @@ from afs_callbacks.formatting import (
     context_fields,
     format_value,
     marked_title,
+    shorten,
     truncate,
-    truncate_bytes,
+    utf8_length,
 )
 from afs_callbacks.redaction import mask_url, register_secret
 
@@ -122,17 +123,19 @@ class TeamsNotifier(HttpChannel):
     def encode(self, event: NotificationEvent) -> bytes:
         """The request body for ``event``, at most :attr:`max_bytes` (message cut first)."""
         message = event.message
+        budget = len(message.encode("utf-8"))
         metrics = _MAX_METRICS
         while True:
             body = _dump(self.payload(event, message=message, max_metrics=metrics))
             over = len(body) - self.max_bytes
             if over <= 0:
                 return body
-            size = len(message.encode("utf-8"))
-            if size > _MIN_MESSAGE_BYTES:
+            if budget > _MIN_MESSAGE_BYTES:
                 # JSON escaping only lengthens text, so cutting `over` raw bytes (plus room
-                # for the mark) removes at least `over` bytes of JSON.
-                message = truncate_bytes(message, max(size - over - 64, _MIN_MESSAGE_BYTES))
+                # for the mark) removes at least `over` bytes of JSON. Cut from the whole
+                # message: a failure's error line stays, the middle of its frames goes.
+                budget = max(budget - over - 64, _MIN_MESSAGE_BYTES)
+                message = shorten(event.message, budget, measure=utf8_length)
             elif metrics > 0:
                 metrics //= 2
             else:

@@ -24,7 +24,7 @@ from afs_callbacks.channels.hosts import check_self_hosted
 from afs_callbacks.config import Env, Settings, channel_settings, validate_url
 from afs_callbacks.events import Attachment, NotificationEvent
 from afs_callbacks.exceptions import ConfigurationError
-from afs_callbacks.formatting import context_fields, format_value, title_mark, truncate_escaped
+from afs_callbacks.formatting import context_fields, format_value, shorten, title_mark, truncate_escaped
 from afs_callbacks.redaction import DELIMITER, MASK, SecretPattern, redact, register_secret
 from afs_callbacks.runstate import commands_from, run_token
 
@@ -141,20 +141,25 @@ class TelegramNotifier(HttpChannel):
         title = event.title.strip() or event.event_type.value.replace("_", " ")
         mark = escape_html(title_mark(event.level, title))
         head = f"{mark}<b>{truncate_escaped(title, self.TITLE_LIMIT, escape_html)}</b>"
-        lines = [head]
-        for label, value in context_fields(event):
-            lines.append(f"<b>{escape_html(label)}:</b> {truncate_escaped(value, 100, escape_html)}")
-        while len(lines) > 1 and len("\n".join(lines)) > limit // 2:
-            lines.pop()  # a caption is short: the run's last details give way first
-        fixed = "\n".join(lines)
+        details = [
+            f"<b>{escape_html(label)}:</b> {truncate_escaped(value, 100, escape_html)}"
+            for label, value in context_fields(event)
+        ]
+        while details and len(head) + len("\n".join(details)) + 2 > limit // 2:
+            details.pop()  # a caption is short: the run's last details give way first
+        fixed = len(head) + (len("\n".join(details)) + 2 if details else 0)
         message = event.message.strip()
         metrics = "\n".join(f"{name}: {format_value(value)}" for name, value in event.metrics.items())
         wrappers = (2 if message else 0) + (len("\n\n<pre></pre>") if metrics else 0)
-        room = max(limit - len(fixed) - wrappers, 0)
+        room = max(limit - fixed - wrappers, 0)
         message_room, metrics_room = _share(len(escape_html(message)), len(escape_html(metrics)), room)
-        text = fixed
+        # The message right under the title: a failure's error line is the first thing
+        # read, and only the middle of its frames gives way to the limit.
+        text = head
         if message and message_room:
-            text += "\n\n" + truncate_escaped(message, message_room, escape_html)
+            text += "\n\n" + shorten(message, message_room, escape=escape_html)
+        if details:
+            text += "\n\n" + "\n".join(details)
         if metrics and metrics_room:
             text += f"\n\n<pre>{truncate_escaped(metrics, metrics_room, escape_html)}</pre>"
         return text

@@ -246,7 +246,7 @@ def delivery_result(delivery: Delivery, *, now: float | None = None) -> tuple[st
     error = redact(delivery.last_error or "")
     if delivery.state == DELIVERED:
         when = f"at {clock(delivery.delivered_at)}" if delivery.delivered_at else ""
-        return "delivered", when
+        return "delivered", "; ".join(part for part in (when, error) if part)  # error: a note
     if delivery.state == DEAD:
         tries = f" (after {delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''})"
         return "failed", (error or "no reason recorded") + (tries if delivery.attempts > 1 else "")

@@ -35,7 +35,7 @@ from afs_callbacks.cli._common import (
 )
 from afs_callbacks.cli._output import Output
 from afs_callbacks.events import EventType, NotificationEvent
-from afs_callbacks.formatting import format_duration, truncate
+from afs_callbacks.formatting import error_line_of, format_duration, truncate
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.outcome import Outcome
 from afs_callbacks.redaction import redact
@@ -278,8 +278,6 @@ def _report(
         "duration": duration,
     }
     after = f"after {format_duration(duration)}"
-    # The command first and the stderr tail last: the message's last line becomes the
-    # failure's one-line summary (the traceback's final line, or how it ended).
     command = f"Command: {shown}\n"
     stderr = f"\n\nLast lines of stderr:\n{tail}" if tail else ""
     interrupt = next((s for s in received if s in FORWARDED), None)
@@ -308,9 +306,13 @@ def _report(
     hint = ""
     if killed_by == getattr(signal, "SIGKILL", None):
         hint = " SIGKILL often comes from the kernel's out-of-memory killer or a scheduler's hard limit."
-    return manager.notify_training_failed(
-        model, run_id, f"{command}{ended[0].upper() + ended[1:]} {after}.{hint}{stderr}", **context
-    )
+    # A failure leads with its error: the exception line of the traceback in stderr (or
+    # stderr's last line), else how the command ended; that first line is the failure's
+    # one-line summary.
+    how = f"{ended[0].upper() + ended[1:]} {after}.{hint}"
+    error = error_line_of(tail)
+    lead = f"{error}\n{how}" if error else how
+    return manager.notify_training_failed(model, run_id, f"{lead}\n\n{command.rstrip()}{stderr}", **context)
 
 
 def _finish(

@@ -217,7 +217,7 @@ def event_rows(events: Sequence[Mapping[str, Any]], now: float) -> list[dict[str
         }
         for event in events
     ]
-    _redact_fields(rows, ("title", "message", "model"))
+    _redact_fields(rows, ("title", "message", "model", "traceback"))
     _redact_fields([d for row in rows for d in row["deliveries"]], ("detail",))
     return rows
 
@@ -396,6 +396,10 @@ def event_of(entry: HistoryEntry) -> dict[str, Any]:
         "title": event.title,
         "message": event.message,
         "model": event.context.get("model"),
+        # A failure's whole traceback (its message carries the error and the user's frames).
+        "traceback": event.context.get("traceback")
+        if isinstance(event.context.get("traceback"), str)
+        else None,
         "deliveries": [_delivery(delivery) for delivery in entry.deliveries],
     }
 

@@ -498,9 +498,10 @@ class Outbox:
             claims.append(Claim(event, channel, attempts))
         return claims
 
-    def mark_delivered(self, event_id: str, channel: str) -> None:
-        """Record a successful delivery."""
-        self._mark("mark_delivered", event_id, channel, ())
+    def mark_delivered(self, event_id: str, channel: str, note: str | None = None) -> None:
+        """Record a successful delivery; ``note`` says how it differed from the event
+        (sent without its attachment) and shows where a failure's reason would."""
+        self._mark("mark_delivered", event_id, channel, (redact(note) if note else None,))
 
     def mark_retry(self, event_id: str, channel: str, next_attempt: float, error: str) -> None:
         """Record a failed attempt to be retried at ``next_attempt`` (epoch seconds).
@@ -1352,9 +1353,10 @@ def _apply_mark(
     if name == "mark_delivered":
         sql = (
             "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_attempt = ?,"
-            f" delivered_at = ?, {_CLEAR_LEASE}, last_error = NULL WHERE event_id = ? AND channel = ?"
+            f" delivered_at = ?, {_CLEAR_LEASE}, last_error = ? WHERE event_id = ? AND channel = ?"
         )
-        params: tuple[Any, ...] = (now, now, *key)
+        note = args[0] if args else None  # a mark kept from before notes existed has none
+        params: tuple[Any, ...] = (now, now, note, *key)
     elif name == "mark_retry":
         next_attempt, error = args
         sql = (

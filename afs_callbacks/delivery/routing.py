@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
+from afs_callbacks.channels.base import ChannelStatus, NotificationHandler, routed_level
 from afs_callbacks.events import (
     PROGRESS_TYPES,
     EventType,
@@ -52,8 +52,9 @@ class Route:
     events: frozenset[EventType] | None = None
 
     def accepts(self, event: NotificationEvent, verbosity: str = "verbose") -> bool:
-        """Whether ``event`` goes to the channel (``verbosity`` applies without ``events``)."""
-        if event.level < self.min_level:
+        """Whether ``event`` goes to the channel (``verbosity`` applies without ``events``).
+        The end of a run is judged by its outcome's level (``routed_level``)."""
+        if routed_level(event) < self.min_level:
             return False
         if self.events is not None:
             return event.event_type in self.events

@@ -16,6 +16,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels.base import DeliveryResult, NotificationHandler, Outcome
@@ -294,14 +295,31 @@ class ChannelWorker:
         self._pace()
         result = call_handler(self.handler, claim)
         self._last_send = time.monotonic()
+        note = None
+        if result.attachment_refused and claim.event.attachments:
+            result, note = self._without_attachments(claim, result)
         if result.outcome is Outcome.DELIVERED:
-            self.outbox.mark_delivered(event_id, self.name)
+            self.outbox.mark_delivered(event_id, self.name, note)
             self._bucket.take()
         elif result.outcome is Outcome.PERMANENT:
             self.outbox.mark_dead(event_id, self.name, result.detail)
             self._report_permanent(result)
         else:
             self._retry_or_expire(claim, result)
+
+    def _without_attachments(self, claim: Claim, refused: DeliveryResult) -> tuple[DeliveryResult, str]:
+        """The service refused the attachment: send the message again without it, once,
+        and say so in the history (a later retry starts again with the attachment: the
+        refusal may have been the service's passing trouble)."""
+        note = f"sent without its attachment, which the service refused ({refused.detail})"
+        log.warning("afs-callbacks: %s refused an attachment; sending the message without it", self.name)
+        self._pace()
+        bare = Claim(claim.event.with_changes(attachments=()), claim.channel, claim.attempts)
+        result = call_handler(self.handler, bare)
+        self._last_send = time.monotonic()
+        if result.ok:
+            return result, note
+        return replace(result, detail=f"{result.detail} (after the service refused the attachment)"), note
 
     def _report_permanent(self, result: DeliveryResult) -> None:
         if result.disable_channel and self.disabled_reason is None:

@@ -84,7 +84,7 @@ from afs_callbacks.events import (
     NotificationLevel,
     _new_id,
 )
-from afs_callbacks.formatting import describe_exception
+from afs_callbacks.formatting import describe_exception, exception_report
 from afs_callbacks.outcome import Outcome
 from afs_callbacks.runstate import STALLED, RunState
 from afs_callbacks.tracking.asks import (
@@ -611,7 +611,7 @@ class RunTracker:
         self._emit(
             EventType.EVALUATION_FAILED,
             messages.evaluation_failed(self.model_name, text),
-            error=_last_line(text),
+            error=_first_line(text),
             rank_any=True,
         )
 
@@ -890,11 +890,11 @@ class RunTracker:
             return
         if not self._begin_end():
             return
-        text = describe_exception(error)
+        report = exception_report(error)
         record = self._record
         duration = self._duration()
         record.end(Outcome.FAILED, duration)
-        record.error_type, record.error = type(error).__name__, _last_line(text)
+        record.error_type, record.error = type(error).__name__, report.headline
         context: dict[str, Any] = {
             "outcome": Outcome.FAILED.value,
             "error": record.error,
@@ -903,6 +903,9 @@ class RunTracker:
             "epoch": self._epoch_number(),
             "duration": duration,
             **self._non_finite_fields(),
+            # The whole traceback, for the history, the dashboard and structured payloads;
+            # the message itself carries the error and the user's frames.
+            "traceback": report.traceback,
         }
         oom = kind is Failure.OUT_OF_MEMORY
         if oom:
@@ -912,7 +915,9 @@ class RunTracker:
         event_type = EventType.OUT_OF_MEMORY if oom else EventType.TRAINING_FAILED
         self._emit(
             event_type,
-            messages.training_failed(self.model_name, text, out_of_memory=oom),
+            messages.training_failed(
+                self.model_name, report, out_of_memory=oom, step=self._last_step, epoch=self._epoch_number()
+            ),
             rank_any=True,
             level=_end_level(Outcome.FAILED, event_type),
             **context,
@@ -1461,10 +1466,10 @@ def _end_level(outcome: Outcome, event_type: EventType) -> NotificationLevel:
     return max(outcome.level, DEFAULT_LEVELS[event_type], key=lambda level: level.severity)
 
 
-def _last_line(text: str) -> str:
-    """The last non-blank line of an error text (at most 300 characters)."""
+def _first_line(text: str) -> str:
+    """The first non-blank line of an error text, the error itself (at most 300 characters)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "unknown error"
+    return lines[0][:300] if lines else "unknown error"
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from afs_callbacks.channels.apprise import AppriseNotifier, split_urls
 from afs_callbacks.config import Env, Settings
 from afs_callbacks.exceptions import ConfigurationError, MissingExtraError
 from afs_callbacks.manager import NotificationManager
-from afs_callbacks.testing import LoopbackReceiver, Reply
+from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
 from tests.channels import support
 from tests.channels.support import OUTBOX_FILES, assert_not_shown, assert_not_stored, flushed
 
@@ -60,6 +60,57 @@ def test_event_reaches_a_json_endpoint(manager: NotificationManager, receiver: L
     (attached,) = body["attachments"]
     assert attached["filename"] == "loss.png" and attached["mimetype"] == "image/png"
     assert base64.b64decode(attached["base64"]) == chart.data
+
+
+# A real PNG's first bytes: Apprise's form plugin sends it as a file part.
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+def form_url(receiver: LoopbackReceiver, path: str = "/form") -> str:
+    return f"form://127.0.0.1:{receiver.port}{path}"
+
+
+def has_file(request: ReceivedRequest) -> bool:
+    return b'filename="loss_curve.png"' in request.body
+
+
+def test_form_and_json_both_get_the_chart_as_a_file(
+    manager: NotificationManager, receiver: LoopbackReceiver
+) -> None:
+    """Apprise's form plugin opens attachments by path: an in-memory one failed ("No such
+    file or directory") and the message was retried for a day. The chart now travels as a
+    real file in a private temporary folder."""
+    manager.register_handler("apprise", AppriseNotifier([form_url(receiver), json_url(receiver)]))
+    chart = Attachment("loss_curve.png", "image/png", PNG)
+    manager.notify("Training completed: resnet", "done", EventType.TRAINING_COMPLETED, attachments=[chart])
+    assert flushed(manager) == ["delivered"]
+    form, sent_json = sorted(receiver.wait_for(2), key=lambda r: r.path)
+    assert form.path == "/form" and form.headers["Content-Type"].startswith("multipart/form-data")
+    assert has_file(form) and PNG in form.body
+    (attached,) = sent_json.json()["attachments"]
+    assert base64.b64decode(attached["base64"]) == PNG
+    (delivery,) = manager.outbox.history()[0].deliveries
+    assert delivery.attempts == 1 and not delivery.last_error
+
+
+def test_a_service_that_refuses_the_attachment_gets_the_message_again_without_it_once(
+    manager: NotificationManager, receiver: LoopbackReceiver
+) -> None:
+    # The form endpoint takes no files (413); the JSON one takes the chart.
+    receiver.responder = lambda request: Reply(413, b"no uploads here") if has_file(request) else None
+    manager.register_handler("apprise", AppriseNotifier([form_url(receiver), json_url(receiver)]))
+    chart = Attachment("loss_curve.png", "image/png", PNG)
+    manager.notify("Training completed: resnet", "done", EventType.TRAINING_COMPLETED, attachments=[chart])
+    assert flushed(manager) == ["delivered"]
+    requests = receiver.wait_for(3)
+    forms = [r for r in requests if r.path == "/form"]
+    jsons = [r for r in requests if r.path != "/form"]
+    assert [has_file(r) for r in forms] == [True, False]  # refused with it, taken without
+    assert forms[1].status == 200 and b"done" in forms[1].body
+    assert len(jsons) == 1 and jsons[0].json()["attachments"]  # never sent a second time
+    (delivery,) = manager.outbox.history()[0].deliveries
+    assert delivery.state == "delivered" and delivery.attempts == 1
+    assert "sent without its attachment" in (delivery.last_error or "")
 
 
 def test_failed_delivery_is_retried_only_where_it_failed(

@@ -23,7 +23,7 @@ import pytest
 
 from afs_callbacks import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.channels.base import Outcome
-from afs_callbacks.channels.desktop import TOAST_SCRIPT, DesktopNotifier, session_bus_address
+from afs_callbacks.channels.desktop import TOAST_SCRIPT, DesktopNotifier, icon_file, session_bus_address
 from afs_callbacks.config import Env, Settings
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager
@@ -140,6 +140,12 @@ def no_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
 
 
+def image_hint(name: str) -> dict[str, str]:
+    """The ``image-path`` hint a pop-up carries where the installed theme has ``name``."""
+    found = icon_file(name)
+    return {"image-path": Path(found).as_uri()} if found else {}
+
+
 def failed(title: str = "Training failed", message: str = "loss < 1 & acc > 0.5") -> NotificationEvent:
     return NotificationEvent(
         EventType.TRAINING_FAILED,
@@ -165,9 +171,10 @@ def test_notify_over_dbus_through_the_manager(manager: NotificationManager, desk
     # The server reads markup (body-markup): the run's text is escaped, not interpreted.
     assert call["body"].startswith("loss &lt; 1 &amp; acc &gt; 0.5\nModel: bert-tiny")
     assert "loss=0.25" in call["body"]
-    assert call["hints"] == {"urgency": 2, "sound-name": "dialog-error"}
-    assert call["hint_types"] == {"urgency": "y", "sound-name": "s"}
-    assert call["icon"] == "dialog-error" and call["expire_timeout"] == 10_000
+    assert call["hints"] == {"urgency": 2, "sound-name": "dialog-error", **image_hint("dialog-error")}
+    assert call["hint_types"]["urgency"] == "y" and call["hint_types"]["sound-name"] == "s"
+    # An error waits for the person: never expires, whatever the channel's timeout (10 s).
+    assert call["icon"] == "dialog-error" and call["expire_timeout"] == 0
     assert notifier.status().configured
 
 
@@ -178,7 +185,7 @@ def test_plain_body_for_servers_without_markup_and_no_sound(bus: Bus) -> None:
     assert notifier.send(event).ok
     [call] = bus.calls()
     assert call["body"] == "a < b & c"
-    assert call["hints"] == {"urgency": 1, "suppress-sound": True}
+    assert call["hints"] == {"urgency": 1, "suppress-sound": True, **image_hint("dialog-information")}
     assert call["expire_timeout"] == 0 and call["icon"] == "dialog-information"
 
 
@@ -192,7 +199,8 @@ def test_notify_send_fallback(desktop: Bus) -> None:
     assert call["summary"] == "-e looks like an option"
     assert call["body"].startswith("loss &lt; 1 &amp; acc &gt; 0.5")
     assert call["hints"]["urgency"] == 2 and call["hints"]["sound-name"] == "dialog-error"
-    assert call["expire_timeout"] == 10_000
+    assert call["expire_timeout"] == 0
+    assert call["icon"] == (icon_file("dialog-error") or "dialog-error")
     assert "notify-send" in notifier.describe()
 
 
@@ -428,3 +436,39 @@ def test_missing_tools_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_unknown_backend_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="dbus-python"):
         DesktopNotifier(backend="dbus-python")
+
+
+def _theme(root: Path, directories: dict[str, str], files: list[str]) -> None:
+    """An icon theme as the freedesktop spec lays it out: index.theme and its folders."""
+    sections = "".join(
+        f"\n[{folder}]\nSize={size}\nType={'Scalable' if size == '0' else 'Fixed'}\n"
+        for folder, size in directories.items()
+    )
+    root.mkdir(parents=True)
+    (root / "index.theme").write_text(
+        f"[Icon Theme]\nName=T\nDirectories={','.join(directories)}\n{sections}"
+    )
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"icon")
+
+
+def test_icon_file_takes_the_nearest_size_and_a_symbolic_one_where_the_theme_has_only_that(
+    tmp_path: Path,
+) -> None:
+    """Adwaita up to GNOME 45 keeps the full-colour names under ``legacy/`` (found from its
+    index.theme); from GNOME 46 only ``-symbolic`` ones exist: either gives an icon."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    _theme(
+        old / "Adwaita",
+        {"16x16/legacy": "16", "48x48/legacy": "48", "scalable/status": "0"},
+        [
+            "16x16/legacy/dialog-error.png",
+            "48x48/legacy/dialog-error.png",
+            "scalable/status/dialog-error-symbolic.svg",
+        ],
+    )
+    _theme(new / "Adwaita", {"scalable/status": "0"}, ["scalable/status/dialog-error-symbolic.svg"])
+    assert icon_file("dialog-error", (old,)) == str(old / "Adwaita/48x48/legacy/dialog-error.png")
+    assert icon_file("dialog-error", (new,)) == str(new / "Adwaita/scalable/status/dialog-error-symbolic.svg")
+    assert icon_file("dialog-error", (tmp_path / "none",)) is None

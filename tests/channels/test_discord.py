@@ -153,6 +153,23 @@ def test_chart_is_sent_as_multipart_and_shown_in_the_embed(
     assert wait_delivery(manager, event, lambda d: d.state == "delivered").attempts == 1
 
 
+def test_a_file_over_the_upload_limit_is_left_out_and_the_embed_sent_again(
+    manager_for: Callable[..., NotificationManager], discord: LoopbackReceiver
+) -> None:
+    # Discord's answer to an upload over the limit: 413 with its JSON error 40005.
+    discord.reply(Reply(413, {"message": "Request entity too large", "code": 40005}))
+    manager = manager_for(DiscordNotifier(webhook_url=discord.url(HOOK_PATH)))
+    event = notify(manager, attachments=[Attachment("loss_curve.png", "image/png", PNG)])
+
+    with_file, without = discord.wait_for(2)
+    assert with_file.headers["Content-Type"].startswith("multipart/form-data")
+    assert without.headers["Content-Type"] == "application/json"
+    assert "image" not in without.json()["embeds"][0]
+    delivery = wait_delivery(manager, event, lambda d: d.state == "delivered")
+    assert delivery.attempts == 1 and "without its attachment" in (delivery.last_error or "")
+    assert "40005" in (delivery.last_error or "") or "too large" in (delivery.last_error or "")
+
+
 def test_429_prefers_the_body_retry_after(
     manager_for: Callable[..., NotificationManager], discord: LoopbackReceiver
 ) -> None:

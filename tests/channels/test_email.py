@@ -150,6 +150,7 @@ def test_starttls_auth_text_html_and_inline_chart(
     assert image.get_content() == PNG
     [cid] = re.findall(r'src="cid:([^"]+)"', page)
     assert image["Content-ID"] == f"<{cid}>"
+    assert image.get_content_disposition() == "inline"  # shown in place, not listed as a file
 
 
 # aiosmtpd cannot tell that an implicit-TLS connection is encrypted, so its AUTH-over-TLS
@@ -258,6 +259,56 @@ def test_4xx_is_retried_and_5xx_is_permanent(
     manager.flush(10)  # each flush tries a pending message once: the first may be the 421
     assert states(manager) == [("delivered", None)]
     assert [parse(m.content)["Subject"] for m in handler.messages] == ["[INFO] retried until accepted"]
+
+
+def test_a_message_too_big_for_the_relay_goes_again_without_its_chart(
+    manager: NotificationManager,
+    starttls_server: LoopbackController,
+    handler: RecordingHandler,
+    ca_file: str,
+) -> None:
+    too_big = "552 5.3.4 Message size exceeds fixed maximum message size"
+    handler.data_replies.append(too_big)
+    chart = Attachment("loss.png", "image/png", PNG)
+    refused = channel(starttls_server, ca_file).send(event(attachments=(chart,)))
+    assert refused.outcome is Outcome.PERMANENT and refused.attachment_refused and "552" in refused.detail
+    handler.data_replies.append(too_big)  # without a chart a 552 is an ordinary refusal
+    plain = channel(starttls_server, ca_file).send(event())
+    assert plain.outcome is Outcome.PERMANENT and not plain.attachment_refused
+
+    handler.data_replies.append(too_big)
+    manager.register_handler("email", channel(starttls_server, ca_file))
+    manager.emit(event(attachments=(chart,)))
+    [(state, note)] = states(manager)
+    assert state == "delivered" and note is not None and "without its attachment" in note
+    [received] = handler.messages
+    assert not [part for part in parse(received.content).walk() if part.get_content_type() == "image/png"]
+
+
+def test_a_failures_subject_names_its_error_and_its_full_traceback_comes_last() -> None:
+    failure = event(
+        message="RuntimeError: CUDA error: device-side assert triggered\nat train.py:42 in training_step",
+        context={
+            "model": "resnet",
+            "run_id": "r1",
+            "error": "RuntimeError: CUDA error: device-side assert triggered" + " (more)" * 40,
+            "traceback": 'Traceback (most recent call last):\n  File "train.py", line 42\nRuntimeError: CUDA',
+        },
+    )
+    message = EmailNotifier("127.0.0.1", TO, USER, port=2525, security="none").compose(failure)
+    subject = str(message["Subject"])
+    assert subject.startswith("❌ resnet failed: RuntimeError: CUDA error: device-side assert triggered")
+    assert len(subject) <= 120 and subject.endswith("…")
+    text = message.get_body(("plain",))
+    assert text is not None
+    body = text.get_content()
+    assert body.splitlines()[1] == "RuntimeError: CUDA error: device-side assert triggered"
+    assert body.index("Full traceback:\nTraceback (most recent call last):") > body.index("Run: r1")
+    # Anything else keeps "[LEVEL] title".
+    other = EmailNotifier("127.0.0.1", TO, USER, port=2525, security="none").compose(
+        event(event_type=EventType.NAN_DETECTED, title="NaN/Inf loss: resnet")
+    )
+    assert other["Subject"] == "[ERROR] NaN/Inf loss: resnet"
 
 
 def test_network_failures_are_retried(ca_file: str) -> None:
@@ -429,3 +480,24 @@ def test_other_attachments_ride_along_and_hints_for_port_mixups(ca_file: str) ->
     starttls_on_465 = EmailNotifier("smtp.example.org", TO, USER, port=465, ca_file=ca_file)
     result = classify_error(TimeoutError("timed out"), starttls_on_465)
     assert result.outcome is Outcome.RETRY and "SMTP_SECURITY=ssl" in result.detail
+
+
+def test_even_a_bare_completions_html_is_over_spamassassins_image_only_sizes(tmp_path: Path) -> None:
+    """spamassassin's HTML_IMAGE_ONLY_* rules (up to 2.8 points) fire on an HTML part of at
+    most 3,200 bytes with an image: a run with no epochs and no metrics carries enough."""
+    pytest.importorskip("matplotlib")
+    from afs_callbacks.integrations.loop import RunNotifier
+    from afs_callbacks.testing import CapturingHandler
+
+    captured = CapturingHandler()
+    settings = Settings(state_dir=tmp_path / "state", console="never")
+    with NotificationManager({"capture": captured}, settings=settings) as manager:
+        with RunNotifier(manager, model_name="m", chart=True) as run:
+            for step in range(20):
+                run.step(loss=1.0 / (step + 1))
+        manager.flush(30)
+    [completion] = [e for e in captured.events if e.event_type is EventType.TRAINING_COMPLETED]
+    assert completion.attachments
+    message = EmailNotifier("127.0.0.1", TO, USER, port=2525, security="none").compose(completion)
+    page = message.get_body(("html",))
+    assert page is not None and len(page.get_content()) > 3200

@@ -16,6 +16,7 @@ from afs_callbacks.config import Env
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager
+from afs_callbacks.outcome import Outcome as RunOutcome
 from afs_callbacks.testing import LoopbackReceiver, ReceivedRequest, Reply
 from tests.channels import support
 
@@ -237,3 +238,57 @@ def test_the_token_is_masked_in_logs(caplog: pytest.LogCaptureFixture) -> None:
 
     assert result.outcome is Outcome.PERMANENT and TOKEN not in result.detail
     assert TOKEN not in caplog.text
+
+
+# The end of a run texts by its outcome's level -------------------------------------------
+# Until the tracker puts ``context["outcome"]`` on every end event (the outcome helper's
+# branch), these events carry it explicitly, as that tracker will.
+
+
+@pytest.mark.parametrize(
+    ("outcome", "texted"),
+    [
+        ("stopped_on_problem", True),  # a NaN stop: an error, whatever the event's own level
+        ("killed", True),
+        ("completed_with_warnings", False),
+        ("completed", False),
+        ("interrupted", False),
+    ],
+)
+def test_an_end_is_texted_by_its_outcomes_level(
+    manager_for: Callable[..., NotificationManager], server: LoopbackReceiver, outcome: str, texted: bool
+) -> None:
+    manager = manager_for(channel(server))  # SMS_MIN_LEVEL's default: error
+    event = NotificationEvent(
+        EventType.TRAINING_COMPLETED,
+        NotificationLevel.WARNING,  # what a training sends a NaN stop with before outcomes
+        "Training stopped on a problem: resnet",
+        "val_loss became NaN at step 8 (epoch 1).",
+        {"run_id": "r1", "model": "resnet", "outcome": outcome},
+    )
+    manager.emit(event)
+    manager.flush(5)
+    bodies = [_form(request)["Body"] for request in server.requests if request.method == "POST"]
+    if texted:
+        [body] = bodies
+        assert body.startswith(
+            f"{RunOutcome.parse(outcome).level.value.upper()}: Training stopped on a problem"
+        )
+    else:
+        assert bodies == []
+
+
+def test_a_failure_is_texted_with_its_lead_never_its_frames(server: LoopbackReceiver) -> None:
+    failure = NotificationEvent(
+        EventType.TRAINING_FAILED,
+        NotificationLevel.ERROR,
+        "Training failed: resnet",
+        "RuntimeError: CUDA error\nat train.py:42 in training_step (epoch 2, step 120)\n\n"
+        "Traceback, most recent call first:\n  train.py:42 in training_step\n      loss = model(x)",
+    )
+    assert channel(server).send(failure).ok
+    body = _form(server.requests[0])["Body"]
+    assert body == (
+        "ERROR: Training failed: resnet - RuntimeError: CUDA error at train.py:42 in training_step"
+        " (epoch 2, step 120)"
+    )

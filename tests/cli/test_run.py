@@ -60,7 +60,12 @@ def test_exit_code_is_the_childs_and_failure_carries_the_stderr_tail(receiver: L
     assert "loading data" in str(failed["message"]) and "shapes (3,) and (4,) differ" in str(
         failed["message"]
     )
-    assert failed["context"]["error"] == "ValueError: shapes (3,) and (4,) differ"  # the last line
+    # The message leads with the error (the stderr's last line), then how the command ended.
+    assert failed["context"]["error"] == "ValueError: shapes (3,) and (4,) differ"
+    assert str(failed["message"]).splitlines()[:2] == [
+        "ValueError: shapes (3,) and (4,) differ",
+        str(failed["message"]).splitlines()[1],
+    ] and str(failed["message"]).splitlines()[1].startswith("Exited with code 1 after")
 
 
 @pytest.mark.parametrize("code", [0, 3])

@@ -346,8 +346,18 @@
       h("thead", {}, h("tr", {}, ["Time", "Level", "Type", "Title", "Deliveries"].map((t) => h("th", {}, t)))),
       h("tbody", {}, events.map((e) => h("tr", { "data-event": e.id },
         h("td", {}, when(e.created)), h("td", {}, h("span", { class: `level l-${e.level}` }, e.level)),
-        h("td", {}, e.event_type), h("td", { title: e.message }, e.title),
+        h("td", {}, e.event_type), h("td", { title: e.message }, e.traceback ? failure(e) : e.title),
         h("td", {}, e.deliveries.length ? e.deliveries.map((d) => deliveryChip(d, now)) : h("span", { class: "muted" }, "no channel"))))));
+  }
+
+  /* A failure's title opens its message (the error first) and Python's full traceback;
+   * it stays open across the page's redraws. */
+  const openFailures = new Set();
+  function failure(e) {
+    const toggled = (ev) => { if (ev.target.open) openFailures.add(e.id); else openFailures.delete(e.id); };
+    return h("details", { class: "failure", open: openFailures.has(e.id), ontoggle: toggled }, h("summary", {}, e.title),
+      h("pre", { class: "failure-message" }, e.message),
+      h("p", { class: "muted" }, "Full traceback"), h("pre", { class: "traceback" }, e.traceback));
   }
 
   function deliveryChip(d, now) {
