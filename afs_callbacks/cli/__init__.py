@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Output().error(f"configuration error: {error}")
         return EXIT_USAGE
     except sqlite3.DatabaseError as error:  # a damaged or locked history: which file, what to do
-        from afs_callbacks.cli._store_check import history_fault, history_path
+        from afs_callbacks.cli._store_check import history_path
+        from afs_callbacks.delivery.faults import history_fault
 
         Output().error(history_fault(history_path(getattr(args, "state_dir", None)), error))
         return EXIT_USAGE

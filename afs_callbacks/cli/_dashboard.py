@@ -12,7 +12,7 @@ import secrets
 import webbrowser
 from contextlib import suppress
 
-from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session, release
+from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session, release, say_off, switch_of
 from afs_callbacks.cli._output import Output
 from afs_callbacks.cli._store_check import history_path
 from afs_callbacks.urls import is_loopback
@@ -39,6 +39,9 @@ def command_dashboard(args: argparse.Namespace, output: Output) -> int:
     # The URL goes to stdout even with --quiet: it is what the command is for.
     print(f"afs-notify dashboard: {server.url}", flush=True)
     output.note(f"history: {config.path}")
+    switch = switch_of(args)
+    if switch is not None:
+        say_off(output, switch, "runs started while it is set are not shown here", stored=True)
     if token and not args.token:
         output.note("a token was generated because the address is reachable from other machines")
     if not loopback:
@@ -76,4 +79,4 @@ def channel_rows(args: argparse.Namespace) -> list[dict[str, str]]:
             if row.state not in ("not set up", "off")
         ]
     finally:
-        release(session.manager)
+        release(session.manager, store=False)  # a reader: it must not create the history
