@@ -16,6 +16,7 @@ hooks.slack.com/services/T…/B…/…, expected https://hooks.slack.com/service
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from urllib.parse import SplitResult, urlsplit
@@ -87,19 +88,33 @@ def _wrapping(url: str) -> str:
     return ""
 
 
+# A host as people write one: a dotted name or address (a port may follow), or localhost.
+_HOST_AHEAD = r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?::\d{1,5})?(?:[/?#]|$)"
+
+
 def _not_http(url: str, parts: SplitResult, shown: str, secret: bool) -> str:
     """What is wrong with a URL that is not ``http(s)://host/...``, and what was expected."""
     text = url.strip()
+    colonless = re.match(rf"^(https?)/+(?={_HOST_AHEAD})", text, re.I)
+    if colonless:  # https//host/...: the colon was lost
+        scheme = colonless.group(1).lower()
+        expected = _shape(f"{scheme}://{text[colonless.end() :]}", secret)
+        got = text[: colonless.end()] + expected[len(scheme) + 3 :]
+        return f"needs a colon after {scheme}: got {got}, expected {expected}"
     host_first = re.match(r"^([A-Za-z0-9.-]+)(?::\d{1,5})?(?:[/?#]|$)", text)
     if "://" not in text and host_first and not text.lower().startswith(("http:", "https:")):
         scheme = "http" if is_loopback(host_first.group(1)) else "https"
         return f"has no {scheme}:// in front: got {shown}, expected {_shape(f'{scheme}://{text}', secret)}"
+    after = text.split(":", 1)[1].lstrip("/") if ":" in text else ""
     if parts.scheme in ("http", "https"):
-        after = text.split(":", 1)[1].lstrip("/")
-        if re.match(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+(?::\d{1,5})?(?:[/?#]|$)", after):
+        if re.match(rf"^{_HOST_AHEAD}", after):
             expected = _shape(f"{parts.scheme}://{after}", secret)
             return f"needs two slashes after {parts.scheme}: got {shown}, expected {expected}"
         return f"has no host after {parts.scheme}:// (got {shown}); expected {parts.scheme}://host/path"
+    close = difflib.get_close_matches(parts.scheme, ("https", "http"), n=1, cutoff=0.75)
+    if close and re.match(rf"^{_HOST_AHEAD}", after):  # htps://, htttps://
+        expected = _shape(f"{close[0]}://{after}", secret)
+        return f"misspells {close[0]} as {parts.scheme!r}: got {shown}, expected {expected}"
     return f"must start with https:// (or http:// to a loopback host), got {shown}"
 
 

@@ -151,3 +151,7 @@ def test_from_the_wheel_test_points_at_files_the_install_has(
     status = in_venv(venv, env, tmp_path, "afs-notify", "status", AFS_STATE_DIR=str(tmp_path / "state"))
     slack = next(line for line in status.stdout.splitlines() if line.startswith("slack"))
     assert slack.endswith(f"none of its settings are present (see {docs / 'channels' / 'slack.md'})")
+    helped = in_venv(venv, env, tmp_path, "afs-notify", "--help")
+    assert (
+        f"Settings come from the environment and ./.env (see {docs / 'configuration.md'})." in helped.stdout
+    )

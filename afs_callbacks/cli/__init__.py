@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from afs_callbacks import __version__
+from afs_callbacks._install import docs_page
 from afs_callbacks.cli._common import EXIT_FAILED, EXIT_USAGE, UsageError, non_negative, number, positive_int
 from afs_callbacks.cli._dashboard import command_dashboard
 from afs_callbacks.cli._flush import command_flush
@@ -89,7 +90,7 @@ message went, deliver what is pending, and wrap any command so its end is report
   afs-notify complete --model X --run-id Y --duration 3600 --loss 0.12
   afs-notify history --state dead                   what did not arrive, and why
 
-Settings come from the environment and ./.env (see docs/configuration.md).
+Settings come from the environment and ./.env (see {configuration}).
 Exit codes: 0 ok, 1 a delivery failed, 2 bad input or configuration."""
 
 
@@ -176,7 +177,8 @@ def build_parser() -> Parser:
     """The whole command line."""
     parser = Parser(
         prog="afs-notify",
-        description=DESCRIPTION,
+        # The docs of this install (a checkout's, or those the wheel put under share/doc).
+        description=DESCRIPTION.format(configuration=docs_page("configuration.md")),
         parents=[_shared(False)],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -224,8 +224,18 @@ def test_a_training_names_a_misspelt_variable_once(tmp_path: Path) -> None:
             "SLACK_WEBHOOK_URL: contains a space, which HTTP clients read in different ways:"
             " https://hooks.slack.com/services/T…/B…/…",
         ),
+        (
+            f"https//hooks.slack.com/services/T0123ABCD/B0456EFGH/{SECRET}",
+            "SLACK_WEBHOOK_URL: needs a colon after https: got https//hooks.slack.com/services/T…/B…/…,"
+            " expected https://hooks.slack.com/services/T…/B…/…",
+        ),
+        (
+            f"htps://hooks.slack.com/services/T0123ABCD/B0456EFGH/{SECRET}",
+            "SLACK_WEBHOOK_URL: misspells https as 'htps': got htps://hooks.slack.com/services/T…/B…/…,"
+            " expected https://hooks.slack.com/services/T…/B…/…",
+        ),
     ],
-    ids=["no-scheme", "one-slash", "quotes", "angle-brackets", "ftp", "space"],
+    ids=["no-scheme", "one-slash", "quotes", "angle-brackets", "ftp", "space", "no-colon", "htps"],
 )
 def test_a_malformed_url_shows_its_non_secret_parts_and_what_was_expected(value: str, detail: str) -> None:
     result = afs_notify("status", "--channel", "slack", env=cli_env(SLACK_WEBHOOK_URL=value))
@@ -233,6 +243,20 @@ def test_a_malformed_url_shows_its_non_secret_parts_and_what_was_expected(value:
     row = next(line for line in result.stdout.splitlines() if line.startswith("slack"))
     assert re.split(r"\s{2,}", row, maxsplit=2) == ["slack", "config error", detail]
     assert SECRET not in result.stdout + result.stderr and "***" not in row
+
+
+def test_a_training_names_a_malformed_url_by_its_shape(tmp_path: Path) -> None:
+    """The library's log line says what the CLI says: redaction leaves the shape as it is
+    (it holds no secret) and still masks the secret of the URL itself."""
+    value = f"hooks.slack.com/services/T0123ABCD/B0456EFGH/{SECRET}"
+    result = run_loop(cli_env(SLACK_WEBHOOK_URL=value), tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("afs-callbacks:")]
+    assert warnings == [
+        "afs-callbacks: slack channel not used: SLACK_WEBHOOK_URL: has no https:// in front:"
+        " got hooks.slack.com/services/T…/B…/…, expected https://hooks.slack.com/services/T…/B…/…"
+    ]
+    assert SECRET not in result.stdout + result.stderr
 
 
 # A damaged history --------------------------------------------------------------------------
@@ -264,6 +288,26 @@ def test_status_and_test_say_the_same_about_a_damaged_history_and_leave_it_in_pl
     assert damaged.read_bytes() == before
     assert sorted(p.name for p in isolated_env.iterdir()) == [damaged.name]
     assert "Traceback" not in status.stderr + test.stderr
+
+
+@pytest.mark.parametrize("command", [("history",), ("history", "--json"), ("flush",), ("retry",)])
+def test_the_other_readers_say_the_same_sentence_and_leave_the_file(
+    isolated_env: Path, command: tuple[str, ...]
+) -> None:
+    isolated_env.mkdir(parents=True)
+    damaged = isolated_env / "outbox.sqlite3"
+    damaged.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
+    before = damaged.read_bytes()
+    result = afs_notify(*command, env=cli_env())
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"afs-notify: cannot read the notification history {damaged}: the file is corrupted; move it aside"
+        f" (mv {damaged} {damaged}.bad) or delete it; the next run starts a fresh one and pending"
+        " messages in it are lost\n"
+    )
+    assert damaged.read_bytes() == before
+    assert sorted(p.name for p in isolated_env.iterdir()) == [damaged.name]
 
 
 def test_the_dashboard_names_a_damaged_history_with_the_same_sentence(isolated_env: Path) -> None:
