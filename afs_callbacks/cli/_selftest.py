@@ -54,6 +54,8 @@ def _test(args: argparse.Namespace, output: Output, scratch: str) -> int:
     switch = switched_off(env) if env is not None else None
     if switch is not None:
         output.error(off_line(switch, "unset it to test"))
+        if output.json_mode:  # a script reading stdout gets the same answer
+            output.json({"results": [], "ok": False, "disabled": off_line(switch, "unset it to test")})
         return EXIT_USAGE
     store_problem = history_problem(history_path(default_state_dir(env))) if env is not None else None
     # A damaged history is not moved aside behind the user's back: the test goes through
@@ -80,10 +82,15 @@ def _test(args: argparse.Namespace, output: Output, scratch: str) -> int:
             ok = not failed and not session.config_error and not store_problem
             output.json({"results": results, "ok": ok, "history_problem": store_problem})
         else:
-            for unknown in session.unknown if session.usable else ():
-                output.note(f"warning: {unknown}")
+            advice = _advice(ordered, session, store_problem)
+            # Each misspelt-looking variable is said once: in the advice when it is why no
+            # channel is configured, else as a warning (it may be why one is missing).
+            for unknown in session.unknown:
+                if str(unknown) not in advice:
+                    output.note(f"warning: {unknown}")
             output.table(["CHANNEL", "RESULT", "DETAIL"], ordered)
-            _advise(output, ordered, session, store_problem)
+            output.line()
+            output.line(advice)
         if session.config_error or store_problem:
             return EXIT_USAGE
         return EXIT_FAILED if failed else EXIT_OK
@@ -117,9 +124,7 @@ def _send_test(manager: NotificationManager, timeout: float) -> dict[str, tuple[
     return rows
 
 
-def _advise(
-    output: Output, rows: list[tuple[str, str, str]], session: Session, store_problem: str | None
-) -> None:
+def _advice(rows: list[tuple[str, str, str]], session: Session, store_problem: str | None) -> str:
     """The next step, in one sentence."""
     states = {state for _, state, _ in rows}
     usable = session.usable
@@ -147,8 +152,7 @@ def _advise(
         advice = "All set: check that the message arrived where you expected it."
     else:
         advice = "Nothing was sent: see `afs-notify status`."
-    output.line()
-    output.line(advice)
+    return advice
 
 
 def _names(channels: list[str]) -> str:

@@ -5,6 +5,7 @@ process), asserting the exact lines people read."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -66,6 +67,13 @@ def test_test_with_the_switch_off_says_so_in_one_line_and_exits_2() -> None:
         assert result.returncode == 2
         assert result.stdout == ""
         assert result.stderr == "afs-notify: AFS_ENABLED=false: nothing is sent (unset it to test)\n"
+    as_json = afs_notify("test", "--json", env=cli_env(AFS_ENABLED="false"))
+    assert as_json.returncode == 2
+    assert json.loads(as_json.stdout) == {
+        "results": [],
+        "ok": False,
+        "disabled": "AFS_ENABLED=false: nothing is sent (unset it to test)",
+    }
 
 
 def test_no_command_creates_a_file_while_the_switch_is_off(isolated_env: Path, tmp_path: Path) -> None:
@@ -153,6 +161,19 @@ def test_a_misspelt_channel_variable_is_named_by_test_with_the_intended_name(tmp
         " and run `afs-notify test` again."
     )
     assert "abcdefghijklmnop" not in from_env.stdout + from_env.stderr + from_file.stdout + from_file.stderr
+
+
+def test_test_names_a_misspelt_variable_beside_a_broken_channel(tmp_path: Path) -> None:
+    """The advice is then about the broken channel; the misspelling still gets its line."""
+    (tmp_path / ".env").write_text(f"SLACK_WEBHOOK_URL=hooks.slack.com/x/{SECRET}\nAFS_VERBOSE=1\n")
+    result = afs_notify("test", env=cli_env())
+    assert result.returncode == 2
+    assert (
+        "afs-notify: warning: AFS_VERBOSE is unknown: did you mean AFS_VERBOSITY?"
+        in result.stderr.splitlines()
+    )
+    assert result.stdout.splitlines()[-1].startswith("The slack channel could not be set up")
+    assert SECRET not in result.stdout + result.stderr
 
 
 def test_a_dotenv_that_sets_no_destination_is_named_instead_of_copy_the_example(tmp_path: Path) -> None:
