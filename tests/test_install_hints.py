@@ -33,14 +33,38 @@ def test_from_this_checkout_the_hints_name_the_checkout(monkeypatch: pytest.Monk
     assert docs_page("channels/slack.md") == "docs/channels/slack.md"
 
 
+#: This checkout on PYTHONPATH would make pip think the package is already installed.
+CLEAN = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def install_alone(root: Path, target: str) -> tuple[Path, dict[str, str]]:
+    """A fresh venv under ``root`` with ``target`` (a wheel file or a folder) installed and
+    nothing else; the core dependencies are lent from this environment (no network), the
+    extras are absent. Returns the venv and the environment to run in it with."""
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index"]
+    subprocess.run(
+        [*pip, "--no-build-isolation", target], check=True, timeout=300, capture_output=True, env=CLEAN
+    )
+    assert (venv / "bin" / "afs-notify").is_file()
+    lent = root / "core"
+    lent.mkdir()
+    for name in CORE:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        (lent / name).symlink_to(Path(spec.origin).parent)
+    env = {key: value for key, value in CLEAN.items() if not key.startswith("PYTEST")}
+    env.update(PYTHONPATH=str(lent), KERAS_BACKEND="torch", DESKTOP_NOTIFICATIONS_ENABLED="false")
+    return venv, env
+
+
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
-    """The wheel built from this checkout, installed with nothing else in a fresh venv; the
-    core dependencies are lent from this environment (no network), the extras are absent."""
+    """The wheel built from this checkout, installed alone in a fresh venv."""
     root = tmp_path_factory.mktemp("wheel")
     dist = root / "dist"
-    # This checkout on PYTHONPATH would make pip think the package is already installed.
-    clean = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     subprocess.run(
         [
             sys.executable,
@@ -57,40 +81,10 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         check=True,
         timeout=300,
         capture_output=True,
-        env=clean,
+        env=CLEAN,
     )
     [wheel] = dist.glob("afs_callbacks-*.whl")
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-index",
-            str(wheel),
-        ],
-        check=True,
-        timeout=300,
-        capture_output=True,
-        env=clean,
-    )
-    assert (venv / "bin" / "afs-notify").is_file()
-    lent = root / "core"
-    lent.mkdir()
-    for name in CORE:
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin is not None, name
-        (lent / name).symlink_to(Path(spec.origin).parent)
-    env = {key: value for key, value in clean.items() if not key.startswith("PYTEST")}
-    env.update(PYTHONPATH=str(lent), KERAS_BACKEND="torch", DESKTOP_NOTIFICATIONS_ENABLED="false")
-    yield venv, env
+    yield install_alone(root, str(wheel))
 
 
 def in_venv(
@@ -155,3 +149,25 @@ def test_from_the_wheel_test_points_at_files_the_install_has(
     assert (
         f"Settings come from the environment and ./.env (see {docs / 'configuration.md'})." in helped.stdout
     )
+
+
+@pytest.mark.slow
+def test_from_a_folder_install_the_hints_name_the_folder(tmp_path: Path) -> None:
+    """``pip install ./afs-callbacks`` (not editable): the folder is still there to install
+    an extra from. pip installs it into a folder of its own (``--target``: the same build
+    and the same ``direct_url.json`` as into a venv, with this interpreter's setuptools)."""
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation"]
+    subprocess.run(
+        [*pip, "--target", str(target), str(REPO)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+        env=CLEAN,
+    )
+    code = "from afs_callbacks._install import current, install_hint as h; print(current().kind, h('keras'))"
+    env = {**CLEAN, "PYTHONPATH": str(target)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip() == f"folder pip install '{REPO}[keras]'", result.stderr
