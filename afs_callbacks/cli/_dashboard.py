@@ -15,6 +15,7 @@ from contextlib import suppress
 from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session, release, say_off, switch_of
 from afs_callbacks.cli._output import Output
 from afs_callbacks.cli._store_check import history_path
+from afs_callbacks.config import off_line
 from afs_callbacks.urls import is_loopback
 
 
@@ -73,7 +74,14 @@ def channel_rows(args: argparse.Namespace) -> list[dict[str, str]]:
         return []
     try:
         rows = status_rows(session, None)
-        return [
+        # What `afs-notify status` says above and below its table, said here too.
+        notices = []
+        if session.off is not None:
+            notices.append(
+                {"channel": "settings", "state": "off", "detail": off_line(session.off, stored=True)}
+            )
+        notices += [{"channel": "settings", "state": "warning", "detail": str(u)} for u in session.unknown]
+        return notices + [
             {"channel": row.channel, "state": row.state, "detail": row.detail}
             for row in rows
             if row.state not in ("not set up", "off")

@@ -122,6 +122,42 @@ def test_no_command_creates_a_file_while_the_switch_is_off(isolated_env: Path, t
     assert files_under(isolated_env) == []
 
 
+def test_the_dashboard_says_the_switch_and_a_misspelt_variable_above_its_channels(
+    isolated_env: Path, receiver: LoopbackReceiver
+) -> None:
+    from dashboard.support import request
+
+    hook = receiver.url(f"/hook/{SECRET}")
+    assert afs_notify("notify", "--title", "before", env=cli_env(WEBHOOK_URL=hook)).returncode == 0
+    env = cli_env(AFS_ENABLED="false", WEBHOOK_URL=hook, SLAK_WEBHOOK_URL="https://hooks.slack.com/x")
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "afs_callbacks", "dashboard", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert dashboard.stdout is not None
+        url = dashboard.stdout.readline().split(": ", 1)[1].strip()
+        answer = request(url, "/api/outbox")
+    finally:
+        dashboard.terminate()
+        dashboard.communicate(timeout=TIMEOUT)
+    assert answer.status == 200, answer.text
+    channels = json.loads(answer.text)["channels"]
+    assert channels[:2] == [
+        {"channel": "settings", "state": "off", "detail": OFF_STATUS},
+        {
+            "channel": "settings",
+            "state": "warning",
+            "detail": "SLAK_WEBHOOK_URL is unknown: did you mean SLACK_WEBHOOK_URL?",
+        },
+    ]
+    assert [row["channel"] for row in channels[2:]] == ["webhook"]
+    assert SECRET not in answer.text
+
+
 def test_a_training_with_the_switch_off_writes_no_file(isolated_env: Path, tmp_path: Path) -> None:
     result = run_loop(cli_env(AFS_ENABLED="false"), tmp_path)
     assert result.returncode == 0, result.stderr
