@@ -459,7 +459,15 @@ def _positional(
     owner: str, given: Any, model_name: str | None, manager: EventSink | None
 ) -> tuple[str | None, EventSink | None]:
     """``(model_name, manager)`` once the positional argument is placed: a ``str`` is the
-    model name, an object with ``emit`` a manager (the positional argument of old)."""
+    model name, an object with ``emit`` a manager (the positional argument of old). A
+    ``manager=`` that is no manager is refused here: at the run's start it would cost the
+    whole run's notifications (``'str' object has no attribute 'emit'``)."""
+    if manager is not None and not callable(getattr(manager, "emit", None)):
+        hint = f"; the model name goes in {owner}(model_name=...)" if isinstance(manager, str) else ""
+        raise TypeError(
+            f"{owner}(manager={type(manager).__name__} object): a manager is a NotificationManager"
+            f" (or any object with emit()){hint}"
+        )
     if given is None:
         return model_name, manager
     if isinstance(given, str):

@@ -115,6 +115,12 @@ def test_a_wrong_first_argument_says_how_to_pass_it(name: str) -> None:
     with pytest.raises(TypeError) as twice:
         cls("a", model_name="b")
     assert str(twice.value) == f"{owner}() got the model name twice: 'a' and model_name='b'"
+    with pytest.raises(TypeError) as not_a_manager:
+        cls(manager="resnet")
+    assert str(not_a_manager.value) == (
+        f"{owner}(manager=str object): a manager is a NotificationManager (or any object with emit());"
+        f" the model name goes in {owner}(model_name=...)"
+    )
     with pytest.raises(TypeError) as many:
         cls("a", "b")
     assert str(many.value) == (
