@@ -15,6 +15,7 @@ stderr); ``run`` exits with its command's status instead. See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import re
 import sqlite3
@@ -117,10 +118,26 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Raise the argparse complaint as a clear sentence naming the command's help."""
-        raise UsageError(f"{_sentence(message)}; see `{self.prog} --help`")
+        raise UsageError(f"{_sentence(message, self)}; see `{self.prog} --help`")
+
+    def known_words(self) -> tuple[list[str], list[str]]:
+        """(commands with their aliases, every option of any command), for "did you mean"."""
+        commands: list[str] = []
+        options = [option for action in self._actions for option in action.option_strings]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    commands.append(name)
+                    options += [option for a in sub._actions for option in a.option_strings]
+        return commands, sorted(set(options))
 
 
-def _sentence(message: str) -> str:
+def _did_you_mean(word: str, words: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, words, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _sentence(message: str, parser: Parser) -> str:
     match = re.match(r"the following arguments are required: (.*)", message)
     if match:
         missing = match.group(1)
@@ -129,13 +146,16 @@ def _sentence(message: str) -> str:
         return f"missing required option{'s' if ',' in missing else ''} {missing}"
     match = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
     if match:
-        return f"unknown command {match.group(2)!r}"
+        return f"unknown command {match.group(2)!r}{_did_you_mean(match.group(2), parser.known_words()[0])}"
     match = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
     if match:
         return f"{match.group(1)} {match.group(2)}"
     match = re.match(r"unrecognized arguments: (.*)", message)
     if match:
-        return f"unknown option or argument: {match.group(1)}"
+        unknown = match.group(1)
+        first = unknown.split()[0].split("=")[0]
+        hint = _did_you_mean(first, parser.known_words()[1]) if first.startswith("-") else ""
+        return f"unknown option or argument: {unknown}{hint}"
     return message
 
 

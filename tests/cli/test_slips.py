@@ -245,6 +245,33 @@ def test_a_training_names_a_misspelt_variable_once(tmp_path: Path) -> None:
     assert "abcdefghijklmnop" not in result.stderr
 
 
+# A mistyped command or option ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["statsu"], "afs-notify: unknown command 'statsu' (did you mean status?); see `afs-notify --help`"),
+        (
+            ["test", "--chanel", "slack"],
+            "afs-notify: unknown option or argument: --chanel slack (did you mean --channel?);"
+            " see `afs-notify --help`",
+        ),
+        (
+            ["history", "--limt=3"],
+            "afs-notify: unknown option or argument: --limt=3 (did you mean --limit?);"
+            " see `afs-notify --help`",
+        ),
+        (["teleport"], "afs-notify: unknown command 'teleport'; see `afs-notify --help`"),
+    ],
+)
+def test_a_mistyped_command_or_option_says_the_likely_one(argv: list[str], line: str) -> None:
+    result = afs_notify(*argv, env=cli_env())
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [line]
+
+
 # Malformed URLs -----------------------------------------------------------------------------
 
 
