@@ -123,7 +123,7 @@ def test_the_short_form_works_once_the_script_imports_the_adapter(receiver, tmp_
     assert (
         "class_path: afs_callbacks.integrations.lightning.AFSNotify" in (tmp_path / "config.yaml").read_text()
     )
-    assert [request.json()["event_type"] for request in receiver.requests][-1] == "training_completed"
+    assert "training_completed" in [request.json()["event_type"] for request in receiver.requests]
     # Without the import jsonargparse cannot resolve the short name: docs/integrations.md
     # says so and gives the full path.
     refused = run_cli(tmp_path, short)
