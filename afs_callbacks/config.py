@@ -484,8 +484,54 @@ def read_settings(
     if strict is None:
         strict = strict_from(env)
     if strict:
-        return Settings.from_env(env)
-    return Settings.from_env(env, on_error=on_error or report_config_error)
+        settings = Settings.from_env(env)
+    else:
+        settings = Settings.from_env(env, on_error=on_error or report_config_error)
+    if not settings.enabled:
+        announce_off(env)
+    return settings
+
+
+# The master switch, said the same way everywhere -----------------------------------------
+
+#: What the library says once per process while ``AFS_ENABLED`` is off (the CLI says the
+#: same, with what to do for its command: ``unset it to test``).
+OFF_TODO = "unset it to turn notifications on"
+
+
+def switched_off(env: Env) -> str | None:
+    """The switch as the user wrote it when it turns the library off (``AFS_ENABLED=false``,
+    ``AFS_ENABLED=0 (in /home/me/.env)``), else None (on, or a value that is not a flag,
+    which keeps the default: on)."""
+    try:
+        if env.flag("AFS_ENABLED", True):
+            return None
+    except ConfigurationError:
+        return None
+    raw = (env.get("AFS_ENABLED") or "").strip() or '""'
+    where = f" (in {env.env_file})" if "AFS_ENABLED" in env.file_names and env.env_file else ""
+    return f"AFS_ENABLED={raw}{where}"
+
+
+def off_line(switch: str, todo: str = OFF_TODO, *, stored: bool = False) -> str:
+    """``AFS_ENABLED=false: nothing is sent (unset it to test)``: the one sentence for the
+    switch, in the library, the CLI and the dashboard."""
+    return f"{switch}: nothing is sent{' or stored' if stored else ''} ({todo})"
+
+
+_announced_off = False
+
+
+def announce_off(env: Env) -> None:
+    """Say once per process that the switch is off: a warning when a ``.env`` file turns it
+    off (easy to forget there), else an info line (a job started with it on purpose)."""
+    global _announced_off
+    switch = switched_off(env)
+    if switch is None or _announced_off:
+        return
+    _announced_off = True
+    level = logging.WARNING if "AFS_ENABLED" in env.file_names else logging.INFO
+    log.log(level, "afs-callbacks: %s", off_line(switch, stored=True))
 
 
 def channel_settings(env: Env, settings: Settings | None = None) -> Settings:

@@ -22,8 +22,11 @@ class ConfigurationError(AFSCallbacksError, ValueError):
 
 
 class MissingExtraError(AFSCallbacksError, ImportError):
-    """An optional dependency is missing; the message names the ``pip install`` to run."""
+    """An optional dependency is missing; the message names the ``pip install`` to run,
+    in the form that works for how the package was installed (a checkout, a wheel...)."""
 
     def __init__(self, feature: str, extra: str) -> None:
+        from afs_callbacks._install import install_hint
+
         self.extra = extra
-        super().__init__(f"{feature} needs the '{extra}' extra: pip install 'afs-callbacks[{extra}]'")
+        super().__init__(f"{feature} needs the '{extra}' extra: {install_hint(extra)}")

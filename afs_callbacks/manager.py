@@ -22,6 +22,7 @@ from afs_callbacks import messages
 from afs_callbacks._log import get_logger
 from afs_callbacks.channels import REGISTRY, build_channel, channel_classes
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
+from afs_callbacks.channels.variables import warn_unknown_variables
 from afs_callbacks.config import Env, Settings, open_env, read_settings
 from afs_callbacks.delivery.admission import Admission
 from afs_callbacks.delivery.hooks import RunHooks
@@ -157,6 +158,8 @@ class NotificationManager:
         for name in REGISTRY:
             if name in wanted and name != "console":
                 manager._register_from_env(name, env, strict)
+        if settings.enabled:  # a misspelt SLAK_WEBHOOK_URL is named at run time too
+            warn_unknown_variables(env, env.file_names, configured=bool(manager._configured()))
         return manager
 
     def _register_from_env(self, name: str, env: Env, strict: bool) -> None:

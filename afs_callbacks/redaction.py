@@ -22,8 +22,9 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
 MASK = "***"
@@ -103,8 +104,28 @@ _TRAILING = (
 )
 #: Every pattern :func:`redact` applies, in order; replaced whole (readers take no lock).
 _patterns: tuple[SecretPattern, ...] = (*_LEADING, *_TRAILING)
-# The same as plain tuples: the loop in redact() runs for every logged line.
-_shapes = tuple((p.word, p.pattern, p.replacement) for p in _patterns)
+# What a refused URL shows of its secret parts (afs_callbacks.urls.url_shape): "…", or one
+# letter and "…", per path segment or query value. A shape pattern leaves such a part as it
+# is (it holds no secret, and masking it would hide what was wrong with the URL).
+_URL_SHAPE = re.compile(r"(?:[^\s/…]?…/?)+[,.;:)]*")
+
+
+def _keeping_url_shapes(replacement: str) -> Callable[[re.Match[str]], str]:
+    kept_group = replacement.startswith("\\1")
+
+    def replace(match: re.Match[str]) -> str:
+        secret = match.group(0)[len(match.group(1)) :] if kept_group else match.group(0)
+        return match.group(0) if _URL_SHAPE.fullmatch(secret) else match.expand(replacement)
+
+    return replace
+
+
+def _compiled(patterns: Iterable[SecretPattern]) -> tuple[tuple[str, re.Pattern[str], Any], ...]:
+    # Plain tuples: the loop in redact() runs for every logged line.
+    return tuple((p.word, p.pattern, _keeping_url_shapes(p.replacement)) for p in patterns)
+
+
+_shapes = _compiled(_patterns)
 
 
 def register_pattern(*patterns: SecretPattern) -> None:
@@ -118,7 +139,7 @@ def register_pattern(*patterns: SecretPattern) -> None:
         services = [p for p in _patterns if p not in _LEADING and p not in _TRAILING]
         services += [p for p in patterns if p not in services]
         _patterns = (*_LEADING, *services, *_TRAILING)
-        _shapes = tuple((p.word, p.pattern, p.replacement) for p in _patterns)
+        _shapes = _compiled(_patterns)
 
 
 def register_secret(*values: str | None) -> None:

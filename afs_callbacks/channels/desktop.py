@@ -224,10 +224,12 @@ class DesktopNotifier(NotificationHandler):
         notify_send = shutil.which("notify-send")
         if self.backend in ("auto", "notify-send") and notify_send:
             return NotifySendBackend(notify_send, address, self.runner, self.call_timeout)
+        from afs_callbacks._install import install_hint
+
         if self.backend == "dbus":
-            return "backend 'dbus' needs jeepney: pip install 'afs-callbacks[desktop]'"
+            return f"backend 'dbus' needs jeepney: {install_hint('desktop')}"
         return (
-            "neither jeepney (pip install 'afs-callbacks[desktop]') nor notify-send "
+            f"neither jeepney ({install_hint('desktop')}) nor notify-send "
             "(apt install libnotify-bin) is available"
         )
 

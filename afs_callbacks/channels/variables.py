@@ -2,16 +2,19 @@
 
 A misspelt variable (``SLAK_WEBHOOK_URL``) is otherwise silently ignored: the channel just
 stays "not set up". :func:`unknown_variables` finds names that look like ours but are not,
-with the likely intended name, for ``afs-notify status``. Channel variables, the names
-people mistype them as and the prefixes only a channel uses are each channel's own
-declarations (``variables``, ``variable_aliases``, ``own_prefixes`` on its class); the
-core's and the monitors' are listed here.
+with the likely intended name, for ``afs-notify status``; :func:`warn_unknown_variables`
+says the same once per process when a manager reads the environment (a training run).
+Channel variables, the names people mistype them as and the prefixes only a channel uses
+are each channel's own declarations (``variables``, ``variable_aliases``, ``own_prefixes``
+on its class); the core's and the monitors' are listed here.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -132,3 +135,26 @@ def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> 
         if suggestion or ours:
             found.append(UnknownVariable(name, suggestion))
     return found
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+log = logging.getLogger("afs_callbacks")
+
+
+def warn_unknown_variables(
+    env: Mapping[str, str], from_file: Iterable[str] = (), *, configured: bool
+) -> None:
+    """Log the :func:`unknown_variables` of ``env`` in one warning, once per process (the
+    same names read again by another manager stay quiet); with no channel ``configured``,
+    say where messages go meanwhile."""
+    unknown = unknown_variables(env, from_file)
+    if not unknown:
+        return
+    text = "; ".join(str(variable) for variable in unknown)
+    with _warned_lock:
+        if text in _warned:
+            return
+        _warned.add(text)
+    tail = "" if configured else " (no channel is configured: messages go to the console)"
+    log.warning("afs-callbacks: %s%s", text, tail)

@@ -15,6 +15,7 @@ stderr); ``run`` exits with its command's status instead. See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import re
 import sqlite3
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from afs_callbacks import __version__
+from afs_callbacks._install import docs_page
 from afs_callbacks.cli._common import EXIT_FAILED, EXIT_USAGE, UsageError, non_negative, number, positive_int
 from afs_callbacks.cli._control import command_control, command_run_status
 from afs_callbacks.cli._dashboard import command_dashboard
@@ -65,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Output().error(f"configuration error: {error}")
         return EXIT_USAGE
     except sqlite3.DatabaseError as error:  # a damaged or locked history: which file, what to do
-        from afs_callbacks.cli._store_check import history_fault, history_path
+        from afs_callbacks.cli._store_check import history_path
+        from afs_callbacks.delivery.faults import history_fault
 
         Output().error(history_fault(history_path(getattr(args, "state_dir", None)), error))
         return EXIT_USAGE
@@ -90,7 +93,7 @@ message went, deliver what is pending, and wrap any command so its end is report
   afs-notify complete --model X --run-id Y --duration 3600 --loss 0.12
   afs-notify history --state dead                   what did not arrive, and why
 
-Settings come from the environment and ./.env (see docs/configuration.md).
+Settings come from the environment and ./.env (see {configuration}).
 Exit codes: 0 ok, 1 a delivery failed, 2 bad input or configuration."""
 
 
@@ -120,10 +123,26 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Raise the argparse complaint as a clear sentence naming the command's help."""
-        raise UsageError(f"{_sentence(message)}; see `{self.prog} --help`")
+        raise UsageError(f"{_sentence(message, self)}; see `{self.prog} --help`")
+
+    def known_words(self) -> tuple[list[str], list[str]]:
+        """(commands with their aliases, every option of any command), for "did you mean"."""
+        commands: list[str] = []
+        options = [option for action in self._actions for option in action.option_strings]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    commands.append(name)
+                    options += [option for a in sub._actions for option in a.option_strings]
+        return commands, sorted(set(options))
 
 
-def _sentence(message: str) -> str:
+def _did_you_mean(word: str, words: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, words, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _sentence(message: str, parser: Parser) -> str:
     match = re.match(r"the following arguments are required: (.*)", message)
     if match:
         missing = match.group(1)
@@ -132,13 +151,16 @@ def _sentence(message: str) -> str:
         return f"missing required option{'s' if ',' in missing else ''} {missing}"
     match = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
     if match:
-        return f"unknown command {match.group(2)!r}"
+        return f"unknown command {match.group(2)!r}{_did_you_mean(match.group(2), parser.known_words()[0])}"
     match = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
     if match:
         return f"{match.group(1)} {match.group(2)}"
     match = re.match(r"unrecognized arguments: (.*)", message)
     if match:
-        return f"unknown option or argument: {match.group(1)}"
+        unknown = match.group(1)
+        first = unknown.split()[0].split("=")[0]
+        hint = _did_you_mean(first, parser.known_words()[1]) if first.startswith("-") else ""
+        return f"unknown option or argument: {unknown}{hint}"
     return message
 
 
@@ -180,7 +202,8 @@ def build_parser() -> Parser:
     """The whole command line."""
     parser = Parser(
         prog="afs-notify",
-        description=DESCRIPTION,
+        # The docs of this install (a checkout's, or those the wheel put under share/doc).
+        description=DESCRIPTION.format(configuration=docs_page("configuration.md")),
         parents=[_shared(False)],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,5 +1,7 @@
 """What every afs-notify subcommand shares: exit codes, input parsing, building the manager
-from the environment, and reading an event's per-channel result from the history.
+from the environment, reading an event's per-channel result from the history, and the
+sentences several commands say alike (the switch is off, no channel is configured, a
+variable is misspelt, the history cannot be read).
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 
+from afs_callbacks._install import docs_page, env_example
 from afs_callbacks.channels import CHANNELS
 from afs_callbacks.channels.base import ChannelStatus, NotificationHandler
+from afs_callbacks.channels.variables import UnknownVariable, unknown_variables
 from afs_callbacks.cli._output import Output
 from afs_callbacks.cli._store_check import history_path, history_problem
-from afs_callbacks.config import Env, Settings
-from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SUPERSEDED, Delivery
+from afs_callbacks.config import Env, Settings, off_line, switched_off
+from afs_callbacks.delivery.outbox import (
+    DEAD,
+    DELIVERED,
+    FOLDED,
+    PENDING,
+    SUPERSEDED,
+    Delivery,
+    Outbox,
+    OutboxUnavailable,
+)
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.redaction import redact
@@ -138,6 +151,39 @@ class Session:
     manager: NotificationManager
     statuses: dict[str, ChannelStatus]
     problems: list[ChannelProblem]
+    #: Why the history file cannot be read (a :func:`history_fault` sentence), when asked
+    #: to check it; the manager has not opened it then (it would move a damaged file aside).
+    store_problem: str | None = None
+
+    @property
+    def off(self) -> str | None:
+        """``AFS_ENABLED=false`` as written, when the switch turns everything off."""
+        return switched_off(self.env)
+
+    @property
+    def unknown(self) -> list[UnknownVariable]:
+        """Set variables that look like ours but are not (``SLAK_WEBHOOK_URL``)."""
+        return unknown_variables(self.env, self.env.file_names)
+
+    def require_store(self) -> None:
+        """Stop a command that reads the history when it cannot be read.
+
+        Raises:
+            UsageError: the :attr:`store_problem` sentence.
+        """
+        if self.store_problem is not None:
+            raise UsageError(self.store_problem)
+
+    def read_history(self) -> Outbox | None:
+        """The history to read from: the manager's (opened now); while the switch is off,
+        the existing file opened read-only, or None when there is none (nothing is
+        created then). Close it with :func:`release` (the manager's) or ``close()``."""
+        if self.manager.enabled:
+            return self.manager.outbox
+        try:
+            return Outbox(history_path(self.manager.state_dir), read_only=True)
+        except OutboxUnavailable:
+            return None
 
     @property
     def config_error(self) -> bool:
@@ -155,11 +201,19 @@ class Session:
         return bool(self.usable) or self.manager.settings.console != "never"
 
 
-def open_session(args: argparse.Namespace, *, channels: bool = True, check_store: bool = False) -> Session:
+def open_session(
+    args: argparse.Namespace,
+    *,
+    channels: bool = True,
+    check_store: bool = False,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> Session:
     """Read the settings (the environment over ``--env-file``, default ``AFS_ENV_FILE`` or
     ``./.env``) and build the manager with every channel they configure (``channels``),
-    restricted to ``--channel``. With ``check_store``, the history file is checked first
-    (a command that reads it says which file is damaged instead of moving it aside).
+    restricted to ``--channel``. With ``check_store``, the history file is checked first,
+    read-only, and what is wrong with it kept as ``store_problem``: a command that reads
+    it says which file is damaged instead of moving it aside. ``state_dir`` puts the
+    manager's history elsewhere (``test`` past a damaged file).
 
     With ``--channel`` and no ``console`` among the names, the console fallback is off:
     ``--channel slack`` means Slack only, not the console when Slack is unusable. A bad
@@ -168,7 +222,6 @@ def open_session(args: argparse.Namespace, *, channels: bool = True, check_store
     Raises:
         ConfigurationError: ``--env-file`` names no file, a ``--channel`` name is unknown,
             or ``AFS_STRICT`` is on and a setting is wrong.
-        UsageError: ``check_store`` and the history file cannot be read.
     """
     requested = requested_channels(args)
     environ = dict(os.environ)
@@ -187,15 +240,12 @@ def open_session(args: argparse.Namespace, *, channels: bool = True, check_store
     if settings.strict and errors:
         raise errors[0][0]
     problems = [ChannelProblem("settings", f"{error} ({outcome})", True) for error, outcome in errors]
-    if check_store and settings.enabled:
-        problem = history_problem(history_path(settings.state_dir))
-        if problem is not None:
-            raise UsageError(problem)
+    store_problem = history_problem(history_path(settings.state_dir)) if check_store else None
     with library_silenced():
         if channels:
-            manager = NotificationManager.from_env(env, channels=requested)
+            manager = NotificationManager.from_env(env, channels=requested, state_dir=state_dir)
         else:
-            manager = NotificationManager(settings=settings)
+            manager = NotificationManager(settings=settings, state_dir=state_dir)
     problems += [ChannelProblem(name, reason, True) for name, reason in manager.config_errors.items()]
     statuses = {name: channel_status(name, handler) for name, handler in manager.handlers.items()}
     problems += [
@@ -206,7 +256,7 @@ def open_session(args: argparse.Namespace, *, channels: bool = True, check_store
     for name in (requested or []) if channels else []:
         if name not in statuses and name not in manager.config_errors and name != "console":
             problems.append(ChannelProblem(name, not_set_up(name), True))
-    return Session(env, manager, statuses, problems)
+    return Session(env, manager, statuses, problems, store_problem)
 
 
 def channel_status(name: str, handler: NotificationHandler) -> ChannelStatus:
@@ -219,7 +269,62 @@ def channel_status(name: str, handler: NotificationHandler) -> ChannelStatus:
 
 def not_set_up(name: str) -> str:
     """Why a channel with no settings at all is not used, and where to read how to set it."""
-    return f"not set up: none of its settings are present (see docs/channels/{name}.md)"
+    return f"not set up: none of its settings are present (see {docs_page(f'channels/{name}.md')})"
+
+
+def no_channel_advice(env: Env, what: str, then: str) -> str:
+    """Why no channel is configured, and the next step, in a few sentences that fit the
+    user's case: a misspelt variable names the intended one; a ``.env`` file that sets no
+    destination is named; only without one is copying ``.env.example`` the advice (from
+    the copy this install has: a checkout's, or the one installed with the wheel).
+
+    ``what`` is what went to the console (``the test``), ``then`` the step after the fix
+    (``run `afs-notify test` again``).
+    """
+    unknown = unknown_variables(env, env.file_names)
+    settings = docs_page("configuration.md")
+    if unknown:
+        where = (
+            f"in {env.env_file}" if any(u.name in env.file_names for u in unknown) else "in your environment"
+        )
+        names = "; ".join(f"{u}" for u in unknown)
+        return (
+            f"No channel is configured, so {what} went to the console only: {names}"
+            f"{'' if names.endswith('?') else '.'} Fix the name {where} and {then}."
+        )
+    if env.env_file is not None:
+        return (
+            f"No channel is configured in {env.env_file}, so {what} went to the console only. Set one"
+            f" destination there (e.g. SLACK_WEBHOOK_URL or NTFY_TOPIC) and {then}; {settings} lists every"
+            " setting."
+        )
+    example = env_example()
+    start = f"Copy {example} to .env" if example else "Create a file named .env here"
+    return (
+        f"No channel is configured yet, so {what} went to the console only. {start}, set one destination"
+        f" (e.g. SLACK_WEBHOOK_URL or NTFY_TOPIC) and {then}; {settings} lists every setting."
+    )
+
+
+def say_off(output: Output, switch: str, todo: str, *, stored: bool = False) -> None:
+    """The switch's one line (:func:`~afs_callbacks.config.off_line`) as a note on stderr."""
+    output.note(off_line(switch, todo, stored=stored))
+
+
+def settings_env(args: argparse.Namespace) -> Env | None:
+    """The settings :func:`open_session` reads (the environment over ``--env-file`` or
+    ``./.env``), for a look before building anything; None when the named file is missing
+    (the session then says so)."""
+    try:
+        return Env(None, env_file=getattr(args, "env_file", None))
+    except ConfigurationError:
+        return None
+
+
+def switch_of(args: argparse.Namespace) -> str | None:
+    """:attr:`Session.off` for a command that builds no session (retry, dashboard)."""
+    env = settings_env(args)
+    return switched_off(env) if env is not None else None
 
 
 def channel_order(names: Sequence[str]) -> list[str]:
@@ -284,22 +389,30 @@ def relative(seconds: float) -> str:
     return f"in {seconds / 3600:.1f} h"
 
 
-def print_problems(output: Output, problems: Sequence[ChannelProblem]) -> None:
-    """One line per configuration error (unusable channels are left to status)."""
+def print_problems(
+    output: Output, problems: Sequence[ChannelProblem], session: Session | None = None
+) -> None:
+    """One line per configuration error (unusable channels are left to status), and with
+    ``session`` one warning per misspelt-looking variable."""
     for problem in problems:
         if problem.name == "settings":
             output.error(problem.reason)
         elif problem.config_error:
             output.error(f"{problem.name} channel not used: {problem.reason}")
+    for unknown in session.unknown if session is not None else ():
+        output.note(f"warning: {unknown}")
 
 
-def release(manager: NotificationManager) -> None:
+def release(manager: NotificationManager, *, store: bool = True) -> None:
     """Let go of a manager that sent nothing, without its exit flush.
 
     ``close()`` would start every channel's sender to flush the backlog: a read-only
-    command (status, history) must not send anything.
+    command (status, history) must not send anything. While the switch is off, or when
+    ``store`` is False (a damaged file the command only looked at), the manager's history
+    was never opened and is not opened now: that would create it, or move it aside.
     """
-    manager.outbox.close()
+    if store and manager.enabled:
+        manager.outbox.close()
     for handler in manager.handlers.values():
         with suppress(Exception):  # a channel's close must not turn a report into a crash
             handler.close()

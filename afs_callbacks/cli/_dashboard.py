@@ -14,10 +14,10 @@ import secrets
 import webbrowser
 from contextlib import suppress
 
-from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session, release
+from afs_callbacks.cli._common import EXIT_OK, UsageError, open_session, release, say_off, switch_of
 from afs_callbacks.cli._output import Output
 from afs_callbacks.cli._store_check import history_path
-from afs_callbacks.config import open_env, read_settings
+from afs_callbacks.config import off_line, open_env, read_settings
 from afs_callbacks.control.policy import DASHBOARD, ControlPolicy
 from afs_callbacks.urls import is_loopback
 
@@ -52,6 +52,9 @@ def command_dashboard(args: argparse.Namespace, output: Output) -> int:
     # The URL goes to stdout even with --quiet: it is what the command is for.
     print(f"afs-notify dashboard: {server.url}", flush=True)
     output.note(f"history: {config.path}")
+    switch = switch_of(args)
+    if switch is not None:
+        say_off(output, switch, "runs started while it is set are not shown here", stored=True)
     if token and not args.token:
         output.note("open the URL above: it carries the access token (--no-token on a single-user machine)")
     if not loopback:
@@ -85,10 +88,17 @@ def channel_rows(args: argparse.Namespace) -> list[dict[str, str]]:
         return []
     try:
         rows = status_rows(session, None)
-        return [
+        # What `afs-notify status` says above and below its table, said here too.
+        notices = []
+        if session.off is not None:
+            notices.append(
+                {"channel": "settings", "state": "off", "detail": off_line(session.off, stored=True)}
+            )
+        notices += [{"channel": "settings", "state": "warning", "detail": str(u)} for u in session.unknown]
+        return notices + [
             {"channel": row.channel, "state": row.state, "detail": row.detail}
             for row in rows
             if row.state not in ("not set up", "off")
         ]
     finally:
-        release(session.manager)
+        release(session.manager, store=False)  # a reader: it must not create the history

@@ -8,6 +8,7 @@ import argparse
 import threading
 from collections.abc import Mapping
 
+from afs_callbacks._install import docs_page
 from afs_callbacks.channels.console import ConsoleNotifier
 from afs_callbacks.cli._common import (
     EXIT_FAILED,
@@ -18,7 +19,9 @@ from afs_callbacks.cli._common import (
     library_silenced,
     open_session,
     print_problems,
+    release,
     requested_channels,
+    say_off,
 )
 from afs_callbacks.cli._output import Output
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, PENDING, SENDING
@@ -34,6 +37,13 @@ def command_flush(args: argparse.Namespace, output: Output) -> int:
     """
     session = open_session(args, check_store=True)
     manager, problems = session.manager, session.problems
+    if session.off:
+        say_off(output, session.off, "unset it to flush")
+        release(manager)
+        return EXIT_OK
+    if session.store_problem:
+        release(manager, store=False)
+        session.require_store()
     try:
         print_problems(output, problems)
         requested = requested_channels(args)
@@ -137,7 +147,7 @@ def _note(manager: NotificationManager, name: str, active: list[str], problems: 
         if problem.name == name:
             return problem.reason
     if name not in active:
-        return f"no settings for it here (see docs/channels/{name}.md); set them and flush again"
+        return f"no settings for it here (see {docs_page(f'channels/{name}.md')}); set them and flush again"
     pending = manager.outbox.history(limit=1, channel=name, state=PENDING)
     for entry in pending:
         for delivery in entry.deliveries:

@@ -21,11 +21,11 @@ from afs_callbacks.cli._common import (
     print_problems,
     release,
     requested_channels,
+    say_off,
 )
 from afs_callbacks.cli._output import Output, render_table
-from afs_callbacks.delivery.outbox import DEAD, STATES, HistoryEntry
+from afs_callbacks.delivery.outbox import DEAD, STATES, HistoryEntry, Outbox
 from afs_callbacks.events import EventType, NotificationLevel
-from afs_callbacks.manager import NotificationManager
 from afs_callbacks.outcome import Outcome
 
 #: Words accepted by ``--state``, beyond the outbox's own state names.
@@ -37,11 +37,19 @@ def command_history(args: argparse.Namespace, output: Output) -> int:
     filters = _filters(args)
     channels = requested_channels(args)
     session = open_session(args, channels=False, check_store=True)
-    print_problems(output, session.problems)
     manager = session.manager
+    if session.store_problem:
+        release(manager, store=False)
+        session.require_store()
+    print_problems(output, session.problems)
+    if session.off:
+        say_off(output, session.off, "what is shown was stored before it was set", stored=True)
+    outbox = session.read_history()
     try:
-        entries = _query(manager, filters, channels, args.limit)
+        entries = _query(outbox, filters, channels, args.limit) if outbox is not None else []
     finally:
+        if outbox is not None and not manager.enabled:
+            outbox.close()
         release(manager)
     if output.json_mode:
         output.json([_as_json(entry, channels) for entry in entries])
@@ -84,14 +92,14 @@ def _filters(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _query(
-    manager: NotificationManager, filters: dict[str, str | None], channels: list[str] | None, limit: int
+    outbox: Outbox, filters: dict[str, str | None], channels: list[str] | None, limit: int
 ) -> list[HistoryEntry]:
     if channels is None:
-        return manager.outbox.history(limit=limit, **filters)
+        return outbox.history(limit=limit, **filters)
     # One query per channel (the outbox filters on one), merged newest first.
     merged: dict[str, HistoryEntry] = {}
     for channel in channels:
-        for entry in manager.outbox.history(limit=limit, channel=channel, **filters):
+        for entry in outbox.history(limit=limit, channel=channel, **filters):
             merged[entry.event.id] = entry
     newest = sorted(merged.values(), key=lambda entry: entry.event.timestamp, reverse=True)
     return newest[:limit]

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from afs_callbacks.cli._common import EXIT_OK, non_negative, open_session
+from afs_callbacks.cli._common import EXIT_OK, non_negative, open_session, say_off
 from afs_callbacks.cli._output import Output
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.redaction import redact
@@ -46,6 +46,8 @@ def command_monitor(args: argparse.Namespace, output: Output) -> int:
 
     session = open_session(args)
     manager = session.manager
+    if session.off:
+        say_off(output, session.off, "the readings are only printed")
     lines = JsonLines(output) if args.json else None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -13,9 +13,10 @@ import os
 import sqlite3
 from collections.abc import Iterator
 
-from afs_callbacks.cli._common import EXIT_OK, UsageError, requested_channels
+from afs_callbacks.cli._common import EXIT_OK, UsageError, requested_channels, say_off, switch_of
 from afs_callbacks.cli._output import Output
-from afs_callbacks.cli._store_check import history_fault, history_path
+from afs_callbacks.cli._store_check import history_path
+from afs_callbacks.delivery.faults import history_fault
 from afs_callbacks.delivery.outbox import Outbox
 
 
@@ -23,6 +24,10 @@ def command_retry(args: argparse.Namespace, output: Output) -> int:
     """Queue dead messages again and say how many; with ``--send``, deliver them now."""
     path = history_path(args.state_dir)
     channels = requested_channels(args)
+    switch = switch_of(args)
+    if switch is not None:
+        say_off(output, switch, "unset it to retry")
+        return EXIT_OK
     if not path.is_file():
         raise UsageError(f"no history at {path}: nothing was ever queued there (see --state-dir)")
     try:

@@ -32,6 +32,7 @@ from afs_callbacks.cli._common import (
     delivery_result,
     open_session,
     print_problems,
+    say_off,
 )
 from afs_callbacks.cli._output import Output
 from afs_callbacks.events import EventType, NotificationEvent
@@ -69,7 +70,9 @@ def command_run(args: argparse.Namespace, output: Output) -> int:
         raise UsageError("run needs a command after --, e.g. afs-notify run -- python train.py")
     session = open_session(args)  # a bad --env-file or --channel stops here, before anything ran
     manager = session.manager
-    print_problems(output, session.problems)
+    if session.off:
+        say_off(output, session.off, "the command runs unreported")
+    print_problems(output, session.problems, session)
     model = args.model or guess_model(command)
     run_id = args.run_id or f"run-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     shown = display(command)

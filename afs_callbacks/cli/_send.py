@@ -16,9 +16,11 @@ from afs_callbacks.cli._common import (
     UsageError,
     deliveries_of,
     delivery_result,
+    no_channel_advice,
     open_session,
     parse_metrics,
     print_problems,
+    say_off,
 )
 from afs_callbacks.cli._output import Output
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
@@ -37,12 +39,16 @@ def send_and_report(args: argparse.Namespace, output: Output, sender: Sender) ->
     session = open_session(args)
     manager = session.manager
     try:
-        print_problems(output, session.problems)
+        if session.off:
+            # A job script that calls afs-notify keeps working with the switch off.
+            say_off(output, session.off, "unset it to send")
+            return EXIT_OK
+        print_problems(output, session.problems, session)
         if not session.can_send:
             raise UsageError("no channel can send this; see `afs-notify status`")
         event = sender(manager)
         if event is None:
-            output.error("the event was not accepted (see the log line above)")
+            output.error("the event was not accepted (run again with -v for the reason)")
             return EXIT_FAILED
         manager.flush(args.timeout)
         results = [(d.channel, *delivery_result(d)) for d in deliveries_of(manager, event.id)]
@@ -62,9 +68,7 @@ def send_and_report(args: argparse.Namespace, output: Output, sender: Sender) ->
             else:
                 output.line("  no channel takes this event (see the routing in `afs-notify status`)")
             if any(name == "console" for name, _, _ in results) and not session.usable:
-                output.note(
-                    "no channel is configured, so it went to the console only; see docs/configuration.md"
-                )
+                output.note(no_channel_advice(session.env, "it", "send it again"))
         if session.config_error:
             return EXIT_USAGE
         return EXIT_FAILED if failed else EXIT_OK

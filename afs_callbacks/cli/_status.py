@@ -1,5 +1,9 @@
 """``afs-notify status``: every channel, whether it can send, why not, what it gets; with
 ``--check``, a reachability probe where the service has one that posts nothing.
+
+With ``AFS_ENABLED=false`` the first line says so and each channel gets nothing; a history
+that cannot be read is named in the footer with what to do (the same sentence ``test``
+says), and the channel table is still shown. Neither case creates or moves a file.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from afs_callbacks.cli._common import (
     requested_channels,
 )
 from afs_callbacks.cli._output import Output
-from afs_callbacks.config import Env
+from afs_callbacks.cli._store_check import history_path
+from afs_callbacks.config import Env, off_line
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SENDING, SUPERSEDED
 from afs_callbacks.events import NotificationLevel
 from afs_callbacks.manager import NotificationManager, Route
@@ -49,27 +54,36 @@ class ChannelRow:
 
 
 def command_status(args: argparse.Namespace, output: Output) -> int:
-    """Print every channel's state; exit 2 on a configuration error, 1 on a failed probe."""
+    """Print every channel's state; exit 2 on a configuration error or a history that
+    cannot be read, 1 on a failed probe."""
     session = open_session(args, check_store=True)
     manager, env = session.manager, session.env
     settings_errors = [p.reason for p in session.problems if p.name == "settings"]
     warnings = setting_warnings(env)
+    off = session.off
+    history = None if session.store_problem else session.read_history()
     try:
         rows = channel_rows(session, requested_channels(args))
         if args.check:
             probe_all(manager, rows, timeout=manager.settings.send_timeout + 2.0)
-        counts = manager.outbox.counts()
+        counts = history.counts() if history is not None else {}
+        path = str(history_path(manager.state_dir))
         if output.json_mode:
             output.json(
                 {
+                    "enabled": off is None,
+                    "disabled": off_line(off, stored=True) if off else None,
                     "channels": [asdict(row) for row in rows],
                     "settings_errors": settings_errors,
                     "warnings": warnings,
                     "env_file": str(env.env_file) if env.env_file else None,
-                    "outbox": {"path": manager.outbox.path, "deliveries": counts},
+                    "outbox": {"path": path, "deliveries": counts, "problem": session.store_problem},
                 }
             )
         else:
+            if off:
+                output.line(off_line(off, stored=True))
+                output.line()
             headers = ["CHANNEL", "STATE", "GETS", "DESTINATION / REASON"]
             table = [[r.channel, r.state, r.gets, r.detail] for r in rows]
             if args.check:
@@ -83,13 +97,20 @@ def command_status(args: argparse.Namespace, output: Output) -> int:
                 output.line(f"          {output.paint('error', 'red')}: {reason}")
             for warning in warnings:
                 output.line(f"          {output.paint('warning', 'yellow')}: {warning}")
-            output.line(f"History:  {manager.outbox.path}")
-            output.line(f"          {outbox_summary(counts)}")
-        if settings_errors or any(row.state == "config error" for row in rows):
+            output.line(f"History:  {path}")
+            if session.store_problem:
+                output.line(f"          {output.paint('error', 'red')}: {session.store_problem}")
+            elif history is None:
+                output.line("          none yet (nothing is stored while AFS_ENABLED is off)")
+            else:
+                output.line(f"          {outbox_summary(counts)}")
+        if settings_errors or session.store_problem or any(row.state == "config error" for row in rows):
             return EXIT_USAGE
         return EXIT_FAILED if any(row.check.startswith("unreachable") for row in rows) else EXIT_OK
     finally:
-        release(manager)
+        if history is not None and not manager.enabled:
+            history.close()  # the read-only one (the manager's is closed by release)
+        release(manager, store=session.store_problem is None)
 
 
 def setting_warnings(env: Env) -> list[str]:
@@ -105,23 +126,27 @@ def channel_rows(session: Session, requested: list[str] | None) -> list[ChannelR
     manager = session.manager
     registrations = dict(manager.handlers_items())
     names = channel_order(list(dict.fromkeys([*(requested or CHANNELS), *registrations])))
+    off = session.off
     rows = []
     for name in names:
         status = session.statuses.get(name)
         if name == "console":
-            rows.append(_console_row(manager.settings.console, bool(session.usable)))
+            rows.append(
+                ChannelRow("console", "off", off)
+                if off
+                else _console_row(manager.settings.console, bool(session.usable))
+            )
         elif name in manager.config_errors:
             rows.append(ChannelRow(name, "config error", manager.config_errors[name]))
         elif status is None:
             rows.append(ChannelRow(name, "not set up", not_set_up(name).removeprefix("not set up: ")))
         else:
             handler, route = registrations[name].handler, registrations[name].route
+            gets = "nothing (switched off)" if off else describe_route(route)
             if status.configured:
-                rows.append(
-                    ChannelRow(name, "ready", status.destination or handler.describe(), describe_route(route))
-                )
+                rows.append(ChannelRow(name, "ready", status.destination or handler.describe(), gets))
             else:
-                rows.append(ChannelRow(name, "not usable", status.reason, describe_route(route)))
+                rows.append(ChannelRow(name, "not usable", status.reason, gets))
     return rows
 
 

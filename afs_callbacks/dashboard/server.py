@@ -39,6 +39,7 @@ from afs_callbacks.control.commands import cancel, confirm, issue
 from afs_callbacks.control.policy import DASHBOARD, ControlPolicy
 from afs_callbacks.dashboard import api, pages, static
 from afs_callbacks.dashboard.api import RunFilter
+from afs_callbacks.delivery.faults import history_fault
 from afs_callbacks.delivery.outbox import Command, Outbox, OutboxUnavailable
 from afs_callbacks.redaction import redact
 from afs_callbacks.tracking.asks import STOP
@@ -343,11 +344,9 @@ class Handler(BaseHTTPRequestHandler):
                 " --state-dir to afs-notify dashboard.",
             )
         else:
-            title, hint = (
-                "The history database cannot be read",
-                "The file is damaged or is not an afs-callbacks history. Move it aside; the"
-                " next run creates a fresh one.",
-            )
+            # The sentence `afs-notify status` and `afs-notify test` say about the same file.
+            sentence = history_fault(problem.path, problem.error or problem)
+            title, hint = "The history database cannot be read", sentence[:1].upper() + sentence[1:] + "."
         self._send_html(
             HTTPStatus.SERVICE_UNAVAILABLE,
             pages.error_page(title=title, detail=problem.detail, path=problem.path, hint=hint),

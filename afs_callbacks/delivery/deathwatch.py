@@ -107,7 +107,16 @@ def watcher_alive(state_dir: str) -> bool:
 
 def _spawn(state_dir: str, pid: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "afs_callbacks._watcher_main", state_dir, str(pid)],
+        # The last argument says in `ps` what the process is (and leaves the watcher room
+        # to write its full title over its command line: _watcher_main.name_process).
+        [
+            sys.executable,
+            "-m",
+            "afs_callbacks._watcher_main",
+            state_dir,
+            str(pid),
+            f"afs-callbacks death watcher for {state_dir}",
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,4 +1,8 @@
-"""What a storage error means, and what to do with a file SQLite says is damaged."""
+"""What a storage error means, and what to do with a file SQLite says is damaged.
+
+:func:`history_fault` is the one sentence a reader (the CLI, the dashboard) says about a
+history it cannot read; a training process moves a damaged file aside instead and says so.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,26 @@ def describe_fault(error: BaseException) -> str:
     if "unable to open" in text:
         return "it cannot be opened (missing folder, no permission, or a read-only disk)"
     return redact(f"{type(error).__name__}: {error}")
+
+
+def history_fault(path: str | os.PathLike[str], error: BaseException) -> str:
+    """One sentence: the file, what is wrong with it, and what to do about it (what a reader
+    of the history says: it leaves the file where it is)."""
+    what = describe_fault(error)
+    if is_corruption(error):
+        todo = (
+            f"move it aside (mv {path} {path}.bad) or delete it; the next run starts a fresh one"
+            " and pending messages in it are lost"
+        )
+    elif "locked" in what:
+        todo = "try again when the other process is done writing"
+    elif "full" in what:
+        todo = "free some space on that disk, or point AFS_STATE_DIR at another one"
+    elif "read-only" in what or "cannot be opened" in what:
+        todo = "check the folder's permissions, or point AFS_STATE_DIR at a writable local folder"
+    else:
+        todo = "point AFS_STATE_DIR at another folder to start a fresh history"
+    return f"cannot read the notification history {path}: {what}; {todo}"
 
 
 def is_corruption(error: BaseException) -> bool:

@@ -12,6 +12,15 @@ that gives every rank rank zero's run id, and the words a completion uses to say
 ended (``max_epochs``, ``early_stopping (val_loss, patience 3, best 0.21)``...), which each
 adapter's ``end_reason`` reads from its framework.
 
+How a call is read: the one positional argument is the model name (``AFSNotify("resnet")``,
+as most callbacks take their main argument) or, as before, a manager (told apart by type:
+a manager has ``emit``); everything else is by keyword. A slip names the class the user
+wrote and the likely intended argument (``RunNotifier(total_epochs=...) is not an argument:
+did you mean RunNotifier(epochs=...)?``), where Python's own error would name
+``NotifierBase.__init__()``. Under LightningCLI (jsonargparse), which would bury that
+sentence in a report on the whole ``callbacks`` Union, a bad argument ends the command with
+the one sentence, as jsonargparse's own bad-argument errors do (:func:`refuse`).
+
 One set of defaults:
 
 * ``mode`` is ``"min"`` unless given, except that the Hugging Face adapter follows the
@@ -25,10 +34,14 @@ One set of defaults:
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import functools
+import inspect
+import os
 import sys
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, NoReturn, TypeVar, cast
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.tracking import RunTracker, TrackerConfig
@@ -52,6 +65,7 @@ log = get_logger(__name__)
 DEFAULT_NAN_CHECK_EVERY = 50
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_N = TypeVar("_N", bound="NotifierBase")
 
 
 def hook(method: _F) -> _F:
@@ -116,10 +130,12 @@ class NotifierBase:
     """The arguments and plumbing every adapter shares (see the module docstring).
 
     Args:
-        manager: where notifications go (default: ``NotificationManager.from_env()``,
-            built in each process on first use, channels from the environment or ``.env``).
+        name_or_manager: the one positional argument: the model name (a ``str``, as
+            ``model_name``) or a manager (as ``manager``); all others are keywords.
         model_name: shown in every message (default: what the framework knows: the
             module's or model's class or name).
+        manager: where notifications go (default: ``NotificationManager.from_env()``,
+            built in each process on first use, channels from the environment or ``.env``).
         run_id: identifies the run (default: generated on the main process, shared with
             the other processes and kept across resumes).
         monitor: metric whose improvement/plateau is reported (default: ``val_loss``,
@@ -148,13 +164,24 @@ class NotifierBase:
 
     Raises:
         ValueError: an argument out of range; the message names the class and argument.
+        TypeError: an unknown keyword (with the likely intended one), a positional
+            argument too many, or one that is neither a model name nor a manager.
     """
+
+    def __new__(cls: type[_N], *args: Any, **kwargs: Any) -> _N:
+        # Before __init__ binds the call: an unknown keyword or a positional too many is
+        # refused here, naming this class (see check_call).
+        if args or kwargs:
+            check_call(cls, args, kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
-        manager: EventSink | None = None,
+        name_or_manager: str | EventSink | None = None,
+        /,
         *,
         model_name: str | None = None,
+        manager: EventSink | None = None,
         run_id: str | None = None,
         monitor: str | None = None,
         mode: Literal["min", "max"] | None = None,
@@ -172,17 +199,22 @@ class NotifierBase:
         tracker: RunTracker | None = None,
     ) -> None:
         super().__init__()  # the framework's Callback, next in an adapter's MRO
-        check_settings(
-            type(self).__name__,
-            mode=mode,
-            min_delta=min_delta,
-            patience=patience,
-            epoch_every=epoch_every,
-            batch_every=batch_every,
-            nan_check_every=nan_check_every,
-            stall_timeout=stall_timeout,
-            flush_timeout=flush_timeout,
-        )
+        owner = type(self).__name__
+        try:
+            model_name, manager = _positional(owner, name_or_manager, model_name, manager)
+            check_settings(
+                owner,
+                mode=mode,
+                min_delta=min_delta,
+                patience=patience,
+                epoch_every=epoch_every,
+                batch_every=batch_every,
+                nan_check_every=nan_check_every,
+                stall_timeout=stall_timeout,
+                flush_timeout=flush_timeout,
+            )
+        except (TypeError, ValueError) as error:
+            refuse(error)
         self._config = TrackerConfig(
             model_name=model_name,
             run_id=run_id,
@@ -378,6 +410,185 @@ class NotifierBase:
         )
 
 
+# Reading a call: the positional argument, unknown keywords, LightningCLI ------------------
+
+#: Names people bring from other tools, and the argument they mean (offered only where the
+#: class takes it). Close misspellings are found by difflib; these are not close.
+KEYWORD_GUESSES: Mapping[str, str] = {
+    "name": "model_name",
+    "model": "model_name",
+    "run_name": "model_name",
+    "experiment": "model_name",
+    "experiment_name": "model_name",
+    "project": "model_name",
+    "id": "run_id",
+    "metric": "monitor",
+    "monitor_metric": "monitor",
+    "notifier": "manager",
+    "notification_manager": "manager",
+    "sink": "manager",
+    "total_epochs": "epochs",
+    "max_epochs": "epochs",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "max_steps": "total_steps",
+    "num_steps": "total_steps",
+    "n_steps": "total_steps",
+    "steps": "total_steps",
+    "terminate_on_nan": "stop_on_nan",
+    "check_nan_every": "nan_check_every",
+    "nan_every": "nan_check_every",
+    "stall": "stall_timeout",
+    "charts": "chart",
+    "plot": "chart",
+    "monitor_gpu": "monitors",
+    "gpu_monitor": "monitors",
+}
+# What an adapter reads from its framework instead of taking it as an argument.
+_FRAMEWORK_PLAN = frozenset({"epochs", "total_steps", "batch_size", *KEYWORD_GUESSES})
+
+
+@functools.cache
+def _call_shape(cls: type) -> tuple[frozenset[str], int] | None:
+    """(keywords, positionals) that ``cls(...)`` accepts, read from the ``__init__`` code of
+    each class up to :class:`NotifierBase` (a signature shown to LightningCLI hides some);
+    None when a subclass outside this package takes ``**kwargs`` it may use itself."""
+    names: set[str] = set()
+    positional: int | None = None
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        code = getattr(init, "__code__", None)
+        if code is None:
+            return None
+        count = code.co_argcount + code.co_kwonlyargcount
+        names.update(code.co_varnames[code.co_posonlyargcount : count])
+        takes_args = bool(code.co_flags & inspect.CO_VARARGS)
+        if positional is None and not takes_args:
+            positional = code.co_argcount - 1  # self
+        if not code.co_flags & inspect.CO_VARKEYWORDS:
+            break  # this __init__ binds every keyword it can take
+        if not klass.__module__.startswith("afs_callbacks."):
+            return None
+    names.discard("self")
+    return frozenset(names), positional if positional is not None else 1
+
+
+def check_call(cls: type, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse a call ``cls(*args, **kwargs)`` that ``__init__`` could not bind, with a
+    sentence naming ``cls`` (see :func:`refuse`): an unknown keyword, with the likely
+    intended one (``did you mean RunNotifier(epochs=...)?``), or a positional too many."""
+    shape = _call_shape(cls)
+    if shape is None:
+        return
+    accepted, positional = shape
+    owner = cls.__name__
+    if len(args) > positional:
+        refuse(
+            TypeError(
+                f"{owner}() takes one positional argument, the model name (or a manager), but"
+                f" {len(args)} were given; pass the others by keyword: {owner}(model_name=..., patience=...)"
+            )
+        )
+    for name in kwargs:
+        if name not in accepted:
+            refuse(TypeError(unknown_argument(owner, name, accepted)))
+
+
+def unknown_argument(owner: str, name: str, accepted: Iterable[str]) -> str:
+    """``RunNotifier(total_epochs=...) is not an argument: did you mean RunNotifier(epochs=...)?``"""
+    accepted = sorted(accepted)
+    guess = KEYWORD_GUESSES.get(name.lower())
+    if guess not in accepted:
+        close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.75)
+        guess = close[0] if close else None
+    if guess is not None:
+        return f"{owner}({name}=...) is not an argument: did you mean {owner}({guess}=...)?"
+    if name in _FRAMEWORK_PLAN and "epochs" not in accepted:
+        return (
+            f"{owner}({name}=...) is not an argument: the adapter reads the run's plan (epochs,"
+            " steps, batch size) from the framework"
+        )
+    return f"{owner}({name}=...) is not an argument; {owner} takes {', '.join(accepted)}"
+
+
+def _positional(
+    owner: str, given: Any, model_name: str | None, manager: EventSink | None
+) -> tuple[str | None, EventSink | None]:
+    """``(model_name, manager)`` once the positional argument is placed: a ``str`` is the
+    model name, an object with ``emit`` a manager (the positional argument of old). A
+    ``manager=`` that is no manager is refused here: at the run's start it would cost the
+    whole run's notifications (``'str' object has no attribute 'emit'``)."""
+    if manager is not None and not callable(getattr(manager, "emit", None)):
+        hint = f"; the model name goes in {owner}(model_name=...)" if isinstance(manager, str) else ""
+        raise TypeError(
+            f"{owner}(manager={type(manager).__name__} object): a manager is a NotificationManager"
+            f" (or any object with emit()){hint}"
+        )
+    if given is None:
+        return model_name, manager
+    if isinstance(given, str):
+        if model_name is not None:
+            raise TypeError(f"{owner}() got the model name twice: {given!r} and model_name={model_name!r}")
+        return given, manager
+    if callable(getattr(given, "emit", None)):
+        if manager is not None:
+            raise TypeError(f"{owner}() got two managers: one positionally and one as manager=")
+        return model_name, cast(EventSink, given)
+    raise TypeError(
+        f"{owner}({type(given).__name__} object): the one positional argument is the model name (a str)"
+        f" or a manager; pass the others by keyword, e.g. {owner}(model_name='resnet', manager=manager)"
+    )
+
+
+def refuse(error: Exception) -> NoReturn:
+    """Raise ``error``, a bad argument to an adapter; under LightningCLI, print it as one
+    line and exit 2 instead.
+
+    jsonargparse (LightningCLI's parser) catches what a callback's constructor raises and
+    reports it inside a list of every ``Union`` member it tried, a traceback in which the
+    one useful sentence is hard to find. Its own answer to a bad argument is ``error: ...``
+    on stderr and exit code 2, which is what a user of that command line expects; so a
+    construction by jsonargparse (found up the stack, only on this error path) ends the
+    same way, unless its parser raises rather than exits (``exit_on_error=False``) or
+    ``JSONARGPARSE_DEBUG`` asks for tracebacks.
+    """
+    if _jsonargparse_exits():
+        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from error
+    raise error
+
+
+def _jsonargparse_exits() -> bool:
+    """Whether a jsonargparse parser that exits on errors is building this object."""
+    if "jsonargparse" not in sys.modules or os.environ.get("JSONARGPARSE_DEBUG", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    ):
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("jsonargparse"):
+            parser = frame.f_locals.get("self")
+            if isinstance(parser, argparse.ArgumentParser):
+                return bool(getattr(parser, "exit_on_error", True))
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def config_signature() -> inspect.Signature:
+    """:class:`NotifierBase`'s arguments as a configuration file gives them (for
+    LightningCLI, which builds its options and the ``config.yaml`` it saves from a
+    signature): without the positional argument, ``manager`` and ``tracker``, which are
+    Python objects no YAML file can hold."""
+    signature = inspect.signature(NotifierBase.__init__, eval_str=True)
+    hidden = {"name_or_manager", "manager", "tracker"}
+    return signature.replace(parameters=[p for p in signature.parameters.values() if p.name not in hidden])
+
+
 def _watch_block_open() -> bool:
     """Whether an ``afs_callbacks.watch()`` block is open: it reports what escapes it on
     the running tracker, so a wrapper leaves the report to it (one report per crash)."""
@@ -403,9 +614,13 @@ __all__ = [
     "NotifierBase",
     "agree_across_ranks",
     "broadcast_run_id",
+    "check_call",
+    "config_signature",
     "early_stopping",
     "early_stopping_not_finite",
     "hook",
     "hook_failed",
     "named",
+    "refuse",
+    "unknown_argument",
 ]

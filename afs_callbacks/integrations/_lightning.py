@@ -32,7 +32,7 @@ import signal
 import threading
 from collections.abc import Mapping
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.integrations._base import (
@@ -42,6 +42,7 @@ from afs_callbacks.integrations._base import (
     MAX_TIME,
     SHOULD_STOP,
     NotifierBase,
+    config_signature,
     early_stopping,
     early_stopping_not_finite,
     hook,
@@ -78,7 +79,16 @@ class LightningNotifyCore(NotifierBase):
         trainer = Trainer(max_epochs=10, callbacks=[AFSNotify(monitor="val_acc", mode="max")])
     """
 
-    __init__ = NotifierBase.__init__  # LightningCLI reads the arguments from here
+    if TYPE_CHECKING:
+        __init__ = NotifierBase.__init__
+    else:
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            NotifierBase.__init__(self, *args, **kwargs)
+
+        # LightningCLI (jsonargparse) builds its options and the config.yaml it saves from
+        # this signature: the arguments a YAML file can give, not manager and tracker.
+        __init__.__signature__ = config_signature()
 
     _fits = 0  # fit() calls seen: the next one is a new run
 

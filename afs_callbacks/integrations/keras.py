@@ -49,8 +49,10 @@ from afs_callbacks.tracking.values import floats, positive
 try:
     import keras
 except ImportError as error:  # pragma: no cover - depends on what is installed
+    from afs_callbacks._install import install_hint
+
     raise ImportError(
-        "afs_callbacks.integrations.keras needs Keras 3 and a backend: pip install 'afs-callbacks[keras]'"
+        f"afs_callbacks.integrations.keras needs Keras 3 and a backend: {install_hint('keras')}"
         " and torch, jax or tensorflow (set KERAS_BACKEND=torch|jax|tensorflow before importing keras)"
     ) from error
 

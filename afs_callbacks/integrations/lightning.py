@@ -18,13 +18,14 @@ For the standalone ``pytorch_lightning`` package use
 
 from __future__ import annotations
 
+from afs_callbacks._install import install_hint
 from afs_callbacks.integrations._lightning import LightningNotifyCore
 
 try:
     from lightning.pytorch.callbacks import Callback
 except ImportError as error:  # pragma: no cover - depends on what is installed
     raise ImportError(
-        "afs_callbacks.integrations.lightning needs the 'lightning' package: pip install 'lightning>=2.6.4'"
+        f"afs_callbacks.integrations.lightning needs the 'lightning' package: {install_hint('lightning')}"
         " (for the standalone pytorch_lightning package use afs_callbacks.integrations.pytorch_lightning)"
     ) from error
 

@@ -24,6 +24,10 @@ announces the run, and every process can report a crash::
 
     RunNotifier(rank=fabric.global_rank, world_size=fabric.world_size, ...)
     RunNotifier(rank=accelerator.process_index, world_size=accelerator.num_processes, ...)
+
+The model name may come first: ``RunNotifier("resnet", total_steps=...)``. A guessed name
+says which one is meant: ``RunNotifier(total_epochs=...)`` → ``did you mean
+RunNotifier(epochs=...)?``, ``run.epoch_end(...)`` → ``did you mean run.epoch()?``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from afs_callbacks.integrations._base import NotifierBase, agree_across_ranks, broadcast_run_id
+from afs_callbacks.integrations._base import NotifierBase, agree_across_ranks, broadcast_run_id, refuse
 from afs_callbacks.tracking.asks import CHECKPOINT, STOP, Ask
 from afs_callbacks.tracking.sink import EventSink
 
@@ -42,7 +46,7 @@ class RunNotifier(NotifierBase):
     """Report a hand-written training loop's run (see the module docstring).
 
     Args:
-        manager: where notifications go (default: the environment's channels).
+        name_or_manager: the model name (``RunNotifier("resnet")``), or a manager.
         total_steps: optimizer steps planned (for progress and ETA).
         epochs: epochs planned.
         batch_size: samples per step (for samples/s).
@@ -50,16 +54,18 @@ class RunNotifier(NotifierBase):
             (default: torchrun's ``RANK``/``WORLD_SIZE``, else a single process).
         **options: the arguments every adapter takes
             (:class:`~afs_callbacks.integrations._base.NotifierBase`: ``model_name``,
-            ``run_id``, ``monitor``, ``mode``, ``patience``, ``nan_check_every``,
+            ``manager``, ``run_id``, ``monitor``, ``mode``, ``patience``, ``nan_check_every``,
             ``stop_on_nan``, ``stall_timeout``, ``monitors``, ``chart``...).
 
     Raises:
         ValueError: an argument out of range; the message names ``RunNotifier``.
+        TypeError: an unknown argument, with the likely intended one.
     """
 
     def __init__(
         self,
-        manager: EventSink | None = None,
+        name_or_manager: str | EventSink | None = None,
+        /,
         *,
         total_steps: int | None = None,
         epochs: int | None = None,
@@ -68,10 +74,10 @@ class RunNotifier(NotifierBase):
         world_size: int | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(manager, **options)
+        super().__init__(name_or_manager, **options)
         for name, value in (("total_steps", total_steps), ("epochs", epochs), ("batch_size", batch_size)):
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"RunNotifier({name}={value!r}) must be an integer >= 1")
+                refuse(ValueError(f"{type(self).__name__}({name}={value!r}) must be an integer >= 1"))
         self._plan = {"max_steps": total_steps, "epochs": epochs, "batch_size": batch_size}
         self._rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
         self._world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
@@ -184,6 +190,78 @@ class RunNotifier(NotifierBase):
         asked the run to stop: save one and pass its path to :meth:`checkpoint`, which
         answers them. Read after :meth:`step`; a loop that never saves can ignore it."""
         return self._checkpoint_ask is not None
+
+    def __dir__(self) -> list[str]:
+        # The guessed names below are no part of the API: not offered by tab completion.
+        return [name for name in super().__dir__() if name not in _GUESSED]
+
+
+#: Names people guess from other tools -> the method they mean.
+METHOD_GUESSES: Mapping[str, str] = {
+    **dict.fromkeys(
+        ("epoch_end", "end_epoch", "on_epoch_end", "epoch_completed", "log_epoch", "epoch_done"), "epoch"
+    ),
+    **dict.fromkeys(
+        ("on_step", "step_end", "on_batch_end", "batch_end", "log_step", "train_step", "log", "update"),
+        "step",
+    ),
+    **dict.fromkeys(
+        ("evaluate", "eval", "validate", "validation", "on_evaluate", "log_metrics"), "evaluation"
+    ),
+    **dict.fromkeys(("save", "save_checkpoint", "checkpoint_saved", "on_save"), "checkpoint"),
+    **dict.fromkeys(("early_stop", "stop_training", "request_stop"), "stop"),
+}
+# Names for starting or ending a run: the block does both.
+_BLOCK_VERBS = frozenset(
+    {
+        "start",
+        "begin",
+        "finish",
+        "end",
+        "complete",
+        "completed",
+        "done",
+        "close",
+        "fail",
+        "failed",
+        "stop_run",
+    }
+)
+
+
+class _Guessed:
+    """A name people guess for a :class:`RunNotifier` method: looking it up raises the
+    ``AttributeError`` Python would, saying which method is meant.
+
+    A descriptor on the class rather than ``__getattr__``: a class with ``__getattr__``
+    makes CPython route every attribute access of its instances through a slower hook,
+    which cost ``run.step()`` about 0.2 µs (a third of it). A plain typo (``run.shuold_stop``)
+    gets Python's own ``Did you mean: 'should_stop'?``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # No name= or obj=: Python would add a suggestion of its own to this one.
+        raise AttributeError(_no_such_method(owner or type(instance), self.name))
+
+
+def _no_such_method(cls: type, name: str) -> str:
+    """``'RunNotifier' object has no attribute 'epoch_end': did you mean run.epoch()?``"""
+    missing = f"{cls.__name__!r} object has no attribute {name!r}"
+    if name in _BLOCK_VERBS:
+        return (
+            f"{missing}: a run starts and ends with its block (with {cls.__name__}(...) as run: ...);"
+            " leaving it completes the run, an exception escaping it fails it"
+        )
+    guess = METHOD_GUESSES[name]
+    return f"{missing}: did you mean run.{guess}{'()' if callable(getattr(cls, guess, None)) else ''}?"
+
+
+_GUESSED = frozenset(name for name in (*METHOD_GUESSES, *_BLOCK_VERBS) if not hasattr(RunNotifier, name))
+for _name in _GUESSED:
+    setattr(RunNotifier, _name, _Guessed(_name))
 
 
 __all__ = ["RunNotifier"]

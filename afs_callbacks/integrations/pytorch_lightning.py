@@ -18,14 +18,15 @@ For ``lightning.pytorch`` (the ``lightning`` package) use
 
 from __future__ import annotations
 
+from afs_callbacks._install import install_hint
 from afs_callbacks.integrations._lightning import LightningNotifyCore
 
 try:
     from pytorch_lightning.callbacks import Callback
 except ImportError as error:  # pragma: no cover - depends on what is installed
     raise ImportError(
-        "afs_callbacks.integrations.pytorch_lightning needs the 'lightning' extra:"
-        " pip install 'afs-callbacks[lightning]'"
+        "afs_callbacks.integrations.pytorch_lightning needs the 'pytorch-lightning' extra:"
+        f" {install_hint('pytorch-lightning')}"
     ) from error
 
 

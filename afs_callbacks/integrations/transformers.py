@@ -65,9 +65,11 @@ from afs_callbacks.tracking.values import floats, positive
 try:
     from transformers import TrainerCallback
 except ImportError as error:  # pragma: no cover - depends on what is installed
+    from afs_callbacks._install import install_hint
+
     raise ImportError(
         "afs_callbacks.integrations.transformers needs transformers with torch:"
-        " pip install 'afs-callbacks[transformers]'"
+        f" {install_hint('transformers')}"
     ) from error
 
 log = get_logger(__name__)

@@ -358,7 +358,9 @@ class GPUMonitor(Poller):
         try:
             import pynvml
         except ImportError:
-            self._give_up("nvidia-ml-py is not installed: pip install 'afs-callbacks[gpu]'")
+            from afs_callbacks._install import install_hint
+
+            self._give_up(f"nvidia-ml-py is not installed: {install_hint('gpu')}")
             return None
         self._nvml = pynvml
         return pynvml

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from afs_callbacks.channels import REGISTRY, build_channel
+from afs_callbacks.channels import REGISTRY, build_channel, channel_classes
 from afs_callbacks.channels.apprise import AppriseNotifier
 from afs_callbacks.channels.hosts import url_warnings
 from afs_callbacks.config import Env, validate_url
@@ -216,3 +216,48 @@ def test_every_registered_channel_has_a_doc_page() -> None:
     docs = Path(__file__).resolve().parents[2] / "docs" / "channels"
     missing = [name for name in REGISTRY if name != "console" and not (docs / f"{name}.md").is_file()]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("url", "shape"),
+    [
+        (
+            f"https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{SLACK_SECRET}",
+            "https://hooks.slack.com/services/T…/B…/…",
+        ),
+        (
+            f"https://discord.com/api/webhooks/123456789/{DISCORD_TOKEN}",
+            "https://discord.com/api/webhooks/…/…",
+        ),
+        (
+            f"https://x.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?api-version=1&sig={TEAMS_SIG}",
+            "https://x.logic.azure.com:443/workflows/…/triggers/manual/paths/invoke?api-version=…&sig=…",
+        ),
+        (
+            f"https://afs:{SLACK_SECRET}@relay.example.org/hook/{SLACK_SECRET}#frag",
+            "https://…@relay.example.org/hook/…#…",
+        ),
+        (f"hooks.slack.com/services/T0123ABCD/B0456EFGH/{SLACK_SECRET}", "hooks.slack.com/services/T…/B…/…"),
+        (f"https://ex ample.org/{SLACK_SECRET}", "https://…/…"),
+    ],
+)
+def test_url_shape_keeps_only_the_parts_that_are_no_secret(url: str, shape: str) -> None:
+    from afs_callbacks.urls import url_shape
+
+    assert url_shape(url) == shape
+    assert SLACK_SECRET not in shape and DISCORD_TOKEN not in shape and TEAMS_SIG not in shape
+
+
+def test_redaction_leaves_a_shape_as_it_is_and_still_masks_the_url() -> None:
+    """A refused URL's shape goes through the log filter like any line: masking it again
+    would turn ``T…/B…/…`` back into ``***`` and hide what was wrong."""
+    from afs_callbacks.redaction import redact
+
+    channel_classes()  # each service's patterns are declared by its channel class
+    line = "SLACK_WEBHOOK_URL: has no https:// in front: got hooks.slack.com/services/T…/B…/…, expected x"
+    assert redact(line) == line
+    real = f"got https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{SLACK_SECRET}, expected x"
+    assert SLACK_SECRET not in redact(real) and "***" in redact(real)
+    # An ellipsis next to a secret does not shield it.
+    mixed = f"https://hooks.slack.com/services/T…/B…/{SLACK_SECRET}"
+    assert SLACK_SECRET not in redact(mixed)

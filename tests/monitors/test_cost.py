@@ -211,9 +211,8 @@ def test_start_monitors_builds_all_three_from_the_environment(captured, tmp_path
     assert not any(m.running for m in monitors)
     summary = monitors.summary()
     assert summary.cost is not None and summary.hourly_rate == 3.5
-    assert (
-        summary.gpu_status == "no GPU stats: nvidia-ml-py is not installed: pip install 'afs-callbacks[gpu]'"
-    )
+    repo = Path(__file__).resolve().parents[2]
+    assert summary.gpu_status == f"no GPU stats: nvidia-ml-py is not installed: pip install -e '{repo}[gpu]'"
     assert set(summary.to_dict()) == {"cost", "hourly_rate", "cost_elapsed_s"}
     assert [s.name for s in monitors.status()] == ["gpu", "system", "cost"]
 

@@ -410,8 +410,10 @@ def test_missing_nvidia_ml_py_names_the_extra(captured, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` fail
     monitor = GPUMonitor(captured[0])
     monitor.poll_once()
+    # Run from this checkout: the hint is the checkout's (the wheel's: test_install_hints.py).
+    repo = Path(__file__).resolve().parents[2]
     assert monitor.status().reason == (
-        "no GPU stats: nvidia-ml-py is not installed: pip install 'afs-callbacks[gpu]'"
+        f"no GPU stats: nvidia-ml-py is not installed: pip install -e '{repo}[gpu]'"
     )
 
 
