@@ -1,4 +1,5 @@
-"""What a storage error means, and what to do with a file SQLite says is damaged."""
+"""What a storage error means (a lock to wait for, a full disk, a damaged file...), and what
+to do with a file SQLite says is damaged."""
 
 from __future__ import annotations
 
@@ -22,13 +23,20 @@ def describe_fault(error: BaseException) -> str:
         return "the file or its folder is read-only"
     if errno in (17, 20):
         return "a file stands where its folder should be"
-    if "locked" in text or "busy" in text:
+    if is_busy(error):
         return "another process holds its write lock"
     if is_corruption(error):
         return "the file is corrupted"
     if "unable to open" in text:
         return "it cannot be opened (missing folder, no permission, or a read-only disk)"
     return redact(f"{type(error).__name__}: {error}")
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether SQLite found the write lock taken by another connection (``database is
+    locked``, SQLITE_BUSY): a reason to wait for a turn, not a fault by itself."""
+    text = str(error).lower()
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 def is_corruption(error: BaseException) -> bool:

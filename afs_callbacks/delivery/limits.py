@@ -124,6 +124,9 @@ class StormGuard:
                 self._ready.extend(self._sweep(now))
                 if len(self._windows) >= self._max_keys:
                     return True, digest
+            # Popped first, so the dict stays in the order the windows started: a sweep
+            # stops at the first window still open instead of visiting every key.
+            self._windows.pop(key, None)
             self._windows[key] = _Window(started=now, first=event)
             return True, digest
 
@@ -144,13 +147,18 @@ class StormGuard:
         self._lock = threading.Lock()
 
     def _sweep(self, now: float, *, flush_all: bool = False) -> list[NotificationEvent]:
+        # Oldest first (see admit): a full guard whose windows are all open costs one look
+        # per event, not max_keys of them.
+        closed = []
+        for key, window in self._windows.items():
+            if not flush_all and now - window.started < self.window:
+                break
+            closed.append(key)
         digests = []
-        for key, window in list(self._windows.items()):
-            if flush_all or now - window.started >= self.window:
-                del self._windows[key]
-                digest = self._digest(window)
-                if digest is not None:
-                    digests.append(digest)
+        for key in closed:
+            digest = self._digest(self._windows.pop(key))
+            if digest is not None:
+                digests.append(digest)
         return digests
 
     def _digest(self, window: _Window) -> NotificationEvent | None:
