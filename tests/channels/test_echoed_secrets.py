@@ -198,6 +198,8 @@ TWILIO_SID = "AC" + uuid.uuid4().hex
 TWILIO_TOKEN = uuid.uuid4().hex
 TWILIO_BASIC = base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
 AM_PASSWORD = "am-" + _token("pW", 20)
+APPRISE_PASSWORD = "Appr-" + _token("pa55", 20)
+APPRISE_BASIC = base64.b64encode(f"bot:{APPRISE_PASSWORD}".encode()).decode()  # json:// sends Basic auth
 SMTP_USER = "runs@example.org"
 SMTP_PASSWORD = "Smtp-" + _token("pa55", 20)
 SMTP_LOGIN = base64.b64encode(SMTP_PASSWORD.encode()).decode()  # AUTH LOGIN's password line
@@ -295,6 +297,12 @@ SERVICES = (
         (AM_PASSWORD, base64.b64encode(f"am:{AM_PASSWORD}".encode()).decode()),
     ),
     Secrets(
+        "apprise",
+        lambda host: {"APPRISE_URLS": f"json://bot:{APPRISE_PASSWORD}@{host}/hook"},
+        (APPRISE_PASSWORD, f"Basic {APPRISE_BASIC}", APPRISE_BASIC),
+        (APPRISE_PASSWORD, APPRISE_BASIC),
+    ),
+    Secrets(
         "email",
         lambda host: {
             "SMTP_HOST": host.partition(":")[0],
@@ -389,7 +397,9 @@ def test_each_service_echoing_each_part_of_its_secrets_shows_none_of_them(
             details = [d.last_error or "" for entry in manager.outbox.history() for d in entry.deliveries]
         finally:
             manager.close(timeout=1)
-        log = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("afs_callbacks"))
+        log = "\n".join(
+            r.getMessage() for r in caplog.records if r.name.startswith(("afs_callbacks", "apprise"))
+        )
         shown = {"the library's DEBUG log": log}
         shown |= {f"a delivery's error ({index})": detail for index, detail in enumerate(details)}
         env = cli_env(**variables)
