@@ -420,3 +420,49 @@ def test_each_service_echoing_each_part_of_its_secrets_shows_none_of_them(
     for where, text in shown.items():
         assert_hidden(text, secrets, where)
     assert_hidden(state_bytes(state), secrets, "the database file")  # ... and so does the file
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+HTTP_SERVICES = [s for s in SERVICES if s.service != "email"]
+
+
+@pytest.mark.parametrize("secrets", HTTP_SERVICES, ids=[s.service for s in HTTP_SERVICES])
+def test_a_connection_error_naming_the_url_shows_no_secret(
+    secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody answers: the HTTP library's exception names the whole URL (a Telegram token
+    sits in its path, a Slack or Discord token in the webhook's), and that text is what the
+    log and the history keep."""
+    caplog.set_level(logging.DEBUG)
+    state = tmp_path / "refused-state"
+    variables = {
+        **secrets.variables(f"127.0.0.1:{_closed_port()}"),
+        "AFS_STATE_DIR": str(state),
+        "AFS_CONSOLE": "never",
+    }
+    manager = NotificationManager.from_env(Env(variables, env_file=False), strict=True)
+    assert len(manager.handlers) == 1, manager.config_errors
+    try:
+        manager.notify("run failed", "boom", EventType.TRAINING_FAILED, level=NotificationLevel.ERROR)
+        wait_for_errors(manager, 1)
+        details = [d.last_error or "" for entry in manager.outbox.history() for d in entry.deliveries]
+    finally:
+        manager.close(timeout=1)
+    names = ("afs_callbacks", "apprise", "urllib3", "requests")
+    log = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(names))
+    # The refusal was recorded (else this test would prove nothing) ...
+    assert any(detail for detail in details), details
+    history = afs_notify("history", "--json", env=cli_env(**variables))
+    # ... and shows no secret, nor does anything else.
+    for where, text in {"the DEBUG log": log, "the delivery's error": "\n".join(details)}.items():
+        assert_hidden(text, secrets, where)
+    assert_hidden(history.stdout + history.stderr, secrets, "afs-notify history --json")
+    assert_hidden(state_bytes(state), secrets, "the database file")
