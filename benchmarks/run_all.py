@@ -49,6 +49,7 @@ BENCHMARKS = (
     ("delivery", "bench_delivery.py", "Delivery through the outbox", False),
     ("import", "bench_import.py", "Import time", False),
     ("idle", "bench_idle.py", "Background threads with nothing to do", False),
+    ("storage_window", "bench_storage_window.py", "A SIGKILL during a burst: the storage window", False),
 )
 _PACKAGES = ("torch", "lightning", "transformers", "keras")
 
