@@ -108,6 +108,7 @@ class EventType(str, Enum):
     TRAINING_STALLED = "training_stalled"
     GPU_TEMPERATURE = "gpu_temperature"
     HOST_MEMORY = "host_memory"
+    VALIDATION_COMPLETED = "validation_completed"
     DIGEST = "digest"
     TEST = "test"
     CUSTOM = "custom"
@@ -160,6 +161,7 @@ DEFAULT_LEVELS: Mapping[EventType, NotificationLevel] = {
     EventType.TRAINING_STALLED: NotificationLevel.ERROR,
     EventType.GPU_TEMPERATURE: NotificationLevel.WARNING,
     EventType.HOST_MEMORY: NotificationLevel.WARNING,
+    EventType.VALIDATION_COMPLETED: NotificationLevel.INFO,
     EventType.DIGEST: NotificationLevel.INFO,
     EventType.TEST: NotificationLevel.INFO,
     EventType.CUSTOM: NotificationLevel.INFO,
@@ -205,6 +207,9 @@ PROGRESS_TYPES: frozenset[EventType] = frozenset(
         EventType.CHECKPOINT_SAVED,
         EventType.CHECKPOINT_LOADING,
         EventType.EVALUATION_STARTED,
+        # An evaluation inside training is progress; a standalone one (evaluate(),
+        # validate(), test()) is a result, EVALUATION_COMPLETED, and pushed.
+        EventType.VALIDATION_COMPLETED,
     }
 )
 
@@ -270,8 +275,10 @@ class NotificationEvent:
         attachments: files such as a chart, for channels that can carry them.
         id: unique id, also used as the idempotency key where a service has one.
         timestamp: when it happened, in UTC.
-        key: explicit repeat key: events of one type and run with the same key are repeats
-            (e.g. a GPU index or a threshold). Empty: the content decides.
+        key: explicit repeat key. Alerts (warning or worse) of one type and run with the
+            same key are repeats whatever their text (e.g. a GPU index or a threshold);
+            other events are repeats only with the same text, and the key keeps apart
+            texts that are the same. Empty: the content decides.
         collapse: False means this event is never collapsed as a repeat (digests, tests).
         digest_count: for a digest, how many events it stands for.
 

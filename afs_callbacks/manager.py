@@ -250,7 +250,8 @@ class NotificationManager:
         """Accept a notification; return the stored event, or None if it was collapsed as a
         repeat or could not be accepted. Never raises, never waits on a disk or a network.
 
-        ``key`` marks repeats: events of one type and run with the same key collapse. A
+        ``key`` marks repeats: alerts (warning or worse) of one type and run with the same
+        key collapse whatever their text; other messages only when their text is the same. A
         message sent by name here is pushed whatever ``AFS_VERBOSITY`` says (only the
         channels' routes apply); the verbosity governs the run events of :meth:`emit`.
         """

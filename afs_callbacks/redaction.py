@@ -145,6 +145,10 @@ def register_pattern(*patterns: SecretPattern) -> None:
 def register_secret(*values: str | None) -> None:
     """Remember secrets so that :func:`redact` masks them wherever they appear.
 
+    A channel registers each of its secrets with the parts of it that its service can
+    echo on their own, where this function cannot know them (a bot token's half after
+    ``123456789:``, a ``whsec_`` key's base64, a login's :func:`basic_credentials`).
+
     Values shorter than 4 characters are ignored: masking them would garble ordinary text.
     The parts of a secret that can come back on their own are remembered too: a URL's
     path-and-query, query, password and token-like path segments and query values (an
@@ -188,13 +192,24 @@ def _parts(value: str) -> set[str]:
         parts |= {path + query, query[1:]} if query else {path}
         userinfo = match.group("userinfo") or ""
         if ":" in userinfo:
-            password = userinfo.partition(":")[2]
+            user, _, password = userinfo.partition(":")
             strong |= {password, unquote(password)}
+            # requests sends URL credentials as Basic auth: an echo of the header shows them so.
+            strong |= set(basic_credentials(unquote(user), unquote(password)))
         parts |= {segment for segment in path.split("/") if _looks_secret(segment)}
         for key, item in parse_qsl(query[1:], keep_blank_values=False):
             if key.lower() in _SECRET_KEYS or _looks_secret(item):
                 strong |= {item, quote(item, safe="")}
     return {part for part in strong if len(part) >= 4} | {part for part in parts if len(part) >= _MIN_PART}
+
+
+def basic_credentials(user: str | None, password: str) -> tuple[str, ...]:
+    """The forms a login travels in, base64-encoded, that an echo can show bare: HTTP
+    Basic (``user:password``), SMTP ``AUTH PLAIN`` (``\\0user\\0password``) and the
+    password line of ``AUTH LOGIN``. Register them with the password."""
+    user = user or ""
+    forms = (f"{user}:{password}", f"\0{user}\0{password}", password)
+    return tuple(base64.b64encode(form.encode("utf-8")).decode("ascii") for form in forms)
 
 
 def _looks_secret(segment: str) -> bool:
@@ -237,11 +252,13 @@ def _char_pattern(ch: str) -> str:
         return re.escape(ch)
     forms = [re.escape(ch), "".join(_hex_byte(byte) for byte in ch.encode("utf-8"))]
     code = ord(ch)
-    forms.append(rf"\\u{_hex_text(f'{code:04x}')}" if code < 0x10000 else re.escape(json.dumps(ch)[1:-1]))
+    # JSON escapes: one backslash, or more where an echo was escaped twice (a service
+    # quoting the request's JSON inside a JSON string of its own).
+    forms.append(rf"\\+u{_hex_text(f'{code:04x}')}" if code < 0x10000 else re.escape(json.dumps(ch)[1:-1]))
     forms += [f"&#0*{code};", f"&#[xX]0*{_hex_text(f'{code:x}')};"]
     forms += [re.escape(entity) for entity in _ENTITIES.get(ch, ())]
     if ch in '/"\\':
-        forms.append(re.escape("\\" + ch))  # JSON escapes these with a backslash
+        forms.append(r"\\+" + re.escape(ch))  # JSON escapes these with a backslash
     if ch == " ":
         forms.append(r"\+")  # form encoding
     return "(?:" + "|".join(forms) + ")"

@@ -50,6 +50,7 @@ BENCHMARKS = (
     ("import", "bench_import.py", "Import time", False),
     ("idle", "bench_idle.py", "Background threads with nothing to do", False),
     ("textfile", "bench_textfile.py", "The Prometheus textfile writer", False),
+    ("storage_window", "bench_storage_window.py", "A SIGKILL during a burst: the storage window", False),
 )
 _PACKAGES = ("torch", "lightning", "transformers", "keras")
 

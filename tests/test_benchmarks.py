@@ -67,6 +67,7 @@ needs_torch = pytest.mark.skipif(not has_torch(), reason="the training benchmark
         ("bench_delivery.py", ["Latency notify()", "Sustained burst", "Receiver down, then back"]),
         ("bench_idle.py", ["during a run, between steps", "after the run, everything sent", "wake-ups / s"]),
         ("bench_textfile.py", ["manager.update_run(state)", "A state every millisecond", "RunNotifier loop"]),
+        ("bench_storage_window.py", ["SIGKILL during a burst", "oldest unstored ms", "channel: a webhook"]),
         pytest.param(
             "bench_slow_channel.py",
             ["lightning: 2 epochs", "requests.post, slow", "whole fit() call"],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -96,10 +98,73 @@ def test_only_the_same_content_or_key_is_a_repeat() -> None:
     assert guard.admit(custom("Evaluation completed: m", "test_loss=0.35", kind=evaluation))[0]
     # The very same message again is a repeat ...
     assert not guard.admit(custom("data loaded"))[0]
-    # ... and so are different texts that name the same explicit key.
+    # ... and so are an alert's different texts that name the same explicit key.
     assert guard.admit(nan(step=1, key="gpu0"))[0]
     assert not guard.admit(nan(step=2, key="gpu0"))[0]
     assert guard.admit(nan(step=2, key="gpu1"))[0]
+
+
+def keyed(level: NotificationLevel, message: str, key: str = "eval-0-120") -> NotificationEvent:
+    return NotificationEvent(
+        EventType.EVALUATION_COMPLETED,
+        level,
+        "Evaluation completed: tiny",
+        message,
+        {"run_id": "r1"},
+        key=key,
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "repeat"),
+    [
+        # Information with a key (the tracker keys its evaluations by count and step): two
+        # standalone evaluations at the same step with other numbers are two messages ...
+        (keyed(NotificationLevel.INFO, "loss 3.865"), keyed(NotificationLevel.INFO, "loss 25.53"), False),
+        # ... the same numbers twice are one.
+        (keyed(NotificationLevel.INFO, "loss 3.865"), keyed(NotificationLevel.INFO, "loss 3.865"), True),
+        # The same text under another key is not the same thing either.
+        (keyed(NotificationLevel.INFO, "x", key="a"), keyed(NotificationLevel.INFO, "x", key="b"), False),
+        # An alert's key names a condition that persists while its numbers move.
+        (keyed(NotificationLevel.WARNING, "91 %"), keyed(NotificationLevel.WARNING, "92 %"), True),
+        (keyed(NotificationLevel.CRITICAL, "a"), keyed(NotificationLevel.CRITICAL, "b"), True),
+    ],
+)
+def test_a_key_collapses_other_texts_only_for_alerts(
+    first: NotificationEvent, second: NotificationEvent, repeat: bool
+) -> None:
+    guard = StormGuard(60.0, clock=FakeClock())
+    assert guard.admit(first)[0]
+    assert guard.admit(second)[0] is not repeat
+
+
+class CountingDict(dict[str, Any]):
+    """A dict that counts the items its ``items()`` iterations visit."""
+
+    visited = 0
+
+    def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
+        for item in super().items():
+            self.visited += 1
+            yield item
+
+
+def test_a_full_guard_whose_windows_are_open_costs_one_look_per_event() -> None:
+    """10,000 open windows (a burst of distinct messages) must not make every admit visit
+    all of them: the sweep stops at the first window still open."""
+    clock = FakeClock()
+    guard = StormGuard(60.0, clock=clock, max_keys=10_000)
+    windows = guard._windows = CountingDict()
+    for index in range(10_000):
+        clock.now += 0.001
+        guard.admit(custom(f"burst {index}"))
+    windows.visited = 0
+    for index in range(1000):
+        assert guard.admit(custom(f"later {index}"))[0]  # over the bound: passes uncollapsed
+    assert windows.visited <= 1000
+    clock.now += 61  # now every window has closed: one sweep takes them all
+    assert guard.admit(custom("after the window"))[0]
+    assert len(windows) == 1
 
 
 def test_text_that_is_not_valid_unicode_still_gets_a_key() -> None:

@@ -32,7 +32,7 @@ from afs_callbacks.events import EventType
 from afs_callbacks.exceptions import ConfigurationError
 from afs_callbacks.formatting import context_fields, format_value, level_hex, plain_text, truncate
 from afs_callbacks.outcome import Outcome
-from afs_callbacks.redaction import redact, register_secret
+from afs_callbacks.redaction import basic_credentials, redact, register_secret
 
 if TYPE_CHECKING:
     from afs_callbacks.config import Env
@@ -113,7 +113,9 @@ class EmailNotifier(NotificationHandler):
         ca_file: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        register_secret(password)
+        # The password travels base64-encoded in AUTH PLAIN and AUTH LOGIN; a server's 535
+        # may quote what it got.
+        register_secret(password, *(basic_credentials(username, password) if password else ()))
         security = security.strip().lower()
         if security not in DEFAULT_PORTS:
             raise ConfigurationError("SMTP_SECURITY", f"must be starttls, ssl or none, got {security!r}")

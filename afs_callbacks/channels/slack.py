@@ -172,7 +172,7 @@ class SlackNotifier(HttpChannel):
     ) -> None:
         super().__init__(timeout=timeout)
         register_secret(webhook_url)
-        register_secret(bot_token)
+        register_secret(bot_token, *_token_parts(bot_token))
         self.channel = channel.strip() if channel and channel.strip() else None
         if bot_token is None and webhook_url is None:
             raise ConfigurationError("webhook_url", "or bot_token (with channel) is needed")
@@ -349,7 +349,7 @@ class SlackNotifier(HttpChannel):
         if url is not None:
             check_webhook_url(url, "SLACK_WEBHOOK_URL")
         token = env.text("SLACK_BOT_TOKEN")
-        register_secret(token)
+        register_secret(token, *_token_parts(token))
         if token is not None and not env.text("SLACK_CHANNEL"):
             raise ConfigurationError("SLACK_CHANNEL", "is needed when SLACK_BOT_TOKEN is set")
         if url is None and token is None:
@@ -509,3 +509,10 @@ def split_card_id(message_id: str, default_channel: str) -> tuple[str, str]:
     """``(channel, ts)`` from :func:`card_id`'s form (a bare ts uses ``default_channel``)."""
     channel, _, ts = message_id.rpartition("/")
     return (channel or default_channel), ts
+
+
+def _token_parts(token: str | None) -> tuple[str, ...]:
+    """What of a bot token is secret on its own: its last part (``xoxb-<team>-<bot>-<secret>``;
+    the ids before it name the workspace and the bot, the last part grants access)."""
+    secret = token.rpartition("-")[2] if token else ""
+    return (secret,) if secret and secret != token else ()

@@ -89,7 +89,7 @@ class TelegramNotifier(HttpChannel):
         allow_http: bool = False,
     ) -> None:
         super().__init__(timeout=timeout)
-        register_secret(bot_token)
+        register_secret(bot_token, *_token_parts(bot_token))
         if not _TOKEN.match(bot_token):
             raise ConfigurationError("bot_token", "does not look like a bot token (123456789:AA...)")
         self.chat_id = _check_chat_id(str(chat_id).strip(), "chat_id")
@@ -293,7 +293,7 @@ class TelegramNotifier(HttpChannel):
         chat_id = env.text("TELEGRAM_CHAT_ID")
         if token is None and chat_id is None:
             return None
-        register_secret(token)
+        register_secret(token, *_token_parts(token))
         if token is None:
             raise ConfigurationError("TELEGRAM_BOT_TOKEN", "is needed when TELEGRAM_CHAT_ID is set")
         if chat_id is None:
@@ -382,3 +382,9 @@ def _share(message: int, metrics: int, room: int) -> tuple[int, int]:
 
 def _utf16_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
+
+
+def _token_parts(token: str | None) -> tuple[str, ...]:
+    """What of a bot token is secret on its own: the half after ``123456789:`` (a 401's
+    description may quote it without the bot's id)."""
+    return (token.partition(":")[2],) if token and ":" in token else ()

@@ -100,8 +100,9 @@ class UnknownVariable:
     suggestion: str | None
 
     def __str__(self) -> str:
-        hint = f"did you mean {self.suggestion}?" if self.suggestion else "not a variable afs-callbacks reads"
-        return f"{self.name} is unknown: {hint}"
+        if self.suggestion:
+            return f"{self.name} is unknown: did you mean {self.suggestion}?"
+        return f"{self.name} is unknown: not a variable afs-callbacks reads"
 
 
 def known_variables() -> tuple[str, ...]:
@@ -156,5 +157,7 @@ def warn_unknown_variables(
         if text in _warned:
             return
         _warned.add(text)
-    tail = "" if configured else " (no channel is configured: messages go to the console)"
-    log.warning("afs-callbacks: %s%s", text, tail)
+    if configured:
+        log.warning("afs-callbacks: %s", text)
+    else:
+        log.warning("afs-callbacks: %s (no channel is configured: messages go to the console)", text)

@@ -112,7 +112,9 @@ class WebhookNotifier(HttpChannel):
         allow_http: bool = False,
     ) -> None:
         super().__init__(timeout=timeout)
-        register_secret(url, secret, *(headers or {}).values())
+        # A whsec_ key's base64 is the key itself: an echo may quote it without the prefix.
+        register_secret(url, secret, secret.removeprefix(SECRET_PREFIX) if secret else None)
+        register_secret(*(headers or {}).values())
         self.url = validate_url(url, "url", allow_http=allow_http)
         self._key = signing_key(secret, "secret") if secret is not None else None
         self.headers = _check_headers(headers or {}, "headers")

@@ -1,4 +1,5 @@
-"""What a storage error means, and what to do with a file SQLite says is damaged.
+"""What a storage error means (a lock to wait for, a full disk, a damaged file...), and what
+to do with a file SQLite says is damaged.
 
 :func:`history_fault` is the one sentence a reader (the CLI, the dashboard) says about a
 history it cannot read; a training process moves a damaged file aside instead and says so.
@@ -26,7 +27,7 @@ def describe_fault(error: BaseException) -> str:
         return "the file or its folder is read-only"
     if errno in (17, 20):
         return "a file stands where its folder should be"
-    if "locked" in text or "busy" in text:
+    if is_busy(error):
         return "another process holds its write lock"
     if is_corruption(error):
         return "the file is corrupted"
@@ -53,6 +54,13 @@ def history_fault(path: str | os.PathLike[str], error: BaseException) -> str:
     else:
         todo = "point AFS_STATE_DIR at another folder to start a fresh history"
     return f"cannot read the notification history {path}: {what}; {todo}"
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether SQLite found the write lock taken by another connection (``database is
+    locked``, SQLITE_BUSY): a reason to wait for a turn, not a fault by itself."""
+    text = str(error).lower()
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 def is_corruption(error: BaseException) -> bool:

@@ -1,10 +1,11 @@
 """Keeping an event storm from becoming a message storm: what is held back becomes one
 digest; and spacing retries.
 
-Two things hold messages back. :class:`StormGuard` collapses true repeats (same type, run
-and key inside the dedup window) at admission: the first goes out, the rest are only
-counted. A channel's budget (:mod:`afs_callbacks.delivery.budget`) holds distinct messages
-over its burst: they are stored, then folded by the outbox. Either way, what was held
+Two things hold messages back. :class:`StormGuard` collapses true repeats (see
+:func:`repeat_key`: the same text, or an alert's same key, inside the dedup window) at
+admission: the first goes out, the rest are only counted. A channel's budget
+(:mod:`afs_callbacks.delivery.budget`) holds distinct messages over its burst: they are
+stored, then folded by the outbox. Either way, what was held
 becomes one event made by :func:`digest` (through :func:`repeat_digest` or
 :func:`fold_digest`): a fresh id, never collapsed, never budgeted, its ``digest_count``
 saying how many messages it stands for. :func:`backoff_delay` is full-jitter exponential
@@ -55,16 +56,20 @@ def backoff_delay(
 def repeat_key(event: NotificationEvent) -> str | None:
     """What makes two events repeats of each other (None: ``event`` never collapses).
 
-    Same type and run, and the same explicit :attr:`~NotificationEvent.key` when there is
-    one, otherwise the same title and message: ``validate()`` then ``test()``, or three
-    ``notify()`` calls with different titles, are distinct messages, not repeats.
+    Always the same type and run; then, for an alert (warning or worse) with an explicit
+    :attr:`~NotificationEvent.key`, the same key: a condition that persists is one thing
+    while its numbers move (a NaN at step 1,200 then 1,201, a disk 91 % then 92 % full).
+    Anything else is a repeat only when it says the same thing, the same title and message
+    (and the same key, if it has one): information with other numbers is news, so
+    ``validate()`` then ``test()``, Keras ``evaluate()`` on the validation set then on the
+    test set, or three ``notify()`` calls with different titles are distinct messages.
     """
     if not event.collapse:
         return None
     base = f"{event.event_type.value}|{event.run_id or ''}"
-    if event.key:
+    if event.key and event.level >= NotificationLevel.WARNING:
         return f"{base}|key|{event.key}"
-    content = f"{event.title}\0{event.message}".encode("utf-8", "surrogatepass")
+    content = f"{event.key}\0{event.title}\0{event.message}".encode("utf-8", "surrogatepass")
     return f"{base}|text|{hashlib.blake2b(content, digest_size=12).hexdigest()}"
 
 
@@ -124,6 +129,9 @@ class StormGuard:
                 self._ready.extend(self._sweep(now))
                 if len(self._windows) >= self._max_keys:
                     return True, digest
+            # Popped first, so the dict stays in the order the windows started: a sweep
+            # stops at the first window still open instead of visiting every key.
+            self._windows.pop(key, None)
             self._windows[key] = _Window(started=now, first=event)
             return True, digest
 
@@ -144,13 +152,18 @@ class StormGuard:
         self._lock = threading.Lock()
 
     def _sweep(self, now: float, *, flush_all: bool = False) -> list[NotificationEvent]:
+        # Oldest first (see admit): a full guard whose windows are all open costs one look
+        # per event, not max_keys of them.
+        closed = []
+        for key, window in self._windows.items():
+            if not flush_all and now - window.started < self.window:
+                break
+            closed.append(key)
         digests = []
-        for key, window in list(self._windows.items()):
-            if flush_all or now - window.started >= self.window:
-                del self._windows[key]
-                digest = self._digest(window)
-                if digest is not None:
-                    digests.append(digest)
+        for key in closed:
+            digest = self._digest(self._windows.pop(key))
+            if digest is not None:
+                digests.append(digest)
         return digests
 
     def _digest(self, window: _Window) -> NotificationEvent | None:

@@ -14,10 +14,14 @@ One :class:`Outbox` per file and process; three ways to open it:
   retry``, the death watcher).
 * ``Outbox(path, tolerant=True)`` is the manager's: a disk that fills, a folder that turns
   read-only, another process holding the write lock or a corrupted file must not cost a
-  notification. When a write fails, the events (and what happens to them) are kept in the
+  notification. When a write fails, the events (and what happens to them) and run states are kept in the
   same tables on an in-memory SQLite connection, bounded, and the senders deliver them from
   there; the cause is logged once, with the file's name; everything is written back once
-  the file is writable again. A corrupted file is moved aside (``outbox.sqlite3.corrupt-<time>``)
+  the file is writable again. A write lock that other processes hold is a queue, not a
+  fault: the events wait in memory the same way, the file is tried again every
+  :data:`BUSY_RETRY_SECONDS`, and only a lock still busy after :data:`LOCK_PATIENCE` is
+  logged (dozens of processes starting together queue for seconds; none falls back to
+  memory for good). A corrupted file is moved aside (``outbox.sqlite3.corrupt-<time>``)
   and a fresh one started. Nothing raises into the caller.
 * ``Outbox(path, read_only=True)`` for readers (the dashboard, the CLI's check): never
   creates or changes the file; a missing or unreadable one raises :class:`OutboxUnavailable`;
@@ -47,7 +51,7 @@ from urllib.parse import quote
 
 from afs_callbacks._files import private_dir, private_file, tighten_file
 from afs_callbacks._log import get_logger
-from afs_callbacks.delivery.faults import describe_fault, is_corruption, move_aside, still_corrupt
+from afs_callbacks.delivery.faults import describe_fault, is_busy, is_corruption, move_aside, still_corrupt
 from afs_callbacks.delivery.limits import HeldMessage
 from afs_callbacks.delivery.priority import (
     BUDGET_EXEMPT_TYPES,
@@ -81,6 +85,14 @@ STATES = (PENDING, SENDING, DELIVERED, DEAD, SUPERSEDED, FOLDED)
 MAX_POINTS_PER_SERIES = 2000
 #: Seconds between two attempts to write to a file that failed (a tolerant outbox).
 RETRY_SECONDS = 1.0
+#: Seconds between two attempts while other processes hold the file's write lock.
+BUSY_RETRY_SECONDS = 0.2
+#: How long a tolerant outbox's file may stay locked by other processes, attempt after
+#: attempt, before that is a fault and said so. Dozens of processes starting (or writing)
+#: together on one state directory queue for the lock for seconds: each gets it, just not
+#: at once. A lock held this long is something else (a stuck process, a ``sqlite3`` shell
+#: left inside a transaction).
+LOCK_PATIENCE = 30.0
 
 # ``commands``: what was asked of runs (afs_callbacks.control: stop, checkpoint, status),
 # every one, accepted or refused, with who asked, from where and when. (Comments inside the
@@ -313,9 +325,12 @@ class Outbox:
         read_only: open an existing file for reading only.
         memory_limit: a tolerant outbox keeps at most this many events in memory while its
             file cannot be written.
-        busy_timeout: seconds a statement waits for another process's write lock (a
-            tolerant outbox then keeps the events in memory instead); default 2 for a
-            tolerant outbox, 5 for a read-only one, 10 otherwise.
+        busy_timeout: seconds a statement waits for another process's write lock; default
+            2 for a tolerant outbox, 5 for a read-only one, 10 otherwise. A tolerant outbox
+            then keeps the events in memory (still delivered) and tries again every
+            :data:`BUSY_RETRY_SECONDS`, silently: a lock that is busy is not a fault.
+        lock_patience: how long a tolerant outbox's file may stay locked, attempt after
+            attempt, before it reports the lock as a fault (:data:`LOCK_PATIENCE`).
 
     Raises:
         ValueError: both ``tolerant`` and ``read_only`` (a reader has nothing to keep).
@@ -330,6 +345,7 @@ class Outbox:
         read_only: bool = False,
         memory_limit: int = 10_000,
         busy_timeout: float | None = None,
+        lock_patience: float | None = None,
     ) -> None:
         if tolerant and read_only:
             raise ValueError(
@@ -342,7 +358,10 @@ class Outbox:
         if busy_timeout is None:
             busy_timeout = 2.0 if self.tolerant else 5.0 if read_only else 10.0
         self.busy_timeout = busy_timeout
-        #: A tolerant outbox's storage fault, in words; None while the file is healthy.
+        self.lock_patience = LOCK_PATIENCE if lock_patience is None else lock_patience
+        #: A tolerant outbox's storage fault, in words; None while the file is healthy. A
+        #: busy lock counts too (events wait in memory), but is reported only once it has
+        #: lasted ``lock_patience``.
         self.fault: str | None = None
         self._lock = threading.RLock()  # the file's connection
         self._conn: sqlite3.Connection | None = None
@@ -355,6 +374,8 @@ class Outbox:
         self._dropped = 0
         self._fault_lock = threading.Lock()
         self._next_try = 0.0
+        self._busy_since: float | None = None  # when the lock was first found busy, this fault
+        self._reported: str | None = None  # the fault's cause as logged (None: not logged)
         self._opened = False  # once it opened, a failure is "cannot use", before "cannot open"
         self._run_index_ready = False
         _instances.add(self)
@@ -388,10 +409,17 @@ class Outbox:
         """Whether a faulted outbox should try its file again now."""
         return self.fault is not None and time.monotonic() >= self._next_try
 
+    def retry_in(self) -> float | None:
+        """Seconds until a faulted outbox tries its file again; None while it is healthy."""
+        if self.fault is None:
+            return None
+        return max(0.0, self._next_try - time.monotonic())
+
     def close(self) -> None:
-        """Write what memory still holds (one last try), then close this process's
-        connection (an inherited one is left alone)."""
-        if (self._kept_count() or self._marks) and not self.recover(now=True):
+        """Write what memory still holds, then close this process's connection (an
+        inherited one is left alone). While other processes hold the write lock it waits
+        for its turn, until the lock has been busy for ``lock_patience``."""
+        if (self._kept is not None or self._marks) and not self._write_back_before_closing():
             log.error(
                 "afs-callbacks: %d message(s) delivered or pending in memory could not be written"
                 " to the notification history %s before closing",
@@ -403,32 +431,45 @@ class Outbox:
                 self._conn.close()
             self._conn = None
 
+    def _write_back_before_closing(self) -> bool:
+        while not self.recover(now=True):
+            since = self._busy_since
+            if since is None or time.monotonic() - since >= self.lock_patience:
+                return False
+            time.sleep(BUSY_RETRY_SECONDS)
+        return True
+
     # Writing -------------------------------------------------------------------------------
 
     def enqueue(self, event: NotificationEvent, channels: Iterable[str]) -> None:
         """Store ``event`` and one pending delivery per channel, in one transaction."""
         self.write([(event, list(channels))])
 
-    def write(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> bool:
-        """Store events and their pending deliveries in one transaction (the writer thread
-        batches: one commit for many events is what keeps up under contention).
+    def write(
+        self,
+        items: Sequence[tuple[NotificationEvent, Sequence[str]]],
+        runs: Sequence[tuple[RunState, Sequence[MetricPoint]]] = (),
+    ) -> bool:
+        """Store events with their pending deliveries, and run states with their new metric
+        points, in one transaction (the writer thread batches: one commit for many events
+        is what keeps up under contention).
 
         Returns whether they reached the file; a tolerant outbox keeps them in memory when
-        they did not.
+        they did not, and writes them back with the rest.
         """
         if not self.tolerant:
-            self._insert_file(items)
+            self._write_file(items, runs)
             return True
         if self.fault is not None and not self.recover():
-            self._keep(items)
+            self._keep(items, runs)
             return False
         try:
-            self._insert_file(items)
+            self._write_file(items, runs)
             self._opened = True
             return True
         except (sqlite3.Error, OSError) as error:
             self._on_fault("write", error)
-            self._keep(items)
+            self._keep(items, runs)
             if self.fault is None:  # corruption: a fresh file was started, try it at once
                 return self.recover()
             return False
@@ -436,7 +477,8 @@ class Outbox:
     def recover(self, *, now: bool = False) -> bool:
         """Write what memory holds back to the file; True when the outbox is healthy again.
 
-        Between faults it waits :data:`RETRY_SECONDS`; ``now`` tries at once (at close).
+        Between attempts it waits :data:`RETRY_SECONDS` (:data:`BUSY_RETRY_SECONDS` while the
+        lock is busy); ``now`` tries at once (at close).
         """
         if self.fault is not None and time.monotonic() < self._next_try and not now:
             return False
@@ -454,8 +496,9 @@ class Outbox:
             return False
         self._opened = True
         with self._fault_lock:
-            was, self.fault = self.fault, None
-        if was is not None:
+            reported, self._reported = self._reported, None
+            self.fault = self._busy_since = None
+        if reported is not None:  # a lock that was only busy for a moment was never a fault
             log.warning(
                 "afs-callbacks: the notification history %s is writable again; %d kept message(s) written",
                 self.path,
@@ -672,10 +715,10 @@ class Outbox:
         """Store the latest state of a run and append its new metric points.
 
         A series over :data:`MAX_POINTS_PER_SERIES` keeps every other point: the curve's
-        shape survives, the table stays bounded. A tolerant outbox notes a fault and goes
-        on (the run's next state wins anyway).
+        shape survives, the table stays bounded. A tolerant outbox keeps what its file
+        cannot take in memory, like events (a run's end must not be lost to a busy lock).
         """
-        self._file("write", lambda: self._save_run(state, points), None)
+        self.write((), [(state, points)])
 
     def claim_run_end(self, state: RunState, *, pid: int | None) -> bool:
         """Store ``state`` (an ended run) only if the run's row still says running, written
@@ -943,15 +986,16 @@ class Outbox:
 
     # The file's statements ----------------------------------------------------------------------
 
-    def _insert_file(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> None:
-        events = []
-        for event, _ in items:
-            events.append(_event_row(event))
-            # sleep(0) releases the GIL: a training thread waiting for it takes it now
-            # instead of after the interpreter's 5 ms switch interval.
-            time.sleep(0)
+    def _write_file(
+        self,
+        items: Sequence[tuple[NotificationEvent, Sequence[str]]],
+        runs: Sequence[tuple[RunState, Sequence[MetricPoint]]],
+    ) -> None:
+        events = [_event_row(event) for event, _ in items]  # before the lock: it costs the GIL
         with self._transaction() as conn:
             _insert(conn, events, items, time.time())
+            for state, points in runs:
+                _save_run(conn, state, points)
 
     def _claim_file(self, channel: str, limit: int, lease: _Lease) -> list[Any]:
         with self._transaction() as conn:
@@ -1024,14 +1068,14 @@ class Outbox:
         return digest
 
     def _reclaim_orphans(self) -> int:
+        # Looked for with a read first: every process does this when it opens the file, and
+        # dozens starting together must not queue on the write lock to find nothing.
         host = socket.gethostname()
+        owners = self._query("SELECT DISTINCT lease_owner FROM deliveries WHERE state = 'sending'")
+        dead = [owner for (owner,) in owners if owner and _is_dead_local_owner(owner, host)]
+        if not dead:
+            return 0
         with self._transaction() as conn:
-            owners = [
-                row[0]
-                for row in conn.execute("SELECT DISTINCT lease_owner FROM deliveries WHERE state = 'sending'")
-                if row[0]
-            ]
-            dead = [owner for owner in owners if _is_dead_local_owner(owner, host)]
             for owner in dead:
                 conn.execute(
                     f"UPDATE deliveries SET state = 'pending', {_CLEAR_LEASE}"
@@ -1042,6 +1086,13 @@ class Outbox:
 
     def _prune(self, max_age_seconds: float, max_events: int) -> int:
         cutoff = time.time() - max_age_seconds
+        # A read first, as in _reclaim_orphans: usually there is nothing to prune.
+        [(old, total)] = self._query(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE created < ?), (SELECT COUNT(*) FROM events)",
+            (cutoff,),
+        )
+        if not old and total <= max_events:
+            return 0
         finished = f"NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.{_UNFINISHED})"
         with self._transaction() as conn:
             removed = conn.execute(f"DELETE FROM events WHERE created < ? AND {finished}", (cutoff,)).rowcount
@@ -1052,48 +1103,6 @@ class Outbox:
             ).rowcount
             conn.execute("DELETE FROM commands WHERE updated < ?", (cutoff,))
         return int(removed)
-
-    def _save_run(self, state: RunState, points: Sequence[MetricPoint]) -> None:
-        payload = _run_json(state)
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO runs (run_id, model, host, pid, status, started_at, updated_at, ended_at, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
-                " model = excluded.model, host = excluded.host, pid = excluded.pid,"
-                " status = excluded.status, started_at = COALESCE(runs.started_at, excluded.started_at),"
-                " updated_at = excluded.updated_at, ended_at = excluded.ended_at, state = excluded.state",
-                (
-                    state.run_id,
-                    state.model,
-                    state.host,
-                    state.pid,
-                    state.status,
-                    state.started_at,
-                    state.updated_at,
-                    state.ended_at,
-                    payload,
-                ),
-            )
-            if not points:
-                return
-            conn.executemany(
-                "INSERT OR REPLACE INTO points (run_id, series, axis, x, y) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (state.run_id, p.series, p.axis, float(p.x), p.y if math.isfinite(p.y) else None)
-                    for p in points
-                ],
-            )
-            for series in {p.series for p in points}:
-                count = conn.execute(
-                    "SELECT COUNT(*) FROM points WHERE run_id = ? AND series = ?", (state.run_id, series)
-                ).fetchone()[0]
-                if count > MAX_POINTS_PER_SERIES:
-                    conn.execute(
-                        "DELETE FROM points WHERE run_id = ? AND series = ? AND x IN (SELECT x FROM"
-                        " (SELECT x, ROW_NUMBER() OVER (ORDER BY x) AS n FROM points"
-                        "  WHERE run_id = ? AND series = ?) WHERE n % 2 = 0)",
-                        (state.run_id, series, state.run_id, series),
-                    )
 
     # Storage faults (a tolerant outbox) -------------------------------------------------------------
 
@@ -1120,12 +1129,22 @@ class Outbox:
             self._move_aside(error)
             return
         cause = describe_fault(error)
-        self._next_try = time.monotonic() + RETRY_SECONDS
+        now = time.monotonic()
+        busy = is_busy(error)
+        self._next_try = now + (BUSY_RETRY_SECONDS if busy else RETRY_SECONDS)
         self._drop_connection()  # reopened on the next try: a read-only one stays read-only
         with self._fault_lock:
-            if self.fault == cause:
-                return
             self.fault = cause
+            if busy:
+                self._busy_since = now if self._busy_since is None else self._busy_since
+                if now - self._busy_since < self.lock_patience:
+                    return  # other processes take their turns: a queue for the lock, not a fault
+                cause = f"{cause} (for {self.lock_patience:g} s now)"
+            else:
+                self._busy_since = None
+            if self._reported == cause:
+                return
+            self._reported = cause
         # One line per new cause, never a traceback per event.
         log.error(
             "afs-callbacks: cannot %s the notification history %s: %s. Messages are kept in memory"
@@ -1193,9 +1212,14 @@ class Outbox:
                 if self._marks.get((event_id, channel)) is mark:  # a newer outcome waits its turn
                     del self._marks[(event_id, channel)]
 
-    def _keep(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> None:
-        """Keep events the file could not take in memory, bounded: past the limit, finished
-        ones go first, then the oldest progress, then the oldest."""
+    def _keep(
+        self,
+        items: Sequence[tuple[NotificationEvent, Sequence[str]]],
+        runs: Sequence[tuple[RunState, Sequence[MetricPoint]]] = (),
+    ) -> None:
+        """Keep what the file could not take in memory: run states (the latest per run),
+        and events, bounded: past the limit, finished ones go first, then the oldest
+        progress, then the oldest."""
         rows = [_event_row(event) for event, _ in items]
         with self._kept_lock:
             if self._kept is None:
@@ -1204,6 +1228,8 @@ class Outbox:
                 self._kept.executescript(_SCHEMA)
             with _atomic(self._kept) as kept:
                 _insert(kept, rows, items, time.time())
+                for state, points in runs:
+                    _save_run(kept, state, points)
                 excess = kept.execute("SELECT COUNT(*) FROM events").fetchone()[0] - self.memory_limit
                 if excess <= 0:
                     return
@@ -1224,23 +1250,23 @@ class Outbox:
             self._dropped += dropped
 
     def _write_back(self, kept: sqlite3.Connection) -> int:
-        """Write the kept events with their delivery states, as they are now, to the file in
-        one transaction; returns how many events."""
+        """Write the kept events with their delivery states as they are now, and the kept
+        run states and points, to the file in one transaction; returns how many events."""
         events = kept.execute(
             "SELECT id, created, event_type, level, run_id, title, payload FROM events"
         ).fetchall()
-        columns = (
-            "event_id, channel, state, attempts, next_attempt, last_attempt, lease_until,"
-            " lease_owner, last_error, delivered_at"
-        )
-        deliveries = kept.execute(f"SELECT {columns} FROM deliveries").fetchall()
-        if events:
+        deliveries = kept.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries").fetchall()
+        runs = _states(kept.execute("SELECT state FROM runs"))
+        points = kept.execute("SELECT run_id, series, axis, x, y FROM points").fetchall()
+        if events or runs:
             with self._transaction() as conn:
-                conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", events)
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO deliveries ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    deliveries,
-                )
+                if events:
+                    conn.execute(_INSERT_EVENTS, (_rows_json(events),))
+                if deliveries:
+                    conn.execute(_COPY_DELIVERIES, (_rows_json(deliveries),))
+                for state in runs:
+                    _save_run(conn, state, ())
+                _insert_points(conn, points)
         return len(events)
 
     def _in_memory(self, action: Callable[[sqlite3.Connection], _T], nothing: _T) -> _T:
@@ -1297,21 +1323,103 @@ def _atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+# Many rows, one statement: the rows travel as one JSON array that SQLite takes apart itself.
+# The sqlite3 module releases the GIL around every step of a statement, and executemany()
+# steps once per row; while the training thread is busy in Python, each release costs the
+# writer up to the interpreter's switch interval (5 ms) to get the GIL back, so 500 rows
+# took seconds. One statement is one step (and one release) whatever the number of rows.
+_INSERT_EVENTS = (
+    "INSERT OR IGNORE INTO events (id, created, event_type, level, run_id, title, payload)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),"
+    " json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),"
+    " json_extract(value, '$[6]') FROM json_each(?)"
+)
+_INSERT_DELIVERIES = (
+    "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'pending', ? FROM json_each(?)"
+)
+
+
+_DELIVERY_COLUMNS = (
+    "event_id, channel, state, attempts, next_attempt, last_attempt, lease_until, lease_owner,"
+    " last_error, delivered_at"
+)
+# Kept deliveries back to the file as they are now (a kept one may be delivered already).
+_COPY_DELIVERIES = (
+    f"INSERT OR REPLACE INTO deliveries ({_DELIVERY_COLUMNS}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{index}]')" for index in range(10))
+    + " FROM json_each(?)"
+)
+
+
+def _rows_json(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as the JSON array a ``json_each(?)`` statement reads (text kept exactly)."""
+    return json.dumps(list(rows), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _insert(
     conn: sqlite3.Connection,
     events: Sequence[tuple[Any, ...]],
     items: Sequence[tuple[NotificationEvent, Sequence[str]]],
     now: float,
 ) -> None:
-    conn.executemany(
-        "INSERT OR IGNORE INTO events (id, created, event_type, level, run_id, title, payload)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        events,
+    if events:
+        conn.execute(_INSERT_EVENTS, (_rows_json(events),))
+    deliveries = [(event.id, channel) for event, channels in items for channel in channels]
+    if deliveries:
+        conn.execute(_INSERT_DELIVERIES, (now, _rows_json(deliveries)))
+
+
+_UPSERT_RUN = (
+    "INSERT INTO runs (run_id, model, host, pid, status, started_at, updated_at, ended_at, state)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
+    " model = excluded.model, host = excluded.host, pid = excluded.pid,"
+    " status = excluded.status, started_at = COALESCE(runs.started_at, excluded.started_at),"
+    " updated_at = excluded.updated_at, ended_at = excluded.ended_at, state = excluded.state"
+)
+_INSERT_POINTS = (
+    "INSERT OR REPLACE INTO points (run_id, series, axis, x, y) SELECT json_extract(value, '$[0]'),"
+    " json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+    " json_extract(value, '$[4]') FROM json_each(?)"
+)
+
+
+def _save_run(conn: sqlite3.Connection, state: RunState, points: Sequence[MetricPoint]) -> None:
+    """Upsert a run's state and add its points (inside the caller's transaction)."""
+    conn.execute(
+        _UPSERT_RUN,
+        (
+            state.run_id,
+            state.model,
+            state.host,
+            state.pid,
+            state.status,
+            state.started_at,
+            state.updated_at,
+            state.ended_at,
+            _run_json(state),
+        ),
     )
-    conn.executemany(
-        "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt) VALUES (?, ?, ?, ?)",
-        [(event.id, channel, PENDING, now) for event, channels in items for channel in channels],
-    )
+    rows = [(state.run_id, p.series, p.axis, float(p.x), p.y if math.isfinite(p.y) else None) for p in points]
+    _insert_points(conn, rows)
+
+
+def _insert_points(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Add points ``(run_id, series, axis, x, y)``; a series over the limit is thinned."""
+    if not rows:
+        return
+    conn.execute(_INSERT_POINTS, (_rows_json(rows),))
+    for run_id, series in {(row[0], row[1]) for row in rows}:
+        count = conn.execute(
+            "SELECT COUNT(*) FROM points WHERE run_id = ? AND series = ?", (run_id, series)
+        ).fetchone()[0]
+        if count > MAX_POINTS_PER_SERIES:
+            conn.execute(
+                "DELETE FROM points WHERE run_id = ? AND series = ? AND x IN (SELECT x FROM"
+                " (SELECT x, ROW_NUMBER() OVER (ORDER BY x) AS n FROM points"
+                "  WHERE run_id = ? AND series = ?) WHERE n % 2 = 0)",
+                (run_id, series, run_id, series),
+            )
 
 
 def _claim_rows(conn: sqlite3.Connection, channel: str, limit: int, lease: _Lease) -> list[Any]:

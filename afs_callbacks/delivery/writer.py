@@ -3,7 +3,11 @@
 ``notify()``, ``post()`` and ``update_run()`` hand their work to :class:`Writer` and return
 at once (a deque append); the thread stores it in batches, one transaction for many events,
 so eight processes sharing a state directory do not queue on SQLite's write lock event by
-event, and then wakes the senders. Each queued event is a :class:`Handover`: admission
+event, and then wakes the senders. The events and run states of one turn share one
+transaction, and each table's rows go in one statement: the store's work holds the GIL for
+microseconds per event and gives it up a handful of times per turn, never per row, so a
+training thread busy in Python does not slow the turn down (see ``docs/delivery.md``, "The
+storage window", for the measured bound). Each queued event is a :class:`Handover`: admission
 (:mod:`afs_callbacks.delivery.admission`) runs on it once, on the caller's thread for
 ``notify()`` (which returns the event as stored) and here for ``post()`` (whose caller pays
 only the append). A run's progress alone waits up to :data:`PROGRESS_GATHER_SECONDS` for
@@ -27,7 +31,10 @@ from afs_callbacks.runstate import MetricPoint, RunState
 log = get_logger(__name__)
 
 #: Events written per transaction at most.
-BATCH = 500
+BATCH = 5000
+#: Seconds the writer spends at most admitting the events of one turn (``post()``'s events
+#: are admitted here) before it stores what it has: a flood of them is stored in slices.
+GATHER_SECONDS = 0.020
 #: How long the writer lets events gather after a wake-up before storing them.
 COALESCE_SECONDS = 0.005
 #: How long a run's progress alone (epochs, improvements, run states) may gather when no
@@ -36,8 +43,8 @@ COALESCE_SECONDS = 0.005
 PROGRESS_GATHER_SECONDS = 0.25
 #: Events waiting for the writer at most; past it an event is dropped (and counted).
 QUEUE_LIMIT = 50_000
-#: How often an idle writer looks again at a faulted store (a healthy one: never).
-IDLE_WAKE_SECONDS = 1.0
+#: Shortest sleep of an idle writer whose faulted store is due for another try.
+_MIN_IDLE = 0.01
 
 #: An event ready to store and the channels it goes to.
 Ready: TypeAlias = tuple[NotificationEvent, tuple[str, ...]]
@@ -189,8 +196,9 @@ class Writer:
                 if self._stop:
                     return
                 # Idle: sleep until something is handed over; a faulted store also wakes
-                # the thread once a second to try its file again.
-                idle = IDLE_WAKE_SECONDS if self.store.fault is not None else None
+                # the thread when its file is due for another try.
+                retry_in = self.store.retry_in()
+                idle = None if retry_in is None else max(retry_in, _MIN_IDLE)
                 if self._wake.wait(idle) and not self._stop:
                     # Let a few more events arrive: one wake-up and one commit for several
                     # keeps this thread from asking the training thread for the GIL per event.
@@ -201,9 +209,7 @@ class Writer:
             self._busy = True
             self._hurry.clear()  # before taking the batch: a put() from now on hurries the next
             try:
-                items = [self._events.popleft() for _ in range(min(BATCH, len(self._events)))]
-                # In the order they were handed over; admitted here unless the caller did.
-                batch = [ready for item in items for ready in item.admitted()]
+                batch = self._gather()
                 with self._runs_lock:
                     runs, self._runs = self._runs, {}
                 self._write(batch, runs)
@@ -211,6 +217,18 @@ class Writer:
                 log.exception("afs-callbacks: the writer thread hit an error")
             finally:
                 self._busy = False
+
+    def _gather(self) -> list[Ready]:
+        """The next turn's events, in the order they were handed over, admitted here unless
+        the caller did: up to :data:`BATCH`, or what :data:`GATHER_SECONDS` admits."""
+        batch: list[Ready] = []
+        deadline = time.monotonic() + GATHER_SECONDS
+        events = self._events
+        for _ in range(min(BATCH, len(events))):
+            batch.extend(events.popleft().admitted())
+            if time.monotonic() > deadline:
+                break
+        return batch
 
     def _open(self) -> bool:
         # A lock or a fault at the first open is retried from here, in the background; a
@@ -226,10 +244,11 @@ class Writer:
             self._opened = True
             if self._on_open is not None:
                 self._on_open()
-        if batch:
-            self.store.write(batch)
-            self._on_written({channel for _, channels in batch for channel in channels})
+        if batch or runs:
+            # One transaction; what the file cannot take now is kept in memory by the store
+            # and written back once it can.
+            self.store.write(batch, list(runs.values()))
+            if batch:
+                self._on_written({channel for _, channels in batch for channel in channels})
         elif self.store.due_for_retry() and self.store.recover():
             self._on_written(set(self.store.counts()))
-        for state, points in runs.values():
-            self.store.save_run(state, points)

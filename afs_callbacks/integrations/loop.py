@@ -159,8 +159,9 @@ class RunNotifier(NotifierBase):
         tracker.epoch_started(self._epoch)
 
     def evaluation(self, metrics: Mapping[str, Any]) -> None:
-        """An evaluation finished. Inside the block its metrics judge the monitored metric
-        (improvement, plateau); outside, it is reported as a standalone evaluation."""
+        """An evaluation finished. Inside the block it is progress (``validation_completed``,
+        at the epoch cadence) and its metrics judge the monitored metric (improvement,
+        plateau); outside, it is a standalone evaluation, always pushed."""
         self.tracker.evaluation_completed(metrics, in_training=self._inside)
 
     def checkpoint(self, path: str | os.PathLike[str], *, best: bool = False) -> None:

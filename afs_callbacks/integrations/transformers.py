@@ -246,7 +246,9 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
     @hook
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> Any:
         """In training, per-epoch evaluations join the epoch's report and step-based ones
-        are reported at the epoch cadence; ``trainer.evaluate()`` alone always reports."""
+        are progress (``validation_completed``, at the epoch cadence: pushed only at
+        ``verbose``), as every framework's in-training evaluations are; ``trainer.evaluate()``
+        alone is a result and always reported."""
         values = _results(metrics)
         tracker = self.tracker
         if not self._in_training():

@@ -583,8 +583,9 @@ class RunTracker:
     @_guarded
     def evaluation_completed(self, metrics: Mapping[str, Any], *, in_training: bool = False) -> None:
         """An evaluation finished. Inside training its metrics feed the monitored metric and
-        the message follows the epoch cadence; a standalone evaluation (after training, a
-        ``validate()`` call) always reports and judges nothing."""
+        the message (VALIDATION_COMPLETED: progress, pushed only at ``verbose``) follows the
+        epoch cadence; a standalone evaluation (after training, a ``validate()`` call) is
+        EVALUATION_COMPLETED, always reported, and judges nothing."""
         self.heartbeat()
         record = self._record
         if in_training:
@@ -596,7 +597,7 @@ class RunTracker:
         else:
             values = floats(metrics)
         self._emit(
-            EventType.EVALUATION_COMPLETED,
+            EventType.VALIDATION_COMPLETED if in_training else EventType.EVALUATION_COMPLETED,
             messages.evaluation_completed(self.model_name, values),
             metrics=values,
             epoch=self._epoch_number(),

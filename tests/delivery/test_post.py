@@ -58,16 +58,18 @@ def test_posted_and_notified_events_are_stored_in_order_and_repeats_collapse(tmp
     manager, channel = capturing_manager(tmp_path, verbosity="verbose")
     with manager:
         manager.post(run_event("first", key="epoch-1"))
-        manager.post(run_event("first again", key="epoch-1"))  # the same key: a true repeat
+        manager.post(run_event("first", key="epoch-1"))  # the same text and key: a true repeat
+        manager.post(run_event("first, other numbers", key="epoch-1"))  # not a repeat (#22)
         manager.notify("second")
         manager.post(run_event("third", key="epoch-2"))
         manager.flush(10)
         sent = sorted(event.title for event in channel.events)
         with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
             stored = [title for (title,) in db.execute("SELECT title FROM events ORDER BY rowid")]
-    assert stored == ["first", "second", "third"]  # the order they were handed over
-    # Sent by urgency; "first" may be superseded by "third" (stale progress of the same run).
-    assert {"second", "third"} <= set(sent) <= {"first", "second", "third"}
+    # The order they were handed over; only the true repeat collapsed.
+    assert stored == ["first", "first, other numbers", "second", "third"]
+    # Sent by urgency; earlier progress may be superseded by "third" (stale, the same run).
+    assert {"second", "third"} <= set(sent) <= {"first", "first, other numbers", "second", "third"}
 
 
 def test_a_disabled_manager_takes_no_posted_event(tmp_path: Path) -> None:

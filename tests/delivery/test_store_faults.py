@@ -22,6 +22,7 @@ import pytest
 from helpers.hook import manager_for, wait_until
 
 from afs_callbacks import EventType, NotificationManager
+from afs_callbacks.delivery import outbox
 from afs_callbacks.monitors import SystemMonitor
 from afs_callbacks.testing import CapturingHandler
 
@@ -164,8 +165,9 @@ conn.execute("COMMIT")
 
 
 def test_another_process_holding_the_write_lock_delays_no_message(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(outbox, "LOCK_PATIENCE", 3.0)  # a held lock becomes a fault sooner
     state = tmp_path / "state"
     captured = CapturingHandler()
     manager = manager_for(state, {"capture": captured})
@@ -185,8 +187,10 @@ def test_another_process_holding_the_write_lock_delays_no_message(
         # The history (what `afs-notify send` reports from) shows them, kept in memory.
         [entry] = manager.outbox.history(event_id=sent[-1].id if sent[-1] else "")
         assert [d.state for d in entry.deliveries] == ["delivered"]
+        # Held past the patience: a fault, said once, with how long.
+        wait_until(lambda: history_lines(caplog), timeout=20, what="the lock reported")
         [line] = history_lines(caplog)
-        assert "another process holds its write lock" in line and str(state) in line
+        assert "another process holds its write lock (for 3 s now)" in line and str(state) in line
     finally:
         assert holder.stdin is not None
         holder.stdin.write("release\n")
@@ -194,6 +198,40 @@ def test_another_process_holding_the_write_lock_delays_no_message(
         holder.wait(10)
     wait_until(lambda: len(stored_titles(state)) == 21, timeout=15, what="kept messages written")
     manager.close()
+
+
+def test_a_lock_held_for_a_moment_is_waited_for_not_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process holds the write lock for longer than one statement waits (2 s), then
+    lets go: the messages wait in memory meanwhile (and are delivered), nothing is logged,
+    and all of them reach the file."""
+    state = tmp_path / "state"
+    captured = CapturingHandler()
+    manager = manager_for(state, {"capture": captured})
+    manager.notify("first")
+    manager.flush(10)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(state / "outbox.sqlite3")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        for index in range(5):
+            manager.notify(f"during the lock {index}")
+        captured.wait_for(count=6, timeout=20)  # from memory: the file is still locked
+        assert holder.poll() is None
+        assert len(stored_titles(state)) == 1
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("release\n")
+        holder.stdin.close()
+        holder.wait(10)
+    wait_until(lambda: len(stored_titles(state)) == 6, timeout=15, what="kept messages written")
+    manager.close()
+    assert history_lines(caplog) == []
 
 
 def test_invalid_and_huge_text_is_made_valid_bounded_and_delivered(tmp_path: Path) -> None:
@@ -249,8 +287,9 @@ conn.execute("COMMIT")
 
 
 def test_a_lock_at_the_first_open_is_retried_in_the_background(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(outbox, "LOCK_PATIENCE", 3.0)
     state = tmp_path / "state"
     state.mkdir()
     holder = subprocess.Popen(
@@ -266,8 +305,9 @@ def test_a_lock_at_the_first_open_is_retried_in_the_background(
         for index in range(3):
             assert manager.notify(f"locked out {index}") is not None
         captured.wait_for(count=3, timeout=20)
+        wait_until(lambda: history_lines(caplog), timeout=20, what="the lock reported")
         [line] = history_lines(caplog)
-        assert "cannot open" in line and "another process holds its write lock" in line
+        assert "cannot open" in line and "another process holds its write lock (for 3 s now)" in line
         assert "Set AFS_STATE_DIR" not in caplog.text
     finally:
         assert holder.stdin is not None

@@ -183,8 +183,9 @@ def test_a_tiny_bert_classifier_built_from_a_config(manager, receiver, tmp_path)
     assert events[0].event_type is EventType.TRAINING_STARTED
     assert events[-1].event_type is EventType.TRAINING_COMPLETED
     assert {event.model for event in events} == {"BertForSequenceClassification"}
-    # Step-based evaluations are reported at the epoch cadence, with the monitored eval_loss.
-    evaluations = of_type(events, EventType.EVALUATION_COMPLETED)
+    # Step-based evaluations are progress, reported at the epoch cadence, with the
+    # monitored eval_loss.
+    evaluations = of_type(events, EventType.VALIDATION_COMPLETED)
     assert evaluations and all("eval_loss" in event.metrics for event in evaluations)
     assert events[-1].context["steps"] == 8
 
