@@ -116,6 +116,10 @@ class NotificationHandler(abc.ABC):
     supports_images: ClassVar[bool] = False
     #: Whether the channel can edit a message it sent, so a run gets one live card.
     supports_cards: ClassVar[bool] = False
+    #: Whether a run's end that finds the run's earlier messages still waiting is sent with
+    #: them as one story (a person reads it: a chat, a mailbox, a phone). False where each
+    #: event is an alert state that must fire and resolve on its own (Alertmanager, PagerDuty).
+    tells_stories: ClassVar[bool] = True
 
     #: The prefix of its routing variables ``<PREFIX>_MIN_LEVEL``, ``_EVENTS``, ``_CARD``
     #: (empty: the name in capitals).

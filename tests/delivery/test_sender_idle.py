@@ -32,9 +32,9 @@ class CountingOutbox(Outbox):
         self.calls["claim"] += 1
         return super().claim(*args, **kwargs)
 
-    def next_due(self, channel: str) -> float | None:
+    def next_due(self, channel: str, *, stories: bool = True) -> float | None:
         self.calls["next_due"] += 1
-        return super().next_due(channel)
+        return super().next_due(channel, stories=stories)
 
     def supersede_stale(self, channel: str) -> int:
         self.calls["supersede_stale"] += 1
