@@ -15,6 +15,19 @@ get a long ``failed_ttl`` instead. When the run completes or recovers, its alert
 resolved by posting them again with ``endsAt`` = now. The alerts to resolve are asked of
 Alertmanager itself (``GET /api/v2/alerts`` filtered by run), so any process can resolve
 what another one fired.
+
+An alert is never resolved before it has fired for ``min_firing`` seconds (default 60,
+longer than Alertmanager's default ``group_wait`` of 30 s): a run that goes NaN and ends a
+second later would otherwise resolve its alert before Alertmanager's first notification,
+and no receiver would ever hear of it. The resolving event is held in the outbox until
+then (:meth:`DeliveryResult.later`: the channel's other messages go on; the alert keeps
+being re-posted meanwhile). A post cannot shorten a firing alert's ``endsAt`` instead:
+Alertmanager keeps the later one of two unresolved posts. If the process exits first, the
+alert ends on its own within ``resolve_timeout``, and the held event resolves whatever is
+left when a later process sends it. The sender sends a run's events in the order they
+happened (the NaN alert before the run's end, a retried alert before anything after it:
+:mod:`afs_callbacks.delivery.priority`), so the end never resolves an alert Alertmanager
+has not received.
 """
 
 from __future__ import annotations
@@ -109,6 +122,7 @@ class AlertmanagerNotifier(HttpChannel):
         "ALERTMANAGER_RESEND_INTERVAL",
         "ALERTMANAGER_RESOLVE_TIMEOUT",
         "ALERTMANAGER_FAILED_TTL",
+        "ALERTMANAGER_MIN_FIRING",
         "ALERTMANAGER_GENERATOR_URL",
     )
     own_prefixes: ClassVar[tuple[str, ...]] = ("ALERTMANAGER_",)
@@ -125,6 +139,7 @@ class AlertmanagerNotifier(HttpChannel):
         resend_interval: float = 60.0,
         resolve_timeout: float = 300.0,
         failed_ttl: float = 86_400.0,
+        min_firing: float = 60.0,
         generator_url: str | None = None,
         timeout: float = 10.0,
         allow_http: bool = False,
@@ -150,12 +165,15 @@ class AlertmanagerNotifier(HttpChannel):
         self.resend_interval = resend_interval
         self.resolve_timeout = resolve_timeout
         self.failed_ttl = failed_ttl
+        self.min_firing = max(0.0, min_firing)
         self.generator_url = generator_url
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
         # Per-process state: threads and locks do not survive fork() or pickling.
         self._firing: dict[_LabelKey, dict[str, Any]] = {}
+        # When each alert this process posted first reached Alertmanager (for min_firing).
+        self._fired_at: dict[_LabelKey, datetime] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -181,6 +199,9 @@ class AlertmanagerNotifier(HttpChannel):
             if previous is not None:
                 alert["startsAt"] = previous["startsAt"]
         result = self.deliver(self.alerts_url, json=[alert])
+        if result.ok:
+            with self._lock:
+                self._fired_at.setdefault(key, _now())
         if result.ok and not terminal:
             with self._lock:
                 self._firing[key] = alert
@@ -215,17 +236,36 @@ class AlertmanagerNotifier(HttpChannel):
             if isinstance(remote, DeliveryResult):
                 self._firing.update(local)
                 return remote
-            now = _timestamp(_now())
-            resolved = {labels: {**alert, "endsAt": now} for labels, alert in local.items()}
+            now = _now()
+            alerts = dict(local)
             for alert in remote:
-                resolved[_label_key(alert["labels"])] = {**_postable(alert), "endsAt": now}
-            if not resolved:
+                alerts[_label_key(alert["labels"])] = _postable(alert)
+            if not alerts:
                 return DeliveryResult.delivered("no firing alert to resolve")
-            result = self.deliver(self.alerts_url, json=list(resolved.values()))
+            wait = max(self._firing_left(labels, alert, now) for labels, alert in alerts.items())
+            if wait > 0:
+                self._firing.update(local)  # re-posted meanwhile, as before
+                return DeliveryResult.later(
+                    f"held: {len(alerts)} alert(s) of the run fire at least {self.min_firing:g} s"
+                    f" before they are resolved ({wait:.1f} s left)",
+                    wait,
+                )
+            stamp = _timestamp(now)
+            result = self.deliver(
+                self.alerts_url, json=[{**alert, "endsAt": stamp} for alert in alerts.values()]
+            )
             if not result.ok:
                 self._firing.update(local)
                 return result
-        return DeliveryResult.delivered(f"resolved {len(resolved)} alert(s)")
+            for labels in alerts:
+                self._fired_at.pop(labels, None)
+        return DeliveryResult.delivered(f"resolved {len(alerts)} alert(s)")
+
+    def _firing_left(self, labels: _LabelKey, alert: Mapping[str, Any], now: datetime) -> float:
+        """Seconds ``alert`` must still fire before it may be resolved (``min_firing`` since
+        it reached Alertmanager: this process's first post, else its listed ``startsAt``)."""
+        fired = self._fired_at.get(labels) or _parse_time(alert.get("startsAt")) or now
+        return (fired + timedelta(seconds=self.min_firing) - now).total_seconds()
 
     def _firing_alerts(
         self, matchers: Mapping[str, str], ended: frozenset[EventType] | None
@@ -355,6 +395,7 @@ class AlertmanagerNotifier(HttpChannel):
             resend_interval=env.number("ALERTMANAGER_RESEND_INTERVAL", 60.0, minimum=1.0) or 60.0,
             resolve_timeout=env.number("ALERTMANAGER_RESOLVE_TIMEOUT", 300.0, minimum=2.0) or 300.0,
             failed_ttl=env.number("ALERTMANAGER_FAILED_TTL", 86_400.0, minimum=60.0) or 86_400.0,
+            min_firing=env.number("ALERTMANAGER_MIN_FIRING", 60.0, minimum=0.0) or 0.0,
             generator_url=env.url("ALERTMANAGER_GENERATOR_URL", secret=False, allow_http=settings.allow_http),
             timeout=settings.send_timeout,
             allow_http=settings.allow_http,
@@ -450,6 +491,22 @@ def _now() -> datetime:
 def _timestamp(moment: datetime) -> str:
     """``moment`` as Alertmanager's RFC 3339 UTC text, to the millisecond."""
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: object) -> datetime | None:
+    """An RFC 3339 time Alertmanager lists (``...Z``, any sub-second digits), or None."""
+    if not isinstance(text, str) or not text:
+        return None
+    head, dot, rest = text.replace("Z", "+00:00").partition(".")
+    if dot:  # fromisoformat takes at most 6 digits of a second; Alertmanager writes up to 9
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        rest = rest[:digits][:6].ljust(6, "0") + rest[digits:]
+        head = f"{head}.{rest}"
+    try:
+        moment = datetime.fromisoformat(head)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _label_key(labels: Mapping[str, str]) -> _LabelKey:

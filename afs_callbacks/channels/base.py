@@ -46,6 +46,8 @@ class DeliveryResult:
             stop sending to it in this process instead of failing every message.
         message_id: the id the service gave the message (a live card keeps it to edit).
         gone: for an edit, the message no longer exists (deleted): post a new one.
+        pauses_channel: a ``retry_after`` holds the whole channel (a rate limit); False for
+            a message the channel itself holds back for a while (:meth:`later`).
     """
 
     outcome: Outcome
@@ -54,6 +56,7 @@ class DeliveryResult:
     disable_channel: bool = False
     message_id: str | None = None
     gone: bool = False
+    pauses_channel: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", redact(self.detail))
@@ -72,6 +75,12 @@ class DeliveryResult:
     def retry(cls, detail: str, retry_after: float | None = None) -> DeliveryResult:
         """A transient failure (429, 5xx, network): try again, after ``retry_after`` if given."""
         return cls(Outcome.RETRY, detail, retry_after)
+
+    @classmethod
+    def later(cls, detail: str, seconds: float) -> DeliveryResult:
+        """Not yet: send this message again in ``seconds`` (the channel holds it back, the
+        service refused nothing); the channel's other messages go on meanwhile."""
+        return cls(Outcome.RETRY, detail, max(0.0, seconds), pauses_channel=False)
 
     @classmethod
     def permanent(cls, detail: str, *, disable_channel: bool = False) -> DeliveryResult:

@@ -369,7 +369,7 @@ class ChannelWorker:
             hint=result.retry_after,
             max_hint=self.policy.max_retry_after,
         )
-        if result.retry_after is not None:
+        if result.retry_after is not None and result.pauses_channel:
             # A rate-limit answer concerns the whole channel, not just this message.
             self._paused_until = time.time() + delay
         self.outbox.mark_retry(event_id, self.name, time.time() + delay, result.detail)
