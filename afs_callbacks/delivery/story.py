@@ -11,7 +11,7 @@ messages of that run still wait on the same channel, the outbox folds them into 
 ``folded``) and :func:`tell` makes the one message that is sent:
 
 * the end's title, type, id (the idempotency key), key and attachments (the chart);
-* the body: each earlier message's first line, in order, with how long after the first it
+* the body: each earlier message's title and first line, in order, with how long after the first it
   came, then how the run ended (its ``outcome``) and when, then the end's own body (the
   summary);
 * the most serious level of all of them, so a folded NaN alert is still pushed as an
@@ -81,8 +81,11 @@ def tell(end: NotificationEvent, told: Sequence[NotificationEvent]) -> Notificat
 
 
 def _line(event: NotificationEvent) -> str:
-    """What one earlier message says in a line: its body's first line, else its title."""
-    return event.message if event.message.strip() else event.title
+    """What one earlier message says in a line: its title (what happened), then its body's
+    first line (the detail: "train_loss became NaN at step 5")."""
+    title, body = event.title.strip(), event.message.strip()
+    first = body.splitlines()[0] if body else ""
+    return f"{title} — {first}" if title and first else title or first
 
 
 def _entry(event: NotificationEvent) -> dict[str, Any]:
