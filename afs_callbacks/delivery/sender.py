@@ -303,8 +303,10 @@ class ChannelWorker:
         return result
 
     def _tell_story(self, claim: Claim) -> DeliveryResult:
-        """Send a run's end with its earlier messages as one story; a story the service
-        refuses for good gives them back to the queue, and the end goes as itself."""
+        """Send a run's end with its earlier messages as one story. A story the service
+        refuses for good gives them back to the queue and this channel tells no more
+        stories: the end waits again, behind them, and the run goes out message by message
+        in its order."""
         result = self._send(replace(claim, event=tell(claim.event, claim.told)))
         if result.outcome is not Outcome.PERMANENT or result.disable_channel:
             if result.outcome is Outcome.DELIVERED:
@@ -316,18 +318,22 @@ class ChannelWorker:
                 )
             return result
         log.warning(
-            "afs-callbacks: %s refused the story of run %s (%s); its %d messages go out one by one",
+            "afs-callbacks: %s refused the story of run %s (%s); its %d messages, and every"
+            " later run's, go out one by one",
             self.name,
             claim.event.run_id,
             result.detail,
             len(claim.told) + 1,
         )
+        self._stories = False
         self.outbox.unfold_story(
             claim.event.id,
             self.name,
             f"the story of the run's end {claim.event.id} was refused: {result.detail}",
         )
-        return self._send(replace(claim, told=()))
+        return DeliveryResult.later(
+            f"the story was refused ({result.detail}): sent after its run's messages", 0.0
+        )
 
     def _record(self, claim: Claim, result: DeliveryResult) -> None:
         event_id = claim.event.id
