@@ -477,6 +477,19 @@ class Outbox:
         """
         return self._file("write", lambda: self._supersede_stale(channel), 0)
 
+    def release_leases_of(self, host: str, pid: int) -> int:
+        """Give back to the queue the deliveries process ``pid`` on ``host`` had leased, once
+        it is known to be gone (the death watcher saw it go; its zombie still answers
+        ``kill(pid, 0)``, so :meth:`reclaim_orphans` cannot tell). A run's later messages,
+        its death notice included, wait for a message in flight: without this they would
+        wait for the lease to run out. Returns how many."""
+        sql = (
+            f"UPDATE deliveries SET state = 'pending', {_CLEAR_LEASE}"
+            " WHERE state = 'sending' AND lease_owner = ?"
+        )
+        params = (f"{host}:{pid}",)
+        return self._file("write", lambda: self._change(sql, params), 0)
+
     def unfold_story(self, event_id: str, channel: str, reason: str) -> int:
         """Give the messages folded into the end ``event_id`` on ``channel`` back to the
         queue (the service refused the story for good: each goes out on its own); returns
