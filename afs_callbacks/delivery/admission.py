@@ -32,7 +32,7 @@ from afs_callbacks.channels.base import NotificationHandler
 from afs_callbacks.delivery.lifecycle import Lifecycle
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.writer import Handover, Ready
-from afs_callbacks.events import Attachment, NotificationEvent
+from afs_callbacks.events import TERMINAL_TYPES, Attachment, NotificationEvent
 from afs_callbacks.redaction import redact, registered_secrets
 
 log = get_logger(__name__)
@@ -112,10 +112,13 @@ class Admission:
         return event.with_changes(context={**self._context, **event.context})
 
     def _repeats(self, event: NotificationEvent) -> list[NotificationEvent]:
+        # A run's end closes its repeat windows first: their digests come before it.
+        run = event.run_id if event.event_type in TERMINAL_TYPES else None
+        before = self.guard.close_run(run) if run else []
         admitted, digest = self.guard.admit(event)
         if not admitted:
             self._watch_repeats()
-        return [*([] if digest is None else [digest]), *([event] if admitted else [])]
+        return [*before, *([] if digest is None else [digest]), *([event] if admitted else [])]
 
     def _routed(self, event: NotificationEvent, verbosity: str) -> Ready:
         return self._delivery.ready(event, self._route(event, verbosity))

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import ClassVar
 
-from helpers.hook import HookChannel
+from helpers.hook import HookChannel, manager_for
 
 from afs_callbacks.delivery.outbox import DELIVERED
 from afs_callbacks.delivery.priority import FOLDED, Queued, next_of_run
@@ -131,3 +131,18 @@ def test_a_refused_story_goes_out_message_by_message_in_order(
         "Training stopped after NaN/Inf: r3",
     ]
     assert receiver.requests[3].json()["event"]["message"] == "Duration: 0.4 s"  # no story again
+
+
+def test_a_runs_repeat_digest_comes_before_its_end(tmp_path: Path, receiver: LoopbackReceiver) -> None:
+    """A NaN at every step, then the end: the repeat window closes at the end, so its digest
+    is stored (and sent) before the end, never after it."""
+    channel = AlertHook(receiver.url("/hook"))
+    with manager_for(tmp_path, {"alerts": channel}, dedup_window=60.0) as manager:
+        for step in range(10):
+            manager.notify("NaN loss: r7", f"at step {step}", EventType.NAN_DETECTED, key="loss", run_id="r7")
+        manager.notify("Training stopped after NaN/Inf: r7", "", END, run_id="r7")
+        manager.flush(10)
+        sent = titles(receiver.requests)
+    assert sent[0] == "NaN loss: r7"
+    assert sent[-1] == "Training stopped after NaN/Inf: r7"
+    assert len(sent) == 3 and "repeated 9 times" in sent[1]
