@@ -171,7 +171,9 @@ _CHANNEL_QUEUE = _QUEUED + " WHERE d.channel = :channel AND d.state IN ('pending
 _RUN_QUEUE = (
     f"SELECT d.event_id, e.run_id, e.event_type, {_FLYING}, {_DUE}, {_DUE_AT},"
     " COALESCE(d.last_attempt, 0), d.state = 'sending'"
-    " FROM events e JOIN deliveries d ON d.event_id = e.id AND d.channel = :channel"
+    # CROSS JOIN keeps events (through the events_run index) the outer loop: the planner
+    # would otherwise walk the channel's whole queue to find one run's rows.
+    " FROM events e CROSS JOIN deliveries d ON d.event_id = e.id AND d.channel = :channel"
     " WHERE e.run_id = :run AND d.state IN ('pending', 'sending') ORDER BY e.created, e.id"
 )
 _BY_URGENCY = f" ORDER BY {priority_sql('e.event_type')}, e.created, d.event_id"
@@ -1379,8 +1381,13 @@ def _flush_due(
 def _next_due(conn: sqlite3.Connection, channel: str, stories: bool) -> float | None:
     # A row held behind an earlier message of its run is not due before that one is done;
     # one in flight is due again when its lease ends.
-    first = _Order(conn, channel, time.time(), -1.0, stories).first("", f" ORDER BY {_DUE_AT}, e.created", {})
-    return None if first is None else first.due_at
+    # Leased rows (a few) and pending ones (walked in the deliveries_due index's order, so
+    # the usual answer, the first row, costs no sort of a long queue) are read apart.
+    order = _Order(conn, channel, time.time(), -1.0, stories)
+    leased = order.first(" AND d.state = 'sending'", " ORDER BY d.lease_until", {})
+    pending = order.first(" AND d.state = 'pending'", " ORDER BY d.next_attempt", {})
+    dues = [row.due_at for row in (leased, pending) if row is not None]
+    return min(dues) if dues else None
 
 
 class _Order:
