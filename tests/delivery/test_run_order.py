@@ -73,15 +73,20 @@ def run_that_goes_nan_and_stops(manager: NotificationManager, run_id: str) -> No
 
 
 def story_of(sent: list[tuple[str, str]], run_id: str) -> list[str]:
-    """Which of started / NaN / stopped the messages of ``run_id`` say, in reading order: a
-    message's own headline last when its body tells earlier ones (the end's story)."""
+    """Which of started / NaN / stopped the messages of ``run_id`` say, in reading order."""
+    return said_in(sent, (STARTED, NAN, STOPPED), f"tiny-{run_id}")
+
+
+def said_in(sent: list[tuple[str, str]], markers: tuple[str, ...], run: str = "") -> list[str]:
+    """Which ``markers`` the messages (of ``run``: named in the headline) say, in reading
+    order: a message's own headline last when its body tells earlier ones (the end's story)."""
     said: list[str] = []
     for headline, rest in sent:
-        if f"tiny-{run_id}" not in headline:
+        if run not in headline:
             continue
-        told = sorted((rest.find(m), m) for m in (STARTED, NAN, STOPPED) if m in rest)
+        told = sorted((rest.find(m), m) for m in markers if m in rest)
         said.extend(marker for _, marker in told)
-        said.extend(m for m in (STARTED, NAN, STOPPED) if m in headline and m not in said)
+        said.extend(m for m in markers if m in headline and m not in said)
     return said
 
 
@@ -134,3 +139,30 @@ def test_a_retried_start_holds_the_rest_of_its_run(
     sent = messages(slack, refused=1)
     assert story_of(sent, "r5") == [STARTED, NAN, STOPPED]
     assert STOPPED in sent[-1][0]
+
+
+def test_a_real_loop_that_goes_nan_and_stops_reads_in_order(
+    manager: NotificationManager, slack: LoopbackReceiver
+) -> None:
+    """A real (tiny) PyTorch loop under RunNotifier with ``stop_on_nan``: its loss turns NaN
+    at step 3 and the loop stops, all well within the channel's one-second pace."""
+    torch = pytest.importorskip("torch")
+    from afs_callbacks.integrations.loop import RunNotifier
+
+    model = torch.nn.Linear(1, 1)
+    x = torch.rand(16, 1)
+    quiet = {"monitors": False, "stall_timeout": None, "chart": False}
+    with RunNotifier(manager, model_name="tiny", stop_on_nan=True, nan_check_every=1, **quiet) as run:
+        for step in range(1, 20):
+            loss = torch.nn.functional.mse_loss(model(x), 2 * x) * (float("nan") if step >= 3 else 1.0)
+            if run.step(loss=loss.detach()):
+                break
+    wait_settled(manager)
+    history = {entry.event.event_type: entry.event for entry in manager.outbox.history()}
+    markers = tuple(
+        history[kind].title
+        for kind in (EventType.TRAINING_STARTED, EventType.NAN_DETECTED, EventType.TRAINING_COMPLETED)
+    )
+    sent = messages(slack)
+    assert said_in(sent, markers) == list(markers)
+    assert markers[2] in sent[-1][0]  # nothing after the end
