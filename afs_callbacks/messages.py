@@ -325,6 +325,62 @@ def _how_it_ended(outcome: Outcome, summary: Summary, non_finite: NonFinite | No
     return outcome.label.capitalize() + (f" ({why})" if why else "") + f"{far}."
 
 
+#: Earlier messages a run's story shows line by line; beyond it the middle ones are counted.
+STORY_LINES = 8
+#: Characters one story line keeps of a message (its first line).
+STORY_LINE_CHARS = 200
+
+
+@dataclass(frozen=True)
+class StoryLine:
+    """One earlier message of a run as its story tells it: when, and what."""
+
+    seconds: float  # after the story's first message
+    text: str
+
+
+def run_story(
+    end: Message, told: Sequence[StoryLine], ending: str, ended_after: float, run_id: str
+) -> Message:
+    """The end of a run told with the earlier messages that had not gone out: the end's
+    title; the earlier messages in order, each with how long after the first it came; how
+    the run ended (``ending``: an outcome's label) and when; then the end's own body.
+
+    A long story keeps its first and last lines and counts the ones between, naming the
+    command that lists them all.
+    """
+    shown: list[StoryLine | str] = list(told)
+    if len(told) > STORY_LINES:
+        head, tail = 2, STORY_LINES - 3
+        hidden = len(told) - head - tail
+        shown = [
+            *told[:head],
+            f"… {hidden} more: afs-notify history --run {run_id}",
+            *told[-tail:],
+        ]
+    lines = []
+    for index, line in enumerate(shown):
+        if isinstance(line, str):
+            lines.append(line)
+            continue
+        text = _one_line(line.text)
+        lines.append(text if index == 0 else f"{_later(line.seconds)}: {text}")
+    lines.append(f"{_later(ended_after)}: {ending}.")
+    body = "\n".join(lines)
+    return Message(end.title, f"{body}\n\n{end.body}" if end.body else body)
+
+
+def _later(seconds: float) -> str:
+    """``2.5s later``; ``then`` for what came within a tenth of a second ("0.0s later"
+    reads as a glitch)."""
+    return f"{format_duration(seconds)} later" if seconds >= 0.1 else "then"
+
+
+def _one_line(text: str) -> str:
+    first = " ".join(text.strip().splitlines()[0].split()) if text.strip() else ""
+    return first if len(first) <= STORY_LINE_CHARS else first[: STORY_LINE_CHARS - 1].rstrip() + "…"
+
+
 def cost_alert(cost: float, threshold: float, model: str | None = None) -> Message:
     """COST_THRESHOLD: the run's cost passed ``threshold``."""
     who = f" for {model}" if model else ""
@@ -335,8 +391,10 @@ def cost_alert(cost: float, threshold: float, model: str | None = None) -> Messa
 
 
 __all__ = [
+    "STORY_LINES",
     "Message",
     "NonFinite",
+    "StoryLine",
     "Summary",
     "batch_processed",
     "checkpoint_loading",
@@ -353,6 +411,7 @@ __all__ = [
     "metric_improved",
     "nan_detected",
     "plan",
+    "run_story",
     "smoke_run",
     "training_completed",
     "training_failed",

@@ -80,7 +80,7 @@ def test_states_include_the_senders_finished_states() -> None:
 
 
 def test_enqueue_then_claim_then_deliver(outbox: Outbox) -> None:
-    first, second = event("one", age=2), event("two", age=1)
+    first, second = event("one", run="r1", age=2), event("two", run="r2", age=1)
     outbox.enqueue(first, ["slack", "email"])
     outbox.enqueue(second, ["slack"])
     assert outbox.counts() == {"slack": {PENDING: 2}, "email": {PENDING: 1}}
@@ -172,7 +172,7 @@ def claim_all(outbox: Outbox, channel: str, limit: int) -> list[str]:
 def test_concurrent_threads_never_claim_the_same_row(tmp_path: Path, outbox: Outbox) -> None:
     ids = []
     for index in range(300):
-        one = event(str(index))
+        one = event(str(index), run=f"r{index}")  # a run's own messages go one at a time
         ids.append(one.id)
         outbox.enqueue(one, ["slack"])
     # Half the threads share one Outbox (one connection), half open their own.

@@ -31,6 +31,19 @@ that completed with warnings) keeps them firing for ``failed_ttl`` and fires its
 alert (``TrainingStoppedOnProblem``, ``TrainingFailed``, ``TrainingKilled``...) when at
 or above the alert level. The alerts to resolve or keep are asked of Alertmanager itself
 (``GET /api/v2/alerts`` filtered by run), so any process can end what another one fired.
+
+An alert is never resolved before it has fired for ``min_firing`` seconds (default 60,
+longer than Alertmanager's default ``group_wait`` of 30 s): a run that goes NaN and ends a
+second later would otherwise resolve its alert before Alertmanager's first notification,
+and no receiver would ever hear of it. The resolving event is held in the outbox until
+then (:meth:`DeliveryResult.later`: the channel's other messages go on; the alert keeps
+being re-posted meanwhile). A post cannot shorten a firing alert's ``endsAt`` instead:
+Alertmanager keeps the later one of two unresolved posts. If the process exits first, the
+alert ends on its own within ``resolve_timeout``, and the held event resolves whatever is
+left when a later process sends it. The sender sends a run's events in the order they
+happened (the NaN alert before the run's end, a retried alert before anything after it:
+:mod:`afs_callbacks.delivery.priority`), so the end never resolves an alert Alertmanager
+has not received.
 """
 
 from __future__ import annotations
@@ -151,6 +164,7 @@ class AlertmanagerNotifier(HttpChannel):
         resolve_timeout: ``endsAt`` of an ongoing alert, in seconds from each post; must be
             longer than ``resend_interval``.
         failed_ttl: ``endsAt`` of the alerts of a run that ended on a problem, in seconds.
+        min_firing: seconds an alert fires at least before an event resolves it.
         generator_url: ``generatorURL`` of every alert (a dashboard); an event's ``url``
             context field wins.
         timeout: seconds for connecting and for reading the answer (each).
@@ -166,6 +180,9 @@ class AlertmanagerNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "alertmanager"
+    # Each event is an alert that fires or resolves on its own, in the order they happened:
+    # a NaN folded into the run's end would never fire.
+    tells_stories: ClassVar[bool] = False
     variables: ClassVar[tuple[str, ...]] = (
         "ALERTMANAGER_URL",
         "ALERTMANAGER_LABELS",
@@ -173,6 +190,7 @@ class AlertmanagerNotifier(HttpChannel):
         "ALERTMANAGER_RESEND_INTERVAL",
         "ALERTMANAGER_RESOLVE_TIMEOUT",
         "ALERTMANAGER_FAILED_TTL",
+        "ALERTMANAGER_MIN_FIRING",
         "ALERTMANAGER_GENERATOR_URL",
     )
     own_prefixes: ClassVar[tuple[str, ...]] = ("ALERTMANAGER_",)
@@ -189,6 +207,7 @@ class AlertmanagerNotifier(HttpChannel):
         resend_interval: float = 60.0,
         resolve_timeout: float = 300.0,
         failed_ttl: float = 86_400.0,
+        min_firing: float = 60.0,
         generator_url: str | None = None,
         timeout: float = 10.0,
         allow_http: bool = False,
@@ -220,6 +239,7 @@ class AlertmanagerNotifier(HttpChannel):
         self.resend_interval = resend_interval
         self.resolve_timeout = resolve_timeout
         self.failed_ttl = failed_ttl
+        self.min_firing = max(0.0, min_firing)
         self.generator_url = generator_url
         self._reset_runtime()
 
@@ -237,6 +257,8 @@ class AlertmanagerNotifier(HttpChannel):
         # Per-process state: threads and locks do not survive fork() or pickling.
         self._held: dict[_LabelKey, _Held] = {}
         self._ended_runs: OrderedDict[str, datetime] = OrderedDict()  # run id -> its alerts' end
+        # When each alert this process posted first reached Alertmanager (for min_firing).
+        self._fired_at: dict[_LabelKey, datetime] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -274,6 +296,7 @@ class AlertmanagerNotifier(HttpChannel):
         if result.ok:
             with self._lock:
                 self._held[key] = _Held(alert, fixed)
+                self._fired_at.setdefault(key, _now())
             self._start_refresher()
         return result
 
@@ -340,10 +363,18 @@ class AlertmanagerNotifier(HttpChannel):
                 resolved[_label_key(listed["labels"])] = {**_postable(listed), "endsAt": at}
             if not resolved:
                 return DeliveryResult.delivered("no firing alert to resolve")
+            wait = max(self._firing_left(key, alert, now) for key, alert in resolved.items())
+            if wait > 0:  # the alerts stay held (and re-posted) meanwhile
+                return DeliveryResult.later(
+                    f"held: {len(resolved)} alert(s) of the run fire at least {self.min_firing:g} s"
+                    f" before they are resolved ({wait:.1f} s left)",
+                    wait,
+                )
             result, missed = self._post_all(list(resolved.values()))
             if not result.ok:
                 return result
             for key, alert in resolved.items():
+                self._fired_at.pop(key, None)
                 if missed:  # told again until that peer takes it (or RESOLVED_RESEND passes)
                     self._held[key] = _Held(alert, now, frozenset(missed))
                 else:
@@ -351,6 +382,12 @@ class AlertmanagerNotifier(HttpChannel):
         if missed:
             self._start_refresher()
         return DeliveryResult.delivered(f"resolved {len(resolved)} alert(s); {result.detail}")
+
+    def _firing_left(self, key: _LabelKey, alert: Mapping[str, Any], now: datetime) -> float:
+        """Seconds ``alert`` must still fire before it may be resolved (``min_firing`` since
+        it reached Alertmanager: this process's first post, else its listed ``startsAt``)."""
+        fired = self._fired_at.get(key) or _parse_time(alert.get("startsAt")) or now
+        return (fired + timedelta(seconds=self.min_firing) - now).total_seconds()
 
     def _run_matchers(self, event: NotificationEvent) -> dict[str, str]:
         """Labels that pick the alerts of ``event``'s run (or, without a run, its host's)."""
@@ -518,7 +555,7 @@ class AlertmanagerNotifier(HttpChannel):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_held", "_ended_runs", "_lock", "_stop", "_thread", "_pid"):
+        for name in ("_held", "_ended_runs", "_fired_at", "_lock", "_stop", "_thread", "_pid"):
             state.pop(name, None)
         return state
 
@@ -577,6 +614,7 @@ class AlertmanagerNotifier(HttpChannel):
             resend_interval=env.number("ALERTMANAGER_RESEND_INTERVAL", 60.0, minimum=1.0) or 60.0,
             resolve_timeout=env.number("ALERTMANAGER_RESOLVE_TIMEOUT", 300.0, minimum=2.0) or 300.0,
             failed_ttl=env.number("ALERTMANAGER_FAILED_TTL", 86_400.0, minimum=60.0) or 86_400.0,
+            min_firing=env.number("ALERTMANAGER_MIN_FIRING", 60.0, minimum=0.0) or 0.0,
             generator_url=env.url("ALERTMANAGER_GENERATOR_URL", secret=False, allow_http=settings.allow_http),
             timeout=settings.send_timeout,
             allow_http=settings.allow_http,
@@ -723,6 +761,22 @@ def _now() -> datetime:
 def _timestamp(moment: datetime) -> str:
     """``moment`` as Alertmanager's RFC 3339 UTC text, to the millisecond."""
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: object) -> datetime | None:
+    """An RFC 3339 time Alertmanager lists (``...Z``, any sub-second digits), or None."""
+    if not isinstance(text, str) or not text:
+        return None
+    head, dot, rest = text.replace("Z", "+00:00").partition(".")
+    if dot:  # fromisoformat takes at most 6 digits of a second; Alertmanager writes up to 9
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        rest = rest[:digits][:6].ljust(6, "0") + rest[digits:]
+        head = f"{head}.{rest}"
+    try:
+        moment = datetime.fromisoformat(head)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _label_key(labels: Mapping[str, str]) -> _LabelKey:

@@ -50,6 +50,8 @@ class DeliveryResult:
         attachment_refused: the service refused what the event carried (a file too big,
             a plugin that cannot read it): the sender sends the message again without
             its attachments, once, and the history notes it (:meth:`refused_attachment`).
+        pauses_channel: a ``retry_after`` holds the whole channel (a rate limit); False for
+            a message the channel itself holds back for a while (:meth:`later`).
     """
 
     outcome: Outcome
@@ -59,6 +61,7 @@ class DeliveryResult:
     message_id: str | None = None
     gone: bool = False
     attachment_refused: bool = False
+    pauses_channel: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", redact(self.detail))
@@ -77,6 +80,12 @@ class DeliveryResult:
     def retry(cls, detail: str, retry_after: float | None = None) -> DeliveryResult:
         """A transient failure (429, 5xx, network): try again, after ``retry_after`` if given."""
         return cls(Outcome.RETRY, detail, retry_after)
+
+    @classmethod
+    def later(cls, detail: str, seconds: float) -> DeliveryResult:
+        """Not yet: send this message again in ``seconds`` (the channel holds it back, the
+        service refused nothing); the channel's other messages go on meanwhile."""
+        return cls(Outcome.RETRY, detail, max(0.0, seconds), pauses_channel=False)
 
     @classmethod
     def permanent(cls, detail: str, *, disable_channel: bool = False) -> DeliveryResult:
@@ -139,6 +148,11 @@ class NotificationHandler(abc.ABC):
     supports_images: ClassVar[bool] = False
     #: Whether the channel can edit a message it sent, so a run gets one live card.
     supports_cards: ClassVar[bool] = False
+    #: Whether a run's end that finds the run's earlier messages still waiting is sent with
+    #: them as one story (a person reads it: a chat, a mailbox, a phone). False where each
+    #: event is an alert state that must fire and resolve on its own (Alertmanager,
+    #: PagerDuty), or a program reads each event by its type (the webhook).
+    tells_stories: ClassVar[bool] = True
 
     #: The prefix of its routing variables ``<PREFIX>_MIN_LEVEL``, ``_EVENTS``, ``_CARD``
     #: (empty: the name in capitals).

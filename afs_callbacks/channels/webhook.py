@@ -88,6 +88,9 @@ class WebhookNotifier(HttpChannel):
     """
 
     name: ClassVar[str] = "webhook"
+    # A program reads it: each event arrives as its own JSON object of its own type (in
+    # the run's order), never folded into the run's end.
+    tells_stories: ClassVar[bool] = False
     variables: ClassVar[tuple[str, ...]] = (
         "WEBHOOK_URL",
         "WEBHOOK_SECRET",

@@ -34,7 +34,7 @@ from afs_callbacks.channels.base import NotificationHandler
 from afs_callbacks.delivery.lifecycle import Lifecycle
 from afs_callbacks.delivery.limits import StormGuard
 from afs_callbacks.delivery.writer import Handover, Ready
-from afs_callbacks.events import Attachment, NotificationEvent
+from afs_callbacks.events import TERMINAL_TYPES, Attachment, NotificationEvent
 from afs_callbacks.outcome import END_TYPES, Outcome
 from afs_callbacks.redaction import redact, registered_secrets
 
@@ -119,10 +119,13 @@ class Admission:
         return event if context is event.context else event.with_changes(context=context)
 
     def _repeats(self, event: NotificationEvent) -> list[NotificationEvent]:
+        # A run's end closes its repeat windows first: their digests come before it.
+        run = event.run_id if event.event_type in TERMINAL_TYPES else None
+        before = self.guard.close_run(run) if run else []
         admitted, digest = self.guard.admit(event)
         if not admitted:
             self._watch_repeats()
-        return [*([] if digest is None else [digest]), *([event] if admitted else [])]
+        return [*before, *([] if digest is None else [digest]), *([event] if admitted else [])]
 
     def _routed(self, event: NotificationEvent, verbosity: str) -> Ready:
         return self._delivery.ready(event, self._route(event, verbosity))

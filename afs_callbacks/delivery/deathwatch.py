@@ -149,6 +149,9 @@ def find_and_claim(
             continue
         event_id = notice_id(outbox, state)
         won = claim(outbox, state)
+        if won is not None and state.pid is not None:
+            # What it was sending when it died would hold its run's notice for a lease.
+            outbox.release_leases_of(state.host or host, state.pid)
         if won is not None:
             notices.append(build_notice(state, event_id, seen=sighting, detected_by=detected_by))
     return notices

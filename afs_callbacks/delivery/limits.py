@@ -135,6 +135,17 @@ class StormGuard:
             self._windows[key] = _Window(started=now, first=event)
             return True, digest
 
+    def close_run(self, run_id: str) -> list[NotificationEvent]:
+        """Close every window of ``run_id`` now and return their digests, oldest first: the
+        run is ending, and its story must not go on after its end (a window would otherwise
+        close, and its digest go out, after the end)."""
+        with self._lock:
+            windows = [(key, w) for key, w in self._windows.items() if w.first.run_id == run_id]
+            for key, _ in windows:
+                del self._windows[key]
+        digests = [self._digest(window) for _, window in windows]
+        return sorted((d for d in digests if d is not None), key=lambda d: d.timestamp)
+
     def due_digests(self, *, flush_all: bool = False) -> list[NotificationEvent]:
         """Digests of windows that have closed (all windows with ``flush_all``)."""
         now = self._clock()

@@ -42,11 +42,11 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from afs_callbacks._files import private_dir, private_file, tighten_file
@@ -57,10 +57,19 @@ from afs_callbacks.delivery.priority import (
     BUDGET_EXEMPT_TYPES,
     FOLDED,
     SUPERSEDED,
+    Queued,
+    RunQueue,
+    next_of_run,
     priority_sql,
     sql_list,
 )
-from afs_callbacks.events import PROGRESS_TYPES, TERMINAL_TYPES, NotificationEvent, NotificationLevel
+from afs_callbacks.events import (
+    PROGRESS_TYPES,
+    TERMINAL_TYPES,
+    EventType,
+    NotificationEvent,
+    NotificationLevel,
+)
 from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import MetricPoint, RunState
 
@@ -169,18 +178,36 @@ CREATE INDEX IF NOT EXISTS commands_updated ON commands (updated);
 """
 
 # The parts of a delivery row the sender's steps share.
-_DUE = (
-    "((d.state = 'pending' AND (d.next_attempt <= ? OR COALESCE(d.last_attempt, 0) < ?))"
-    " OR (d.state = 'sending' AND d.lease_until < ?))"
-)
 _CLEAR_LEASE = "lease_until = NULL, lease_owner = NULL"
-_CLAIM = (
-    "SELECT d.event_id, d.attempts, e.payload FROM deliveries d JOIN events e ON e.id = d.event_id"
-    # The IN term lets SQLite use the (channel, state) index instead of scanning the
-    # channel's whole delivered history on every claim.
-    f" WHERE d.channel = ? AND d.state IN ('pending', 'sending') AND {_DUE}"
-    f" ORDER BY {priority_sql('e.event_type')}, e.created LIMIT ?"
+
+# A channel's queue as the sender reads it (the rule: priority.py). Parameters: :channel,
+# :now, :forced (a flush's start, or -1). Each read walks the channel's unfinished rows in
+# one order (urgency for a claim, due time for an idle sender) and looks at a row's run
+# (its unfinished rows on the channel, through the events_run index) only when the walk
+# reaches it, once per run: usually the first row decides, so a read costs about what the
+# plain priority order did before, a backlog of thousands included.
+_FLYING = "(d.state = 'sending' AND d.lease_until >= :now)"
+_DUE = (
+    "((d.state = 'pending' AND (d.next_attempt <= :now OR COALESCE(d.last_attempt, 0) < :forced))"
+    " OR (d.state = 'sending' AND d.lease_until < :now))"
 )
+_DUE_AT = "CASE WHEN d.state = 'pending' THEN d.next_attempt ELSE d.lease_until END"
+_QUEUED = (
+    f"SELECT d.event_id, e.run_id, e.event_type, {_FLYING}, {_DUE}, {_DUE_AT},"
+    " COALESCE(d.last_attempt, 0), d.state = 'sending' FROM deliveries d JOIN events e ON e.id = d.event_id"
+)
+# The IN term lets SQLite use the (channel, state) index instead of scanning the channel's
+# whole delivered history.
+_CHANNEL_QUEUE = _QUEUED + " WHERE d.channel = :channel AND d.state IN ('pending', 'sending')"
+_RUN_QUEUE = (
+    f"SELECT d.event_id, e.run_id, e.event_type, {_FLYING}, {_DUE}, {_DUE_AT},"
+    " COALESCE(d.last_attempt, 0), d.state = 'sending'"
+    # CROSS JOIN keeps events (through the events_run index) the outer loop: the planner
+    # would otherwise walk the channel's whole queue to find one run's rows.
+    " FROM events e CROSS JOIN deliveries d ON d.event_id = e.id AND d.channel = :channel"
+    " WHERE e.run_id = :run AND d.state IN ('pending', 'sending') ORDER BY e.created, e.id"
+)
+_BY_URGENCY = f" ORDER BY {priority_sql('e.event_type')}, e.created, d.event_id"
 _UNFINISHED = "state IN ('pending', 'sending')"
 
 # Connections inherited across fork(): kept referenced so they are never closed (closing
@@ -191,11 +218,19 @@ _instances: weakref.WeakSet[Outbox] = weakref.WeakSet()
 
 @dataclass(frozen=True)
 class Claim:
-    """One delivery claimed for sending: the event and how many attempts it has had."""
+    """One delivery claimed for sending: the event and how many attempts it has had.
+
+    ``told``: for the end of a run, its earlier messages that had not gone out on this
+    channel, oldest first (they are ``folded`` into it: the sender tells them as one story,
+    :mod:`afs_callbacks.delivery.story`). ``leads_exempt``: an end or alert of the same run
+    waits behind this message, so the channel's budget must not hold it back.
+    """
 
     event: NotificationEvent
     channel: str
     attempts: int
+    told: tuple[NotificationEvent, ...] = ()
+    leads_exempt: bool = False
 
 
 @dataclass(frozen=True)
@@ -516,29 +551,40 @@ class Outbox:
         limit: int = 10,
         forced_since: float | None = None,
         owner: str | None = None,
+        stories: bool = True,
     ) -> list[Claim]:
-        """Lease up to ``limit`` due deliveries of ``channel``, most urgent first (the end of
-        a run, then alerts, progress last), then oldest first.
+        """Lease up to ``limit`` due deliveries of ``channel``, in the order the sender
+        sends them (:mod:`afs_callbacks.delivery.priority`): a run's messages in the order
+        they happened, runs served most urgent first (a run whose end or alert waits goes
+        at that rank), then oldest first.
 
         Due means pending with ``next_attempt`` passed, or leased by someone whose lease
         expired. With ``forced_since`` (a flush), pending rows not attempted since that
-        time are due regardless of their backoff, so each is tried once per flush. Events
-        kept in memory come before the file's.
+        time are due regardless of their backoff, so each is tried once per flush. With
+        ``stories``, a run's end takes along its earlier messages still waiting on the
+        channel: they become ``folded`` and come back in the claim's ``told``. Events kept
+        in memory come before the file's.
         """
         lease: _Lease = (time.time(), lease_seconds, -1.0 if forced_since is None else forced_since, owner)
         none: list[Claim] = []
-        claims = self._in_memory(lambda kept: _claim(kept, channel, limit, lease), none)
+        claims = self._in_memory(lambda kept: _claim(kept, channel, limit, lease, stories), none)
         if len(claims) >= limit:
             return claims
-        no_rows: list[Any] = []
-        rows = self._file("write", lambda: self._claim_file(channel, limit - len(claims), lease), no_rows)
-        for event_id, attempts, payload in rows:
-            try:
-                event = NotificationEvent.from_json(payload)
-            except (ValueError, KeyError) as error:
-                self.mark_dead(event_id, channel, f"unreadable event in outbox: {error}")
-                continue
-            claims.append(Claim(event, channel, attempts))
+        no_rows: list[_Claimed] = []
+        unreadable = True
+        while unreadable and len(claims) < limit:  # a dead row may have held its run's next
+            unreadable = False
+            rows = self._file(
+                "write", lambda: self._claim_file(channel, limit - len(claims), lease, stories), no_rows
+            )
+            for row in rows:
+                try:
+                    event = NotificationEvent.from_json(row.payload)
+                except (ValueError, KeyError) as error:
+                    self.mark_dead(row.event_id, channel, f"unreadable event in outbox: {error}")
+                    unreadable = True
+                    continue
+                claims.append(_claim_of(row, event, channel))
         return claims
 
     def mark_delivered(self, event_id: str, channel: str, note: str | None = None) -> None:
@@ -570,6 +616,31 @@ class Outbox:
         """
         return self._file("write", lambda: self._supersede_stale(channel), 0)
 
+    def release_leases_of(self, host: str, pid: int) -> int:
+        """Give back to the queue the deliveries process ``pid`` on ``host`` had leased, once
+        it is known to be gone (the death watcher saw it go; its zombie still answers
+        ``kill(pid, 0)``, so :meth:`reclaim_orphans` cannot tell). A run's later messages,
+        its death notice included, wait for a message in flight: without this they would
+        wait for the lease to run out. Returns how many."""
+        sql = (
+            f"UPDATE deliveries SET state = 'pending', {_CLEAR_LEASE}"
+            " WHERE state = 'sending' AND lease_owner = ?"
+        )
+        params = (f"{host}:{pid}",)
+        return self._file("write", lambda: self._change(sql, params), 0)
+
+    def unfold_story(self, event_id: str, channel: str, reason: str) -> int:
+        """Give the messages folded into the end ``event_id`` on ``channel`` back to the
+        queue (the service refused the story for good: each goes out on its own); returns
+        how many."""
+        sql = (
+            f"UPDATE deliveries SET state = 'pending', next_attempt = ?, {_CLEAR_LEASE}, last_error = ?"
+            " WHERE channel = ? AND state = ? AND last_error = ?"
+        )
+        params = (time.time(), redact(reason), channel, FOLDED, _told_in(event_id))
+        found = self._in_memory(lambda kept: _change_on(kept, sql, params), 0)
+        return found + self._file("write", lambda: self._change(sql, params), 0)
+
     def fold_due(
         self,
         channel: str,
@@ -591,18 +662,26 @@ class Outbox:
             "write", lambda: self._fold_due(channel, make_digest, forced, claimed, minimum), None
         )
 
-    def flush_due(self, channel: str, forced_since: float) -> tuple[int, float | None]:
+    def flush_due(
+        self, channel: str, forced_since: float, *, stories: bool = True
+    ) -> tuple[int, float | None]:
         """What a flush started at ``forced_since`` still waits for on ``channel``: how many
         deliveries are in flight or not yet tried since then, and when the earliest retry of
-        one tried since then is due (epoch seconds; None when there is none)."""
+        one tried since then is due (epoch seconds; None when there is none). A message held
+        behind an earlier one of its run counts once that one is done (``stories``: as
+        :meth:`claim`)."""
         nothing: tuple[int, float | None] = (0, None)
-        found = self._everywhere("read", lambda conn: _flush_due(conn, channel, forced_since), nothing)
+        found = self._everywhere(
+            "read", lambda conn: _flush_due(conn, channel, forced_since, stories), nothing
+        )
         dues = [due for _, due in found if due is not None]
         return sum(untried for untried, _ in found), (min(dues) if dues else None)
 
-    def next_due(self, channel: str) -> float | None:
-        """When the next pending delivery of ``channel`` is due (epoch seconds), if any."""
-        dues = [due for due in self._everywhere("read", lambda conn: _next_due(conn, channel), None) if due]
+    def next_due(self, channel: str, *, stories: bool = True) -> float | None:
+        """When the next pending delivery of ``channel`` is due (epoch seconds), if any; one
+        held behind an earlier message of its run is not (``stories``: as :meth:`claim`)."""
+        found = self._everywhere("read", lambda conn: _next_due(conn, channel, stories), None)
+        dues = [due for due in found if due]
         return min(dues) if dues else None
 
     def untried_since(self, channels: Sequence[str], since: float) -> int:
@@ -997,9 +1076,9 @@ class Outbox:
             for state, points in runs:
                 _save_run(conn, state, points)
 
-    def _claim_file(self, channel: str, limit: int, lease: _Lease) -> list[Any]:
+    def _claim_file(self, channel: str, limit: int, lease: _Lease, stories: bool) -> list[_Claimed]:
         with self._transaction() as conn:
-            return _claim_rows(conn, channel, limit, lease)
+            return _claim_rows(conn, channel, limit, lease, stories)
 
     def _supersede_stale(self, channel: str) -> int:
         self._ensure_run_index()
@@ -1042,15 +1121,22 @@ class Outbox:
         now = time.time()
         with self._transaction() as conn:
             rows = conn.execute(
-                "SELECT e.id, e.title, e.level, e.run_id FROM deliveries d JOIN events e ON e.id = d.event_id"
-                " WHERE d.channel = ? AND ((d.state = 'pending'"
-                " AND (d.next_attempt <= ? OR COALESCE(d.last_attempt, 0) < ?))"
-                " OR (d.state = 'sending' AND d.event_id = ?))"
+                "SELECT e.id, e.title, e.level, e.run_id"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE d.channel = :channel AND ((d.state = 'pending'"
+                " AND (d.next_attempt <= :now OR COALESCE(d.last_attempt, 0) < :forced))"
+                " OR (d.state = 'sending' AND d.event_id = :claimed))"
                 f" AND e.event_type NOT IN ({sql_list(BUDGET_EXEMPT_TYPES)})"
+                # A run with an end or an alert waiting sends its messages before them (or
+                # tells them in the end's story): never in a digest (see priority.py).
+                " AND (e.run_id IS NULL OR e.run_id NOT IN (SELECT x.run_id FROM deliveries w"
+                "  JOIN events x ON x.id = w.event_id WHERE w.channel = :channel"
+                "  AND w.state IN ('pending', 'sending') AND x.run_id IS NOT NULL"
+                f"  AND x.event_type IN ({sql_list(BUDGET_EXEMPT_TYPES)})))"
                 # A storm guard's digest is exempt too (see priority.is_budgeted).
                 " AND COALESCE(json_extract(e.payload, '$.control.digest_count'), 0) = 0"
                 " ORDER BY e.created",
-                (channel, now, forced, claimed),
+                {"channel": channel, "now": now, "forced": forced, "stories": 1, "claimed": claimed},
             ).fetchall()
             if len(rows) < max(minimum, 1):
                 return None
@@ -1422,21 +1508,111 @@ def _insert_points(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) ->
             )
 
 
-def _claim_rows(conn: sqlite3.Connection, channel: str, limit: int, lease: _Lease) -> list[Any]:
+class _Claimed(NamedTuple):
+    """A row :func:`_claim_rows` leased: the event, and what its run's end tells with it."""
+
+    event_id: str
+    attempts: int
+    payload: str
+    leads_exempt: bool
+    told: tuple[str, ...]  # payloads
+
+
+def _told_in(end_id: str) -> str:
+    """The reason a message folded into a run's end carries (and how the end finds it)."""
+    return f"folded into the story of the run's end {end_id}"
+
+
+def _claim_rows(
+    conn: sqlite3.Connection, channel: str, limit: int, lease: _Lease, stories: bool
+) -> list[_Claimed]:
+    """Lease the rows to send next (inside the caller's transaction): the queue walked by
+    urgency, each due row standing for its run, whose next message is taken (see
+    priority.py); an end takes along (folds) its run's earlier rows still waiting, unless
+    the channel tells no stories."""
     now, lease_seconds, forced, owner = lease
-    rows = conn.execute(_CLAIM, (channel, now, forced, now, limit)).fetchall()
+    order = _Order(conn, channel, now, forced, stories)
+    picked: list[tuple[Queued, str | None, RunQueue | None]] = []
+    runs: set[str] = set()
+    with contextlib.closing(order.walk(f" AND {_DUE}", _BY_URGENCY, {})) as walk:
+        for row, run_id in walk:
+            if run_id is None:
+                picked.append((row, None, None))
+            elif run_id not in runs:
+                runs.add(run_id)
+                of_run = order.run(run_id)
+                if of_run.next is not None and of_run.next.due:
+                    picked.append((of_run.next, run_id, of_run))
+            if len(picked) >= limit:
+                break
     conn.executemany(
         "UPDATE deliveries SET state = 'sending', lease_until = ?, lease_owner = ?"
         " WHERE event_id = ? AND channel = ?",
-        [(now + lease_seconds, owner or lease_owner(), row[0], channel) for row in rows],
+        [(now + lease_seconds, owner or lease_owner(), row.event_id, channel) for row, _, _ in picked],
     )
-    return rows
+    claimed = []
+    for row, run_id, queue in picked:
+        found = conn.execute(
+            "SELECT d.attempts, e.payload, e.created FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.event_id = ? AND d.channel = ?",
+            (row.event_id, channel),
+        ).fetchone()
+        if found is None:  # pragma: no cover - deleted under our lease (prune keeps unfinished rows)
+            continue
+        attempts, payload, created = found
+        told: tuple[str, ...] = ()
+        if queue is not None and queue.tells and run_id is not None:
+            told = _fold_into_end(conn, channel, row.event_id, run_id, created, now)
+        claimed.append(
+            _Claimed(row.event_id, attempts, payload, queue is not None and queue.leads_exempt, told)
+        )
+    return claimed
 
 
-def _claim(kept: sqlite3.Connection, channel: str, limit: int, lease: _Lease) -> list[Claim]:
+def _fold_into_end(
+    conn: sqlite3.Connection, channel: str, end_id: str, run_id: str, created: float, now: float
+) -> tuple[str, ...]:
+    """Fold the run's messages from before its end that still wait on ``channel`` (none is
+    in flight: the claim saw to that) into the end; return the payloads of all folded into
+    it so far, oldest first (a retried end tells the same story again)."""
+    reason = _told_in(end_id)
+    conn.execute(
+        f"UPDATE deliveries SET state = ?, last_error = ?, last_attempt = ?, {_CLEAR_LEASE}"
+        " WHERE channel = ? AND state IN ('pending', 'sending') AND event_id != ?"
+        " AND NOT (state = 'sending' AND lease_until >= ?) AND event_id IN (SELECT id FROM events"
+        "  WHERE run_id = ? AND (created < ? OR (created = ? AND id < ?)))",
+        (FOLDED, reason, now, channel, end_id, now, run_id, created, created, end_id),
+    )
+    rows = conn.execute(
+        "SELECT e.payload FROM events e JOIN deliveries d ON d.event_id = e.id AND d.channel = ?"
+        " WHERE e.run_id = ? AND d.state = ? AND d.last_error = ? ORDER BY e.created, e.id",
+        (channel, run_id, FOLDED, reason),
+    ).fetchall()
+    return tuple(row[0] for row in rows)
+
+
+def _readable(payloads: Sequence[str]) -> tuple[NotificationEvent, ...]:
+    """The events of ``payloads`` that can be read (one that cannot is left out of a story)."""
+    events = []
+    for payload in payloads:
+        with contextlib.suppress(ValueError, KeyError):
+            events.append(NotificationEvent.from_json(payload))
+    return tuple(events)
+
+
+def _claim(kept: sqlite3.Connection, channel: str, limit: int, lease: _Lease, stories: bool) -> list[Claim]:
     with _atomic(kept):
-        rows = _claim_rows(kept, channel, limit, lease)
-    return [Claim(NotificationEvent.from_json(payload), channel, attempts) for _, attempts, payload in rows]
+        rows = _claim_rows(kept, channel, limit, lease, stories)
+    return [_claim_of(row, NotificationEvent.from_json(row.payload), channel) for row in rows]
+
+
+def _claim_of(row: _Claimed, event: NotificationEvent, channel: str) -> Claim:
+    return Claim(event, channel, row.attempts, _readable(row.told), row.leads_exempt)
+
+
+def _change_on(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    with _atomic(conn):
+        return int(conn.execute(sql, params).rowcount)
 
 
 def _apply_mark(
@@ -1490,24 +1666,84 @@ def _apply_mark(
     return True
 
 
-def _flush_due(conn: sqlite3.Connection, channel: str, since: float) -> tuple[int, float | None]:
-    row = conn.execute(
-        "SELECT SUM(CASE WHEN state = 'sending' OR COALESCE(last_attempt, 0) < ? THEN 1 ELSE 0 END),"
-        " MIN(CASE WHEN state = 'pending' AND COALESCE(last_attempt, 0) >= ? THEN next_attempt END)"
-        f" FROM deliveries WHERE channel = ? AND {_UNFINISHED}",
-        (since, since, channel),
-    ).fetchone()
-    untried = 0 if row is None or row[0] is None else int(row[0])
-    return untried, None if row is None or row[1] is None else float(row[1])
+def _flush_due(
+    conn: sqlite3.Connection, channel: str, since: float, stories: bool
+) -> tuple[int, float | None]:
+    # Only rows that can go when their time comes count: one held behind an earlier message
+    # of its run waits for that one (which counts itself).
+    order = _Order(conn, channel, time.time(), since, stories)
+    untried = order.first(
+        " AND (d.state = 'sending' OR COALESCE(d.last_attempt, 0) < :since)", "", {"since": since}
+    )
+    retried = order.first(
+        " AND d.state = 'pending' AND COALESCE(d.last_attempt, 0) >= :since",
+        " ORDER BY d.next_attempt",
+        {"since": since},
+    )
+    return (0 if untried is None else 1), None if retried is None else retried.due_at
 
 
-def _next_due(conn: sqlite3.Connection, channel: str) -> float | None:
-    row = conn.execute(
-        "SELECT MIN(CASE WHEN state = 'pending' THEN next_attempt ELSE lease_until END)"
-        f" FROM deliveries WHERE channel = ? AND {_UNFINISHED}",
-        (channel,),
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+def _next_due(conn: sqlite3.Connection, channel: str, stories: bool) -> float | None:
+    # A row held behind an earlier message of its run is not due before that one is done;
+    # one in flight is due again when its lease ends.
+    # Leased rows (a few) and pending ones (walked in the deliveries_due index's order, so
+    # the usual answer, the first row, costs no sort of a long queue) are read apart.
+    order = _Order(conn, channel, time.time(), -1.0, stories)
+    leased = order.first(" AND d.state = 'sending'", " ORDER BY d.lease_until", {})
+    pending = order.first(" AND d.state = 'pending'", " ORDER BY d.next_attempt", {})
+    dues = [row.due_at for row in (leased, pending) if row is not None]
+    return min(dues) if dues else None
+
+
+class _Order:
+    """One read of a channel's queue: rows walked in some order, each run looked at once."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, channel: str, now: float, forced: float, stories: bool
+    ) -> None:
+        self.conn = conn
+        self.stories = stories
+        self.params: dict[str, Any] = {"channel": channel, "now": now, "forced": forced}
+        self._runs: dict[str, RunQueue] = {}
+
+    def walk(self, where: str, order: str, extra: Mapping[str, Any]) -> Generator[tuple[Queued, str | None]]:
+        """The channel's unfinished rows that match ``where``, in ``order``, with their run."""
+        cursor = self.conn.execute(_CHANNEL_QUEUE + where + order, {**self.params, **extra})
+        try:
+            for row in cursor:
+                yield _queued(row), row[1]
+        finally:
+            cursor.close()
+
+    def run(self, run_id: str) -> RunQueue:
+        """What the run's unfinished rows on the channel say (priority.next_of_run)."""
+        found = self._runs.get(run_id)
+        if found is None:
+            rows = [_queued(row) for row in self.conn.execute(_RUN_QUEUE, {**self.params, "run": run_id})]
+            found = self._runs[run_id] = next_of_run(rows, stories=self.stories)
+        return found
+
+    def counts(self, row: Queued, run_id: str | None) -> bool:
+        """Whether ``row`` is something the sender waits for: in flight, or its run's next."""
+        return row.flying or run_id is None or self.run(run_id).next == row
+
+    def first(self, where: str, order: str, extra: Mapping[str, Any]) -> Queued | None:
+        """The first row of the walk that the sender waits for."""
+        with contextlib.closing(self.walk(where, order, extra)) as walk:
+            for row, run_id in walk:
+                if self.counts(row, run_id):
+                    return row
+        return None
+
+
+def _queued(row: Sequence[Any]) -> Queued:
+    try:
+        kind = EventType(row[2])
+    except ValueError:  # a type a newer version wrote: an ordinary message
+        kind = EventType.CUSTOM
+    return Queued(
+        str(row[0]), kind, bool(row[3]), bool(row[4]), float(row[5] or 0.0), float(row[6]), bool(row[7])
+    )
 
 
 def _untried_since(conn: sqlite3.Connection, channels: Sequence[str], since: float) -> int:

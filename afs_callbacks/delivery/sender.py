@@ -2,12 +2,15 @@
 
 One thread per channel means a slow or rate-limited service (Slack answering in 2 s, a
 Discord 429) delays only its own messages. A worker drops stale progress (superseded),
-claims the most urgent due row (the end of a run first, progress last), keeps to the
-channel's budget (a flood becomes one digest), paces to the channel's ``min_interval``,
-calls ``send`` and records the outcome: delivered; retried with capped backoff for as long
-as the message is younger than ``max_age`` (the server's hint wins, and a hint pauses the
-whole channel, in a flush too); or dead on a permanent answer or old age. It never raises
-and stops promptly on ``stop()``.
+claims the next due row (each run's messages in the order they happened, the runs most
+urgent first: see :mod:`~afs_callbacks.delivery.priority`), tells a run's end together
+with its earlier messages still waiting as one story (:mod:`~afs_callbacks.delivery.story`,
+unless the channel's ``tells_stories`` is False), keeps to the channel's budget (a flood
+becomes one digest), paces to the channel's ``min_interval``, calls ``send`` and records
+the outcome: delivered; retried with capped backoff for as long as the message is younger
+than ``max_age`` (the server's hint wins, and a hint pauses the whole channel, in a flush
+too); or dead on a permanent answer or old age. It never raises and stops promptly on
+``stop()``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from afs_callbacks.delivery.limits import backoff_delay, fold_digest
 from afs_callbacks.delivery.outbox import Claim, Outbox
 from afs_callbacks.delivery.priority import is_budgeted
 from afs_callbacks.delivery.retry import RetryPolicy, call_handler
+from afs_callbacks.delivery.story import tell
 from afs_callbacks.formatting import format_duration
 
 __all__ = ["CLAIM_BATCH", "IDLE_POLL_SECONDS", "ChannelWorker", "RetryPolicy", "call_handler"]
@@ -79,6 +83,8 @@ class ChannelWorker:
         self.name = name
         self._on_version = on_version
         self.handler = handler
+        # A handler of the old API has no declaration: it reads messages, like a chat.
+        self._stories = bool(getattr(handler, "tells_stories", True))
         self.outbox = outbox
         self.policy = policy
         self._on_progress = on_progress
@@ -150,7 +156,7 @@ class ChannelWorker:
         since = self.forced_since
         if since is None:
             return False
-        untried, next_retry = self.outbox.flush_due(self.name, since)
+        untried, next_retry = self.outbox.flush_due(self.name, since, stories=self._stories)
         resume = self._paused_until
         if untried:
             return deadline is None or resume <= deadline
@@ -194,9 +200,9 @@ class ChannelWorker:
 
     def _next_row_due(self, now: float) -> float | None:
         since = self.forced_since
-        if since is not None and self.outbox.flush_due(self.name, since)[0]:
+        if since is not None and self.outbox.flush_due(self.name, since, stories=self._stories)[0]:
             return now  # a flush makes its untried rows due whatever their backoff says
-        return self.outbox.next_due(self.name)
+        return self.outbox.next_due(self.name, stories=self._stories)
 
     def _scheduled_due(self) -> bool:
         return self._wake_at is not None and time.time() >= self._wake_at - 0.01
@@ -229,6 +235,7 @@ class ChannelWorker:
             lease_seconds=self.policy.lease_seconds,
             limit=CLAIM_BATCH,
             forced_since=self.forced_since,
+            stories=self._stories,
         )
         if not claims:
             self._held = False
@@ -256,7 +263,9 @@ class ChannelWorker:
 
     def _admit(self, claim: Claim) -> _Admission:
         """Decide what the channel's budget lets happen to ``claim``."""
-        if self.disabled_reason is not None or not is_budgeted(claim.event):
+        if self.disabled_reason is not None or not is_budgeted(claim.event) or claim.leads_exempt:
+            # leads_exempt: an end or alert of its run waits behind it, and must not wait
+            # for the budget through it.
             return _Admission.SEND
         if self._bucket.available():
             held, self._held = self._held, False
@@ -292,12 +301,53 @@ class ChannelWorker:
                 event_id, self.name, f"channel disabled: {self.disabled_reason}", attempted=False
             )
             return
+        self._record(claim, *(self._tell_story(claim) if claim.told else self._send(claim)))
+
+    def _send(self, claim: Claim) -> tuple[DeliveryResult, str | None]:
+        """Send ``claim``; the result, and a note for the history (an attachment the
+        service refused, the message sent again without it)."""
         self._pace()
         result = call_handler(self.handler, claim)
         self._last_send = time.monotonic()
-        note = None
         if result.attachment_refused and claim.event.attachments:
-            result, note = self._without_attachments(claim, result)
+            return self._without_attachments(claim, result)
+        return result, None
+
+    def _tell_story(self, claim: Claim) -> tuple[DeliveryResult, str | None]:
+        """Send a run's end with its earlier messages as one story. A story the service
+        refuses for good gives them back to the queue and this channel tells no more
+        stories: the end waits again, behind them, and the run goes out message by message
+        in its order."""
+        result, note = self._send(replace(claim, event=tell(claim.event, claim.told)))
+        if result.outcome is not Outcome.PERMANENT or result.disable_channel:
+            if result.outcome is Outcome.DELIVERED:
+                log.info(
+                    "afs-callbacks: %s: told %d earlier message(s) of run %s with its end",
+                    self.name,
+                    len(claim.told),
+                    claim.event.run_id,
+                )
+            return result, note
+        log.warning(
+            "afs-callbacks: %s refused the story of run %s (%s); its %d messages, and every"
+            " later run's, go out one by one",
+            self.name,
+            claim.event.run_id,
+            result.detail,
+            len(claim.told) + 1,
+        )
+        self._stories = False
+        self.outbox.unfold_story(
+            claim.event.id,
+            self.name,
+            f"the story of the run's end {claim.event.id} was refused: {result.detail}",
+        )
+        return DeliveryResult.later(
+            f"the story was refused ({result.detail}): sent after its run's messages", 0.0
+        ), None
+
+    def _record(self, claim: Claim, result: DeliveryResult, note: str | None = None) -> None:
+        event_id = claim.event.id
         if result.outcome is Outcome.DELIVERED:
             self.outbox.mark_delivered(event_id, self.name, note)
             self._bucket.take()
@@ -350,7 +400,7 @@ class ChannelWorker:
             hint=result.retry_after,
             max_hint=self.policy.max_retry_after,
         )
-        if result.retry_after is not None:
+        if result.retry_after is not None and result.pauses_channel:
             # A rate-limit answer concerns the whole channel, not just this message.
             self._paused_until = time.time() + delay
         self.outbox.mark_retry(event_id, self.name, time.time() + delay, result.detail)

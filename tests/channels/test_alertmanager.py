@@ -69,7 +69,7 @@ def webhook_says(status: str, run_id: str) -> Callable[[ReceivedRequest], bool]:
 def test_alert_fires_and_completion_resolves_it(
     manager: NotificationManager, alertmanager: str, hook: LoopbackReceiver
 ) -> None:
-    channel = AlertmanagerNotifier(alertmanager, labels={"team": "ml"})
+    channel = AlertmanagerNotifier(alertmanager, labels={"team": "ml"}, min_firing=0.0)
     assert channel.check().ok  # GET /-/ready
     manager.register_handler("alertmanager", channel)
     manager.notify(
@@ -146,7 +146,7 @@ def test_another_process_resolves_what_this_one_fired(
     # Alertmanager tells receivers of a resolution only if it told them of the firing.
     hook.wait_for(2, predicate=webhook_says("firing", "run-3"))
 
-    channel = AlertmanagerNotifier(alertmanager)
+    channel = AlertmanagerNotifier(alertmanager, min_firing=0.0)  # held resolves: the test below
     manager.register_handler("alertmanager", channel)
     manager.notify(
         "GPU 0 back to normal", event_type=EventType.GPU_MEMORY, run_id="run-3", key="gpu0", resolved=True
@@ -160,6 +160,47 @@ def test_another_process_resolves_what_this_one_fired(
     manager.flush(5)
     assert listed(alertmanager, "run-3") == []
     hook.wait_for(predicate=webhook_says("resolved", "run-3"))
+
+
+def test_a_nan_alert_the_run_ends_right_after_still_fires(
+    manager: NotificationManager, alertmanager: str, hook: LoopbackReceiver
+) -> None:
+    """Issue 21: a run that goes NaN and ends within a second. The alert goes before the end
+    (the run's order), and the end does not resolve it before it has fired ``min_firing``
+    seconds: Alertmanager lists it and tells its receivers, and only then is it resolved."""
+    channel = AlertmanagerNotifier(alertmanager, min_firing=4.0)
+    manager.register_handler("alertmanager", channel)
+    manager.notify_training_started("bert-tiny", "run-nan")
+    manager.notify(
+        "NaN/Inf val_loss: bert-tiny",
+        "val_loss became NaN",
+        EventType.NAN_DETECTED,
+        model="bert-tiny",
+        run_id="run-nan",
+    )
+    manager.notify_training_completed("bert-tiny", "run-nan", duration=0.4)
+
+    # The started (below the alert level) and the alert are delivered; the end is held.
+    def held_end() -> Any:
+        ends = manager.outbox.history(run_id="run-nan", event_type="training_completed")
+        return ends and "held: 1 alert(s) of the run fire at least 4 s" in (
+            ends[0].deliveries[0].last_error or ""
+        )
+
+    eventually(held_end, timeout=10)
+    states = {e.event.event_type: e.deliveries[0].state for e in manager.outbox.history(run_id="run-nan")}
+    assert states[EventType.NAN_DETECTED] == "delivered"
+    (alert,) = listed(alertmanager, "run-nan")
+    assert alert["labels"]["alertname"] == "TrainingNaN" and alert["status"]["state"] == "active"
+    hook.wait_for(predicate=webhook_says("firing", "run-nan"))
+    # The sender sends the end again when the hold is over: the alert is resolved.
+    hook.wait_for(predicate=webhook_says("resolved", "run-nan"), timeout=20)
+    assert listed(alertmanager, "run-nan") == []
+    mine = [r for r in hook.requests if json.loads(r.body)["commonLabels"].get("run_id") == "run-nan"]
+    assert next(json.loads(r.body)["status"] for r in mine) == "firing"
+    (end,) = manager.outbox.history(run_id="run-nan", event_type="training_completed")
+    assert end.deliveries[0].state == "delivered"
+    assert channel.firing == []
 
 
 def test_failed_run_alert_outlives_the_process(loopback_am: LoopbackReceiver) -> None:
@@ -390,7 +431,8 @@ def test_the_end_of_a_run_fires_under_its_outcomes_name(loopback_am: LoopbackRec
 def test_the_same_condition_from_two_hosts_and_two_epochs_is_one_alert(
     manager: NotificationManager, alertmanager: str
 ) -> None:
-    manager.register_handler("alertmanager", AlertmanagerNotifier(alertmanager))
+    # Resolving at once: the hold before a resolution is the min_firing test's.
+    manager.register_handler("alertmanager", AlertmanagerNotifier(alertmanager, min_firing=0.0))
     for host, rank in (("node-a", 0), ("node-b", 3)):
         manager.notify(
             "NaN", event_type=EventType.NAN_DETECTED, run_id="one", model="bert", host=host, rank=rank
@@ -470,6 +512,7 @@ def test_every_peer_of_a_cluster_gets_every_alert(
     env = Env(
         {
             "ALERTMANAGER_URL": ",".join(cluster),
+            "ALERTMANAGER_MIN_FIRING": "0",  # resolving at once: the hold is tested above
             "AFS_STATE_DIR": str(tmp_path / "state"),
             "AFS_CONSOLE": "never",
         },
@@ -501,7 +544,9 @@ def test_a_peer_down_still_delivers_and_gets_the_alert_when_back(receiver: Loopb
     with LoopbackReceiver(responder=lambda r: Reply(200, []) if r.method == "GET" else Reply(200, b"")) as up:
         receiver.reply(Reply(503, b"down"), Reply(503, b"down"))
         receiver.responder = lambda r: Reply(200, []) if r.method == "GET" else Reply(200, b"")
-        channel = AlertmanagerNotifier([up.url(), receiver.url()], resend_interval=0.2, resolve_timeout=1.0)
+        channel = AlertmanagerNotifier(
+            [up.url(), receiver.url()], resend_interval=0.2, resolve_timeout=1.0, min_firing=0.0
+        )
         result = channel.send(
             NotificationEvent(EventType.NAN_DETECTED, "error", "NaN", context={"run_id": "r"})
         )

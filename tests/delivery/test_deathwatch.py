@@ -22,6 +22,7 @@ import pytest
 
 from afs_callbacks.delivery import deathwatch
 from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.runstate import RunState
 from afs_callbacks.testing import LoopbackReceiver
@@ -308,3 +309,29 @@ def test_a_real_lightning_run_killed_mid_training_is_reported(
     wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
     assert len(killed_notices(receiver)) == 1
     child.wait()
+
+
+def test_what_a_killed_process_was_sending_does_not_hold_its_notice(isolated_env: Path) -> None:
+    """Its run's "started" was in flight when it died (leased for a minute): the notice
+    waits behind a message in flight, so the watcher gives that lease back at once."""
+    pid = dead_pid()
+    host = socket.gethostname()
+    with Outbox(isolated_env / "outbox.sqlite3") as outbox:
+        now = time.time()
+        outbox.save_run(RunState("leased-run", "net", host=host, pid=pid, started_at=now, updated_at=now))
+        started = NotificationEvent(
+            EventType.TRAINING_STARTED,
+            NotificationLevel.INFO,
+            "Training started: net",
+            "",
+            {"run_id": "leased-run"},
+        )
+        outbox.enqueue(started, ["hook"])
+        (claimed,) = outbox.claim("hook", lease_seconds=60.0, owner=f"{host}:{pid}")
+        assert claimed.event.id == started.id
+        notices = deathwatch.find_and_claim(outbox, host=host, detected_by="test")
+        assert len(notices) == 1
+        outbox.enqueue(notices[0], ["hook"])
+        (end,) = outbox.claim("hook", lease_seconds=60.0)
+    assert end.event.id == notices[0].id
+    assert [event.id for event in end.told] == [started.id]  # told with it, in its order

@@ -48,10 +48,14 @@ def verbose_settings(tmp_path: Path) -> Settings:
 def delivered(manager: NotificationManager, receiver: LoopbackReceiver) -> list[NotificationEvent]:
     """Every event the run reported, in the order it reported them, once the outbox has
     nothing pending; each one reached the receiver or was superseded (stale progress of a
-    run that ended before it was sent is kept in the history, never sent late)."""
+    run that ended before it was sent is kept in the history, never sent late). A message
+    told in its run's end (``context["story"]``, delivery/story.py) reached it with the end."""
     report = manager.flush(10)
     assert report.pending == 0 and report.dead == 0, report
-    received = {NotificationEvent.from_dict(request.json()).id for request in receiver.requests}
+    received = set()
+    for request in receiver.requests:
+        sent = NotificationEvent.from_dict(request.json())
+        received |= {sent.id, *(str(told["id"]) for told in sent.context.get("story", ()))}
     events = []
     for entry in manager.outbox.history(limit=10_000):
         states = {delivery.state for delivery in entry.deliveries}
