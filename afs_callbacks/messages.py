@@ -343,8 +343,9 @@ def run_story(
     end: Message, told: Sequence[StoryLine], ending: str, ended_after: float, run_id: str
 ) -> Message:
     """The end of a run told with the earlier messages that had not gone out: the end's
-    title; the earlier messages in order, each with how long after the first it came; how
-    the run ended (``ending``: an outcome's label) and when; then the end's own body.
+    title and its own body first (a failure leads with its error, as everywhere); then,
+    under "Earlier in this run:", the earlier messages in order, each with how long after
+    the first it came, and how the run ended (``ending``: an outcome's label) and when.
 
     A long story keeps its first and last lines and counts the ones between, naming the
     command that lists them all.
@@ -366,8 +367,8 @@ def run_story(
         text = _one_line(line.text)
         lines.append(text if index == 0 else f"{_later(line.seconds)}: {text}")
     lines.append(f"{_later(ended_after)}: {ending}.")
-    body = "\n".join(lines)
-    return Message(end.title, f"{body}\n\n{end.body}" if end.body else body)
+    story = "Earlier in this run:\n" + "\n".join(lines)
+    return Message(end.title, f"{end.body}\n\n{story}" if end.body else story)
 
 
 def _later(seconds: float) -> str:

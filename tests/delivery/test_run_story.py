@@ -85,10 +85,11 @@ def test_the_end_tells_the_whole_story_in_one_message(tmp_path: Path, receiver: 
     told = request.json()["event"]
     assert told["title"] == "Training stopped after NaN/Inf: r1"
     lines = told["message"].splitlines()
-    assert lines[0] == "Training started: r1 — Plan: 1 epoch of 8 steps"
-    assert lines[1] == "0.2s later: NaN/Inf train_loss: r1 — train_loss became NaN at step 5"
-    assert lines[2].startswith("0.4s later: ")
-    assert lines[-1] == "Duration: 0.4 s"  # the end's own body closes it
+    assert lines[0] == "Duration: 0.4 s"  # the end's own body leads (a failure's error first)
+    assert lines[2] == "Earlier in this run:"
+    assert lines[3] == "Training started: r1 — Plan: 1 epoch of 8 steps"
+    assert lines[4] == "0.2s later: NaN/Inf train_loss: r1 — train_loss became NaN at step 5"
+    assert lines[5].startswith("0.4s later: ")
     assert told["level"] == "error"  # the folded NaN is still pushed as an error
     assert [entry["event_type"] for entry in told["context"]["story"]] == ["training_started", "nan_detected"]
     assert told["context"]["plan"] == "1 epoch"  # the start's context under the end's
