@@ -111,6 +111,7 @@ class EventType(str, Enum):
     DIGEST = "digest"
     TEST = "test"
     CUSTOM = "custom"
+    RULE_FIRED = "rule_fired"  # a rule of the run's (afs_callbacks.rules) with ``notify``
 
     @classmethod
     def parse(cls, value: str | EventType) -> EventType:
@@ -163,6 +164,7 @@ DEFAULT_LEVELS: Mapping[EventType, NotificationLevel] = {
     EventType.DIGEST: NotificationLevel.INFO,
     EventType.TEST: NotificationLevel.INFO,
     EventType.CUSTOM: NotificationLevel.INFO,
+    EventType.RULE_FIRED: NotificationLevel.WARNING,
 }
 
 
@@ -190,6 +192,7 @@ URGENT_TYPES: frozenset[EventType] = frozenset(
         EventType.GPU_TEMPERATURE,
         EventType.HOST_MEMORY,
         EventType.DISK_SPACE,
+        EventType.RULE_FIRED,  # the user wrote the rule to be told
     }
 )
 
