@@ -93,7 +93,12 @@ CARD_RULES = 3
 #: Metric readings after which a rule naming a metric never seen is worth a warning.
 UNSEEN_WARN_AFTER = 3
 _COUNT_WORDS = ("evaluations", "evaluation", "epochs", "epoch", "readings", "reading", "windows", "times")
-_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+}
 
 
 class RuleError(ValueError):
