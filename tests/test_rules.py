@@ -227,7 +227,7 @@ def test_a_spike_is_a_z_score_over_the_readings_before_it(manager: NotificationM
 def test_a_held_condition_fires_after_its_duration_and_time_rules_read_the_figures(
     manager: NotificationManager,
 ) -> None:
-    tracker, watch, clock = started(manager, "gpu_util < 10% for 10m -> notify error", "elapsed > 6h")
+    _, watch, clock = started(manager, "gpu_util < 10% for 10m -> notify error", "elapsed > 6h")
     readings = [(0, 50.0), (60, 5.0), (300, 4.0), (659, 8.0), (661, 3.0), (700, 2.0), (760, 50.0), (800, 1.0)]
     for at, util in readings:
         clock[0] = 1000.0 + at
@@ -329,8 +329,10 @@ def test_a_rule_on_a_metric_the_run_never_logs_is_warned_about(
     tracker, _, _ = started(manager, "val_los < 0.3")
     with caplog.at_level("WARNING"):
         epochs(tracker, "val_loss", [0.5, 0.4, 0.3, 0.2])
-    assert [r.getMessage() for r in caplog.records if "val_los" in r.getMessage()] == [
-        'afs-callbacks: rule "val_los < 0.3" reads val_los, which this run has not logged; did you mean val_loss?'
+    warned = [r.getMessage() for r in caplog.records if "val_los" in r.getMessage()]
+    assert warned == [
+        'afs-callbacks: rule "val_los < 0.3" reads val_los, which this run has not logged;'
+        " did you mean val_loss?"
     ]
 
 
