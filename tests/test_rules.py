@@ -346,3 +346,21 @@ def test_a_watch_starts_armed_for_each_run(manager: NotificationManager) -> None
         tracker.epoch_end(0, {"val_loss": 0.1})
         assert len(watch.firings) == 1
         tracker.completed()
+
+
+def test_the_card_names_the_rules_that_fired(manager: NotificationManager, tmp_path: Path) -> None:
+    from afs_callbacks.channels.card_view import card_view
+
+    tracker, _, _ = started(manager, "val_loss < 0.3", "val_loss no better in 2 evaluations -> notify info")
+    epochs(tracker, "val_loss", [0.5, 0.6, 0.7, 0.2])
+    tracker.completed()
+    manager.flush(10)
+    with Outbox(tmp_path / "outbox.sqlite3", read_only=True) as store:
+        state = store.run(tracker.run_id)
+    assert state is not None
+    rules = [value for label, value in card_view(state).fields if label == "Rule"]
+    assert len(rules) == 2
+    assert rules[0].startswith("val_loss < 0.3: val_loss 0.2 < 0.3 at step 40, ")
+    assert rules[1].startswith(
+        "val_loss no better in 2 evaluations -> notify info: val_loss no better than 0.5 for 2 readings"
+    )

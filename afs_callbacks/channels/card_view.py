@@ -235,8 +235,8 @@ def _commands(state: RunState) -> list[tuple[str, str]]:
 
 
 def _rules(state: RunState) -> list[tuple[str, str]]:
-    """``("Rule", "val_loss < 0.3 → notify warning: val_loss 0.28 < 0.3 at step 1,200,
-    12:03 UTC")`` for the run's rules that fired, the latest first
+    """``("Rule", "val_loss < 0.3: val_loss 0.28 < 0.3 at step 1,200, 12:03 UTC")``
+    (the rule as written, what it saw) for the run's rules that fired, the latest first
     (``state.control["rules"]``, written by ``afs_callbacks.rules``)."""
     fired = state.control.get("rules") if isinstance(state.control, Mapping) else None
     if not isinstance(fired, list):
@@ -251,8 +251,7 @@ def _rules(state: RunState) -> list[tuple[str, str]]:
         )
         step = entry.get("step")
         where = f" at step {step:,}" if isinstance(step, int) else ""
-        actions = ", ".join(str(action) for action in entry.get("actions") or [])
-        lines.append(("Rule", f"{entry.get('rule')} → {actions}: {entry.get('detail')}{where}{when}"))
+        lines.append(("Rule", f"{entry.get('rule')}: {entry.get('detail')}{where}{when}"))
     return lines
 
 
