@@ -364,3 +364,26 @@ def test_the_card_names_the_rules_that_fired(manager: NotificationManager, tmp_p
     assert rules[1].startswith(
         "val_loss no better in 2 evaluations -> notify info: val_loss no better than 0.5 for 2 readings"
     )
+
+
+def test_a_gpu_rule_reads_the_monitors_at_the_runs_snapshot(
+    manager: NotificationManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NVML is the monitor tests' stand-in (no GPU here), handed to the run as the monitors
+    it would have started."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    tracker, _, _ = started(manager, "gpu_util < 10% -> notify error", "gpu_memory > 90% -> notify")
+    device = FakeGPU("GPU-1", utilization=80)
+    gpu = GPUMonitor(manager, nvml=FakeNVML([device]), util_floor=None)
+    tracker._monitors = Monitors(gpu=gpu)
+    for step, (util, used) in enumerate([(80, 0.5), (5, 0.5), (3, 0.95), (50, 0.5), (4, 0.5)], start=1):
+        device.utilization = util
+        device.use(used)
+        gpu.poll_once()
+        tracker.on_step(step)
+        tracker._snapshot()  # what the step hook does every SNAPSHOT_INTERVAL seconds
+    assert [(e.context["rule"], e.context["step"]) for e in fired(manager)] == [
+        ("gpu_util < 10% -> notify error", 2),
+        ("gpu_memory > 90% -> notify", 3),
+        ("gpu_util < 10% -> notify error", 5),
+    ]
