@@ -335,7 +335,6 @@ class _State:
     """What one rule remembers of its metric between readings."""
 
     armed: bool = True
-    readings: int = 0
     best: float | None = None
     first: float | None = None
     held_since: float | None = None  # Threshold with ``for``: when it began to hold
@@ -436,7 +435,6 @@ class RuleWatch:
         what it saw."""
         condition = rule.condition
         higher = self._higher_is_better(condition)
-        state.readings += 1
         if state.first is None:
             state.first = value
         if isinstance(condition, Plateau):  # its best moves only by more than the margin
@@ -685,8 +683,8 @@ class _Parser:
         if op.text not in _COMPARE:
             raise self.error(op, f"{op.text!r} is not a comparison here; use <, <=, > or >=")
         start = self.peek().column
-        expr = Expr(tuple(self.expr(name.text)), "")
-        expr = Expr(expr.terms, self.text[start : self.peek_end()].strip())
+        terms = tuple(self.expr(name.text))
+        expr = Expr(terms, self.text[start : self.peek().column].strip())  # as written
         hold_seconds = hold_readings = None
         if self.peek().kind == "name" and self.peek().text.lower() == "for":
             self.take()
@@ -850,10 +848,6 @@ class _Parser:
 
     def peek(self) -> _Token:
         return self.tokens[self.index]
-
-    def peek_end(self) -> int:
-        """Where the text read so far ends (the start of the next token)."""
-        return self.peek().column
 
     def take(self) -> _Token:
         token = self.tokens[self.index]
