@@ -112,6 +112,7 @@ class EventType(str, Enum):
     DIGEST = "digest"
     TEST = "test"
     CUSTOM = "custom"
+    RULE_FIRED = "rule_fired"  # a rule of the run's (afs_callbacks.rules) with ``notify``
 
     @classmethod
     def parse(cls, value: str | EventType) -> EventType:
@@ -165,6 +166,7 @@ DEFAULT_LEVELS: Mapping[EventType, NotificationLevel] = {
     EventType.DIGEST: NotificationLevel.INFO,
     EventType.TEST: NotificationLevel.INFO,
     EventType.CUSTOM: NotificationLevel.INFO,
+    EventType.RULE_FIRED: NotificationLevel.WARNING,
 }
 
 
@@ -192,6 +194,7 @@ URGENT_TYPES: frozenset[EventType] = frozenset(
         EventType.GPU_TEMPERATURE,
         EventType.HOST_MEMORY,
         EventType.DISK_SPACE,
+        EventType.RULE_FIRED,  # the user wrote the rule to be told
     }
 )
 

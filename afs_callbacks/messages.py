@@ -190,6 +190,20 @@ def metric_degraded(
     )
 
 
+def rule_fired(
+    model: str, rule: str, detail: str, step: int, epoch: int | None, asks: Sequence[str] = ()
+) -> Message:
+    """RULE_FIRED: a rule of the run held (``rule`` as written, ``detail``: what it saw;
+    ``asks``: ``checkpoint``/``stop`` it also asked for); ``epoch`` is 1-based."""
+    where = f"step {step:,}" + (f" (epoch {epoch})" if epoch is not None else "")
+    doing = {
+        ("checkpoint",): " Saving a checkpoint.",
+        ("stop",): " Stopping the run.",
+        ("checkpoint", "stop"): " Saving a checkpoint, then stopping the run.",
+    }.get(tuple(asks), "")
+    return Message(f"Rule “{rule}”: {model}", f"{detail} at {where}.{doing}")
+
+
 def training_failed(
     model: str,
     error: ErrorReport | str,

@@ -9,8 +9,10 @@ loop adapter's ``RunNotifier.step``.
 A second pass counts device syncs: on a GPU with ``torch.cuda.set_sync_debug_mode``, on a
 CPU the host reads of tensor values (``item``, ``tolist``, ``bool``/``float``/``int``).
 The only ones allowed are the NaN checks, one every ``nan_check_every`` steps. Every
-subject is measured twice in the same run: with run control off (the default) and on
-(``AFS_CONTROL=cli``: the run listens for commands; the step hook still reads one flag).
+subject is measured three times in the same run: with run control off (the default), on
+(``AFS_CONTROL=cli``: the run listens for commands; the step hook still reads one flag),
+and with rules on (:data:`RULES`, one of each kind: read where the tracker processes
+metrics, loss windows and its snapshot, never per step).
 Targets: ≤ 2 µs per call (issue #16; issue #7 asked for "a few"); no sync outside the
 every-N-steps check (counted on every thread: the reads themselves run on the reader
 thread, ``afs_callbacks/tracking/reader.py``).
@@ -44,6 +46,22 @@ HOOKS = {"lightning": "on_train_batch_end", "transformers": "on_step_end", "kera
 PROBE_STEP = 3
 PER_STEP_LIMIT = 2.0  # µs per call: issue #16 (issue #7 asked for "a few", judged as < 5)
 BLOCKS = 5
+#: The "rules on" pass: one rule of each kind (docs/rules.md), none of which fires here.
+RULES = (
+    "val_loss < 0.001",
+    "val_loss no better by 1% in 5 evaluations",
+    "loss > 1000 * best -> stop",
+    "loss z-score > 50 over 20 readings -> checkpoint",
+    "elapsed > 6h -> checkpoint, stop",
+    "cost > 1000 -> stop",
+    "gpu_util < 10% for 10m -> notify error",
+)
+#: The passes, in the order they run: (label suffix, run control on, rules).
+PASSES: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
+    ("", False, ()),
+    (", control on", True, ()),
+    (", rules on", False, RULES),
+)
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -113,11 +131,11 @@ def _manager(control: bool = False) -> NotificationManager:
 
 
 def bench_framework(
-    framework: str, *, calls: int, device: str, control: bool = False
+    framework: str, *, calls: int, device: str, control: bool = False, rules: tuple[str, ...] = ()
 ) -> list[dict[str, Any]]:
     """Time AFSNotify's and an empty callback's step hook inside a real training."""
     manager = _manager(control)
-    notify = afs_callback(framework, manager, monitors=False)
+    notify = afs_callback(framework, manager, monitors=False, rules=list(rules))
     empty = empty_callback(framework)
     hook = HOOKS[framework]
     rows: list[dict[str, Any]] = []
@@ -187,9 +205,13 @@ def _probe(framework: str, probe: Callable[[Callable[[Any], Any]], None]) -> Any
     return type("Probe", (base,), {"on_train_batch_end": batch_end})()
 
 
-def bench_tracker(*, calls: int, device: str, control: bool = False) -> list[dict[str, Any]]:
+def bench_tracker(
+    *, calls: int, device: str, control: bool = False, rules: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     """``RunTracker.on_step`` without a framework: tensor loss, float loss, no loss."""
     import torch
+
+    from afs_callbacks.rules import Rules
 
     manager = _manager(control)
     tracker = RunTracker(manager, TrackerConfig(monitors=False, chart=False, stall_timeout=None))
@@ -198,6 +220,8 @@ def bench_tracker(*, calls: int, device: str, control: bool = False) -> list[dic
         from afs_callbacks.control import attach
 
         attach(tracker)
+    if rules:
+        Rules.from_sources(list(rules), env={}).watch(tracker)
     every = tracker.config.nan_check_every
     loss = torch.tensor(0.25, device=device)
     rows = []
@@ -227,7 +251,9 @@ def bench_tracker(*, calls: int, device: str, control: bool = False) -> list[dic
     tracker.close()
     from afs_callbacks.integrations.loop import RunNotifier
 
-    run = RunNotifier(manager, monitors=False, chart=False, stall_timeout=None, crash_hook=False)
+    run = RunNotifier(
+        manager, monitors=False, chart=False, stall_timeout=None, crash_hook=False, rules=list(rules)
+    )
     with run:
         micros = time_calls(lambda: run.step(loss=loss), calls)
         checks = calls // 10
@@ -261,17 +287,19 @@ def main() -> None:
         return
     calls = args.calls or (5_000 if args.quick else 100_000)
     what = "CUDA syncs" if args.device == "cuda" else "tensor reads"
-    # Each subject twice in the same run: run control off (the default), then on.
+    # Each subject three times in the same run: plain (the default), control on, rules on.
     figures: dict[str, Any] = {}
-    for control, suffix in ((False, ""), (True, ", control on")):
-        figures[f"tracker{suffix}"] = bench_tracker(calls=calls, device=args.device, control=control)
+    for suffix, control, rules in PASSES:
+        figures[f"tracker{suffix}"] = bench_tracker(
+            calls=calls, device=args.device, control=control, rules=rules
+        )
         for framework in [f.strip() for f in args.frameworks.split(",") if f.strip()]:
             missing = available(framework)
             if missing is None:
                 figures[f"{framework}{suffix}"] = bench_framework(
-                    framework, calls=calls, device=args.device, control=control
+                    framework, calls=calls, device=args.device, control=control, rules=rules
                 )
-            elif not control:
+            elif not suffix:
                 report.table(f"{framework}: skipped", ("reason",), [(missing,)])
     rows = [
         (group, r["subject"], r["us"], r["checked"], r["reads"], r["allowed"])

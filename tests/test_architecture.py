@@ -23,6 +23,7 @@ LAYERS = {
     "integrations": 8,
     "watch": 8,
     "control": 7,
+    "rules": 7,  # conditions on a run that act through control's asks
     "tracking": 6,
     "monitors": 5,
     "manager": 4,

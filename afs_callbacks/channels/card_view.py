@@ -224,6 +224,7 @@ def _fields(state: RunState, updated: float) -> list[tuple[str, str]]:
         fields.append(("Peak GPU memory", format_bytes(state.peak_gpu_memory)))
     if state.cost is not None:
         fields.append(("Cost", f"${state.cost:,.2f}"))
+    fields += _rules(state)
     fields += _commands(state)
     return [(label, truncate(redact(value), _VALUE_CHARS)) for label, value in fields]
 
@@ -250,6 +251,27 @@ def _commands(state: RunState) -> list[tuple[str, str]]:
         text = f"{who}{when}: {entry.get('state')}"
         detail = str(entry.get("detail") or "")
         lines.append(("Command", f"{text} ({detail})" if detail else text))
+    return lines
+
+
+def _rules(state: RunState) -> list[tuple[str, str]]:
+    """``("Rule", "val_loss < 0.3: val_loss 0.28 < 0.3 at step 1,200, 12:03 UTC")``
+    (the rule as written, what it saw) for the run's rules that fired, the latest first
+    (``state.control["rules"]``, written by ``afs_callbacks.rules``)."""
+    fired = state.control.get("rules") if isinstance(state.control, Mapping) else None
+    if not isinstance(fired, list):
+        return []
+    lines = []
+    for entry in fired[:CARD_COMMANDS]:
+        if not isinstance(entry, Mapping):
+            continue
+        at = entry.get("at")
+        when = (
+            f", {datetime.fromtimestamp(at, timezone.utc):%H:%M} UTC" if isinstance(at, (int, float)) else ""
+        )
+        step = entry.get("step")
+        where = f" at step {step:,}" if isinstance(step, int) else ""
+        lines.append(("Rule", f"{entry.get('rule')}: {entry.get('detail')}{where}{when}"))
     return lines
 
 

@@ -51,6 +51,8 @@ CORE_VARIABLES = (
     "AFS_CONTROL_TELEGRAM_USERS",
     "AFS_CONTROL_SLACK_USERS",
     "SLACK_APP_TOKEN",
+    # Rules (afs_callbacks.rules, docs/rules.md).
+    "AFS_RULES",
 )
 #: The monitors' variables and the death watch's.
 MONITOR_VARIABLES = (

@@ -78,6 +78,7 @@ class RunControl:
         self._since = time.time() - 1.0
         self._seen: dict[str, tuple[str, str]] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._rules: list[dict[str, Any]] = []  # the rules that fired (afs_callbacks.rules)
         self._unlisten: Callable[[], None] | None = None
 
     @property
@@ -228,10 +229,21 @@ class RunControl:
                 break
         self._recent.appendleft(recent_entry(command))
 
+    def note_rules(self, fired: list[dict[str, Any]]) -> None:
+        """The run's rules that fired, the latest first (``afs_callbacks.rules``): in the
+        run's state as ``control["rules"]``, for the card."""
+        with self._lock:
+            self._rules = list(fired)
+        self._publish()
+
     def _publish(self) -> None:
         with self._lock:
             recent = list(self._recent)
-        self.tracker.note_control({"accepts": list(self.policy.surfaces), "recent": recent})
+            rules = list(self._rules)
+        facts: dict[str, Any] = {"accepts": list(self.policy.surfaces), "recent": recent}
+        if rules:
+            facts["rules"] = rules
+        self.tracker.note_control(facts)
 
     def _store(self) -> Outbox | None:
         try:

@@ -40,7 +40,7 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NoReturn, TypeVar, cast
 
 from afs_callbacks._log import get_logger
@@ -160,12 +160,19 @@ class NotifierBase:
             ``sys.excepthook`` fallback and the SIGTERM handler while training runs
             (each only where nobody installed one).
         tracker: a ready :class:`~afs_callbacks.tracking.RunTracker` to report through
-            (the other arguments except ``manager`` and ``crash_hook`` are then ignored).
+            (the other arguments except ``manager``, ``crash_hook`` and ``rules`` are
+            then ignored).
+        rules: conditions on the run and what to do when one holds
+            (``"val_loss < 0.3"``, ``"loss > 3 * best -> stop"``: docs/rules.md), a list
+            or one ``;``-separated string; ``AFS_RULES`` adds its own. Read on global rank
+            zero from what the run reports anyway: nothing per step.
 
     Raises:
         ValueError: an argument out of range; the message names the class and argument.
         TypeError: an unknown keyword (with the likely intended one), a positional
             argument too many, or one that is neither a model name nor a manager.
+        afs_callbacks.rules.RuleError: a rule cannot be read (a ``ValueError`` naming the
+            rule and its column).
     """
 
     def __new__(cls: type[_N], *args: Any, **kwargs: Any) -> _N:
@@ -197,6 +204,7 @@ class NotifierBase:
         flush_timeout: float = 5.0,
         crash_hook: bool = True,
         tracker: RunTracker | None = None,
+        rules: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()  # the framework's Callback, next in an adapter's MRO
         owner = type(self).__name__
@@ -237,6 +245,9 @@ class NotifierBase:
             "mode": mode is not None,
             "nan_check_every": nan_check_every is not None,
         }
+        from afs_callbacks.rules import Rules  # the rules' layer, above the tracker's
+
+        self._rules = Rules.from_sources(rules, owner=type(self).__name__)
         self._manager = manager
         self._tracker = tracker
         self._own_tracker = tracker is None
@@ -326,12 +337,16 @@ class NotifierBase:
         tracker = self.tracker
         settings = getattr(tracker.manager, "settings", None)
         self._control_on = bool(getattr(settings, "control", ()))
-        self._agree = world_size > 1 and (tracker.config.stop_on_nan or self._control_on)
+        # Rules that stop or checkpoint act through rank zero's asks, like a command.
+        acts = self._control_on or self._rules.acts
+        self._agree = world_size > 1 and (tracker.config.stop_on_nan or acts)
         self._agree_every = max(1, tracker.config.nan_check_every)
         if self._control_on and tracker.is_global_zero:
             from afs_callbacks.control.run import attach  # the control layer, above the tracker
 
             attach(tracker)
+        if self._rules and tracker.is_global_zero:
+            self._rules.watch(tracker)  # fresh per run: every rule starts armed
 
     def _agreed_asks(self, agree: Callable[[tuple[bool, ...]], tuple[bool, ...]]) -> tuple[bool, bool, bool]:
         """(stop for a NaN, stop asked, checkpoint asked) as every rank agrees: rank zero

@@ -125,6 +125,24 @@ class Monitors:
             gpu_status=None if gpu is None or gpu.unavailable is None else f"no GPU stats: {gpu.unavailable}",
         )
 
+    def figures(self) -> dict[str, float]:
+        """The latest figures, for rules (``afs_callbacks.rules``): ``gpu_util`` (mean
+        percent over the watched GPUs that report it), ``gpu_memory`` (the highest percent
+        in use), ``gpu_temp`` (the hottest, °C) and ``cost``; absent when unknown."""
+        figures: dict[str, float] = {}
+        readings = list(self.gpu.readings.values()) if self.gpu is not None else []
+        utilization = [r.utilization for r in readings if r.utilization is not None]
+        if utilization:
+            figures["gpu_util"] = sum(utilization) / len(utilization)
+        if readings:
+            figures["gpu_memory"] = 100.0 * max(r.memory_fraction for r in readings)
+        temperatures = [r.temperature for r in readings if r.temperature is not None]
+        if temperatures:
+            figures["gpu_temp"] = max(temperatures)
+        if self.cost is not None:
+            figures["cost"] = self.cost.current_cost()
+        return figures
+
     def status(self) -> list[MonitorStatus]:
         """Each monitor's status, plus one inactive entry per configuration error."""
         statuses = [monitor.status() for monitor in self]

@@ -47,9 +47,11 @@ class Ask:
 
     @property
     def words(self) -> str:
-        """``stopped by alice@gpu-7 via cli`` (the end reason of a stop)."""
+        """``stopped by alice@gpu-7 via cli`` (the end reason of a stop); a rule's:
+        ``stopped by rule "loss > 3 * best -> stop": loss 2.41 > ...`` (its actor names it)."""
         done = "stopped" if self.action == STOP else "checkpoint asked"
-        text = f"{done} by {self.actor} via {self.source}"
+        via = "" if self.source == "rule" else f" via {self.source}"
+        text = f"{done} by {self.actor}{via}"
         return f"{text}: {self.reason}" if self.reason else text
 
 

@@ -144,7 +144,8 @@ def reason_words(end_reason: str | None) -> str:
         return "TerminateOnNaN"
     if kind == SHOULD_STOP:
         return "should_stop, set by your code"
-    return end_reason or ""
+    # A stop asked from outside or by a rule: its outcome's words say "stopped by" already.
+    return (end_reason or "").removeprefix("stopped by ")
 
 
 def _number(value: Any) -> float | None:

@@ -71,7 +71,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from afs_callbacks import _pending as pending
 from afs_callbacks import messages
@@ -232,12 +232,28 @@ _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
 #: steps, so only the last epochs matter).
 _EPOCH_STARTS_KEPT = 16
 #: What a pickled tracker (``ddp_spawn``) leaves behind and builds afresh in its process.
-_PER_PROCESS = ("_lock", "_watchdog", "_monitors", "_accumulator", "_reads", "_update_run", "_listener")
+_PER_PROCESS = (
+    "_lock",
+    "_watchdog",
+    "_monitors",
+    "_accumulator",
+    "_reads",
+    "_update_run",
+    "_listener",
+    "_rules",
+)
 
 # The runs of this process that started and have not ended: ``watch()`` and the
 # excepthook fallback report a crash on the run a callback already announced. Weak
 # references: a forgotten tracker does not stay alive.
 _active: weakref.WeakSet[RunTracker] = weakref.WeakSet()
+
+
+class RuleReader(Protocol):
+    """What the tracker hands its rules (``afs_callbacks.rules.RuleWatch``)."""
+
+    def observe(self, values: Mapping[str, float], source: str, step: int, epoch: int | None) -> None:
+        """``values`` just processed; ``source``: ``metrics``, ``window`` or ``figures``."""
 
 
 def active_tracker() -> RunTracker | None:
@@ -311,6 +327,7 @@ class RunTracker:
         "_reads",
         "_record",
         "_resumed",
+        "_rules",
         "_run_id",
         "_run_id_fixed",
         "_sink",
@@ -357,6 +374,7 @@ class RunTracker:
         self._asks: list[Ask] = []
         self._listener: Listener | None = None
         self._stopped_by: Ask | None = None
+        self._rules: RuleReader | None = None
         self._accumulator = LossAccumulator()
         self._reads = WindowReads()
         self._curves = Curves()
@@ -748,6 +766,29 @@ class RunTracker:
         if self._update_run is not None:
             self._next_snapshot = min(self._next_snapshot, time.monotonic())
 
+    def use_rules(self, rules: RuleReader | None) -> None:
+        """Hand ``rules`` (``afs_callbacks.rules``: a started run on global rank zero) what
+        the run processes anyway: the metrics of each epoch and evaluation, each loss
+        window's mean (as ``loss``), and the run's figures at each snapshot. Nothing per
+        step, no device read."""
+        self._rules = rules
+
+    def _consult_rules(self, values: Mapping[str, float] | None, source: str) -> None:
+        """The one point where the run's rules see what it learnt (None: its figures now)."""
+        rules = self._rules
+        if rules is None or self._finished:
+            return
+        try:
+            if values is None:
+                monitors = self._monitors
+                figures = monitors.figures() if monitors is not None else {}
+                values = {"elapsed": self._duration(), "step": float(self._last_step), **figures}
+                if self._epoch is not None:
+                    values["epoch"] = float(self._epoch + 1)
+            rules.observe(values, source, self._last_step, self._epoch_number())
+        except Exception:
+            log.exception("afs-callbacks: the run's rules failed; training continues")
+
     def _tell(self, ask: Ask, state: str, detail: str) -> None:
         listener = self._listener
         if listener is not None:
@@ -1081,6 +1122,7 @@ class RunTracker:
         self._reads = WindowReads()
         self._update_run = None
         self._listener = None
+        self._rules = None
 
     # Events -----------------------------------------------------------------------------
 
@@ -1216,6 +1258,7 @@ class RunTracker:
         for metric, number in values.items():
             self._curves.add_metric(metric, x, number, axis)
         verdict = self._metric.observe(raw, epoch)
+        self._consult_rules(raw, "metrics")
         name = verdict.name or "metric"
         common: dict[str, Any] = {
             "epoch": epoch,
@@ -1275,12 +1318,14 @@ class RunTracker:
                 self._report_nan(window.last_step if first is None else first, "loss", window.first_bad_value)
             elif window.mean_loss is not None:
                 self._curves.add_loss(window.last_step, window.mean_loss)
+                self._consult_rules({"loss": window.mean_loss}, "window")
 
     # Snapshots --------------------------------------------------------------------------
 
     def _snapshot(self, status: str | None = None) -> None:
         """Hand the run's state and new points to the sink's ``update_run`` (global rank
         zero while running; any rank for its own end). Never raises."""
+        self._consult_rules(None, "figures")
         update = self._update_run
         if update is None:
             self._next_snapshot = _NEVER

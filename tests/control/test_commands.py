@@ -186,7 +186,7 @@ def test_a_stop_ends_the_run_stopped_by_its_asker(tmp_path: Path) -> None:
     handler = manager.handlers["capture"]
     [end] = [e for e in handler.events if e.event_type.value == "training_completed"]  # type: ignore[attr-defined]
     assert end.context["outcome"] == "stopped_by_rule"
-    assert end.context["end_reason"].startswith('stopped by rule "loss > 3 * best" via rule')
+    assert end.context["end_reason"].startswith('stopped by rule "loss > 3 * best": ')
     store = other_process(tmp_path)
     wait_for(
         lambda: (
