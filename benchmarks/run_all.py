@@ -51,6 +51,7 @@ BENCHMARKS = (
     ("idle", "bench_idle.py", "Background threads with nothing to do", False),
     ("textfile", "bench_textfile.py", "The Prometheus textfile writer", False),
     ("storage_window", "bench_storage_window.py", "A SIGKILL during a burst: the storage window", False),
+    ("wall_clock", "bench_wall_clock.py", "The whole fit() on the wall clock, beside the peers", False),
 )
 _PACKAGES = ("torch", "lightning", "transformers", "keras")
 

@@ -69,6 +69,11 @@ needs_torch = pytest.mark.skipif(not has_torch(), reason="the training benchmark
         ("bench_textfile.py", ["manager.update_run(state)", "A state every millisecond", "RunNotifier loop"]),
         ("bench_storage_window.py", ["SIGKILL during a burst", "oldest unstored ms", "channel: a webhook"]),
         pytest.param(
+            "bench_wall_clock.py",
+            ["alternating rounds", "context switches per thread", "fit() × none, AFSNotify()"],
+            marks=needs_torch,
+        ),
+        pytest.param(
             "bench_slow_channel.py",
             ["lightning: 2 epochs", "requests.post, slow", "whole fit() call"],
             marks=needs_torch,
