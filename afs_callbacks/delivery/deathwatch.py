@@ -145,6 +145,22 @@ def find_and_claim(
     return notices
 
 
+#: How far back the watcher looks for runs' ends left unsent by a process that is gone.
+UNSENT_LOOKBACK_SECONDS = 3600.0
+
+
+def unsent_ends(outbox: Outbox, *, host: str, tried: set[str]) -> list[str]:
+    """The ids of this host's runs' ends that are stored, due and unsent while the process
+    that stored them is gone (it was ended right after training: Ray Tune, ``os._exit``),
+    leaving out those in ``tried`` (the watcher sends each once; later tries are the next
+    run's). Their runs ended with a word: no death notice, only the delivery is owed."""
+    found = []
+    for event_id, pid, updated_at in outbox.unsent_ends(host, time.time() - UNSENT_LOOKBACK_SECONDS):
+        if event_id not in tried and pid != os.getpid() and process_gone(pid, updated_at):
+            found.append(event_id)
+    return found
+
+
 def report_vanished(state_dir: str, emit: Callable[[NotificationEvent], object]) -> None:
     """Report, through ``emit`` (a manager's), this host's runs in ``state_dir`` whose
     process vanished without a word (called once the manager's outbox is open). Never
@@ -401,5 +417,6 @@ __all__ = [
     "process_gone",
     "report_vanished",
     "sight",
+    "unsent_ends",
     "watcher_alive",
 ]

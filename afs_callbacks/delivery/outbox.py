@@ -409,26 +409,35 @@ class Outbox:
         """Store ``event`` and one pending delivery per channel, in one transaction."""
         self.write([(event, list(channels))])
 
-    def write(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> bool:
+    def write(
+        self,
+        items: Sequence[tuple[NotificationEvent, Sequence[str]]],
+        *,
+        held: Mapping[str, float] | None = None,
+    ) -> bool:
         """Store events and their pending deliveries in one transaction (the writer thread
         batches: one commit for many events is what keeps up under contention).
+
+        ``held``: event id -> epoch seconds its deliveries become due (default: now); a
+        run's end is held so for its chart (:meth:`attach` releases it sooner).
 
         Returns whether they reached the file; a tolerant outbox keeps them in memory when
         they did not.
         """
+        held = held or {}
         if not self.tolerant:
-            self._insert_file(items)
+            self._insert_file(items, held)
             return True
         if self.fault is not None and not self.recover():
-            self._keep(items)
+            self._keep(items, held)
             return False
         try:
-            self._insert_file(items)
+            self._insert_file(items, held)
             self._opened = True
             return True
         except (sqlite3.Error, OSError) as error:
             self._on_fault("write", error)
-            self._keep(items)
+            self._keep(items, held)
             if self.fault is None:  # corruption: a fresh file was started, try it at once
                 return self.recover()
             return False
@@ -513,6 +522,26 @@ class Outbox:
     def mark_dead(self, event_id: str, channel: str, error: str, *, attempted: bool = True) -> None:
         """Record a delivery that will not be tried again (the dead-letter state)."""
         self._mark("mark_dead", event_id, channel, (1 if attempted else 0, redact(error)))
+
+    def attach(self, event: NotificationEvent) -> int:
+        """Replace the stored ``event`` (same id: a run's end, now with its chart) and make
+        its held deliveries that were not tried yet due now; returns how many. One already
+        tried or sent goes on as it is (it left without the chart); the history shows the
+        new one either way."""
+        payload = event.to_json()
+
+        def apply(conn: sqlite3.Connection) -> int:
+            with _atomic(conn):
+                conn.execute("UPDATE events SET payload = ? WHERE id = ?", (payload, event.id))
+                return int(
+                    conn.execute(
+                        "UPDATE deliveries SET next_attempt = MIN(next_attempt, ?)"
+                        " WHERE event_id = ? AND state = 'pending' AND attempts = 0",
+                        (time.time(), event.id),
+                    ).rowcount
+                )
+
+        return sum(self._everywhere("write", apply, 0))
 
     def release(self, event_id: str, channel: str) -> None:
         """Give a claimed delivery back untouched (the sender is stopping)."""
@@ -724,6 +753,18 @@ class Outbox:
         sql += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         params.append(-1 if limit is None else limit)
         return _states(self._read(sql, params))
+
+    def unsent_ends(self, host: str, since: float) -> list[tuple[str, int | None, float | None]]:
+        """Runs' ends of ``host`` stored since ``since`` (epoch seconds) with a delivery
+        pending and due: (event id, the run's pid, when its row was last written). The
+        death watcher sends those whose process is gone (it ended right after storing)."""
+        sql = (
+            "SELECT DISTINCT e.id, r.pid, r.updated_at FROM events e"
+            " JOIN deliveries d ON d.event_id = e.id JOIN runs r ON r.run_id = e.run_id"
+            f" WHERE e.created >= ? AND e.event_type IN ({sql_list(TERMINAL_TYPES)})"
+            " AND d.state = 'pending' AND d.next_attempt <= ? AND r.host = ?"
+        )
+        return [(row[0], row[1], row[2]) for row in self._read(sql, (since, time.time(), host))]
 
     def run_counts(self) -> dict[str, int]:
         """How many runs there are per status."""
@@ -942,7 +983,9 @@ class Outbox:
 
     # The file's statements ----------------------------------------------------------------------
 
-    def _insert_file(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> None:
+    def _insert_file(
+        self, items: Sequence[tuple[NotificationEvent, Sequence[str]]], held: Mapping[str, float]
+    ) -> None:
         events = []
         for event, _ in items:
             events.append(_event_row(event))
@@ -950,7 +993,7 @@ class Outbox:
             # instead of after the interpreter's 5 ms switch interval.
             time.sleep(0)
         with self._transaction() as conn:
-            _insert(conn, events, items, time.time())
+            _insert(conn, events, items, time.time(), held)
 
     def _claim_file(self, channel: str, limit: int, lease: _Lease) -> list[Any]:
         with self._transaction() as conn:
@@ -1011,7 +1054,7 @@ class Outbox:
                 return None
             held = [HeldMessage(row[0], row[1], NotificationLevel.parse(row[2]), row[3]) for row in rows]
             digest = make_digest(held)
-            _insert(conn, [_event_row(digest)], [(digest, [channel])], now)
+            _insert(conn, [_event_row(digest)], [(digest, [channel])], now, {})
             conn.executemany(
                 f"UPDATE deliveries SET state = ?, last_error = ?, last_attempt = ?, {_CLEAR_LEASE}"
                 f" WHERE event_id = ? AND channel = ? AND {_UNFINISHED}",
@@ -1192,7 +1235,9 @@ class Outbox:
                 if self._marks.get((event_id, channel)) is mark:  # a newer outcome waits its turn
                     del self._marks[(event_id, channel)]
 
-    def _keep(self, items: Sequence[tuple[NotificationEvent, Sequence[str]]]) -> None:
+    def _keep(
+        self, items: Sequence[tuple[NotificationEvent, Sequence[str]]], held: Mapping[str, float]
+    ) -> None:
         """Keep events the file could not take in memory, bounded: past the limit, finished
         ones go first, then the oldest progress, then the oldest."""
         rows = [_event_row(event) for event, _ in items]
@@ -1202,7 +1247,7 @@ class Outbox:
                 self._kept.execute("PRAGMA foreign_keys=ON")
                 self._kept.executescript(_SCHEMA)
             with _atomic(self._kept) as kept:
-                _insert(kept, rows, items, time.time())
+                _insert(kept, rows, items, time.time(), held)
                 excess = kept.execute("SELECT COUNT(*) FROM events").fetchone()[0] - self.memory_limit
                 if excess <= 0:
                     return
@@ -1301,6 +1346,7 @@ def _insert(
     events: Sequence[tuple[Any, ...]],
     items: Sequence[tuple[NotificationEvent, Sequence[str]]],
     now: float,
+    held: Mapping[str, float],
 ) -> None:
     conn.executemany(
         "INSERT OR IGNORE INTO events (id, created, event_type, level, run_id, title, payload)"
@@ -1309,7 +1355,11 @@ def _insert(
     )
     conn.executemany(
         "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt) VALUES (?, ?, ?, ?)",
-        [(event.id, channel, PENDING, now) for event, channels in items for channel in channels],
+        [
+            (event.id, channel, PENDING, held.get(event.id, now))
+            for event, channels in items
+            for channel in channels
+        ],
     )
 
 

@@ -52,15 +52,22 @@ class Handover:
     Admission runs once, on the first thread that asks for :meth:`admitted`: the caller's
     for ``notify()``, the writer's for ``post()``. A plain class with slots: making one is
     part of what the training thread pays per posted event.
+
+    ``hold_until`` (epoch seconds; 0: not held): the event's deliveries are stored due at
+    that time instead of at once (a run's end waits so for its chart; see
+    :meth:`~afs_callbacks.delivery.outbox.Outbox.attach`).
     """
 
-    __slots__ = ("_admit", "_ready", "event", "verbosity")
+    __slots__ = ("_admit", "_ready", "event", "hold_until", "verbosity")
 
-    def __init__(self, event: NotificationEvent, verbosity: str, admit: Admit) -> None:
+    def __init__(
+        self, event: NotificationEvent, verbosity: str, admit: Admit, *, hold_until: float = 0.0
+    ) -> None:
         self.event = event
         self.verbosity = verbosity
         self._admit = admit
         self._ready: list[Ready] | None = None
+        self.hold_until = hold_until
 
     def admitted(self) -> list[Ready]:
         """The events to store for this one, with their channels (admitted now if not yet)."""
@@ -204,9 +211,10 @@ class Writer:
                 items = [self._events.popleft() for _ in range(min(BATCH, len(self._events)))]
                 # In the order they were handed over; admitted here unless the caller did.
                 batch = [ready for item in items for ready in item.admitted()]
+                held = {item.event.id: item.hold_until for item in items if item.hold_until}
                 with self._runs_lock:
                     runs, self._runs = self._runs, {}
-                self._write(batch, runs)
+                self._write(batch, runs, held)
             except Exception:  # a bug here must not end the thread and strand the queue
                 log.exception("afs-callbacks: the writer thread hit an error")
             finally:
@@ -221,13 +229,14 @@ class Writer:
         self,
         batch: list[Ready],
         runs: dict[str, tuple[RunState, list[MetricPoint]]],
+        held: dict[str, float],
     ) -> None:
         if not self._opened and (self.store.healthy or self.store.due_for_retry()) and self._open():
             self._opened = True
             if self._on_open is not None:
                 self._on_open()
         if batch:
-            self.store.write(batch)
+            self.store.write(batch, held=held)
             self._on_written({channel for _, channels in batch for channel in channels})
         elif self.store.due_for_retry() and self.store.recover():
             self._on_written(set(self.store.counts()))

@@ -218,6 +218,9 @@ SNAPSHOT_MIN_GAP = 0.5
 #: Longest wait for the loss windows being read, where the last verdict is needed (a
 #: device read that takes longer is stuck behind a long GPU queue or a broken device).
 WINDOW_WAIT_SECONDS = 10.0
+#: Longest the stored completion waits for its loss chart before it goes without one
+#: (drawing takes a second or more; a process that dies meanwhile never draws it).
+CHART_HOLD_SECONDS = 5.0
 _NEVER = math.inf
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
 #: What a pickled tracker (``ddp_spawn``) leaves behind and builds afresh in its process.
@@ -750,8 +753,9 @@ class RunTracker:
                 ``should_stop``...); default: inferred from the plan or a NaN stop.
             best_checkpoint: the best checkpoint's path, for the summary.
 
-        A run that saw a NaN/Inf loss is reported as a warning, not a success. Returns at
-        once: delivery happens in the background (and at process exit).
+        A run that saw a NaN/Inf loss is reported as a warning, not a success. Returns once
+        the end is stored (a bounded wait on the outbox, never on a network: the process
+        may end right after); delivery and the chart follow in the background.
         """
         if not self._begin_end():
             return
@@ -813,17 +817,7 @@ class RunTracker:
             **fields,
         )
         if event is not None:
-            sink = self.manager
-            if self._config.chart and self._is_global_zero:
-                # Drawing takes a second or more: not on the training thread (see _pending).
-                # The event keeps the time the run ended; only its attachment comes later.
-                pending.start(
-                    lambda: sink.emit(event.with_changes(attachments=self._chart_attachment())),
-                    "afs-completion-chart",
-                    owner=sink,
-                )
-            else:
-                sink.emit(event)
+            self._store_end(event)
         self._finish(flush=False)
 
     @_guarded
@@ -1209,6 +1203,22 @@ class RunTracker:
             if callable(flush_now):
                 flush_now(self._config.flush_timeout)
 
+    def _store_end(self, event: NotificationEvent) -> None:
+        """Hand over the completion so that it is stored before this returns: Ray Tune, a
+        multiprocessing worker or ``os._exit`` may end the process right after training.
+        The chart follows: drawing takes a second or more, so it is drawn on a thread of
+        its own (see ``_pending``) while the stored end's deliveries wait up to
+        :data:`CHART_HOLD_SECONDS` for it; if the process dies meanwhile, the end goes
+        without it. A sink without ``emit_end`` gets the end at once, with no chart."""
+        sink = self.manager
+        emit_end = getattr(sink, "emit_end", None)
+        if not callable(emit_end):
+            sink.emit(event)
+            return
+        stored = emit_end(event, hold=CHART_HOLD_SECONDS if self._config.chart else 0.0)
+        if self._config.chart and stored is not None:
+            pending.start(lambda: stored.attach(self._chart_attachment()), "afs-completion-chart", owner=sink)
+
     def _chart_attachment(self) -> tuple[Attachment, ...]:
         """The loss chart, or nothing when it cannot be drawn (the message goes anyway)."""
         try:
@@ -1324,6 +1334,7 @@ def _last_line(text: str) -> str:
 
 
 __all__ = [
+    "CHART_HOLD_SECONDS",
     "SNAPSHOT_INTERVAL",
     "SNAPSHOT_MIN_GAP",
     "RunTracker",

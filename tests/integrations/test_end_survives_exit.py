@@ -1,0 +1,99 @@
+"""A run's end is stored the moment it ends, whatever happens to the process next.
+
+Launchers end the process right after the training function returns: Ray Tune's trial
+workers, a multiprocessing worker, ``os._exit``. Real processes here: a child trains a tiny
+loop with :class:`RunNotifier` (chart on) and calls ``os._exit(0)`` at once; the end must
+reach a real webhook channel on a loopback receiver (sent by the death watcher the child
+started, since the child is gone), once, with no "killed without a word". With Ray Tune
+(``ray[tune]``, a local cluster on loopback, no dashboard) 8 trials each report their end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_callbacks.delivery import deathwatch
+from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.testing import LoopbackReceiver
+
+pytestmark = pytest.mark.slow
+
+EXITING_CHILD = """
+import os, sys
+from afs_callbacks.integrations.loop import RunNotifier
+with RunNotifier(model_name="exit-net", run_id=sys.argv[1], total_steps=30, monitors=False,
+                 stall_timeout=None, nan_check_every=5) as run:
+    for step in range(30):
+        run.step(loss=1.0 / (step + 1))
+    run.epoch({"val_loss": 0.25})
+os._exit(0)  # what a launcher does right after the training function returns
+"""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def bodies(receiver: LoopbackReceiver) -> list[dict[str, Any]]:
+    return [json.loads(request.body) for request in receiver.requests]
+
+
+def of_type(receiver: LoopbackReceiver, kind: str) -> list[dict[str, Any]]:
+    return [body for body in bodies(receiver) if body.get("event_type") == kind]
+
+
+def killed(receiver: LoopbackReceiver) -> list[dict[str, Any]]:
+    return [body for body in bodies(receiver) if "killed without a word" in json.dumps(body)]
+
+
+@pytest.fixture
+def child_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
+    """What the children (and so their death watcher) get; the watcher is killed afterwards."""
+    env = dict(os.environ)
+    env.update(
+        WEBHOOK_URL=receiver.url("/hook"),
+        AFS_STATE_DIR=str(isolated_env),
+        AFS_DEATHWATCH_INTERVAL="0.2",
+        AFS_DEATHWATCH_GRACE="20",  # outlives the end's wait for its chart
+        AFS_BURST="0",
+        PYTHONPATH=os.pathsep.join(p for p in (str(Path(__file__).parents[2]), env.get("PYTHONPATH")) if p),
+    )
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    yield env
+    lock = isolated_env / deathwatch.LOCK_NAME
+    if deathwatch.watcher_alive(str(isolated_env)):
+        os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+
+
+def test_os_exit_right_after_training_keeps_the_end(
+    child_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    child = subprocess.run(
+        [sys.executable, "-c", EXITING_CHILD, "exit-run"], env=child_env, timeout=120, capture_output=True
+    )
+    assert child.returncode == 0, child.stderr.decode()
+    # Stored before the process went: in the history at once, whatever was sent.
+    with Outbox(isolated_env / "outbox.sqlite3") as outbox:
+        ends = outbox.history(run_id="exit-run", event_type=["training_completed"])
+    assert len(ends) == 1
+    wait_until(lambda: len(of_type(receiver, "training_completed")) >= 1)
+    (end,) = of_type(receiver, "training_completed")
+    assert end["context"]["run_id"] == "exit-run"
+    assert end["attachments"] == []  # the process died before its chart was drawn
+    assert killed(receiver) == []
+    assert len(of_type(receiver, "training_started")) == 1
