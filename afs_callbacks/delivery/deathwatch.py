@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,7 +59,11 @@ _TERMINAL_STATUS = {"training_completed": "completed", "training_failed": "faile
 #: first, past the notices of its earlier deaths (one per death).
 _ENDS_LOOKED_AT = 50
 
-_spawned: dict[str, subprocess.Popen[bytes]] = {}
+#: Seconds a watcher just started may take to take its lock (its imports, on a loaded
+#: machine) before this process would start another.
+SPAWN_GRACE_SECONDS = 10.0
+
+_spawned: dict[str, tuple[subprocess.Popen[bytes], float]] = {}  # state dir -> (spawn, when)
 _spawn_lock = threading.Lock()
 
 
@@ -79,12 +84,12 @@ def ensure_watcher(state_dir: str, pid: int) -> None:
         private_file(os.path.join(key, WANTED_NAME))
         os.utime(os.path.join(key, WANTED_NAME))  # the watcher's exit rule reads this time
         with _spawn_lock:
-            previous = _spawned.get(key)
+            previous, spawned_at = _spawned.get(key, (None, -SPAWN_GRACE_SECONDS))
             if previous is not None and previous.poll() is None:
                 return  # ours is alive: it watches, or it is about to see one that does
-            if watcher_alive(key):
-                return
-            _spawned[key] = _spawn(key, pid)
+            if watcher_alive(key) or time.monotonic() - spawned_at < SPAWN_GRACE_SECONDS:
+                return  # a watcher, or ours still starting (``setsid --fork`` returns at once)
+            _spawned[key] = (_spawn(key, pid), time.monotonic())
     except Exception as error:
         log.debug("afs-callbacks: could not start the death watcher: %s", error)
 
@@ -106,8 +111,13 @@ def watcher_alive(state_dir: str) -> bool:
 
 
 def _spawn(state_dir: str, pid: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "afs_callbacks._watcher_main", state_dir, str(pid)]
+    # Through util-linux's ``setsid --fork`` where there is one: the watcher is then not
+    # this process's child, and a launcher that kills its worker's children when the
+    # worker ends (Ray does, whatever their session) leaves it alone.
+    setsid = shutil.which("setsid")
     process = subprocess.Popen(
-        [sys.executable, "-m", "afs_callbacks._watcher_main", state_dir, str(pid)],
+        [setsid, "--fork", *command] if setsid else command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
