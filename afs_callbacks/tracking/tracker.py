@@ -99,6 +99,7 @@ from afs_callbacks.tracking.classify import (
     interrupt_reason,
     mark_reported,
     oom_device,
+    pruned_reason,
 )
 from afs_callbacks.tracking.cluster import slurm_context
 from afs_callbacks.tracking.metrics import Change, MetricWatch
@@ -743,6 +744,7 @@ class RunTracker:
         *,
         end_reason: str | None = None,
         best_checkpoint: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         """Training reached its end: TRAINING_COMPLETED with the run's summary and chart.
 
@@ -752,6 +754,8 @@ class RunTracker:
                 ``max_steps``, ``max_time``, ``early_stopping (val_loss, patience 3)``,
                 ``should_stop``...); default: inferred from the plan or a NaN stop.
             best_checkpoint: the best checkpoint's path, for the summary.
+            outcome: how the run ended where the caller knows better than the plan
+                (:meth:`pruned` passes ``Outcome.PRUNED``).
 
         A run that saw a NaN/Inf loss is reported as a warning, not a success. Returns once
         the end is stored (a bounded wait on the outbox, never on a network: the process
@@ -783,6 +787,9 @@ class RunTracker:
         text = messages.training_completed(
             self.model_name, self._run_id, summary, nan_seen=self._nan_reported, stopped_on_nan=stopped
         )
+        pruned = outcome is Outcome.PRUNED
+        if pruned:
+            text = messages.Message(f"Trial pruned: {self.model_name}", text.body)
         if record.extra.get("smoke_run"):
             text = messages.smoke_run(text)
         record.summary_text = text.body
@@ -804,6 +811,8 @@ class RunTracker:
             by_rule = commanded.source == "rule"
             fields["outcome"] = (Outcome.STOPPED_BY_RULE if by_rule else Outcome.STOPPED_BY_COMMAND).value
             fields["stopped_by"] = {"actor": commanded.actor, "via": commanded.source}
+        if outcome is not None:
+            fields["outcome"] = outcome.value
         if self._metric.best is not None:
             fields["best"] = {
                 self._metric.name or "metric": self._metric.best,
@@ -812,7 +821,7 @@ class RunTracker:
         event = self._event(
             EventType.TRAINING_COMPLETED,
             text,
-            level=NotificationLevel.WARNING if self._nan_reported else None,
+            level=Outcome.PRUNED.level if pruned else NotificationLevel.WARNING if self._nan_reported else None,
             metrics=dict(record.last_metrics),
             **fields,
         )
@@ -831,6 +840,9 @@ class RunTracker:
         kind = classify(error)
         if kind is Failure.INTERRUPTED:
             self.interrupted(interrupt_reason(error))
+            return
+        if kind is Failure.PRUNED:
+            self.pruned(pruned_reason(error))
             return
         if not self._begin_end():
             return
@@ -857,6 +869,15 @@ class RunTracker:
             **context,
         )
         self._finish(flush=True)
+
+    @_guarded
+    def pruned(self, reason: str = "pruned by the sweep's pruner") -> None:
+        """A sweep's pruner ended this trial (Optuna's ``TrialPruned``, a Ray Tune
+        scheduler, HF's hyperparameter search): a normal part of a sweep, never a failure.
+        Reported as a TRAINING_COMPLETED at info level with ``outcome`` ``pruned``, the
+        summary so far and ``reason``, no traceback (:meth:`failed` sends a
+        ``TrialPruned`` here)."""
+        self.completed(end_reason=reason, outcome=Outcome.PRUNED)
 
     @_guarded
     def interrupted(self, reason: str = "interrupted") -> None:
