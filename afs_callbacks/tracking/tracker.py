@@ -821,7 +821,9 @@ class RunTracker:
         event = self._event(
             EventType.TRAINING_COMPLETED,
             text,
-            level=Outcome.PRUNED.level if pruned else NotificationLevel.WARNING if self._nan_reported else None,
+            level=Outcome.PRUNED.level
+            if pruned
+            else (NotificationLevel.WARNING if self._nan_reported else None),
             metrics=dict(record.last_metrics),
             **fields,
         )
