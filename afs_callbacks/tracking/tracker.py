@@ -108,6 +108,7 @@ from afs_callbacks.tracking.points import Curves
 from afs_callbacks.tracking.reader import WindowReads
 from afs_callbacks.tracking.run import RunRecord, build_state, infer_end_reason, summary_of
 from afs_callbacks.tracking.sink import EventSink
+from afs_callbacks.tracking.sweep import Trial, detect
 from afs_callbacks.tracking.values import floats
 from afs_callbacks.tracking.watchdog import StallWatchdog
 
@@ -135,6 +136,8 @@ class TrackerConfig:
         chart: attach a loss-curve PNG to the summary (needs the ``charts`` extra).
         flush_timeout: seconds to wait for delivery when the run fails or is interrupted
             (the process is likely about to exit); a completed run never waits.
+        sweep: the sweep this run is a trial of (default: ``AFS_SWEEP``, else what the
+            tool tells: Optuna, Ray Tune, HF, W&B, SLURM arrays; see :mod:`.sweep`).
 
     Raises:
         ValueError: a value out of range; the message quotes the bad argument.
@@ -154,6 +157,7 @@ class TrackerConfig:
     monitors: bool = True
     chart: bool = True
     flush_timeout: float = 5.0
+    sweep: str | None = None
 
     def __post_init__(self) -> None:
         check_settings(
@@ -311,6 +315,7 @@ class RunTracker:
         "_steps",
         "_stop_requested",
         "_stopped_by",
+        "_sweep",
         "_update_run",
         "_watchdog",
         "_world_size",
@@ -345,6 +350,7 @@ class RunTracker:
         self._asks: list[Ask] = []
         self._listener: Listener | None = None
         self._stopped_by: Ask | None = None
+        self._sweep: Trial | None = None  # the sweep this run is a trial of, found at start
         self._accumulator = LossAccumulator()
         self._reads = WindowReads()
         self._curves = Curves()
@@ -425,6 +431,7 @@ class RunTracker:
         output_dir: str | None = None,
         samples_per_step: int | None = None,
         smoke_run: bool = False,
+        trial: Any = None,
         **extra: Any,
     ) -> None:
         """Training begins (TRAINING_STARTED, or TRAINING_RESUMED after a checkpoint).
@@ -433,6 +440,9 @@ class RunTracker:
         accumulated batches; default ``batch_size``), for samples/s. ``smoke_run``: a
         framework's quick check (Lightning's ``fast_dev_run``), said in the titles. The
         SLURM job, array task and node list join the context (``extra``) by themselves.
+        ``trial``: the Optuna trial, or HF's ``TrainerState``, this run is a trial of
+        (found by itself where the tool tells; see :mod:`.sweep`): every event then names
+        the sweep, the trial and its parameters.
 
         A second call for the same run (HF's ``auto_find_batch_size`` restarts the loop)
         only updates the plan.
@@ -454,6 +464,9 @@ class RunTracker:
         if smoke_run:
             extra["smoke_run"] = True
         extra = {**slurm_context(), **extra}
+        self._sweep = detect(sweep=self._config.sweep, trial=trial, run_id=self._run_id)
+        if self._sweep is not None:
+            extra.update(sweep=self._sweep.sweep, trial=self._sweep.trial)
         record.extra.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
         _active.add(self)
         resumed = self._resumed or resumed_from is not None
@@ -1052,6 +1065,10 @@ class RunTracker:
         if not (self._is_global_zero or rank_any):
             return None
         base: dict[str, Any] = {"model": self.model_name, "run_id": self._run_id}
+        body = text.body
+        if self._sweep is not None:  # every message of a trial names it and its parameters
+            base.update(self._sweep.context())
+            body = f"{body}\n{self._sweep.line()}" if body else self._sweep.line()
         if not self._is_global_zero:
             base["rank"] = self._rank
         fields = {name: value for name, value in {**base, **context}.items() if value is not None}
@@ -1065,7 +1082,7 @@ class RunTracker:
             event_type,
             level or DEFAULT_LEVELS[event_type],
             text.title,
-            text.body,
+            body,
             fields,
             attachments,
             id=event_id,

@@ -1,0 +1,221 @@
+"""Which sweep a run is a trial of, found without configuration where the tool tells.
+
+A researcher rarely trains one run; a sweep's trials are one thing to them. Each trial is
+tagged (``sweep``, ``trial`` and ``trial_params`` in every event's context, a line naming
+the trial and its parameters in every message), so routing can keep its routine starts and
+clean ends in the history (:mod:`afs_callbacks.delivery.routing`) and a sweep's summary can
+gather them (:mod:`afs_callbacks.sweeps`).
+
+Where a sweep is told, first found wins:
+
+==========================  ===========================================================
+explicit                    ``sweep=`` (an adapter's argument), else ``AFS_SWEEP``;
+                            ``AFS_TRIAL`` names the trial
+an Optuna trial             passed in (``trial=``), else found in the call stack
+                            (``study.optimize(objective)``, HF ``hyperparameter_search``
+                            with the Optuna backend): the study's name, the trial's
+                            number and its parameters
+HF hyperparameter search    the ``TrainerState``'s ``trial_name``/``trial_params``
+Ray Tune                    the trial's context (``ray.tune.get_context()``): the
+                            experiment, the trial's id, its ``config``
+W&B sweep                   ``WANDB_SWEEP_ID`` (the agent sets it), ``WANDB_RUN_ID``
+SLURM array job             ``SLURM_ARRAY_JOB_ID`` and ``SLURM_ARRAY_TASK_ID``
+==========================  ===========================================================
+
+No tool is imported here: a tool's state is read only where the program already imported
+it (``sys.modules``). Nothing here raises.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from afs_callbacks._log import get_logger
+
+log = get_logger(__name__)
+
+#: Most parameters kept per trial (the rest are counted in the text).
+MAX_PARAMS = 20
+#: Frames looked at for an Optuna trial or Ray's trial config.
+_STACK_DEPTH = 60
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a sweep.
+
+    Args:
+        sweep: the sweep's id (the study's name, the Ray experiment, the W&B sweep id...).
+        trial: the trial's id within it.
+        params: the trial's parameters (scalars only).
+        tool: what told: ``explicit``, ``optuna``, ``transformers``, ``ray``, ``wandb``,
+            ``slurm``.
+    """
+
+    sweep: str
+    trial: str
+    params: dict[str, str | int | float | bool] = field(default_factory=dict)
+    tool: str = "explicit"
+
+    def context(self) -> dict[str, Any]:
+        """The fields every event of the trial carries."""
+        fields: dict[str, Any] = {"sweep": self.sweep, "trial": self.trial, "sweep_tool": self.tool}
+        if self.params:
+            fields["trial_params"] = dict(self.params)
+        return fields
+
+    def line(self) -> str:
+        """The trial in words: ``Trial 3 of sweep lr-study: lr=0.01, layers=2``."""
+        shown = ", ".join(f"{name}={_short(value)}" for name, value in self.params.items())
+        return f"Trial {self.trial} of sweep {self.sweep}" + (f": {shown}" if shown else "")
+
+
+def detect(
+    *,
+    sweep: str | None = None,
+    trial: Any = None,
+    hf_state: Any = None,
+    run_id: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Trial | None:
+    """The sweep this run is a trial of, or None (see the module's table). ``trial``: an
+    Optuna trial the caller was given; ``hf_state``: HF's ``TrainerState``. Never raises."""
+    env = os.environ if environ is None else environ
+    try:
+        explicit = sweep or env.get("AFS_SWEEP", "").strip() or None
+        optuna_trial = trial if _is_optuna_trial(trial) else _optuna_trial_in_stack()
+        found = _optuna(optuna_trial) or _transformers(hf_state) or _ray() or _wandb(env) or _slurm(env)
+        if explicit is not None:
+            name = env.get("AFS_TRIAL", "").strip() or (found.trial if found else None) or run_id or "?"
+            return Trial(explicit, name, found.params if found else {}, "explicit")
+        return found
+    except Exception:
+        log.debug("afs-callbacks: sweep detection failed", exc_info=True)
+        return None
+
+
+# The tools ----------------------------------------------------------------------------
+
+
+def _is_optuna_trial(value: Any) -> bool:
+    optuna = sys.modules.get("optuna")
+    if optuna is None or value is None:
+        return False
+    kinds = tuple(
+        kind
+        for kind in (getattr(optuna.trial, "Trial", None), getattr(optuna.trial, "FrozenTrial", None))
+        if kind
+    )
+    return bool(kinds) and isinstance(value, kinds)
+
+
+def _optuna_trial_in_stack() -> Any:
+    """The trial Optuna's own frames hand the objective (``study.optimize`` runs
+    ``func(trial)``). Only the tool's frames are read: reading a frame's locals keeps a
+    snapshot of them, and the caller's own objects must not be kept alive so."""
+    if "optuna" not in sys.modules:
+        return None
+    for frame in _frames():
+        if _module(frame).startswith("optuna."):
+            value = frame.f_locals.get("trial")
+            if _is_optuna_trial(value):
+                return value
+    return None
+
+
+def _optuna(trial: Any) -> Trial | None:
+    if trial is None:
+        return None
+    study = getattr(trial, "study", None)
+    name = getattr(study, "study_name", None) or "optuna"
+    return Trial(str(name), str(trial.number), _scalars(getattr(trial, "params", {}) or {}), "optuna")
+
+
+def _transformers(state: Any) -> Trial | None:
+    name = getattr(state, "trial_name", None)
+    if not name:
+        return None
+    return Trial(
+        "hyperparameter_search",
+        str(name),
+        _scalars(getattr(state, "trial_params", None) or {}),
+        "transformers",
+    )
+
+
+def _ray() -> Trial | None:
+    if "ray.train._internal.session" not in sys.modules:
+        return None
+    from ray.train._internal import session  # type: ignore[import-not-found]  # already imported
+
+    current = session.get_session()
+    info = getattr(current, "trial_info", None)
+    if info is None or not getattr(info, "id", None):
+        return None
+    return Trial(str(info.experiment_name or "ray-tune"), str(info.id), _ray_config(), "ray")
+
+
+def _ray_config() -> dict[str, str | int | float | bool]:
+    """The trial's ``config``: the argument Ray's function wrapper passes the trainable."""
+    for frame in _frames():
+        if _module(frame).startswith("ray.tune."):  # only the tool's frames (see above)
+            config = frame.f_locals.get("config")
+            if isinstance(config, Mapping):
+                return _scalars(config)
+    return {}
+
+
+def _wandb(env: Mapping[str, str]) -> Trial | None:
+    sweep = env.get("WANDB_SWEEP_ID", "").strip()
+    if not sweep:
+        return None
+    return Trial(sweep, env.get("WANDB_RUN_ID", "").strip() or "?", {}, "wandb")
+
+
+def _slurm(env: Mapping[str, str]) -> Trial | None:
+    job, task = env.get("SLURM_ARRAY_JOB_ID", "").strip(), env.get("SLURM_ARRAY_TASK_ID", "").strip()
+    if not (job and task):
+        return None
+    return Trial(f"slurm-{job}", task, {}, "slurm")
+
+
+# Small helpers ------------------------------------------------------------------------
+
+
+def _frames() -> list[FrameType]:
+    """The caller's stack (this thread's: a trial's tool calls the training on it)."""
+    frames: list[FrameType] = []
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and len(frames) < _STACK_DEPTH:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+def _module(frame: FrameType) -> str:
+    name = frame.f_globals.get("__name__")
+    return name if isinstance(name, str) else ""
+
+
+def _scalars(values: Mapping[Any, Any]) -> dict[str, str | int | float | bool]:
+    kept: dict[str, str | int | float | bool] = {}
+    for name, value in values.items():
+        if len(kept) >= MAX_PARAMS:
+            break
+        if isinstance(value, (bool, int, float)):
+            kept[str(name)] = value
+        elif isinstance(value, str):
+            kept[str(name)] = value[:100]
+    return kept
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+__all__ = ["MAX_PARAMS", "Trial", "detect"]
