@@ -113,10 +113,12 @@ def trainable(config):
         run.epoch({"val_loss": config["lr"]})
     tune.report({"val_loss": config["lr"]})
 
-ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
-tuner = tune.Tuner(trainable, param_space={"lr": tune.grid_search([0.1 * i for i in range(1, 9)])},
-                   run_config=tune.RunConfig(storage_path=sys.argv[1], verbose=0))
-results = tuner.fit()
+from afs_callbacks import Sweep
+with Sweep("ray-sweep"):  # before ray.init: the workers inherit AFS_SWEEP
+    ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    tuner = tune.Tuner(trainable, param_space={"lr": tune.grid_search([0.1 * i for i in range(1, 9)])},
+                       run_config=tune.RunConfig(storage_path=sys.argv[1], verbose=0))
+    results = tuner.fit()
 print("trials", len(results), "errors", len(results.errors), flush=True)
 ray.shutdown()
 """
@@ -129,12 +131,14 @@ def test_ray_tune_trials_all_report_their_end_with_the_chart_on(
     child_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path, tmp_path: Path
 ) -> None:
     """Ray ends a trial's process right after the trainable returns: 8 trials, 8 ends at
-    the channel, none taken for a death (before: 0 of 8 ends stored, 1 false death notice)."""
+    the channel, none taken for a death (before: 0 of 8 ends stored, 1 false death notice).
+    ``AFS_VERBOSITY=verbose`` keeps the trials' pushes; each names its trial and ``lr``; the
+    sweep's summary counts the 8."""
     pytest.importorskip("ray.tune")
     pytest.importorskip("matplotlib")
     driver = subprocess.run(
         [sys.executable, "-c", RAY_DRIVER, str(tmp_path / "ray")],
-        env={**child_env, **RAY_ENV},
+        env={**child_env, **RAY_ENV, "AFS_VERBOSITY": "verbose"},
         timeout=300,
         capture_output=True,
         text=True,
@@ -142,10 +146,17 @@ def test_ray_tune_trials_all_report_their_end_with_the_chart_on(
     assert "trials 8 errors 0" in driver.stdout, driver.stderr[-3000:]
     with Outbox(isolated_env / "outbox.sqlite3") as outbox:
         ends = outbox.history(event_type=["training_completed"], limit=100)
-    assert len({entry.event.run_id for entry in ends}) == 8
+    assert len({entry.event.run_id for entry in ends if entry.event.context.get("trial")}) == 8
     wait_until(lambda: len(of_type(receiver, "training_completed")) >= 8, timeout=60)
-    received = of_type(receiver, "training_completed")
+    received = [body for body in of_type(receiver, "training_completed") if body["context"].get("trial")]
     assert len({body["context"]["run_id"] for body in received}) == 8
     assert len(received) == 8  # no end twice
     assert killed(receiver) == []
-    assert len(of_type(receiver, "training_started")) == 8
+    starts = [body for body in of_type(receiver, "training_started") if body["context"].get("trial")]
+    assert len(starts) == 8
+    for body in starts + received:
+        assert body["context"]["sweep"] == "ray-sweep" and "lr" in body["context"]["trial_params"]
+        assert "of sweep ray-sweep: lr=" in body["message"]
+    wait_until(lambda: any(b["title"] == "Sweep finished: ray-sweep" for b in bodies(receiver)))
+    (summary,) = [b for b in bodies(receiver) if b["title"] == "Sweep finished: ray-sweep"]
+    assert summary["context"]["trials"] == 8 and summary["context"]["failed"] == 0
