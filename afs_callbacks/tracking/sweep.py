@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -170,6 +170,37 @@ def _ray_config() -> dict[str, str | int | float | bool]:
     return {}
 
 
+def on_tool_stop(callback: Callable[[], None]) -> bool:
+    """Call ``callback()`` when the sweep's tool ends this trial from outside, before it
+    ends the process: Ray Tune's scheduler (ASHA, HyperBand, median stopping) or the
+    experiment's stop criteria finish the trial's session (``_TrainSession.finish``), then
+    the worker is ended at once, while the trainable still waits in ``report()``. Returns
+    whether a hook was installed (only inside a Ray Tune trial). Never raises."""
+    try:
+        if "ray.train._internal.session" not in sys.modules:
+            return False
+        from ray.train._internal import session  # already imported
+
+        current = session.get_session()
+        finish = getattr(current, "finish", None)
+        if current is None or not callable(finish):
+            return False
+
+        def finish_and_tell(*args: Any, **kwargs: Any) -> Any:
+            try:
+                callback()
+            except Exception:
+                log.exception("afs-callbacks: reporting the trial's stop failed")
+            return finish(*args, **kwargs)
+
+        # This trial's session only; setattr: mypy refuses assigning to a method.
+        setattr(current, "finish", finish_and_tell)  # noqa: B010
+        return True
+    except Exception:
+        log.debug("afs-callbacks: no hook on the tool's stop", exc_info=True)
+        return False
+
+
 def _wandb(env: Mapping[str, str]) -> Trial | None:
     sweep = env.get("WANDB_SWEEP_ID", "").strip()
     if not sweep:
@@ -218,4 +249,4 @@ def _short(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["MAX_PARAMS", "Trial", "detect"]
+__all__ = ["MAX_PARAMS", "Trial", "detect", "on_tool_stop"]

@@ -108,7 +108,7 @@ from afs_callbacks.tracking.points import Curves
 from afs_callbacks.tracking.reader import WindowReads
 from afs_callbacks.tracking.run import RunRecord, build_state, infer_end_reason, summary_of
 from afs_callbacks.tracking.sink import EventSink
-from afs_callbacks.tracking.sweep import Trial, detect
+from afs_callbacks.tracking.sweep import Trial, detect, on_tool_stop
 from afs_callbacks.tracking.values import floats
 from afs_callbacks.tracking.watchdog import StallWatchdog
 
@@ -467,6 +467,8 @@ class RunTracker:
         self._sweep = detect(sweep=self._config.sweep, trial=trial, run_id=self._run_id)
         if self._sweep is not None:
             extra.update(sweep=self._sweep.sweep, trial=self._sweep.trial)
+            if self._is_global_zero:
+                on_tool_stop(functools.partial(_tool_stopped, weakref.ref(self)))
         record.extra.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
         _active.add(self)
         resumed = self._resumed or resumed_from is not None
@@ -1348,6 +1350,14 @@ class RunTracker:
         self._nan_every = self._config.nan_check_every
         self._batch_every = self._config.batch_every
 
+    def _reached_plan(self) -> bool:
+        """Whether the planned steps or epochs are done."""
+        record = self._record
+        if record.max_steps:
+            return self._last_step >= record.max_steps
+        planned = record.planned_epochs
+        return planned is not None and (record.epochs_done or 0) >= planned
+
     def _epoch_number(self) -> int | None:
         return None if self._epoch is None else self._epoch + 1
 
@@ -1365,6 +1375,18 @@ def _stall(run: weakref.ref[RunTracker], idle: float) -> None:
     tracker = run()
     if tracker is not None:
         tracker._stalled(idle)
+
+
+def _tool_stopped(run: weakref.ref[RunTracker]) -> None:
+    """The sweep's tool ended the trial from outside (a Ray Tune scheduler): a pruning,
+    stored before the tool ends the process (nothing, when the run ended already)."""
+    tracker = run()
+    if tracker is None or not tracker.started or tracker.finished:
+        return
+    if tracker._reached_plan():  # stopped at the last report: the scheduler's max_t
+        tracker.completed(end_reason="stopped by Ray Tune at the end of its plan")
+    else:
+        tracker.pruned("stopped by Ray Tune (its scheduler's early stop or the stop criteria)")
 
 
 def _last_line(text: str) -> str:

@@ -24,6 +24,7 @@ import pytest
 
 from afs_callbacks.delivery import deathwatch
 from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.outcome import Outcome
 from afs_callbacks.testing import LoopbackReceiver
 
 pytestmark = pytest.mark.slow
@@ -160,3 +161,57 @@ def test_ray_tune_trials_all_report_their_end_with_the_chart_on(
     wait_until(lambda: any(b["title"] == "Sweep finished: ray-sweep" for b in bodies(receiver)))
     (summary,) = [b for b in bodies(receiver) if b["title"] == "Sweep finished: ray-sweep"]
     assert summary["context"]["trials"] == 8 and summary["context"]["failed"] == 0
+
+
+RAY_ASHA_DRIVER = """
+import json, sys, time
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+def trainable(config):
+    from afs_callbacks.integrations.loop import RunNotifier
+    with RunNotifier(model_name="asha-net", total_steps=10, monitors=False, chart=False,
+                     stall_timeout=None, nan_check_every=1) as run:
+        for step in range(10):
+            run.step(loss=config["lr"])
+            tune.report({"loss": config["lr"]})
+            time.sleep(0.1)
+
+ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
+scheduler = ASHAScheduler(metric="loss", mode="min", max_t=10, grace_period=1, reduction_factor=2)
+tuner = tune.Tuner(trainable, param_space={"lr": tune.grid_search([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])},
+                   tune_config=tune.TuneConfig(scheduler=scheduler),
+                   run_config=tune.RunConfig(storage_path=sys.argv[1], verbose=0))
+results = tuner.fit()
+print(json.dumps({r.metrics["trial_id"]: r.metrics["training_iteration"] for r in results}), flush=True)
+ray.shutdown()
+"""
+
+
+def test_ray_tune_scheduler_stops_are_pruned_not_failed_nor_killed(
+    child_env: dict[str, str], receiver: LoopbackReceiver, tmp_path: Path
+) -> None:
+    """ASHA stops the worse trials early; Ray then ends their processes at once. Each of
+    those is reported pruned (stored before the process went), the others completed; no
+    "failed", no "killed without a word"."""
+    pytest.importorskip("ray.tune")
+    driver = subprocess.run(
+        [sys.executable, "-c", RAY_ASHA_DRIVER, str(tmp_path / "ray")],
+        env={**child_env, **RAY_ENV, "AFS_VERBOSITY": "verbose"},
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    iterations = json.loads(driver.stdout.strip().splitlines()[-1])
+    stopped = {trial for trial, count in iterations.items() if count < 10}
+    assert len(iterations) == 6 and stopped, iterations  # ASHA stopped some early
+    wait_until(lambda: len(of_type(receiver, "training_completed")) >= 6, timeout=60)
+    ends = {body["context"]["trial"]: body for body in of_type(receiver, "training_completed")}
+    assert set(ends) == set(iterations)
+    for trial, body in ends.items():
+        expected = Outcome.PRUNED.value if trial in stopped else None
+        assert body["context"].get("outcome") == expected, (trial, iterations[trial], body["title"])
+    assert of_type(receiver, "training_failed") == []
+    assert killed(receiver) == []
