@@ -119,3 +119,54 @@ def test_optuna_lightning_sweep_with_the_pruning_callback_reports_pruned_not_fai
         assert "Trial was pruned at epoch 0." in end.context["end_reason"]
     bodies = [json.dumps(request.json()) for request in receiver.requests]
     assert not [body for body in bodies if "Traceback" in body or "evaluation_loop" in body]
+
+
+@pytest.mark.slow
+def test_hf_hyperparameter_search_reports_its_pruned_trials_as_pruned(
+    manager: NotificationManager, receiver: LoopbackReceiver, tmp_path: Path
+) -> None:
+    """HF's Optuna backend ends a pruned trial with ``on_train_end`` (which read as a green
+    "Training completed" before), then raises TrialPruned: pruned here, tagged with the
+    trial's name and parameters."""
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainingArguments
+
+    from afs_callbacks.integrations.transformers import AFSNotify
+    from tests.integrations.test_transformers import Points, Regressor
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        eval_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model_init=lambda: Regressor(),
+        args=args,
+        train_dataset=Points(),
+        eval_dataset=Points(16, seed=1),
+        callbacks=[AFSNotify(manager, monitors=False, chart=False)],
+    )
+    best = trainer.hyperparameter_search(
+        hp_space=lambda trial: {
+            "learning_rate": trial.suggest_categorical("learning_rate", [1e-7, 2e-7, 0.1])
+        },
+        backend="optuna",
+        direction="minimize",
+        n_trials=3,
+        sampler=optuna.samplers.GridSampler({"learning_rate": [1e-7, 2e-7, 0.1]}),
+        pruner=optuna.pruners.ThresholdPruner(upper=3.0),
+    )
+    assert best.hyperparameters == {"learning_rate": 0.1}
+    events = delivered(manager, receiver)
+    ends = [e for e in events if e.event_type is EventType.TRAINING_COMPLETED]
+    assert len(ends) == 3, [e.title for e in events]
+    pruned = [e for e in ends if e.context.get("outcome") == Outcome.PRUNED.value]
+    assert sorted(e.context["trial_params"]["learning_rate"] for e in pruned) == [1e-7, 2e-7]
+    assert all(e.title.startswith("Trial pruned") for e in pruned)
+    assert not [e for e in events if e.event_type is EventType.TRAINING_FAILED]
