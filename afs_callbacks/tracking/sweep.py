@@ -84,11 +84,14 @@ def detect(
     environ: Mapping[str, str] | None = None,
 ) -> Trial | None:
     """The sweep this run is a trial of, or None (see the module's table). ``trial``: an
-    Optuna trial the caller was given; ``hf_state``: HF's ``TrainerState``. Never raises."""
+    Optuna trial the caller was given, or HF's ``TrainerState`` (also ``hf_state``).
+    Never raises."""
     env = os.environ if environ is None else environ
     try:
         explicit = sweep or env.get("AFS_SWEEP", "").strip() or None
-        optuna_trial = trial if _is_optuna_trial(trial) else _optuna_trial_in_stack()
+        if trial is not None and not _is_optuna_trial(trial) and hf_state is None:
+            trial, hf_state = None, trial  # HF's TrainerState, passed as the trial
+        optuna_trial = trial if trial is not None else _optuna_trial_in_stack()
         found = _optuna(optuna_trial) or _transformers(hf_state) or _ray() or _wandb(env) or _slurm(env)
         if explicit is not None:
             name = env.get("AFS_TRIAL", "").strip() or (found.trial if found else None) or run_id or "?"
@@ -157,6 +160,8 @@ def _ray() -> Trial | None:
     info = getattr(current, "trial_info", None)
     if info is None or not getattr(info, "id", None):
         return None
+    if getattr(current, "world_rank", None) is not None:
+        return None  # a Ray Train worker (a training of its own, not a Tune trial)
     return Trial(str(info.experiment_name or "ray-tune"), str(info.id), _ray_config(), "ray")
 
 
@@ -183,8 +188,8 @@ def on_tool_stop(callback: Callable[[], None]) -> bool:
 
         current = session.get_session()
         finish = getattr(current, "finish", None)
-        if current is None or not callable(finish):
-            return False
+        if current is None or not callable(finish) or getattr(current, "world_rank", None) is not None:
+            return False  # no Tune trial here (a Ray Train worker's session is its trainer's)
 
         def finish_and_tell(*args: Any, **kwargs: Any) -> Any:
             try:

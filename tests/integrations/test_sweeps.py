@@ -149,3 +149,43 @@ def test_verbose_keeps_every_trial_push(receiver: LoopbackReceiver, tmp_path: Pa
     assert len(starts) == 2 and len(ends) == 2
     assert all("Trial " in b["message"] and "of sweep v: x=" in b["message"] for b in starts + ends)
     manager.close()
+
+
+def test_routing_keeps_a_trials_routine_start_and_clean_end_in_the_history() -> None:
+    from afs_callbacks.delivery.routing import Route
+    from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
+
+    def event(kind: EventType, level: NotificationLevel, **context: Any) -> NotificationEvent:
+        return NotificationEvent(kind, level, "t", "m", {"run_id": "r", **context})
+
+    trial = {"sweep": "s", "trial": "3"}
+    route = Route()
+    assert not route.accepts(event(EventType.TRAINING_STARTED, NotificationLevel.INFO, **trial), "normal")
+    assert not route.accepts(
+        event(EventType.TRAINING_COMPLETED, NotificationLevel.SUCCESS, **trial), "normal"
+    )
+    assert not route.accepts(event(EventType.TRAINING_COMPLETED, NotificationLevel.INFO, **trial), "quiet")
+    # What needs a human is pushed; so is a warning end, a run outside a sweep and the
+    # sweep's own messages (no trial); verbose keeps everything.
+    assert route.accepts(event(EventType.TRAINING_FAILED, NotificationLevel.ERROR, **trial), "normal")
+    assert route.accepts(event(EventType.TRAINING_COMPLETED, NotificationLevel.WARNING, **trial), "normal")
+    assert route.accepts(event(EventType.TRAINING_STARTED, NotificationLevel.INFO), "normal")
+    assert route.accepts(event(EventType.TRAINING_STARTED, NotificationLevel.INFO, sweep="s"), "normal")
+    assert route.accepts(event(EventType.TRAINING_STARTED, NotificationLevel.INFO, **trial), "verbose")
+
+
+def test_hf_trainer_state_names_the_trial() -> None:
+    from types import SimpleNamespace
+
+    # The two fields of transformers.TrainerState that hyperparameter_search sets.
+    state = SimpleNamespace(
+        trial_name="run-7", trial_params={"learning_rate": 0.01, "layers": 2, "x": object()}
+    )
+    found = sweeps.detect(trial=state, environ={})
+    assert found == sweeps.Trial(
+        "hyperparameter_search", "run-7", {"learning_rate": 0.01, "layers": 2}, "transformers"
+    )
+    assert (
+        found is not None
+        and found.line() == "Trial run-7 of sweep hyperparameter_search: learning_rate=0.01, layers=2"
+    )
