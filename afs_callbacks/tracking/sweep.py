@@ -10,7 +10,7 @@ Where a sweep is told, first found wins:
 
 ==========================  ===========================================================
 explicit                    ``sweep=`` (an adapter's argument), else ``AFS_SWEEP``;
-                            ``AFS_TRIAL`` names the trial
+                            ``AFS_TRIAL`` names the trial; ``off``: not a sweep
 an Optuna trial             passed in (``trial=``), else found in the call stack
                             (``study.optimize(objective)``, HF ``hyperparameter_search``
                             with the Optuna backend): the study's name, the trial's
@@ -41,6 +41,8 @@ log = get_logger(__name__)
 
 #: Most parameters kept per trial (the rest are counted in the text).
 MAX_PARAMS = 20
+#: ``AFS_SWEEP`` (or ``sweep=``) values that say "not a sweep", whatever the tool tells.
+_NOT_A_SWEEP = frozenset({"off", "none", "false", "no", "0"})
 #: Frames looked at for an Optuna trial or Ray's trial config.
 _STACK_DEPTH = 60
 
@@ -89,6 +91,8 @@ def detect(
     env = os.environ if environ is None else environ
     try:
         explicit = sweep or env.get("AFS_SWEEP", "").strip() or None
+        if explicit is not None and explicit.lower() in _NOT_A_SWEEP:
+            return None  # a SLURM array of independent jobs, say: not a sweep
         if trial is not None and not _is_optuna_trial(trial) and hf_state is None:
             trial, hf_state = None, trial  # HF's TrainerState, passed as the trial
         optuna_trial = trial if trial is not None else _optuna_trial_in_stack()

@@ -24,7 +24,8 @@ checkpoint             :meth:`~RunTracker.checkpoint_saved`,
 NaN                    :meth:`~RunTracker.nan_detected` (the loss windows find the rest)
 stall                  by itself: the watchdog of ``stall_timeout``
 end (the first wins)   :meth:`~RunTracker.completed`, :meth:`~RunTracker.failed`
-                       (out of memory, crash), :meth:`~RunTracker.interrupted`;
+                       (out of memory, crash), :meth:`~RunTracker.pruned` (a sweep's
+                       pruner), :meth:`~RunTracker.interrupted`;
                        :meth:`~RunTracker.close` stops without a word
 asks from outside      :meth:`~RunTracker.ask` (stop, checkpoint: any thread),
                        :meth:`~RunTracker.asked` (the adapter takes them at a safe

@@ -189,3 +189,9 @@ def test_hf_trainer_state_names_the_trial() -> None:
         found is not None
         and found.line() == "Trial run-7 of sweep hyperparameter_search: learning_rate=0.01, layers=2"
     )
+
+
+def test_afs_sweep_off_says_an_array_job_is_not_a_sweep() -> None:
+    array = {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "3"}
+    assert sweeps.detect(environ={**array, "AFS_SWEEP": "off"}) is None
+    assert sweeps.detect(sweep="off", environ=array) is None
