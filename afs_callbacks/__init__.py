@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from afs_callbacks.manager import FlushReport as FlushReport
     from afs_callbacks.manager import NotificationManager as NotificationManager
     from afs_callbacks.manager import Route as Route
+    from afs_callbacks.sweeps import Sweep as Sweep
     from afs_callbacks.watch import watch as watch
 
 __version__ = "0.1.0"
@@ -68,6 +69,7 @@ _CORE = {
     "FlushReport": "afs_callbacks.manager",
     "NotificationManager": "afs_callbacks.manager",
     "Route": "afs_callbacks.manager",
+    "Sweep": "afs_callbacks.sweeps",
     "watch": "afs_callbacks.watch",
 }
 

@@ -3,7 +3,8 @@
 Started by :func:`afs_callbacks.delivery.deathwatch.ensure_watcher`. One per state dir and
 host (an exclusive ``flock`` on ``deathwatch.lock``; a second one exits at once). Every
 second it reads the ``runs`` table, notes each live run's process (start time, memory
-cgroup, OOM-kill count) and reports those that vanished, through a
+cgroup, OOM-kill count) and reports those that vanished, and sends the stored ends that a
+process ended right after training left unsent (Ray Tune, ``os._exit``), through a
 :class:`~afs_callbacks.manager.NotificationManager` of its own (the channels the
 environment configures). It leaves once no run of this host has been running for a grace
 period and no run asked for watching in that time.
@@ -75,6 +76,7 @@ class Watcher:
         self.outbox: Outbox | None = None
         self.manager: NotificationManager | None = None
         self.idle_since = time.monotonic()
+        self.sent_ends: set[str] = set()  # unsent ends of gone processes this watcher sent
 
     def note(self, pid: int) -> None:
         """Remember a live process (its OOM-kill count now is the run's baseline)."""
@@ -101,17 +103,20 @@ class Watcher:
                 self.outbox, host=self.host, seen=self.seen, detected_by="the death watcher"
             )
             running = bool(self.outbox.runs(status=RUNNING, host=self.host, limit=1))
+            unsent = dw.unsent_ends(self.outbox, host=self.host, tried=self.sent_ends)
         except sqlite3.Error:
             self.outbox.close()  # a busy or replaced file: open it again next round
             self.outbox = None
             return True
-        if notices:
+        if notices or unsent:
+            self.sent_ends.update(unsent)
             self.deliver(notices)
         return running
 
     def deliver(self, notices: list[NotificationEvent]) -> None:
         """Send the notices through the channels the environment configures (and queue
-        them for the run's own channels, which may have been set up in code)."""
+        them for the run's own channels, which may have been set up in code); the flush
+        also sends the ends that processes gone meanwhile stored but did not send."""
         if self.manager is None:
             from afs_callbacks.manager import NotificationManager  # only once there is news
 

@@ -38,7 +38,25 @@ from afs_callbacks.runstate import MetricPoint, RunState
 
 log = get_logger(__name__)
 
-__all__ = ["FlushReport", "NotificationManager", "Route"]
+__all__ = ["STORE_END_SECONDS", "FlushReport", "NotificationManager", "Route", "StoredEnd"]
+
+
+#: Longest :meth:`NotificationManager.emit_end` waits for a run's end to be stored.
+STORE_END_SECONDS = 5.0
+
+
+class StoredEnd:
+    """A run's end as stored by :meth:`NotificationManager.emit_end`, its deliveries
+    possibly held for a chart."""
+
+    def __init__(self, event: NotificationEvent, admission: Admission) -> None:
+        self.event = event
+        self._admission = admission
+
+    def attach(self, attachments: Sequence[Attachment] = ()) -> None:
+        """Add ``attachments`` (none: only release) and send the held deliveries now.
+        Never raises."""
+        self._admission.attach(self.event, attachments)
 
 
 @dataclass
@@ -278,6 +296,33 @@ class NotificationManager:
         (epochs, improvements, checkpoints) is kept in the history, not pushed.
         """
         return self._admission.now(event, self.settings.verbosity) if self.settings.enabled else None
+
+    def emit_end(self, event: NotificationEvent, *, hold: float = 0.0) -> StoredEnd | None:
+        """Accept a run's end and return once it is stored (see :meth:`emit`): a launcher
+        may end the process right after training returns (Ray Tune, ``os._exit``, a
+        multiprocessing worker), and the end must survive it. Waits at most
+        :data:`STORE_END_SECONDS` for the outbox write (never for a network).
+
+        ``hold``: seconds its deliveries wait before they go, for the chart being drawn;
+        :meth:`StoredEnd.attach` adds it and sends them at once. If the process dies
+        first, the end goes without the chart once the hold is over (another process
+        sharing the state directory, or the death watcher, sends it). Returns None when
+        nothing was stored (disabled, a repeat held back).
+        """
+        if not self.settings.enabled:
+            return None
+        hold_until = time.time() + hold if hold > 0 else 0.0
+        stored = self._admission.now(event, self.settings.verbosity, hold_until=hold_until)
+        if stored is None:
+            return None
+        if not self._delivery.store_queued(STORE_END_SECONDS):
+            log.warning(
+                "afs-callbacks: the end of run %s was not stored within %.0f s; it is sent if"
+                " this process lives on",
+                event.run_id,
+                STORE_END_SECONDS,
+            )
+        return StoredEnd(stored, self._admission)
 
     def post(self, event: NotificationEvent) -> None:
         """Hand a run event over from a training thread: :meth:`emit`, with admission's steps

@@ -54,7 +54,8 @@ def count(number: int, noun: str) -> str:
 def end_title(outcome: Outcome, model: str, why: str = "") -> str:
     """The title of a run's end: ``🛑 Training stopped on a problem (NaN loss at step 5): m``."""
     detail = f" ({why})" if why else ""
-    return f"{outcome.icon} Training {outcome.label}{detail}: {model}"
+    subject = "Trial" if outcome is Outcome.PRUNED else "Training"  # only a sweep's trial is pruned
+    return f"{outcome.icon} {subject} {outcome.label}{detail}: {model}"
 
 
 def plan(

@@ -118,6 +118,9 @@ def _child(root: Path, receiver_url: str, fake_bin: Path, log: IO[str], *extra: 
         **os.environ,
         **SLURM_ENV,
         "WEBHOOK_URL": receiver_url,
+        # An array task is a sweep's trial by default (its start and clean end stay in the
+        # history); this job array is not a sweep, and its start and end are what is tested.
+        "AFS_SWEEP": "off",
         "PATH": os.pathsep.join([str(fake_bin), os.environ.get("PATH", "")]),
         "FAKE_SCONTROL_LOG": str(root.parent / "scontrol.log"),
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),

@@ -22,6 +22,7 @@ LAYERS = {
     "_watcher_main": 9,  # the death watcher process: it delivers through a manager
     "integrations": 8,
     "watch": 8,
+    "sweeps": 8,  # a sweep's start and summary: reads trials' events through a manager
     "control": 7,
     "rules": 7,  # conditions on a run that act through control's asks
     "tracking": 6,

@@ -78,11 +78,15 @@ class Admission:
 
     # Handing over -----------------------------------------------------------------------
 
-    def now(self, event: NotificationEvent, verbosity: str) -> NotificationEvent | None:
+    def now(
+        self, event: NotificationEvent, verbosity: str, *, hold_until: float = 0.0
+    ) -> NotificationEvent | None:
         """Admit ``event`` on this thread and queue what it became; return it as stored
-        (None: a repeat held back, or not accepted). Never raises."""
+        (None: a repeat held back, or not accepted). ``hold_until``: its deliveries are
+        stored due then (epoch seconds), not at once (:meth:`attach` releases them). Never
+        raises."""
         try:
-            item = Handover(event, verbosity, self.admit)
+            item = Handover(event, verbosity, self.admit, hold_until=hold_until)
             ready = item.admitted()
             if ready:
                 self._delivery.hand_over(item, hurry=any(channels for _, channels in ready))
@@ -96,6 +100,14 @@ class Admission:
         """Queue ``event`` for the writer thread to admit (routed by :attr:`verbosity`): the
         caller pays a deque append. ``hurry``: some channel takes it, store it at once."""
         self._delivery.hand_over(Handover(event, self.verbosity, self.admit), hurry=hurry)
+
+    def attach(self, stored: NotificationEvent, attachments: Sequence[Attachment]) -> None:
+        """Give the stored ``stored`` its ``attachments`` (bounded like any event's) and
+        release its held deliveries now. Never raises."""
+        try:
+            self._delivery.attach(bounded_event(stored.with_changes(attachments=tuple(attachments)), {}))
+        except Exception as error:
+            log.error("afs-callbacks: could not attach the chart to a stored message: %s", redact(error))
 
     # The steps ----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,7 +59,11 @@ _TERMINAL_TYPES = ("training_completed", "training_failed", "out_of_memory", "tr
 #: first, past the notices of its earlier deaths (one per death).
 _ENDS_LOOKED_AT = 50
 
-_spawned: dict[str, subprocess.Popen[bytes]] = {}
+#: Seconds a watcher just started may take to take its lock (its imports, on a loaded
+#: machine) before this process would start another.
+SPAWN_GRACE_SECONDS = 10.0
+
+_spawned: dict[str, tuple[subprocess.Popen[bytes], float]] = {}  # state dir -> (spawn, when)
 _spawn_lock = threading.Lock()
 
 
@@ -79,12 +84,12 @@ def ensure_watcher(state_dir: str, pid: int) -> None:
         private_file(os.path.join(key, WANTED_NAME))
         os.utime(os.path.join(key, WANTED_NAME))  # the watcher's exit rule reads this time
         with _spawn_lock:
-            previous = _spawned.get(key)
+            previous, spawned_at = _spawned.get(key, (None, -SPAWN_GRACE_SECONDS))
             if previous is not None and previous.poll() is None:
                 return  # ours is alive: it watches, or it is about to see one that does
-            if watcher_alive(key):
-                return
-            _spawned[key] = _spawn(key, pid)
+            if watcher_alive(key) or time.monotonic() - spawned_at < SPAWN_GRACE_SECONDS:
+                return  # a watcher, or ours still starting (``setsid --fork`` returns at once)
+            _spawned[key] = (_spawn(key, pid), time.monotonic())
     except Exception as error:
         log.debug("afs-callbacks: could not start the death watcher: %s", error)
 
@@ -106,17 +111,22 @@ def watcher_alive(state_dir: str) -> bool:
 
 
 def _spawn(state_dir: str, pid: int) -> subprocess.Popen[bytes]:
+    # The last argument says in `ps` what the process is (and leaves the watcher room to
+    # write its full title over its command line: _watcher_main.name_process).
+    command = [
+        sys.executable,
+        "-m",
+        "afs_callbacks._watcher_main",
+        state_dir,
+        str(pid),
+        f"afs-callbacks death watcher for {state_dir}",
+    ]
+    # Through util-linux's ``setsid --fork`` where there is one: the watcher is then not
+    # this process's child, and a launcher that kills its worker's children when the
+    # worker ends (Ray does, whatever their session) leaves it alone.
+    setsid = shutil.which("setsid")
     process = subprocess.Popen(
-        # The last argument says in `ps` what the process is (and leaves the watcher room
-        # to write its full title over its command line: _watcher_main.name_process).
-        [
-            sys.executable,
-            "-m",
-            "afs_callbacks._watcher_main",
-            state_dir,
-            str(pid),
-            f"afs-callbacks death watcher for {state_dir}",
-        ],
+        [setsid, "--fork", *command] if setsid else command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -155,6 +165,22 @@ def find_and_claim(
         if won is not None:
             notices.append(build_notice(state, event_id, seen=sighting, detected_by=detected_by))
     return notices
+
+
+#: How far back the watcher looks for runs' ends left unsent by a process that is gone.
+UNSENT_LOOKBACK_SECONDS = 3600.0
+
+
+def unsent_ends(outbox: Outbox, *, host: str, tried: set[str]) -> list[str]:
+    """The ids of this host's runs' ends that are stored, due and unsent while the process
+    that stored them is gone (it was ended right after training: Ray Tune, ``os._exit``),
+    leaving out those in ``tried`` (the watcher sends each once; later tries are the next
+    run's). Their runs ended with a word: no death notice, only the delivery is owed."""
+    found = []
+    for event_id, pid, updated_at in outbox.unsent_ends(host, time.time() - UNSENT_LOOKBACK_SECONDS):
+        if event_id not in tried and pid != os.getpid() and process_gone(pid, updated_at):
+            found.append(event_id)
+    return found
 
 
 def report_vanished(state_dir: str, emit: Callable[[NotificationEvent], object]) -> None:
@@ -415,5 +441,6 @@ __all__ = [
     "process_gone",
     "report_vanished",
     "sight",
+    "unsent_ends",
     "watcher_alive",
 ]

@@ -185,6 +185,18 @@ class Lifecycle:
         self.writer.put(item, hurry=hurry)
         ensure_exit_hook()
 
+    def store_queued(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until what is queued is stored: written to the
+        file, or kept in memory by a faulted store. Never waits on a network."""
+        return self.writer.drain(timeout)
+
+    def attach(self, event: NotificationEvent) -> None:
+        """Replace the stored ``event`` (same id) and send its held deliveries now."""
+        if self.store.attach(event):
+            with self._lock:
+                channels = set(self._workers)
+            self._wake(channels)
+
     def ready(self, event: NotificationEvent, targets: Sequence[tuple[str, NotificationHandler]]) -> Ready:
         """``event`` with its channels' names, their senders started (admission's last step)."""
         for name, handler in targets:

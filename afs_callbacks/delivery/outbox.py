@@ -484,27 +484,33 @@ class Outbox:
         self,
         items: Sequence[tuple[NotificationEvent, Sequence[str]]],
         runs: Sequence[tuple[RunState, Sequence[MetricPoint]]] = (),
+        *,
+        held: Mapping[str, float] | None = None,
     ) -> bool:
         """Store events with their pending deliveries, and run states with their new metric
         points, in one transaction (the writer thread batches: one commit for many events
         is what keeps up under contention).
 
+        ``held``: event id -> epoch seconds its deliveries become due (default: now); a
+        run's end is held so for its chart (:meth:`attach` releases it sooner).
+
         Returns whether they reached the file; a tolerant outbox keeps them in memory when
         they did not, and writes them back with the rest.
         """
+        held = held or {}
         if not self.tolerant:
-            self._write_file(items, runs)
+            self._write_file(items, runs, held)
             return True
         if self.fault is not None and not self.recover():
-            self._keep(items, runs)
+            self._keep(items, runs, held)
             return False
         try:
-            self._write_file(items, runs)
+            self._write_file(items, runs, held)
             self._opened = True
             return True
         except (sqlite3.Error, OSError) as error:
             self._on_fault("write", error)
-            self._keep(items, runs)
+            self._keep(items, runs, held)
             if self.fault is None:  # corruption: a fresh file was started, try it at once
                 return self.recover()
             return False
@@ -603,6 +609,26 @@ class Outbox:
     def mark_dead(self, event_id: str, channel: str, error: str, *, attempted: bool = True) -> None:
         """Record a delivery that will not be tried again (the dead-letter state)."""
         self._mark("mark_dead", event_id, channel, (1 if attempted else 0, redact(error)))
+
+    def attach(self, event: NotificationEvent) -> int:
+        """Replace the stored ``event`` (same id: a run's end, now with its chart) and make
+        its held deliveries that were not tried yet due now; returns how many. One already
+        tried or sent goes on as it is (it left without the chart); the history shows the
+        new one either way."""
+        payload = event.to_json()
+
+        def apply(conn: sqlite3.Connection) -> int:
+            with _atomic(conn):
+                conn.execute("UPDATE events SET payload = ? WHERE id = ?", (payload, event.id))
+                return int(
+                    conn.execute(
+                        "UPDATE deliveries SET next_attempt = MIN(next_attempt, ?)"
+                        " WHERE event_id = ? AND state = 'pending' AND attempts = 0",
+                        (time.time(), event.id),
+                    ).rowcount
+                )
+
+        return sum(self._everywhere("write", apply, 0))
 
     def release(self, event_id: str, channel: str) -> None:
         """Give a claimed delivery back untouched (the sender is stopping)."""
@@ -848,6 +874,18 @@ class Outbox:
         params.append(-1 if limit is None else limit)
         return _states(self._read(sql, params))
 
+    def unsent_ends(self, host: str, since: float) -> list[tuple[str, int | None, float | None]]:
+        """Runs' ends of ``host`` stored since ``since`` (epoch seconds) with a delivery
+        pending and due: (event id, the run's pid, when its row was last written). The
+        death watcher sends those whose process is gone (it ended right after storing)."""
+        sql = (
+            "SELECT DISTINCT e.id, r.pid, r.updated_at FROM events e"
+            " JOIN deliveries d ON d.event_id = e.id JOIN runs r ON r.run_id = e.run_id"
+            f" WHERE e.created >= ? AND e.event_type IN ({sql_list(TERMINAL_TYPES)})"
+            " AND d.state = 'pending' AND d.next_attempt <= ? AND r.host = ?"
+        )
+        return [(row[0], row[1], row[2]) for row in self._read(sql, (since, time.time(), host))]
+
     def run_counts(self) -> dict[str, int]:
         """How many runs there are per status."""
         rows = self._read("SELECT status, COUNT(*) FROM runs GROUP BY status")
@@ -1069,10 +1107,11 @@ class Outbox:
         self,
         items: Sequence[tuple[NotificationEvent, Sequence[str]]],
         runs: Sequence[tuple[RunState, Sequence[MetricPoint]]],
+        held: Mapping[str, float],
     ) -> None:
         events = [_event_row(event) for event, _ in items]  # before the lock: it costs the GIL
         with self._transaction() as conn:
-            _insert(conn, events, items, time.time())
+            _insert(conn, events, items, time.time(), held)
             for state, points in runs:
                 _save_run(conn, state, points)
 
@@ -1142,7 +1181,7 @@ class Outbox:
                 return None
             held = [HeldMessage(row[0], row[1], NotificationLevel.parse(row[2]), row[3]) for row in rows]
             digest = make_digest(held)
-            _insert(conn, [_event_row(digest)], [(digest, [channel])], now)
+            _insert(conn, [_event_row(digest)], [(digest, [channel])], now, {})
             conn.executemany(
                 f"UPDATE deliveries SET state = ?, last_error = ?, last_attempt = ?, {_CLEAR_LEASE}"
                 f" WHERE event_id = ? AND channel = ? AND {_UNFINISHED}",
@@ -1302,6 +1341,7 @@ class Outbox:
         self,
         items: Sequence[tuple[NotificationEvent, Sequence[str]]],
         runs: Sequence[tuple[RunState, Sequence[MetricPoint]]] = (),
+        held: Mapping[str, float] | None = None,
     ) -> None:
         """Keep what the file could not take in memory: run states (the latest per run),
         and events, bounded: past the limit, finished ones go first, then the oldest
@@ -1313,7 +1353,7 @@ class Outbox:
                 self._kept.execute("PRAGMA foreign_keys=ON")
                 self._kept.executescript(_SCHEMA)
             with _atomic(self._kept) as kept:
-                _insert(kept, rows, items, time.time())
+                _insert(kept, rows, items, time.time(), held or {})
                 for state, points in runs:
                     _save_run(kept, state, points)
                 excess = kept.execute("SELECT COUNT(*) FROM events").fetchone()[0] - self.memory_limit
@@ -1422,7 +1462,8 @@ _INSERT_EVENTS = (
 )
 _INSERT_DELIVERIES = (
     "INSERT OR IGNORE INTO deliveries (event_id, channel, state, next_attempt)"
-    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'pending', ? FROM json_each(?)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'pending',"
+    " json_extract(value, '$[2]') FROM json_each(?)"
 )
 
 
@@ -1448,12 +1489,15 @@ def _insert(
     events: Sequence[tuple[Any, ...]],
     items: Sequence[tuple[NotificationEvent, Sequence[str]]],
     now: float,
+    held: Mapping[str, float],
 ) -> None:
     if events:
         conn.execute(_INSERT_EVENTS, (_rows_json(events),))
-    deliveries = [(event.id, channel) for event, channels in items for channel in channels]
+    deliveries = [
+        (event.id, channel, held.get(event.id, now)) for event, channels in items for channel in channels
+    ]
     if deliveries:
-        conn.execute(_INSERT_DELIVERIES, (now, _rows_json(deliveries)))
+        conn.execute(_INSERT_DELIVERIES, (_rows_json(deliveries),))
 
 
 _UPSERT_RUN = (

@@ -6,6 +6,11 @@ human; its progress (epochs, metric improvements, checkpoints) is kept in the hi
 completion summary and the live card, not pushed. ``verbose`` pushes everything, ``quiet``
 only the end of a run and what needs a human. A channel's own ``<CHANNEL>_EVENTS`` list
 (or ``register_handler(events=...)``) wins over the verbosity.
+
+A sweep's trial (an event whose context names its ``sweep`` and ``trial``) pushes only what needs a
+human below ``verbose``: its start and a clean end (completed, stopped early, pruned; any
+end below warning level) go to the history and the card, where the sweep's summary
+(:mod:`afs_callbacks.sweeps`) gathers them. A crash, a NaN or a warning end is pushed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,22 @@ QUIET_SKIPS: frozenset[EventType] = frozenset(
         EventType.EVALUATION_STARTED,
     }
 )
+
+
+#: A trial's events that stay in the history below ``verbose``.
+TRIAL_ROUTINE: frozenset[EventType] = frozenset(
+    {EventType.TRAINING_STARTED, EventType.TRAINING_RESUMED, EventType.TRAINING_COMPLETED}
+)
+
+
+def routine_trial_event(event: NotificationEvent) -> bool:
+    """Whether ``event`` is a sweep trial's start or clean end (see the module docstring)."""
+    return (
+        event.event_type in TRIAL_ROUTINE
+        and bool(event.context.get("sweep"))
+        and event.context.get("trial") is not None
+        and event.level < NotificationLevel.WARNING
+    )
 
 
 def pushed_at(verbosity: str, event_type: EventType) -> bool:
@@ -58,6 +79,8 @@ class Route:
             return False
         if self.events is not None:
             return event.event_type in self.events
+        if verbosity != "verbose" and routine_trial_event(event):
+            return False
         return pushed_at(verbosity, event.event_type)
 
 

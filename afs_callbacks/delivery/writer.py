@@ -59,15 +59,22 @@ class Handover:
     Admission runs once, on the first thread that asks for :meth:`admitted`: the caller's
     for ``notify()``, the writer's for ``post()``. A plain class with slots: making one is
     part of what the training thread pays per posted event.
+
+    ``hold_until`` (epoch seconds; 0: not held): the event's deliveries are stored due at
+    that time instead of at once (a run's end waits so for its chart; see
+    :meth:`~afs_callbacks.delivery.outbox.Outbox.attach`).
     """
 
-    __slots__ = ("_admit", "_ready", "event", "verbosity")
+    __slots__ = ("_admit", "_ready", "event", "hold_until", "verbosity")
 
-    def __init__(self, event: NotificationEvent, verbosity: str, admit: Admit) -> None:
+    def __init__(
+        self, event: NotificationEvent, verbosity: str, admit: Admit, *, hold_until: float = 0.0
+    ) -> None:
         self.event = event
         self.verbosity = verbosity
         self._admit = admit
         self._ready: list[Ready] | None = None
+        self.hold_until = hold_until
 
     def admitted(self) -> list[Ready]:
         """The events to store for this one, with their channels (admitted now if not yet)."""
@@ -209,26 +216,31 @@ class Writer:
             self._busy = True
             self._hurry.clear()  # before taking the batch: a put() from now on hurries the next
             try:
-                batch = self._gather()
+                batch, held = self._gather()
                 with self._runs_lock:
                     runs, self._runs = self._runs, {}
-                self._write(batch, runs)
+                self._write(batch, runs, held)
             except Exception:  # a bug here must not end the thread and strand the queue
                 log.exception("afs-callbacks: the writer thread hit an error")
             finally:
                 self._busy = False
 
-    def _gather(self) -> list[Ready]:
+    def _gather(self) -> tuple[list[Ready], dict[str, float]]:
         """The next turn's events, in the order they were handed over, admitted here unless
-        the caller did: up to :data:`BATCH`, or what :data:`GATHER_SECONDS` admits."""
+        the caller did: up to :data:`BATCH`, or what :data:`GATHER_SECONDS` admits; and the
+        held ones' release times (an end waiting for its chart), by event id."""
         batch: list[Ready] = []
+        held: dict[str, float] = {}
         deadline = time.monotonic() + GATHER_SECONDS
         events = self._events
         for _ in range(min(BATCH, len(events))):
-            batch.extend(events.popleft().admitted())
+            item = events.popleft()
+            batch.extend(item.admitted())
+            if item.hold_until:
+                held[item.event.id] = item.hold_until
             if time.monotonic() > deadline:
                 break
-        return batch
+        return batch, held
 
     def _open(self) -> bool:
         # A lock or a fault at the first open is retried from here, in the background; a
@@ -239,6 +251,7 @@ class Writer:
         self,
         batch: list[Ready],
         runs: dict[str, tuple[RunState, list[MetricPoint]]],
+        held: dict[str, float],
     ) -> None:
         if not self._opened and (self.store.healthy or self.store.due_for_retry()) and self._open():
             self._opened = True
@@ -247,7 +260,7 @@ class Writer:
         if batch or runs:
             # One transaction; what the file cannot take now is kept in memory by the store
             # and written back once it can.
-            self.store.write(batch, list(runs.values()))
+            self.store.write(batch, list(runs.values()), held=held)
             if batch:
                 self._on_written({channel for _, channels in batch for channel in channels})
         elif self.store.due_for_retry() and self.store.recover():

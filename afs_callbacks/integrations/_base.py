@@ -156,6 +156,8 @@ class NotifierBase:
         chart: attach a loss-curve PNG to the completion message (needs ``matplotlib``).
         flush_timeout: seconds to wait for delivery when the run fails or is interrupted
             (the process is likely to exit); a completed run never waits.
+        sweep: the sweep this run is a trial of (default: ``AFS_SWEEP``, else what the tool
+            tells: Ray Tune, Optuna, HF ``hyperparameter_search``, W&B, SLURM arrays).
         crash_hook: where the framework has no exception hook (HF, Keras), install the
             ``sys.excepthook`` fallback and the SIGTERM handler while training runs
             (each only where nobody installed one).
@@ -202,6 +204,7 @@ class NotifierBase:
         monitors: bool = True,
         chart: bool = True,
         flush_timeout: float = 5.0,
+        sweep: str | None = None,
         crash_hook: bool = True,
         tracker: RunTracker | None = None,
         rules: str | Sequence[str] | None = None,
@@ -238,6 +241,7 @@ class NotifierBase:
             monitors=monitors,
             chart=chart,
             flush_timeout=flush_timeout,
+            sweep=sweep,
         )
         self._given = {
             "model_name": model_name is not None,

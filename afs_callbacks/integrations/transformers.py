@@ -145,7 +145,7 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
         resumed_from = None
         if first and state.global_step > 0:
             resumed_from = self._restore(args, state)
-        tracker.start(resumed_from=resumed_from, **_plan(args, state))
+        tracker.start(resumed_from=resumed_from, trial=state, **_plan(args, state))
         if first:
             self._attach_control(int(getattr(args, "world_size", 1) or 1))
 
@@ -164,10 +164,14 @@ class AFSNotify(NotifierBase, TrainerCallback):  # type: ignore[misc]
             trainer = self._find_trainer()
             callbacks = _callbacks_of(trainer)
             nan_stop = tracker.stop_requested and tracker.config.stop_on_nan
-            tracker.completed(
-                self._final_metrics or None,
-                end_reason=_end_reason(args, state, control, callbacks, nan_stop=nan_stop),
-            )
+            if method_in_stack(_is_trainer, ("_report_to_hp_search",)):
+                # HF's hyperparameter search ends a pruned trial so, then raises TrialPruned.
+                tracker.pruned("pruned by the hyperparameter search's pruner")
+            else:
+                tracker.completed(
+                    self._final_metrics or None,
+                    end_reason=_end_reason(args, state, control, callbacks, nan_stop=nan_stop),
+                )
 
     # Steps, logs, epochs ----------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Telling an out-of-memory error or an interruption apart from an ordinary crash, and
-what a report of each says (the device out of memory and its figures, Ctrl-C or SIGTERM).
+"""Telling an out-of-memory error, an interruption or a sweep's pruning apart from an
+ordinary crash, and what a report of each says (the device out of memory and its figures,
+Ctrl-C or SIGTERM, the pruner's words).
 
 Frameworks wrap the real error (Lightning re-raises, accelerate wraps), so the whole
 ``__cause__``/``__context__`` chain is walked. Only names and text are inspected: no
@@ -30,6 +31,9 @@ class Failure(str, Enum):
 
     OUT_OF_MEMORY = "out_of_memory"
     INTERRUPTED = "interrupted"
+    #: A sweep's pruner ended the trial (Optuna's ``TrialPruned``, raised by a Lightning or
+    #: HF pruning callback too): a normal end, not a crash.
+    PRUNED = "pruned"
     ERROR = "error"
 
 
@@ -44,6 +48,9 @@ _OOM_TEXT = (
     "failed to allocate memory",
     "hip out of memory",
 )
+# optuna.TrialPruned (optuna.exceptions.TrialPruned), which optuna-integration's pruning
+# callbacks and HF's hyperparameter_search raise too.
+_PRUNED_TYPES = {"TrialPruned"}
 # SystemExit subclasses raised for SIGTERM (Lightning's SIGTERMException) and friends.
 _INTERRUPT_TYPES = {"KeyboardInterrupt", "SIGTERMException", "TerminatedBySignal"}
 
@@ -59,9 +66,12 @@ def exception_chain(error: BaseException, limit: int = 20) -> Iterator[BaseExcep
 
 
 def classify(error: BaseException) -> Failure:
-    """Whether ``error`` is an out-of-memory error, an interruption, or another failure."""
+    """Whether ``error`` is an out-of-memory error, an interruption, a pruning, or another
+    failure."""
     for item in exception_chain(error):
         name = type(item).__name__
+        if name in _PRUNED_TYPES:
+            return Failure.PRUNED
         if name in _INTERRUPT_TYPES or (
             isinstance(item, SystemExit) and item.code in (-signal.SIGTERM, 128 + signal.SIGTERM)
         ):
@@ -91,6 +101,14 @@ def interrupt_reason(error: BaseException) -> str:
     if type(error).__name__ == "KeyboardInterrupt":
         return "KeyboardInterrupt (Ctrl-C)"
     return "SIGTERM (preemption or job cancellation)"
+
+
+def pruned_reason(error: BaseException) -> str:
+    """How a pruning is described: the pruner's own words where it gave some."""
+    for item in exception_chain(error):
+        if type(item).__name__ in _PRUNED_TYPES and str(item).strip():
+            return f"pruned by the sweep's pruner: {str(item).strip()[:200]}"
+    return "pruned by the sweep's pruner"
 
 
 def oom_device(error: BaseException) -> str | None:

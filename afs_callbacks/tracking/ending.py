@@ -144,8 +144,12 @@ def reason_words(end_reason: str | None) -> str:
         return "TerminateOnNaN"
     if kind == SHOULD_STOP:
         return "should_stop, set by your code"
-    # A stop asked from outside or by a rule: its outcome's words say "stopped by" already.
-    return (end_reason or "").removeprefix("stopped by ")
+    # A stop asked from outside or by a rule, a pruning: the outcome's words say "stopped
+    # by" or "pruned" already; the pruner's own words are what is left to say.
+    words = (end_reason or "").removeprefix("stopped by ")
+    if words.startswith("pruned by the sweep's pruner"):
+        return words.removeprefix("pruned by the sweep's pruner").removeprefix(": ")
+    return words
 
 
 def _number(value: Any) -> float | None:

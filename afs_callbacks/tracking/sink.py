@@ -4,7 +4,11 @@ The tracker knows nothing of channels, outboxes or threads; it talks to a sink. 
 :class:`~afs_callbacks.manager.NotificationManager` is the sink in production; tests pass
 a recorder. ``update_run`` is optional: a sink without it gets events only. So is
 ``post(event)``: where a sink has it, the tracker hands events over with it instead of
-``emit`` (the manager's ``post`` admits them off the training thread).
+``emit`` (the manager's ``post`` admits them off the training thread). And
+``emit_end(event, hold=seconds)``: the run's completion, stored before it returns, its
+deliveries held for the chart, which the returned handle's ``attach(attachments)`` adds
+(see :meth:`~afs_callbacks.manager.NotificationManager.emit_end`); a sink without it
+gets the completion through ``emit``, without a chart.
 """
 
 from __future__ import annotations

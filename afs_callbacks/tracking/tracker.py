@@ -24,7 +24,8 @@ checkpoint             :meth:`~RunTracker.checkpoint_saved`,
 NaN                    :meth:`~RunTracker.nan_detected` (the loss windows find the rest)
 stall                  by itself: the watchdog of ``stall_timeout``
 end (the first wins)   :meth:`~RunTracker.completed`, :meth:`~RunTracker.failed`
-                       (out of memory, crash), :meth:`~RunTracker.interrupted`;
+                       (out of memory, crash), :meth:`~RunTracker.pruned` (a sweep's
+                       pruner), :meth:`~RunTracker.interrupted`;
                        :meth:`~RunTracker.close` stops without a word
 asks from outside      :meth:`~RunTracker.ask` (stop, checkpoint: any thread),
                        :meth:`~RunTracker.asked` (the adapter takes them at a safe
@@ -105,6 +106,7 @@ from afs_callbacks.tracking.classify import (
     interrupt_reason,
     mark_reported,
     oom_device,
+    pruned_reason,
 )
 from afs_callbacks.tracking.cluster import slurm_context
 from afs_callbacks.tracking.ending import decide, infer_end_reason, interruption
@@ -114,6 +116,7 @@ from afs_callbacks.tracking.points import Curves
 from afs_callbacks.tracking.reader import WindowReads
 from afs_callbacks.tracking.run import RunRecord, build_state, summary_of
 from afs_callbacks.tracking.sink import EventSink
+from afs_callbacks.tracking.sweep import Trial, detect, on_tool_stop
 from afs_callbacks.tracking.values import floats, one_per_metric
 from afs_callbacks.tracking.watchdog import StallWatchdog
 
@@ -141,6 +144,8 @@ class TrackerConfig:
         chart: attach a loss-curve PNG to the summary (needs the ``charts`` extra).
         flush_timeout: seconds to wait for delivery when the run fails or is interrupted
             (the process is likely about to exit); a completed run never waits.
+        sweep: the sweep this run is a trial of (default: ``AFS_SWEEP``, else what the
+            tool tells: Optuna, Ray Tune, HF, W&B, SLURM arrays; see :mod:`.sweep`).
 
     Raises:
         ValueError: a value out of range; the message quotes the bad argument.
@@ -160,6 +165,7 @@ class TrackerConfig:
     monitors: bool = True
     chart: bool = True
     flush_timeout: float = 5.0
+    sweep: str | None = None
 
     def __post_init__(self) -> None:
         check_settings(
@@ -226,6 +232,9 @@ SNAPSHOT_MIN_GAP = 0.5
 #: Longest wait for the loss windows being read, where the last verdict is needed (a
 #: device read that takes longer is stuck behind a long GPU queue or a broken device).
 WINDOW_WAIT_SECONDS = 10.0
+#: Longest the stored completion waits for its loss chart before it goes without one
+#: (drawing takes a second or more; a process that dies meanwhile never draws it).
+CHART_HOLD_SECONDS = 5.0
 _NEVER = math.inf
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
 #: Epoch starts remembered to tell which epoch a step was in (a loss window spans a few
@@ -337,6 +346,7 @@ class RunTracker:
         "_steps",
         "_stop_requested",
         "_stopped_by",
+        "_sweep",
         "_update_run",
         "_watchdog",
         "_world_size",
@@ -375,6 +385,7 @@ class RunTracker:
         self._listener: Listener | None = None
         self._stopped_by: Ask | None = None
         self._rules: RuleReader | None = None
+        self._sweep: Trial | None = None  # the sweep this run is a trial of, found at start
         self._accumulator = LossAccumulator()
         self._reads = WindowReads()
         self._curves = Curves()
@@ -455,6 +466,7 @@ class RunTracker:
         output_dir: str | None = None,
         samples_per_step: int | None = None,
         smoke_run: bool = False,
+        trial: Any = None,
         **extra: Any,
     ) -> None:
         """Training begins (TRAINING_STARTED, or TRAINING_RESUMED after a checkpoint).
@@ -463,6 +475,9 @@ class RunTracker:
         accumulated batches; default ``batch_size``), for samples/s. ``smoke_run``: a
         framework's quick check (Lightning's ``fast_dev_run``), said in the titles. The
         SLURM job, array task and node list join the context (``extra``) by themselves.
+        ``trial``: the Optuna trial, or HF's ``TrainerState``, this run is a trial of
+        (found by itself where the tool tells; see :mod:`.sweep`): every event then names
+        the sweep, the trial and its parameters.
 
         A second call for the same run (HF's ``auto_find_batch_size`` restarts the loop)
         only updates the plan.
@@ -484,6 +499,11 @@ class RunTracker:
         if smoke_run:
             extra["smoke_run"] = True
         extra = {**slurm_context(), **extra}
+        self._sweep = detect(sweep=self._config.sweep, trial=trial, run_id=self._run_id)
+        if self._sweep is not None:
+            extra.update(sweep=self._sweep.sweep, trial=self._sweep.trial)
+            if self._is_global_zero:
+                on_tool_stop(functools.partial(_tool_stopped, weakref.ref(self)))
         record.extra.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
         _active.add(self)
         resumed = self._resumed or resumed_from is not None
@@ -827,8 +847,9 @@ class RunTracker:
         The outcome decided (see :func:`~afs_callbacks.tracking.ending.decide`): a
         ``stop_on_nan``/TerminateOnNaN stop is ``stopped_on_problem``; a NaN/Inf (or a
         stall) seen and survived ``completed_with_warnings``; the user's own stopping rule
-        ``stopped_early``; else ``completed``. Returns at once: delivery happens in the
-        background (and at process exit).
+        ``stopped_early``; else ``completed``. Returns once the end is stored (a bounded
+        wait on the outbox, never on a network: the process may end right after);
+        delivery and the chart follow in the background.
 
         An ``outcome`` that is not one is logged and the decided one used (a hook never
         raises).
@@ -904,17 +925,7 @@ class RunTracker:
             **fields,
         )
         if event is not None:
-            sink = self.manager
-            if self._config.chart and self._is_global_zero:
-                # Drawing takes a second or more: not on the training thread (see _pending).
-                # The event keeps the time the run ended; only its attachment comes later.
-                pending.start(
-                    lambda: sink.emit(event.with_changes(attachments=self._chart_attachment())),
-                    "afs-completion-chart",
-                    owner=sink,
-                )
-            else:
-                sink.emit(event)
+            self._store_end(event)
         self._finish(flush=False)
 
     @_guarded
@@ -929,6 +940,9 @@ class RunTracker:
         kind = classify(error)
         if kind is Failure.INTERRUPTED:
             self.interrupted(interrupt_reason(error))
+            return
+        if kind is Failure.PRUNED:
+            self.pruned(pruned_reason(error))
             return
         if not self._begin_end():
             return
@@ -965,6 +979,15 @@ class RunTracker:
             **context,
         )
         self._finish(flush=True)
+
+    @_guarded
+    def pruned(self, reason: str = "pruned by the sweep's pruner") -> None:
+        """A sweep's pruner ended this trial (Optuna's ``TrialPruned``, a Ray Tune
+        scheduler, HF's hyperparameter search): a normal part of a sweep, never a failure.
+        Reported as a TRAINING_COMPLETED at info level with ``outcome`` ``pruned``, the
+        summary so far and ``reason``, no traceback (:meth:`failed` sends a
+        ``TrialPruned`` here)."""
+        self.completed(end_reason=reason, outcome=Outcome.PRUNED)
 
     @_guarded
     def interrupted(self, reason: str = "interrupted", *, outcome: Outcome | str | None = None) -> None:
@@ -1151,6 +1174,10 @@ class RunTracker:
         if not (self._is_global_zero or rank_any):
             return None
         base: dict[str, Any] = {"model": self.model_name, "run_id": self._run_id}
+        body = text.body
+        if self._sweep is not None:  # every message of a trial names it and its parameters
+            base.update(self._sweep.context())
+            body = f"{body}\n{self._sweep.line()}" if body else self._sweep.line()
         if not self._is_global_zero:
             base["rank"] = self._rank
         fields = {name: value for name, value in {**base, **context}.items() if value is not None}
@@ -1164,7 +1191,7 @@ class RunTracker:
             event_type,
             level or DEFAULT_LEVELS[event_type],
             text.title,
-            text.body,
+            body,
             fields,
             attachments,
             id=event_id,
@@ -1385,6 +1412,22 @@ class RunTracker:
             if callable(flush_now):
                 flush_now(self._config.flush_timeout)
 
+    def _store_end(self, event: NotificationEvent) -> None:
+        """Hand over the completion so that it is stored before this returns: Ray Tune, a
+        multiprocessing worker or ``os._exit`` may end the process right after training.
+        The chart follows: drawing takes a second or more, so it is drawn on a thread of
+        its own (see ``_pending``) while the stored end's deliveries wait up to
+        :data:`CHART_HOLD_SECONDS` for it; if the process dies meanwhile, the end goes
+        without it. A sink without ``emit_end`` gets the end at once, with no chart."""
+        sink = self.manager
+        emit_end = getattr(sink, "emit_end", None)
+        if not callable(emit_end):
+            sink.emit(event)
+            return
+        stored = emit_end(event, hold=CHART_HOLD_SECONDS if self._config.chart else 0.0)
+        if self._config.chart and stored is not None:
+            pending.start(lambda: stored.attach(self._chart_attachment()), "afs-completion-chart", owner=sink)
+
     def _chart_attachment(self) -> tuple[Attachment, ...]:
         """The loss chart, or nothing when it cannot be drawn (the message goes anyway)."""
         try:
@@ -1474,6 +1517,14 @@ class RunTracker:
         self._nan_every = self._config.nan_check_every
         self._batch_every = self._config.batch_every
 
+    def _reached_plan(self) -> bool:
+        """Whether the planned steps or epochs are done."""
+        record = self._record
+        if record.max_steps:
+            return self._last_step >= record.max_steps
+        planned = record.planned_epochs
+        return planned is not None and (record.epochs_done or 0) >= planned
+
     def _epoch_number(self) -> int | None:
         return None if self._epoch is None else self._epoch + 1
 
@@ -1493,6 +1544,18 @@ def _stall(run: weakref.ref[RunTracker], idle: float) -> None:
         tracker._stalled(idle)
 
 
+def _tool_stopped(run: weakref.ref[RunTracker]) -> None:
+    """The sweep's tool ended the trial from outside (a Ray Tune scheduler): a pruning,
+    stored before the tool ends the process (nothing, when the run ended already)."""
+    tracker = run()
+    if tracker is None or not tracker.started or tracker.finished:
+        return
+    if tracker._reached_plan():  # stopped at the last report: the scheduler's max_t
+        tracker.completed(end_reason="stopped by Ray Tune at the end of its plan", outcome=Outcome.COMPLETED)
+    else:
+        tracker.pruned("stopped by Ray Tune (its scheduler's early stop or the stop criteria)")
+
+
 def _given_outcome(outcome: Outcome | str | None) -> Outcome | None:
     """A caller's outcome for an end verb, or None (then the tracker decides): an unknown
     value, or one no end without an error may have, is logged and ignored."""
@@ -1507,9 +1570,11 @@ def _given_outcome(outcome: Outcome | str | None) -> Outcome | None:
 
 
 def _end_level(outcome: Outcome, event_type: EventType) -> NotificationLevel:
-    """The end event's level: its outcome's, or its type's where that is higher (an
-    out-of-memory failure stays critical)."""
-    return max(outcome.level, DEFAULT_LEVELS[event_type], key=lambda level: level.severity)
+    """The end event's level: its outcome's, or its type's where that is an alarm above it
+    (an out-of-memory failure stays critical; a pruned trial is not raised to success)."""
+    default = DEFAULT_LEVELS[event_type]
+    alarm = default.severity >= NotificationLevel.ERROR.severity
+    return default if alarm and default.severity > outcome.level.severity else outcome.level
 
 
 def _first_line(text: str) -> str:
@@ -1519,6 +1584,7 @@ def _first_line(text: str) -> str:
 
 
 __all__ = [
+    "CHART_HOLD_SECONDS",
     "SNAPSHOT_INTERVAL",
     "SNAPSHOT_MIN_GAP",
     "RunTracker",

@@ -1,4 +1,6 @@
-"""The loss chart is drawn off the training thread, and a flush after the run includes it."""
+"""A run's end is stored before completed() returns; the loss chart is drawn off the
+training thread and follows (the stored end waits a few seconds for it); a flush after the
+run includes it."""
 
 from __future__ import annotations
 
@@ -23,12 +25,16 @@ def _train(run: RunTracker) -> None:
     run.epoch_end(1, {"loss": 0.4})
 
 
-def test_the_chart_is_drawn_on_its_own_thread_not_the_training_thread(
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_end_is_stored_at_once_and_the_chart_follows_on_its_own_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The training thread returns from completed() before any drawing starts."""
-    sink = RecordingSink()
-    run = tracker(sink, chart=True, nan_check_every=5)
+    """completed() returns with the end stored (its delivery held for the chart); the chart
+    is drawn on its own thread, then attached, and the held delivery goes with it."""
+    from afs_callbacks import NotificationManager, Settings
+
+    capture = CapturingHandler()
+    manager = NotificationManager({"capture": capture}, settings=Settings(state_dir=tmp_path, burst=0))
+    run = RunTracker(manager, quiet_config(chart=True, nan_check_every=5))
     drawn_on: list[str] = []
     release = threading.Event()
     real_chart = RunTracker._chart
@@ -41,12 +47,30 @@ def test_the_chart_is_drawn_on_its_own_thread_not_the_training_thread(
     monkeypatch.setattr(RunTracker, "_chart", slow_chart)
     _train(run)
     run.completed()
-    assert not sink.of(EventType.TRAINING_COMPLETED)  # not yet: the chart is being drawn
+    # Stored before completed() returned, and held for the chart: nothing was sent yet.
+    ends = manager.outbox.history(run_id=run.run_id, event_type=["training_completed"])
+    assert len(ends) == 1 and not ends[0].event.attachments
+    (delivery,) = ends[0].deliveries
+    assert delivery.state == "pending" and delivery.attempts == 0
+    assert not [e for e in capture.events if e.event_type is EventType.TRAINING_COMPLETED]
     release.set()
-    sink.wait_for(lambda: bool(sink.of(EventType.TRAINING_COMPLETED)))
-    completed = sink.of(EventType.TRAINING_COMPLETED)[0]
+    capture.wait_for(lambda e: e.event_type is EventType.TRAINING_COMPLETED)
+    completed = next(e for e in capture.events if e.event_type is EventType.TRAINING_COMPLETED)
     assert drawn_on == ["afs-completion-chart"]
     assert [a.content_type for a in completed.attachments] == ["image/png"]
+    # The history holds the one end, now with its chart.
+    (stored,) = manager.outbox.history(run_id=run.run_id, event_type=["training_completed"])
+    assert stored.event.attachments[0].data.startswith(b"\x89PNG")
+    manager.close()
+
+
+def test_a_sink_without_emit_end_gets_the_end_at_once_without_a_chart() -> None:
+    sink = RecordingSink()
+    run = tracker(sink, chart=True, nan_check_every=5)
+    _train(run)
+    run.completed()
+    (completed,) = sink.of(EventType.TRAINING_COMPLETED)
+    assert completed.attachments == ()
 
 
 def test_a_flush_right_after_the_run_delivers_the_completion_with_its_chart(tmp_path: Path) -> None:
