@@ -171,7 +171,8 @@ def test_a_threshold_fires_once_and_re_arms_when_it_clears(manager: Notification
     assert first.level is NotificationLevel.WARNING
     assert first.title == "Rule “val_loss < 0.3”: tiny"
     assert first.message == "val_loss 0.29 < 0.3 at step 20 (epoch 2)."
-    assert first.context["rule"] == "val_loss < 0.3" and first.context["value"] == 0.29
+    assert first.context["rule"] == "val_loss < 0.3", first.context
+    assert first.context.get("value") == 0.29, first.context
     assert [f.step for f in watch.firings] == [20, 60]
 
 

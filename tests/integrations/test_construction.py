@@ -195,7 +195,7 @@ def test_an_unknown_keyword_without_a_close_name_lists_the_arguments() -> None:
     assert str(caught.value) == (
         "AFSNotify(colour=...) is not an argument; AFSNotify takes batch_every, chart, crash_hook,"
         " epoch_every, flush_timeout, manager, min_delta, mode, model_name, monitor, monitors,"
-        " nan_check_every, patience, run_id, stall_timeout, stop_on_nan, tracker"
+        " nan_check_every, patience, rules, run_id, stall_timeout, stop_on_nan, sweep, tracker"
     )
 
 
