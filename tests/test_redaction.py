@@ -233,3 +233,17 @@ def test_a_body_is_redacted_before_it_is_cut(receiver: LoopbackReceiver) -> None
 
     # Cut first, the detail would end in the token's first characters.
     assert token[:8] not in detail and detail.startswith("HTTP 400: xxx")
+
+
+def test_a_short_word_at_the_end_of_a_bot_token_is_not_masked_everywhere() -> None:
+    """A token's tail is registered on its own only when it is as long as a real one: a
+    test's ``xoxb-1-2-value`` masked the word "value" in every later message (the rule
+    tests' context key came out as ``***``)."""
+    from afs_callbacks.channels.slack import SlackNotifier
+
+    SlackNotifier(channel="C1", bot_token="xoxb-1-2-value")
+    assert redact("a value, the value") == "a value, the value"
+    assert "xoxb-1-2-value" not in redact("token xoxb-1-2-value")  # the whole token still is
+    real_tail = "A1b2C3d4E5f6G7h8I9j0K1l2"
+    SlackNotifier(channel="C1", bot_token=f"xoxb-11-22-{real_tail}")
+    assert real_tail not in redact(f"invalid_auth for {real_tail}")

@@ -387,4 +387,6 @@ def _utf16_length(text: str) -> int:
 def _token_parts(token: str | None) -> tuple[str, ...]:
     """What of a bot token is secret on its own: the half after ``123456789:`` (a 401's
     description may quote it without the bot's id)."""
-    return (token.partition(":")[2],) if token and ":" in token else ()
+    tail = token.partition(":")[2] if token else ""
+    # Telegram's is 35 characters; a short word there would be masked in every text after.
+    return (tail,) if len(tail) >= 12 else ()
