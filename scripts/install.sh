@@ -14,7 +14,7 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 if command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    prometheus-alertmanager dbus libnotify-bin chromium chromium-driver >/dev/null
+    prometheus-alertmanager dbus libnotify-bin chromium chromium-driver procps >/dev/null
   # The fleet tests (tests/prometheus, tests/test_deploy.py): Prometheus with promtool, and
   # node exporter's textfile collector.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
