@@ -58,7 +58,12 @@ def train(stop: str) -> None:
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
             if stop == "sigterm" and batch == BAD_BATCH:
                 print(READY, flush=True)
-                time.sleep(60)
+                # A long batch is work, not one blocking call: the kernel may hand SIGTERM
+                # to any thread (torch's, the library's), and Python runs the handler when
+                # the main thread next runs bytecode, which one 60 s sleep would postpone.
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    time.sleep(0.05)
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1), Breaks()], name="fragile")
     model.compile(optimizer="sgd", loss="mse")

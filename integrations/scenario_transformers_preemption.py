@@ -59,7 +59,11 @@ def train(output_dir: Path, resume: bool) -> None:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == SAVE_EVERY + 1 and not resume:
                 print(READY, flush=True)
-                time.sleep(60)
+                # Short sleeps, as in scenario_keras_crash: SIGTERM may land on another
+                # thread, and the handler runs only when the main thread runs bytecode.
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    time.sleep(0.05)
 
     x = torch.rand(64, 1)
     rows = [{"x": x[i], "labels": 3 * x[i] + 1} for i in range(64)]
