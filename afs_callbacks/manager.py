@@ -110,6 +110,7 @@ class NotificationManager:
         self._lock = threading.RLock()
         self._console: _Registration | None = None
         self._closed = False
+        self._before_close: list[Callable[[], None]] = []
         self._delivery = Lifecycle(
             self.state_dir,
             retry_policy(settings),
@@ -535,6 +536,13 @@ class NotificationManager:
             active.append(("console", console.handler))
         return active
 
+    def before_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when this manager closes (at the latest at process exit),
+        before its last flush: what waits for a quiet moment to speak (a sweep's summary)
+        speaks then. A callback that raises is logged; the close goes on."""
+        with self._lock:
+            self._before_close.append(callback)
+
     def close(self, timeout: float | None = None) -> FlushReport | None:
         """Send what can be sent within ``timeout`` (default ``AFS_EXIT_FLUSH_TIMEOUT``),
         then stop the sender threads. Undelivered messages stay pending in the outbox."""
@@ -543,6 +551,13 @@ class NotificationManager:
         self._closed = True
         if not self.settings.enabled:
             return None
+        with self._lock:
+            callbacks, self._before_close = self._before_close, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as error:
+                log.error("afs-callbacks: a closing step failed: %s", redact(error))
         wait = self.settings.exit_flush_timeout if timeout is None else timeout
         report = None
         started = time.monotonic()
@@ -572,6 +587,7 @@ class NotificationManager:
     def _after_fork_in_child(self) -> None:
         # Threads do not survive fork(); locks may have been held by one that did not.
         self._lock = threading.RLock()
+        self._before_close = []  # the parent's closing steps act on the parent's threads
         self._admission.after_fork_in_child()
         self._delivery.after_fork_in_child()
         self._runs.after_fork_in_child()

@@ -17,12 +17,23 @@ Inside the block ``AFS_SWEEP`` names the sweep, so every trial started from this
 (and from processes it starts, Ray's workers included, when ``ray.init`` runs inside the
 block) is tagged with it. The summary reads the trials' ends from the history that the
 trials share (one ``AFS_STATE_DIR``).
+
+Without the block, a sweep whose trials run in this process (an Optuna study's
+``optimize``, HF ``hyperparameter_search`` with the Optuna backend) is still one thing to
+a person: its first trial announces it, and the summary comes once no trial has run for
+:data:`QUIET_SECONDS`, or when the manager closes (at the latest at process exit),
+whichever is first (:func:`trial_started`, :func:`trial_ended`). A sweep whose trials run
+in other processes (Ray Tune, a W&B agent, a SLURM array) has no such moment here: its
+driver says it with the block.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -33,11 +44,19 @@ from afs_callbacks.events import TERMINAL_TYPES, EventType, NotificationEvent, N
 from afs_callbacks.formatting import format_duration
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.outcome import Outcome
+from afs_callbacks.tracking.sweep import Trial
 
 log = get_logger(__name__)
 
 #: Most events of the history read for one summary.
 MAX_EVENTS_READ = 20_000
+#: Seconds with no trial running after which a sweep nobody announced is summarised.
+QUIET_SECONDS = 60.0
+#: The tools whose trials all run in the process that runs the sweep: there, the sweep's
+#: start and its quiet end are seen without the block.
+IN_PROCESS_TOOLS = frozenset({"optuna"})
+#: What a sweep's start says of its trials' messages (the end comes with the block's exit).
+_QUIET_TRIALS = "Its trials' starts and clean ends go to the history; a crash or a warning is pushed"
 
 
 @dataclass
@@ -145,19 +164,22 @@ class Sweep:
         return self._manager
 
     def __enter__(self) -> Sweep:
-        self._started, self._wall_started = time.monotonic(), time.time()
         self._previous = os.environ.get("AFS_SWEEP")
         os.environ["AFS_SWEEP"] = self.name
+        self.announce(f"{_QUIET_TRIALS}, and one summary comes at the end.")
+        return self
+
+    def announce(self, text: str) -> None:
+        """Push ``Sweep started`` with ``text``; the summary counts trials from now."""
+        self._started, self._wall_started = time.monotonic(), time.time()
         self.manager.notify(
             f"Sweep started: {self.name}",
-            "Its trials' starts and clean ends go to the history; a crash or a warning is"
-            " pushed, and one summary comes at the end.",
+            text,
             EventType.TRAINING_STARTED,
             run_id=self.name,
             model="sweep",
             sweep=self.name,
         )
-        return self
 
     def __exit__(
         self,
@@ -174,10 +196,12 @@ class Sweep:
         except Exception:
             log.exception("afs-callbacks: the sweep's summary failed")
 
-    def summary(self) -> SweepSummary:
-        """The sweep's trials as the history holds them now."""
+    def summary(self, *, flush: bool = True) -> SweepSummary:
+        """The sweep's trials as the history holds them now (``flush``: what this process
+        queued is stored and sent first; a trial's end is stored before it returns)."""
         manager = self.manager
-        manager.flush(10)  # what this process queued is stored (and sent) first
+        if flush:
+            manager.flush(10)
         types = [t.value for t in (*TERMINAL_TYPES, EventType.TRAINING_STARTED)]
         events = manager.outbox.history(event_type=types, limit=MAX_EVENTS_READ)
         return summarise(
@@ -189,9 +213,10 @@ class Sweep:
             mode=self.mode,
         )
 
-    def finish(self, error: BaseException | None = None) -> NotificationEvent | None:
-        """Push the summary (called on leaving the block; ``error``: what ended it)."""
-        summary = self.summary()
+    def finish(self, error: BaseException | None = None, *, flush: bool = True) -> NotificationEvent | None:
+        """Push the summary (called on leaving the block; ``error``: what ended it;
+        ``flush``: wait for delivery before reading the history and after pushing)."""
+        summary = self.summary(flush=flush)
         clean = error is None and summary.failed == 0
         lines = summary.lines()
         if error is not None:
@@ -217,8 +242,142 @@ class Sweep:
             NotificationLevel.SUCCESS if clean else NotificationLevel.WARNING,
             **context,
         )
-        self.manager.flush(10)
+        if flush:
+            self.manager.flush(10)
         return event
+
+
+# A sweep nobody announced -----------------------------------------------------------------
+
+
+class _Unannounced:
+    """A sweep seen through its trials in this process: announced by its first trial,
+    summarised on a thread of its own once no trial has run for :data:`QUIET_SECONDS`, or
+    at once when the manager of its latest trial closes. (Each trial may have a manager of
+    its own, ``from_env()``'s: they share the history, and the latest one speaks.)"""
+
+    def __init__(self, trial: Trial, manager: NotificationManager) -> None:
+        self.sweep = Sweep(trial.sweep, manager=manager)
+        self.running = 0
+        self.said = False  # the summary was pushed; a later trial starts a new wait
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def manager(self) -> NotificationManager:
+        """The latest trial's manager: the sweep's messages go through it."""
+        return self.sweep.manager
+
+    def announce(self, trial: Trial) -> None:
+        tool = "Optuna study" if trial.tool == "optuna" else "Sweep"
+        quiet = format_duration(QUIET_SECONDS)
+        self.sweep.announce(
+            f"{tool} {trial.sweep}, seen from its first trial. {_QUIET_TRIALS}, and one"
+            f" summary comes when no trial has run for {quiet} (or when the program ends)."
+        )
+
+    def poke(self) -> None:
+        """A trial started or ended (the counts are updated under ``_lock``)."""
+        if self._thread is None or not self._thread.is_alive():
+            self.said, self._closing = False, False
+            self._thread = threading.Thread(target=self._wait, name="afs-sweep-summary", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def close(self, timeout: float) -> None:
+        """The manager closes: summarise now, if a summary is still owed."""
+        self._closing = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _wait(self) -> None:
+        # A daemon: it must not hold the process open for QUIET_SECONDS at exit; the
+        # manager's close (run at exit) hurries it instead.
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                break
+            with _lock:
+                running = self.running
+            if running == 0 and not self._wake.wait(QUIET_SECONDS):
+                break  # nothing started or ended for QUIET_SECONDS
+        with _lock:
+            if self.said:
+                return
+            self.said = True
+        try:
+            # No flush: every trial's end is stored before it returns, and a flush here
+            # would spend the closing manager's budget before the summary is queued.
+            self.sweep.finish(flush=False)
+        except Exception:
+            log.exception("afs-callbacks: the sweep's summary failed")
+
+
+_lock = threading.Lock()
+_unannounced: dict[str, _Unannounced] = {}  # by sweep name, for this process
+_hooked: weakref.WeakSet[NotificationManager] = weakref.WeakSet()  # managers whose close hurries
+
+
+def trial_started(trial: Trial, manager: object) -> None:
+    """A trial of ``trial.sweep`` starts on ``manager`` in this process. The first one of a
+    sweep that no :class:`Sweep` block announces (its tool runs every trial here, see
+    :data:`IN_PROCESS_TOOLS`) pushes the sweep's start. Never raises."""
+    if trial.tool not in IN_PROCESS_TOOLS or not isinstance(manager, NotificationManager):
+        return
+    if not manager.settings.enabled:
+        return
+    try:
+        with _lock:
+            watch = _unannounced.get(trial.sweep)
+            first = watch is None
+            if watch is None:
+                watch = _unannounced[trial.sweep] = _Unannounced(trial, manager)
+            watch.sweep._manager = manager
+            watch.running += 1
+            hook = manager not in _hooked
+            _hooked.add(manager)
+        if hook:
+            manager.before_close(functools.partial(_close, weakref.ref(manager)))
+        if first:
+            watch.announce(trial)
+        watch.poke()
+    except Exception:
+        log.exception("afs-callbacks: announcing the sweep failed")
+
+
+def trial_ended(trial: Trial, manager: object) -> None:
+    """A trial that :func:`trial_started` counted has ended. Never raises."""
+    with _lock:
+        watch = _unannounced.get(trial.sweep)
+        if watch is None:
+            return
+        watch.running = max(0, watch.running - 1)
+    watch.poke()
+
+
+def _close(manager: weakref.ref[NotificationManager]) -> None:
+    owner = manager()
+    if owner is None:
+        return
+    with _lock:
+        # Kept after: a later trial of the sweep is not announced again; its end starts a
+        # new wait, and the summary that follows counts every trial since the first.
+        watches = [watch for watch in _unannounced.values() if watch.manager is owner]
+    for watch in watches:
+        watch.close(owner.settings.exit_flush_timeout)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _unannounced.clear()  # the parent's trials and threads
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def summarise(
@@ -287,4 +446,4 @@ def _value(context: Mapping[str, Any], metric: str | None) -> tuple[float | None
     return None, None
 
 
-__all__ = ["Sweep", "SweepSummary", "TrialEnd", "summarise"]
+__all__ = ["QUIET_SECONDS", "Sweep", "SweepSummary", "TrialEnd", "summarise", "trial_ended", "trial_started"]

@@ -504,6 +504,10 @@ class RunTracker:
             extra.update(sweep=self._sweep.sweep, trial=self._sweep.trial)
             if self._is_global_zero:
                 on_tool_stop(functools.partial(_tool_stopped, weakref.ref(self)))
+                # Imported here: only a trial needs the sweep's voice (and its manager).
+                from afs_callbacks.sweeps import trial_started
+
+                trial_started(self._sweep, self.manager)  # before the trial's own start
         record.extra.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
         _active.add(self)
         resumed = self._resumed or resumed_from is not None
@@ -1397,6 +1401,10 @@ class RunTracker:
         goes on in the background and, at the latest, at process exit.
         """
         _active.discard(self)
+        if self._sweep is not None and self._is_global_zero:
+            from afs_callbacks.sweeps import trial_ended
+
+            trial_ended(self._sweep, self.manager)
         with self._lock:
             waiting, self._asks = self._asks, []
         for ask in waiting:

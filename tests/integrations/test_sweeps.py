@@ -8,6 +8,10 @@ what reached it is counted. The Ray Tune case is in ``test_end_survives_exit.py`
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +19,15 @@ from typing import Any
 import pytest
 
 from afs_callbacks import NotificationManager, Settings, Sweep
+from afs_callbacks import sweeps as sweep_voice
 from afs_callbacks.channels.webhook import WebhookNotifier
 from afs_callbacks.integrations.loop import RunNotifier
 from afs_callbacks.outcome import Outcome
 from afs_callbacks.testing import LoopbackReceiver
 from afs_callbacks.tracking import sweep as sweeps
+from tests.helpers.hook import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
 
 optuna = pytest.importorskip("optuna")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -141,7 +149,7 @@ def test_verbose_keeps_every_trial_push(receiver: LoopbackReceiver, tmp_path: Pa
     )
     study.optimize(objective_for(manager), n_trials=2)
     manager.flush(10)
-    pushed = bodies(receiver)
+    pushed = [b for b in bodies(receiver) if b["context"].get("trial") is not None]  # not the sweep's
     starts = [b for b in pushed if b["event_type"] == "training_started"]
     ends = [b for b in pushed if b["event_type"] == "training_completed"]
     assert len(starts) == 2 and len(ends) == 2
@@ -193,3 +201,72 @@ def test_afs_sweep_off_says_an_array_job_is_not_a_sweep() -> None:
     array = {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "3"}
     assert sweeps.detect(environ={**array, "AFS_SWEEP": "off"}) is None
     assert sweeps.detect(sweep="off", environ=array) is None
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_without_the_block_is_announced_once_and_summarised_once_quiet(
+    manager: NotificationManager, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``Sweep`` block: the first trial announces the study, and once no trial has run
+    for the quiet time (1 s here, 60 s by default) one summary follows, while the manager
+    is still open. The trials' routine starts and ends stay in the history."""
+    monkeypatch.setattr(sweep_voice, "QUIET_SECONDS", 1.0)
+    study = optuna.create_study(
+        study_name="quiet-study",
+        sampler=optuna.samplers.GridSampler({"x": [0.1, 0.2, 0.9]}),
+        pruner=optuna.pruners.ThresholdPruner(upper=0.5),
+    )
+    study.optimize(objective_for(manager), n_trials=3)
+    wait_until(lambda: len(receiver.requests) >= 2, 30, "the sweep's summary after its quiet second")
+    manager.flush(10)
+    pushed = bodies(receiver)
+    assert [b["title"] for b in pushed] == ["Sweep started: quiet-study", "Sweep finished: quiet-study"]
+    start, summary = pushed
+    assert "Optuna study quiet-study" in start["message"] and "no trial has run for 1.0s" in start["message"]
+    assert summary["context"]["trials"] == 3 and summary["context"]["pruned"] == 1
+    assert summary["context"]["failed"] == 0 and summary["context"]["best_params"] == {"x": 0.1}
+    manager.close()  # the summary was said: closing says nothing more
+    assert len(receiver.requests) == 2
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_without_the_block_is_summarised_when_its_program_ends(
+    receiver: LoopbackReceiver, tmp_path: Path
+) -> None:
+    """A script that ends right after ``study.optimize`` (the quiet minute not over): the
+    summary is pushed at exit, before the process is gone."""
+    script = textwrap.dedent(
+        """
+        import optuna
+        from afs_callbacks.integrations.loop import RunNotifier
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+        def objective(trial):
+            x = trial.suggest_float("x", 0.0, 1.0)
+            with RunNotifier(model_name="tiny", total_steps=3, monitors=False, chart=False) as run:
+                for step in range(3):
+                    run.step(loss=x + step)
+                run.epoch({"val_loss": x})
+            return x
+
+        study = optuna.create_study(study_name="exit-study")
+        study.optimize(objective, n_trials=2)
+        """
+    )
+    env = {
+        **os.environ,
+        "WEBHOOK_URL": receiver.url("/hook"),
+        "AFS_STATE_DIR": str(tmp_path / "state"),
+        "DESKTOP_NOTIFICATIONS_ENABLED": "false",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    pushed = bodies(receiver)  # no waiting: delivered before the process exited
+    assert [b["title"] for b in pushed] == ["Sweep started: exit-study", "Sweep finished: exit-study"], (
+        done.stderr[-3000:]
+    )
+    assert pushed[1]["context"]["trials"] == 2
