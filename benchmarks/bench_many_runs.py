@@ -134,6 +134,7 @@ class Run:
     killed_at: float | None = None
     baseline: tuple[int, int] = (0, 0)
     peak: tuple[int, int] = (0, 0)
+    middle: tuple[int, int] = (0, 0)  # the first sample past the middle of its run
     started: float | None = None
 
     @property
@@ -149,15 +150,21 @@ class Received:
     times: Counter[str] = field(default_factory=Counter)
     bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
     read: int = 0
+    torn: int = 0  # requests whose body did not arrive whole
 
     def take(self, requests: list[Any]) -> None:
         """Note the requests that came since the last call."""
         now = time.monotonic()
         for request in requests[self.read :]:
+            try:
+                body = request.json()
+            except ValueError:  # the client gave up mid-request (its timeout, on a loaded machine)
+                self.torn += 1
+                continue
             event_id = request.headers.get("webhook-id") or request.headers.get("Webhook-Id") or "?"
             self.times[event_id] += 1
             self.first_seen.setdefault(event_id, now)
-            self.bodies.setdefault(event_id, request.json())
+            self.bodies.setdefault(event_id, body)
         self.read = len(requests)
 
     def of_run(self, run_id: str, kind: str) -> list[str]:
@@ -237,22 +244,35 @@ def measure(processes: int, kills: int, steps: int, step_s: float, seed: int | N
             run.kill_after = plan.get(run.index)
         spawned_s = time.monotonic() - began
         most_watchers = most_on_host = 0
+        sampled = 0.0
+        victims = [run for run in runs if run.kill_after is not None]
         while any(run.process.poll() is None for run in runs):
-            now = time.monotonic()
-            for run in runs:
+            # The victims are watched every few milliseconds (a kill "as soon as its run
+            # started" must be one); everything else every SAMPLE_EVERY, so that this
+            # process leaves the CPU (and the GIL of the receiver's threads) to the runs.
+            for run in victims:
                 read_mark(run, marks)
-                if run.process.poll() is not None:
+                if run.started is None or run.killed_at is not None:
                     continue
-                threads, rss = proc_figures(run.process.pid)
-                run.peak = (max(run.peak[0], threads), max(run.peak[1], rss))
-                due = run.kill_after is not None and run.started is not None
-                if due and run.killed_at is None and now >= run.started + (run.kill_after or 0.0):
+                if time.monotonic() >= run.started + (run.kill_after or 0.0):
                     run.process.send_signal(signal.SIGKILL)
                     run.killed_at = time.monotonic()
-            ours, on_host = watchers(state_dir)
-            most_watchers, most_on_host = max(most_watchers, len(ours)), max(most_on_host, on_host)
-            received.take(receiver.requests)
-            time.sleep(SAMPLE_EVERY if all(r.started for r in runs) else 0.005)
+            now = time.monotonic()
+            if now - sampled >= SAMPLE_EVERY:
+                sampled = now
+                for run in runs:
+                    read_mark(run, marks)
+                    if run.process.poll() is not None:
+                        continue
+                    threads, rss = proc_figures(run.process.pid)
+                    run.peak = (max(run.peak[0], threads), max(run.peak[1], rss))
+                    if run.started and not run.middle[0] and now > run.started + steps * step_s / 2:
+                        run.middle = (threads, rss)
+                ours, on_host = watchers(state_dir)
+                most_watchers, most_on_host = max(most_watchers, len(ours)), max(most_on_host, on_host)
+                received.take(receiver.requests)
+            pending = any(run.killed_at is None for run in victims)
+            time.sleep(0.005 if pending else SAMPLE_EVERY)
         ended_s = time.monotonic() - began
 
         def complete() -> bool:
@@ -336,6 +356,8 @@ def summarise(
         "threads_added_max": max(threads, default=0),
         "rss_before_mib": median([r.baseline[1] / 1024 for r in survivors if r.baseline[1]] or [0]),
         "rss_peak_mib_median": median([r.peak[1] / 1024 for r in survivors] or [0]),
+        "rss_middle_mib_median": median([r.middle[1] / 1024 for r in survivors if r.middle[1]] or [0]),
+        "threads_middle_median": median([r.middle[0] for r in survivors if r.middle[0]] or [0]),
         "rss_added_mib_median": median(rss or [0]),
         "rss_added_mib_p90": percentile(rss, 0.9),
         "starts_missing": sum(n == 0 for rid, n in starts.items() if rid in {r.run_id for r in survivors}),
@@ -344,7 +366,11 @@ def summarise(
         "ends_twice": sum(n > 1 for n in ends.values()),
         "deaths_twice": sum(n > 1 for n in deaths.values()),
         "ids_twice": sum(n > 1 for n in received.times.values()),
+        "ids_twice_by_kind": dict(
+            Counter(kind_of(received.bodies[i]) for i, n in received.times.items() if n > 1)
+        ),
         "messages": sum(received.times.values()),
+        "torn_requests": received.torn,
         "by_kind": dict(Counter(kind_of(body) for body in received.bodies.values())),
         "lock_warnings": warnings["lock"],
         "other_warnings": warnings["other"],
@@ -394,7 +420,14 @@ def main() -> None:
                 "RSS per process added, MiB, median / p90",
                 f"{f['rss_added_mib_median']:.1f} / {f['rss_added_mib_p90']:.1f}",
             ],
-            ["RSS per process at its peak, MiB (median)", f["rss_peak_mib_median"]],
+            [
+                "threads / RSS MiB per process mid-run (median)",
+                pair(f["threads_middle_median"], f"{f['rss_middle_mib_median']:.1f}"),
+            ],
+            [
+                "RSS per process at its peak, MiB (median; the end renders its chart)",
+                f["rss_peak_mib_median"],
+            ],
             [
                 "death watchers of this state dir, most during / after",
                 pair(f["watchers_during"], f["watchers_after"]),
@@ -420,7 +453,8 @@ def main() -> None:
             ["runs that ended with no start received", 0, f["starts_missing"]],
             ["runs that ended with no end received", 0, f["ends_missing"]],
             ["runs with two starts / two ends / two death notices", "0 / 0 / 0", twice],
-            ["event ids received twice", 0, f["ids_twice"]],
+            ["event ids received twice (by kind)", 0, f"{f['ids_twice']} {f['ids_twice_by_kind'] or ''}"],
+            ["requests that did not arrive whole (the client timed out)", 0, f["torn_requests"]],
             ["runs that ended normally", survivors, survivors],
         ],
     )
