@@ -52,6 +52,7 @@ BENCHMARKS = (
     ("textfile", "bench_textfile.py", "The Prometheus textfile writer", False),
     ("storage_window", "bench_storage_window.py", "A SIGKILL during a burst: the storage window", False),
     ("wall_clock", "bench_wall_clock.py", "The whole fit() on the wall clock, beside the peers", False),
+    ("many_runs", "bench_many_runs.py", "Many runs at once on one node, some SIGKILLed", False),
 )
 _PACKAGES = ("torch", "lightning", "transformers", "keras")
 

@@ -68,6 +68,10 @@ needs_torch = pytest.mark.skipif(not has_torch(), reason="the training benchmark
         ("bench_idle.py", ["during a run, between steps", "after the run, everything sent", "wake-ups / s"]),
         ("bench_textfile.py", ["manager.update_run(state)", "A state every millisecond", "RunNotifier loop"]),
         ("bench_storage_window.py", ["SIGKILL during a burst", "oldest unstored ms", "channel: a webhook"]),
+        (
+            "bench_many_runs.py",
+            ["runs at once on one state dir", "Messages at the webhook", "SIGKILLed runs"],
+        ),
         pytest.param(
             "bench_wall_clock.py",
             ["alternating rounds", "context switches per thread", "fit() × none, AFSNotify()"],

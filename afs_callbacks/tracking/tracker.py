@@ -513,6 +513,13 @@ class RunTracker:
         resumed = self._resumed or resumed_from is not None
         if resumed_from is not None:
             self.checkpoint_loading(resumed_from)
+        # The run's first state is handed over before its start event: the writer then
+        # stores the row in the same transaction as the start or an earlier one, so a
+        # process killed right after its start was stored still has a row for the death
+        # watcher (and the next run) to find. Taken after the start, it could miss the
+        # writer's turn and a kill in between left a start and never a death notice.
+        self._update_run = getattr(self.manager, "update_run", None) if self._is_global_zero else None
+        self._snapshot()
         text = messages.training_started(
             self.model_name,
             self._run_id,
@@ -537,8 +544,6 @@ class RunTracker:
             self._start_watchdog(self._config.stall_timeout)
         if self._config.monitors and self._is_global_zero:
             self._start_monitors(output_dir, world_size)
-        self._update_run = getattr(self.manager, "update_run", None) if self._is_global_zero else None
-        self._snapshot()
         if self._update_run is not None:  # the next one soon: a live card moves from the first steps
             self._next_snapshot = self._snapshot_at + min(SNAPSHOT_MIN_GAP, SNAPSHOT_INTERVAL)
 

@@ -156,6 +156,43 @@ def test_ddp_ranks_of_one_run_make_one_notice(
         rank.wait()
 
 
+#: A real run (RunNotifier, the environment's webhook) that is SIGKILLed by its own writer
+#: thread the moment the transaction holding its start event commits: the earliest kill
+#: after which its start can reach anyone.
+KILLED_AT_ITS_START = """
+import os, signal, sys, threading
+from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.integrations.loop import RunNotifier
+write = Outbox.write
+def write_then_die(self, items, runs=(), **options):
+    stored = write(self, items, runs, **options)
+    if any(event.event_type.value == "training_started" for event, _ in items):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return stored
+Outbox.write = write_then_die
+with RunNotifier("tiny-net", run_id=sys.argv[1], monitors=True, chart=False):
+    threading.Event().wait()
+"""
+
+
+def test_a_run_killed_as_soon_as_its_start_is_stored_gets_its_notice(
+    watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    """Its first state is stored with its start (or before it), never after: the watcher
+    (already watching another run, as on a busy node) finds its row and reports it."""
+    other = start_child(watch_env, "run-beside")
+    wait_until(lambda: deathwatch.watcher_alive(str(isolated_env)))
+    child = subprocess.Popen([sys.executable, "-c", KILLED_AT_ITS_START, "early-run"], env=watch_env)
+    assert child.wait(timeout=60) == -signal.SIGKILL
+    wait_until(lambda: any("early-run" in notice for notice in killed_notices(receiver)))
+    assert run_status(isolated_env, "early-run") == "killed"
+    other.kill()
+    wait_until(lambda: len(killed_notices(receiver)) >= 2)
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    assert sum("early-run" in notice for notice in killed_notices(receiver)) == 1
+    other.wait()
+
+
 def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections.abc import Sequence
 
-from afs_callbacks.events import EventType, NotificationLevel
-from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, RUNNING
+from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
+from afs_callbacks.runstate import COMPLETED, FAILED, INTERRUPTED, RUNNING, MetricPoint, RunState
 from afs_callbacks.tracking import RunTracker
 from tests.tracking.support import RecordingSink, tracker
 
@@ -46,6 +47,24 @@ def test_a_clean_run_reports_start_epochs_and_a_summary_without_waiting() -> Non
     assert "(max_epochs)" in completed.message.splitlines()[0]
     assert sink.flushes == []  # a completed run never waits for delivery
     assert run.finished
+
+
+def test_the_first_state_is_handed_over_before_the_start_event() -> None:
+    """The store writes a run's row no later than its start: a kill right after the start
+    was stored must leave a row for the death watcher (issue #23)."""
+    order: list[str] = []
+
+    class Ordered(RecordingSink):
+        def emit(self, event: NotificationEvent) -> NotificationEvent | None:
+            order.append(event.event_type.value)
+            return super().emit(event)
+
+        def update_run(self, state: RunState, points: Sequence[MetricPoint]) -> None:
+            order.append(f"state:{state.status}")
+            super().update_run(state, points)
+
+    tracker(Ordered(), monitors=True).start(epochs=1)
+    assert order[:2] == [f"state:{RUNNING}", "training_started"]
 
 
 def test_the_framework_end_reason_wins_over_the_inferred_one() -> None:
