@@ -57,6 +57,7 @@ from afs_callbacks.tracking.ending import (
     named,
 )
 from afs_callbacks.tracking.sink import EventSink
+from afs_callbacks.tracking.sweep import Trial
 from afs_callbacks.tracking.tracker import check_settings
 
 log = get_logger(__name__)
@@ -109,6 +110,24 @@ def agree_across_ranks(flags: tuple[bool, ...]) -> tuple[bool, ...]:
     except Exception:
         log.warning("afs-callbacks: the processes could not agree on stopping", exc_info=True)
         return flags
+
+
+class _SweepVoice:
+    """:mod:`afs_callbacks.sweeps` speaking for a sweep whose trial a run turns out to be
+    (imported then: a run outside a sweep does not pay for it)."""
+
+    def trial_started(self, trial: Trial, sink: EventSink) -> None:
+        from afs_callbacks import sweeps
+
+        sweeps.trial_started(trial, sink)
+
+    def trial_ended(self, trial: Trial, sink: EventSink) -> None:
+        from afs_callbacks import sweeps
+
+        sweeps.trial_ended(trial, sink)
+
+
+_SWEEP_VOICE = _SweepVoice()
 
 
 def broadcast_run_id(run_id: str) -> str:
@@ -277,6 +296,7 @@ class NotifierBase:
         """The run tracker this callback reports through (built on first use)."""
         if self._tracker is None:
             self._tracker = RunTracker(manager=self._manager, config=self._config)
+            self._tracker.use_sweep_voice(_SWEEP_VOICE)
         return self._tracker
 
     def _new_run(self) -> None:

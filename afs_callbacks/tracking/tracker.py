@@ -265,6 +265,17 @@ class RuleReader(Protocol):
         """``values`` just processed; ``source``: ``metrics``, ``window`` or ``figures``."""
 
 
+class SweepVoice(Protocol):
+    """What speaks for the sweep a run is a trial of (``afs_callbacks.sweeps``: its start
+    and summary when no ``Sweep`` block does), told of each trial's start and end."""
+
+    def trial_started(self, trial: Trial, sink: EventSink) -> None:
+        """A trial starts (before its own start event)."""
+
+    def trial_ended(self, trial: Trial, sink: EventSink) -> None:
+        """A trial ended (its end is stored or on its way)."""
+
+
 def active_tracker() -> RunTracker | None:
     """The most recently started run of this process that has not ended, if any."""
     running = [tracker for tracker in list(_active) if not tracker.finished]
@@ -347,6 +358,7 @@ class RunTracker:
         "_stop_requested",
         "_stopped_by",
         "_sweep",
+        "_sweep_voice",
         "_update_run",
         "_watchdog",
         "_world_size",
@@ -385,6 +397,7 @@ class RunTracker:
         self._listener: Listener | None = None
         self._stopped_by: Ask | None = None
         self._rules: RuleReader | None = None
+        self._sweep_voice: SweepVoice | None = None
         self._sweep: Trial | None = None  # the sweep this run is a trial of, found at start
         self._accumulator = LossAccumulator()
         self._reads = WindowReads()
@@ -504,10 +517,8 @@ class RunTracker:
             extra.update(sweep=self._sweep.sweep, trial=self._sweep.trial)
             if self._is_global_zero:
                 on_tool_stop(functools.partial(_tool_stopped, weakref.ref(self)))
-                # Imported here: only a trial needs the sweep's voice (and its manager).
-                from afs_callbacks.sweeps import trial_started
-
-                trial_started(self._sweep, self.manager)  # before the trial's own start
+                if self._sweep_voice is not None:
+                    self._sweep_voice.trial_started(self._sweep, self.manager)
         record.extra.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
         _active.add(self)
         resumed = self._resumed or resumed_from is not None
@@ -801,6 +812,11 @@ class RunTracker:
         window's mean (as ``loss``), and the run's figures at each snapshot. Nothing per
         step, no device read."""
         self._rules = rules
+
+    def use_sweep_voice(self, voice: SweepVoice | None) -> None:
+        """Tell ``voice`` when this run, found to be a sweep's trial at :meth:`start`,
+        starts and ends (set before the run starts; on global rank zero only)."""
+        self._sweep_voice = voice
 
     def _consult_rules(self, values: Mapping[str, float] | None, source: str) -> None:
         """The one point where the run's rules see what it learnt (None: its figures now)."""
@@ -1406,10 +1422,8 @@ class RunTracker:
         goes on in the background and, at the latest, at process exit.
         """
         _active.discard(self)
-        if self._sweep is not None and self._is_global_zero:
-            from afs_callbacks.sweeps import trial_ended
-
-            trial_ended(self._sweep, self.manager)
+        if self._sweep is not None and self._is_global_zero and self._sweep_voice is not None:
+            self._sweep_voice.trial_ended(self._sweep, self.manager)
         with self._lock:
             waiting, self._asks = self._asks, []
         for ask in waiting:
