@@ -38,6 +38,10 @@ from afs_callbacks.runstate import MetricPoint, RunState
 
 log = get_logger(__name__)
 
+#: ``shared()``'s managers, by the settings they were built from.
+_shared: dict[frozenset[tuple[str, str]], NotificationManager] = {}
+_shared_lock = threading.Lock()
+
 __all__ = ["STORE_END_SECONDS", "FlushReport", "NotificationManager", "Route", "StoredEnd"]
 
 
@@ -180,6 +184,23 @@ class NotificationManager:
         if settings.enabled:  # a misspelt SLAK_WEBHOOK_URL is named at run time too
             warn_unknown_variables(env, env.file_names, configured=bool(manager._configured()))
         return manager
+
+    @classmethod
+    def shared(cls) -> NotificationManager:
+        """The process's manager for the environment as it is now (and its ``.env``):
+        built by :meth:`from_env` on first use and handed to every later caller while the
+        settings are the same and it is open. The default of every callback given no
+        manager, so that a sweep's hundred trials in one process share one store
+        connection, one writer and one sender per channel, instead of a set each that
+        lives until exit. Changed settings (another ``AFS_STATE_DIR``, a channel added)
+        get a manager of their own."""
+        env = open_env()
+        key = frozenset(env.items()) | {("\0env_file", str(env.env_file))}
+        with _shared_lock:
+            manager = _shared.get(key)
+            if manager is None or manager._closed:
+                manager = _shared[key] = cls.from_env(env)
+            return manager
 
     def _register_from_env(self, name: str, env: Env, strict: bool) -> None:
         spec = REGISTRY[name]

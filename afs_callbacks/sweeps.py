@@ -129,7 +129,7 @@ class Sweep:
 
     Args:
         name: the sweep's name (default: ``AFS_SWEEP``, else ``sweep-<time>``).
-        manager: where the two messages go (default: ``NotificationManager.from_env()``).
+        manager: where the two messages go (default: ``NotificationManager.shared()``).
         metric: the trials' metric the best is chosen by (default: each trial's monitored
             metric, the one its summary names best).
         mode: ``"min"`` or ``"max"`` for ``metric``.
@@ -160,7 +160,7 @@ class Sweep:
     def manager(self) -> NotificationManager:
         """Where the sweep's messages go."""
         if self._manager is None:
-            self._manager = NotificationManager.from_env()
+            self._manager = NotificationManager.shared()
         return self._manager
 
     def __enter__(self) -> Sweep:
@@ -254,7 +254,7 @@ class _Unannounced:
     """A sweep seen through its trials in this process: announced by its first trial,
     summarised on a thread of its own once no trial has run for :data:`QUIET_SECONDS`, or
     at once when the manager of its latest trial closes. (Each trial may have a manager of
-    its own, ``from_env()``'s: they share the history, and the latest one speaks.)"""
+    its own: they share the history, and the latest one speaks.)"""
 
     def __init__(self, trial: Trial, manager: NotificationManager) -> None:
         self.sweep = Sweep(trial.sweep, manager=manager)

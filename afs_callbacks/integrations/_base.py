@@ -153,8 +153,8 @@ class NotifierBase:
             ``model_name``) or a manager (as ``manager``); all others are keywords.
         model_name: shown in every message (default: what the framework knows: the
             module's or model's class or name).
-        manager: where notifications go (default: ``NotificationManager.from_env()``,
-            built in each process on first use, channels from the environment or ``.env``).
+        manager: where notifications go (default: ``NotificationManager.shared()``, the
+            process's manager for its environment and ``.env``, built on first use).
         run_id: identifies the run (default: generated on the main process, shared with
             the other processes and kept across resumes).
         monitor: metric whose improvement/plateau is reported (default: ``val_loss``,

@@ -302,7 +302,7 @@ class RunTracker:
 
     Args:
         manager: the sink events go to (anything with ``emit(event)``, optionally
-            ``update_run(state, points)``); None builds ``NotificationManager.from_env()``
+            ``update_run(state, points)``); None takes ``NotificationManager.shared()``
             on first use.
         config: what to report (see :class:`TrackerConfig`).
 
@@ -1078,11 +1078,11 @@ class RunTracker:
 
     @property
     def manager(self) -> EventSink:
-        """The sink events go to (``NotificationManager.from_env()`` on first use)."""
+        """The sink events go to (``NotificationManager.shared()`` on first use)."""
         if self._sink is None:
             from afs_callbacks.manager import NotificationManager  # only the default needs it
 
-            self._sink = NotificationManager.from_env()
+            self._sink = NotificationManager.shared()
         return self._sink
 
     @property
