@@ -270,3 +270,43 @@ def test_an_optuna_sweep_without_the_block_is_summarised_when_its_program_ends(
         done.stderr[-3000:]
     )
     assert pushed[1]["context"]["trials"] == 2
+
+
+def test_callbacks_given_no_manager_share_one_per_process_and_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A sweep's trials each build a callback with no manager: they get the same one (one
+    writer, one sender per channel, one store connection), so the library's threads do not
+    grow with the trials; other settings get a manager of their own."""
+    import threading
+
+    monkeypatch.setenv("DESKTOP_NOTIFICATIONS_ENABLED", "false")
+    managers: list[object] = []
+
+    def objective(trial: Any) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        with RunNotifier(model_name="tiny", total_steps=3, monitors=False, chart=False) as run:
+            for step in range(3):
+                run.step(loss=x + step)
+            managers.append(run.tracker.manager)
+        return x
+
+    def library_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith("afs-"))
+
+    study = optuna.create_study(study_name="shared")
+    study.optimize(objective, n_trials=2)
+    after_two = library_threads()
+    study.optimize(objective, n_trials=8)
+    assert len({id(m) for m in managers}) == 1 and len(managers) == 10
+    assert library_threads() <= after_two
+    shared = NotificationManager.shared()
+    assert shared is managers[0]
+    monkeypatch.setenv("AFS_STATE_DIR", str(tmp_path / "elsewhere"))
+    other = NotificationManager.shared()
+    assert other is not shared and other.state_dir == str(tmp_path / "elsewhere")
+    other.close()
+    again = NotificationManager.shared()
+    assert again is not other  # a closed one is not handed out
+    again.close()
+    shared.close()
