@@ -19,10 +19,12 @@ from cli.helpers import TIMEOUT, afs_notify, cli_env, history
 
 # A child that says it is running (on stdout, which the wrapper does not touch), then
 # works until a signal stops it.
+# Its stderr line before "ready": the test signals on "ready", and a child killed between
+# the two lines would leave no tail to check.
 SLEEPER = (
     "import sys, time\n"
-    "print('ready', flush=True)\n"
     "print('epoch 1 of 100', file=sys.stderr, flush=True)\n"
+    "print('ready', flush=True)\n"
     "for _ in range(600): time.sleep(0.1)\n"
 )
 
@@ -140,7 +142,7 @@ def test_signals_are_forwarded_and_reported_as_interrupted(
     assert len(interrupted) == 1
     event = interrupted[0].event
     assert event.context["signal"] == sig.name and event.context["exit_code"] == 128 + sig
-    assert "epoch 1 of 100" in event.message  # the stderr tail
+    assert "Last lines of stderr:\nepoch 1 of 100" in event.message  # the tail (the command quotes it too)
     assert [d.state for d in interrupted[0].deliveries] == ["delivered"]  # before the wrapper exited
     assert "epoch 1 of 100" in stderr
 
