@@ -53,8 +53,11 @@ class StoredEnd:
     """A run's end as stored by :meth:`NotificationManager.emit_end`, its deliveries
     possibly held for a chart."""
 
-    def __init__(self, event: NotificationEvent, admission: Admission) -> None:
+    def __init__(self, event: NotificationEvent, admission: Admission, *, pushed: bool = True) -> None:
         self.event = event
+        #: Whether some channel takes it: an end kept in the history only (a sweep's
+        #: routine trial end) needs no chart drawn for it.
+        self.pushed = pushed
         self._admission = admission
 
     def attach(self, attachments: Sequence[Attachment] = ()) -> None:
@@ -326,14 +329,16 @@ class NotificationManager:
         :data:`STORE_END_SECONDS` for the outbox write (never for a network).
 
         ``hold``: seconds its deliveries wait before they go, for the chart being drawn;
-        :meth:`StoredEnd.attach` adds it and sends them at once. If the process dies
+        :meth:`StoredEnd.attach` adds it and sends them at once (no wait when no channel
+        takes the end: :attr:`StoredEnd.pushed`). If the process dies
         first, the end goes without the chart once the hold is over (another process
         sharing the state directory, or the death watcher, sends it). Returns None when
         nothing was stored (disabled, a repeat held back).
         """
         if not self.settings.enabled:
             return None
-        hold_until = time.time() + hold if hold > 0 else 0.0
+        pushed = bool(self._targets(event, self.settings.verbosity))
+        hold_until = time.time() + hold if hold > 0 and pushed else 0.0
         stored = self._admission.now(event, self.settings.verbosity, hold_until=hold_until)
         if stored is None:
             return None
@@ -344,7 +349,7 @@ class NotificationManager:
                 event.run_id,
                 STORE_END_SECONDS,
             )
-        return StoredEnd(stored, self._admission)
+        return StoredEnd(stored, self._admission, pushed=pushed)
 
     def post(self, event: NotificationEvent) -> None:
         """Hand a run event over from a training thread: :meth:`emit`, with admission's steps

@@ -53,6 +53,7 @@ BENCHMARKS = (
     ("storage_window", "bench_storage_window.py", "A SIGKILL during a burst: the storage window", False),
     ("wall_clock", "bench_wall_clock.py", "The whole fit() on the wall clock, beside the peers", False),
     ("many_runs", "bench_many_runs.py", "Many runs at once on one node, some SIGKILLed", False),
+    ("sweep_toll", "bench_sweep_toll.py", "A 30-trial Optuna sweep of short Lightning trials", False),
 )
 _PACKAGES = ("torch", "lightning", "transformers", "keras")
 

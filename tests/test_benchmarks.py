@@ -78,6 +78,11 @@ needs_torch = pytest.mark.skipif(not has_torch(), reason="the training benchmark
             marks=needs_torch,
         ),
         pytest.param(
+            "bench_sweep_toll.py",
+            ["Optuna, 3 Lightning trials", "optimize × none", "Optuna sweep, optimize × none"],
+            marks=needs_torch,
+        ),
+        pytest.param(
             "bench_slow_channel.py",
             ["lightning: 2 epochs", "requests.post, slow", "whole fit() call"],
             marks=needs_torch,

@@ -310,3 +310,34 @@ def test_callbacks_given_no_manager_share_one_per_process_and_settings(
     assert again is not other  # a closed one is not handed out
     again.close()
     shared.close()
+
+
+@pytest.mark.slow
+def test_no_chart_is_drawn_for_a_trial_end_that_stays_in_the_history(
+    manager: NotificationManager, receiver: LoopbackReceiver
+) -> None:
+    """The loss chart costs about a quarter of a second of CPU: a trial's routine end,
+    which no channel takes, goes without one; a run outside a sweep still has its chart."""
+    pytest.importorskip("matplotlib")
+
+    def objective(trial: Any) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        with RunNotifier(manager, model_name="trial", total_steps=20, monitors=False) as run:
+            for step in range(20):
+                run.step(loss=x + 1.0 / (step + 1))
+        return x
+
+    optuna.create_study(study_name="charts").optimize(objective, n_trials=2)
+    with RunNotifier(manager, model_name="alone", total_steps=20, monitors=False) as run:
+        for step in range(20):
+            run.step(loss=1.0 / (step + 1))
+    manager.flush(15)
+    ends = [
+        entry.event
+        for entry in manager.outbox.history(limit=100)
+        if entry.event.event_type.value == "training_completed" and entry.event.model != "sweep"
+    ]
+    charted = sorted((e.context.get("trial") is not None, bool(e.attachments)) for e in ends)
+    assert charted == [(False, True), (True, False), (True, False)], [(e.title, e.attachments) for e in ends]
+    alone = [b for b in bodies(receiver) if b["title"].endswith("alone")]
+    assert alone and alone[-1].get("attachments"), "the run outside the sweep lost its chart"
