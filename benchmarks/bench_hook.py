@@ -14,8 +14,8 @@ subject is measured three times in the same run: with run control off (the defau
 and with rules on (:data:`RULES`, one of each kind: read where the tracker processes
 metrics, loss windows and its snapshot, never per step).
 Targets: ≤ 2 µs per call (issue #16; issue #7 asked for "a few"); no sync outside the
-every-N-steps check (counted on every thread: the reads themselves run on the reader
-thread, ``afs_callbacks/tracking/reader.py``).
+every-N-steps check (counted on every thread: a GPU window is read on the reader thread,
+a CPU window at the check, ``afs_callbacks/tracking/reader.py``).
 
     python benchmarks/bench_hook.py [--quick] [--frameworks lightning]
     python benchmarks/bench_hook.py --device cuda          # counts real CUDA syncs

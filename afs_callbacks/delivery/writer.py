@@ -38,9 +38,11 @@ GATHER_SECONDS = 0.020
 #: How long the writer lets events gather after a wake-up before storing them.
 COALESCE_SECONDS = 0.005
 #: How long a run's progress alone (epochs, improvements, run states) may gather when no
-#: channel pushes it: one transaction for the epochs of a fast run, not one each. Anything
-#: else ends the wait (pushed progress too: stored late, it would be stale on arrival).
-PROGRESS_GATHER_SECONDS = 0.25
+#: channel pushes it: one wake-up and one transaction for the epochs of a fast run, not one
+#: each (each turn asks the training thread for the GIL several times). Anything else ends
+#: the wait (pushed progress too: stored late, it would be stale on arrival), and so do a
+#: flush, a close and a run's end, which drain the queue.
+PROGRESS_GATHER_SECONDS = 1.0
 #: Events waiting for the writer at most; past it an event is dropped (and counted).
 QUEUE_LIMIT = 50_000
 #: Shortest sleep of an idle writer whose faulted store is due for another try.
@@ -196,6 +198,7 @@ class Writer:
                 self._thread.start()
 
     def _run(self) -> None:
+        self._let_gather()  # what started the thread waits for company like a later wake-up
         while True:
             # Cleared before looking, so a put() after the look sets it and the wait returns.
             self._wake.clear()
@@ -207,11 +210,7 @@ class Writer:
                 retry_in = self.store.retry_in()
                 idle = None if retry_in is None else max(retry_in, _MIN_IDLE)
                 if self._wake.wait(idle) and not self._stop:
-                    # Let a few more events arrive: one wake-up and one commit for several
-                    # keeps this thread from asking the training thread for the GIL per event.
-                    time.sleep(COALESCE_SECONDS)
-                    if not self._hurry.is_set():
-                        self._hurry.wait(PROGRESS_GATHER_SECONDS)
+                    self._let_gather()
                 continue
             self._busy = True
             self._hurry.clear()  # before taking the batch: a put() from now on hurries the next
@@ -224,6 +223,15 @@ class Writer:
                 log.exception("afs-callbacks: the writer thread hit an error")
             finally:
                 self._busy = False
+
+    def _let_gather(self) -> None:
+        """Let a few more events arrive before a turn: one wake-up and one commit for several
+        keeps this thread from asking the training thread for the GIL per event. Progress
+        alone waits in one sleep, which anything hurried ends."""
+        if self._hurry.is_set():
+            time.sleep(COALESCE_SECONDS)
+        else:
+            self._hurry.wait(PROGRESS_GATHER_SECONDS)
 
     def _gather(self) -> tuple[list[Ready], dict[str, float]]:
         """The next turn's events, in the order they were handed over, admitted here unless

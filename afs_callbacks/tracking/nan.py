@@ -131,8 +131,13 @@ class PendingWindow:
 
     @property
     def needs_device(self) -> bool:
-        """Whether reading it touches tensors (a device sync on a GPU)."""
-        return bool(self.tensors)
+        """Whether reading it waits for a device (a sync): tensors that live off the CPU.
+        A CPU tensor's value is in host memory already: its read is a few torch calls and
+        no wait, cheaper than handing the window to another thread (see ``reader.py``)."""
+        if not self.tensors:
+            return False
+        device = getattr(self.tensors[0], "device", None)
+        return getattr(device, "type", "cpu") != "cpu"
 
     def window(self) -> Window:
         """Read it. For tensors this is the window's one device sync: the sum is read with

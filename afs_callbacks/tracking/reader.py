@@ -1,13 +1,17 @@
-"""Loss windows read off the training thread.
+"""Loss windows on a device read off the training thread.
 
-Reading a window of loss tensors is the one device sync the tracker makes, and even on a
-CPU it is a few torch calls over N tensors: tens of microseconds in a tight loop, hundreds
-inside a training loop whose step has just pushed them out of the cache. So the training
-thread hands each window to a reader thread (one per process) and picks the verdict up at
-a later step, in order; it waits for reads only when it needs the last verdict (the run's
-end, a per-batch message). With ``stop_on_nan`` the window is read on the training thread
-at the check itself: the run must stop there. A window of Python floats (HF, Keras) is read
-at once: it costs nothing.
+Reading a window of loss tensors on a GPU is the one device sync the tracker makes: the
+training thread must not wait for the device's queue to drain. So it hands each such window
+to a reader thread (one per process) and picks the verdict up at a later step, in order; it
+waits for reads only when it needs the last verdict (the run's end, a per-batch message).
+With ``stop_on_nan`` the window is read on the training thread at the check itself: the run
+must stop there.
+
+A window of Python floats (HF, Keras) or of CPU tensors is read at once, on the training
+thread: a CPU tensor has no device to wait for, and its read (a stack and a copy, about
+20 µs for 50 steps) costs the run less than a hand-over, which woke the reader thread to
+ask for the GIL while the training thread held it, a few times per window (the attribution
+is in benchmarks/README.md, issue #27).
 
 Handing a window over is a deque append and an event set, a few microseconds once every N
 steps (a ``concurrent.futures`` pool costs ten times that per window). The reader thread
@@ -97,10 +101,10 @@ class WindowReads:
         self._failed = False
 
     def submit(self, pending: PendingWindow) -> None:
-        """Start reading ``pending`` on the reader thread (floats only: here, at once)."""
+        """Start reading ``pending`` on the reader thread (floats and CPU tensors: here, at
+        once, after the windows already in flight)."""
         if not pending.needs_device:
-            self.in_flight.append(pending.window())
-            self.landed = True
+            self.read_here(pending)
             return
         self.in_flight.append(_Read(pending, _stream_of(pending), self))
         _reader().submit(self.in_flight[-1])  # type: ignore[arg-type]

@@ -40,8 +40,9 @@ state                  :meth:`~RunTracker.state` (the :class:`RunState` now),
 
 Every verb is safe to call from a framework hook: it never raises and never waits on a
 network. :meth:`RunTracker.on_step` is a few counters and a clock read. The loss windows
-are read on a reader thread (:mod:`.reader`): no device sync on the training thread,
-except with ``stop_on_nan`` (once every ``nan_check_every`` steps) and at the run's end.
+of device tensors are read on a reader thread (:mod:`.reader`): no device sync on the
+training thread, except with ``stop_on_nan`` (once every ``nan_check_every`` steps) and at
+the run's end; those of CPU tensors, which have no device to wait for, at the check.
 Events go to the sink's ``post`` where it has one (the manager's admits them on its writer
 thread).
 

@@ -80,7 +80,8 @@ def test_an_idle_sender_polls_once_a_second_and_reads_no_table(
         written = time.monotonic()
         wait_for(lambda: len(receiver.requests) == 1, timeout=10, what="the other process's row")
         noticed = time.monotonic() - written
-        assert r.states("hook") == {"from another process": DELIVERED}
+        # Marked once the answer is in, a moment after the receiver saw the request.
+        wait_for(lambda: r.states("hook") == {"from another process": DELIVERED}, what="the delivery")
     # Idle, it read no table, and polled no more than once a second (a loaded machine
     # only makes the polls further apart).
     assert calls.get("claim", 0) == calls.get("next_due", 0) == calls.get("supersede_stale", 0) == 0

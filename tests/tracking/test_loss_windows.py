@@ -1,5 +1,7 @@
-"""Loss windows of tensors are read by the reader thread, never on the training thread,
-unless the last verdict is needed (the run's end, ``stop_on_nan``). Real CPU tensors."""
+"""Loss windows of device tensors are read by the reader thread, never on the training
+thread, unless the last verdict is needed (the run's end, ``stop_on_nan``); windows of CPU
+tensors have no device to wait for and are read at the check. Real tensors: CPU, and meta
+for a device (it has no values, so its read fails, on the reader thread)."""
 
 from __future__ import annotations
 
@@ -31,15 +33,27 @@ def reading_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
-def test_tensor_windows_are_read_off_the_training_thread(reading_threads: list[str]) -> None:
+def test_device_windows_are_read_off_the_training_thread(reading_threads: list[str]) -> None:
+    run = tracker(RecordingSink(), nan_check_every=2)
+    run.start(epochs=1)
+    for step in range(1, 7):
+        run.on_step(step, loss=torch.empty((), device="meta"))
+    run.completed()
+    assert len(reading_threads) == 3 and all(name == "afs-loss-reader" for name in reading_threads)
+
+
+def test_cpu_windows_are_read_at_the_check_on_the_training_thread(reading_threads: list[str]) -> None:
     sink = RecordingSink()
     run = tracker(sink, nan_check_every=4)
     run.start(epochs=1)
+    verdicts = []
     for step in range(1, 13):
         loss = torch.tensor(float(step))
         run.on_step(step, loss=loss * math.nan if step == 6 else loss)
+        verdicts.append(len(sink.of(EventType.NAN_DETECTED)))
     run.completed()
-    assert reading_threads and all(name.startswith("afs-loss-reader") for name in reading_threads)
+    assert reading_threads == [threading.current_thread().name] * 3
+    assert verdicts[6] == 0 and verdicts[7] == 1  # known at the check of step 8, not later
     nans = sink.of(EventType.NAN_DETECTED)
     # Found in the window of steps 5-8, named at its first bad step.
     assert len(nans) == 1 and nans[0].context["step"] == 6 and nans[0].context["seen_step"] >= 8
