@@ -188,6 +188,11 @@ def _one(
     timer = LoopTimer.make("lightning", before_start=wakes.begin, after_end=wakes.end)
     run = fit("lightning", callbacks, steps_per_epoch=steps, epochs=epochs, wrap=wrap, timer=timer)
     os.environ.pop("WEBHOOK_URL", None)
+    if variant in AFS_VARIANTS:
+        # Untimed: as a process that trained once and exits. Left open, each round's manager
+        # (its sender's once-a-second look) and its end's chart, still being drawn, would
+        # run through the next variants' loops and be counted against them.
+        callbacks[0].tracker.manager.close()
     return run.wall_s, run.hooks_loop_s
 
 
