@@ -98,6 +98,13 @@ def fresh_state_dir() -> str:
     return path
 
 
+def load_average() -> str:
+    """The machine's load now, for a table's title: a figure taken under load says more
+    about the neighbours than about what is measured."""
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q`` quantile (0-1) of ``values``."""
     ordered = sorted(values)

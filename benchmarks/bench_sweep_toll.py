@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Report, median, parse_args
+from _common import Report, load_average, median, parse_args
 
 VARIANTS = ("none", "AFSNotify()")
 HERE = Path(__file__).resolve().parent
@@ -86,11 +86,6 @@ def _run(variant: str, trials: int) -> tuple[float, float]:
     return float(optimize), process
 
 
-def _loadavg() -> str:
-    one, five, _ = os.getloadavg()
-    return f"{one:.2f} (1 min), {five:.2f} (5 min)"
-
-
 def main() -> None:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--rounds", type=int, default=4, help="rounds of both variants (default 4)")
@@ -103,7 +98,7 @@ def main() -> None:
         return
     rounds, trials = (1, 3) if args.quick else (args.rounds, args.trials)
     report = Report("sweep_toll", args)
-    load_before = _loadavg()
+    load_before = load_average()
     optimize: dict[str, list[float]] = {v: [] for v in VARIANTS}
     process: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for index in range(rounds):
@@ -111,7 +106,7 @@ def main() -> None:
             inside, whole = _run(variant, trials)
             optimize[variant].append(inside)
             process[variant].append(whole)
-    load_after = _loadavg()
+    load_after = load_average()
 
     def ratio(series: dict[str, list[float]]) -> float:
         return median([a / b for a, b in zip(series["AFSNotify()"], series["none"], strict=True)])

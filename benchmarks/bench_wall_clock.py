@@ -46,7 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _common import Report, fresh_state_dir, median, parse_args
+from _common import Report, fresh_state_dir, load_average, median, parse_args
 from _loops import fit, quiet
 from _peers import LoopTimer, callback_base, knockknock_wrap
 
@@ -196,11 +196,6 @@ def _one(
     return run.wall_s, run.hooks_loop_s
 
 
-def _loadavg() -> str:
-    one, five, _ = os.getloadavg()
-    return f"{one:.2f} (1 min), {five:.2f} (5 min)"
-
-
 def main() -> None:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--rounds", type=int, default=6, help="rounds of all variants (default 6)")
@@ -218,7 +213,7 @@ def main() -> None:
     rounds = 2 if args.quick else args.rounds
     steps, epochs = (50, 2) if args.quick else (200, 10)
     report = Report("wall_clock", args)
-    load_before = _loadavg()
+    load_before = load_average()
     fits: dict[str, list[float]] = defaultdict(list)
     loops: dict[str, list[float]] = defaultdict(list)
     wake_rows: dict[str, list[dict[str, tuple[int, int]]]] = defaultdict(list)
@@ -234,7 +229,7 @@ def main() -> None:
                 loops[variant].append(loop)
                 wake_rows[variant].append(wakes.delta)
                 site_rows[variant].append(wakes.sites)
-    load_after = _loadavg()
+    load_after = load_average()
 
     def ratio(series: dict[str, list[float]], variant: str) -> float:
         return median([a / b for a, b in zip(series[variant], series["none"], strict=True)])
