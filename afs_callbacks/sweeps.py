@@ -259,7 +259,6 @@ class _Unannounced:
     def __init__(self, trial: Trial, manager: NotificationManager) -> None:
         self.sweep = Sweep(trial.sweep, manager=manager)
         self.running = 0
-        self.said = False  # the summary was pushed; a later trial starts a new wait
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -280,7 +279,9 @@ class _Unannounced:
     def poke(self) -> None:
         """A trial started or ended (the counts are updated under ``_lock``)."""
         if self._thread is None or not self._thread.is_alive():
-            self.said, self._closing = False, False
+            # One thread per wait, and it speaks once as it ends: a trial after the summary
+            # starts the next wait (and the next summary).
+            self._closing = False
             self._thread = threading.Thread(target=self._wait, name="afs-sweep-summary", daemon=True)
             self._thread.start()
         self._wake.set()
@@ -305,10 +306,6 @@ class _Unannounced:
                 running = self.running
             if running == 0 and not self._wake.wait(QUIET_SECONDS):
                 break  # nothing started or ended for QUIET_SECONDS
-        with _lock:
-            if self.said:
-                return
-            self.said = True
         try:
             # No flush: every trial's end is stored before it returns, and a flush here
             # would spend the closing manager's budget before the summary is queued.
