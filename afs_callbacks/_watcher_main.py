@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from afs_callbacks._files import open_private
 from afs_callbacks.delivery import deathwatch as dw
+from afs_callbacks.delivery import sweep_end
 from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
 from afs_callbacks.runstate import RUNNING
 
@@ -104,6 +105,7 @@ class Watcher:
             )
             running = bool(self.outbox.runs(status=RUNNING, host=self.host, limit=1))
             unsent = dw.unsent_ends(self.outbox, host=self.host, tried=self.sent_ends)
+            notices += sweep_end.quiet_summaries(self.outbox, self.state_dir)  # sweeps gone quiet
         except sqlite3.Error:
             self.outbox.close()  # a busy or replaced file: open it again next round
             self.outbox = None
@@ -144,7 +146,7 @@ class Watcher:
                 busy = self.check()
             except Exception:
                 busy = True  # a failed delivery or an odd row: keep watching, try again
-            if busy or self.wanted_recently():
+            if busy or self.wanted_recently() or sweep_end.awaiting_summary(self.state_dir):
                 self.idle_since = time.monotonic()
             elif time.monotonic() - self.idle_since >= self.grace:
                 os.close(lock_fd)

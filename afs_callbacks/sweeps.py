@@ -1,30 +1,32 @@
 """A sweep as one thing to a person: one start, one summary at its end.
 
 Trials are tagged by themselves (:mod:`afs_callbacks.tracking.sweep`) and their routine
-starts and clean ends stay in the history (:mod:`afs_callbacks.delivery.routing`). What
-only the program that runs the sweep knows is when it begins and ends; around that call::
+starts and clean ends stay in the history (:mod:`afs_callbacks.delivery.routing`). Who
+says the sweep's start and its summary is claimed once per state dir
+(:mod:`afs_callbacks.delivery.sweep_claims`), by the first of three voices to see it:
 
-    from afs_callbacks import Sweep
+* **a** ``Sweep`` **block** in the program that runs the sweep::
 
-    with Sweep("lr-study"):                 # pushes "Sweep started: lr-study"
-        study.optimize(objective, n_trials=200)
-    # pushes one summary: trials, best value and parameters, pruned/failed, total time
+      from afs_callbacks import Sweep
 
-    with Sweep("asha", metric="val_loss", mode="min"):
-        tuner.fit()                         # Ray Tune: trials in other processes too
+      with Sweep("lr-study"):                 # pushes "Sweep started: lr-study"
+          study.optimize(objective, n_trials=200)
+      # pushes one summary: trials, best value and parameters, pruned/failed, total time
 
-Inside the block ``AFS_SWEEP`` names the sweep, so every trial started from this process
-(and from processes it starts, Ray's workers included, when ``ray.init`` runs inside the
-block) is tagged with it. The summary reads the trials' ends from the history that the
-trials share (one ``AFS_STATE_DIR``).
+  Inside the block ``AFS_SWEEP`` names the sweep, so every trial started from this
+  process (and from processes it starts, Ray's workers included, when ``ray.init`` runs
+  inside the block) is tagged with it.
+* **an Optuna study in this process** (``study.optimize``, HF ``hyperparameter_search``
+  with the Optuna backend), no block: its first trial announces it, and the summary comes
+  once no trial has run for :data:`QUIET_SECONDS`, or when the manager closes (at the
+  latest at process exit), whichever is first (:func:`trial_started`, :func:`trial_ended`).
+* **the trials themselves**, for a sweep whose trials run in processes of their own (Ray
+  Tune, a W&B agent, a SLURM array, ``AFS_SWEEP`` set for the workers), no block: the first
+  trial to start announces it; the death watcher, which outlives the trials, sends the
+  summary once no trial of it has run for :data:`QUIET_SECONDS`
+  (:mod:`afs_callbacks.delivery.sweep_end`).
 
-Without the block, a sweep whose trials run in this process (an Optuna study's
-``optimize``, HF ``hyperparameter_search`` with the Optuna backend) is still one thing to
-a person: its first trial announces it, and the summary comes once no trial has run for
-:data:`QUIET_SECONDS`, or when the manager closes (at the latest at process exit),
-whichever is first (:func:`trial_started`, :func:`trial_ended`). A sweep whose trials run
-in other processes (Ray Tune, a W&B agent, a SLURM array) has no such moment here: its
-driver says it with the block.
+The summary reads the trials' ends from the history they share (one ``AFS_STATE_DIR``).
 """
 
 from __future__ import annotations
@@ -34,94 +36,38 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 from afs_callbacks._log import get_logger
+from afs_callbacks.delivery import sweep_claims
+from afs_callbacks.delivery.sweep_claims import Claim
+from afs_callbacks.delivery.sweep_end import (
+    MAX_EVENTS_READ,
+    QUIET_SECONDS,
+    SweepSummary,
+    TrialEnd,
+    quiet_seconds,
+    summarise,
+)
 from afs_callbacks.events import TERMINAL_TYPES, EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.formatting import format_duration
 from afs_callbacks.manager import NotificationManager
-from afs_callbacks.outcome import Outcome
 from afs_callbacks.tracking.sweep import Trial
 
 log = get_logger(__name__)
 
-#: Most events of the history read for one summary.
-MAX_EVENTS_READ = 20_000
-#: Seconds with no trial running after which a sweep nobody announced is summarised.
-QUIET_SECONDS = 60.0
 #: The tools whose trials all run in the process that runs the sweep: there, the sweep's
 #: start and its quiet end are seen without the block.
 IN_PROCESS_TOOLS = frozenset({"optuna"})
 #: What a sweep's start says of its trials' messages (the end comes with the block's exit).
 _QUIET_TRIALS = "Its trials' starts and clean ends go to the history; a crash or a warning is pushed"
-
-
-@dataclass
-class TrialEnd:
-    """One trial as the summary counts it."""
-
-    trial: str
-    outcome: Outcome | None  # None: started, no end stored (still running, or killed)
-    value: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SweepSummary:
-    """What a sweep's end says: its trials by outcome and the best one."""
-
-    name: str
-    trials: list[TrialEnd]
-    seconds: float
-    metric: str | None
-    mode: str
-
-    def count(self, *outcomes: Outcome) -> int:
-        """Trials that ended with one of ``outcomes``."""
-        return sum(1 for t in self.trials if t.outcome in outcomes)
-
-    @property
-    def failed(self) -> int:
-        """Trials that crashed or were killed (a pruning is not a failure)."""
-        return self.count(Outcome.FAILED, Outcome.KILLED, Outcome.STOPPED_ON_PROBLEM)
-
-    @property
-    def pruned(self) -> int:
-        """Trials a pruner or scheduler ended."""
-        return self.count(Outcome.PRUNED)
-
-    @property
-    def unfinished(self) -> int:
-        """Trials with no end stored."""
-        return sum(1 for t in self.trials if t.outcome is None)
-
-    @property
-    def best(self) -> TrialEnd | None:
-        """The trial with the best value (``mode``), among those that have one."""
-        scored = [t for t in self.trials if t.value is not None]
-        if not scored:
-            return None
-        pick = min if self.mode == "min" else max
-        return pick(scored, key=lambda t: t.value if t.value is not None else 0.0)
-
-    def lines(self) -> list[str]:
-        """The summary in words."""
-        finished = len(self.trials) - self.unfinished
-        lines = [
-            f"{len(self.trials)} trials in {format_duration(self.seconds)}: {finished} ended,"
-            f" {self.pruned} pruned, {self.failed} failed"
-            + (f", {self.unfinished} without an end" if self.unfinished else "")
-            + "."
-        ]
-        best = self.best
-        if best is not None:
-            shown = ", ".join(f"{name}={_short(value)}" for name, value in best.params.items())
-            where = f"trial {best.trial}" + (f": {shown}" if shown else "")
-            lines.append(f"Best {self.metric or 'value'}: {_short(best.value)} ({where})")
-        return lines
+#: How a sweep's start names the tool its trials told (the trials' own voice).
+_TOOL_WORDS = {
+    "ray": "Ray Tune experiment",
+    "wandb": "W&B sweep",
+    "slurm": "SLURM array job",
+    "transformers": "Hyperparameter search",
+}
 
 
 class Sweep:
@@ -155,6 +101,7 @@ class Sweep:
         self._started = 0.0
         self._wall_started = 0.0
         self._previous: str | None = None
+        self._claim: Claim | None = None  # held while this object speaks for the sweep
 
     @property
     def manager(self) -> NotificationManager:
@@ -166,8 +113,34 @@ class Sweep:
     def __enter__(self) -> Sweep:
         self._previous = os.environ.get("AFS_SWEEP")
         os.environ["AFS_SWEEP"] = self.name
-        self.announce(f"{_QUIET_TRIALS}, and one summary comes at the end.")
+        # Claimed before any trial starts: trials in other processes then see the sweep is
+        # spoken for, and neither announce it nor leave it to the death watcher.
+        adopted = self.speak_for("block")
+        if adopted is not None and adopted.voice == "trials":
+            # Its trials opened it (and announced it) before this block: the block takes the
+            # summary over, counting from the sweep's start.
+            self._wall_started = adopted.started
+            self._started = time.monotonic() - max(0.0, time.time() - adopted.started)
+        else:
+            self.announce(f"{_QUIET_TRIALS}, and one summary comes at the end.")
         return self
+
+    def speak_for(self, voice: str) -> Claim | None:
+        """Claim the sweep for ``voice`` (``block``, ``study``) in the manager's state dir;
+        returns the claim this object took over from another voice (its trials', or a
+        killed process's), None when it opened the sweep itself or joined a live voice."""
+        found = sweep_claims.claim(
+            self.manager.state_dir, self.name, voice, metric=self.metric, mode=self.mode
+        )
+        if found is None:
+            return None
+        if found.won:
+            self._claim = found
+            return None
+        if found.voice == "trials" or found.stale:
+            self._claim = sweep_claims.take_over(self.manager.state_dir, found, voice)
+            return found
+        return None  # another block or study speaks for it: this one says what it says
 
     def announce(self, text: str) -> None:
         """Push ``Sweep started`` with ``text``; the summary counts trials from now."""
@@ -211,43 +184,24 @@ class Sweep:
             seconds=time.monotonic() - self._started,
             metric=self.metric,
             mode=self.mode,
+            runs=manager.outbox.runs(ended_since=self._wall_started, limit=None),
         )
 
     def finish(self, error: BaseException | None = None, *, flush: bool = True) -> NotificationEvent | None:
         """Push the summary (called on leaving the block; ``error``: what ended it;
         ``flush``: wait for delivery before reading the history and after pushing)."""
-        summary = self.summary(flush=flush)
-        clean = error is None and summary.failed == 0
-        lines = summary.lines()
-        if error is not None:
-            lines.append(f"The sweep itself ended with {type(error).__name__}: {str(error)[:300]}")
-        best = summary.best
-        context: dict[str, Any] = {
-            "run_id": self.name,
-            "model": "sweep",
-            "sweep": self.name,
-            "outcome": (Outcome.COMPLETED if clean else Outcome.COMPLETED_WITH_WARNINGS).value,
-            "trials": len(summary.trials),
-            "pruned": summary.pruned,
-            "failed": summary.failed,
-            "duration": summary.seconds,
-        }
-        if best is not None:
-            context["best"] = {summary.metric or "value": best.value, "trial": best.trial}
-            context["best_params"] = dict(best.params)
+        said = self.summary(flush=flush).event(error=error)
         event = self.manager.notify(
-            f"Sweep finished: {self.name}" if clean else f"Sweep finished with failures: {self.name}",
-            "\n".join(lines),
-            EventType.TRAINING_COMPLETED,
-            NotificationLevel.SUCCESS if clean else NotificationLevel.WARNING,
-            **context,
+            said.title, said.message, said.event_type, said.level, **dict(said.context)
         )
+        if self._claim is not None:
+            sweep_claims.close(self.manager.state_dir, self._claim)
         if flush:
             self.manager.flush(10)
         return event
 
 
-# A sweep nobody announced -----------------------------------------------------------------
+# A sweep nobody announced: an Optuna study in this process -----------------------------------
 
 
 class _Unannounced:
@@ -259,6 +213,7 @@ class _Unannounced:
     def __init__(self, trial: Trial, manager: NotificationManager) -> None:
         self.sweep = Sweep(trial.sweep, manager=manager)
         self.running = 0
+        self.silent = False  # a block in another process speaks for it
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -269,8 +224,19 @@ class _Unannounced:
         return self.sweep.manager
 
     def announce(self, trial: Trial) -> None:
+        found = sweep_claims.claim(self.manager.state_dir, trial.sweep, "study")
+        if found is not None and not found.won:
+            if found.voice == "trials" or found.stale:
+                self.sweep._claim = sweep_claims.take_over(self.manager.state_dir, found, "study")
+            elif found.voice == "block":
+                self.silent = True  # its block says the start and the summary
+            # Another process of the same study (one RDB storage) announced it: each
+            # process still summarises what it saw.
+            self.sweep._started, self.sweep._wall_started = time.monotonic(), time.time()
+            return
+        self.sweep._claim = found
         tool = "Optuna study" if trial.tool == "optuna" else "Sweep"
-        quiet = format_duration(QUIET_SECONDS)
+        quiet = format_duration(quiet_seconds(QUIET_SECONDS))
         self.sweep.announce(
             f"{tool} {trial.sweep}, seen from its first trial. {_QUIET_TRIALS}, and one"
             f" summary comes when no trial has run for {quiet} (or when the program ends)."
@@ -278,6 +244,8 @@ class _Unannounced:
 
     def poke(self) -> None:
         """A trial started or ended (the counts are updated under ``_lock``)."""
+        if self.silent:
+            return
         if self._thread is None or not self._thread.is_alive():
             # One thread per wait, and it speaks once as it ends: a trial after the summary
             # starts the next wait (and the next summary).
@@ -304,7 +272,7 @@ class _Unannounced:
                 break
             with _lock:
                 running = self.running
-            if running == 0 and not self._wake.wait(QUIET_SECONDS):
+            if running == 0 and not self._wake.wait(quiet_seconds(QUIET_SECONDS)):
                 break  # nothing started or ended for QUIET_SECONDS
         try:
             # No flush: every trial's end is stored before it returns, and a flush here
@@ -321,11 +289,14 @@ _hooked: weakref.WeakSet[NotificationManager] = weakref.WeakSet()  # managers wh
 
 def trial_started(trial: Trial, manager: object) -> None:
     """A trial of ``trial.sweep`` starts on ``manager`` in this process. The first one of a
-    sweep that no :class:`Sweep` block announces (its tool runs every trial here, see
-    :data:`IN_PROCESS_TOOLS`) pushes the sweep's start. Never raises."""
-    if trial.tool not in IN_PROCESS_TOOLS or not isinstance(manager, NotificationManager):
+    sweep that no :class:`Sweep` block speaks for pushes the sweep's start: here, for a
+    tool that runs every trial in this process (:data:`IN_PROCESS_TOOLS`), which then
+    summarises it too; else the first of all its trials' processes (:func:`open_for_trials`).
+    Never raises."""
+    if not isinstance(manager, NotificationManager) or not manager.settings.enabled:
         return
-    if not manager.settings.enabled:
+    if trial.tool not in IN_PROCESS_TOOLS:
+        open_for_trials(trial, manager)
         return
     try:
         with _lock:
@@ -356,6 +327,50 @@ def trial_ended(trial: Trial, manager: object) -> None:
     watch.poke()
 
 
+# A sweep of trials in processes of their own ---------------------------------------------------
+
+
+def open_for_trials(trial: Trial, manager: NotificationManager) -> Claim | None:
+    """The trials' own voice: the first trial of ``trial.sweep`` to start in the state dir
+    opens the sweep and pushes its start (with an id of the sweep's, so it is sent once
+    whatever happens); a sweep a block or a study speaks for is left to it. The summary is
+    the death watcher's (:func:`afs_callbacks.delivery.sweep_end.quiet_summaries`).
+    ``AFS_SWEEP_METRIC`` and ``AFS_SWEEP_MODE`` in the trials' environment choose the best
+    trial. Returns the claim (None when it could not be made). Never raises."""
+    try:
+        mode = "max" if os.environ.get("AFS_SWEEP_MODE", "").strip().lower() == "max" else "min"
+        metric = os.environ.get("AFS_SWEEP_METRIC", "").strip() or None
+        found = sweep_claims.claim(manager.state_dir, trial.sweep, "trials", metric=metric, mode=mode)
+        if found is None or not found.won:
+            if found is not None and found.stale:  # its block or study was killed: ours now
+                return sweep_claims.take_over(manager.state_dir, found, "trials")
+            return found
+        quiet = format_duration(quiet_seconds(QUIET_SECONDS))
+        words = _TOOL_WORDS.get(trial.tool, "Sweep")
+        manager.emit(
+            NotificationEvent(
+                event_type=EventType.TRAINING_STARTED,
+                level=NotificationLevel.INFO,
+                title=f"Sweep started: {trial.sweep}",
+                message=(
+                    f"{words} {trial.sweep}, seen from its first trial. {_QUIET_TRIALS}, and one"
+                    f" summary comes once no trial has run for {quiet}."
+                ),
+                context={
+                    "run_id": trial.sweep,
+                    "model": "sweep",
+                    "sweep": trial.sweep,
+                    "sweep_tool": trial.tool,
+                },
+                id=found.event_id("started"),
+            )
+        )
+        return found
+    except Exception:
+        log.exception("afs-callbacks: announcing the sweep failed")
+        return None
+
+
 def _close(manager: weakref.ref[NotificationManager]) -> None:
     owner = manager()
     if owner is None:
@@ -377,70 +392,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def summarise(
-    name: str,
-    events: list[NotificationEvent],
-    *,
-    since: float,
-    seconds: float,
-    metric: str | None = None,
-    mode: str = "min",
-) -> SweepSummary:
-    """The summary of sweep ``name`` from its trials' events (the newest end of each trial
-    since ``since``, epoch seconds, counts)."""
-    trials: dict[str, TrialEnd] = {}
-    chosen = metric
-    for event in sorted(events, key=lambda e: e.timestamp):
-        context = event.context
-        if context.get("sweep") != name or context.get("trial") is None:
-            continue
-        if event.timestamp.timestamp() < since:
-            continue
-        key = str(event.run_id or context["trial"])
-        trial = trials.setdefault(key, TrialEnd(str(context["trial"]), None))
-        trial.params = dict(context.get("trial_params") or trial.params)
-        if event.event_type not in TERMINAL_TYPES:
-            continue
-        trial.outcome = _outcome(event)
-        value, found = _value(context, chosen)
-        if chosen is None and found is not None:
-            chosen = found  # the first trial's monitored metric names the rest
-        trial.value = value
-    return SweepSummary(name, list(trials.values()), seconds, chosen, mode)
-
-
-def _outcome(event: NotificationEvent) -> Outcome:
-    recorded = event.context.get("outcome")
-    if recorded:
-        try:
-            return Outcome.parse(str(recorded))
-        except ValueError:
-            pass
-    if event.event_type is EventType.TRAINING_COMPLETED:
-        return Outcome.COMPLETED
-    if event.event_type is EventType.TRAINING_INTERRUPTED:
-        return Outcome.INTERRUPTED
-    if event.level is NotificationLevel.CRITICAL:
-        return Outcome.KILLED
-    return Outcome.FAILED
-
-
-def _short(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _value(context: Mapping[str, Any], metric: str | None) -> tuple[float | None, str | None]:
-    """The trial's value of ``metric`` (default: its best monitored one), and the name."""
-    best = context.get("best")
-    if isinstance(best, Mapping):
-        names = [k for k in best if k != "epoch"]
-        name = metric if metric in best else (names[0] if names and metric is None else None)
-        if name is not None and isinstance(best.get(name), (int, float)):
-            return float(best[name]), name
-    metrics = context.get("metrics")
-    if isinstance(metrics, Mapping) and metric is not None and isinstance(metrics.get(metric), (int, float)):
-        return float(metrics[metric]), metric
-    return None, None
-
-
-__all__ = ["QUIET_SECONDS", "Sweep", "SweepSummary", "TrialEnd", "summarise", "trial_ended", "trial_started"]
+__all__ = [
+    "QUIET_SECONDS",
+    "Sweep",
+    "SweepSummary",
+    "TrialEnd",
+    "open_for_trials",
+    "quiet_seconds",
+    "summarise",
+    "trial_ended",
+    "trial_started",
+]
