@@ -1,0 +1,187 @@
+"""A sweep whose trials run in processes of their own, without a ``Sweep`` block: one start
+(its first trial's), one summary (the death watcher's, once the sweep is quiet), nothing per
+trial but what needs a human. With a block in the driver, the watcher says nothing.
+
+Real processes on one state dir: SLURM array tasks (``SLURM_ARRAY_*`` in their environment)
+each train a tiny loop with :class:`RunNotifier`, all started at once; the real death
+watcher the first one starts; a real webhook channel to a loopback receiver, where exactly
+what arrived is counted. The quiet time is 2 s here (``AFS_SWEEP_QUIET``; 60 s by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_callbacks.delivery import deathwatch, sweep_claims
+from afs_callbacks.testing import LoopbackReceiver
+from tests.helpers.hook import wait_until
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+TRIAL = textwrap.dedent(
+    """
+    import sys
+    from afs_callbacks.integrations.loop import RunNotifier
+
+    class TrialPruned(Exception):  # what Optuna's pruners raise, by name
+        pass
+
+    kind, value = sys.argv[1], float(sys.argv[2])
+    try:
+        with RunNotifier(model_name="array-net", total_steps=5, monitors=False, chart=False,
+                         stall_timeout=None) as run:
+            for step in range(5):
+                run.step(loss=value + 1.0 / (step + 1))
+            run.epoch({"val_loss": value})
+            if kind == "crash":
+                raise RuntimeError("the data loader broke")
+            if kind == "prune":
+                raise TrialPruned("val_loss over the threshold")
+    except (RuntimeError, TrialPruned):
+        pass
+    """
+)
+
+#: (kind, val_loss) of each array task: task 1 is the best; one pruned, one crashed.
+TASKS = [("done", 0.3), ("done", 0.1), ("prune", 0.5), ("crash", 0.9)]
+
+
+@pytest.fixture
+def trial_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
+    """What the trials (and so their death watcher) get; the watcher is killed afterwards."""
+    env = dict(os.environ)
+    env.update(
+        WEBHOOK_URL=receiver.url("/hook"),
+        AFS_STATE_DIR=str(isolated_env),
+        AFS_DEATHWATCH_INTERVAL="0.2",
+        AFS_DEATHWATCH_GRACE="1",
+        AFS_SWEEP_QUIET="2",
+        AFS_BURST="0",
+        DESKTOP_NOTIFICATIONS_ENABLED="false",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
+    )
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    yield env
+    lock = isolated_env / deathwatch.LOCK_NAME
+    if deathwatch.watcher_alive(str(isolated_env)):
+        os.kill(int(lock.read_text().strip()), signal.SIGKILL)  # a failed test's leftover
+
+
+def bodies(receiver: LoopbackReceiver) -> list[dict[str, Any]]:
+    return [json.loads(request.body) for request in receiver.requests]
+
+
+def titles(receiver: LoopbackReceiver) -> list[str]:
+    return sorted(body["title"] for body in bodies(receiver))
+
+
+def start_trials(env: dict[str, str], job: str, **extra: str) -> list[subprocess.Popen[str]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", TRIAL, kind, str(value)],
+            env={**env, "SLURM_ARRAY_JOB_ID": job, "SLURM_ARRAY_TASK_ID": str(task), **extra},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for task, (kind, value) in enumerate(TASKS)
+    ]
+
+
+def finish(trials: list[subprocess.Popen[str]]) -> None:
+    for trial in trials:
+        _, err = trial.communicate(timeout=120)
+        assert trial.returncode == 0, err[-3000:]
+
+
+def test_array_tasks_make_one_start_and_one_summary_from_the_watcher(
+    trial_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    finish(start_trials(trial_env, "777"))
+    summary_title = "Sweep finished with failures: slurm-777"
+    wait_until(lambda: summary_title in titles(receiver), 60, "the watcher's summary of the quiet sweep")
+    # The watcher lingers till the summary, then leaves; whatever else it would send is sent.
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+    pushed = bodies(receiver)
+    assert titles(receiver) == sorted(
+        ["Sweep started: slurm-777", "❌ Training failed: array-net", summary_title]
+    ), [body["title"] for body in pushed]
+    (start,) = [body for body in pushed if body["title"].startswith("Sweep started")]
+    assert "SLURM array job slurm-777, seen from its first trial" in start["message"]
+    (crash,) = [body for body in pushed if "failed: array-net" in body["title"]]
+    assert "Trial 3 of sweep slurm-777" in crash["message"]  # the pushed trial message names it
+    (summary,) = [body for body in pushed if body["title"] == summary_title]
+    context = summary["context"]
+    assert (context["trials"], context["pruned"], context["failed"]) == (4, 1, 1)
+    assert context["best"] == {"val_loss": 0.1, "trial": "1"}
+    assert "4 trials in" in summary["message"] and "Best val_loss: 0.1 (trial 1)" in summary["message"]
+    assert sweep_claims.open_claims(str(isolated_env)) == []
+
+
+def test_a_later_trial_after_the_summary_opens_a_new_sweep_of_that_name(
+    trial_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    """Quiet for longer than the quiet time means over: a trial after that is a new sweep
+    (a W&B agent started the next morning), announced and summarised again."""
+    first = subprocess.run(
+        [sys.executable, "-c", TRIAL, "done", "0.4"],
+        env={**trial_env, "AFS_SWEEP": "agent-sweep"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    wait_until(lambda: "Sweep finished: agent-sweep" in titles(receiver), 60, "the first summary")
+    second = subprocess.run(
+        [sys.executable, "-c", TRIAL, "done", "0.2"],
+        env={**trial_env, "AFS_SWEEP": "agent-sweep"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    wait_until(lambda: titles(receiver).count("Sweep finished: agent-sweep") == 2, 60, "the second summary")
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+    assert titles(receiver) == ["Sweep finished: agent-sweep"] * 2 + ["Sweep started: agent-sweep"] * 2
+    summaries = [body for body in bodies(receiver) if body["title"].startswith("Sweep finished")]
+    assert [body["context"]["trials"] for body in summaries] == [1, 1]
+    assert [body["context"]["best"]["val_loss"] for body in summaries] == [0.4, 0.2]
+
+
+DRIVER = textwrap.dedent(
+    """
+    import subprocess, sys
+    from afs_callbacks import Sweep
+
+    with Sweep("blk-sweep"):  # its trials inherit AFS_SWEEP=blk-sweep
+        trials = [subprocess.Popen([sys.executable, "-c", sys.argv[1], "done", str(v)])
+                  for v in (0.3, 0.2, 0.4)]
+        assert all(trial.wait() == 0 for trial in trials)
+    """
+)
+
+
+def test_with_a_block_in_the_driver_the_watcher_says_nothing(
+    trial_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    driver = subprocess.run(
+        [sys.executable, "-c", DRIVER, TRIAL], env=trial_env, capture_output=True, text=True, timeout=180
+    )
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    assert titles(receiver) == ["Sweep finished: blk-sweep", "Sweep started: blk-sweep"]  # sent before exit
+    # The trials' watcher had its quiet seconds and more before leaving: it said nothing.
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+    assert titles(receiver) == ["Sweep finished: blk-sweep", "Sweep started: blk-sweep"]
+    (summary,) = [body for body in bodies(receiver) if body["title"].startswith("Sweep finished")]
+    assert summary["context"]["trials"] == 3 and summary["context"]["best"]["val_loss"] == 0.2
