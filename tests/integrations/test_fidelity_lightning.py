@@ -267,9 +267,11 @@ def test_slurm_job_array_task_and_nodes_go_in_the_run_context(
         settle(manager)
         state = manager.outbox.run(callback.tracker.run_id)
         history_of = history(manager)
-    # An array task is a sweep's trial: its start is kept in the history, not pushed.
-    assert not of_type(channel.events, EventType.TRAINING_STARTED)
-    started = only(history_of, EventType.TRAINING_STARTED)
+    # An array task is a sweep's trial: its start is kept in the history, not pushed; the
+    # one start pushed is the sweep's, said by its first trial.
+    pushed = of_type(channel.events, EventType.TRAINING_STARTED)
+    assert [event.title for event in pushed] == ["Sweep started: slurm-4240"]
+    (started,) = [e for e in of_type(history_of, EventType.TRAINING_STARTED) if e.context.get("trial")]
     assert started.context["sweep"] == "slurm-4240" and started.context["trial"] == "2"
     expected = {"slurm_job_id": "4242", "slurm_array_task_id": "2", "slurm_nodelist": "gpu[01-02]"}
     assert {key: started.context.get(key) for key in expected} == expected

@@ -185,3 +185,63 @@ def test_with_a_block_in_the_driver_the_watcher_says_nothing(
     assert titles(receiver) == ["Sweep finished: blk-sweep", "Sweep started: blk-sweep"]
     (summary,) = [body for body in bodies(receiver) if body["title"].startswith("Sweep finished")]
     assert summary["context"]["trials"] == 3 and summary["context"]["best"]["val_loss"] == 0.2
+
+
+RAY_SWEEP = textwrap.dedent(
+    """
+    import json, sys, time
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    def trainable(config):
+        from afs_callbacks.integrations.loop import RunNotifier
+        with RunNotifier(model_name="asha-net", total_steps=10, monitors=False, chart=False,
+                         stall_timeout=None, nan_check_every=1) as run:
+            for step in range(10):
+                run.step(loss=config["lr"])
+                run.epoch({"val_loss": config["lr"]})
+                tune.report({"loss": config["lr"]})
+                time.sleep(0.1)
+
+    ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    scheduler = ASHAScheduler(metric="loss", mode="min", max_t=10, grace_period=1, reduction_factor=2)
+    tuner = tune.Tuner(trainable, param_space={"lr": tune.grid_search([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])},
+                       tune_config=tune.TuneConfig(scheduler=scheduler),
+                       run_config=tune.RunConfig(name="asha-study", storage_path=sys.argv[1], verbose=0))
+    results = tuner.fit()
+    print(json.dumps({r.metrics["trial_id"]: r.metrics["training_iteration"] for r in results}), flush=True)
+    ray.shutdown()
+    """
+)
+
+
+def test_a_ray_tune_sweep_without_a_block_makes_one_start_and_one_summary(
+    trial_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path, tmp_path: Path
+) -> None:
+    """Six Ray Tune trials, ASHA stopping the worse ones early, no ``Sweep`` in the driver:
+    at the channel one start and one summary (pruned counted, the best trial's ``lr``), and
+    no trial's start or end."""
+    pytest.importorskip("ray.tune")
+    from tests.integrations.test_end_survives_exit import RAY_ENV
+
+    driver = subprocess.run(
+        [sys.executable, "-c", RAY_SWEEP, str(tmp_path / "ray")],
+        # Ray starts the next trials' processes a few seconds after the first ones end on
+        # a busy machine: a quiet time shorter than that would end the sweep in between.
+        env={**trial_env, **RAY_ENV, "AFS_SWEEP_QUIET": "10"},
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    iterations = json.loads(driver.stdout.strip().splitlines()[-1])
+    stopped = {trial for trial, count in iterations.items() if count < 10}
+    assert len(iterations) == 6 and stopped, iterations
+    wait_until(lambda: "Sweep finished: asha-study" in titles(receiver), 90, "the watcher's summary")
+    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+    assert titles(receiver) == ["Sweep finished: asha-study", "Sweep started: asha-study"]
+    (summary,) = [body for body in bodies(receiver) if body["title"].startswith("Sweep finished")]
+    context = summary["context"]
+    assert (context["trials"], context["pruned"], context["failed"]) == (6, len(stopped), 0)
+    assert context["best"]["val_loss"] == 0.1 and context["best_params"] == {"lr": 0.1}
