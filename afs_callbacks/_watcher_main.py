@@ -43,7 +43,7 @@ from afs_callbacks._files import open_private
 from afs_callbacks.delivery import deathwatch as dw
 from afs_callbacks.delivery import sweep_end
 from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
-from afs_callbacks.runstate import RUNNING
+from afs_callbacks.runstate import RUNNING, RunState
 
 if TYPE_CHECKING:
     from afs_callbacks.events import NotificationEvent
@@ -105,7 +105,7 @@ class Watcher:
             )
             running = bool(self.outbox.runs(status=RUNNING, host=self.host, limit=1))
             unsent = dw.unsent_ends(self.outbox, host=self.host, tried=self.sent_ends)
-            notices += sweep_end.quiet_summaries(self.outbox, self.state_dir)  # sweeps gone quiet
+            notices += sweep_end.quiet_summaries(self.outbox, self.state_dir, show=self.show_card)  # sweeps
         except sqlite3.Error:
             self.outbox.close()  # a busy or replaced file: open it again next round
             self.outbox = None
@@ -119,17 +119,27 @@ class Watcher:
         """Send the notices through the channels the environment configures (and queue
         them for the run's own channels, which may have been set up in code); the flush
         also sends the ends that processes gone meanwhile stored but did not send."""
-        if self.manager is None:
-            from afs_callbacks.manager import NotificationManager  # only once there is news
-
-            self.manager = NotificationManager.from_env(state_dir=self.state_dir)
+        manager = self.open_manager()
         for notice in notices:
-            self.manager.emit(notice)
-        self.manager.flush(DELIVERY_BOUND)
+            manager.emit(notice)
+        manager.flush(DELIVERY_BOUND)
         if self.outbox is not None:
             for notice in notices:
                 if notice.run_id is not None:
                     self.outbox.route_like_run(notice.id, notice.run_id)
+
+    def open_manager(self) -> NotificationManager:
+        """The manager the watcher delivers through (the channels the environment
+        configures), made once there is news."""
+        if self.manager is None:
+            from afs_callbacks.manager import NotificationManager  # only once there is news
+
+            self.manager = NotificationManager.from_env(state_dir=self.state_dir)
+        return self.manager
+
+    def show_card(self, state: RunState) -> None:
+        """A sweep's live card (``sweep_end``): stored and edited like a run's."""
+        self.open_manager().update_run(state)
 
     def wanted_recently(self) -> bool:
         """Whether some run asked for watching within the grace period."""

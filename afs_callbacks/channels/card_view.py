@@ -209,6 +209,10 @@ def _fields(state: RunState, updated: float) -> list[tuple[str, str]]:
     throughput = _throughput(state)
     if throughput:
         fields.append(("Throughput", throughput))
+    for label, key in _SWEEP_FIELDS:  # a sweep's card (afs_callbacks.delivery.sweep_end)
+        text = state.extra.get(key)
+        if isinstance(text, str) and text:
+            fields.append((label, text))
     if state.monitor:
         fields.append((state.monitor, _monitored(state)))
     others = {name: value for name, value in state.metrics.items() if name != state.monitor}
@@ -229,6 +233,8 @@ def _fields(state: RunState, updated: float) -> list[tuple[str, str]]:
     return [(label, truncate(redact(value), _VALUE_CHARS)) for label, value in fields]
 
 
+#: A sweep's card: its trials so far and its best trial, in words (``RunState.extra``).
+_SWEEP_FIELDS = (("Trials", "trials"), ("Best trial", "best_trial"))
 #: Commands a card lists (the latest first): every one, refused ones too, says who and how.
 CARD_COMMANDS = 3
 

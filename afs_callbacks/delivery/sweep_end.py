@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -204,34 +204,57 @@ def trials_of(name: str, runs: Iterable[RunState], since: float) -> list[RunStat
 
 
 def awaiting_summary(state_dir: str) -> bool:
-    """Whether a sweep that :func:`quiet_summaries` will summarise is still open here (the
-    watcher lingers while so). One ``listdir`` when there is none."""
-    return any(claim.voice == "trials" for claim in sweep_claims.open_claims(state_dir))
+    """Whether a sweep that :func:`quiet_summaries` will summarise, or whose live card it
+    shows, is still open here (the watcher lingers while so). One ``listdir`` when there
+    is none."""
+    return any(
+        claim.voice == "trials" or (state_dir, claim.name, claim.generation) in _carded
+        for claim in sweep_claims.open_claims(state_dir)
+        if not claim.stale
+    )
 
 
-def quiet_summaries(outbox: Outbox, state_dir: str, *, now: float | None = None) -> list[NotificationEvent]:
+#: Shows a sweep's live card (the watcher's ``manager.update_run``: stored, and edited in
+#: place on the channels that keep cards, at their pace).
+Show = Callable[[RunState], object]
+#: The sweeps whose card this process shows: (state dir, name, generation) -> (what the
+#: card last said, the claim).
+_carded: dict[tuple[str, str, int], tuple[tuple[Any, ...], sweep_claims.Claim]] = {}
+
+
+def quiet_summaries(
+    outbox: Outbox, state_dir: str, *, now: float | None = None, show: Show | None = None
+) -> list[NotificationEvent]:
     """The summaries now due of the open sweeps of ``state_dir`` whose trials speak for
     themselves (voice ``trials``): no trial running, the newest start or end older than
     :func:`quiet_seconds`. Each is claimed (closed) before it is returned, so of the
-    processes asking only one gets it. Raises what the outbox raises (the watcher opens
-    the file again next round)."""
-    waiting = [claim for claim in sweep_claims.open_claims(state_dir) if claim.voice == "trials"]
-    if not waiting:
+    processes asking only one gets it. ``show``: also keep every open sweep's live card
+    (trials ended, running, pruned, failed; the best so far with its parameters), updated
+    as trials end and finished with the summary. Raises what the outbox raises (the
+    watcher opens the file again next round)."""
+    claims = [claim for claim in sweep_claims.open_claims(state_dir) if not claim.stale]
+    carded = {key: held for key, held in _carded.items() if key[0] == state_dir}
+    if not claims and not carded:
         return []
     now = time.time() if now is None else now
     quiet = quiet_seconds()
-    rows = outbox.runs(ended_since=min(claim.started for claim in waiting) - _SINCE_SLACK, limit=None)
+    since = min(claim.started for claim in [*claims, *(held[1] for held in carded.values())])
+    rows = outbox.runs(ended_since=since - _SINCE_SLACK, limit=None)
     host = socket.gethostname()
     quiet_ones: list[tuple[sweep_claims.Claim, list[RunState], float]] = []
-    for claim in waiting:
+    for claim in claims:
         trials = trials_of(claim.name, rows, claim.started)
-        if any(_running(state, host, now) for state in trials):
+        if show is not None:
+            _show_live(outbox, state_dir, claim, trials, show, host, now)
+        if claim.voice != "trials" or any(_running(state, host, now) for state in trials):
             continue
         moments = [claim.started] + [t for s in trials for t in (s.started_at, s.updated_at, s.ended_at) if t]
         if now - max(moments) >= quiet:
             ends = [state.ended_at for state in trials if state.ended_at is not None]
             quiet_ones.append((claim, trials, max(ends) if ends else max(moments)))
-    if not quiet_ones:
+    open_keys = {(state_dir, claim.name, claim.generation) for claim in claims}
+    closed = [held[1] for key, held in carded.items() if key not in open_keys]  # by a block, a study
+    if not quiet_ones and not closed:
         return []
     # Read once, before any claim is closed: a busy file raises here, and the sweeps stay
     # open for the next round.
@@ -249,8 +272,127 @@ def quiet_summaries(outbox: Outbox, state_dir: str, *, now: float | None = None)
         )
         if sweep_claims.close(state_dir, claim):
             due.append(summary.event(event_id=claim.event_id("summary")))
-    sweep_claims.prune(state_dir, now=now)
+            closed.append(claim)
+            if show is not None:
+                show(card_state(claim, summary, now=now, ended_at=last))
+    for claim in closed:
+        if _carded.pop((state_dir, claim.name, claim.generation), None) is None or show is None:
+            continue
+        if any(claim is done for done, _, _ in quiet_ones):
+            continue  # its final card went with its summary above
+        trials = trials_of(claim.name, rows, claim.started)
+        ends = [state.ended_at for state in trials if state.ended_at is not None]
+        last = max(ends) if ends else now
+        summary = summarise(
+            claim.name,
+            events,
+            since=claim.started,
+            seconds=max(0.0, last - claim.started),
+            metric=claim.metric,
+            mode=claim.mode,
+            runs=trials,
+        )
+        show(card_state(claim, summary, now=now, ended_at=last))
+    if due:
+        sweep_claims.prune(state_dir, now=now)
     return due
+
+
+def card_state(
+    claim: sweep_claims.Claim,
+    summary: SweepSummary,
+    *,
+    now: float,
+    running: int = 0,
+    ended_at: float | None = None,
+) -> RunState:
+    """The sweep's live card as a run state (``ended_at``: the sweep is over, and the card
+    says how it ended). The trials and the best trial are two lines of their own
+    (``extra["trials"]``, ``extra["best_trial"]``, shown by every card renderer)."""
+    ended = len(summary.trials) - summary.unfinished
+    trials = f"{ended} ended ({summary.pruned} pruned, {summary.failed} failed)"
+    if ended_at is None:
+        trials += f", {running} running"
+    elif summary.unfinished:
+        trials += f", {summary.unfinished} without an end"
+    extra: dict[str, Any] = {"sweep": claim.name, "trials": trials}
+    best = summary.best
+    if best is not None:
+        shown = ", ".join(f"{name}={_short(value)}" for name, value in best.params.items())
+        extra["best_trial"] = f"{summary.metric or 'value'} {_short(best.value)}, trial {best.trial}" + (
+            f": {shown}" if shown else ""
+        )
+    if ended_at is None:
+        status = LIVE_STATUSES[0]
+    else:
+        status = (Outcome.COMPLETED if summary.failed == 0 else Outcome.COMPLETED_WITH_WARNINGS).value
+    return RunState(
+        run_id=claim.name if claim.generation == 0 else f"{claim.name} ({claim.generation + 1})",
+        model=f"Sweep {claim.name}",
+        status=status,
+        started_at=claim.started,
+        updated_at=now,
+        ended_at=ended_at,
+        summary="\n".join(summary.lines()) if ended_at is not None else None,
+        extra=extra,
+    )
+
+
+def _show_live(
+    outbox: Outbox,
+    state_dir: str,
+    claim: sweep_claims.Claim,
+    trials: list[RunState],
+    show: Show,
+    host: str,
+    now: float,
+) -> None:
+    """Update the sweep's live card when what it says changed (a trial started or ended)."""
+    running = sum(1 for state in trials if _running(state, host, now))
+    ended = [state for state in trials if state.outcome is not None]
+    scored = [
+        (value, state) for state in ended for value in [_row_value(state, claim.metric)] if value is not None
+    ]
+    pick = min if claim.mode == "min" else max
+    best = pick(scored, key=lambda pair: pair[0]) if scored else None
+    said = (running, tuple(sorted((s.run_id, s.status) for s in ended)), best and (best[1].run_id, best[0]))
+    key = (state_dir, claim.name, claim.generation)
+    if key in _carded and _carded[key][0] == said:
+        return
+    summary = SweepSummary(
+        claim.name,
+        [TrialEnd(str(state.extra["trial"]), state.outcome) for state in trials],
+        max(0.0, now - claim.started),
+        claim.metric,
+        claim.mode,
+    )
+    if best is not None:
+        value, state = best
+        params = _trial_params(outbox, state.run_id)
+        summary.trials = [
+            TrialEnd(
+                str(s.extra["trial"]), s.outcome, value if s is state else None, params if s is state else {}
+            )
+            for s in trials
+        ]
+        summary.metric = claim.metric or state.monitor
+    show(card_state(claim, summary, now=now, running=running))
+    _carded[key] = (said, claim)
+
+
+def _row_value(state: RunState, metric: str | None) -> float | None:
+    """A trial's value from its row: ``metric``'s latest, else its monitored best."""
+    value = state.metrics.get(metric) if metric else state.best
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _trial_params(outbox: Outbox, run_id: str) -> dict[str, Any]:
+    """A trial's parameters, from its start event (rows keep only scalars of the run)."""
+    for entry in outbox.history(run_id=run_id, event_type="training_started", limit=1):
+        params = entry.event.context.get("trial_params")
+        if isinstance(params, Mapping):
+            return dict(params)
+    return {}
 
 
 _READ_TYPES = [kind.value for kind in (*TERMINAL_TYPES, EventType.TRAINING_STARTED)]
@@ -259,7 +401,7 @@ _READ_TYPES = [kind.value for kind in (*TERMINAL_TYPES, EventType.TRAINING_START
 def _running(state: RunState, host: str, now: float) -> bool:
     if state.status not in LIVE_STATUSES:
         return False
-    if state.host in (None, host):
+    if state.host in (None, "", host):
         return True  # this host's: the death watcher turns a vanished one's row ``killed``
     return state.updated_at is not None and now - state.updated_at < OTHER_HOST_STALE_SECONDS
 
@@ -304,6 +446,7 @@ __all__ = [
     "SweepSummary",
     "TrialEnd",
     "awaiting_summary",
+    "card_state",
     "quiet_seconds",
     "quiet_summaries",
     "summarise",

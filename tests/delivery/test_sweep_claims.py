@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -175,4 +176,76 @@ def test_sweeps_a_block_or_a_study_speaks_for_are_left_to_them(
     assert sweep_end.quiet_summaries(outbox, state, now=time.time() + 3600) == []
     assert not sweep_end.awaiting_summary(state)
     assert len(sweep_claims.open_claims(state)) == 2
+    outbox.close()
+
+
+def test_the_live_card_changes_as_trials_end_and_ends_with_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from afs_callbacks.channels.card_view import render_text
+
+    monkeypatch.setenv("AFS_SWEEP_QUIET", "2")
+    state = str(tmp_path)
+    claim = sweep_claims.claim(state, "cards", "trials")
+    assert claim is not None
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    shown: list[RunState] = []
+    t0 = claim.started
+    outbox.save_run(trial_row(claim, "r1", "1", "running", None))
+    outbox.save_run(trial_row(claim, "r2", "2", "running", None))
+    outbox.write([(trial_start(claim, "r1", "1", 0.3), []), (trial_start(claim, "r2", "2", 0.1), [])])
+    sweep_end.quiet_summaries(outbox, state, now=t0 + 1, show=shown.append)
+    sweep_end.quiet_summaries(outbox, state, now=t0 + 1.5, show=shown.append)  # nothing new: no edit
+    assert len(shown) == 1 and "0 ended (0 pruned, 0 failed), 2 running" in render_text(shown[0])
+    assert sweep_end.awaiting_summary(state)
+
+    outbox.save_run(replace(trial_row(claim, "r2", "2", "completed", t0 + 2), best=0.1, monitor="val_loss"))
+    sweep_end.quiet_summaries(outbox, state, now=t0 + 2.5, show=shown.append)
+    card = render_text(shown[-1])
+    assert len(shown) == 2 and "1 ended (0 pruned, 0 failed), 1 running" in card
+    assert "Best trial: val_loss 0.1, trial 2: lr=0.1" in card and not shown[-1].final
+
+    outbox.save_run(replace(trial_row(claim, "r1", "1", "completed", t0 + 3), best=0.3, monitor="val_loss"))
+    outbox.write(
+        [
+            (trial_end(claim, "r1", "1", 0.3, "completed"), []),
+            (trial_end(claim, "r2", "2", 0.1, "completed"), []),
+        ]
+    )
+    (summary,) = sweep_end.quiet_summaries(outbox, state, now=t0 + 6, show=shown.append)
+    final = shown[-1]
+    assert final.final and final.status == "completed" and final.run_id == "cards"
+    assert "2 trials in 3.0s: 2 ended, 0 pruned, 0 failed." in render_text(final)
+    assert "Best trial: val_loss 0.1, trial 2: lr=0.1" in render_text(final)
+    assert summary.title == "Sweep finished: cards"
+    count = len(shown)
+    assert sweep_end.quiet_summaries(outbox, state, now=t0 + 9, show=shown.append) == []
+    assert len(shown) == count and not sweep_end.awaiting_summary(state)
+    outbox.close()
+
+
+def trial_start(claim: sweep_claims.Claim, run_id: str, trial: str, value: float) -> NotificationEvent:
+    return NotificationEvent(
+        event_type=EventType.TRAINING_STARTED,
+        level=NotificationLevel.INFO,
+        title="Training started: net",
+        context={"run_id": run_id, "sweep": claim.name, "trial": trial, "trial_params": {"lr": value}},
+    )
+
+
+def test_a_blocks_sweep_gets_a_card_finished_when_the_block_closes_it(tmp_path: Path) -> None:
+    state = str(tmp_path)
+    claim = sweep_claims.claim(state, "blk", "block")
+    assert claim is not None
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    shown: list[RunState] = []
+    outbox.save_run(trial_row(claim, "r1", "1", "running", None))
+    assert sweep_end.quiet_summaries(outbox, state, now=claim.started + 1, show=shown.append) == []
+    assert len(shown) == 1 and sweep_end.awaiting_summary(state)  # the watcher stays to finish it
+    outbox.save_run(trial_row(claim, "r1", "1", "failed", claim.started + 2))
+    assert sweep_claims.close(state, claim)  # the block said its summary
+    assert sweep_end.quiet_summaries(outbox, state, now=claim.started + 3, show=shown.append) == []
+    assert shown[-1].final and shown[-1].status == "completed_with_warnings"
+    assert "1 ended (0 pruned, 1 failed)" in shown[-1].extra["trials"]
+    assert not sweep_end.awaiting_summary(state)
     outbox.close()

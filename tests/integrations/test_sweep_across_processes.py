@@ -245,3 +245,38 @@ def test_a_ray_tune_sweep_without_a_block_makes_one_start_and_one_summary(
     context = summary["context"]
     assert (context["trials"], context["pruned"], context["failed"]) == (6, len(stopped), 0)
     assert context["best"]["val_loss"] == 0.1 and context["best_params"] == {"lr": 0.1}
+
+
+def test_the_sweep_has_one_live_card_updated_as_trials_end_and_finished_with_the_summary(
+    trial_env: dict[str, str], isolated_env: Path
+) -> None:
+    """Telegram keeps live cards: besides each trial's own card, the watcher posts one card
+    for the sweep, edits it as trials end, and finishes it with the summary's counts and
+    the best trial."""
+    from tests.cards.conftest import TELEGRAM_TOKEN
+    from tests.cards.services import FakeTelegram
+
+    with FakeTelegram(TELEGRAM_TOKEN) as bot_api:
+        env = {
+            **{k: v for k, v in trial_env.items() if k != "WEBHOOK_URL"},
+            "TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN,
+            "TELEGRAM_CHAT_ID": "-1001234567890",
+            "TELEGRAM_API_URL": bot_api.url(""),
+            "AFS_CARD_INTERVAL": "0",
+        }
+        finish(start_trials(env, "888"))
+
+        def sweep_cards() -> list[dict[str, Any]]:
+            return [m for m in list(bot_api.messages.values()) if "Sweep slurm-888 ·" in m["text"]]
+
+        wait_until(lambda: any("completed" in m["text"] for m in sweep_cards()), 60, "the finished card")
+        wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+        (card,) = sweep_cards()  # one card for the sweep, edited in place
+        text = card["text"]
+        assert "Sweep slurm-888 · completed with warnings" in text, text
+        assert "4 ended (1 pruned, 1 failed)" in text and "4 trials in" in text, text
+        assert "val_loss 0.1, trial 1" in text, text
+        posted = [call.json()["text"] for call in bot_api.calls("sendMessage")]
+        assert sum("Sweep slurm-888 ·" in posted_text for posted_text in posted) == 1
+        assert sum("Sweep started: slurm-888" in posted_text for posted_text in posted) == 1
+        assert sum("Sweep finished with failures: slurm-888" in posted_text for posted_text in posted) == 1
