@@ -116,7 +116,7 @@ class Sweep:
         # Claimed before any trial starts: trials in other processes then see the sweep is
         # spoken for, and neither announce it nor leave it to the death watcher.
         adopted = self.speak_for("block")
-        if adopted is not None and adopted.voice == "trials":
+        if adopted is not None and not adopted.won and adopted.voice == "trials":
             # Its trials opened it (and announced it) before this block: the block takes the
             # summary over, counting from the sweep's start.
             self._wall_started = adopted.started
@@ -126,21 +126,17 @@ class Sweep:
         return self
 
     def speak_for(self, voice: str) -> Claim | None:
-        """Claim the sweep for ``voice`` (``block``, ``study``) in the manager's state dir;
-        returns the claim this object took over from another voice (its trials', or a
-        killed process's), None when it opened the sweep itself or joined a live voice."""
-        found = sweep_claims.claim(
-            self.manager.state_dir, self.name, voice, metric=self.metric, mode=self.mode
-        )
-        if found is None:
-            return None
-        if found.won:
-            self._claim = found
-            return None
-        if found.voice == "trials" or found.stale:
-            self._claim = sweep_claims.take_over(self.manager.state_dir, found, voice)
-            return found
-        return None  # another block or study speaks for it: this one says what it says
+        """Claim the sweep for ``voice`` (``block``, ``study``) in the manager's state dir.
+        Returns the claim as found (None when none could be made): ``won`` when this
+        object opened the sweep; else the voice that had it, which this object took over
+        when that was its trials' or a killed process's (then it closes the claim)."""
+        if not self.manager.settings.enabled:
+            return None  # a disabled library writes no file
+        state_dir = self.manager.state_dir
+        found = sweep_claims.claim(state_dir, self.name, voice, metric=self.metric, mode=self.mode)
+        if found is not None and (found.won or found.voice == "trials" or found.stale):
+            self._claim = found if found.won else sweep_claims.take_over(state_dir, found, voice)
+        return found
 
     def announce(self, text: str) -> None:
         """Push ``Sweep started`` with ``text``; the summary counts trials from now."""
@@ -224,17 +220,16 @@ class _Unannounced:
         return self.sweep.manager
 
     def announce(self, trial: Trial) -> None:
-        found = sweep_claims.claim(self.manager.state_dir, trial.sweep, "study")
+        found = self.sweep.speak_for("study")
         if found is not None and not found.won:
-            if found.voice == "trials" or found.stale:
-                self.sweep._claim = sweep_claims.take_over(self.manager.state_dir, found, "study")
-            elif found.voice == "block":
-                self.silent = True  # its block says the start and the summary
-            # Another process of the same study (one RDB storage) announced it: each
-            # process still summarises what it saw.
-            self.sweep._started, self.sweep._wall_started = time.monotonic(), time.time()
+            # Another voice announced it: a block (which says the summary too), its trials,
+            # or another process of the same study (one RDB storage), and each process
+            # still summarises what it saw.
+            self.silent = found.voice == "block" and not found.stale
+            since = found.started if found.voice == "trials" else time.time()  # adopted: from its start
+            self.sweep._started = time.monotonic() - max(0.0, time.time() - since)
+            self.sweep._wall_started = since
             return
-        self.sweep._claim = found
         tool = "Optuna study" if trial.tool == "optuna" else "Sweep"
         quiet = format_duration(quiet_seconds(QUIET_SECONDS))
         self.sweep.announce(

@@ -341,3 +341,32 @@ def test_no_chart_is_drawn_for_a_trial_end_that_stays_in_the_history(
     assert charted == [(False, True), (True, False), (True, False)], [(e.title, e.attachments) for e in ends]
     alone = [b for b in bodies(receiver) if b["title"].endswith("alone")]
     assert alone and alone[-1].get("attachments"), "the run outside the sweep lost its chart"
+
+
+def test_a_block_adopts_a_sweep_its_trials_opened_and_adds_only_the_summary(
+    manager: NotificationManager, receiver: LoopbackReceiver
+) -> None:
+    """A trial (``sweep=``, its own voice) announced the sweep before the driver entered
+    ``Sweep``: the block says no second start, and its summary counts from the sweep's
+    start; the claim is closed, so the death watcher has nothing left to say."""
+    from afs_callbacks.delivery import sweep_claims
+
+    def trial(value: float) -> None:
+        with RunNotifier(
+            manager, model_name="tiny", sweep="late-block", total_steps=3, monitors=False
+        ) as run:
+            for step in range(3):
+                run.step(loss=value + step)
+            run.epoch({"val_loss": value})
+
+    trial(0.4)
+    with Sweep("late-block", manager=manager):
+        trial(0.2)
+    manager.flush(10)
+    assert [body["title"] for body in bodies(receiver)] == [
+        "Sweep started: late-block",
+        "Sweep finished: late-block",
+    ]
+    summary = bodies(receiver)[1]
+    assert summary["context"]["trials"] == 2 and summary["context"]["best"]["val_loss"] == 0.2
+    assert sweep_claims.open_claims(manager.state_dir) == []
