@@ -6,7 +6,9 @@ and the ids of live run cards; this module is the only one that knows them. Rows
 ``next_attempt``, or end ``dead``; the sender may end stale progress ``superseded`` and fold
 a flood into a digest (``folded``). A sender claims rows with a lease (``lease_until`` +
 ``lease_owner``) inside ``BEGIN IMMEDIATE``, so two processes never send the same row at
-once and a crashed sender's rows are claimed again.
+once and a crashed sender's rows are claimed again; the senders read the queue on a
+connection of their own, outside that transaction, so that the writer thread's commits
+never wait for a read of a long queue.
 
 One :class:`Outbox` per file and process; three ways to open it:
 
@@ -78,6 +80,9 @@ log = get_logger(__name__)
 _T = TypeVar("_T")
 #: A claim's lease: (now, lease seconds, forced since or -1, owner or None for this process).
 _Lease = tuple[float, float, float, "str | None"]
+#: Times a claim reads the queue outside the write lock and finds its pick taken meanwhile
+#: before it reads and leases inside one transaction.
+_CLAIM_TRIES = 3
 
 #: The outbox's file name inside the state directory (``AFS_STATE_DIR``).
 OUTBOX_FILE = "outbox.sqlite3"
@@ -199,13 +204,30 @@ _QUEUED = (
 # The IN term lets SQLite use the (channel, state) index instead of scanning the channel's
 # whole delivered history.
 _CHANNEL_QUEUE = _QUEUED + " WHERE d.channel = :channel AND d.state IN ('pending', 'sending')"
-_RUN_QUEUE = (
-    f"SELECT d.event_id, e.run_id, e.event_type, {_FLYING}, {_DUE}, {_DUE_AT},"
-    " COALESCE(d.last_attempt, 0), d.state = 'sending'"
+_RUN_COLUMNS = (
+    f"d.event_id, e.run_id, e.event_type, {_FLYING}, {_DUE}, {_DUE_AT},"
+    " COALESCE(d.last_attempt, 0), d.state = 'sending', e.created, e.id"
+)
+_RUN_ROWS = (
+    f"SELECT {_RUN_COLUMNS}"
     # CROSS JOIN keeps events (through the events_run index) the outer loop: the planner
     # would otherwise walk the channel's whole queue to find one run's rows.
     " FROM events e CROSS JOIN deliveries d ON d.event_id = e.id AND d.channel = :channel"
-    " WHERE e.run_id = :run AND d.state IN ('pending', 'sending') ORDER BY e.created, e.id"
+    " WHERE e.run_id = :run AND d.state IN ('pending', 'sending')"
+)
+# A run's unfinished rows on the channel that decide priority.next_of_run, oldest first: its
+# oldest row, its rows leased (found through the channel's few leased rows), its ends, and
+# one of its budget-exempt rows if any. The rule reads nothing else (the oldest row, unless
+# an end waits: then the first end, unless a row in flight comes before it; whether any
+# row is exempt), and a run with thousands of messages waiting costs one pass of SQLite
+# over the run's rows instead of thousands of rows read into Python.
+_RUN_QUEUE = (
+    f"SELECT * FROM ({_RUN_ROWS} ORDER BY e.created, e.id LIMIT 1)"
+    f" UNION SELECT {_RUN_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+    " WHERE d.channel = :channel AND d.state = 'sending' AND e.run_id = :run"
+    f" UNION SELECT * FROM ({_RUN_ROWS} AND e.event_type IN ({sql_list(TERMINAL_TYPES)}))"
+    f" UNION SELECT * FROM ({_RUN_ROWS} AND e.event_type IN ({sql_list(BUDGET_EXEMPT_TYPES)}) LIMIT 1)"
+    " ORDER BY 9, 10"
 )
 _BY_URGENCY = f" ORDER BY {priority_sql('e.event_type')}, e.created, d.event_id"
 _UNFINISHED = "state IN ('pending', 'sending')"
@@ -400,6 +422,11 @@ class Outbox:
         self.fault: str | None = None
         self._lock = threading.RLock()  # the file's connection
         self._conn: sqlite3.Connection | None = None
+        # The senders' reads of the queue have a connection of their own: a read of a long
+        # queue (tens of milliseconds) under the main connection's lock would hold up the
+        # writer thread's commits, and with them the storing of accepted events.
+        self._reader_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         self._pid = os.getpid()
         # What a tolerant outbox keeps while its file fails: the same tables in memory, and
         # outcomes of the file's own rows to replay there.
@@ -465,6 +492,7 @@ class Outbox:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+        self._drop_reader()
 
     def _write_back_before_closing(self) -> bool:
         while not self.recover(now=True):
@@ -698,7 +726,7 @@ class Outbox:
         :meth:`claim`)."""
         nothing: tuple[int, float | None] = (0, None)
         found = self._everywhere(
-            "read", lambda conn: _flush_due(conn, channel, forced_since, stories), nothing
+            "read", lambda conn: _flush_due(conn, channel, forced_since, stories), nothing, queue=True
         )
         dues = [due for _, due in found if due is not None]
         return sum(untried for untried, _ in found), (min(dues) if dues else None)
@@ -706,7 +734,7 @@ class Outbox:
     def next_due(self, channel: str, *, stories: bool = True) -> float | None:
         """When the next pending delivery of ``channel`` is due (epoch seconds), if any; one
         held behind an earlier message of its run is not (``stories``: as :meth:`claim`)."""
-        found = self._everywhere("read", lambda conn: _next_due(conn, channel, stories), None)
+        found = self._everywhere("read", lambda conn: _next_due(conn, channel, stories), None, queue=True)
         dues = [due for due in found if due]
         return min(dues) if dues else None
 
@@ -1075,10 +1103,13 @@ class Outbox:
             _inherited.append(self._conn)
         if self._kept is not None:
             _inherited.append(self._kept)
+        if self._reader is not None:
+            _inherited.append(self._reader)
         # The parent delivers what it kept in memory; a child sending it too would duplicate.
-        self._conn = self._kept = None
+        self._conn = self._kept = self._reader = None
         self._marks = {}
         self._lock = threading.RLock()
+        self._reader_lock = threading.Lock()
         self._kept_lock = threading.RLock()
         self._fault_lock = threading.Lock()
         self._pid = os.getpid()
@@ -1087,6 +1118,37 @@ class Outbox:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock, _atomic(self._connection()) as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The senders' connection for reading the queue, held for the ``with`` block (see
+        ``_reader`` in ``__init__``): one read transaction, so that every statement of the
+        block sees the file as it was at one moment (a sender's commit on the main
+        connection in between would otherwise show a row pending to one statement and in
+        flight to the next). A writer thread committing meanwhile does not wait for it. The
+        main connection opens first (the schema, the WAL); a database in memory or a
+        read-only outbox has only that one."""
+        main = self._connection()
+        if self.read_only or self.path == ":memory:":
+            with self._lock:
+                yield main
+            return
+        with self._reader_lock:
+            if self._reader is None:
+                reader = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                reader.execute("PRAGMA query_only = ON")
+                self._reader = reader
+            reader = self._reader
+            reader.execute("BEGIN")
+            try:
+                yield reader
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    reader.execute("ROLLBACK")
+                raise
+            reader.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -1116,6 +1178,20 @@ class Outbox:
                 _save_run(conn, state, points)
 
     def _claim_file(self, channel: str, limit: int, lease: _Lease, stories: bool) -> list[_Claimed]:
+        # The queue is read outside the write lock (a long queue takes tens of milliseconds
+        # to order, and the writer thread would wait that long to store what it was handed):
+        # the rows picked are leased in a short transaction that checks again what may have
+        # changed in between (_lease_picked). A queue that keeps changing under the read is
+        # read and leased in one transaction.
+        for _ in range(_CLAIM_TRIES):
+            with self._reading() as reader:
+                picked = _pick(reader, channel, limit, lease, stories)
+            if not picked:
+                return []
+            with self._transaction() as conn:
+                claimed = _lease_picked(conn, channel, picked, lease)
+            if claimed:
+                return claimed
         with self._transaction() as conn:
             return _claim_rows(conn, channel, limit, lease, stories)
 
@@ -1133,8 +1209,9 @@ class Outbox:
         )
         # Looked for outside a write transaction first: usually there is nothing stale, and
         # a reader never holds up the processes that are writing events.
-        if not self._query(stale + " LIMIT 1", (channel,)):
-            return 0
+        with self._reading() as conn:
+            if not conn.execute(stale + " LIMIT 1", (channel,)).fetchall():
+                return 0
         reason = "superseded: its run moved on or ended before it was sent"
         return self._change(
             # last_attempt: when it ended, for the flush report (it was not attempted).
@@ -1286,6 +1363,14 @@ class Outbox:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.close()
             self._conn = None
+        self._drop_reader()
+
+    def _drop_reader(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None and self._pid == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    self._reader.close()
+            self._reader = None
 
     def _move_aside(self, error: BaseException) -> None:
         with self._lock:
@@ -1407,11 +1492,22 @@ class Outbox:
     def _kept_count(self) -> int:
         return self._in_memory(lambda kept: int(kept.execute("SELECT COUNT(*) FROM events").fetchone()[0]), 0)
 
-    def _everywhere(self, doing: str, query: Callable[[sqlite3.Connection], _T], fallback: _T) -> list[_T]:
-        """``query`` on the kept events, then on the file (``fallback`` for a file that fails)."""
+    def _everywhere(
+        self,
+        doing: str,
+        query: Callable[[sqlite3.Connection], _T],
+        fallback: _T,
+        *,
+        queue: bool = False,
+    ) -> list[_T]:
+        """``query`` on the kept events, then on the file (``fallback`` for a file that fails);
+        ``queue``: a sender's read of the queue, on the readers' connection."""
         found = [] if self._kept is None else [self._in_memory(query, fallback)]
 
         def on_file() -> _T:
+            if queue:
+                with self._reading() as conn:
+                    return query(conn)
             with self._lock:
                 return query(self._connection())
 
@@ -1567,16 +1663,23 @@ def _told_in(end_id: str) -> str:
     return f"folded into the story of the run's end {end_id}"
 
 
+#: A row picked, its run and its run's queue (None, None: a message of no run).
+_Picked = tuple[Queued, "str | None", "RunQueue | None"]
+
+
 def _claim_rows(
     conn: sqlite3.Connection, channel: str, limit: int, lease: _Lease, stories: bool
 ) -> list[_Claimed]:
-    """Lease the rows to send next (inside the caller's transaction): the queue walked by
-    urgency, each due row standing for its run, whose next message is taken (see
-    priority.py); an end takes along (folds) its run's earlier rows still waiting, unless
-    the channel tells no stories."""
-    now, lease_seconds, forced, owner = lease
+    """Pick and lease the rows to send next, inside the caller's transaction."""
+    return _lease_picked(conn, channel, _pick(conn, channel, limit, lease, stories), lease)
+
+
+def _pick(conn: sqlite3.Connection, channel: str, limit: int, lease: _Lease, stories: bool) -> list[_Picked]:
+    """The rows to send next: the queue walked by urgency, each due row standing for its
+    run, whose next message is taken (see priority.py)."""
+    now, _, forced, _ = lease
     order = _Order(conn, channel, now, forced, stories)
-    picked: list[tuple[Queued, str | None, RunQueue | None]] = []
+    picked: list[_Picked] = []
     runs: set[str] = set()
     with contextlib.closing(order.walk(f" AND {_DUE}", _BY_URGENCY, {})) as walk:
         for row, run_id in walk:
@@ -1589,13 +1692,40 @@ def _claim_rows(
                     picked.append((of_run.next, run_id, of_run))
             if len(picked) >= limit:
                 break
-    conn.executemany(
-        "UPDATE deliveries SET state = 'sending', lease_until = ?, lease_owner = ?"
-        " WHERE event_id = ? AND channel = ?",
-        [(now + lease_seconds, owner or lease_owner(), row.event_id, channel) for row, _, _ in picked],
-    )
+    return picked
+
+
+# Leases a picked row if it is still due and nothing of its run has gone in flight since it
+# was picked (a pick read outside the lease's transaction may be overtaken by another
+# process's sender). The rest such a pick may have missed is what a claim a moment earlier
+# would have missed too: rows stored since (they wait for the next claim), an end or an
+# alert of the run arriving (it takes the run's next turn).
+_LEASE_CHECKED = (
+    "UPDATE deliveries SET state = 'sending', lease_until = :until, lease_owner = :owner"
+    " WHERE event_id = :id AND channel = :channel AND ((state = 'pending' AND (next_attempt <= :now"
+    " OR COALESCE(last_attempt, 0) < :forced)) OR (state = 'sending' AND lease_until < :now))"
+    " AND (:run IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries f JOIN events x ON x.id = f.event_id"
+    "  WHERE f.channel = :channel AND f.state = 'sending' AND f.lease_until >= :now"
+    "  AND x.run_id = :run AND f.event_id != :id))"
+)
+
+
+def _lease_picked(
+    conn: sqlite3.Connection, channel: str, picked: Sequence[_Picked], lease: _Lease
+) -> list[_Claimed]:
+    """Lease those of ``picked`` still free to go (inside the caller's transaction; picked
+    outside it, some may not be); an end takes along (folds) its run's earlier rows still
+    waiting, unless the channel tells no stories."""
+    now, lease_seconds, forced, owner = lease
+    params = {"until": now + lease_seconds, "owner": owner or lease_owner(), "channel": channel}
+    params.update(now=now, forced=forced)
+    leased = [
+        (row, run_id, queue)
+        for row, run_id, queue in picked
+        if conn.execute(_LEASE_CHECKED, {**params, "id": row.event_id, "run": run_id}).rowcount
+    ]
     claimed = []
-    for row, run_id, queue in picked:
+    for row, run_id, queue in leased:
         found = conn.execute(
             "SELECT d.attempts, e.payload, e.created FROM deliveries d JOIN events e ON e.id = d.event_id"
             " WHERE d.event_id = ? AND d.channel = ?",
