@@ -202,6 +202,36 @@ def test_concurrent_threads_never_claim_the_same_row(tmp_path: Path, outbox: Out
     assert all(results)  # they did compete: each took rows
 
 
+def test_a_pick_overtaken_by_another_sender_leases_nothing_of_its_run(
+    tmp_path: Path, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim reads the queue outside the write lock; here another process's sender leases
+    # the picked row in between. The claim must neither lease it too nor send the run's
+    # next message past the one now in flight.
+    from afs_callbacks.delivery import outbox as module
+
+    first, second = event("one", age=2), event("two", age=1)
+    outbox.enqueue(first, ["slack"])
+    outbox.enqueue(second, ["slack"])
+    other = Outbox(tmp_path / "outbox.sqlite3")
+    real_pick = module._pick
+    overtaken: list[list[str]] = []
+
+    def pick_then_overtaken(*args: object, **kwargs: object) -> object:
+        picked = real_pick(*args, **kwargs)  # type: ignore[arg-type]
+        if not overtaken:  # once, and not for the other outbox's own pick
+            overtaken.append([])
+            overtaken[0] = [c.event.id for c in other.claim("slack", lease_seconds=60, owner="elsewhere:1")]
+        return picked
+
+    monkeypatch.setattr(module, "_pick", pick_then_overtaken)
+    assert outbox.claim("slack", lease_seconds=60) == []
+    assert overtaken == [[first.id]]
+    rows = dict(other._query("SELECT event_id, lease_owner FROM deliveries WHERE state = 'sending'"))
+    assert rows == {first.id: "elsewhere:1"}
+    other.close()
+
+
 def test_two_processes_never_claim_the_same_row(tmp_path: Path, outbox: Outbox) -> None:
     ids = []
     for index in range(400):
