@@ -119,8 +119,7 @@ class Sweep:
         if adopted is not None and not adopted.won and adopted.voice == "trials":
             # Its trials opened it (and announced it) before this block: the block takes the
             # summary over, counting from the sweep's start.
-            self._wall_started = adopted.started
-            self._started = time.monotonic() - max(0.0, time.time() - adopted.started)
+            self.count_from(adopted.started)
         else:
             self.announce(f"{_QUIET_TRIALS}, and one summary comes at the end.")
         return self
@@ -138,9 +137,14 @@ class Sweep:
             self._claim = found if found.won else sweep_claims.take_over(state_dir, found, voice)
         return found
 
+    def count_from(self, since: float) -> None:
+        """Count the sweep's trials and time from ``since`` (epoch seconds; a moment past)."""
+        self._wall_started = since
+        self._started = time.monotonic() - max(0.0, time.time() - since)
+
     def announce(self, text: str) -> None:
         """Push ``Sweep started`` with ``text``; the summary counts trials from now."""
-        self._started, self._wall_started = time.monotonic(), time.time()
+        self.count_from(time.time())
         self.manager.notify(
             f"Sweep started: {self.name}",
             text,
@@ -226,9 +230,8 @@ class _Unannounced:
             # or another process of the same study (one RDB storage), and each process
             # still summarises what it saw.
             self.silent = found.voice == "block" and not found.stale
-            since = found.started if found.voice == "trials" else time.time()  # adopted: from its start
-            self.sweep._started = time.monotonic() - max(0.0, time.time() - since)
-            self.sweep._wall_started = since
+            # A sweep adopted from its trials counts from its start; one another voice keeps, from now.
+            self.sweep.count_from(found.started if found.voice == "trials" else time.time())
             return
         tool = "Optuna study" if trial.tool == "optuna" else "Sweep"
         quiet = format_duration(quiet_seconds(QUIET_SECONDS))

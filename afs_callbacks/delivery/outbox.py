@@ -1717,8 +1717,13 @@ def _lease_picked(
     outside it, some may not be); an end takes along (folds) its run's earlier rows still
     waiting, unless the channel tells no stories."""
     now, lease_seconds, forced, owner = lease
-    params = {"until": now + lease_seconds, "owner": owner or lease_owner(), "channel": channel}
-    params.update(now=now, forced=forced)
+    params = {
+        "until": now + lease_seconds,
+        "owner": owner or lease_owner(),
+        "channel": channel,
+        "now": now,
+        "forced": forced,
+    }
     leased = [
         (row, run_id, queue)
         for row, run_id, queue in picked

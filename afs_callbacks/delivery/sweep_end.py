@@ -261,15 +261,7 @@ def quiet_summaries(
     events = [entry.event for entry in outbox.history(event_type=_READ_TYPES, limit=MAX_EVENTS_READ)]
     due = []
     for claim, trials, last in quiet_ones:
-        summary = summarise(
-            claim.name,
-            events,
-            since=claim.started,
-            seconds=max(0.0, last - claim.started),
-            metric=claim.metric,
-            mode=claim.mode,
-            runs=trials,
-        )
+        summary = _summary(claim, events, trials, last)
         if sweep_claims.close(state_dir, claim):
             due.append(summary.event(event_id=claim.event_id("summary")))
             closed.append(claim)
@@ -283,19 +275,25 @@ def quiet_summaries(
         trials = trials_of(claim.name, rows, claim.started)
         ends = [state.ended_at for state in trials if state.ended_at is not None]
         last = max(ends) if ends else now
-        summary = summarise(
-            claim.name,
-            events,
-            since=claim.started,
-            seconds=max(0.0, last - claim.started),
-            metric=claim.metric,
-            mode=claim.mode,
-            runs=trials,
-        )
-        show(card_state(claim, summary, now=now, ended_at=last))
+        show(card_state(claim, _summary(claim, events, trials, last), now=now, ended_at=last))
     if due:
         sweep_claims.prune(state_dir, now=now)
     return due
+
+
+def _summary(
+    claim: sweep_claims.Claim, events: list[NotificationEvent], trials: list[RunState], last: float
+) -> SweepSummary:
+    """The summary of ``claim``'s sweep, whose last trial ended at ``last``."""
+    return summarise(
+        claim.name,
+        events,
+        since=claim.started,
+        seconds=max(0.0, last - claim.started),
+        metric=claim.metric,
+        mode=claim.mode,
+        runs=trials,
+    )
 
 
 def card_state(
@@ -359,23 +357,20 @@ def _show_live(
     key = (state_dir, claim.name, claim.generation)
     if key in _carded and _carded[key][0] == said:
         return
+    best_value, best_state = best if best is not None else (None, None)
+    params = _trial_params(outbox, best_state.run_id) if best_state is not None else {}
     summary = SweepSummary(
         claim.name,
-        [TrialEnd(str(state.extra["trial"]), state.outcome) for state in trials],
+        [
+            TrialEnd(str(s.extra["trial"]), s.outcome, best_value, params)
+            if s is best_state
+            else TrialEnd(str(s.extra["trial"]), s.outcome)
+            for s in trials
+        ],
         max(0.0, now - claim.started),
-        claim.metric,
+        claim.metric or (best_state.monitor if best_state is not None else None),
         claim.mode,
     )
-    if best is not None:
-        value, state = best
-        params = _trial_params(outbox, state.run_id)
-        summary.trials = [
-            TrialEnd(
-                str(s.extra["trial"]), s.outcome, value if s is state else None, params if s is state else {}
-            )
-            for s in trials
-        ]
-        summary.metric = claim.metric or state.monitor
     show(card_state(claim, summary, now=now, running=running))
     _carded[key] = (said, claim)
 
