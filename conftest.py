@@ -68,8 +68,13 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # with a home and XDG_STATE_HOME of the test's own, no test can write the user's history.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / ".local" / "state"))
-    # Each state dir a training uses gets its own death watcher: let it go soon after the run
-    # ends instead of 10 s later, so a test session does not keep dozens of them alive.
+    # The death watcher is one per user and host, found in $XDG_RUNTIME_DIR/afs-callbacks:
+    # a runtime dir of the test's own gives each test its own watcher (and none of the
+    # user's). Let it go soon after the run ends instead of a minute later, so a test
+    # session does not keep dozens of them alive.
+    runtime = tmp_path / "xdg-run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     monkeypatch.setenv("AFS_DEATHWATCH_GRACE", "1")
     monkeypatch.chdir(tmp_path)  # no stray ./.env from the developer's checkout
     return state
