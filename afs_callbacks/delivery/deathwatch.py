@@ -71,7 +71,8 @@ _spawn_lock = threading.Lock()
 _waiting: list[dict[str, Any]] = []  # registrations no watcher took yet (the spawner's)
 _spawner: threading.Thread | None = None
 _spawned_at = -SPAWN_GRACE_SECONDS  # monotonic time of this process's last spawn
-_env_cache: tuple[Any, dict[str, str]] | None = None
+_env_cache: tuple[Any, dict[str, str]] | None = None  # delivery_env()'s, with its key
+_prefixes: tuple[str, ...] | None = None  # of the variables that configure delivery
 
 
 # Registering with the watcher (and starting it) ------------------------------------------
@@ -89,7 +90,9 @@ def ensure_watcher(state_dir: str, pid: int, run: RunState | None = None) -> Non
         if os.environ.get("AFS_ENABLED", "").strip().lower() in _FALSE:
             return
         message = registration(state_dir, pid, run)
-        if not rendezvous.send(message):
+        if rendezvous.send(message):
+            _watcher_seen()
+        else:
             _spawn_soon(message)
     except Exception as error:
         log.debug("afs-callbacks: could not register with the death watcher: %s", error)
@@ -123,11 +126,13 @@ def registration(state_dir: str, pid: int, run: RunState | None = None) -> dict[
 def delivery_env() -> dict[str, str]:
     """This process's settings that configure delivery: ``AFS_*`` and every channel's
     variables, from the environment over its ``.env`` file (read once per environment)."""
-    global _env_cache
-    from afs_callbacks.channels import env_prefixes  # already imported by the manager
+    global _env_cache, _prefixes
+    if _prefixes is None:
+        from afs_callbacks.channels import env_prefixes  # already imported by the manager
 
-    prefixes = ("AFS_", *env_prefixes())
-    key = (tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(prefixes))), os.getcwd())
+        _prefixes = ("AFS_", *env_prefixes())
+    prefixes = _prefixes
+    key = (tuple((k, v) for k, v in os.environ.items() if k.startswith(prefixes)), os.getcwd())
     cached = _env_cache
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -166,7 +171,7 @@ def _hand_over() -> None:
                 return
             message = _waiting[0]
         if rendezvous.send(message):
-            pass
+            _watcher_seen()
         elif time.monotonic() - _spawned_at >= SPAWN_GRACE_SECONDS:
             try:
                 _spawn(message)
@@ -178,6 +183,13 @@ def _hand_over() -> None:
             continue
         with _spawn_lock:
             _waiting.remove(message)
+
+
+def _watcher_seen() -> None:
+    """A watcher took a registration: the one this process started, if any, is up, so one
+    that does not answer later has left (its grace ran out) and a new one starts at once."""
+    global _spawned_at
+    _spawned_at = -SPAWN_GRACE_SECONDS
 
 
 def _spawn(message: dict[str, Any]) -> None:
