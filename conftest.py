@@ -9,6 +9,7 @@ is started). What only one folder needs lives in that folder's conftest.py.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,8 +69,13 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # with a home and XDG_STATE_HOME of the test's own, no test can write the user's history.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / ".local" / "state"))
-    # Each state dir a training uses gets its own death watcher: let it go soon after the run
-    # ends instead of 10 s later, so a test session does not keep dozens of them alive.
+    # The death watcher is one per user and host, found in $XDG_RUNTIME_DIR/afs-callbacks:
+    # a runtime dir of the test's own gives each test its own watcher (and none of the
+    # user's). Let it go soon after the run ends instead of a minute later, so a test
+    # session does not keep dozens of them alive.
+    runtime = tmp_path / "xdg-run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     monkeypatch.setenv("AFS_DEATHWATCH_GRACE", "1")
     monkeypatch.chdir(tmp_path)  # no stray ./.env from the developer's checkout
     return state
@@ -80,3 +86,24 @@ def receiver() -> Iterator[LoopbackReceiver]:
     """A real HTTP server on 127.0.0.1 recording requests; script answers with .reply()."""
     with LoopbackReceiver() as server:
         yield server
+
+
+@pytest.fixture
+def watch_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
+    """The environment of child runs that the death watcher watches (it gets theirs):
+    the receiver as their webhook, a fast watcher round, a short linger. The watcher is
+    killed afterwards (a failed test's leftover)."""
+    from afs_callbacks.delivery import deathwatch
+
+    env = dict(os.environ)
+    env.update(
+        WEBHOOK_URL=receiver.url("/hook"),
+        AFS_STATE_DIR=str(isolated_env),
+        AFS_DEATHWATCH_INTERVAL="0.2",
+        AFS_DEATHWATCH_GRACE="1",
+    )
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    yield env
+    pid = deathwatch.watcher_pid()
+    if pid is not None and pid > 0:
+        os.kill(pid, signal.SIGKILL)

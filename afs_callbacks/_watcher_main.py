@@ -1,102 +1,182 @@
-"""The death watcher process: ``python -m afs_callbacks._watcher_main STATE_DIR PID [LABEL]``.
+"""The death watcher process: ``python -m afs_callbacks._watcher_main STATE_DIR PID [LABEL]``,
+with the registration that started it on stdin.
 
-Started by :func:`afs_callbacks.delivery.deathwatch.ensure_watcher`. One per state dir and
-host (an exclusive ``flock`` on ``deathwatch.lock``; a second one exits at once). Every
-second it reads the ``runs`` table, notes each live run's process (start time, memory
-cgroup, OOM-kill count) and reports those that vanished, and sends the stored ends that a
-process ended right after training left unsent (Ray Tune, ``os._exit``), through a
-:class:`~afs_callbacks.manager.NotificationManager` of its own (the channels the
-environment configures). It leaves once no run of this host has been running for a grace
-period and no run asked for watching in that time.
+Started by :func:`afs_callbacks.delivery.deathwatch.ensure_watcher`. One per user and host
+(an exclusive ``flock`` in the private rendezvous folder of
+:mod:`~afs_callbacks.delivery.rendezvous`), for every state dir whose runs registered. A
+watcher started while another holds the lock hands its registration to that one over the
+socket and exits; one started while the other is leaving takes the lock after it.
+
+Runs register themselves over the socket (state dir, pid, run id, model, start time, and
+the settings that configure delivery); the watcher keeps that in memory only. Every second,
+for each state dir (:class:`Watcher`), it reads the ``runs`` table, notes each live run's
+process (start time, memory cgroup, OOM-kill count), reports the runs that vanished,
+reports registered runs that died before anything of them was stored (a row written from
+the registration, then claimed like any other), and sends the stored ends that a process
+ended right after training left unsent (Ray Tune, ``os._exit``), and the summary of a sweep
+whose trials ran in processes of their own once it went quiet, keeping its live card
+meanwhile (:mod:`~afs_callbacks.delivery.sweep_end`). It delivers through one
+:class:`~afs_callbacks.manager.NotificationManager` per state dir and environment: the
+channels of the run's own environment, where it registered, else of the latest
+registration of that state dir. A state dir is let go once no run of this host has been
+running in it, no registered process lived, no sweep there awaits its summary and nothing
+registered for a grace period; the
+process leaves when no state dir is left, first taking its socket's name away and the
+registrations already queued on it, so a run that registered is never dropped.
 
 It sits above the manager it delivers through; :mod:`~afs_callbacks.delivery.deathwatch`,
-which the manager uses to start it, sits below.
+which the manager uses to start it, sits below. The package's modules are imported inside
+functions: a watcher started while another runs only hands its message over and exits,
+and should not pay for them (dozens of runs starting together each start one).
 
-``AFS_DEATHWATCH_INTERVAL`` (seconds between checks, default 1) and
-``AFS_DEATHWATCH_GRACE`` (default 60: long enough for a new run's first row to be written
-after its ensure_watcher(), and for a process that runs one fit after another, a sweep or
-a notebook, to keep one watcher instead of starting one per run: a start costs about
-0.2 s of CPU beside the training) tune it; tests shorten them. It also leaves at once when the
-state dir is deleted.
+``AFS_DEATHWATCH_INTERVAL`` (seconds between checks, default 1; the smallest any
+registration asks for) and ``AFS_DEATHWATCH_GRACE`` (default 60, per state dir, from its
+latest registration: long enough for a process that runs one fit after another, a sweep or
+a notebook, to keep one watcher instead of starting one per run: a start costs about 0.2 s
+of CPU beside the training) tune it; tests shorten them. A state dir that is deleted is let
+go at once.
 
 It names itself, so that the process left in ``ps`` for a minute after a run says what it
 is: ``afs-callbacks death watcher for /home/me/.local/state/afs-callbacks (lingers 60 s
-after the last run)`` as its command line (written over its own arguments, which the
-spawner pads with a label for the room; Linux), and ``afs-deathwatch`` as its process name
-(``prctl(PR_SET_NAME)``, what ``top`` and ``pgrep`` show). No dependency: ``ctypes`` only,
-and where that fails the label argument still says what it is.
+after the last run)`` as its command line (``... and 2 more state dirs ...`` when it watches
+more; written over its own arguments, which the spawner pads with a label for the room;
+Linux), and ``afs-deathwatch`` as its process name (``prctl(PR_SET_NAME)``, what ``top``
+and ``pgrep`` show). No dependency: ``ctypes`` only, and where that fails the label
+argument still says what it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
+import hashlib
+import json
 import os
 import socket
 import sqlite3
 import sys
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from afs_callbacks._files import open_private
-from afs_callbacks.delivery import deathwatch as dw
-from afs_callbacks.delivery import sweep_end
-from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
-from afs_callbacks.runstate import RUNNING, RunState
+from afs_callbacks.delivery import rendezvous
 
 if TYPE_CHECKING:
+    from afs_callbacks.delivery.deathwatch import Sighting
+    from afs_callbacks.delivery.outbox import Outbox
     from afs_callbacks.events import NotificationEvent
     from afs_callbacks.manager import NotificationManager
+    from afs_callbacks.runstate import RunState
 
 DELIVERY_BOUND = 15.0  # seconds a notice may take to leave before the loop goes on
+#: Seconds a watcher started while another holds the lock keeps trying to hand its
+#: registration over (or to take the lock, should the other one leave meanwhile).
+HAND_OVER_SECONDS = 30.0
+DEFAULT_INTERVAL = 1.0
+DEFAULT_GRACE = 60.0
 
 
-def acquire(state_dir: str) -> int | None:
-    """Take the watcher lock (and write our pid in it), or None when another watcher has it."""
-    fd = open_private(os.path.join(state_dir, dw.LOCK_NAME))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+@dataclass
+class Registration:
+    """A run (or a process) that asked to be watched: what it said of itself."""
+
+    pid: int
+    run_id: str | None
+    model: str
+    started_at: float | None
+    sighting: Sighting | None
 
 
 class Watcher:
-    """The loop of one watcher process over one state dir."""
+    """The watcher's duties for one state dir, and whether that dir still keeps it."""
 
-    def __init__(self, state_dir: str, interval: float, grace: float) -> None:
+    def __init__(self, state_dir: str, host: str) -> None:
         self.state_dir = state_dir
-        self.interval = interval
-        self.grace = grace
-        self.host = socket.gethostname()
-        self.seen: dict[int, dw.Sighting] = {}
+        self.host = host
+        self.grace = DEFAULT_GRACE
+        self.seen: dict[int, Sighting] = {}
         self.outbox: Outbox | None = None
-        self.manager: NotificationManager | None = None
-        self.idle_since = time.monotonic()
+        self.registered: dict[tuple[str | None, int], Registration] = {}
+        #: Delivery settings by fingerprint (in memory only: they may hold tokens), and
+        #: which fingerprint each run and process registered with.
+        self.envs: dict[str, dict[str, str]] = {}
+        self.env_of_run: dict[str, str] = {}
+        self.env_of_pid: dict[int, str] = {}
+        self.latest_env: str | None = None
+        self.managers: dict[str, NotificationManager] = {}
+        self.active_at = time.monotonic()  # a request, a running row or a registered process
         self.sent_ends: set[str] = set()  # unsent ends of gone processes this watcher sent
 
-    def note(self, pid: int) -> None:
-        """Remember a live process (its OOM-kill count now is the run's baseline)."""
-        if pid not in self.seen:
-            sighting = dw.sight(pid)
-            if sighting is not None:
-                self.seen[pid] = sighting
+    # What runs tell it ----------------------------------------------------------------
+
+    def register(self, message: dict[str, Any]) -> None:
+        """Note a registration: the process (its OOM-kill count now is the run's baseline),
+        the run's identity and its delivery settings."""
+        from afs_callbacks.delivery import deathwatch as dw
+
+        pid = int(message["pid"])
+        env = {str(k): str(v) for k, v in (message.get("env") or {}).items()}
+        key = hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()
+        self.envs[key] = env
+        self.latest_env = key
+        self.grace = _seconds(env.get("AFS_DEATHWATCH_GRACE"), DEFAULT_GRACE)
+        run_id = message.get("run_id")
+        run_id = None if run_id is None else str(run_id)
+        sighting = self.seen.get(pid) or dw.sight(pid)
+        if sighting is not None:
+            self.seen[pid] = sighting
+        started = message.get("started_at")
+        self.registered[(run_id, pid)] = Registration(
+            pid,
+            run_id,
+            str(message.get("model") or "?"),
+            None if started is None else float(started),
+            sighting,
+        )
+        if run_id is not None:
+            self.env_of_run[run_id] = key
+        self.env_of_pid[pid] = key
+        self.active_at = time.monotonic()
+
+    def ended(self, message: dict[str, Any]) -> None:
+        """A registered run ended with a word: nothing is owed for it if its process goes."""
+        self.registered.pop((str(message.get("run_id")), int(message["pid"])), None)
+        self.active_at = time.monotonic()
+
+    # One round ------------------------------------------------------------------------
 
     def check(self) -> bool:
-        """One round: report vanished runs; return whether any run of this host still runs."""
+        """One round of this state dir's duties; return whether something still runs
+        here (a ``running`` row of this host, or a registered process alive)."""
+        from afs_callbacks.delivery import deathwatch as dw
+        from afs_callbacks.delivery import sweep_end
+        from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
+        from afs_callbacks.runstate import RUNNING
+
+        gone = [key for key, reg in self.registered.items() if self._gone(reg)]
+        alive = len(self.registered) > len(gone)
         if self.outbox is None:
             path = os.path.join(self.state_dir, OUTBOX_FILE)
-            if not os.path.exists(path):
-                return False  # no run wrote anything yet
+            if not os.path.exists(path) and not any(self.registered[key].run_id for key in gone):
+                for key in gone:
+                    del self.registered[key]
+                return alive  # no run wrote anything yet, and none died unstored
             try:
+                if not os.path.isdir(self.state_dir):  # a run killed before its manager made it
+                    from afs_callbacks._files import private_dir
+
+                    private_dir(self.state_dir)
                 self.outbox = Outbox(path, busy_timeout=5.0)
-            except sqlite3.Error:
+            except (OSError, sqlite3.Error):
                 return True  # a busy or half-made file: open it again next round
         try:
+            for key in gone:
+                # A registered run that died before anything of it was stored: a row from
+                # its registration, which the claim below reports like any other.
+                reg = self.registered[key]
+                if reg.run_id is not None:
+                    dw.unstored_run(self.outbox, self._state_of(reg))
+                del self.registered[key]
             for state in self.outbox.runs(status=RUNNING, host=self.host, limit=None):
                 if state.pid is not None and not dw.process_gone(state.pid, state.updated_at):
                     self.note(state.pid)
@@ -105,89 +185,199 @@ class Watcher:
             )
             running = bool(self.outbox.runs(status=RUNNING, host=self.host, limit=1))
             unsent = dw.unsent_ends(self.outbox, host=self.host, tried=self.sent_ends)
-            notices += sweep_end.quiet_summaries(self.outbox, self.state_dir, show=self.show_card)  # sweeps
+            # A sweep of trials in processes of their own: its summary once it went quiet,
+            # and its live card meanwhile.
+            notices += sweep_end.quiet_summaries(self.outbox, self.state_dir, show=self.show_card)
         except sqlite3.Error:
             self.outbox.close()  # a busy or replaced file: open it again next round
             self.outbox = None
             return True
         if notices or unsent:
-            self.sent_ends.update(unsent)
-            self.deliver(notices)
-        return running
+            self.sent_ends.update(event_id for event_id, _ in unsent)
+            self.deliver(notices, [pid for _, pid in unsent])
+        # Further periodic duties per state dir go here, like the sweeps' above: each one
+        # a call that shares self.outbox and self.manager_for(), and tells lingers()
+        # whether it still needs the watcher.
+        return running or alive
 
-    def deliver(self, notices: list[NotificationEvent]) -> None:
-        """Send the notices through the channels the environment configures (and queue
+    def lingers(self, busy: bool) -> bool:
+        """The linger rule: whether this state dir still keeps the watcher after a round
+        that found it ``busy`` or not (idle for the grace period: let go)."""
+        now = time.monotonic()
+        if not os.path.isdir(self.state_dir) and not self.registered:
+            return False  # deleted: nothing left to report into
+        from afs_callbacks.delivery import sweep_end
+
+        if busy or sweep_end.awaiting_summary(self.state_dir):
+            self.active_at = now
+        return now - self.active_at < self.grace
+
+    def note(self, pid: int) -> None:
+        """Remember a live process (its OOM-kill count now is the run's baseline)."""
+        from afs_callbacks.delivery import deathwatch as dw
+
+        if pid not in self.seen:
+            sighting = dw.sight(pid)
+            if sighting is not None:
+                self.seen[pid] = sighting
+
+    def _gone(self, reg: Registration) -> bool:
+        from afs_callbacks.delivery import deathwatch as dw
+
+        return dw.process_gone(reg.pid, reg.started_at, reg.sighting)
+
+    def _state_of(self, reg: Registration) -> Any:
+        from afs_callbacks.runstate import RunState
+
+        assert reg.run_id is not None
+        return RunState(reg.run_id, reg.model, host=self.host, pid=reg.pid, started_at=reg.started_at)
+
+    # Delivery -------------------------------------------------------------------------
+
+    def show_card(self, state: RunState) -> None:
+        """A sweep's live card (``sweep_end``): stored and edited like a run's, through
+        the channels of the latest registration."""
+        self.manager_for(None).update_run(state)
+
+    def manager_for(self, key: str | None) -> NotificationManager:
+        """The manager of one registered environment (the latest one's for None)."""
+        from afs_callbacks.config import Env
+        from afs_callbacks.manager import NotificationManager  # only once there is news
+
+        key = key if key in self.envs else self.latest_env
+        name = key or ""
+        manager = self.managers.get(name)
+        if manager is None:
+            env = Env(self.envs[key], env_file=False) if key is not None else None
+            manager = self.managers[name] = NotificationManager.from_env(env, state_dir=self.state_dir)
+        return manager
+
+    def deliver(self, notices: list[NotificationEvent], unsent_pids: list[int | None]) -> None:
+        """Send the notices through the channels of their run's environment (and queue
         them for the run's own channels, which may have been set up in code); the flush
         also sends the ends that processes gone meanwhile stored but did not send."""
-        manager = self.open_manager()
+        batches: dict[str | None, list[NotificationEvent]] = {}
         for notice in notices:
-            manager.emit(notice)
-        manager.flush(DELIVERY_BOUND)
+            key = self.env_of_run.get(notice.run_id or "", self.latest_env)
+            batches.setdefault(key, []).append(notice)
+        for pid in unsent_pids:
+            batches.setdefault(self.env_of_pid.get(pid or -1, self.latest_env), [])
+        for key, batch in batches.items():
+            manager = self.manager_for(key)
+            for notice in batch:
+                manager.emit(notice)
+            manager.flush(DELIVERY_BOUND)
         if self.outbox is not None:
             for notice in notices:
                 if notice.run_id is not None:
                     self.outbox.route_like_run(notice.id, notice.run_id)
 
-    def open_manager(self) -> NotificationManager:
-        """The manager the watcher delivers through (the channels the environment
-        configures), made once there is news."""
-        if self.manager is None:
-            from afs_callbacks.manager import NotificationManager  # only once there is news
-
-            self.manager = NotificationManager.from_env(state_dir=self.state_dir)
-        return self.manager
-
-    def show_card(self, state: RunState) -> None:
-        """A sweep's live card (``sweep_end``): stored and edited like a run's."""
-        self.open_manager().update_run(state)
-
-    def wanted_recently(self) -> bool:
-        """Whether some run asked for watching within the grace period."""
-        try:
-            touched = os.path.getmtime(os.path.join(self.state_dir, dw.WANTED_NAME))
-        except OSError:
-            return False
-        return time.time() - touched < self.grace
-
-    def run(self, lock_fd: int) -> None:
-        """Watch until nothing is left to watch; hand the lock back on the way out."""
-        while os.path.isdir(self.state_dir):
-            try:
-                busy = self.check()
-            except Exception:
-                busy = True  # a failed delivery or an odd row: keep watching, try again
-            if busy or self.wanted_recently() or sweep_end.awaiting_summary(self.state_dir):
-                self.idle_since = time.monotonic()
-            elif time.monotonic() - self.idle_since >= self.grace:
-                os.close(lock_fd)
-                # A run may have started between the last round and the release, while its
-                # ensure_watcher() still saw this watcher: look once more after letting go.
-                if not self.check():
-                    break
-                reacquired = acquire(self.state_dir)
-                if reacquired is None:
-                    break  # another watcher took over
-                lock_fd = reacquired
-                self.idle_since = time.monotonic()
-            time.sleep(self.interval)
-        self.close()
-
     def close(self) -> None:
-        """Close the outbox and the manager (sending what is left within a bound)."""
+        """Close the outbox and the managers (sending what is left within a bound)."""
         if self.outbox is not None:
             self.outbox.close()
-        if self.manager is not None:
+            self.outbox = None
+        for manager in self.managers.values():
             with contextlib.suppress(Exception):
-                self.manager.close(timeout=5.0)
+                manager.close(timeout=5.0)
+        self.managers.clear()
+
+
+class WatcherProcess:
+    """The one watcher of this user and host: its socket, its state dirs, its loop."""
+
+    def __init__(self, folder: str, lock_fd: int, listener: socket.socket, interval: float) -> None:
+        self.folder = folder
+        self.lock_fd = lock_fd
+        self.listener = listener
+        self.interval = interval
+        self.host = socket.gethostname()
+        self.watched: dict[str, Watcher] = {}
+        self.title = ""
+
+    def take(self, message: dict[str, Any]) -> None:
+        """Act on one message from a run (a bad one is dropped)."""
+        try:
+            state_dir = os.path.realpath(str(message["state_dir"]))
+            watcher = self.watched.get(state_dir)
+            if message.get("op") == "ended":
+                if watcher is not None:
+                    watcher.ended(message)
+                return
+            if watcher is None:
+                watcher = self.watched[state_dir] = Watcher(state_dir, self.host)
+            watcher.register(message)
+            asked = (message.get("env") or {}).get("AFS_DEATHWATCH_INTERVAL")
+            self.interval = min(self.interval, _seconds(asked, self.interval))
+        except (KeyError, TypeError, ValueError):
+            return
+        self.retitle()
+
+    def run(self) -> None:
+        """Watch until no state dir is left; hand the lock back on the way out."""
+        next_round = time.monotonic()
+        while True:
+            for message in rendezvous.receive(self.listener, max(0.0, next_round - time.monotonic())):
+                self.take(message)
+            if time.monotonic() < next_round:
+                continue
+            self.round()
+            next_round = time.monotonic() + self.interval
+            if not self.watched and self.leave():
+                return
+
+    def round(self) -> None:
+        """Each state dir's duties once; let go of those that no longer linger."""
+        for state_dir, watcher in list(self.watched.items()):
+            try:
+                busy = watcher.check()
+            except Exception:
+                busy = True  # a failed delivery or an odd row: keep watching, try again
+            if not watcher.lingers(busy):
+                watcher.close()
+                del self.watched[state_dir]
+                self.retitle()
+
+    def leave(self) -> bool:
+        """Take the socket's name away, then the registrations already queued on it: none
+        came, so the lock is handed back (True); some did, so the watcher stays."""
+        rendezvous.unlisten(self.folder)
+        late = rendezvous.receive(self.listener, 0.0)
+        if not late:
+            self.listener.close()
+            os.close(self.lock_fd)
+            return True
+        for message in late:
+            self.take(message)
+        self.listener.close()
+        self.listener = rendezvous.listen(self.folder)
+        return False
+
+    def retitle(self) -> None:
+        """Say in ``ps`` which state dirs are watched."""
+        if not self.watched:
+            return
+        dirs = sorted(self.watched)
+        title = process_title(dirs, max(w.grace for w in self.watched.values()))
+        if title != self.title:
+            self.title = title
+            name_process(title)
+
+    def close(self) -> None:
+        """Close every state dir's outbox and managers."""
+        for watcher in self.watched.values():
+            watcher.close()
 
 
 #: The process name (15 bytes at most: the kernel's limit for ``comm``).
 PROCESS_NAME = "afs-deathwatch"
 
 
-def process_title(state_dir: str, grace: float) -> str:
-    """What the watcher is, for ``ps``: which state dir, and why it is still there."""
-    return f"afs-callbacks death watcher for {state_dir} (lingers {grace:g} s after the last run)"
+def process_title(state_dirs: list[str], grace: float) -> str:
+    """What the watcher is, for ``ps``: which state dirs, and why it is still there."""
+    more = len(state_dirs) - 1
+    others = f" and {more} more state dir{'s' if more > 1 else ''}" if more > 0 else ""
+    return f"afs-callbacks death watcher for {state_dirs[0]}{others} (lingers {grace:g} s after the last run)"
 
 
 def name_process(title: str) -> None:
@@ -218,26 +408,54 @@ def _write_command_line(title: str) -> None:
     ctypes.memmove(start, data + b"\0" * (size - len(data)), size)
 
 
-def _seconds(name: str, default: float) -> float:
+def _seconds(value: str | None, default: float) -> float:
     try:
-        return max(0.05, float(os.environ.get(name, default)))
+        return default if value is None else max(0.05, float(value))
     except ValueError:
         return default
 
 
+def first_message(argv: list[str]) -> dict[str, Any]:
+    """The registration this process was started for: on stdin from the spawner, else
+    (started by hand) the arguments and this process's own settings."""
+    data = b""
+    with contextlib.suppress(OSError):
+        if not os.isatty(0):
+            data = sys.stdin.buffer.read(rendezvous.MAX_MESSAGE)
+    with contextlib.suppress(ValueError):
+        message = json.loads(data) if data else None
+        if isinstance(message, dict) and message.get("op") == "watch":
+            return message
+    from afs_callbacks.delivery.deathwatch import delivery_env
+
+    pid = int(argv[2]) if len(argv) > 2 and argv[2].isdigit() else os.getpid()
+    return {"op": "watch", "state_dir": os.path.abspath(argv[1]), "pid": pid, "env": delivery_env()}
+
+
 def main(argv: list[str]) -> int:
-    """Entry point: ``STATE_DIR PID`` (the process that asked, noted at once), then a label
-    for ``ps`` that the process title replaces."""
-    state_dir = argv[1]
-    lock_fd = acquire(state_dir)
-    if lock_fd is None:
-        return 0
-    grace = _seconds("AFS_DEATHWATCH_GRACE", 60.0)
-    name_process(process_title(state_dir, grace))
-    watcher = Watcher(state_dir, _seconds("AFS_DEATHWATCH_INTERVAL", 1.0), grace)
-    if len(argv) > 2 and argv[2].isdigit():
-        watcher.note(int(argv[2]))
-    watcher.run(lock_fd)
+    """Entry point: ``STATE_DIR PID`` (the process that asked, also on stdin with its run
+    and settings), then a label for ``ps`` that the process title replaces."""
+    message = first_message(argv)
+    folder = rendezvous.private_folder(create=True)
+    if folder is None:
+        return 1  # not ours alone (another user's folder in /tmp): no secret goes there
+    deadline = time.monotonic() + HAND_OVER_SECONDS
+    while True:
+        lock_fd = rendezvous.acquire(folder)
+        if lock_fd is not None:
+            break
+        if rendezvous.send(message) or time.monotonic() > deadline:
+            return 0  # the watcher that runs has it now
+        time.sleep(0.05)
+    listener = rendezvous.listen(folder)
+    os.chdir("/")  # keep no folder busy (the run's may be deleted, or unmounted)
+    interval = _seconds(os.environ.get("AFS_DEATHWATCH_INTERVAL"), DEFAULT_INTERVAL)
+    process = WatcherProcess(folder, lock_fd, listener, interval)
+    process.take(message)
+    try:
+        process.run()
+    finally:
+        process.close()
     return 0
 
 

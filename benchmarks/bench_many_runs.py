@@ -9,8 +9,9 @@ the others later. This process watches from outside:
 
 * per process, from ``/proc``: threads and RSS before the library was imported and at
   their highest during the run;
-* the death-watcher processes alive on the host (``afs-deathwatch``, those of this state
-  dir and all), at their most during the runs and once everything arrived;
+* the death-watcher processes alive on the host (``afs-deathwatch``: those of this
+  benchmark's own ``XDG_RUNTIME_DIR``, so that only its watcher counts, and all), at their
+  most during the runs and once everything arrived;
 * the messages the receiver got, by event id: every run's start and end exactly once,
   a death notice for every killed run, and none twice;
 * the lock warnings the processes printed, and the wall time;
@@ -18,11 +19,20 @@ the others later. This process watches from outside:
   still unreported then are checked once more by starting one more run (the next start
   reports what the watcher could not see).
 
-Targets: one watcher for the state dir; every start and end once, no duplicate; a death
-notice for every killed run; no lock warning; threads and RSS per process printed (the
-issue asks that they stay flat from 24 to 64 processes: compare the two runs' tables).
+* for each event id received twice: when each copy came, and its delivery row in the
+  outbox (attempts, state, the lease owner's pid and whether that process was killed),
+  to tell an at-least-once resend (a sender killed between its POST and its record) from
+  a bug.
+
+``--own-state-dirs`` gives each process a state dir of its own (as 24 separate jobs would
+have): still one watcher, for the user.
+
+Targets: one watcher; every start and end once, no duplicate; a death notice for every
+killed run; no lock warning; threads and RSS per process printed (the issue asks that they
+stay flat from 24 to 64 processes: compare the two runs' tables).
 
     python benchmarks/bench_many_runs.py [--quick] [--processes 24 | --64] [--kills 4]
+        [--own-state-dirs] [--seed N]
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ def child(marks: str, index: int, steps: int, step_s: float) -> None:
     baseline = proc_figures(os.getpid())
     from afs_callbacks.integrations.loop import RunNotifier
 
+    log_sends(os.path.join(marks, f"{index}.sends"))
+
     rng = random.Random(index)
     data = [(x / 32, 3 * x / 32 + 1 + rng.gauss(0, 0.05)) for x in range(32)]
     w = b = 0.0
@@ -84,6 +96,33 @@ def child(marks: str, index: int, steps: int, step_s: float) -> None:
             time.sleep(step_s)
 
 
+def log_sends(path: str) -> None:
+    """Note each send of this process's senders in ``path``: ``claim`` before it (with
+    whether its outbox keeps events in memory), ``done`` once its outcome is recorded. A
+    ``claim`` with no ``done`` is a send the process did not live to record."""
+    from afs_callbacks.delivery.sender import ChannelWorker
+
+    deliver = ChannelWorker._deliver
+    out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (for the process's life)
+
+    def logged(self: Any, claim: Any) -> None:
+        kept = getattr(self.outbox, "_kept", None) is not None
+        out.write(f"claim {claim.event.id} {time.time():.3f} kept={int(kept)} attempts={claim.attempts}\n")
+        deliver(self, claim)
+        out.write(f"done {claim.event.id} {time.time():.3f}\n")
+
+    ChannelWorker._deliver = logged  # type: ignore[method-assign]
+
+
+def sends_of(marks: str, index: int) -> list[list[str]]:
+    """The lines :func:`log_sends` wrote for run ``index``, split."""
+    try:
+        with open(os.path.join(marks, f"{index}.sends"), encoding="utf-8") as file:
+            return [line.split() for line in file]
+    except OSError:
+        return []
+
+
 def proc_figures(pid: int) -> tuple[int, int]:
     """(threads, RSS in KiB) of ``pid`` from ``/proc``; (0, 0) once it is gone."""
     threads = rss = 0
@@ -99,8 +138,10 @@ def proc_figures(pid: int) -> tuple[int, int]:
     return threads, rss
 
 
-def watchers(state_dir: str) -> tuple[list[int], int]:
-    """(pids of the death watchers of ``state_dir``, how many watchers on the host in all)."""
+def watchers(runtime_dir: str) -> tuple[list[int], int]:
+    """(pids of the death watchers started under ``runtime_dir``, this benchmark's
+    ``XDG_RUNTIME_DIR``; how many watchers on the host in all, other users' and tests' too)."""
+    mine = f"XDG_RUNTIME_DIR={runtime_dir}".encode()
     ours, total = [], 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -109,12 +150,12 @@ def watchers(state_dir: str) -> tuple[list[int], int]:
             with open(f"/proc/{entry}/comm", encoding="utf-8") as comm:
                 if comm.read().strip() != WATCHER_NAME:
                     continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                line = cmdline.read().decode(errors="replace")
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                variables = environ.read().split(b"\0")
         except OSError:
             continue
         total += 1
-        if state_dir in line:
+        if mine in variables:
             ours.append(int(entry))
     return ours, total
 
@@ -147,6 +188,7 @@ class Received:
     """What reached the webhook, by event id, with when each id was first seen."""
 
     first_seen: dict[str, float] = field(default_factory=dict)
+    seen_at: dict[str, list[float]] = field(default_factory=dict)  # every copy's arrival
     times: Counter[str] = field(default_factory=Counter)
     bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
     read: int = 0
@@ -164,6 +206,7 @@ class Received:
             event_id = request.headers.get("webhook-id") or request.headers.get("Webhook-Id") or "?"
             self.times[event_id] += 1
             self.first_seen.setdefault(event_id, now)
+            self.seen_at.setdefault(event_id, []).append(now)
             self.bodies.setdefault(event_id, body)
         self.read = len(requests)
 
@@ -198,12 +241,22 @@ def kill_plan(processes: int, kills: int, run_s: float, rng: random.Random) -> d
     return dict(zip(victims, moments[: len(victims)], strict=True))
 
 
+def run_state_dir(state_dir: str, index: int, own: bool) -> str:
+    """The state dir of run ``index``: the shared one, or one of its own."""
+    return os.path.join(state_dir, f"p{index}") if own else state_dir
+
+
 def spawn(index: int, state_dir: str, marks: str, steps: int, step_s: float, env: dict[str, str]) -> Run:
-    """Start training process ``index``."""
+    """Start training process ``index`` on ``state_dir``."""
     stderr = Path(marks) / f"{index}.stderr"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", marks, str(index), str(steps)]
     with open(stderr, "wb") as errors:  # a file, not a pipe: a full pipe would stall it
-        process = subprocess.Popen([*command, str(step_s)], env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        process = subprocess.Popen(
+            [*command, str(step_s)],
+            env={**env, "AFS_STATE_DIR": state_dir},
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
     return Run(index, process, stderr, time.monotonic())
 
 
@@ -220,7 +273,9 @@ def read_mark(run: Run, marks: str) -> None:
     run.baseline = (int(mark["threads"]), int(mark["rss_kib"]))
 
 
-def measure(processes: int, kills: int, steps: int, step_s: float, seed: int | None) -> dict[str, Any]:
+def measure(
+    processes: int, kills: int, steps: int, step_s: float, seed: int | None, own: bool
+) -> dict[str, Any]:
     """Run the whole scenario; every figure the tables show."""
     from afs_callbacks.testing import LoopbackReceiver
 
@@ -228,22 +283,29 @@ def measure(processes: int, kills: int, steps: int, step_s: float, seed: int | N
     state_dir = os.path.realpath(fresh_state_dir())
     marks = os.path.join(state_dir, "bench")
     os.makedirs(marks)
+    # A runtime dir of its own: the watcher counted is this benchmark's, not one another
+    # run on this machine (a test, the user's own training) started or shares.
+    runtime_dir = os.path.join(state_dir, "xdg-run")
+    os.makedirs(runtime_dir, mode=0o700)
     received = Received()
     load = os.getloadavg()
     with LoopbackReceiver() as receiver:
         env = {
             **os.environ,
-            "AFS_STATE_DIR": state_dir,
+            "XDG_RUNTIME_DIR": runtime_dir,
             "WEBHOOK_URL": receiver.url("/hook"),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
         }
         plan = kill_plan(processes, kills, steps * step_s, rng)
         began = time.monotonic()
-        runs = [spawn(i, state_dir, marks, steps, step_s, env) for i in range(processes)]
+        runs = [
+            spawn(i, run_state_dir(state_dir, i, own), marks, steps, step_s, env) for i in range(processes)
+        ]
         for run in runs:
             run.kill_after = plan.get(run.index)
         spawned_s = time.monotonic() - began
         most_watchers = most_on_host = 0
+        watcher_peak = (0, 0)  # threads, RSS KiB of the watcher at its highest
         sampled = 0.0
         victims = [run for run in runs if run.kill_after is not None]
         while any(run.process.poll() is None for run in runs):
@@ -268,8 +330,11 @@ def measure(processes: int, kills: int, steps: int, step_s: float, seed: int | N
                     run.peak = (max(run.peak[0], threads), max(run.peak[1], rss))
                     if run.started and not run.middle[0] and now > run.started + steps * step_s / 2:
                         run.middle = (threads, rss)
-                ours, on_host = watchers(state_dir)
+                ours, on_host = watchers(runtime_dir)
                 most_watchers, most_on_host = max(most_watchers, len(ours)), max(most_on_host, on_host)
+                for pid in ours:
+                    threads, rss = proc_figures(pid)
+                    watcher_peak = (max(watcher_peak[0], threads), max(watcher_peak[1], rss))
                 received.take(receiver.requests)
             pending = any(run.killed_at is None for run in victims)
             time.sleep(0.005 if pending else SAMPLE_EVERY)
@@ -283,12 +348,14 @@ def measure(processes: int, kills: int, steps: int, step_s: float, seed: int | N
         while not complete() and time.monotonic() < deadline:
             time.sleep(0.1)
         arrived_s = time.monotonic() - began
-        after_ours, after_on_host = watchers(state_dir)
+        after_ours, after_on_host = watchers(runtime_dir)
+        watcher_rss_mib = max((proc_figures(pid)[1] / 1024 for pid in after_ours), default=0.0)
+        watcher_threads = max((proc_figures(pid)[0] for pid in after_ours), default=0)
         # The killed runs the watcher did not report: does the next run's start report them?
         unreported = [r for r in runs if r.killed_at and not received.of_run(r.run_id, "death")]
         by_next_start = 0
         if unreported:
-            later = spawn(processes, state_dir, marks, 5, 0.01, env)
+            later = spawn(processes, run_state_dir(state_dir, unreported[0].index, own), marks, 5, 0.01, env)
             later.process.wait(120)
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
@@ -297,10 +364,18 @@ def measure(processes: int, kills: int, steps: int, step_s: float, seed: int | N
                 if by_next_start == len(unreported):
                     break
                 time.sleep(0.1)
-        for pid in after_ours:  # it lingers by design (AFS_DEATHWATCH_GRACE); not past the benchmark
+        for pid in watchers(runtime_dir)[
+            0
+        ]:  # it lingers by design (AFS_DEATHWATCH_GRACE); not past the benchmark
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     return summarise(runs, received, state_dir, unreported, by_next_start) | {
+        "twice": duplicates(runs, received, state_dir, own),
+        "own_state_dirs": own,
+        "watcher_rss_mib": watcher_rss_mib,
+        "watcher_threads": watcher_threads,
+        "watcher_peak_threads": watcher_peak[0],
+        "watcher_peak_rss_mib": watcher_peak[1] / 1024,
         "processes": processes,
         "load_average": load,
         "spawn_s": spawned_s,
@@ -380,6 +455,64 @@ def summarise(
     }
 
 
+def duplicates(runs: list[Run], received: Received, state_dir: str, own: bool) -> list[dict[str, Any]]:
+    """Each event id received twice: its kind and run, when the copies came, and what its
+    delivery row says (attempts, state, last error, the lease owner and whether that
+    process was one of the killed)."""
+    import sqlite3
+
+    killed = {run.process.pid: run.run_id for run in runs if run.killed_at}
+    index = {run.run_id: run.index for run in runs}
+    found = []
+    for event_id, count in received.times.items():
+        if count < 2:
+            continue
+        body = received.bodies[event_id]
+        run_id = body_run(body) or ""
+        path = os.path.join(run_state_dir(state_dir, index.get(run_id, 0), own), "outbox.sqlite3")
+        rows: list[Any] = []
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn,
+        ):
+            rows = conn.execute(
+                "SELECT channel, state, attempts, lease_owner, last_error, last_attempt, delivered_at"
+                " FROM deliveries WHERE event_id = ?",
+                (event_id,),
+            ).fetchall()
+        copies = received.seen_at[event_id]
+        senders = []  # (run, claimed, recorded) of each training process's send of it
+        for run in runs:
+            lines = [
+                line for line in sends_of(os.path.join(state_dir, "bench"), run.index) if line[1] == event_id
+            ]
+            for claim in (line for line in lines if line[0] == "claim"):
+                recorded = any(line[0] == "done" and float(line[2]) >= float(claim[2]) for line in lines)
+                senders.append(
+                    {"run": run.run_id, "kept": claim[3], "recorded": recorded, "at": float(claim[2])}
+                )
+        owners = [str(row[3] or "") for row in rows]
+        owner_pids = [int(o.rsplit(":", 1)[1]) for o in owners if ":" in o and o.rsplit(":", 1)[1].isdigit()]
+        found.append(
+            {
+                "id": event_id,
+                "kind": kind_of(body),
+                "event_type": body.get("event_type"),
+                "run": run_id,
+                "copies": count,
+                "apart_s": copies[-1] - copies[0],
+                "deliveries": [
+                    {"channel": r[0], "state": r[1], "attempts": r[2], "lease_owner": r[3], "error": r[4]}
+                    for r in rows
+                ],
+                "owner_killed": [killed.get(pid) for pid in owner_pids],
+                "senders": senders,
+                "run_killed": run_id in killed.values(),
+            }
+        )
+    return found
+
+
 def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=24, help="training processes at once")
     parser.add_argument("--64", dest="sixty_four", action="store_true", help="64 processes")
@@ -387,6 +520,9 @@ def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=400, help="steps per run")
     parser.add_argument("--step-ms", type=float, default=10.0, help="sleep per step (the GPU's time)")
     parser.add_argument("--seed", type=int, default=None, help="for the victims and their moments")
+    parser.add_argument(
+        "--own-state-dirs", action="store_true", help="each process its own state dir (still one watcher)"
+    )
 
 
 def main() -> None:
@@ -399,12 +535,13 @@ def main() -> None:
     processes = 4 if args.quick else 64 if args.sixty_four else args.processes
     kills = 2 if args.quick else args.kills
     steps = 100 if args.quick else args.steps
-    f = measure(processes, kills, steps, args.step_ms / 1000, args.seed)
+    f = measure(processes, kills, steps, args.step_ms / 1000, args.seed, args.own_state_dirs)
     load = "load average {:.1f} {:.1f} {:.1f}".format(*f["load_average"])
     note = f"{load} on {os.cpu_count()} CPUs at the start"
     pair = "{} / {}".format
+    where = "each on a state dir of its own" if args.own_state_dirs else "on one state dir"
     report.table(
-        f"{processes} runs at once on one state dir, one webhook ({note})",
+        f"{processes} runs at once {where}, one webhook ({note})",
         ["figure", "value"],
         [
             ["spawning them all, s", f["spawn_s"]],
@@ -429,8 +566,13 @@ def main() -> None:
                 f["rss_peak_mib_median"],
             ],
             [
-                "death watchers of this state dir, most during / after",
+                "death watchers of this benchmark (its XDG_RUNTIME_DIR), most during / after",
                 pair(f["watchers_during"], f["watchers_after"]),
+            ],
+            [
+                "the watcher: threads / RSS MiB, at its peak / once everything arrived",
+                f"{f['watcher_peak_threads']} / {f['watcher_peak_rss_mib']:.1f}, "
+                f"{f['watcher_threads']} / {f['watcher_rss_mib']:.1f}",
             ],
             [
                 "death watchers on the host, most during / after",
@@ -473,13 +615,44 @@ def main() -> None:
             for k in f["kills"]
         ],
     )
+    if f["twice"]:
+        report.table(
+            "Event ids received twice: the copies and the delivery row",
+            [
+                "run",
+                "kind",
+                "copies, s apart",
+                "deliveries (state, attempts)",
+                "sent by (run: recorded?, store in memory?)",
+                "run killed",
+            ],
+            [
+                [
+                    t["run"],
+                    t["event_type"],
+                    f"{t['copies']}, {t['apart_s']:.2f}",
+                    "; ".join(f"{d['state']} x{d['attempts']}" for d in t["deliveries"]),
+                    ", ".join(
+                        f"{x['run']}: {'recorded' if x['recorded'] else 'NOT recorded'}, {x['kept']}"
+                        for x in t["senders"]
+                    )
+                    or "none of them (the watcher)",
+                    "yes" if t["run_killed"] else "no",
+                ]
+                for t in f["twice"]
+            ],
+        )
     killed = len(f["kills"])
     noticed = sum(k["notice"] for k in f["kills"])
     by_watcher = sum(k["notice"] and not k["unreported_by_watcher"] for k in f["kills"])
     delays = [k["notice_after_s"] for k in f["kills"] if k["notice_after_s"] is not None]
     missing = f["starts_missing"] + f["ends_missing"]
     report.target(
-        "death watchers for the state dir", "1", str(f["watchers_during"]), f["watchers_during"] == 1, note
+        "death watchers (one per user and host)",
+        "1",
+        str(f["watchers_during"]),
+        f["watchers_during"] == 1,
+        note,
     )
     report.target("starts and ends missing", "0", str(missing), missing == 0)
     report.target("event ids received twice", "0", str(f["ids_twice"]), f["ids_twice"] == 0)

@@ -4,20 +4,22 @@ limit, a reboot).
 A process that is killed outright runs no ``finally``, no ``atexit``, and sends nothing; its
 row in the ``runs`` table would say "running" forever. Two things catch it:
 
-* :func:`ensure_watcher` starts one small watcher process per state dir and host (the
-  first run starts it; later runs find it through a lock file). It runs in its own session,
-  so it outlives the training process, checks every second for ``running`` rows of this
-  host whose process is gone, and reports each one within seconds
-  (``python -m afs_callbacks._watcher_main``, which delivers through a manager).
+* :func:`ensure_watcher` registers the run with its user's death watcher on this host (one
+  process per user and host, for every state dir: :mod:`~afs_callbacks.delivery.rendezvous`)
+  and starts the watcher if none answers. It runs in its own session, so it outlives the
+  training process, checks every second for ``running`` rows of this host whose process
+  is gone and for registered runs that died before anything of them was stored, and
+  reports each one within seconds (``python -m afs_callbacks._watcher_main``, which
+  delivers through a manager built from the registering run's environment).
 * :func:`report_vanished` lets the next process that opens the outbox report runs that
   vanished while no watcher could see them (the whole job was killed, the node rebooted).
 
 Either way a run is reported once: whoever turns its row from ``running`` to ``killed``
 (:meth:`Outbox.claim_run_end`) sends the notice, and the notice has a deterministic id, so
-DDP ranks, two watchers or a watcher and the next run never make two. Only this host's runs
-are judged: whether a process on another host still lives cannot be known from here. What
-can be known about a process from outside it (gone, its exit signal, its cgroup's OOM kills
-and peak memory) is read here too.
+DDP ranks, the watcher and the next run never make two. Only this host's runs are judged:
+whether a process on another host still lives cannot be known from here. What can be
+known about a process from outside it (gone, its exit signal, its cgroup's OOM kills and
+peak memory) is read here too.
 
 This module imports nothing above the outbox: the manager starts the watcher through it.
 """
@@ -25,7 +27,6 @@ This module imports nothing above the outbox: the manager starts the watcher thr
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -40,8 +41,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from afs_callbacks._files import private_dir, private_file
 from afs_callbacks._log import get_logger
+from afs_callbacks.config import open_env
+from afs_callbacks.delivery import rendezvous
 from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.outcome import Outcome
@@ -49,68 +51,153 @@ from afs_callbacks.runstate import KILLED, RUNNING, RunState
 
 log = get_logger(__name__)
 
-LOCK_NAME = "deathwatch.lock"  # held (flock) by the live watcher; holds its pid as text
-WANTED_NAME = "deathwatch.wanted"  # touched by every ensure_watcher(): "a run wants watching"
 REASON = "killed without a word"
 _NOTICE_TITLE = "Training killed without a word"
+#: ``RunState.extra`` of a row the watcher wrote for a run that died before anything of it
+#: was stored: what it knew of the run came from the run's registration.
+KNOWN_FROM = "known_from"
+REGISTRATION = "registration"
 _FALSE = frozenset({"0", "false", "no", "off"})
 _TERMINAL_TYPES = ("training_completed", "training_failed", "out_of_memory", "training_interrupted")
 #: Terminal events of a run looked at to tell whether it ended normally: its own, newest
 #: first, past the notices of its earlier deaths (one per death).
 _ENDS_LOOKED_AT = 50
 
-#: Seconds a watcher just started may take to take its lock (its imports, on a loaded
-#: machine) before this process would start another.
+#: Seconds a watcher just started may take to listen (its imports, on a loaded machine)
+#: before this process would start another for a registration it could not hand over.
 SPAWN_GRACE_SECONDS = 10.0
 
-_spawned: dict[str, tuple[subprocess.Popen[bytes], float]] = {}  # state dir -> (spawn, when)
 _spawn_lock = threading.Lock()
+_waiting: list[dict[str, Any]] = []  # registrations no watcher took yet (the spawner's)
+_spawner: threading.Thread | None = None
+_spawned_at = -SPAWN_GRACE_SECONDS  # monotonic time of this process's last spawn
+_env_cache: tuple[Any, dict[str, str]] | None = None  # delivery_env()'s, with its key
+_prefixes: tuple[str, ...] | None = None  # of the variables that configure delivery
 
 
-# Starting the watcher ------------------------------------------------------------------
+# Registering with the watcher (and starting it) ------------------------------------------
 
 
-def ensure_watcher(state_dir: str, pid: int) -> None:
-    """Make sure one watcher process watches ``state_dir`` on this host; start it if needed.
+def ensure_watcher(state_dir: str, pid: int, run: RunState | None = None) -> None:
+    """Register process ``pid`` (and its run, when given) with this user's death watcher,
+    which then watches ``state_dir``; start the watcher if none answers.
 
-    Costs the caller a few milliseconds at most (a file touch, a lock probe, one spawn) and
-    never raises. Does nothing when ``AFS_ENABLED`` is false.
+    On the caller's thread this is one message on a local socket (no network, no database
+    lock, no waiting for an answer); starting a watcher happens on a thread of its own.
+    Never raises. Does nothing when ``AFS_ENABLED`` is false.
     """
     try:
         if os.environ.get("AFS_ENABLED", "").strip().lower() in _FALSE:
             return
-        key = os.path.realpath(state_dir)
-        private_dir(key)
-        private_file(os.path.join(key, WANTED_NAME))
-        os.utime(os.path.join(key, WANTED_NAME))  # the watcher's exit rule reads this time
-        with _spawn_lock:
-            previous, spawned_at = _spawned.get(key, (None, -SPAWN_GRACE_SECONDS))
-            if previous is not None and previous.poll() is None:
-                return  # ours is alive: it watches, or it is about to see one that does
-            if watcher_alive(key) or time.monotonic() - spawned_at < SPAWN_GRACE_SECONDS:
-                return  # a watcher, or ours still starting (``setsid --fork`` returns at once)
-            _spawned[key] = (_spawn(key, pid), time.monotonic())
+        message = registration(state_dir, pid, run)
+        if rendezvous.send(message):
+            _watcher_seen()
+        else:
+            _spawn_soon(message)
     except Exception as error:
-        log.debug("afs-callbacks: could not start the death watcher: %s", error)
+        log.debug("afs-callbacks: could not register with the death watcher: %s", error)
 
 
-def watcher_alive(state_dir: str) -> bool:
-    """Whether some process holds the watcher lock of ``state_dir`` (a dead one holds none)."""
-    path = os.path.join(state_dir, LOCK_NAME)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe's own lock
-    return False
+def run_ended(state_dir: str, pid: int, run_id: str) -> None:
+    """Tell the watcher that run ``run_id`` of ``pid`` ended with a word: a process that
+    then exits with nothing of the run stored (a store kept in memory) is not "killed".
+    One message, not waited for; never raises."""
+    with contextlib.suppress(Exception):
+        rendezvous.send(
+            {"op": "ended", "state_dir": os.path.abspath(state_dir), "pid": pid, "run_id": run_id}
+        )
 
 
-def _spawn(state_dir: str, pid: int) -> subprocess.Popen[bytes]:
+def registration(state_dir: str, pid: int, run: RunState | None = None) -> dict[str, Any]:
+    """The message that registers ``pid`` (and ``run``) for ``state_dir``: its identity and
+    the settings that configure delivery (they may hold tokens: the message goes to a
+    socket in a private folder and lives in the watcher's memory only)."""
+    identity = {} if run is None else {"run_id": run.run_id, "model": run.model, "started_at": run.started_at}
+    return {
+        "op": "watch",
+        "state_dir": os.path.abspath(state_dir),
+        "pid": pid,
+        "env": delivery_env(),
+        "sent_at": time.time(),
+        **identity,
+    }
+
+
+def delivery_env() -> dict[str, str]:
+    """This process's settings that configure delivery: ``AFS_*`` and every channel's
+    variables, from the environment over its ``.env`` file (read once per environment)."""
+    global _env_cache, _prefixes
+    if _prefixes is None:
+        from afs_callbacks.channels import env_prefixes  # already imported by the manager
+
+        _prefixes = ("AFS_", *env_prefixes())
+    prefixes = _prefixes
+    key = (tuple((k, v) for k, v in os.environ.items() if k.startswith(prefixes)), os.getcwd())
+    cached = _env_cache
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    values = {name: value for name, value in open_env().items() if name.startswith(prefixes)}
+    _env_cache = (key, values)
+    return values
+
+
+def watcher_pid() -> int | None:
+    """The pid of this user's death watcher on this host, or None when none runs."""
+    return rendezvous.lock_holder()
+
+
+def watcher_alive() -> bool:
+    """Whether this user's death watcher runs on this host."""
+    return rendezvous.lock_holder() is not None
+
+
+def _spawn_soon(message: dict[str, Any]) -> None:
+    global _spawner
+    with _spawn_lock:
+        _waiting.append(message)
+        if _spawner is None or not _spawner.is_alive():
+            # Spawning a process costs milliseconds: not on the caller's thread.
+            _spawner = threading.Thread(target=_hand_over, name="afs-watch-start", daemon=True)
+            _spawner.start()
+
+
+def _hand_over() -> None:
+    """Hand each waiting registration to a watcher: the first one starts one (and goes
+    with it); later ones wait for it to listen, and start another only past the grace."""
+    global _spawned_at
+    while True:
+        with _spawn_lock:
+            if not _waiting:
+                return
+            message = _waiting[0]
+        if rendezvous.send(message):
+            _watcher_seen()
+        elif time.monotonic() - _spawned_at >= SPAWN_GRACE_SECONDS:
+            try:
+                _spawn(message)
+            except Exception as error:
+                log.debug("afs-callbacks: could not start the death watcher: %s", error)
+            _spawned_at = time.monotonic()
+        else:
+            time.sleep(0.05)
+            continue
+        with _spawn_lock:
+            _waiting.remove(message)
+
+
+def _watcher_seen() -> None:
+    """A watcher took a registration: the one this process started, if any, is up, so one
+    that does not answer later has left (its grace ran out) and a new one starts at once."""
+    global _spawned_at
+    _spawned_at = -SPAWN_GRACE_SECONDS
+
+
+def _spawn(message: dict[str, Any]) -> None:
+    """Start a watcher carrying ``message`` on its stdin (a pipe holds it even if this
+    process dies right after): it becomes the watcher, or hands it to the one that is."""
+    import json
+
+    state_dir = str(message["state_dir"])
     # The last argument says in `ps` what the process is (and leaves the watcher room to
     # write its full title over its command line: _watcher_main.name_process).
     command = [
@@ -118,8 +205,8 @@ def _spawn(state_dir: str, pid: int) -> subprocess.Popen[bytes]:
         "-m",
         "afs_callbacks._watcher_main",
         state_dir,
-        str(pid),
-        f"afs-callbacks death watcher for {state_dir}",
+        str(message["pid"]),
+        f"afs-callbacks death watcher for {state_dir} and others",
     ]
     # Through util-linux's ``setsid --fork`` where there is one: the watcher is then not
     # this process's child, and a launcher that kills its worker's children when the
@@ -127,16 +214,31 @@ def _spawn(state_dir: str, pid: int) -> subprocess.Popen[bytes]:
     setsid = shutil.which("setsid")
     process = subprocess.Popen(
         [setsid, "--fork", *command] if setsid else command,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         close_fds=True,
         start_new_session=True,  # not killed with the training process's group or terminal
         env=dict(os.environ),
     )
+    assert process.stdin is not None
+    with contextlib.suppress(OSError):
+        process.stdin.write(json.dumps(message).encode())
+    with contextlib.suppress(OSError):
+        process.stdin.close()
     # Reap it when it exits, so no zombie lingers while the training process lives.
     threading.Thread(target=process.wait, name="afs-deathwatch-reaper", daemon=True).start()
-    return process
+
+
+def _after_fork_in_child() -> None:
+    global _spawn_lock, _spawner, _waiting
+    _spawn_lock = threading.Lock()
+    _spawner = None
+    _waiting = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # Reporting -----------------------------------------------------------------------------
@@ -167,19 +269,34 @@ def find_and_claim(
     return notices
 
 
+def unstored_run(outbox: Outbox, run: RunState) -> bool:
+    """Store a ``running`` row for a registered ``run`` whose process is gone while nothing
+    of it was stored (no row written by its pid), so that :func:`find_and_claim` reports it
+    like any other run, once (and the next run does, should the watcher die first). True
+    when it wrote one; a run whose own row is there, or whose row another live process
+    writes (a resume under the same id), is left to that row."""
+    row = outbox.run(run.run_id)
+    if row is not None and (row.pid == run.pid or row.status == RUNNING):
+        return False
+    extra = {**run.extra, KNOWN_FROM: REGISTRATION}
+    outbox.save_run(replace(run, status=RUNNING, updated_at=run.started_at, extra=extra))
+    return True
+
+
 #: How far back the watcher looks for runs' ends left unsent by a process that is gone.
 UNSENT_LOOKBACK_SECONDS = 3600.0
 
 
-def unsent_ends(outbox: Outbox, *, host: str, tried: set[str]) -> list[str]:
-    """The ids of this host's runs' ends that are stored, due and unsent while the process
-    that stored them is gone (it was ended right after training: Ray Tune, ``os._exit``),
-    leaving out those in ``tried`` (the watcher sends each once; later tries are the next
-    run's). Their runs ended with a word: no death notice, only the delivery is owed."""
+def unsent_ends(outbox: Outbox, *, host: str, tried: set[str]) -> list[tuple[str, int | None]]:
+    """(event id, pid) of this host's runs' ends that are stored, due and unsent while the
+    process that stored them is gone (it was ended right after training: Ray Tune,
+    ``os._exit``), leaving out those in ``tried`` (the watcher sends each once; later tries
+    are the next run's). Their runs ended with a word: no death notice, only the delivery
+    is owed."""
     found = []
     for event_id, pid, updated_at in outbox.unsent_ends(host, time.time() - UNSENT_LOOKBACK_SECONDS):
         if event_id not in tried and pid != os.getpid() and process_gone(pid, updated_at):
-            found.append(event_id)
+            found.append((event_id, pid))
     return found
 
 
@@ -259,7 +376,14 @@ def build_notice(
         lines.append(f"Out-of-memory kills in its cgroup so far: {oom_now} (no count from the run's start).")
     if peak is not None:
         lines.append(f"Peak memory of its cgroup: {peak / 2**30:.2f} GiB.")
-    lines.append(_progress_line(state, now))
+    if state.extra.get(KNOWN_FROM) == REGISTRATION:
+        lines.append(
+            "Nothing of the run was stored before it died (not its start, not a step): it was"
+            " killed in its first moments, and the watcher knew of it only because the run"
+            " had registered with it."
+        )
+    else:
+        lines.append(_progress_line(state, now))
     context: dict[str, Any] = {
         "model": state.model,
         "run_id": state.run_id,
@@ -429,8 +553,8 @@ def cgroup_memory(folder: str | None) -> tuple[int | None, int | None]:
 
 
 __all__ = [
-    "LOCK_NAME",
-    "WANTED_NAME",
+    "KNOWN_FROM",
+    "REGISTRATION",
     "Sighting",
     "build_notice",
     "cgroup_dir",
@@ -439,8 +563,12 @@ __all__ = [
     "exit_signal",
     "find_and_claim",
     "process_gone",
+    "registration",
     "report_vanished",
+    "run_ended",
     "sight",
     "unsent_ends",
+    "unstored_run",
     "watcher_alive",
+    "watcher_pid",
 ]

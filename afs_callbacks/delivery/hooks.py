@@ -19,7 +19,7 @@ from afs_callbacks.config import Settings
 from afs_callbacks.delivery.lifecycle import Lifecycle
 from afs_callbacks.events import NotificationEvent
 from afs_callbacks.redaction import redact
-from afs_callbacks.runstate import RUNNING, MetricPoint, RunState
+from afs_callbacks.runstate import FINAL_STATUSES, RUNNING, MetricPoint, RunState
 
 log = get_logger(__name__)
 
@@ -72,7 +72,10 @@ class RunHooks:
                 cards.update(state)
             if state.status == RUNNING and state.run_id not in self._watched:
                 self._watched.add(state.run_id)
-                self._start_watcher()
+                self._start_watcher(state)
+            elif state.status in FINAL_STATUSES and state.run_id in self._watched:
+                self._watched.discard(state.run_id)
+                self._start_watcher(state)  # tells the watcher it ended with a word
         except Exception as error:
             log.error("afs-callbacks: could not queue a run state: %s", redact(error))
 
@@ -115,16 +118,18 @@ class RunHooks:
                     self._cards.add_channel(name, handler)
             return self._cards
 
-    def _start_watcher(self) -> None:
+    def _start_watcher(self, state: RunState) -> None:
         try:
             from afs_callbacks.delivery import deathwatch
         except ImportError:
             return
-        state_dir, pid = self._state_dir, os.getpid()
-        # Spawning a process costs milliseconds: not on the training thread.
-        threading.Thread(
-            target=deathwatch.ensure_watcher, args=(state_dir, pid), name="afs-watch-start", daemon=True
-        ).start()
+        # One message on a local socket, not waited for (a watcher to start, if none
+        # answers, is started on a thread of its own): the first state of a run killed
+        # right after it registered, before anything of it is stored, is still reported.
+        if state.status == RUNNING:
+            deathwatch.ensure_watcher(self._state_dir, os.getpid(), state)
+        else:
+            deathwatch.run_ended(self._state_dir, os.getpid(), state.run_id)
 
     # The store opened (writer thread) ---------------------------------------------------
 

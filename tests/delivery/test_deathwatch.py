@@ -15,12 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from afs_callbacks.delivery import deathwatch
+from afs_callbacks.delivery import deathwatch, rendezvous
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.manager import NotificationManager
@@ -29,7 +29,7 @@ from afs_callbacks.testing import LoopbackReceiver
 
 CHILD = """
 import os, socket, sys, time
-from afs_callbacks.delivery.deathwatch import ensure_watcher
+from afs_callbacks.delivery.deathwatch import ensure_watcher, watcher_alive
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.runstate import RunState
 state_dir, run_id, mode = sys.argv[1:4]
@@ -39,6 +39,9 @@ state = RunState(run_id, "tiny-net", host=socket.gethostname(), pid=os.getpid(),
                  updated_at=now, step=120, total_steps=2000, epoch=3, total_epochs=10)
 outbox.save_run(state)
 ensure_watcher(state_dir, os.getpid())
+deadline = time.monotonic() + 30
+while not watcher_alive() and time.monotonic() < deadline:  # the first one starts it, on a thread
+    time.sleep(0.02)
 if mode == "end":
     outbox.save_run(RunState(run_id, "tiny-net", host=state.host, pid=os.getpid(), status="completed",
                              started_at=now, updated_at=time.time(), ended_at=time.time()))
@@ -59,23 +62,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
 def killed_notices(receiver: LoopbackReceiver) -> list[str]:
     bodies = [request.body.decode("utf-8", "replace") for request in receiver.requests]
     return [body for body in bodies if "killed without a word" in body]
-
-
-@pytest.fixture
-def watch_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
-    """The environment children (and so the watcher) get; the watcher is killed afterwards."""
-    env = dict(os.environ)
-    env.update(
-        WEBHOOK_URL=receiver.url("/hook"),
-        AFS_STATE_DIR=str(isolated_env),
-        AFS_DEATHWATCH_INTERVAL="0.2",
-        AFS_DEATHWATCH_GRACE="1",
-    )
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    yield env
-    lock = isolated_env / deathwatch.LOCK_NAME
-    if deathwatch.watcher_alive(str(isolated_env)):
-        os.kill(int(lock.read_text().strip()), signal.SIGKILL)  # a failed test's leftover
 
 
 def start_child(env: dict[str, str], run_id: str, mode: str = "hold") -> subprocess.Popen[str]:
@@ -110,7 +96,7 @@ def test_sigkilled_run_gets_one_notice_and_is_marked_killed(
     assert "step 120/2000" in text and "epoch 3/10" in text
     assert run_status(isolated_env, "run-a") == "killed"
     # The watcher leaves once nothing runs; by then no second notice was sent.
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    wait_until(lambda: not deathwatch.watcher_alive())
     assert len(killed_notices(receiver)) == 1
     child.wait()
 
@@ -120,8 +106,8 @@ def test_run_that_ends_normally_gets_no_notice(
 ) -> None:
     child = start_child(watch_env, "run-ok", mode="end")
     assert child.wait(timeout=10) == 0
-    wait_until(lambda: deathwatch.watcher_alive(str(isolated_env)))  # it was started...
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))  # ...and left
+    wait_until(lambda: deathwatch.watcher_alive())  # it was started...
+    wait_until(lambda: not deathwatch.watcher_alive())  # ...and left
     assert killed_notices(receiver) == []
     assert run_status(isolated_env, "run-ok") == "completed"
 
@@ -135,7 +121,7 @@ def test_two_runs_in_one_state_dir_each_get_a_notice(
     assert run_status(isolated_env, "run-2") == "running"  # the live one is left alone
     second.kill()
     wait_until(lambda: len(killed_notices(receiver)) >= 2)
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    wait_until(lambda: not deathwatch.watcher_alive())
     notices = killed_notices(receiver)
     assert len(notices) == 2
     assert {"run-1", "run-2"} == {json.loads(n)["context"]["run_id"] for n in notices}
@@ -150,7 +136,7 @@ def test_ddp_ranks_of_one_run_make_one_notice(
     for rank in ranks:
         rank.kill()
     wait_until(lambda: len(killed_notices(receiver)) >= 1)
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    wait_until(lambda: not deathwatch.watcher_alive())
     assert len(killed_notices(receiver)) == 1
     for rank in ranks:
         rank.wait()
@@ -181,14 +167,14 @@ def test_a_run_killed_as_soon_as_its_start_is_stored_gets_its_notice(
     """Its first state is stored with its start (or before it), never after: the watcher
     (already watching another run, as on a busy node) finds its row and reports it."""
     other = start_child(watch_env, "run-beside")
-    wait_until(lambda: deathwatch.watcher_alive(str(isolated_env)))
+    wait_until(lambda: deathwatch.watcher_alive())
     child = subprocess.Popen([sys.executable, "-c", KILLED_AT_ITS_START, "early-run"], env=watch_env)
     assert child.wait(timeout=60) == -signal.SIGKILL
     wait_until(lambda: any("early-run" in notice for notice in killed_notices(receiver)))
     assert run_status(isolated_env, "early-run") == "killed"
     other.kill()
     wait_until(lambda: len(killed_notices(receiver)) >= 2)
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    wait_until(lambda: not deathwatch.watcher_alive())
     assert sum("early-run" in notice for notice in killed_notices(receiver)) == 1
     other.wait()
 
@@ -243,8 +229,8 @@ def test_a_reused_pid_does_not_keep_a_dead_run_alive() -> None:
 def test_disabled_starts_no_watcher(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AFS_ENABLED", "false")
     deathwatch.ensure_watcher(str(isolated_env), os.getpid())
-    assert not (isolated_env / deathwatch.LOCK_NAME).exists()
-    assert not deathwatch.watcher_alive(str(isolated_env))
+    assert not os.path.exists(rendezvous.folder())
+    assert not deathwatch.watcher_alive()
 
 
 def test_notice_also_goes_to_the_channels_the_run_set_up_in_code(
@@ -302,7 +288,7 @@ class Tiny(pl.LightningModule):
             # Mid-training means after the watcher took its lock: a process killed in the
             # few hundred ms before (its spawn, its imports) is reported at the next start.
             deadline = time.monotonic() + 30
-            while not watcher_alive(os.environ["AFS_STATE_DIR"]) and time.monotonic() < deadline:
+            while not watcher_alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
             print("training", flush=True)
             threading.Event().wait()  # holds here until SIGKILLed
@@ -343,7 +329,7 @@ def test_a_real_lightning_run_killed_mid_training_is_reported(
     wait_until(lambda: len(killed_notices(receiver)) >= 1, timeout=60)
     notice = json.loads(killed_notices(receiver)[0])
     assert notice["title"].endswith("Training killed without a word: killed-net"), notice["title"]
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)))
+    wait_until(lambda: not deathwatch.watcher_alive())
     assert len(killed_notices(receiver)) == 1
     child.wait()
 

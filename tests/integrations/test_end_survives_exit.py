@@ -75,9 +75,9 @@ def child_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[s
     )
     isolated_env.mkdir(parents=True, exist_ok=True)
     yield env
-    lock = isolated_env / deathwatch.LOCK_NAME
-    if deathwatch.watcher_alive(str(isolated_env)):
-        os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+    pid = deathwatch.watcher_pid()
+    if pid is not None and pid > 0:
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_os_exit_right_after_training_keeps_the_end(

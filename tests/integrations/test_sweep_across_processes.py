@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +57,16 @@ TASKS = [("done", 0.3), ("done", 0.1), ("prune", 0.5), ("crash", 0.9)]
 
 
 @pytest.fixture
-def trial_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
-    """What the trials (and so their death watcher) get; the watcher is killed afterwards."""
-    env = dict(os.environ)
-    env.update(
-        WEBHOOK_URL=receiver.url("/hook"),
-        AFS_STATE_DIR=str(isolated_env),
-        AFS_DEATHWATCH_INTERVAL="0.2",
-        AFS_DEATHWATCH_GRACE="1",
-        AFS_SWEEP_QUIET="2",
-        AFS_BURST="0",
-        DESKTOP_NOTIFICATIONS_ENABLED="false",
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
-    )
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    yield env
-    lock = isolated_env / deathwatch.LOCK_NAME
-    if deathwatch.watcher_alive(str(isolated_env)):
-        os.kill(int(lock.read_text().strip()), signal.SIGKILL)  # a failed test's leftover
+def trial_env(watch_env: dict[str, str]) -> dict[str, str]:
+    """What the trials (and so their death watcher) get: a watched run's environment
+    with a short quiet, and this checkout importable."""
+    return {
+        **watch_env,
+        "AFS_SWEEP_QUIET": "2",
+        "AFS_BURST": "0",
+        "DESKTOP_NOTIFICATIONS_ENABLED": "false",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), watch_env.get("PYTHONPATH")) if p),
+    }
 
 
 def bodies(receiver: LoopbackReceiver) -> list[dict[str, Any]]:
@@ -112,7 +102,7 @@ def test_array_tasks_make_one_start_and_one_summary_from_the_watcher(
     summary_title = "Sweep finished with failures: slurm-777"
     wait_until(lambda: summary_title in titles(receiver), 60, "the watcher's summary of the quiet sweep")
     # The watcher lingers till the summary, then leaves; whatever else it would send is sent.
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+    wait_until(lambda: not deathwatch.watcher_alive(), 30, "the watcher to leave")
     pushed = bodies(receiver)
     assert titles(receiver) == sorted(
         ["Sweep started: slurm-777", "❌ Training failed: array-net", summary_title]
@@ -152,7 +142,7 @@ def test_a_later_trial_after_the_summary_opens_a_new_sweep_of_that_name(
     )
     assert second.returncode == 0, second.stderr[-3000:]
     wait_until(lambda: titles(receiver).count("Sweep finished: agent-sweep") == 2, 60, "the second summary")
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+    wait_until(lambda: not deathwatch.watcher_alive(), 30, "the watcher to leave")
     assert titles(receiver) == ["Sweep finished: agent-sweep"] * 2 + ["Sweep started: agent-sweep"] * 2
     summaries = [body for body in bodies(receiver) if body["title"].startswith("Sweep finished")]
     assert [body["context"]["trials"] for body in summaries] == [1, 1]
@@ -181,7 +171,7 @@ def test_with_a_block_in_the_driver_the_watcher_says_nothing(
     assert driver.returncode == 0, driver.stderr[-3000:]
     assert titles(receiver) == ["Sweep finished: blk-sweep", "Sweep started: blk-sweep"]  # sent before exit
     # The trials' watcher had its quiet seconds and more before leaving: it said nothing.
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+    wait_until(lambda: not deathwatch.watcher_alive(), 30, "the watcher to leave")
     assert titles(receiver) == ["Sweep finished: blk-sweep", "Sweep started: blk-sweep"]
     (summary,) = [body for body in bodies(receiver) if body["title"].startswith("Sweep finished")]
     assert summary["context"]["trials"] == 3 and summary["context"]["best"]["val_loss"] == 0.2
@@ -239,7 +229,7 @@ def test_a_ray_tune_sweep_without_a_block_makes_one_start_and_one_summary(
     stopped = {trial for trial, count in iterations.items() if count < 10}
     assert len(iterations) == 6 and stopped, iterations
     wait_until(lambda: "Sweep finished: asha-study" in titles(receiver), 90, "the watcher's summary")
-    wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+    wait_until(lambda: not deathwatch.watcher_alive(), 30, "the watcher to leave")
     assert titles(receiver) == ["Sweep finished: asha-study", "Sweep started: asha-study"]
     (summary,) = [body for body in bodies(receiver) if body["title"].startswith("Sweep finished")]
     context = summary["context"]
@@ -270,7 +260,7 @@ def test_the_sweep_has_one_live_card_updated_as_trials_end_and_finished_with_the
             return [m for m in list(bot_api.messages.values()) if "Sweep slurm-888 ·" in m["text"]]
 
         wait_until(lambda: any("completed" in m["text"] for m in sweep_cards()), 60, "the finished card")
-        wait_until(lambda: not deathwatch.watcher_alive(str(isolated_env)), 30, "the watcher to leave")
+        wait_until(lambda: not deathwatch.watcher_alive(), 30, "the watcher to leave")
         (card,) = sweep_cards()  # one card for the sweep, edited in place
         text = card["text"]
         assert "Sweep slurm-888 · completed with warnings" in text, text

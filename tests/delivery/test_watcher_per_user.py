@@ -1,0 +1,267 @@
+"""One death watcher per user and host (issue #23): every state dir that asked, each run's
+notice through the channels of its own environment, secrets never on disk, and a run
+killed before anything of it was stored still reported.
+
+Real processes throughout (children that register, the real watcher process, SIGKILL) and
+a real webhook channel to a loopback receiver. conftest gives each test its own
+``XDG_RUNTIME_DIR``, so each test gets its own watcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_callbacks.delivery import deathwatch, rendezvous
+from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.testing import LoopbackReceiver
+
+#: A training process that stored its first state and registered (like test_deathwatch's).
+CHILD = """
+import os, socket, sys, time
+from afs_callbacks.delivery.deathwatch import ensure_watcher, watcher_alive
+from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.runstate import RunState
+state_dir, run_id = sys.argv[1:3]
+os.makedirs(state_dir, exist_ok=True)
+now = time.time()
+state = RunState(run_id, "tiny-net", host=socket.gethostname(), pid=os.getpid(),
+                 started_at=now, updated_at=now)
+Outbox(os.path.join(state_dir, "outbox.sqlite3")).save_run(state)
+ensure_watcher(state_dir, os.getpid(), state)
+deadline = time.monotonic() + 30
+while not watcher_alive() and time.monotonic() < deadline:  # the first one starts it, on a thread
+    time.sleep(0.02)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+#: A real run whose store cannot take anything (the test holds its write lock): once
+#: RunNotifier is entered, the run registered, and nothing of it is on disk.
+UNSTORED_CHILD = """
+import sys, threading
+from afs_callbacks.integrations.loop import RunNotifier
+with RunNotifier("early-net", run_id=sys.argv[1], monitors=False, chart=False):
+    print("entered", flush=True)
+    threading.Event().wait()
+"""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def killed_runs(receiver: LoopbackReceiver, path: str | None = None) -> list[str]:
+    """The run ids of the death notices received (at ``path``), in order."""
+    return [str(notice["context"]["run_id"]) for notice in killed_notices(receiver, path)]
+
+
+def killed_notices(receiver: LoopbackReceiver, path: str | None = None) -> list[dict[str, Any]]:
+    found = []
+    for request in receiver.requests:
+        body = request.body.decode("utf-8", "replace")
+        if "killed without a word" in body and (path is None or request.path == path):
+            found.append(json.loads(body))
+    return found
+
+
+def watcher_processes() -> list[int]:
+    """The death watchers of this test's runtime dir (others' tests have their own)."""
+    mine = f"XDG_RUNTIME_DIR={os.environ['XDG_RUNTIME_DIR']}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and (entry / "comm").read_text().strip() == "afs-deathwatch"
+                and mine in (entry / "environ").read_bytes().split(b"\0")
+            ):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
+    """The children's environment; the watcher is killed afterwards (a failed test's)."""
+    environ = dict(os.environ)
+    environ.update(AFS_DEATHWATCH_INTERVAL="0.2", AFS_DEATHWATCH_GRACE="1", WEBHOOK_URL=receiver.url("/hook"))
+    yield environ
+    pid = deathwatch.watcher_pid()
+    if pid is not None and pid > 0:
+        os.kill(pid, signal.SIGKILL)
+
+
+def start_child(environ: dict[str, str], state_dir: Path, run_id: str) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(state_dir), run_id],
+        env=environ,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_one_watcher_for_every_state_dir_each_notice_by_its_own_channels(
+    env: dict[str, str], receiver: LoopbackReceiver, tmp_path: Path
+) -> None:
+    """Three runs in three state dirs, two with a webhook of their own (a token in its
+    path): one watcher process; each notice goes to its own run's webhook only."""
+    secret = "tok-3f9c1e"
+    envs = [
+        dict(env, WEBHOOK_URL=receiver.url(f"/a-{secret}")),
+        dict(env, WEBHOOK_URL=receiver.url("/b")),
+        dict(env, WEBHOOK_URL=receiver.url("/b")),
+    ]
+    dirs = [tmp_path / name for name in ("dir-a", "dir-b", "dir-c")]
+    children = [start_child(e, d, f"run-{d.name}") for e, d in zip(envs, dirs, strict=True)]
+
+    def title() -> str:
+        return Path(f"/proc/{deathwatch.watcher_pid()}/cmdline").read_text()
+
+    wait_until(lambda: " and 2 more state dirs " in title())
+    assert len(watcher_processes()) == 1
+    for child in children:
+        child.kill()
+    wait_until(lambda: len(killed_notices(receiver)) >= 3)
+    wait_until(lambda: not deathwatch.watcher_alive())  # let go once every dir was idle for its grace
+    assert killed_runs(receiver, f"/a-{secret}") == ["run-dir-a"]
+    assert sorted(killed_runs(receiver, "/b")) == ["run-dir-b", "run-dir-c"]
+    assert len(killed_notices(receiver)) == 3
+    # The registrations (with the token) lived in memory only: not in any file here.
+    for root in [*dirs, Path(rendezvous.folder())]:
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+    for child in children:
+        child.wait()
+
+
+def test_a_run_killed_before_anything_of_it_was_stored_gets_its_notice(
+    env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    """The test holds the store's write lock, so the run's start and first state cannot be
+    stored; the run is SIGKILLed once it has entered RunNotifier (it registered on the
+    training thread). The watcher (already up for another run, as on a busy node) reports
+    it from its registration, once, saying nothing of it was stored."""
+    beside = start_child(env, isolated_env, "run-beside")
+    path = isolated_env / "outbox.sqlite3"
+    lock = sqlite3.connect(path, isolation_level=None, timeout=0)
+    lock.execute("BEGIN IMMEDIATE")  # the store's write lock, held
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", UNSTORED_CHILD, "early-run"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "entered"
+        child.kill()
+        assert child.wait(timeout=30) == -signal.SIGKILL
+        with Outbox(path) as outbox:  # reads go on under the write lock
+            assert outbox.run("early-run") is None
+            assert outbox.history(run_id="early-run") == []
+    finally:
+        lock.rollback()
+        lock.close()
+    wait_until(lambda: "early-run" in killed_runs(receiver))
+    (notice,) = [n for n in killed_notices(receiver) if n["context"]["run_id"] == "early-run"]
+    assert "Nothing of the run was stored" in str(notice["message"])
+    assert str(notice["title"]).endswith("Training killed without a word: early-net")
+    with Outbox(path) as outbox:
+        state = outbox.run("early-run")
+        assert state is not None and state.status == "killed"
+    beside.kill()
+    wait_until(lambda: not deathwatch.watcher_alive())
+    assert killed_runs(receiver).count("early-run") == 1
+    beside.wait()
+
+
+def test_a_run_that_ended_with_a_word_and_stored_nothing_is_not_killed(
+    env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    """Its store was locked for its whole life (kept in memory); it ended and exited: the
+    watcher, told of the end, reports nothing."""
+    beside = start_child(env, isolated_env, "run-beside")
+    lock = sqlite3.connect(isolated_env / "outbox.sqlite3", isolation_level=None, timeout=0)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        code = "import os\nfrom afs_callbacks.integrations.loop import RunNotifier\n"
+        code += "with RunNotifier('quiet-net', run_id='quiet-run', monitors=False, chart=False): pass\n"
+        code += "os._exit(0)  # what a launcher does right after training: no close, no write-back\n"
+        done = subprocess.run([sys.executable, "-c", code], env=env, timeout=120)
+        assert done.returncode == 0
+    finally:
+        lock.rollback()
+        lock.close()
+    beside.kill()
+    wait_until(lambda: len(killed_notices(receiver)) >= 1)  # the one beside: the watcher looked
+    wait_until(lambda: not deathwatch.watcher_alive())
+    assert killed_runs(receiver) == ["run-beside"]
+    beside.wait()
+
+
+def start_watcher(state_dir: Path, environ: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A watcher process started as ensure_watcher starts one, its registration on stdin."""
+    message = deathwatch.registration(str(state_dir), os.getpid())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "afs_callbacks._watcher_main", str(state_dir), str(os.getpid()), "room " * 20],
+        stdin=subprocess.PIPE,
+        env=environ,
+    )
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(message).encode())
+    process.stdin.close()
+    return process
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_watcher_started_beside_another_hands_its_registration_over(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two started at once (two runs that found none): one stays and watches both dirs."""
+    first, second = start_watcher(tmp_path / "one", env), start_watcher(tmp_path / "two", env)
+    wait_until(lambda: first.poll() is not None or second.poll() is not None)
+    (left,) = [p for p in (first, second) if p.poll() is not None]
+    (stays,) = [p for p in (first, second) if p.poll() is None]
+    assert left.returncode == 0
+    assert deathwatch.watcher_pid() == stays.pid
+    wait_until(lambda: " and 1 more state dir " in Path(f"/proc/{stays.pid}/cmdline").read_text())
+    # This test process is alive and registered for both: the watcher stays while it lives.
+    assert stays.poll() is None
+    stays.kill()
+    stays.wait()
+
+
+def test_no_registration_goes_to_a_folder_that_is_not_private(env: dict[str, str], tmp_path: Path) -> None:
+    """Another user may have made the folder first in a shared /tmp: nothing is sent there,
+    and no watcher listens there."""
+    folder = Path(rendezvous.folder())
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    assert rendezvous.private_folder(create=True) is None
+    assert not rendezvous.send({"op": "watch"})
+    process = start_watcher(tmp_path / "state", env)
+    assert process.wait(timeout=60) == 1
+    assert not any(folder.iterdir())
+    os.chmod(folder, 0o700)
+    assert rendezvous.private_folder(create=False) == str(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
