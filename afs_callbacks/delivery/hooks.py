@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,10 @@ from afs_callbacks.redaction import redact
 from afs_callbacks.runstate import RUNNING, MetricPoint, RunState
 
 log = get_logger(__name__)
+
+#: Seconds after :meth:`RunHooks.prepare` asked for the death watcher during which a new
+#: run's first state asks no more (the watcher stays a minute after the last ask).
+WATCH_ASKED_FRESH = 5.0
 
 
 class RunHooks:
@@ -55,6 +60,7 @@ class RunHooks:
         self._cards: Any = None  # CardDispatcher, made when a card channel first needs it
         self._card_channels: set[str] = set()
         self._watched: set[str] = set()
+        self._watch_asked = -WATCH_ASKED_FRESH  # time.monotonic() of prepare()'s ask
         self._textfile: Any = None  # TextfileWriter, made at the first state when configured
         self._textfile_wanted = settings.prometheus_textfile_dir is not None
 
@@ -72,9 +78,16 @@ class RunHooks:
                 cards.update(state)
             if state.status == RUNNING and state.run_id not in self._watched:
                 self._watched.add(state.run_id)
-                self._start_watcher()
+                if time.monotonic() - self._watch_asked >= WATCH_ASKED_FRESH:
+                    self._start_watcher()
         except Exception as error:
             log.error("afs-callbacks: could not queue a run state: %s", redact(error))
+
+    def prepare(self) -> None:
+        """A run is about to start: ask for the death watcher now, so that the run's first
+        state, moments later, has nothing to spawn."""
+        self._watch_asked = time.monotonic()
+        self._start_watcher()
 
     def _textfile_writer(self) -> Any:
         """The textfile writer of ``AFS_PROMETHEUS_TEXTFILE_DIR`` (its thread imports

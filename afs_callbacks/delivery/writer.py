@@ -115,6 +115,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._opened = False
+        self._open_first = False  # start(): open the store before waiting for events
         self.dropped = 0
 
     # Training-thread side --------------------------------------------------------------
@@ -147,6 +148,12 @@ class Writer:
             self._ensure_thread()
 
     # Control -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread now, and open the store on it at once (a run about to begin:
+        its first hand-over then starts no thread, and its first turn opens no file)."""
+        self._open_first = True
+        self._ensure_thread()
 
     def drain(self, timeout: float | None) -> bool:
         """Wait until everything queued so far is stored (or kept in memory by a faulted
@@ -198,6 +205,11 @@ class Writer:
                 self._thread.start()
 
     def _run(self) -> None:
+        if self._open_first:
+            try:
+                self._write([], {}, {})  # opens the file, tidies it (on_open); stores nothing
+            except Exception:
+                log.exception("afs-callbacks: the writer thread hit an error")
         self._let_gather()  # what started the thread waits for company like a later wake-up
         while True:
             # Cleared before looking, so a put() after the look sets it and the wait returns.
