@@ -1,10 +1,12 @@
 """What a user's stopwatch says: the whole ``fit()`` and its loop, beside the peers (issue #27).
 
 One tiny Lightning run in the issue's shape (10 epochs × 200 steps of about a millisecond,
-one torch thread, a fast loopback webhook), in five variants that alternate in one process,
+one torch thread, a fast loopback webhook), in six variants that alternate in one process,
 in a rotating order, for several rounds:
 
 * no callback (the yardstick);
+* an empty callback overriding the hooks AFSNotify overrides, each doing nothing: what
+  Lightning's dispatch to one more callback costs (any callback pays it);
 * knockknock's ``slack_sender`` around the fit call (a synchronous post before, one after;
   re-implemented when knockknock is not installed: ``pip install -e .[bench]``);
 * Apprise called in a callback at every epoch end (``json://`` to the same receiver);
@@ -60,11 +62,11 @@ from typing import Any
 
 from _common import Report, fresh_state_dir, load_average, median, parse_args
 from _loops import fit, quiet
-from _peers import HookClock, LoopTimer, callback_base, knockknock_wrap
+from _peers import HookClock, LoopTimer, callback_base, knockknock_wrap, same_hooks_callback
 
 from afs_callbacks.testing import LoopbackReceiver
 
-VARIANTS = ("none", "knockknock", "apprise per epoch", "AFSNotify()", "AFSNotify(lean)")
+VARIANTS = ("none", "empty callback", "knockknock", "apprise per epoch", "AFSNotify()", "AFSNotify(lean)")
 AFS_VARIANTS = ("AFSNotify()", "AFSNotify(lean)")
 
 
@@ -242,6 +244,10 @@ def _one(
     wrap = None
     if variant == "knockknock":
         wrap, _ = knockknock_wrap(url)
+    elif variant == "empty callback":
+        from afs_callbacks.integrations.lightning import AFSNotify
+
+        callbacks.append(same_hooks_callback("lightning", AFSNotify))
     elif variant == "apprise per epoch":
         callbacks.append(_apprise_callback("json://" + url.removeprefix("http://")))
     elif variant in AFS_VARIANTS:

@@ -110,6 +110,8 @@ class Writer:
         self._runs_lock = threading.Lock()
         self._wake = threading.Event()
         self._hurry = threading.Event()  # set: something other than progress is queued
+        self._now = threading.Event()  # set: a drain() waits, so a turn does not coalesce
+        self._turned = threading.Condition()  # notified at each turn's end (drain() waits)
         self._busy = False
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -160,15 +162,23 @@ class Writer:
         store); False when ``timeout`` ran out first."""
         self._ensure_thread()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._events or self._runs or self._busy:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            if self._thread is None or not self._thread.is_alive():
-                return False
-            self._hurry.set()
-            self._wake.set()
-            time.sleep(0.005)
-        return True
+        try:
+            while self._events or self._runs or self._busy:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                if self._thread is None or not self._thread.is_alive():
+                    return False
+                self._now.set()
+                self._hurry.set()
+                self._wake.set()
+                # Woken at the turn's end (a run's end waits here on the training thread:
+                # a 5 ms poll was most of its cost); the timeout asks again.
+                with self._turned:
+                    if self._events or self._runs or self._busy:
+                        self._turned.wait(0.005)
+            return True
+        finally:
+            self._now.clear()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Store what is queued (within ``timeout``) and end the thread."""
@@ -188,6 +198,8 @@ class Writer:
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._hurry = threading.Event()
+        self._now = threading.Event()
+        self._turned = threading.Condition()
         self._busy = False
         self._thread = None
 
@@ -235,13 +247,15 @@ class Writer:
                 log.exception("afs-callbacks: the writer thread hit an error")
             finally:
                 self._busy = False
+                with self._turned:
+                    self._turned.notify_all()
 
     def _let_gather(self) -> None:
         """Let a few more events arrive before a turn: one wake-up and one commit for several
         keeps this thread from asking the training thread for the GIL per event. Progress
         alone waits in one sleep, which anything hurried ends."""
         if self._hurry.is_set():
-            time.sleep(COALESCE_SECONDS)
+            self._now.wait(COALESCE_SECONDS)  # a drain waiting ends the gathering at once
         else:
             self._hurry.wait(PROGRESS_GATHER_SECONDS)
 
