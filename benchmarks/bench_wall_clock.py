@@ -34,6 +34,11 @@ hook), its steps and the rest (epoch ends): what the training thread spent in th
 itself, beside what the stopwatch says the loop grew by. The difference is what the library
 made the training thread wait for (the GIL, mostly) or slowed down (caches).
 
+``--profile HOOK`` (with ``--hooks``) also runs cProfile inside that hook of AFSNotify's
+(``setup``, ``on_train_start``, ``on_train_end``...) over every round, and prints where its
+time went (cProfile inflates Python calls; the ``--hooks`` figures are the uninstrumented
+ones).
+
 ``--variants`` runs only some variants (the no-callback run always): for a sampling
 profiler attached to the process (``py-spy record --native --threads --idle``, see
 ``benchmarks/README.md``).
@@ -45,6 +50,7 @@ load says more about the neighbours than about the callback.
     python benchmarks/bench_wall_clock.py --quick     # 2 rounds of 2 × 50 steps
     python benchmarks/bench_wall_clock.py --waits     # and where each thread woke up
     python benchmarks/bench_wall_clock.py --hooks     # and the training thread's time in the hooks
+    python benchmarks/bench_wall_clock.py --hooks --profile on_train_start --variants 'AFSNotify()'
     python benchmarks/bench_wall_clock.py --variants 'AFSNotify(lean)' --rounds 10
 """
 
@@ -237,12 +243,26 @@ class _Hooks:
     other hooks inside the loop; ``outside``: those before and after it)."""
 
     PARTS = ("start", "steps", "epochs", "outside")
+    profiler: Any = None  # a cProfile.Profile run inside the hook named `profiled`
+    profiled = ""
 
     def __init__(self) -> None:
         self.clock: HookClock | None = None
         self.seconds: dict[str, float] = dict.fromkeys(self.PARTS, 0.0)
 
     def watch(self, callback: Any) -> None:
+        if self.profiled:
+            hook = getattr(callback, self.profiled)
+            profiler = type(self).profiler
+
+            def profiled(*args: Any, **kwargs: Any) -> Any:
+                profiler.enable()
+                try:
+                    return hook(*args, **kwargs)
+                finally:
+                    profiler.disable()
+
+            setattr(callback, self.profiled, profiled)
         self.clock = HookClock(callback, "lightning", record=True)
 
     def split(self, started: float, ended: float) -> None:
@@ -326,6 +346,9 @@ def main() -> None:
             "--hooks", action="store_true", help="also time AFSNotify's hooks on the training thread"
         )
         parser.add_argument(
+            "--profile", metavar="HOOK", default="", help="with --hooks: cProfile inside this AFSNotify hook"
+        )
+        parser.add_argument(
             "--variants",
             nargs="+",
             choices=VARIANTS,
@@ -334,9 +357,14 @@ def main() -> None:
         )
 
     args = parse_args(__doc__.splitlines()[0], extra)
+    args.hooks = args.hooks or bool(args.profile)
     quiet()
     if args.waits:
         _SITES.install()
+    if args.profile:
+        import cProfile
+
+        _Hooks.profiler, _Hooks.profiled = cProfile.Profile(), args.profile
     import torch
 
     torch.set_num_threads(1)
@@ -443,6 +471,11 @@ def main() -> None:
             ("variant", "loop grew", "train start", "steps", "epochs", "not in the hooks", "outside"),
             hook_table,
         )
+    if args.profile and not args.json:
+        import pstats
+
+        print(f"\ncProfile inside {args.profile}, every AFSNotify run, cumulative time:")
+        pstats.Stats(_Hooks.profiler).sort_stats("cumulative").print_stats(25)
     if args.waits:
         for variant in afs_variants:
             runs = site_rows[variant]
