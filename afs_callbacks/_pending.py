@@ -20,6 +20,11 @@ from afs_callbacks._log import get_logger
 
 log = get_logger(__name__)
 
+#: Seconds a thread started here waits before its work. ``Thread.start()`` returns only
+#: once the caller has the GIL back, and the chart's rendering holds it in long C calls:
+#: the training thread, ending its ``fit()``, waited ~16 ms for it (issue #27).
+LET_CALLER_GO_SECONDS = 0.05
+
 _lock = threading.Lock()
 _threads: dict[int, set[threading.Thread]] = {}  # id(owner) -> its threads
 
@@ -30,6 +35,7 @@ def start(work: Callable[[], object], name: str, *, owner: object) -> None:
 
     def run() -> None:
         try:
+            time.sleep(LET_CALLER_GO_SECONDS)
             work()
         except Exception:
             log.exception("afs-callbacks: %s failed", name)

@@ -397,6 +397,21 @@ class NotificationManager:
         if self.settings.enabled:
             self._runs.update(state, points)
 
+    def prepare(self) -> None:
+        """Get ready for a run about to start (a callback's ``setup``, before the training
+        loop): start the writer, which opens and tidies the store; the senders of the
+        channels a run's start goes to; and the death watcher. The run's first hook then
+        only hands over, instead of paying thread starts and the open inside the loop.
+        Cheap when already done (a sweep's next trial); never raises."""
+        if not self.settings.enabled or self._closed:
+            return
+        try:
+            probe = NotificationEvent(EventType.TRAINING_STARTED, NotificationLevel.INFO, "")
+            self._delivery.prepare(self._route(probe, self.settings.verbosity))
+            self._runs.prepare()
+        except Exception as error:
+            log.error("afs-callbacks: could not get ready for the run: %s", redact(error))
+
     def on_store_change(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` on a background thread after another process wrote to the
         store (at most about once a second; run control reads its commands so). Returns

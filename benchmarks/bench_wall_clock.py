@@ -1,10 +1,12 @@
 """What a user's stopwatch says: the whole ``fit()`` and its loop, beside the peers (issue #27).
 
 One tiny Lightning run in the issue's shape (10 epochs × 200 steps of about a millisecond,
-one torch thread, a fast loopback webhook), in five variants that alternate in one process,
+one torch thread, a fast loopback webhook), in six variants that alternate in one process,
 in a rotating order, for several rounds:
 
 * no callback (the yardstick);
+* an empty callback overriding the hooks AFSNotify overrides, each doing nothing: what
+  Lightning's dispatch to one more callback costs (any callback pays it);
 * knockknock's ``slack_sender`` around the fit call (a synchronous post before, one after;
   re-implemented when knockknock is not installed: ``pip install -e .[bench]``);
 * Apprise called in a callback at every epoch end (``json://`` to the same receiver);
@@ -26,17 +28,36 @@ during the loop, by thread and by the line that waited (the waits stay wrapped f
 whole process, a microsecond or two each: leave it off for timings). A voluntary switch
 that no such wake explains is a wait for the GIL, or for I/O.
 
+With ``--hooks``, AFSNotify's hooks are also timed on the training thread (each call
+logged, about a microsecond a call more), split into the loop's start (its train-start
+hook), its steps and the rest (epoch ends): what the training thread spent in the library
+itself, beside what the stopwatch says the loop grew by. The difference is what the library
+made the training thread wait for (the GIL, mostly) or slowed down (caches).
+
+``--profile HOOK`` (with ``--hooks``) also runs cProfile inside that hook of AFSNotify's
+(``setup``, ``on_train_start``, ``on_train_end``...) over every round, and prints where its
+time went (cProfile inflates Python calls; the ``--hooks`` figures are the uninstrumented
+ones).
+
+``--variants`` runs only some variants (the no-callback run always): for a sampling
+profiler attached to the process (``py-spy record --native --threads --idle``, see
+``benchmarks/README.md``).
+
 The load average is printed before and after: on a shared 2-vCPU VM a figure taken under
 load says more about the neighbours than about the callback.
 
     python benchmarks/bench_wall_clock.py             # 6 rounds
     python benchmarks/bench_wall_clock.py --quick     # 2 rounds of 2 × 50 steps
     python benchmarks/bench_wall_clock.py --waits     # and where each thread woke up
+    python benchmarks/bench_wall_clock.py --hooks     # and the training thread's time in the hooks
+    python benchmarks/bench_wall_clock.py --hooks --profile on_train_start --variants 'AFSNotify()'
+    python benchmarks/bench_wall_clock.py --variants 'AFSNotify(lean)' --rounds 10
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import threading
@@ -48,11 +69,11 @@ from typing import Any
 
 from _common import Report, fresh_state_dir, load_average, median, parse_args
 from _loops import fit, quiet
-from _peers import LoopTimer, callback_base, knockknock_wrap
+from _peers import HookClock, LoopTimer, callback_base, knockknock_wrap, same_hooks_callback
 
 from afs_callbacks.testing import LoopbackReceiver
 
-VARIANTS = ("none", "knockknock", "apprise per epoch", "AFSNotify()", "AFSNotify(lean)")
+VARIANTS = ("none", "empty callback", "knockknock", "apprise per epoch", "AFSNotify()", "AFSNotify(lean)")
 AFS_VARIANTS = ("AFSNotify()", "AFSNotify(lean)")
 
 
@@ -72,6 +93,22 @@ def _switches() -> dict[str, tuple[int, int]]:
         old = counts.get(name, (0, 0))
         counts[name] = (old[0] + voluntary, old[1] + involuntary)
     return counts
+
+
+def _schedstat() -> dict[str, tuple[float, float]]:
+    """Thread name -> (seconds on a CPU, seconds runnable but waiting for a CPU) so far
+    (``/proc/self/task/<tid>/schedstat``), for this process."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    times: dict[str, tuple[float, float]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            on_cpu, waiting = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[:2]
+        except (OSError, ValueError):
+            continue
+        name = names.get(int(tid), "?")
+        old = times.get(name, (0.0, 0.0))
+        times[name] = (old[0] + int(on_cpu) / 1e9, old[1] + int(waiting) / 1e9)
+    return times
 
 
 class _WaitSites:
@@ -127,6 +164,29 @@ class _WaitSites:
 _SITES = _WaitSites()
 
 
+class _Collections:
+    """Seconds the garbage collector ran while :attr:`on` (``gc.callbacks``). A full
+    collection of this process's ~480,000 objects takes ~70 ms, 3 % of the loop, and lands
+    in about one loop in eight, in any variant: it is the largest single noise here."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.seconds = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+
+_GC = _Collections()
+
+
 class _Wakes:
     """Context switches per thread between the train-start and train-end hooks, and the
     wake-ups by site (when ``--waits`` installed the counter)."""
@@ -135,15 +195,27 @@ class _Wakes:
         self.start: dict[str, tuple[int, int]] = {}
         self.delta: dict[str, tuple[int, int]] = {}
         self.sites: Counter[tuple[str, str]] = Counter()
+        self.times_start: dict[str, tuple[float, float]] = {}
+        self.times: dict[str, tuple[float, float]] = {}  # name -> (on a CPU, waiting for one) s
+        self.gc_s = 0.0
 
     def begin(self) -> None:
         self.start = _switches()
         _SITES.counts = Counter()
         _SITES.on = True
+        self.times_start = _schedstat()
+        _GC.seconds, _GC.on = 0.0, True
 
     def end(self) -> None:
+        times = _schedstat()
+        _GC.on = False
+        self.gc_s = _GC.seconds
         _SITES.on = False
         self.sites = _SITES.counts
+        self.times = {
+            name: (cpu - self.times_start.get(name, (0.0, 0.0))[0], wait - self.times_start.get(name, (0.0, 0.0))[1])
+            for name, (cpu, wait) in times.items()
+        }
         now = _switches()
         self.delta = {
             name: (v - self.start.get(name, (0, 0))[0], n - self.start.get(name, (0, 0))[1])
@@ -165,8 +237,54 @@ def _apprise_callback(url: str) -> Any:
     return type("AppriseEveryEpoch", (base,), {"on_train_epoch_end": on_train_epoch_end})()
 
 
+class _Hooks:
+    """With ``--hooks``: seconds AFSNotify's hooks took on the training thread, by part of
+    the run (``start``: its train-start hook; ``steps``: the per-batch hooks; ``epochs``: the
+    other hooks inside the loop; ``outside``: those before and after it)."""
+
+    PARTS = ("start", "steps", "epochs", "outside")
+    profiler: Any = None  # a cProfile.Profile run inside the hook named `profiled`
+    profiled = ""
+
+    def __init__(self) -> None:
+        self.clock: HookClock | None = None
+        self.seconds: dict[str, float] = dict.fromkeys(self.PARTS, 0.0)
+
+    def watch(self, callback: Any) -> None:
+        if self.profiled:
+            hook = getattr(callback, self.profiled)
+            profiler = type(self).profiler
+
+            def profiled(*args: Any, **kwargs: Any) -> Any:
+                profiler.enable()
+                try:
+                    return hook(*args, **kwargs)
+                finally:
+                    profiler.disable()
+
+            setattr(callback, self.profiled, profiled)
+        self.clock = HookClock(callback, "lightning", record=True)
+
+    def split(self, started: float, ended: float) -> None:
+        for name, start, seconds in (self.clock.log if self.clock else None) or ():
+            if not started <= start <= ended:
+                part = "outside"
+            elif name == "on_train_start":
+                part = "start"
+            elif "batch" in name:
+                part = "steps"
+            else:
+                part = "epochs"
+            self.seconds[part] += seconds
+
+
 def _one(
-    variant: str, receiver: LoopbackReceiver, steps: int, epochs: int, wakes: _Wakes
+    variant: str,
+    receiver: LoopbackReceiver,
+    steps: int,
+    epochs: int,
+    wakes: _Wakes,
+    hooks: _Hooks | None = None,
 ) -> tuple[float, float]:
     """(fit seconds, loop seconds) of one run of ``variant``."""
     url = receiver.url("/hook")
@@ -174,6 +292,10 @@ def _one(
     wrap = None
     if variant == "knockknock":
         wrap, _ = knockknock_wrap(url)
+    elif variant == "empty callback":
+        from afs_callbacks.integrations.lightning import AFSNotify
+
+        callbacks.append(same_hooks_callback("lightning", AFSNotify))
     elif variant == "apprise per epoch":
         callbacks.append(_apprise_callback("json://" + url.removeprefix("http://")))
     elif variant in AFS_VARIANTS:
@@ -183,6 +305,8 @@ def _one(
         fresh_state_dir()
         os.environ["WEBHOOK_URL"] = url
         callbacks.append(AFSNotify(model_name="bench", **options))
+        if hooks is not None:
+            hooks.watch(callbacks[0])
     # Counted at the marks, outside the timed loop (a /proc read costs ~100 µs), in every
     # variant: the no-callback run's counts are what the framework and the receiver cost.
     timer = LoopTimer.make("lightning", before_start=wakes.begin, after_end=wakes.end)
@@ -193,7 +317,23 @@ def _one(
         # (its sender's once-a-second look) and its end's chart, still being drawn, would
         # run through the next variants' loops and be counted against them.
         callbacks[0].tracker.manager.close()
+        if hooks is not None:
+            hooks.split(timer.started, timer.ended)
     return run.wall_s, run.hooks_loop_s
+
+
+def _time_split(times: dict[str, tuple[float, float]], loop: float) -> dict[str, float]:
+    """The training thread's loop seconds by scheduler state, and the others' CPU seconds."""
+    on_cpu, waiting = times.get("MainThread", (0.0, 0.0))
+    return {
+        "on a CPU": on_cpu,
+        "waiting for a CPU": waiting,
+        "asleep": loop - on_cpu - waiting,
+        "afs threads' CPU": sum(cpu for name, (cpu, _) in times.items() if name.startswith("afs")),
+        "other threads' CPU": sum(
+            cpu for name, (cpu, _) in times.items() if name != "MainThread" and not name.startswith("afs")
+        ),
+    }
 
 
 def main() -> None:
@@ -202,14 +342,34 @@ def main() -> None:
         parser.add_argument(
             "--waits", action="store_true", help="also count each thread's wake-ups by the line that waited"
         )
+        parser.add_argument(
+            "--hooks", action="store_true", help="also time AFSNotify's hooks on the training thread"
+        )
+        parser.add_argument(
+            "--profile", metavar="HOOK", default="", help="with --hooks: cProfile inside this AFSNotify hook"
+        )
+        parser.add_argument(
+            "--variants",
+            nargs="+",
+            choices=VARIANTS,
+            default=list(VARIANTS),
+            help="the variants to run (the no-callback one always runs)",
+        )
 
     args = parse_args(__doc__.splitlines()[0], extra)
+    args.hooks = args.hooks or bool(args.profile)
     quiet()
     if args.waits:
         _SITES.install()
+    if args.profile:
+        import cProfile
+
+        _Hooks.profiler, _Hooks.profiled = cProfile.Profile(), args.profile
     import torch
 
     torch.set_num_threads(1)
+    variants = tuple(v for v in VARIANTS if v == "none" or v in args.variants)
+    afs_variants = tuple(v for v in AFS_VARIANTS if v in variants)
     rounds = 2 if args.quick else args.rounds
     steps, epochs = (50, 2) if args.quick else (200, 10)
     report = Report("wall_clock", args)
@@ -218,16 +378,22 @@ def main() -> None:
     loops: dict[str, list[float]] = defaultdict(list)
     wake_rows: dict[str, list[dict[str, tuple[int, int]]]] = defaultdict(list)
     site_rows: dict[str, list[Counter[tuple[str, str]]]] = defaultdict(list)
+    hook_rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    time_rows: dict[str, list[dict[str, float]]] = defaultdict(list)
     with LoopbackReceiver() as receiver:
         _one("none", receiver, steps, 1, _Wakes())  # warm-up: imports, first allocations
         for index in range(rounds):
-            order = VARIANTS[index % len(VARIANTS) :] + VARIANTS[: index % len(VARIANTS)]
+            order = variants[index % len(variants) :] + variants[: index % len(variants)]
             for variant in order:
                 wakes = _Wakes()
-                wall, loop = _one(variant, receiver, steps, epochs, wakes)
+                hooks = _Hooks() if args.hooks else None
+                wall, loop = _one(variant, receiver, steps, epochs, wakes, hooks)
+                if hooks is not None:
+                    hook_rows[variant].append(hooks.seconds)
                 fits[variant].append(wall)
                 loops[variant].append(loop)
                 wake_rows[variant].append(wakes.delta)
+                time_rows[variant].append({**_time_split(wakes.times, loop), "gc": wakes.gc_s})
                 site_rows[variant].append(wakes.sites)
     load_after = load_average()
 
@@ -235,7 +401,7 @@ def main() -> None:
         return median([a / b for a, b in zip(series[variant], series["none"], strict=True)])
 
     rows = []
-    for variant in VARIANTS:
+    for variant in variants:
         outside = median([w - loop for w, loop in zip(fits[variant], loops[variant], strict=True)])
         rows.append(
             (
@@ -252,11 +418,26 @@ def main() -> None:
         ("variant", "fit × none", "loop × none", "outside the loop", "fit (median)"),
         rows,
     )
+    parts = ("on a CPU", "waiting for a CPU", "asleep", "gc", "afs threads' CPU", "other threads' CPU")
+    report.table(
+        "the training thread's loop seconds split by its scheduler state (/proc schedstat), and the"
+        " other threads' CPU during the loop, ms, median over rounds (asleep: waiting for the GIL,"
+        " or I/O; gc: the garbage collector's time, within on a CPU)",
+        ("variant", "loop", *parts),
+        [
+            (
+                variant,
+                f"{median(loops[variant]) * 1e3:.0f}",
+                *(f"{median([row[part] for row in time_rows[variant]]) * 1e3:.0f}" for part in parts),
+            )
+            for variant in variants
+        ],
+    )
     names = sorted({name for deltas in wake_rows.values() for delta in deltas for name in delta})
     switch_rows = []
     for name in names:
         cells = []
-        for variant in VARIANTS:
+        for variant in variants:
             deltas = wake_rows[variant]
             voluntary = median([delta.get(name, (0, 0))[0] for delta in deltas])
             involuntary = median([delta.get(name, (0, 0))[1] for delta in deltas])
@@ -266,11 +447,37 @@ def main() -> None:
     report.table(
         "context switches per thread during the loop, voluntary (wake-ups and GIL waits) /"
         " involuntary (preempted), median over rounds",
-        ("thread", *VARIANTS),
+        ("thread", *variants),
         switch_rows,
     )
+    if args.hooks:
+        hook_table = []
+        for variant in afs_variants:
+            grew = median([(a - b) * 1e3 for a, b in zip(loops[variant], loops["none"], strict=True)])
+            parts = {part: median([row[part] * 1e3 for row in hook_rows[variant]]) for part in _Hooks.PARTS}
+            inside = sum(parts[part] for part in ("start", "steps", "epochs"))
+            hook_table.append(
+                (
+                    variant,
+                    f"{grew:.0f}",
+                    *(f"{parts[part]:.1f}" for part in ("start", "steps", "epochs")),
+                    f"{grew - inside:.0f}",
+                    f"{parts['outside']:.1f}",
+                )
+            )
+        report.table(
+            "the training thread in AFSNotify's hooks, ms per run (median over rounds), beside what"
+            " the loop grew by (median paired difference to the no-callback run)",
+            ("variant", "loop grew", "train start", "steps", "epochs", "not in the hooks", "outside"),
+            hook_table,
+        )
+    if args.profile and not args.json:
+        import pstats
+
+        print(f"\ncProfile inside {args.profile}, every AFSNotify run, cumulative time:")
+        pstats.Stats(_Hooks.profiler).sort_stats("cumulative").print_stats(25)
     if args.waits:
-        for variant in AFS_VARIANTS:
+        for variant in afs_variants:
             runs = site_rows[variant]
             keys = sorted({key for sites in runs for key in sites})
             report.table(
@@ -279,15 +486,16 @@ def main() -> None:
                 [(*key, f"{median([sites.get(key, 0) for sites in runs]):.0f}") for key in keys],
             )
     for what, series, goal in (("fit() × none", fits, 1.03), ("loop × none", loops, 1.02)):
-        for variant in AFS_VARIANTS:
+        for variant in afs_variants:
             measured = ratio(series, variant)
             report.target(f"{what}, {variant}", f"≤ {goal}", f"{measured:.3f}", measured <= goal)
-    report.target(
-        "fit() × none, AFSNotify() vs knockknock",
-        "at or below",
-        f"{ratio(fits, 'AFSNotify()'):.3f} vs {ratio(fits, 'knockknock'):.3f}",
-        ratio(fits, "AFSNotify()") <= ratio(fits, "knockknock"),
-    )
+    if "AFSNotify()" in variants and "knockknock" in variants:
+        report.target(
+            "fit() × none, AFSNotify() vs knockknock",
+            "at or below",
+            f"{ratio(fits, 'AFSNotify()'):.3f} vs {ratio(fits, 'knockknock'):.3f}",
+            ratio(fits, "AFSNotify()") <= ratio(fits, "knockknock"),
+        )
     report.finish(
         load_before=load_before,
         load_after=load_after,

@@ -12,6 +12,7 @@ on its class); the core's and the monitors' are listed here.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import re
 import threading
@@ -130,14 +131,22 @@ def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> 
     for name in sorted(env):
         if name in known_set or _PATTERNS.match(name) or not name.isupper():
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        suggestion = aliases.get(name) or (close[0] if close else None)
+        suggestion = aliases.get(name) or _closest(name, known)
         ours = name.startswith(own_prefixes) or (
             name in file_names and name.startswith(tuple(channel_prefixes))
         )
         if suggestion or ours:
             found.append(UnknownVariable(name, suggestion))
     return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _closest(name: str, known: tuple[str, ...]) -> str | None:
+    # Remembered: comparing one name with every known one costs ~150 µs (difflib), and a
+    # process reads the same environment again for each manager it builds (a sweep's
+    # trials with their own state directory): ~7 ms of a training thread's start each time.
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 _warned: set[str] = set()

@@ -23,7 +23,6 @@ from afs_callbacks.runstate import FINAL_STATUSES, RUNNING, MetricPoint, RunStat
 
 log = get_logger(__name__)
 
-
 class RunHooks:
     """Run states, cards and the death watcher of one manager.
 
@@ -79,6 +78,12 @@ class RunHooks:
         except Exception as error:
             log.error("afs-callbacks: could not queue a run state: %s", redact(error))
 
+    def prepare(self) -> None:
+        """A run is about to start: make sure this user's death watcher runs (a start is a
+        process spawn, on a thread of its own), so that the run's first state, moments
+        later, only registers with the watcher already there."""
+        self._start_watcher(None)
+
     def _textfile_writer(self) -> Any:
         """The textfile writer of ``AFS_PROMETHEUS_TEXTFILE_DIR`` (its thread imports
         prometheus_client, or says which extra to install)."""
@@ -118,7 +123,7 @@ class RunHooks:
                     self._cards.add_channel(name, handler)
             return self._cards
 
-    def _start_watcher(self, state: RunState) -> None:
+    def _start_watcher(self, state: RunState | None) -> None:
         try:
             from afs_callbacks.delivery import deathwatch
         except ImportError:
@@ -126,7 +131,7 @@ class RunHooks:
         # One message on a local socket, not waited for (a watcher to start, if none
         # answers, is started on a thread of its own): the first state of a run killed
         # right after it registered, before anything of it is stored, is still reported.
-        if state.status == RUNNING:
+        if state is None or state.status == RUNNING:
             deathwatch.ensure_watcher(self._state_dir, os.getpid(), state)
         else:
             deathwatch.run_ended(self._state_dir, os.getpid(), state.run_id)

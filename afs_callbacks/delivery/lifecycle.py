@@ -170,6 +170,14 @@ class Lifecycle:
                 worker.start()
             return worker
 
+    def prepare(self, channels: Sequence[tuple[str, NotificationHandler]]) -> None:
+        """Start the writer (it opens the store at once) and the senders of ``channels``
+        now, before a run begins, rather than at its first event."""
+        self.writer.start()
+        for name, handler in channels:
+            self.worker(name, handler)
+        ensure_exit_hook()
+
     def forget_worker(self, name: str, timeout: float) -> None:
         """Stop and drop the sender of a channel that was unregistered."""
         with self._lock:

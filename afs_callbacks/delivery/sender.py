@@ -167,19 +167,24 @@ class ChannelWorker:
     # The thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        look = True
+        look, drained = True, False
         while not self._stop.is_set():
             wait = IDLE_POLL_SECONDS
             try:
                 if look:
-                    self._seen_version = self._data_version()
-                    if self._drain_once():
+                    if not drained:
+                        # Not again after a batch: this process's own commits do not move
+                        # the number, and a foreign one since the last read still shows at
+                        # the next look. One SQLite call (two GIL hand-offs) less a message.
+                        self._seen_version = self._data_version()
+                    drained = self._drain_once()
+                    if drained:
                         continue
                     wait = self._idle_wait()
             except Exception:
                 # A locked or broken database: keep the thread, look again shortly.
                 log.exception("afs-callbacks: %s sender hit an error; retrying shortly", self.name)
-                wait, self._wake_at = 1.0, time.time() + 1.0
+                wait, self._wake_at, drained = 1.0, time.time() + 1.0, False
             woken = self._wake.wait(wait)
             self._wake.clear()
             look = woken or self._scheduled_due() or self._others_wrote()

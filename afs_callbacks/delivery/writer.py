@@ -110,11 +110,14 @@ class Writer:
         self._runs_lock = threading.Lock()
         self._wake = threading.Event()
         self._hurry = threading.Event()  # set: something other than progress is queued
+        self._now = threading.Event()  # set: a drain() waits, so a turn does not coalesce
+        self._turned = threading.Condition()  # notified at each turn's end (drain() waits)
         self._busy = False
         self._stop = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._opened = False
+        self._open_first = False  # start(): open the store before waiting for events
         self.dropped = 0
 
     # Training-thread side --------------------------------------------------------------
@@ -148,20 +151,34 @@ class Writer:
 
     # Control -----------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the thread now, and open the store on it at once (a run about to begin:
+        its first hand-over then starts no thread, and its first turn opens no file)."""
+        self._open_first = True
+        self._ensure_thread()
+
     def drain(self, timeout: float | None) -> bool:
         """Wait until everything queued so far is stored (or kept in memory by a faulted
         store); False when ``timeout`` ran out first."""
         self._ensure_thread()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._events or self._runs or self._busy:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            if self._thread is None or not self._thread.is_alive():
-                return False
-            self._hurry.set()
-            self._wake.set()
-            time.sleep(0.005)
-        return True
+        try:
+            while self._events or self._runs or self._busy:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                if self._thread is None or not self._thread.is_alive():
+                    return False
+                self._now.set()
+                self._hurry.set()
+                self._wake.set()
+                # Woken at the turn's end (a run's end waits here on the training thread:
+                # a 5 ms poll was most of its cost); the timeout asks again.
+                with self._turned:
+                    if self._events or self._runs or self._busy:
+                        self._turned.wait(0.005)
+            return True
+        finally:
+            self._now.clear()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Store what is queued (within ``timeout``) and end the thread."""
@@ -181,6 +198,8 @@ class Writer:
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._hurry = threading.Event()
+        self._now = threading.Event()
+        self._turned = threading.Condition()
         self._busy = False
         self._thread = None
 
@@ -198,6 +217,11 @@ class Writer:
                 self._thread.start()
 
     def _run(self) -> None:
+        if self._open_first:
+            try:
+                self._write([], {}, {})  # opens the file, tidies it (on_open); stores nothing
+            except Exception:
+                log.exception("afs-callbacks: the writer thread hit an error")
         self._let_gather()  # what started the thread waits for company like a later wake-up
         while True:
             # Cleared before looking, so a put() after the look sets it and the wait returns.
@@ -223,13 +247,15 @@ class Writer:
                 log.exception("afs-callbacks: the writer thread hit an error")
             finally:
                 self._busy = False
+                with self._turned:
+                    self._turned.notify_all()
 
     def _let_gather(self) -> None:
         """Let a few more events arrive before a turn: one wake-up and one commit for several
         keeps this thread from asking the training thread for the GIL per event. Progress
         alone waits in one sleep, which anything hurried ends."""
         if self._hurry.is_set():
-            time.sleep(COALESCE_SECONDS)
+            self._now.wait(COALESCE_SECONDS)  # a drain waiting ends the gathering at once
         else:
             self._hurry.wait(PROGRESS_GATHER_SECONDS)
 

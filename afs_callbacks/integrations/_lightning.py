@@ -131,6 +131,13 @@ class LightningNotifyCore(NotifierBase):
         if trainer.world_size > 1:
             # Every rank calls setup, so this collective cannot leave a rank waiting.
             self._share_run_id(lambda run_id: trainer.strategy.broadcast(run_id, src=0))
+        if self.tracker.is_global_zero:
+            # The manager (reading the environment), its threads, the store's open and the
+            # death watcher's spawn, here rather than in on_train_start: inside the loop
+            # they cost the run's first steps ~10 ms, more on a loaded machine (issue #27).
+            prepare = getattr(self.tracker.manager, "prepare", None)
+            if prepare is not None:
+                prepare()
 
     @hook
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
