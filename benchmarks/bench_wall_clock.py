@@ -213,7 +213,10 @@ class _Wakes:
         _SITES.on = False
         self.sites = _SITES.counts
         self.times = {
-            name: (cpu - self.times_start.get(name, (0.0, 0.0))[0], wait - self.times_start.get(name, (0.0, 0.0))[1])
+            name: (
+                cpu - self.times_start.get(name, (0.0, 0.0))[0],
+                wait - self.times_start.get(name, (0.0, 0.0))[1],
+            )
             for name, (cpu, wait) in times.items()
         }
         now = _switches()

@@ -23,6 +23,7 @@ from afs_callbacks.runstate import FINAL_STATUSES, RUNNING, MetricPoint, RunStat
 
 log = get_logger(__name__)
 
+
 class RunHooks:
     """Run states, cards and the death watcher of one manager.
 
