@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,13 @@ _CHANNEL_PREFIXES = (*_CHANNEL_PREFIXES, *env_prefixes())
 _REAL_HOME = Path.home()
 os.environ.setdefault("MPLCONFIGDIR", str(_REAL_HOME / ".cache" / "matplotlib"))
 os.environ.setdefault("KERAS_HOME", str(_REAL_HOME / ".keras"))
+
+# What runs before any test's own isolation (a module- or session-scoped fixture that trains
+# a run) must not reach the user's death watcher, found in $XDG_RUNTIME_DIR/afs-callbacks or
+# /tmp/afs-callbacks-<uid>: this test process gets a runtime dir of its own (each test then
+# gets its own, below), and a watcher started there lets go soon.
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="afs-tests-run-")
+os.environ["AFS_DEATHWATCH_GRACE"] = "1"
 
 
 @pytest.fixture(autouse=True)
