@@ -60,13 +60,15 @@ def same_hooks_callback(framework: str, like: type) -> Any:
     def nothing(self: Any, *args: Any, **kwargs: Any) -> None:
         return None
 
-    hooks = {
+    hooks: dict[str, Any] = {
         name: nothing
         for name in dir(like)
         if name.startswith("on_")
         and callable(getattr(like, name))
         and getattr(like, name) is not getattr(base, name, None)
     }
+    # The hooks ``like`` sets to None (Lightning skips them) are skipped here too.
+    hooks.update({name: None for name in dir(like) if name.startswith("on_") and getattr(like, name) is None})
     return type("SameHooksCallback", (base,), hooks)()
 
 

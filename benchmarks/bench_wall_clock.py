@@ -73,8 +73,19 @@ from _peers import HookClock, LoopTimer, callback_base, knockknock_wrap, same_ho
 
 from afs_callbacks.testing import LoopbackReceiver
 
-VARIANTS = ("none", "empty callback", "knockknock", "apprise per epoch", "AFSNotify()", "AFSNotify(lean)")
-AFS_VARIANTS = ("AFSNotify()", "AFSNotify(lean)")
+VARIANTS = (
+    "none",
+    "empty callback",
+    "knockknock",
+    "apprise per epoch",
+    "AFSNotify()",
+    "AFSNotify(lean)",
+    "AFSNotify(off)",
+)
+AFS_VARIANTS = ("AFSNotify()", "AFSNotify(lean)", "AFSNotify(off)")
+#: The variants a full run times: AFSNotify(off) (AFS_ENABLED=false: the hooks' own work,
+#: no thread, no store) is for the attribution, asked for by name.
+DEFAULT_VARIANTS = VARIANTS[:-1]
 
 
 def _switches() -> dict[str, tuple[int, int]]:
@@ -307,6 +318,8 @@ def _one(
         options = {"monitors": False, "chart": False} if variant == "AFSNotify(lean)" else {}
         fresh_state_dir()
         os.environ["WEBHOOK_URL"] = url
+        if variant == "AFSNotify(off)":
+            os.environ["AFS_ENABLED"] = "false"
         callbacks.append(AFSNotify(model_name="bench", **options))
         if hooks is not None:
             hooks.watch(callbacks[0])
@@ -315,6 +328,7 @@ def _one(
     timer = LoopTimer.make("lightning", before_start=wakes.begin, after_end=wakes.end)
     run = fit("lightning", callbacks, steps_per_epoch=steps, epochs=epochs, wrap=wrap, timer=timer)
     os.environ.pop("WEBHOOK_URL", None)
+    os.environ.pop("AFS_ENABLED", None)
     if variant in AFS_VARIANTS:
         # Untimed: as a process that trained once and exits. Left open, each round's manager
         # (its sender's once-a-second look) and its end's chart, still being drawn, would
@@ -355,7 +369,7 @@ def main() -> None:
             "--variants",
             nargs="+",
             choices=VARIANTS,
-            default=list(VARIANTS),
+            default=list(DEFAULT_VARIANTS),
             help="the variants to run (the no-callback one always runs)",
         )
 

@@ -326,6 +326,35 @@ def test_the_step_hook_reads_the_loss_only_every_nan_check_every_steps(manager, 
     assert sum(SyncProbe.reads.values()) == 40 // 10
 
 
+def test_lightning_dispatches_only_the_per_batch_hooks_the_callback_uses(manager, tmp_path):
+    """Lightning's own profiler names every callback hook it enters. Of the per-batch ones,
+    only the batch ends are entered for AFSNotify; a subclass's own hook still runs."""
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    called: list[int] = []
+
+    class Subclassed(AFSNotify):
+        def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+            called.append(trainer.global_step)
+
+    profiler = SimpleProfiler()
+    trainer = make_trainer(tmp_path, AFSNotify(manager), max_epochs=1, profiler=profiler)
+    trainer.fit(TinyModel())
+    entered = {
+        name.split(".")[-1] for name in profiler.recorded_durations if name.startswith("[Callback]AFSNotify")
+    }
+    assert {"on_train_batch_end", "on_validation_batch_end"} <= entered
+    per_batch = {
+        "on_train_batch_start",
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+    }
+    assert not entered & (per_batch | {"on_before_zero_grad", "on_validation_batch_start"})
+    make_trainer(tmp_path, Subclassed(manager), max_epochs=1).fit(TinyModel())
+    assert len(called) == 4  # limit_train_batches
+
+
 def test_default_nan_cadence_follows_the_trainers_logging_cadence(manager, tmp_path):
     callback = AFSNotify(manager)
     make_trainer(tmp_path, callback, max_epochs=1, log_every_n_steps=7).fit(TinyModel())
