@@ -39,6 +39,13 @@ made the training thread wait for (the GIL, mostly) or slowed down (caches).
 time went (cProfile inflates Python calls; the ``--hooks`` figures are the uninstrumented
 ones).
 
+``--in-situ`` instead times the batch-end hook inside a real loop: one fit of 20 epochs in
+which every hook of AFSNotify runs but the batch end only after odd batches, so that the two
+kinds of step alternate every millisecond and share the machine's drift, Lightning's
+dispatch and the library's threads.
+``AFSNotify(off)`` (``AFS_ENABLED=false``: hooks without threads or store) is a variant for
+the attribution, run only when named.
+
 ``--variants`` runs only some variants (the no-callback run always): for a sampling
 profiler attached to the process (``py-spy record --native --threads --idle``, see
 ``benchmarks/README.md``).
@@ -52,6 +59,7 @@ load says more about the neighbours than about the callback.
     python benchmarks/bench_wall_clock.py --hooks     # and the training thread's time in the hooks
     python benchmarks/bench_wall_clock.py --hooks --profile on_train_start --variants 'AFSNotify()'
     python benchmarks/bench_wall_clock.py --variants 'AFSNotify(lean)' --rounds 10
+    python benchmarks/bench_wall_clock.py --in-situ --variants 'AFSNotify()' 'AFSNotify(off)'
 """
 
 from __future__ import annotations
@@ -353,6 +361,57 @@ def _time_split(times: dict[str, tuple[float, float]], loop: float) -> dict[str,
     }
 
 
+def _in_situ(receiver: LoopbackReceiver, variant: str, epochs: int, steps: int) -> dict[str, float]:
+    """The batch-end hook's cost inside a real loop: one fit in which every AFSNotify hook
+    runs but the batch end only after odd batches, so the two kinds of step alternate every
+    ~1 ms and share the machine's drift, the dispatch and the library's threads. Per step
+    (forward to next forward, which holds the batch end between them; the first five of each
+    epoch left out), µs: the mean of each kind, trimmed of its slowest and fastest 5 % and not."""
+    from afs_callbacks.integrations.lightning import AFSNotify
+
+    fresh_state_dir()
+    os.environ["WEBHOOK_URL"] = receiver.url("/hook")
+    if variant == "AFSNotify(off)":
+        os.environ["AFS_ENABLED"] = "false"
+    options = {"monitors": False, "chart": False} if variant == "AFSNotify(lean)" else {}
+    inner = AFSNotify(model_name="bench", **options)
+    forward = {
+        name: getattr(inner, name)
+        for name in dir(type(inner))
+        if (name.startswith("on_") or name in ("setup", "teardown")) and callable(getattr(inner, name))
+    }
+
+    def batch_end(trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx % 2:
+            forward["on_train_batch_end"](trainer, pl_module, outputs, batch, batch_idx)
+
+    members: dict[str, Any] = {name: staticmethod(hook) for name, hook in forward.items()}
+    members["on_train_batch_end"] = staticmethod(batch_end)
+    skipped = [name for name in dir(type(inner)) if name.startswith("on_") and getattr(inner, name) is None]
+    members.update(dict.fromkeys(skipped))
+    halves = type("Alternating", (callback_base("lightning"),), members)()
+    run = fit("lightning", [halves], steps_per_epoch=steps, epochs=epochs)
+    os.environ.pop("WEBHOOK_URL", None)
+    os.environ.pop("AFS_ENABLED", None)
+    inner.tracker.manager.close()
+    durations: dict[bool, list[float]] = {True: [], False: []}
+    for epoch in range(epochs):
+        first = epoch * steps
+        for index in range(5, steps - 1):
+            durations[bool(index % 2)].append(run.stamps[first + index + 1] - run.stamps[first + index])
+
+    def mean(values: list[float], trim: float) -> float:
+        kept = sorted(values)[int(len(values) * trim) : len(values) - int(len(values) * trim)]
+        return sum(kept) / len(kept) * 1e6
+
+    return {
+        "with, trimmed": mean(durations[True], 0.05),
+        "without, trimmed": mean(durations[False], 0.05),
+        "with": mean(durations[True], 0.0),
+        "without": mean(durations[False], 0.0),
+    }
+
+
 def main() -> None:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--rounds", type=int, default=6, help="rounds of all variants (default 6)")
@@ -364,6 +423,11 @@ def main() -> None:
         )
         parser.add_argument(
             "--profile", metavar="HOOK", default="", help="with --hooks: cProfile inside this AFSNotify hook"
+        )
+        parser.add_argument(
+            "--in-situ",
+            action="store_true",
+            help="instead: the batch-end hook's cost inside a real loop (alternating epochs)",
         )
         parser.add_argument(
             "--variants",
@@ -391,6 +455,9 @@ def main() -> None:
     steps, epochs = (50, 2) if args.quick else (200, 10)
     report = Report("wall_clock", args)
     load_before = load_average()
+    if args.in_situ:
+        _report_in_situ(report, [v for v in variants if v in AFS_VARIANTS], rounds, load_before)
+        return
     fits: dict[str, list[float]] = defaultdict(list)
     loops: dict[str, list[float]] = defaultdict(list)
     wake_rows: dict[str, list[dict[str, tuple[int, int]]]] = defaultdict(list)
@@ -519,6 +586,66 @@ def main() -> None:
         fits={k: list(v) for k, v in fits.items()},
         loops={k: list(v) for k, v in loops.items()},
     )
+
+
+def _dispatch_costs(calls: int = 200_000) -> list[tuple[str, str]]:
+    """What Lightning's dispatch of one hook costs with no callback, with one whose hook is
+    the base class's no-op (what any callback pays for each hook it does not define), and
+    with one whose hook is None (skipped: AFSNotify's per-batch hooks it has no use for)."""
+    import timeit
+
+    from lightning.pytorch.profilers import PassThroughProfiler
+    from lightning.pytorch.trainer import call
+
+    base = callback_base("lightning")
+    subjects = {
+        "none": [],
+        "one, its hook the base class's no-op": [base()],
+        "one, its hook None": [type("Skipped", (base,), {"on_before_backward": None})()],
+    }
+    rows = []
+    for label, callbacks in subjects.items():
+        trainer = type("Trainer", (), {"lightning_module": None, "profiler": PassThroughProfiler()})()
+        trainer.callbacks = callbacks
+        seconds = timeit.timeit(
+            lambda t=trainer: call._call_callback_hooks(t, "on_before_backward", None), number=calls
+        )
+        rows.append((label, f"{seconds / calls * 1e6:.2f}"))
+    return rows
+
+
+def _report_in_situ(report: Report, variants: list[str], rounds: int, load_before: str) -> None:
+    rows = []
+    with LoopbackReceiver() as receiver:
+        _one("none", receiver, 50, 1, _Wakes())  # warm-up: imports, first allocations
+        results: dict[str, list[dict[str, float]]] = defaultdict(list)
+        for _ in range(rounds):
+            for variant in variants:
+                results[variant].append(_in_situ(receiver, variant, epochs=20, steps=200))
+    for variant in variants:
+        got = {key: median([r[key] for r in results[variant]]) for key in results[variant][0]}
+        rows.append(
+            [
+                variant,
+                f"{got['without, trimmed']:.1f}",
+                f"{got['with, trimmed'] - got['without, trimmed']:+.1f}",
+                f"{got['without']:.1f}",
+                f"{got['with'] - got['without']:+.1f}",
+            ]
+        )
+    report.table(
+        "Lightning's dispatch of one hook call to one callback (trainer/call.py's _call_callback_hooks"
+        " with a pass-through profiler), µs",
+        ("callbacks", "µs per hook call"),
+        _dispatch_costs(),
+    )
+    report.table(
+        f"The batch-end hook inside a real loop: µs per step, 20 epochs × 200 steps, the hook after odd"
+        f" batches only, median of {rounds} fits (load average {load_before} before, {load_average()} after)",
+        ("variant", "step without (trimmed 5 %)", "the hook adds", "step without (all)", "the hook adds"),
+        rows,
+    )
+    report.finish()
 
 
 if __name__ == "__main__":
