@@ -26,6 +26,7 @@ from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.runstate import RunState
 from afs_callbacks.testing import LoopbackReceiver
+from tests.helpers.children import start_ready_child
 
 CHILD = """
 import os, socket, sys, time
@@ -65,16 +66,7 @@ def killed_notices(receiver: LoopbackReceiver) -> list[str]:
 
 
 def start_child(env: dict[str, str], run_id: str, mode: str = "hold") -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, env["AFS_STATE_DIR"], run_id, mode],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    return child
+    return start_ready_child(CHILD, env["AFS_STATE_DIR"], run_id, mode, env=env)
 
 
 def run_status(state_dir: Path, run_id: str) -> str:

@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pytest
 from afs_callbacks.delivery import deathwatch, rendezvous
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.testing import LoopbackReceiver
+from tests.helpers.children import start_ready_child
 
 #: A training process that stored its first state and registered (like test_deathwatch's).
 CHILD = """
@@ -97,41 +98,21 @@ def watcher_processes() -> list[int]:
     return found
 
 
-@pytest.fixture
-def env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
-    """The children's environment; the watcher is killed afterwards (a failed test's)."""
-    environ = dict(os.environ)
-    environ.update(AFS_DEATHWATCH_INTERVAL="0.2", AFS_DEATHWATCH_GRACE="1", WEBHOOK_URL=receiver.url("/hook"))
-    yield environ
-    pid = deathwatch.watcher_pid()
-    if pid is not None and pid > 0:
-        os.kill(pid, signal.SIGKILL)
-
-
 def start_child(environ: dict[str, str], state_dir: Path, run_id: str) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(state_dir), run_id],
-        env=environ,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    return child
+    return start_ready_child(CHILD, str(state_dir), run_id, env=environ)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_one_watcher_for_every_state_dir_each_notice_by_its_own_channels(
-    env: dict[str, str], receiver: LoopbackReceiver, tmp_path: Path
+    watch_env: dict[str, str], receiver: LoopbackReceiver, tmp_path: Path
 ) -> None:
     """Three runs in three state dirs, two with a webhook of their own (a token in its
     path): one watcher process; each notice goes to its own run's webhook only."""
     secret = "tok-3f9c1e"
     envs = [
-        dict(env, WEBHOOK_URL=receiver.url(f"/a-{secret}")),
-        dict(env, WEBHOOK_URL=receiver.url("/b")),
-        dict(env, WEBHOOK_URL=receiver.url("/b")),
+        dict(watch_env, WEBHOOK_URL=receiver.url(f"/a-{secret}")),
+        dict(watch_env, WEBHOOK_URL=receiver.url("/b")),
+        dict(watch_env, WEBHOOK_URL=receiver.url("/b")),
     ]
     dirs = [tmp_path / name for name in ("dir-a", "dir-b", "dir-c")]
     children = [start_child(e, d, f"run-{d.name}") for e, d in zip(envs, dirs, strict=True)]
@@ -158,19 +139,22 @@ def test_one_watcher_for_every_state_dir_each_notice_by_its_own_channels(
 
 
 def test_a_run_killed_before_anything_of_it_was_stored_gets_its_notice(
-    env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+    watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
 ) -> None:
     """The test holds the store's write lock, so the run's start and first state cannot be
     stored; the run is SIGKILLed once it has entered RunNotifier (it registered on the
     training thread). The watcher (already up for another run, as on a busy node) reports
     it from its registration, once, saying nothing of it was stored."""
-    beside = start_child(env, isolated_env, "run-beside")
+    beside = start_child(watch_env, isolated_env, "run-beside")
     path = isolated_env / "outbox.sqlite3"
     lock = sqlite3.connect(path, isolation_level=None, timeout=0)
     lock.execute("BEGIN IMMEDIATE")  # the store's write lock, held
     try:
         child = subprocess.Popen(
-            [sys.executable, "-c", UNSTORED_CHILD, "early-run"], env=env, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", UNSTORED_CHILD, "early-run"],
+            env=watch_env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "entered"
@@ -196,18 +180,18 @@ def test_a_run_killed_before_anything_of_it_was_stored_gets_its_notice(
 
 
 def test_a_run_that_ended_with_a_word_and_stored_nothing_is_not_killed(
-    env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+    watch_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
 ) -> None:
     """Its store was locked for its whole life (kept in memory); it ended and exited: the
     watcher, told of the end, reports nothing."""
-    beside = start_child(env, isolated_env, "run-beside")
+    beside = start_child(watch_env, isolated_env, "run-beside")
     lock = sqlite3.connect(isolated_env / "outbox.sqlite3", isolation_level=None, timeout=0)
     lock.execute("BEGIN IMMEDIATE")
     try:
         code = "import os\nfrom afs_callbacks.integrations.loop import RunNotifier\n"
         code += "with RunNotifier('quiet-net', run_id='quiet-run', monitors=False, chart=False): pass\n"
         code += "os._exit(0)  # what a launcher does right after training: no close, no write-back\n"
-        done = subprocess.run([sys.executable, "-c", code], env=env, timeout=120)
+        done = subprocess.run([sys.executable, "-c", code], env=watch_env, timeout=120)
         assert done.returncode == 0
     finally:
         lock.rollback()
@@ -235,10 +219,10 @@ def start_watcher(state_dir: Path, environ: dict[str, str]) -> subprocess.Popen[
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_watcher_started_beside_another_hands_its_registration_over(
-    env: dict[str, str], tmp_path: Path
+    watch_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Two started at once (two runs that found none): one stays and watches both dirs."""
-    first, second = start_watcher(tmp_path / "one", env), start_watcher(tmp_path / "two", env)
+    first, second = start_watcher(tmp_path / "one", watch_env), start_watcher(tmp_path / "two", watch_env)
     wait_until(lambda: first.poll() is not None or second.poll() is not None)
     (left,) = [p for p in (first, second) if p.poll() is not None]
     (stays,) = [p for p in (first, second) if p.poll() is None]
@@ -251,7 +235,9 @@ def test_a_watcher_started_beside_another_hands_its_registration_over(
     stays.wait()
 
 
-def test_no_registration_goes_to_a_folder_that_is_not_private(env: dict[str, str], tmp_path: Path) -> None:
+def test_no_registration_goes_to_a_folder_that_is_not_private(
+    watch_env: dict[str, str], tmp_path: Path
+) -> None:
     """Another user may have made the folder first in a shared /tmp: nothing is sent there,
     and no watcher listens there."""
     folder = Path(rendezvous.folder())
@@ -259,7 +245,7 @@ def test_no_registration_goes_to_a_folder_that_is_not_private(env: dict[str, str
     os.chmod(folder, 0o755)
     assert rendezvous.private_folder(create=True) is None
     assert not rendezvous.send({"op": "watch"})
-    process = start_watcher(tmp_path / "state", env)
+    process = start_watcher(tmp_path / "state", watch_env)
     assert process.wait(timeout=60) == 1
     assert not any(folder.iterdir())
     os.chmod(folder, 0o700)
