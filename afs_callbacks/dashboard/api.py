@@ -12,13 +12,13 @@ and the end messages show, and the page decides nothing about them.
 from __future__ import annotations
 
 import math
-import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from afs_callbacks._pids import pid_exists
 from afs_callbacks.delivery.outbox import DEAD, PENDING, SENDING, Delivery, HistoryEntry, Outbox
 from afs_callbacks.formatting import format_value
 from afs_callbacks.outcome import STALLED, Outcome
@@ -371,12 +371,8 @@ def state_of(run: RunState) -> dict[str, Any]:
     pid = state.get("pid")
     if state.get("status") != RUNNING or not isinstance(pid, int) or state.get("host") != _HOST:
         return state
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_exists(pid):
         return {**state, "status": "killed", "status_note": "its process is gone (seen by the dashboard)"}
-    except OSError:  # alive but someone else's
-        pass
     return state
 
 

@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from afs_callbacks._log import get_logger
+from afs_callbacks._pids import pid_exists
 from afs_callbacks.config import open_env
 from afs_callbacks.delivery import rendezvous
 from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
@@ -461,12 +462,9 @@ def process_gone(pid: int | None, last_update: float | None, seen: Sighting | No
     """
     if pid is None or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_exists(pid):
         return True
-    except PermissionError:
-        pass  # alive, another user's: the start time below still tells a reused pid
+    # It exists (perhaps another user's): the start time below still tells a reused pid.
     try:
         import psutil
     except ImportError:

@@ -53,6 +53,7 @@ from urllib.parse import quote
 
 from afs_callbacks._files import private_dir, private_file, tighten_file
 from afs_callbacks._log import get_logger
+from afs_callbacks._pids import pid_exists
 from afs_callbacks.delivery.faults import describe_fault, is_busy, is_corruption, move_aside, still_corrupt
 from afs_callbacks.delivery.limits import HeldMessage
 from afs_callbacks.delivery.priority import (
@@ -2135,15 +2136,7 @@ def _is_dead_local_owner(owner: str, host: str) -> bool:
     if owner_host != host or not pid_text.isdigit():
         return False
     pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid != os.getpid() and not pid_exists(pid)
 
 
 __all__ = [

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 
 from afs_callbacks._files import private_dir, tighten_file
 from afs_callbacks._log import get_logger
+from afs_callbacks._pids import pid_exists
 
 log = get_logger(__name__)
 
@@ -77,7 +78,7 @@ class Claim:
     def stale(self) -> bool:
         """The block or study process that opened it is gone from this host without closing
         it (killed): nobody will summarise it but whoever takes it over."""
-        return self.voice != "trials" and self.host == socket.gethostname() and not _alive(self.pid)
+        return self.voice != "trials" and self.host == socket.gethostname() and not pid_exists(self.pid)
 
 
 def claim(
@@ -255,16 +256,6 @@ def _read(folder: str, key: str, generation: int) -> Claim | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["FOLDER", "KEEP_SECONDS", "VOICES", "Claim", "claim", "close", "open_claims", "prune", "take_over"]
