@@ -42,7 +42,8 @@ ones).
 ``--in-situ`` instead times the batch-end hook inside a real loop: one fit of 20 epochs in
 which every hook of AFSNotify runs but the batch end only after odd batches, so that the two
 kinds of step alternate every millisecond and share the machine's drift, Lightning's
-dispatch and the library's threads.
+dispatch and the library's threads; beside a batch end that only keeps the loss in a list
+(the floor: what any NaN check must do).
 ``AFSNotify(off)`` (``AFS_ENABLED=false``: hooks without threads or store) is a variant for
 the attribution, run only when named.
 
@@ -94,6 +95,9 @@ AFS_VARIANTS = ("AFSNotify()", "AFSNotify(lean)", "AFSNotify(off)")
 #: The variants a full run times: AFSNotify(off) (AFS_ENABLED=false: the hooks' own work,
 #: no thread, no store) is for the attribution, asked for by name.
 DEFAULT_VARIANTS = VARIANTS[:-1]
+#: --in-situ's floor: a batch end that keeps the loss tensor in a list of 50, as the NaN
+#: check must, and nothing else.
+IN_SITU_FLOOR = "a loss list"
 
 
 def _switches() -> dict[str, tuple[int, int]]:
@@ -374,12 +378,22 @@ def _in_situ(receiver: LoopbackReceiver, variant: str, epochs: int, steps: int) 
     if variant == "AFSNotify(off)":
         os.environ["AFS_ENABLED"] = "false"
     options = {"monitors": False, "chart": False} if variant == "AFSNotify(lean)" else {}
-    inner = AFSNotify(model_name="bench", **options)
-    forward = {
-        name: getattr(inner, name)
-        for name in dir(type(inner))
-        if (name.startswith("on_") or name in ("setup", "teardown")) and callable(getattr(inner, name))
-    }
+    inner = None if variant == IN_SITU_FLOOR else AFSNotify(model_name="bench", **options)
+    if inner is None:
+        kept: list[Any] = []
+
+        def keep_loss(trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            kept.append(outputs["loss"])
+            if len(kept) == 50:
+                kept.clear()
+
+        forward: dict[str, Any] = {"on_train_batch_end": keep_loss}
+    else:
+        forward = {
+            name: getattr(inner, name)
+            for name in dir(type(inner))
+            if (name.startswith("on_") or name in ("setup", "teardown")) and callable(getattr(inner, name))
+        }
 
     def batch_end(trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx % 2:
@@ -387,13 +401,14 @@ def _in_situ(receiver: LoopbackReceiver, variant: str, epochs: int, steps: int) 
 
     members: dict[str, Any] = {name: staticmethod(hook) for name, hook in forward.items()}
     members["on_train_batch_end"] = staticmethod(batch_end)
-    skipped = [name for name in dir(type(inner)) if name.startswith("on_") and getattr(inner, name) is None]
+    skipped = [name for name in dir(AFSNotify) if name.startswith("on_") and getattr(AFSNotify, name) is None]
     members.update(dict.fromkeys(skipped))
     halves = type("Alternating", (callback_base("lightning"),), members)()
     run = fit("lightning", [halves], steps_per_epoch=steps, epochs=epochs)
     os.environ.pop("WEBHOOK_URL", None)
     os.environ.pop("AFS_ENABLED", None)
-    inner.tracker.manager.close()
+    if inner is not None:
+        inner.tracker.manager.close()
     durations: dict[bool, list[float]] = {True: [], False: []}
     for epoch in range(epochs):
         first = epoch * steps
@@ -456,7 +471,9 @@ def main() -> None:
     report = Report("wall_clock", args)
     load_before = load_average()
     if args.in_situ:
-        _report_in_situ(report, [v for v in variants if v in AFS_VARIANTS], rounds, load_before)
+        _report_in_situ(
+            report, [IN_SITU_FLOOR, *(v for v in variants if v in AFS_VARIANTS)], rounds, load_before
+        )
         return
     fits: dict[str, list[float]] = defaultdict(list)
     loops: dict[str, list[float]] = defaultdict(list)
