@@ -135,6 +135,9 @@ class Watcher:
         )
         if run_id is not None:
             self.env_of_run[run_id] = key
+            # The process's ask before its run (RunHooks.prepare) is superseded: once this
+            # run ends with a word, nothing of the process keeps the watcher.
+            self.registered.pop((None, pid), None)
         self.env_of_pid[pid] = key
         self.active_at = time.monotonic()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -251,3 +252,19 @@ def test_no_registration_goes_to_a_folder_that_is_not_private(
     os.chmod(folder, 0o700)
     assert rendezvous.private_folder(create=False) == str(folder)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_a_process_that_asked_before_its_run_keeps_no_watcher_once_the_run_ended(tmp_path: Path) -> None:
+    """Lightning's setup() asks for the watcher before the run exists (RunHooks.prepare);
+    the run's own registration supersedes that ask, so once the run ended with a word the
+    watcher may leave while the process (a notebook's kernel) lives on."""
+    from afs_callbacks._watcher_main import Watcher
+
+    watcher = Watcher(str(tmp_path / "state"), socket.gethostname())
+    pid = os.getpid()
+    watcher.register({"pid": pid, "env": {}})
+    assert watcher.check()  # a live process that asked keeps it
+    watcher.register({"pid": pid, "run_id": "run-1", "model": "m", "started_at": time.time(), "env": {}})
+    assert watcher.check()
+    watcher.ended({"pid": pid, "run_id": "run-1"})
+    assert not watcher.check()
