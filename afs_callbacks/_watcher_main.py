@@ -20,9 +20,9 @@ meanwhile (:mod:`~afs_callbacks.delivery.sweep_end`). It delivers through one
 channels of the run's own environment, where it registered, else of the latest
 registration of that state dir. A state dir is let go once no run of this host has been
 running in it, no registered process lived, no sweep there awaits its summary and nothing
-registered for a grace period; the
-process leaves when no state dir is left, first taking its socket's name away and the
-registrations already queued on it, so a run that registered is never dropped.
+registered for a grace period; the process leaves when no state dir is left, first taking
+its socket's name away and the registrations already queued on it, so a run that
+registered is never dropped.
 
 It sits above the manager it delivers through; :mod:`~afs_callbacks.delivery.deathwatch`,
 which the manager uses to start it, sits below. The package's modules are imported inside
