@@ -8,7 +8,9 @@ is started). What only one folder needs lives in that folder's conftest.py.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -61,6 +63,7 @@ os.environ.setdefault("KERAS_HOME", str(_REAL_HOME / ".keras"))
 # /tmp/afs-callbacks-<uid>: this test process gets a runtime dir of its own (each test then
 # gets its own, below), and a watcher started there lets go soon.
 os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="afs-tests-run-")
+atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 os.environ["AFS_DEATHWATCH_GRACE"] = "1"
 
 
