@@ -1360,18 +1360,21 @@ class Outbox:
 
     def _drop_connection(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.close()
+            self._close_own(self._conn)
             self._conn = None
         self._drop_reader()
 
     def _drop_reader(self) -> None:
         with self._reader_lock:
-            if self._reader is not None and self._pid == os.getpid():
-                with contextlib.suppress(sqlite3.Error):
-                    self._reader.close()
+            self._close_own(self._reader)
             self._reader = None
+
+    def _close_own(self, conn: sqlite3.Connection | None) -> None:
+        """Close ``conn`` unless it came through a fork: the parent's connection is only
+        forgotten in the child, never closed under the parent's feet."""
+        if conn is not None and self._pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def _move_aside(self, error: BaseException) -> None:
         with self._lock:

@@ -93,8 +93,8 @@ class LightningNotifyCore(NotifierBase):
     _fits = 0  # fit() calls seen: the next one is a new run
 
     # Hooks Lightning calls for every callback at every batch, each through a profiler
-    # context (~3 µs a call, five calls a training step: 1.4 % of a fast run's loop, measured
-    # with benchmarks/bench_wall_clock.py), and that this callback has nothing to do in.
+    # context (~2 µs a call, five calls a training step: ~0.7 % of a fast run's 1.2 ms step;
+    # `benchmarks/bench_wall_clock.py --in-situ`), and that this callback has nothing to do in.
     # Lightning's dispatch skips an attribute that is not callable, so None here costs
     # nothing at all (issue #27). A subclass may still define any of them.
     on_train_batch_start = None
