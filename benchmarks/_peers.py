@@ -52,9 +52,10 @@ class LoopTimer:
         return type("LoopTimer", (callback_base(framework),), members)()
 
 
-def same_hooks_callback(framework: str, like: type) -> Any:
+def same_hooks_callback(framework: str, like: type, batch_end: Callable[..., None] | None = None) -> Any:
     """A callback overriding the same ``on_*`` hooks as the class ``like``, each doing nothing:
-    what the framework's dispatch to such a callback costs."""
+    what the framework's dispatch to such a callback costs. ``batch_end``: a method to use as
+    its ``on_train_batch_end`` instead."""
     base = callback_base(framework)
 
     def nothing(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -69,6 +70,8 @@ def same_hooks_callback(framework: str, like: type) -> Any:
     }
     # The hooks ``like`` sets to None (Lightning skips them) are skipped here too.
     hooks.update({name: None for name in dir(like) if name.startswith("on_") and getattr(like, name) is None})
+    if batch_end is not None:
+        hooks["on_train_batch_end"] = batch_end
     return type("SameHooksCallback", (base,), hooks)()
 
 

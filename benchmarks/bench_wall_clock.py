@@ -49,7 +49,16 @@ the attribution, run only when named.
 
 ``--variants`` runs only some variants (the no-callback run always): for a sampling
 profiler attached to the process (``py-spy record --native --threads --idle``, see
-``benchmarks/README.md``).
+``benchmarks/README.md``). ``a loss list`` is the floor in a full run: the empty callback
+whose batch end keeps the loss in a list of 50, run only when named.
+
+This VM's host slows whole runs by up to 1.7× for seconds at a time, unseen from inside (no
+steal time, no page faults, no other process busy: each run's ``/proc`` figures are in the
+JSON output), so the table gives two figures. The median of paired ratios, as the issue
+asks; and the quiet host's: each variant's faster half of rounds over the no-callback run's,
+since a slower host only ever adds time. ``--paired`` runs each variant between two
+no-callback runs and compares it with their mean: consecutive runs share most of the drift.
+``--epochs`` shortens the runs, so more rounds fit in the same minutes.
 
 The load average is printed before and after: on a shared 2-vCPU VM a figure taken under
 load says more about the neighbours than about the callback.
@@ -61,20 +70,23 @@ load says more about the neighbours than about the callback.
     python benchmarks/bench_wall_clock.py --hooks --profile on_train_start --variants 'AFSNotify()'
     python benchmarks/bench_wall_clock.py --variants 'AFSNotify(lean)' --rounds 10
     python benchmarks/bench_wall_clock.py --in-situ --variants 'AFSNotify()' 'AFSNotify(off)'
+    python benchmarks/bench_wall_clock.py --paired --rounds 12 --variants knockknock 'AFSNotify()'
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
+import random
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from _common import Report, fresh_state_dir, load_average, median, parse_args
 from _loops import fit, quiet
@@ -90,13 +102,25 @@ VARIANTS = (
     "AFSNotify()",
     "AFSNotify(lean)",
     "AFSNotify(off)",
+    "AFSNotify(no monitors)",
+    "AFSNotify(no chart)",
+    "a loss list",
 )
-AFS_VARIANTS = ("AFSNotify()", "AFSNotify(lean)", "AFSNotify(off)")
-#: The variants a full run times: AFSNotify(off) (AFS_ENABLED=false: the hooks' own work,
-#: no thread, no store) is for the attribution, asked for by name.
-DEFAULT_VARIANTS = VARIANTS[:-1]
-#: --in-situ's floor: a batch end that keeps the loss tensor in a list of 50, as the NaN
-#: check must, and nothing else.
+#: AFSNotify's options in each of its variants (off: AFS_ENABLED=false).
+AFS_OPTIONS: dict[str, dict[str, bool]] = {
+    "AFSNotify()": {},
+    "AFSNotify(lean)": {"monitors": False, "chart": False},
+    "AFSNotify(off)": {},
+    "AFSNotify(no monitors)": {"monitors": False},
+    "AFSNotify(no chart)": {"chart": False},
+}
+AFS_VARIANTS = tuple(AFS_OPTIONS)
+#: The variants a full run times. The others are for the attribution, asked for by name:
+#: AFSNotify(off) (AFS_ENABLED=false: the hooks' own work, no thread, no store), the lean
+#: variant's two halves, and the floor.
+DEFAULT_VARIANTS = VARIANTS[:-4]
+#: The floor (in a full run, and --in-situ's): the empty callback with a batch end that keeps
+#: the loss tensor in a list of 50, as any NaN check must, and nothing else.
 IN_SITU_FLOOR = "a loss list"
 
 
@@ -210,6 +234,25 @@ class _Collections:
 _GC = _Collections()
 
 
+def _page_faults() -> tuple[int, int]:
+    """This process's (minor, major) page faults so far (``/proc/self/stat``). A major one
+    reads a page back from disk (library code the host's DAMON ``pageout`` scheme dropped
+    as cold); a minor one maps a page afresh (memory the allocator gave back and takes again)."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[9])  # minflt and majflt, the stat file's 10th and 12th
+
+
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy so far (``/proc/stat``: user, nice,
+    system, irq, softirq), less this process's own: the death watcher, the kernel's
+    writeback, anything else here."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(fields[index]) for index in (0, 1, 2, 5, 6)) / ticks
+    own = os.times()
+    return busy - own.user - own.system
+
+
 class _Wakes:
     """Context switches per thread between the train-start and train-end hooks, and the
     wake-ups by site (when ``--waits`` installed the counter)."""
@@ -221,8 +264,12 @@ class _Wakes:
         self.times_start: dict[str, tuple[float, float]] = {}
         self.times: dict[str, tuple[float, float]] = {}  # name -> (on a CPU, waiting for one) s
         self.gc_s = 0.0
+        self.faults = (0, 0)  # (minor, major) page faults during the loop
+        self.elsewhere = 0.0  # CPU seconds other processes used during the loop
 
     def begin(self) -> None:
+        self._faults_before = _page_faults()
+        self.elsewhere = -_machine_cpu()
         self.start = _switches()
         _SITES.counts = Counter()
         _SITES.on = True
@@ -231,6 +278,9 @@ class _Wakes:
 
     def end(self) -> None:
         times = _schedstat()
+        (minor, major), (minor_before, major_before) = _page_faults(), self._faults_before
+        self.faults = (minor - minor_before, major - major_before)
+        self.elsewhere += _machine_cpu()
         _GC.on = False
         self.gc_s = _GC.seconds
         _SITES.on = False
@@ -247,6 +297,18 @@ class _Wakes:
             name: (v - self.start.get(name, (0, 0))[0], n - self.start.get(name, (0, 0))[1])
             for name, (v, n) in now.items()
         }
+
+
+def _keep_loss() -> Any:
+    """The floor's batch end: the loss tensor kept in a list of 50, cleared when full."""
+    kept: list[Any] = []
+
+    def keep_loss(self: Any, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        kept.append(outputs["loss"])
+        if len(kept) == 50:
+            kept.clear()
+
+    return keep_loss
 
 
 def _apprise_callback(url: str) -> Any:
@@ -322,12 +384,16 @@ def _one(
         from afs_callbacks.integrations.lightning import AFSNotify
 
         callbacks.append(same_hooks_callback("lightning", AFSNotify))
+    elif variant == IN_SITU_FLOOR:
+        from afs_callbacks.integrations.lightning import AFSNotify
+
+        callbacks.append(same_hooks_callback("lightning", AFSNotify, batch_end=_keep_loss()))
     elif variant == "apprise per epoch":
         callbacks.append(_apprise_callback("json://" + url.removeprefix("http://")))
     elif variant in AFS_VARIANTS:
         from afs_callbacks.integrations.lightning import AFSNotify
 
-        options = {"monitors": False, "chart": False} if variant == "AFSNotify(lean)" else {}
+        options = AFS_OPTIONS[variant]
         fresh_state_dir()
         os.environ["WEBHOOK_URL"] = url
         if variant == "AFSNotify(off)":
@@ -377,17 +443,10 @@ def _in_situ(receiver: LoopbackReceiver, variant: str, epochs: int, steps: int) 
     os.environ["WEBHOOK_URL"] = receiver.url("/hook")
     if variant == "AFSNotify(off)":
         os.environ["AFS_ENABLED"] = "false"
-    options = {"monitors": False, "chart": False} if variant == "AFSNotify(lean)" else {}
+    options = AFS_OPTIONS[variant]
     inner = None if variant == IN_SITU_FLOOR else AFSNotify(model_name="bench", **options)
     if inner is None:
-        kept: list[Any] = []
-
-        def keep_loss(trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            kept.append(outputs["loss"])
-            if len(kept) == 50:
-                kept.clear()
-
-        forward: dict[str, Any] = {"on_train_batch_end": keep_loss}
+        forward: dict[str, Any] = {"on_train_batch_end": functools.partial(_keep_loss(), None)}
     else:
         forward = {
             name: getattr(inner, name)
@@ -431,6 +490,18 @@ def main() -> None:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--rounds", type=int, default=6, help="rounds of all variants (default 6)")
         parser.add_argument(
+            "--epochs",
+            type=int,
+            default=10,
+            help="epochs of 200 steps a run (default 10)",
+        )
+        parser.add_argument("--seed", type=int, default=0, help="seed of the rounds' orders (default 0)")
+        parser.add_argument(
+            "--paired",
+            action="store_true",
+            help="run each variant between two no-callback runs and compare it with them",
+        )
+        parser.add_argument(
             "--waits", action="store_true", help="also count each thread's wake-ups by the line that waited"
         )
         parser.add_argument(
@@ -467,7 +538,7 @@ def main() -> None:
     variants = tuple(v for v in VARIANTS if v == "none" or v in args.variants)
     afs_variants = tuple(v for v in AFS_VARIANTS if v in variants)
     rounds = 2 if args.quick else args.rounds
-    steps, epochs = (50, 2) if args.quick else (200, 10)
+    steps, epochs = (50, 2) if args.quick else (200, args.epochs)
     report = Report("wall_clock", args)
     load_before = load_average()
     if args.in_situ:
@@ -481,24 +552,44 @@ def main() -> None:
     site_rows: dict[str, list[Counter[tuple[str, str]]]] = defaultdict(list)
     hook_rows: dict[str, list[dict[str, float]]] = defaultdict(list)
     time_rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    sequence: list[_Run] = []  # every run, in the order run
     with LoopbackReceiver() as receiver:
         _one("none", receiver, steps, 1, _Wakes())  # warm-up: imports, first allocations
+        shuffle = random.Random(args.seed).shuffle
         for index in range(rounds):
-            order = variants[index % len(variants) :] + variants[: index % len(variants)]
+            # A new order each round: a rotation would put each variant after the same one
+            # every round, and what a run leaves behind would be charged to its successor.
+            order = list(variants)
+            shuffle(order)
+            if args.paired:  # each variant between two no-callback runs (the last one's ends the round)
+                order = [name for variant in order if variant != "none" for name in ("none", variant)]
+                if index == rounds - 1:
+                    order.append("none")
             for variant in order:
                 wakes = _Wakes()
                 hooks = _Hooks() if args.hooks else None
                 wall, loop = _one(variant, receiver, steps, epochs, wakes, hooks)
+                sequence.append(_Run(variant, wall, loop, wakes.gc_s, wakes.elsewhere, *wakes.faults))
                 if hooks is not None:
                     hook_rows[variant].append(hooks.seconds)
                 fits[variant].append(wall)
                 loops[variant].append(loop)
                 wake_rows[variant].append(wakes.delta)
-                time_rows[variant].append({**_time_split(wakes.times, loop), "gc": wakes.gc_s})
+                time_rows[variant].append(
+                    {
+                        **_time_split(wakes.times, loop),
+                        "gc": wakes.gc_s,
+                        "other processes' CPU": wakes.elsewhere,
+                    }
+                )
                 site_rows[variant].append(wakes.sites)
     load_after = load_average()
 
     def ratio(series: dict[str, list[float]], variant: str) -> float:
+        if args.paired:
+            if variant == "none":
+                return 1.0
+            return median(_beside_none(sequence, variant, "fit" if series is fits else "loop"))
         return median([a / b for a, b in zip(series[variant], series["none"], strict=True)])
 
     rows = []
@@ -509,21 +600,44 @@ def main() -> None:
                 variant,
                 f"{ratio(fits, variant):.3f}",
                 f"{ratio(loops, variant):.3f}",
+                f"{quiet_ratio(fits, variant):.3f}",
+                f"{quiet_ratio(loops, variant):.3f}",
                 f"{outside:.3f} s",
                 f"{median(fits[variant]):.2f} s",
+                *([_carried(sequence, variant)] if args.paired else []),
             )
         )
     report.table(
         f"Lightning, {epochs} epochs × {steps} steps, median of {rounds} alternating rounds"
-        f" (load average {load_before} before, {load_after} after)",
-        ("variant", "fit × none", "loop × none", "outside the loop", "fit (median)"),
+        + (", each run over the no-callback runs either side of it" if args.paired else "")
+        + f" (load average {load_before} before, {load_after} after); quiet host: the mean of each"
+        " variant's faster half of rounds over the no-callback run's",
+        (
+            "variant",
+            "fit × none",
+            "loop × none",
+            "fit, quiet host",
+            "loop, quiet host",
+            "outside the loop",
+            "fit (median)",
+            *(["next run's loop × previous's"] if args.paired else []),
+        ),
         rows,
     )
-    parts = ("on a CPU", "waiting for a CPU", "asleep", "gc", "afs threads' CPU", "other threads' CPU")
+    parts = (
+        "on a CPU",
+        "waiting for a CPU",
+        "asleep",
+        "gc",
+        "afs threads' CPU",
+        "other threads' CPU",
+        "other processes' CPU",
+    )
     report.table(
         "the training thread's loop seconds split by its scheduler state (/proc schedstat), and the"
         " other threads' CPU during the loop, ms, median over rounds (asleep: waiting for the GIL,"
-        " or I/O; gc: the garbage collector's time, within on a CPU)",
+        " or I/O; gc: the garbage collector's time, within on a CPU; other processes: the death watcher,"
+        " the kernel's writeback, anything else on the machine)",
         ("variant", "loop", *parts),
         [
             (
@@ -554,7 +668,10 @@ def main() -> None:
     if args.hooks:
         hook_table = []
         for variant in afs_variants:
-            grew = median([(a - b) * 1e3 for a, b in zip(loops[variant], loops["none"], strict=True)])
+            if args.paired:
+                grew = (ratio(loops, variant) - 1) * median(loops["none"]) * 1e3
+            else:
+                grew = median([(a - b) * 1e3 for a, b in zip(loops[variant], loops["none"], strict=True)])
             parts = {part: median([row[part] * 1e3 for row in hook_rows[variant]]) for part in _Hooks.PARTS}
             inside = sum(parts[part] for part in ("start", "steps", "epochs"))
             hook_table.append(
@@ -586,22 +703,25 @@ def main() -> None:
                 ("thread", "waited at", "wake-ups"),
                 [(*key, f"{median([sites.get(key, 0) for sites in runs]):.0f}") for key in keys],
             )
-    for what, series, goal in (("fit() × none", fits, 1.03), ("loop × none", loops, 1.02)):
-        for variant in afs_variants:
-            measured = ratio(series, variant)
-            report.target(f"{what}, {variant}", f"≤ {goal}", f"{measured:.3f}", measured <= goal)
-    if "AFSNotify()" in variants and "knockknock" in variants:
-        report.target(
-            "fit() × none, AFSNotify() vs knockknock",
-            "at or below",
-            f"{ratio(fits, 'AFSNotify()'):.3f} vs {ratio(fits, 'knockknock'):.3f}",
-            ratio(fits, "AFSNotify()") <= ratio(fits, "knockknock"),
-        )
+    for how, figure in (("median of rounds", ratio), ("quiet host", quiet_ratio)):
+        for what, series, goal in (("fit() × none", fits, 1.03), ("loop × none", loops, 1.02)):
+            for variant in afs_variants:
+                measured = figure(series, variant)
+                report.target(f"{what}, {variant}, {how}", f"≤ {goal}", f"{measured:.3f}", measured <= goal)
+        if "AFSNotify()" in variants and "knockknock" in variants:
+            ours, theirs = figure(fits, "AFSNotify()"), figure(fits, "knockknock")
+            report.target(
+                f"fit() × none, AFSNotify() vs knockknock, {how}",
+                "at or below",
+                f"{ours:.3f} vs {theirs:.3f}",
+                ours <= theirs,
+            )
     report.finish(
         load_before=load_before,
         load_after=load_after,
         fits={k: list(v) for k, v in fits.items()},
         loops={k: list(v) for k, v in loops.items()},
+        sequence=[run._asdict() for run in sequence],
     )
 
 
@@ -629,6 +749,65 @@ def _dispatch_costs(calls: int = 200_000) -> list[tuple[str, str]]:
         )
         rows.append((label, f"{seconds / calls * 1e6:.2f}"))
     return rows
+
+
+class _Run(NamedTuple):
+    """One timed run, as the JSON output lists them in the order run."""
+
+    variant: str
+    fit: float  # s
+    loop: float  # s
+    gc: float  # s of the loop in the garbage collector
+    elsewhere: float  # CPU s other processes used during the loop
+    minor_faults: int  # during the loop
+    major_faults: int
+
+
+def _next_over_previous(sequence: list[_Run], variant: str) -> list[float]:
+    """With ``--paired``: the loop of the no-callback run after each run of ``variant`` over
+    the one before it: what the variant leaves behind for the work that follows (a sweep's
+    next trial), beside the drift that any variant's runs show."""
+    ratios = []
+    for index, run in enumerate(sequence):
+        if run.variant == variant and 0 < index < len(sequence) - 1:
+            before, after = sequence[index - 1], sequence[index + 1]
+            if before.variant == after.variant == "none":
+                ratios.append(after.loop / before.loop)
+    return ratios
+
+
+def _carried(sequence: list[_Run], variant: str) -> str:
+    ratios = _next_over_previous(sequence, variant)
+    return f"{median(ratios):.3f}" if variant != "none" and ratios else "—"
+
+
+def _beside_none(sequence: list[_Run], variant: str, field: str) -> list[float]:
+    """With ``--paired``: each run of ``variant`` over the mean of the no-callback runs just
+    before and after it (``field``: ``fit`` or ``loop``). Consecutive runs share most of
+    the host's drift (on this VM one run's time correlates 0.66 with the next one's, 0.16
+    with the fifth one's), which a ratio to a run further away in the round does not."""
+    ratios = []
+    for index, run in enumerate(sequence):
+        if run.variant == variant and 0 < index < len(sequence) - 1:
+            before, after = sequence[index - 1], sequence[index + 1]
+            if before.variant == after.variant == "none":
+                mean = (getattr(before, field) + getattr(after, field)) / 2
+                ratios.append(getattr(run, field) / mean)
+    return ratios
+
+
+def quiet_ratio(series: dict[str, list[float]], variant: str) -> float:
+    """``variant``'s time on a quiet host over the no-callback run's: the mean of each one's
+    faster half of rounds. This VM's host slows whole runs down by up to 1.7× for seconds at
+    a time, all of it on a CPU (no steal, no page faults: ``benchmarks/README.md``), which a
+    median of paired ratios carries; a slower host only ever adds time, so the faster half of
+    each variant's runs is where the variants can be told apart."""
+
+    def faster_half(values: list[float]) -> float:
+        kept = sorted(values)[: max(1, len(values) // 2)]
+        return sum(kept) / len(kept)
+
+    return faster_half(series[variant]) / faster_half(series["none"])
 
 
 def _report_in_situ(report: Report, variants: list[str], rounds: int, load_before: str) -> None:
