@@ -2,7 +2,7 @@
 
 One tiny Lightning run in the issue's shape (10 epochs × 200 steps of about a millisecond,
 one torch thread, a fast loopback webhook), in six variants that alternate in one process,
-in a rotating order, for several rounds:
+in an order shuffled anew each round (``--seed``), for several rounds:
 
 * no callback (the yardstick);
 * an empty callback overriding the hooks AFSNotify overrides, each doing nothing: what
@@ -443,8 +443,7 @@ def _in_situ(receiver: LoopbackReceiver, variant: str, epochs: int, steps: int) 
     os.environ["WEBHOOK_URL"] = receiver.url("/hook")
     if variant == "AFSNotify(off)":
         os.environ["AFS_ENABLED"] = "false"
-    options = AFS_OPTIONS[variant]
-    inner = None if variant == IN_SITU_FLOOR else AFSNotify(model_name="bench", **options)
+    inner = None if variant == IN_SITU_FLOOR else AFSNotify(model_name="bench", **AFS_OPTIONS[variant])
     if inner is None:
         forward: dict[str, Any] = {"on_train_batch_end": functools.partial(_keep_loss(), None)}
     else:
@@ -543,7 +542,11 @@ def main() -> None:
     load_before = load_average()
     if args.in_situ:
         _report_in_situ(
-            report, [IN_SITU_FLOOR, *(v for v in variants if v in AFS_VARIANTS)], rounds, load_before
+            report,
+            [IN_SITU_FLOOR, *(v for v in variants if v in AFS_VARIANTS)],
+            rounds,
+            2 if args.quick else 20,
+            load_before,
         )
         return
     fits: dict[str, list[float]] = defaultdict(list)
@@ -810,14 +813,14 @@ def quiet_ratio(series: dict[str, list[float]], variant: str) -> float:
     return faster_half(series[variant]) / faster_half(series["none"])
 
 
-def _report_in_situ(report: Report, variants: list[str], rounds: int, load_before: str) -> None:
+def _report_in_situ(report: Report, variants: list[str], rounds: int, epochs: int, load_before: str) -> None:
     rows = []
     with LoopbackReceiver() as receiver:
         _one("none", receiver, 50, 1, _Wakes())  # warm-up: imports, first allocations
         results: dict[str, list[dict[str, float]]] = defaultdict(list)
         for _ in range(rounds):
             for variant in variants:
-                results[variant].append(_in_situ(receiver, variant, epochs=20, steps=200))
+                results[variant].append(_in_situ(receiver, variant, epochs=epochs, steps=200))
     for variant in variants:
         got = {key: median([r[key] for r in results[variant]]) for key in results[variant][0]}
         rows.append(

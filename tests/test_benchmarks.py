@@ -129,6 +129,32 @@ def test_hook_reads_tensors_only_at_the_nan_checks() -> None:
         assert row["reads"] <= row["allowed"], row
 
 
+@needs_torch
+def test_wall_clock_pairs_each_variant_with_the_no_callback_runs_either_side() -> None:
+    """``--paired``: every run of a variant sits between two no-callback runs, and the JSON
+    keeps each run's figures in the order run."""
+    result = last_json(
+        run(
+            "bench_wall_clock.py", "--quick", "--paired", "--variants", "knockknock", "a loss list", "--json"
+        ).stdout
+    )
+    sequence = result["figures"]["sequence"]
+    names = [entry["variant"] for entry in sequence]
+    assert names[0] == names[-1] == "none" and names.count("knockknock") == names.count("a loss list") == 2
+    for index, name in enumerate(names):
+        if name != "none":
+            assert names[index - 1] == names[index + 1] == "none", names
+    assert all(entry["loop"] <= entry["fit"] and entry["major_faults"] >= 0 for entry in sequence)
+    header = result["tables"][0]["header"]
+    assert "loop, quiet host" in header and "next run's loop × previous's" in header
+
+
+@needs_torch
+def test_wall_clock_in_situ_times_the_floor_beside_afsnotify() -> None:
+    out = run("bench_wall_clock.py", "--quick", "--in-situ", "--variants", "AFSNotify()").stdout
+    assert "a loss list" in out and "AFSNotify()" in out and "the hook adds" in out
+
+
 def test_run_all_rewrites_only_its_sections_of_the_readme(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     kept = "<!-- bench:hook -->\nfigures of another run\n<!-- /bench:hook -->"
