@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from tests.helpers.children import wait_for_line
 
 REPO = Path(__file__).resolve().parents[1]
 READY = "TRAINING-IS-RUNNING"
@@ -98,17 +99,6 @@ def _child(checkpoint_dir: Path, receiver_url: str, log: IO[str], *extra: str) -
     )
 
 
-def _wait_for_line(process: subprocess.Popen[str], expected: str, timeout: float) -> None:
-    assert process.stdout is not None
-    while True:
-        ready, _, _ = select.select([process.stdout], [], [], timeout)
-        line = process.stdout.readline() if ready else ""
-        if expected in line:
-            return
-        if not ready or not line:
-            raise AssertionError(f"the training never said {expected!r} (exit code {process.poll()})")
-
-
 def _received(receiver: Any) -> list[Any]:
     """What the receiver got, less the routine epoch-end checkpoint messages."""
     from afs_callbacks import EventType, NotificationEvent
@@ -130,7 +120,7 @@ def test_preempted_run_reports_interruption_before_exit_then_resumes(receiver, t
     with (tmp_path / "first.log").open("w") as log:
         job = _child(checkpoints, receiver.url("/hook"), log)
         try:
-            _wait_for_line(job, READY, timeout=120)
+            wait_for_line(job, READY, timeout=120)
             job.send_signal(signal.SIGTERM)
             job.wait(timeout=60)
         finally:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import stat
 import subprocess
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from tests.helpers.children import wait_for_line
 
 REPO = Path(__file__).resolve().parents[1]
 READY = "TRAINING-IS-RUNNING"
@@ -134,17 +135,6 @@ def _child(root: Path, receiver_url: str, fake_bin: Path, log: IO[str], *extra: 
     )
 
 
-def _wait_for_line(process: subprocess.Popen[str], expected: str, timeout: float) -> None:
-    assert process.stdout is not None
-    while True:
-        ready, _, _ = select.select([process.stdout], [], [], timeout)
-        line = process.stdout.readline() if ready else ""
-        if expected in line:
-            return
-        if not ready or not line:
-            raise AssertionError(f"the training never said {expected!r} (exit code {process.poll()})")
-
-
 def _received(receiver: Any) -> list[Any]:
     from afs_callbacks import NotificationEvent
 
@@ -161,7 +151,7 @@ def test_a_requeued_slurm_job_is_reported_once_and_resumes_as_the_same_run(recei
     with (tmp_path / "first.log").open("w") as log:
         job = _child(root, receiver.url("/hook"), fake_bin, log)
         try:
-            _wait_for_line(job, READY, timeout=120)
+            wait_for_line(job, READY, timeout=120)
             job.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=SIGUSR1@90` sends
             job.wait(timeout=60)
         finally:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from tests.helpers.children import wait_for_line
 
 REPO = Path(__file__).resolve().parents[1]
 READY = "TRAINING-IS-RUNNING"
@@ -106,17 +107,6 @@ def _child(output_dir: Path, receiver_url: str, log: IO[str], *extra: str) -> su
     )
 
 
-def _wait_for_line(process: subprocess.Popen[str], expected: str, timeout: float) -> None:
-    assert process.stdout is not None
-    while True:
-        ready, _, _ = select.select([process.stdout], [], [], timeout)
-        line = process.stdout.readline() if ready else ""
-        if expected in line:
-            return
-        if not ready or not line:
-            raise AssertionError(f"the training never said {expected!r} (exit code {process.poll()})")
-
-
 def _received(receiver: Any) -> list[Any]:
     """What the receiver got, less the routine checkpoint messages."""
     from afs_callbacks import EventType, NotificationEvent
@@ -140,7 +130,7 @@ def test_transformers_preempted_run_reports_interruption_before_exit_then_resume
     with (tmp_path / "first.log").open("w") as log:
         job = _child(output, receiver.url("/hook"), log)
         try:
-            _wait_for_line(job, READY, timeout=120)
+            wait_for_line(job, READY, timeout=120)
             job.send_signal(signal.SIGTERM)
             assert job.wait(timeout=60) == 128 + signal.SIGTERM
         finally:
