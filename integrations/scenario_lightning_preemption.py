@@ -25,8 +25,6 @@ from typing import IO, Any
 
 import pytest
 
-from tests.helpers.children import wait_for_line
-
 REPO = Path(__file__).resolve().parents[1]
 READY = "TRAINING-IS-RUNNING"
 
@@ -111,6 +109,8 @@ def _received(receiver: Any) -> list[Any]:
 
 @pytest.mark.slow
 def test_preempted_run_reports_interruption_before_exit_then_resumes(receiver, tmp_path, isolated_env):
+    from tests.helpers.children import wait_for_line  # here: the job is this file, run alone
+
     pytest.importorskip("torch")  # the child process trains with these
     pytest.importorskip("lightning.pytorch")
     from afs_callbacks import EventType

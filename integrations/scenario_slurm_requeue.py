@@ -32,8 +32,6 @@ from typing import IO, Any
 
 import pytest
 
-from tests.helpers.children import wait_for_line
-
 REPO = Path(__file__).resolve().parents[1]
 READY = "TRAINING-IS-RUNNING"
 SLURM_ENV = {
@@ -143,6 +141,8 @@ def _received(receiver: Any) -> list[Any]:
 
 @pytest.mark.slow
 def test_a_requeued_slurm_job_is_reported_once_and_resumes_as_the_same_run(receiver, tmp_path):
+    from tests.helpers.children import wait_for_line  # here: the job is this file, run alone
+
     pytest.importorskip("torch")  # the child process trains with these
     pytest.importorskip("lightning.pytorch")
     from afs_callbacks import EventType

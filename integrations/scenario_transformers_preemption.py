@@ -26,8 +26,6 @@ from typing import IO, Any
 
 import pytest
 
-from tests.helpers.children import wait_for_line
-
 REPO = Path(__file__).resolve().parents[1]
 READY = "TRAINING-IS-RUNNING"
 SAVE_EVERY = 4
@@ -121,6 +119,8 @@ def _received(receiver: Any) -> list[Any]:
 def test_transformers_preempted_run_reports_interruption_before_exit_then_resumes(
     receiver, tmp_path, isolated_env
 ):
+    from tests.helpers.children import wait_for_line  # here: the job is this file, run alone
+
     pytest.importorskip("torch")  # the child process trains with these
     pytest.importorskip("transformers")
     from afs_callbacks import EventType
