@@ -336,6 +336,34 @@ def test_memory_outbox_works_for_a_process_without_a_disk() -> None:
     assert len(box.claim("slack", lease_seconds=60)) == 1
 
 
+def test_a_fork_waits_for_a_thread_inside_sqlite(tmp_path: Path) -> None:
+    """A thread in the middle of an SQLite call at the fork would leave SQLite's mutexes
+    held in the child, whose first connection then hangs for ever (the fork test below hung
+    about once in 50 so): the fork waits for the call to end."""
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    box.enqueue(event(), ["slack"])
+    inside = threading.Event()
+
+    def in_a_statement() -> None:
+        with box._lock:  # what every statement on the file's connection holds
+            inside.set()
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=in_a_statement)
+    thread.start()
+    assert inside.wait(5)
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection opens and reads
+        os._exit(0 if box.outstanding(["slack"]) == 1 else 1)
+    waited = time.monotonic() - started
+    _, status = os.waitpid(pid, 0)
+    thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert waited >= 0.2  # the fork began once the statement was over
+    box.close()
+
+
 def test_fork_child_uses_outbox_and_manager_and_parent_keeps_working(
     tmp_path: Path, receiver: LoopbackReceiver
 ) -> None:
