@@ -308,15 +308,9 @@ def test_a_real_lightning_run_killed_mid_training_is_reported(
     # A grace of 1 s can be shorter than the first row's write on a loaded machine (the
     # watcher would leave before the run it was started for appears); 60 s by default.
     env = dict(watch_env, AFS_DEATHWATCH_GRACE="5")
-    child = subprocess.Popen(
-        [sys.executable, "-c", TRAINING_CHILD, str(tmp_path / "lightning")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    child = start_ready_child(
+        TRAINING_CHILD, str(tmp_path / "lightning"), env=env, ready="training", stderr=subprocess.DEVNULL
     )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "training"
     child.kill()
     wait_until(lambda: len(killed_notices(receiver)) >= 1, timeout=60)
     notice = json.loads(killed_notices(receiver)[0])

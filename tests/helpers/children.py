@@ -9,18 +9,22 @@ import sys
 import time
 
 
-def start_ready_child(script: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    """Run ``python -c script args...`` and return once it printed ``ready`` (its run set up
-    and registered); its stdin stays open, for the script's own way to end it."""
+def start_ready_child(
+    script: str, *args: str, env: dict[str, str], ready: str = "ready", stderr: int | None = None
+) -> subprocess.Popen[str]:
+    """Run ``python -c script args...`` and return once its first line is ``ready`` (its run
+    set up and registered); its stdin stays open, for the script's own way to end it.
+    ``stderr``: where its stderr goes (``subprocess.DEVNULL`` for a framework's noise)."""
     child = subprocess.Popen(
         [sys.executable, "-c", script, *args],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
     assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
+    assert child.stdout.readline().strip() == ready
     return child
 
 
