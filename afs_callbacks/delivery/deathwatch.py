@@ -68,10 +68,26 @@ _ENDS_LOOKED_AT = 50
 #: before this process would start another for a registration it could not hand over.
 SPAWN_GRACE_SECONDS = 10.0
 
+
+@dataclass(frozen=True, eq=False)
+class _Queued:
+    """A message no watcher took yet, with where it goes: the rendezvous folder of the
+    environment it was made in (a process may change ``XDG_RUNTIME_DIR`` or ``TMPDIR``
+    before it is handed over, as a test session does between tests) and, for a
+    registration, that environment, which a watcher started for it gets."""
+
+    message: dict[str, Any]
+    folder: str
+    env: dict[str, str] | None
+
+
 _spawn_lock = threading.Lock()
-_waiting: list[dict[str, Any]] = []  # registrations no watcher took yet (the spawner's)
+#: Messages no watcher took yet, in the order they were made: a run's "ended" waits
+#: behind its registration, else it would reach no watcher and the one started for the
+#: registration would watch the process (a notebook's kernel) for as long as it lives.
+_waiting: list[_Queued] = []
 _spawner: threading.Thread | None = None
-_spawned_at = -SPAWN_GRACE_SECONDS  # monotonic time of this process's last spawn
+_spawned_at: dict[str, float] = {}  # monotonic time of this process's last spawn, by folder
 _env_cache: tuple[Any, dict[str, str]] | None = None  # delivery_env()'s, with its key
 _prefixes: tuple[str, ...] | None = None  # of the variables that configure delivery
 
@@ -90,11 +106,7 @@ def ensure_watcher(state_dir: str, pid: int, run: RunState | None = None) -> Non
     try:
         if os.environ.get("AFS_ENABLED", "").strip().lower() in _FALSE:
             return
-        message = registration(state_dir, pid, run)
-        if rendezvous.send(message):
-            _watcher_seen()
-        else:
-            _spawn_soon(message)
+        _post(registration(state_dir, pid, run))
     except Exception as error:
         log.debug("afs-callbacks: could not register with the death watcher: %s", error)
 
@@ -102,11 +114,26 @@ def ensure_watcher(state_dir: str, pid: int, run: RunState | None = None) -> Non
 def run_ended(state_dir: str, pid: int, run_id: str) -> None:
     """Tell the watcher that run ``run_id`` of ``pid`` ended with a word: a process that
     then exits with nothing of the run stored (a store kept in memory) is not "killed".
-    One message, not waited for; never raises."""
+    One message, not waited for (behind the run's registration when that is still on its
+    way); never raises."""
     with contextlib.suppress(Exception):
-        rendezvous.send(
-            {"op": "ended", "state_dir": os.path.abspath(state_dir), "pid": pid, "run_id": run_id}
-        )
+        _post({"op": "ended", "state_dir": os.path.abspath(state_dir), "pid": pid, "run_id": run_id})
+
+
+def _post(message: dict[str, Any]) -> None:
+    """Hand ``message`` to the watcher of this environment's folder now, or queue it for
+    the spawner thread: behind earlier messages to that folder still on their way, or
+    because no watcher listens there (a registration then starts one; an "ended" waits
+    for the one just started, and is dropped where none is coming: nobody watches)."""
+    folder = rendezvous.folder()
+    with _spawn_lock:
+        behind = any(queued.folder == folder for queued in _waiting)
+    if not behind and rendezvous.send(message, folder):
+        _watcher_seen(folder)
+        return
+    registering = message.get("op") == "watch"
+    if registering or behind or _starting(folder):
+        _spawn_soon(_Queued(message, folder, dict(os.environ) if registering else None))
 
 
 def registration(state_dir: str, pid: int, run: RunState | None = None) -> dict[str, Any]:
@@ -152,10 +179,10 @@ def watcher_alive() -> bool:
     return rendezvous.lock_holder() is not None
 
 
-def _spawn_soon(message: dict[str, Any]) -> None:
+def _spawn_soon(queued: _Queued) -> None:
     global _spawner
     with _spawn_lock:
-        _waiting.append(message)
+        _waiting.append(queued)
         if _spawner is None or not _spawner.is_alive():
             # Spawning a process costs milliseconds: not on the caller's thread.
             _spawner = threading.Thread(target=_hand_over, name="afs-watch-start", daemon=True)
@@ -163,39 +190,47 @@ def _spawn_soon(message: dict[str, Any]) -> None:
 
 
 def _hand_over() -> None:
-    """Hand each waiting registration to a watcher: the first one starts one (and goes
-    with it); later ones wait for it to listen, and start another only past the grace."""
-    global _spawned_at
+    """Hand each waiting message to its folder's watcher, in order: the first registration
+    for a folder with none starts one there (and goes with it); later messages wait for it
+    to listen, and a registration starts another only past the grace."""
     while True:
         with _spawn_lock:
             if not _waiting:
                 return
-            message = _waiting[0]
-        if rendezvous.send(message):
-            _watcher_seen()
-        elif time.monotonic() - _spawned_at >= SPAWN_GRACE_SECONDS:
-            try:
-                _spawn(message)
-            except Exception as error:
-                log.debug("afs-callbacks: could not start the death watcher: %s", error)
-            _spawned_at = time.monotonic()
-        else:
+            queued = _waiting[0]
+        if rendezvous.send(queued.message, queued.folder):
+            _watcher_seen(queued.folder)
+        elif _starting(queued.folder):
             time.sleep(0.05)
             continue
+        elif queued.env is not None:
+            try:
+                _spawn(queued.message, queued.env)
+            except Exception as error:
+                log.debug("afs-callbacks: could not start the death watcher: %s", error)
+            _spawned_at[queued.folder] = time.monotonic()
+        # else: an "ended" that no watcher came for (none was started, or it left)
         with _spawn_lock:
-            _waiting.remove(message)
+            _waiting.remove(queued)
 
 
-def _watcher_seen() -> None:
-    """A watcher took a registration: the one this process started, if any, is up, so one
-    that does not answer later has left (its grace ran out) and a new one starts at once."""
-    global _spawned_at
-    _spawned_at = -SPAWN_GRACE_SECONDS
+def _starting(folder: str) -> bool:
+    """Whether this process started a watcher for ``folder`` that may still be on its way
+    to listening (within :data:`SPAWN_GRACE_SECONDS`, and not seen since)."""
+    return time.monotonic() - _spawned_at.get(folder, -SPAWN_GRACE_SECONDS) < SPAWN_GRACE_SECONDS
 
 
-def _spawn(message: dict[str, Any]) -> None:
+def _watcher_seen(folder: str) -> None:
+    """A watcher of ``folder`` took a message: the one this process started there, if any,
+    is up, so one that does not answer later has left (its grace ran out) and a new one
+    starts at once."""
+    _spawned_at.pop(folder, None)
+
+
+def _spawn(message: dict[str, Any], env: dict[str, str]) -> None:
     """Start a watcher carrying ``message`` on its stdin (a pipe holds it even if this
-    process dies right after): it becomes the watcher, or hands it to the one that is."""
+    process dies right after), in the environment ``env`` the message was made in: it
+    becomes the watcher, or hands it to the one that is."""
     import json
 
     state_dir = str(message["state_dir"])
@@ -220,7 +255,7 @@ def _spawn(message: dict[str, Any]) -> None:
         stderr=subprocess.DEVNULL,
         close_fds=True,
         start_new_session=True,  # not killed with the training process's group or terminal
-        env=dict(os.environ),
+        env=env,
     )
     assert process.stdin is not None
     with contextlib.suppress(OSError):

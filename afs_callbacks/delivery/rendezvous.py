@@ -55,9 +55,10 @@ def folder() -> str:
     return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"{FOLDER_NAME}-{os.getuid()}")
 
 
-def private_folder(*, create: bool) -> str | None:
-    """The rendezvous folder when it is ours alone (created 0700 if ``create``), else None."""
-    path = folder()
+def private_folder(*, create: bool, path: str | None = None) -> str | None:
+    """The rendezvous folder (``path``, else this environment's) when it is ours alone
+    (created 0700 if ``create``), else None."""
+    path = folder() if path is None else path
     if create:
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
@@ -71,10 +72,11 @@ def private_folder(*, create: bool) -> str | None:
     return path if private else None
 
 
-def send(message: dict[str, Any]) -> bool:
-    """Hand ``message`` to the watcher without waiting; False when none listens (or the
-    folder is not private, or its queue of connections is full)."""
-    path = private_folder(create=False)
+def send(message: dict[str, Any], to: str | None = None) -> bool:
+    """Hand ``message`` to the watcher of the folder ``to`` (else of this environment's)
+    without waiting; False when none listens (or the folder is not private, or its queue
+    of connections is full)."""
+    path = private_folder(create=False, path=to)
     if path is None:
         return False
     data = json.dumps(message, separators=(",", ":")).encode()

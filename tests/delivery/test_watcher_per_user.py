@@ -268,3 +268,70 @@ def test_a_process_that_asked_before_its_run_keeps_no_watcher_once_the_run_ended
     assert watcher.check()
     watcher.ended({"pid": pid, "run_id": "run-1"})
     assert not watcher.check()
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    """A process to register: alive until the test kills it."""
+    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+
+
+def _watcher_of(runtime: Path, monkeypatch: pytest.MonkeyPatch) -> int | None:
+    """The pid of the watcher of the runtime dir ``runtime``, or None."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return rendezvous.lock_holder()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_registration_goes_to_the_watcher_of_the_environment_it_was_made_in(
+    isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that changes ``XDG_RUNTIME_DIR`` between runs (a test session does between
+    tests): each registration reaches the watcher of the folder it was made for, at once,
+    even while this process's watcher for another folder is still starting, and none
+    lands in the folder of a later environment (where that watcher, watching a process
+    of the earlier one, would keep it busy for as long as the process lives)."""
+    runtimes = {name: tmp_path / f"run-{name}" for name in "abc"}
+    for name, runtime in runtimes.items():
+        runtime.mkdir(mode=0o700)
+        (tmp_path / f"state-{name}").mkdir()
+    child = _sleeper()
+    try:
+        for name in "ab":
+            monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtimes[name]))
+            deathwatch.ensure_watcher(str(tmp_path / f"state-{name}"), child.pid)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtimes["c"]))
+        # Well within the 10 s a started watcher has to listen before another is started.
+        wait_until(lambda: _watcher_of(runtimes["b"], monkeypatch) is not None, 8.0)
+        watchers = {name: _watcher_of(runtimes[name], monkeypatch) for name in "ab"}
+        for name, pid in watchers.items():
+            assert f"state-{name}" in Path(f"/proc/{pid}/cmdline").read_text()
+        assert watchers["a"] != watchers["b"]
+        assert _watcher_of(runtimes["c"], monkeypatch) is None
+    finally:
+        child.kill()
+        child.wait()
+    for name in "ab":  # the process they watched is gone: both leave after their grace
+        wait_until(lambda name=name: _watcher_of(runtimes[name], monkeypatch) is None)
+
+
+def test_a_run_that_ends_before_its_watcher_listens_lets_it_leave(isolated_env: Path, tmp_path: Path) -> None:
+    """A short run registers (which starts the watcher) and ends before the watcher
+    listens: its "ended" waits behind the registration instead of reaching nobody, so
+    the watcher leaves after its grace while the process (a notebook's kernel) lives on."""
+    from afs_callbacks.runstate import RunState
+
+    child = _sleeper()
+    try:
+        run = RunState(
+            "short-run", "tiny-net", host=socket.gethostname(), pid=child.pid, started_at=time.time()
+        )
+        state_dir = str(isolated_env)
+        isolated_env.mkdir()  # kept: the watcher leaves after its grace, not at once
+        deathwatch.ensure_watcher(state_dir, child.pid, run)
+        deathwatch.run_ended(state_dir, child.pid, run.run_id)
+        wait_until(deathwatch.watcher_alive)
+        wait_until(lambda: not deathwatch.watcher_alive())
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
