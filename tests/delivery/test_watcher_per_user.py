@@ -335,3 +335,29 @@ def test_a_run_that_ends_before_its_watcher_listens_lets_it_leave(isolated_env: 
     finally:
         child.kill()
         child.wait()
+
+
+def test_only_a_run_of_this_process_registers_with_the_watcher(isolated_env: Path) -> None:
+    """A sweep's live card is a run state with no process behind it (the watcher stores
+    it: ``sweep_end.card_state``, no pid): storing it registers nothing, else the watcher
+    showing it would watch itself for as long as it lives, and never leave. A run of
+    this process registers. The test listens in the watcher's place; each registration is
+    on the socket by the time ``update_run`` returns."""
+    from afs_callbacks.manager import NotificationManager
+    from afs_callbacks.runstate import RUNNING, RunState
+
+    folder = rendezvous.private_folder(create=True)
+    assert folder is not None
+    lock = rendezvous.acquire(folder)
+    listener = rendezvous.listen(folder)
+    try:
+        with NotificationManager.from_env() as manager:
+            now = time.time()
+            manager.update_run(RunState("slurm-1", "Sweep slurm-1", status=RUNNING, started_at=now))
+            assert rendezvous.receive(listener, 0.0) == []
+            manager.update_run(RunState("run-1", "tiny-net", pid=os.getpid(), status=RUNNING, started_at=now))
+            assert [message["run_id"] for message in rendezvous.receive(listener, 0.0)] == ["run-1"]
+    finally:
+        listener.close()
+        if lock is not None:
+            os.close(lock)

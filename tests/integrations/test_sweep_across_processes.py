@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from afs_callbacks.delivery import deathwatch, sweep_claims
+from afs_callbacks.delivery.outbox import OUTBOX_FILE, Outbox
 from afs_callbacks.testing import LoopbackReceiver
 from tests.helpers.hook import wait_until
 
@@ -117,6 +119,28 @@ def test_array_tasks_make_one_start_and_one_summary_from_the_watcher(
     assert context["best"] == {"val_loss": 0.1, "trial": "1"}
     assert "4 trials in" in summary["message"] and "Best val_loss: 0.1 (trial 1)" in summary["message"]
     assert sweep_claims.open_claims(str(isolated_env)) == []
+
+
+def test_the_watcher_leaves_a_sweep_whose_state_dir_was_deleted(
+    trial_env: dict[str, str], receiver: LoopbackReceiver, isolated_env: Path
+) -> None:
+    """The watcher keeps the sweep's live card while it waits for the summary. Once the
+    state dir is gone (a test's temp folder, a run folder cleaned up), nothing is left to
+    report into and the watcher leaves instead of staying for ever. (It stayed when the
+    card registered the watcher with itself; whether that registration had landed before
+    the folder went is a matter of milliseconds here, so the rule itself has a test of its
+    own: test_watcher_per_user's ``only_a_run_of_this_process_registers``.)"""
+    finish(start_trials({**trial_env, "AFS_SWEEP_QUIET": "600"}, "555"))
+
+    def card_shown() -> bool:
+        states = Outbox(str(isolated_env / OUTBOX_FILE)).runs(limit=None)
+        return any(state.run_id == "slurm-555" for state in states)
+
+    wait_until(card_shown, 30, "the sweep's card, stored by the watcher")
+    assert deathwatch.watcher_alive()  # waiting for the summary, 600 s of quiet away
+    shutil.rmtree(isolated_env)
+    wait_until(lambda: not deathwatch.watcher_alive(), 30, "the watcher to leave")
+    assert titles(receiver) == sorted(["Sweep started: slurm-555", "❌ Training failed: array-net"])
 
 
 def test_a_later_trial_after_the_summary_opens_a_new_sweep_of_that_name(
