@@ -9,6 +9,7 @@ is started). What only one folder needs lives in that folder's conftest.py.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -68,8 +69,9 @@ os.environ["AFS_DEATHWATCH_GRACE"] = "1"
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Clear channel settings and point the state directory at a fresh temp folder."""
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Clear channel settings and point the state directory at a fresh temp folder; the
+    test's own death watcher, if one is left, is killed afterwards."""
     for name in list(os.environ):
         if name.startswith(_CHANNEL_PREFIXES):
             monkeypatch.delenv(name, raising=False)
@@ -89,7 +91,15 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     monkeypatch.setenv("AFS_DEATHWATCH_GRACE", "1")
     monkeypatch.chdir(tmp_path)  # no stray ./.env from the developer's checkout
-    return state
+    yield state
+    # A run this process started and never ended (a unit test's tracker) keeps its watcher
+    # for as long as the process lives: the test session's, minutes, dozens of them.
+    from afs_callbacks.delivery import deathwatch
+
+    pid = deathwatch.watcher_pid()  # of this test's runtime dir: monkeypatch restores it later
+    if pid is not None and pid > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -100,12 +110,10 @@ def receiver() -> Iterator[LoopbackReceiver]:
 
 
 @pytest.fixture
-def watch_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[str, str]]:
+def watch_env(isolated_env: Path, receiver: LoopbackReceiver) -> dict[str, str]:
     """The environment of child runs that the death watcher watches (it gets theirs):
-    the receiver as their webhook, a fast watcher round, a short linger. The watcher is
-    killed afterwards (a failed test's leftover)."""
-    from afs_callbacks.delivery import deathwatch
-
+    the receiver as their webhook, a fast watcher round, a short linger (a watcher left
+    by a failed test is killed by ``isolated_env``)."""
     env = dict(os.environ)
     env.update(
         WEBHOOK_URL=receiver.url("/hook"),
@@ -114,7 +122,4 @@ def watch_env(isolated_env: Path, receiver: LoopbackReceiver) -> Iterator[dict[s
         AFS_DEATHWATCH_GRACE="1",
     )
     isolated_env.mkdir(parents=True, exist_ok=True)
-    yield env
-    pid = deathwatch.watcher_pid()
-    if pid is not None and pid > 0:
-        os.kill(pid, signal.SIGKILL)
+    return env
