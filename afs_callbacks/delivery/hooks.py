@@ -70,14 +70,13 @@ class RunHooks:
             cards = self._card_dispatcher()
             if cards is not None:
                 cards.update(state)
-            if state.pid != os.getpid():
-                # Not a run of this process: a sweep's card (the watcher's own, which would
-                # otherwise keep it watching itself for ever) has no process to watch.
-                pass
-            elif state.status == RUNNING and state.run_id not in self._watched:
+            # Only a run of this process is watched: a sweep's card (the watcher's own,
+            # which would otherwise keep it watching itself for ever) has no process.
+            ours = state.pid == os.getpid()
+            if ours and state.status == RUNNING and state.run_id not in self._watched:
                 self._watched.add(state.run_id)
                 self._start_watcher(state)
-            elif state.status in FINAL_STATUSES and state.run_id in self._watched:
+            elif ours and state.status in FINAL_STATUSES and state.run_id in self._watched:
                 self._watched.discard(state.run_id)
                 self._start_watcher(state)  # tells the watcher it ended with a word
         except Exception as error:
