@@ -34,7 +34,7 @@ registration asks for) and ``AFS_DEATHWATCH_GRACE`` (default 60, per state dir, 
 latest registration: long enough for a process that runs one fit after another, a sweep or
 a notebook, to keep one watcher instead of starting one per run: a start costs about 0.2 s
 of CPU beside the training) tune it; tests shorten them. A state dir that is deleted is let
-go at once.
+go at once; one whose every round raised for :data:`FAILING_LIMIT` seconds is let go too.
 
 It names itself, so that the process left in ``ps`` for a minute after a run says what it
 is: ``afs-callbacks death watcher for /home/me/.local/state/afs-callbacks (lingers 60 s
@@ -74,6 +74,9 @@ DELIVERY_BOUND = 15.0  # seconds a notice may take to leave before the loop goes
 HAND_OVER_SECONDS = 30.0
 DEFAULT_INTERVAL = 1.0
 DEFAULT_GRACE = 60.0
+#: Seconds of rounds that all failed (raised) after which a state dir is let go: its
+#: duties cannot be done, and it would otherwise keep the watcher for ever.
+FAILING_LIMIT = 600.0
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Watcher:
         self.latest_env: str | None = None
         self.managers: dict[str, NotificationManager] = {}
         self.active_at = time.monotonic()  # a request, a running row or a registered process
+        self.failing_since: float | None = None  # when the rounds that all raised began
         self.sent_ends: set[str] = set()  # unsent ends of gone processes this watcher sent
 
     # What runs tell it ----------------------------------------------------------------
@@ -209,6 +213,8 @@ class Watcher:
         now = time.monotonic()
         if not os.path.isdir(self.state_dir) and not self.registered:
             return False  # deleted: nothing left to report into
+        if self.failing_since is not None and now - self.failing_since > FAILING_LIMIT:
+            return False  # its duties could not be done for minutes: try no more
         from afs_callbacks.delivery import sweep_end
 
         if busy or sweep_end.awaiting_summary(self.state_dir):
@@ -334,8 +340,11 @@ class WatcherProcess:
         for state_dir, watcher in list(self.watched.items()):
             try:
                 busy = watcher.check()
+                watcher.failing_since = None
             except Exception:
                 busy = True  # a failed delivery or an odd row: keep watching, try again
+                if watcher.failing_since is None:
+                    watcher.failing_since = time.monotonic()
             if not watcher.lingers(busy):
                 watcher.close()
                 del self.watched[state_dir]

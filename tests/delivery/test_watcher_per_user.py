@@ -361,3 +361,35 @@ def test_only_a_run_of_this_process_registers_with_the_watcher(isolated_env: Pat
         listener.close()
         if lock is not None:
             os.close(lock)
+
+
+def test_a_state_dir_whose_every_round_fails_is_let_go_after_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that raises keeps the watcher (a failed delivery is tried again next
+    round), but not for ever: a state dir whose rounds all raised for ``FAILING_LIMIT``
+    seconds is let go. A round that works starts the count again."""
+    from afs_callbacks import _watcher_main as main
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    process = main.WatcherProcess(str(tmp_path), -1, None, 1.0)  # type: ignore[arg-type]
+    watcher = process.watched[str(state_dir)] = main.Watcher(str(state_dir), socket.gethostname())
+    fails: list[bool] = []  # what each next check does: raise, or find a run still running
+
+    def check() -> bool:
+        if fails.pop(0):
+            raise RuntimeError("an odd row")
+        return True
+
+    monkeypatch.setattr(watcher, "check", check)
+    fails += [True, False, True, True]
+    process.round()
+    assert process.watched and watcher.failing_since is not None
+    process.round()
+    assert process.watched and watcher.failing_since is None
+    process.round()
+    assert watcher.failing_since is not None
+    watcher.failing_since -= main.FAILING_LIMIT + 1  # minutes of failed rounds, without the wait
+    process.round()
+    assert not process.watched and not fails
