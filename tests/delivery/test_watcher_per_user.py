@@ -294,14 +294,17 @@ def test_a_registration_goes_to_the_watcher_of_the_environment_it_was_made_in(
     for name, runtime in runtimes.items():
         runtime.mkdir(mode=0o700)
         (tmp_path / f"state-{name}").mkdir()
+    monkeypatch.setattr(deathwatch, "SPAWN_GRACE_SECONDS", 120.0)
     child = _sleeper()
     try:
         for name in "ab":
             monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtimes[name]))
             deathwatch.ensure_watcher(str(tmp_path / f"state-{name}"), child.pid)
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtimes["c"]))
-        # Well within the 10 s a started watcher has to listen before another is started.
-        wait_until(lambda: _watcher_of(runtimes["b"], monkeypatch) is not None, 8.0)
+        # Well within the time a started watcher has to listen before another is started
+        # (lengthened here, so that a loaded machine's slow start cannot pass for a
+        # registration that waited behind another folder's watcher).
+        wait_until(lambda: _watcher_of(runtimes["b"], monkeypatch) is not None, 30.0)
         watchers = {name: _watcher_of(runtimes[name], monkeypatch) for name in "ab"}
         for name, pid in watchers.items():
             assert f"state-{name}" in Path(f"/proc/{pid}/cmdline").read_text()

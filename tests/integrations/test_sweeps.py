@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -291,19 +292,23 @@ def test_callbacks_given_no_manager_share_one_per_process_and_settings(
             managers.append(run.tracker.manager)
         return x
 
-    def library_threads() -> int:
-        # Not the death watcher's spawner: it lives only while messages wait for a watcher
-        # that is starting (a trial's "ended", up to seconds), then leaves.
-        return sum(
-            1 for t in threading.enumerate() if t.name.startswith("afs-") and t.name != "afs-watch-start"
-        )
+    def library_threads() -> Counter[str]:
+        # The library's threads that stay, by name. Two kinds come and go on their own and
+        # are waited for first: the death watcher's spawner, which lives while a trial's
+        # "ended" waits for a watcher that is starting (up to SPAWN_GRACE_SECONDS), and the
+        # reaper of a spawned watcher, which lives until `setsid --fork` returns.
+        for thread in threading.enumerate():
+            if thread.name in ("afs-watch-start", "afs-deathwatch-reaper"):
+                thread.join(30)
+        return Counter(t.name for t in threading.enumerate() if t.name.startswith("afs-"))
 
     study = optuna.create_study(study_name="shared")
     study.optimize(objective, n_trials=2)
     after_two = library_threads()
     study.optimize(objective, n_trials=8)
     assert len({id(m) for m in managers}) == 1 and len(managers) == 10
-    assert library_threads() <= after_two, [t.name for t in threading.enumerate()]
+    grown = library_threads() - after_two
+    assert not grown, f"threads that came with the trials: {dict(grown)}"
     shared = NotificationManager.shared()
     assert shared is managers[0]
     monkeypatch.setenv("AFS_STATE_DIR", str(tmp_path / "elsewhere"))
