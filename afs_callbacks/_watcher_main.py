@@ -36,6 +36,13 @@ a notebook, to keep one watcher instead of starting one per run: a start costs a
 of CPU beside the training) tune it; tests shorten them. A state dir that is deleted is let
 go at once; one whose every round raised for :data:`FAILING_LIMIT` seconds is let go too.
 
+It keeps a log beside its lock (:data:`~afs_callbacks.delivery.rendezvous.LOG_NAME`, at
+most two files of :data:`LOG_BYTES`): each registration and end it was told of, each state
+dir taken and let go and why, what it reported and how the flush went, the package's own
+warnings and retries, and a round's traceback when a streak of failing rounds begins. Its
+stderr goes nowhere, so this is where a notice that did not come is traced; every line
+goes through the package's redaction, so no channel's secret is written there.
+
 It names itself, so that the process left in ``ps`` for a minute after a run says what it
 is: ``afs-callbacks death watcher for /home/me/.local/state/afs-callbacks (lingers 60 s
 after the last run)`` as its command line (``... and 2 more state dirs ...`` when it watches
@@ -51,6 +58,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -77,6 +85,10 @@ DEFAULT_GRACE = 60.0
 #: Seconds of rounds that all failed (raised) after which a state dir is let go: its
 #: duties cannot be done, and it would otherwise keep the watcher for ever.
 FAILING_LIMIT = 600.0
+#: The size at which the log is rotated (one older file is kept).
+LOG_BYTES = 512 * 1024
+
+log = logging.getLogger("afs_callbacks.watcher")
 
 
 @dataclass
@@ -144,10 +156,13 @@ class Watcher:
             self.registered.pop((None, pid), None)
         self.env_of_pid[pid] = key
         self.active_at = time.monotonic()
+        log.info("%s: %s (pid %d) registered", self.state_dir, _run_words(run_id), pid)
 
     def ended(self, message: dict[str, Any]) -> None:
         """A registered run ended with a word: nothing is owed for it if its process goes."""
-        self.registered.pop((str(message.get("run_id")), int(message["pid"])), None)
+        run_id, pid = str(message.get("run_id")), int(message["pid"])
+        if self.registered.pop((run_id, pid), None) is not None:
+            log.info("%s: %s (pid %d) ended", self.state_dir, _run_words(run_id), pid)
         self.active_at = time.monotonic()
 
     # One round ------------------------------------------------------------------------
@@ -182,6 +197,12 @@ class Watcher:
                 # its registration, which the claim below reports like any other.
                 reg = self.registered[key]
                 if reg.run_id is not None:
+                    log.info(
+                        "%s: run %s (pid %d) died before it stored anything",
+                        self.state_dir,
+                        reg.run_id,
+                        reg.pid,
+                    )
                     dw.unstored_run(self.outbox, self._state_of(reg))
                 del self.registered[key]
             for state in self.outbox.runs(status=RUNNING, host=self.host, limit=None):
@@ -212,14 +233,19 @@ class Watcher:
         that found it ``busy`` or not (idle for the grace period: let go)."""
         now = time.monotonic()
         if not os.path.isdir(self.state_dir) and not self.registered:
-            return False  # deleted: nothing left to report into
+            log.info("%s: let go (the state dir was deleted)", self.state_dir)
+            return False  # nothing left to report into
         if self.failing_since is not None and now - self.failing_since > FAILING_LIMIT:
+            log.error("%s: let go (every round failed for %.0f s)", self.state_dir, now - self.failing_since)
             return False  # its duties could not be done for minutes: try no more
         from afs_callbacks.delivery import sweep_end
 
         if busy or sweep_end.awaiting_summary(self.state_dir):
             self.active_at = now
-        return now - self.active_at < self.grace
+        if now - self.active_at < self.grace:
+            return True
+        log.info("%s: let go (nothing ran or asked for %.0f s)", self.state_dir, self.grace)
+        return False
 
     def note(self, pid: int) -> None:
         """Remember a live process (its OOM-kill count now is the run's baseline)."""
@@ -274,8 +300,18 @@ class Watcher:
         for key, batch in batches.items():
             manager = self.manager_for(key)
             for notice in batch:
+                log.info("%s: reporting %r (%s)", self.state_dir, notice.title, _run_words(notice.run_id))
                 manager.emit(notice)
-            manager.flush(DELIVERY_BOUND)
+            report = manager.flush(DELIVERY_BOUND)
+            log.log(
+                logging.INFO if report.ok else logging.WARNING,
+                "%s: delivered %d, failed for good %d,"
+                " still pending %d (for the next run or `afs-notify flush`)",
+                self.state_dir,
+                report.delivered,
+                report.dead,
+                report.pending,
+            )
         if self.outbox is not None:
             for notice in notices:
                 if notice.run_id is not None:
@@ -315,10 +351,12 @@ class WatcherProcess:
                 return
             if watcher is None:
                 watcher = self.watched[state_dir] = Watcher(state_dir, self.host)
+                log.info("%s: now watched", state_dir)
             watcher.register(message)
             asked = (message.get("env") or {}).get("AFS_DEATHWATCH_INTERVAL")
             self.interval = min(self.interval, _seconds(asked, self.interval))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("a message was dropped: %s", type(error).__name__)
             return
         self.retitle()
 
@@ -340,10 +378,15 @@ class WatcherProcess:
         for state_dir, watcher in list(self.watched.items()):
             try:
                 busy = watcher.check()
+                if watcher.failing_since is not None:
+                    log.info("%s: a round works again", state_dir)
                 watcher.failing_since = None
             except Exception:
                 busy = True  # a failed delivery or an odd row: keep watching, try again
                 if watcher.failing_since is None:
+                    # At a streak's start only: a round comes every second, and the same
+                    # traceback each time would fill the log.
+                    log.exception("%s: a round failed; trying each round", state_dir)
                     watcher.failing_since = time.monotonic()
             if not watcher.lingers(busy):
                 watcher.close()
@@ -358,6 +401,7 @@ class WatcherProcess:
         if not late:
             self.listener.close()
             os.close(self.lock_fd)
+            log.info("leaving: no state dir is left to watch")
             return True
         for message in late:
             self.take(message)
@@ -420,6 +464,33 @@ def _write_command_line(title: str) -> None:
     ctypes.memmove(start, data + b"\0" * (size - len(data)), size)
 
 
+def open_log(folder: str) -> None:
+    """Write the package's log records, the watcher's own at INFO, to the log in ``folder``
+    (the private rendezvous folder), each through the package's redaction, rotated at
+    :data:`LOG_BYTES`. A log that cannot be opened leaves the watcher without one."""
+    from logging.handlers import RotatingFileHandler
+
+    from afs_callbacks.redaction import RedactingFilter
+
+    try:
+        handler = RotatingFileHandler(
+            os.path.join(folder, rendezvous.LOG_NAME), maxBytes=LOG_BYTES, backupCount=1, encoding="utf-8"
+        )
+    except OSError:
+        return
+    # Every record is redacted where it is made (the package's loggers carry the filter);
+    # the handler's own is for the records of other libraries that reach it.
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("afs_callbacks")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)  # a watcher only delivers: its retries are worth a line
+
+
+def _run_words(run_id: str | None) -> str:
+    return "a process" if run_id is None else f"run {run_id}"
+
+
 def _seconds(value: str | None, default: float) -> float:
     try:
         return default if value is None else max(0.05, float(value))
@@ -460,6 +531,8 @@ def main(argv: list[str]) -> int:
             return 0  # the watcher that runs has it now
         time.sleep(0.05)
     listener = rendezvous.listen(folder)
+    open_log(folder)
+    log.info("started (pid %d)", os.getpid())
     os.chdir("/")  # keep no folder busy (the run's may be deleted, or unmounted)
     interval = _seconds(os.environ.get("AFS_DEATHWATCH_INTERVAL"), DEFAULT_INTERVAL)
     process = WatcherProcess(folder, lock_fd, listener, interval)

@@ -7,6 +7,8 @@ run/history/flush and the pure helpers have their own files under tests/cli/.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,6 +228,29 @@ def test_status_check_exits_1_when_a_probe_fails(receiver: LoopbackReceiver) -> 
 
     assert result.returncode == 1
     assert "unreachable" in result.stdout
+
+
+def test_status_names_the_death_watcher_and_where_its_log_is(isolated_env: Path) -> None:
+    """The watcher has no terminal: ``status`` says whether it runs, and where its log
+    is, in words and in ``--json``."""
+    from afs_callbacks.delivery import deathwatch
+    from tests.helpers.hook import wait_until
+
+    assert "Watcher:  not running (the next run starts it)\n" in afs_notify("status", env=cli_env()).stdout
+    watched = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        isolated_env.mkdir(exist_ok=True)
+        deathwatch.ensure_watcher(str(isolated_env), watched.pid)
+        wait_until(
+            lambda: deathwatch.watcher_pid() and deathwatch.watcher_log(), 30.0, "a watcher and its log"
+        )
+        pid, log = deathwatch.watcher_pid(), deathwatch.watcher_log()
+        assert f"Watcher:  running (pid {pid}); log {log}\n" in afs_notify("status", env=cli_env()).stdout
+        shown = json.loads(afs_notify("status", "--json", env=cli_env()).stdout)["watcher"]
+        assert shown == {"pid": pid, "log": log}
+    finally:
+        watched.kill()
+        watched.wait()
 
 
 def test_shared_options_work_before_and_after_the_subcommand(

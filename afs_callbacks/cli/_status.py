@@ -32,6 +32,7 @@ from afs_callbacks.cli._common import (
 from afs_callbacks.cli._output import Output
 from afs_callbacks.cli._store_check import history_path
 from afs_callbacks.config import Env, off_line
+from afs_callbacks.delivery import deathwatch
 from afs_callbacks.delivery.outbox import DEAD, DELIVERED, FOLDED, PENDING, SENDING, SUPERSEDED
 from afs_callbacks.events import NotificationLevel
 from afs_callbacks.manager import NotificationManager, Route
@@ -68,6 +69,7 @@ def command_status(args: argparse.Namespace, output: Output) -> int:
             probe_all(manager, rows, timeout=manager.settings.send_timeout + 2.0)
         counts = history.counts() if history is not None else {}
         path = str(history_path(manager.state_dir))
+        watcher_pid, watcher_log = deathwatch.watcher_pid(), deathwatch.watcher_log()
         if output.json_mode:
             output.json(
                 {
@@ -78,6 +80,7 @@ def command_status(args: argparse.Namespace, output: Output) -> int:
                     "warnings": warnings,
                     "env_file": str(env.env_file) if env.env_file else None,
                     "outbox": {"path": path, "deliveries": counts, "problem": session.store_problem},
+                    "watcher": {"pid": watcher_pid, "log": watcher_log},
                 }
             )
         else:
@@ -104,6 +107,7 @@ def command_status(args: argparse.Namespace, output: Output) -> int:
                 output.line("          none yet (nothing is stored while AFS_ENABLED is off)")
             else:
                 output.line(f"          {outbox_summary(counts)}")
+            output.line(f"Watcher:  {watcher_words(watcher_pid, watcher_log)}")
         if settings_errors or session.store_problem or any(row.state == "config error" for row in rows):
             return EXIT_USAGE
         return EXIT_FAILED if any(row.check.startswith("unreachable") for row in rows) else EXIT_OK
@@ -214,6 +218,15 @@ _SUMMARY: tuple[tuple[str, tuple[str, ...]], ...] = (
     (SUPERSEDED, (SUPERSEDED,)),
     (FOLDED, (FOLDED,)),
 )
+
+
+def watcher_words(pid: int | None, log_path: str | None) -> str:
+    """The death watcher of this user and host: whether it runs, and where its log is."""
+    if pid is None:
+        state = "not running (the next run starts it)"
+    else:
+        state = "running" if pid < 0 else f"running (pid {pid})"
+    return state if log_path is None else f"{state}; log {log_path}"
 
 
 def outbox_summary(counts: dict[str, dict[str, int]]) -> str:

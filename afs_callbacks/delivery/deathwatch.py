@@ -179,6 +179,14 @@ def watcher_alive() -> bool:
     return rendezvous.lock_holder() is not None
 
 
+def watcher_log() -> str | None:
+    """The path of this user's death watcher's log on this host (what it was told, what it
+    reported, what failed), or None when no watcher has written one since the folder was
+    made (``$XDG_RUNTIME_DIR`` is emptied at logout)."""
+    path = os.path.join(rendezvous.folder(), rendezvous.LOG_NAME)
+    return path if os.path.isfile(path) else None
+
+
 def _spawn_soon(queued: _Queued) -> None:
     global _spawner
     with _spawn_lock:

@@ -6,7 +6,8 @@ One watcher per user and host watches every state directory that asked. A run te
 about itself (its state directory, its pid, its identity, and the part of its environment
 that configures delivery: channel URLs and tokens) in one message on the socket, a few
 hundred bytes sent without waiting for an answer. The watcher keeps what it was told in
-memory only: nothing here is written to disk.
+memory only. All it writes here is its log (:data:`LOG_NAME`): which runs asked, what it
+reported and what failed, redacted like every log of the package, so no token goes there.
 
 The folder is ``$XDG_RUNTIME_DIR/afs-callbacks`` where the session has one (systemd's
 ``/run/user/<uid>``: private, on tmpfs, removed at logout), else
@@ -37,6 +38,8 @@ from typing import Any
 FOLDER_NAME = "afs-callbacks"
 LOCK_NAME = "deathwatch.lock"
 SOCKET_NAME = "deathwatch.sock"
+#: The watcher's log (its stderr goes nowhere: it has no terminal of its own).
+LOG_NAME = "deathwatch.log"
 #: The largest message taken (a registration is a few hundred bytes to a few KiB).
 MAX_MESSAGE = 256 * 1024
 #: Seconds the watcher waits for the rest of a message after a connection came (the

@@ -25,7 +25,7 @@ from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.runstate import RunState
-from afs_callbacks.testing import LoopbackReceiver
+from afs_callbacks.testing import LoopbackReceiver, Reply
 from tests.helpers.children import start_ready_child
 
 CHILD = """
@@ -344,3 +344,32 @@ def test_what_a_killed_process_was_sending_does_not_hold_its_notice(isolated_env
         (end,) = outbox.claim("hook", lease_seconds=60.0)
     assert end.event.id == notices[0].id
     assert [event.id for event in end.told] == [started.id]  # told with it, in its order
+
+
+def test_the_watcher_logs_what_it_reported_and_what_failed_and_no_secret(
+    watch_env: dict[str, str], receiver: LoopbackReceiver
+) -> None:
+    """The watcher's stderr goes nowhere, so its log says what it did: the run that
+    registered, the notice it reported, the service's refusal and the retry, its leaving.
+    The webhook's token is in the URL and in the refusal (a service echoing the path it
+    was sent): neither it nor a piece of it is written there."""
+    token = "Zq8TkPw3sXv9Lm2Rb7Nc"
+    env = {**watch_env, "WEBHOOK_URL": receiver.url(f"/hooks/{token}")}
+    receiver.default = Reply(500, f'{{"error": "hook /hooks/{token} is failing"}}'.encode())
+    log_path = Path(rendezvous.folder()) / rendezvous.LOG_NAME
+
+    def logged() -> str:
+        return log_path.read_text() if log_path.exists() else ""
+
+    child = start_child(env, "run-logged")
+    child.kill()
+    wait_until(lambda: "will retry" in logged() and "still pending 1" in logged())
+    wait_until(lambda: not deathwatch.watcher_alive())
+    child.wait()
+    text = logged()
+    assert f"(pid {child.pid}) registered" in text
+    assert "reporting '💀 Training killed without a word: tiny-net' (run run-logged)" in text
+    assert "HTTP 500" in text
+    assert "leaving" in text
+    pieces = {token[i : i + 6] for i in range(len(token) - 5)}
+    assert not [piece for piece in pieces if piece in text], text

@@ -10,6 +10,7 @@ a real webhook channel to a loopback receiver. conftest gives each test its own
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -367,12 +368,15 @@ def test_only_a_run_of_this_process_registers_with_the_watcher(isolated_env: Pat
 
 
 def test_a_state_dir_whose_every_round_fails_is_let_go_after_the_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A round that raises keeps the watcher (a failed delivery is tried again next
     round), but not for ever: a state dir whose rounds all raised for ``FAILING_LIMIT``
-    seconds is let go. A round that works starts the count again."""
+    seconds is let go. A round that works starts the count again. The log has each
+    streak's first traceback, not one a round."""
     from afs_callbacks import _watcher_main as main
+
+    caplog.set_level(logging.INFO, logger="afs_callbacks.watcher")
 
     state_dir = tmp_path / "state"
     state_dir.mkdir()
@@ -396,3 +400,10 @@ def test_a_state_dir_whose_every_round_fails_is_let_go_after_the_limit(
     watcher.failing_since -= main.FAILING_LIMIT + 1  # minutes of failed rounds, without the wait
     process.round()
     assert not process.watched and not fails
+    said = [(record.getMessage().split(": ", 1)[1], bool(record.exc_info)) for record in caplog.records]
+    assert said == [
+        ("a round failed; trying each round", True),
+        ("a round works again", False),
+        ("a round failed; trying each round", True),
+        (f"let go (every round failed for {main.FAILING_LIMIT + 1:.0f} s)", False),
+    ]
