@@ -363,7 +363,8 @@ def test_the_watcher_logs_what_it_reported_and_what_failed_and_no_secret(
 
     child = start_child(env, "run-logged")
     child.kill()
-    wait_until(lambda: "will retry" in logged() and "still pending 1" in logged())
+    # The flush line comes after the watcher's DELIVERY_BOUND (15 s) of retries.
+    wait_until(lambda: "will retry" in logged() and "still pending 1" in logged(), 45.0)
     wait_until(lambda: not deathwatch.watcher_alive())
     child.wait()
     text = logged()
