@@ -474,7 +474,7 @@ def open_log(folder: str) -> None:
 
     try:
         handler = RotatingFileHandler(
-            os.path.join(folder, rendezvous.LOG_NAME), maxBytes=LOG_BYTES, backupCount=1, encoding="utf-8"
+            rendezvous.log_path(folder), maxBytes=LOG_BYTES, backupCount=1, encoding="utf-8"
         )
     except OSError:
         return

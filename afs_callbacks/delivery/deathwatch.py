@@ -183,7 +183,7 @@ def watcher_log() -> str | None:
     """The path of this user's death watcher's log on this host (what it was told, what it
     reported, what failed), or None when no watcher has written one since the folder was
     made (``$XDG_RUNTIME_DIR`` is emptied at logout)."""
-    path = os.path.join(rendezvous.folder(), rendezvous.LOG_NAME)
+    path = rendezvous.log_path()
     return path if os.path.isfile(path) else None
 
 

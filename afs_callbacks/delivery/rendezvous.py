@@ -58,6 +58,11 @@ def folder() -> str:
     return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"{FOLDER_NAME}-{os.getuid()}")
 
 
+def log_path(path: str | None = None) -> str:
+    """The watcher's log in the folder ``path`` (else this environment's); not created."""
+    return os.path.join(folder() if path is None else path, LOG_NAME)
+
+
 def private_folder(*, create: bool, path: str | None = None) -> str | None:
     """The rendezvous folder (``path``, else this environment's) when it is ours alone
     (created 0700 if ``create``), else None."""
@@ -218,10 +223,12 @@ def _address(path: str) -> Any:
 
 __all__ = [
     "LOCK_NAME",
+    "LOG_NAME",
     "SOCKET_NAME",
     "acquire",
     "folder",
     "listen",
+    "log_path",
     "lock_holder",
     "private_folder",
     "receive",

@@ -14,6 +14,10 @@ from collections.abc import Callable
 #: The watchdog never wakes more often than this (seconds).
 MIN_PERIOD = 1.0
 
+#: How long :meth:`StallWatchdog.stop` waits for the thread to end (seconds). It ends at
+#: once unless a stall report is being handed over; that report only queues a message.
+STOP_TIMEOUT = 1.0
+
 
 class StallWatchdog:
     """Calls ``on_stall(idle_seconds)`` when ``last_progress()`` is older than ``timeout``.
@@ -48,8 +52,13 @@ class StallWatchdog:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop promptly; the thread ends at its next wake-up at the latest."""
+        """Stop, and wait (up to :data:`STOP_TIMEOUT`) for the thread to end, so that a run
+        whose end has returned leaves no thread of its own behind. Called on the watchdog's
+        own thread (a run collected there), it only asks: a thread cannot wait for itself."""
         self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(STOP_TIMEOUT)
 
     @property
     def stopped(self) -> bool:

@@ -356,7 +356,7 @@ def test_the_watcher_logs_what_it_reported_and_what_failed_and_no_secret(
     token = "Zq8TkPw3sXv9Lm2Rb7Nc"
     env = {**watch_env, "WEBHOOK_URL": receiver.url(f"/hooks/{token}")}
     receiver.default = Reply(500, f'{{"error": "hook /hooks/{token} is failing"}}'.encode())
-    log_path = Path(rendezvous.folder()) / rendezvous.LOG_NAME
+    log_path = Path(rendezvous.log_path())
 
     def logged() -> str:
         return log_path.read_text() if log_path.exists() else ""

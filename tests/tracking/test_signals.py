@@ -95,10 +95,12 @@ def test_a_stall_is_reported_and_never_after_the_end() -> None:
         lambda: bool(sink.of(EventType.TRAINING_STALLED)) and any(s.status == STALLED for s in sink.states),
         timeout=5,
     )
+    watchdog = run._watchdog
+    assert watchdog is not None and watchdog._thread is not None
     run.completed()
-    deadline = time.monotonic() + 5
-    while len(_watchdogs()) > before and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Gone when the end returns, not at its next wake-up: a sweep that counts the threads
+    # its trials leave must find none of theirs.
+    assert not watchdog._thread.is_alive()
     assert len(_watchdogs()) == before  # stopped at the end: nothing left to fire
     run._stalled(60.0)  # a wake-up racing with the end sends nothing
     assert len(sink.of(EventType.TRAINING_STALLED)) == 1
