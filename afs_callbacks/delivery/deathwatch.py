@@ -68,6 +68,10 @@ _ENDS_LOOKED_AT = 50
 #: before this process would start another for a registration it could not hand over.
 SPAWN_GRACE_SECONDS = 10.0
 
+#: Seconds the spawner waits for `setsid --fork` to exit (it forks and leaves at once);
+#: past that, a thread of its own reaps it.
+REAP_SECONDS = 5.0
+
 
 @dataclass(frozen=True, eq=False)
 class _Queued:
@@ -270,7 +274,15 @@ def _spawn(message: dict[str, Any], env: dict[str, str]) -> None:
         process.stdin.write(json.dumps(message).encode())
     with contextlib.suppress(OSError):
         process.stdin.close()
-    # Reap it when it exits, so no zombie lingers while the training process lives.
+    # Reap the child, so no zombie lingers while the training process lives. `setsid --fork`
+    # exits as soon as it has forked the watcher: it is reaped here, on the spawner's
+    # thread. Without setsid the child is the watcher itself: a thread waits for its exit.
+    if setsid:
+        try:
+            process.wait(REAP_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            pass
     threading.Thread(target=process.wait, name="afs-deathwatch-reaper", daemon=True).start()
 
 

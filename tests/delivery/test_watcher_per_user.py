@@ -302,10 +302,11 @@ def test_a_registration_goes_to_the_watcher_of_the_environment_it_was_made_in(
             monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtimes[name]))
             deathwatch.ensure_watcher(str(tmp_path / f"state-{name}"), child.pid)
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtimes["c"]))
-        # Well within the time a started watcher has to listen before another is started
-        # (lengthened here, so that a loaded machine's slow start cannot pass for a
-        # registration that waited behind another folder's watcher).
-        wait_until(lambda: _watcher_of(runtimes["b"], monkeypatch) is not None, 30.0)
+        # Both, well within the time a started watcher has to listen before another is
+        # started (lengthened here, so that a loaded machine's slow start cannot pass for a
+        # registration that waited behind another folder's watcher). Both: the two start
+        # side by side, and either may be the first to listen.
+        wait_until(lambda: all(_watcher_of(runtimes[name], monkeypatch) is not None for name in "ab"), 30.0)
         watchers = {name: _watcher_of(runtimes[name], monkeypatch) for name in "ab"}
         for name, pid in watchers.items():
             assert f"state-{name}" in Path(f"/proc/{pid}/cmdline").read_text()

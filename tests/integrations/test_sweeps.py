@@ -293,12 +293,11 @@ def test_callbacks_given_no_manager_share_one_per_process_and_settings(
         return x
 
     def library_threads() -> Counter[str]:
-        # The library's threads that stay, by name. Two kinds come and go on their own and
-        # are waited for first: the death watcher's spawner, which lives while a trial's
-        # "ended" waits for a watcher that is starting (up to SPAWN_GRACE_SECONDS), and the
-        # reaper of a spawned watcher, which lives until `setsid --fork` returns.
+        # The library's threads that stay, by name. One kind comes and goes on its own and
+        # is waited for first: the death watcher's spawner, which lives while a trial's
+        # "ended" waits for a watcher that is starting (up to SPAWN_GRACE_SECONDS).
         for thread in threading.enumerate():
-            if thread.name in ("afs-watch-start", "afs-deathwatch-reaper"):
+            if thread.name == "afs-watch-start":
                 thread.join(30)
         return Counter(t.name for t in threading.enumerate() if t.name.startswith("afs-"))
 
