@@ -202,7 +202,7 @@ class Lifecycle:
         """Replace the stored ``event`` (same id) and send its held deliveries now."""
         if self.store.attach(event):
             with self._lock:
-                channels = set(self._workers)
+                channels = dict.fromkeys(self._workers, True)
             self._wake(channels)
 
     def ready(self, event: NotificationEvent, targets: Sequence[tuple[str, NotificationHandler]]) -> Ready:
@@ -211,11 +211,14 @@ class Lifecycle:
             self.worker(name, handler)
         return event, tuple(name for name, _ in targets)
 
-    def _wake(self, channels: set[str]) -> None:
+    def _wake(self, channels: dict[str, bool]) -> None:
+        """Wake the senders of ``channels``: name -> whether a new row skips the budget."""
         with self._lock:
-            workers = [self._workers[name] for name in channels if name in self._workers]
-        for worker in workers:
-            worker.wake()
+            workers = [
+                (self._workers[name], exempt) for name, exempt in channels.items() if name in self._workers
+            ]
+        for worker, exempt in workers:
+            worker.wake(budgeted=not exempt)
 
     def _store_version(self) -> int | None:
         return self.store.data_version()

@@ -107,8 +107,15 @@ class ChannelWorker:
             self._thread = threading.Thread(target=self._run, name=f"afs-sender-{self.name}", daemon=True)
             self._thread.start()
 
-    def wake(self) -> None:
-        """Look at the outbox now rather than at the next poll."""
+    def wake(self, *, budgeted: bool = False) -> None:
+        """Look at the outbox now rather than at the next poll.
+
+        ``budgeted``: the rows that woke it all wait for the channel's budget. While the
+        worker holds rows for the budget (and no flush drives it), they join those and are
+        looked at when it refills, as already scheduled: a look now would claim a held row
+        and release it again, two write transactions that the writer waits for."""
+        if budgeted and self._held and not self._flushes and self._bucket.wait_time() > _SHORT_WAIT:
+            return
         self._wake.set()
 
     def stop(self, timeout: float = 1.0) -> None:

@@ -25,6 +25,7 @@ from typing import TypeAlias
 
 from afs_callbacks._log import get_logger
 from afs_callbacks.delivery.outbox import Outbox
+from afs_callbacks.delivery.priority import is_budgeted
 from afs_callbacks.events import PROGRESS_TYPES, NotificationEvent
 from afs_callbacks.runstate import MetricPoint, RunState
 
@@ -85,19 +86,34 @@ class Handover:
         return self._ready
 
 
+def written_channels(batch: Sequence[Ready]) -> dict[str, bool]:
+    """The channels of a stored ``batch``, each with whether a row of it skips the channel's
+    budget (an alert, a run's start or end). A sender waiting for its budget need not look
+    at rows that would wait too: at 10,000 notifications a second its look per commit (a
+    claim and a release, both write transactions) took as much CPU as the writer's work."""
+    woken: dict[str, bool] = {}
+    for event, channels in batch:
+        exempt = not is_budgeted(event)
+        for channel in channels:
+            woken[channel] = exempt or woken.get(channel, False)
+    return woken
+
+
 class Writer:
     """Stores queued events and run states on a daemon thread.
 
     Args:
         store: where they go.
-        on_written: called with the channels of each stored batch (wakes their senders).
+        on_written: called with the channels of each stored batch (wakes their senders),
+            each with whether a row of it skips the channel's budget (see
+            :func:`written_channels`).
         on_open: called once, on the writer thread, after the store first opened.
     """
 
     def __init__(
         self,
         store: Outbox,
-        on_written: Callable[[set[str]], None],
+        on_written: Callable[[dict[str, bool]], None],
         on_open: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -296,6 +312,6 @@ class Writer:
             # and written back once it can.
             self.store.write(batch, list(runs.values()), held=held)
             if batch:
-                self._on_written({channel for _, channels in batch for channel in channels})
+                self._on_written(written_channels(batch))
         elif self.store.due_for_retry() and self.store.recover():
-            self._on_written(set(self.store.counts()))
+            self._on_written(dict.fromkeys(self.store.counts(), True))

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from helpers.hook import wait_until
+
 from afs_callbacks.delivery.priority import FOLDED
+from afs_callbacks.events import EventType
 from afs_callbacks.manager import NotificationManager
 from afs_callbacks.testing import LoopbackReceiver
 
@@ -43,3 +47,45 @@ def test_a_flood_of_distinct_notifications_is_a_burst_then_one_digest(
     assert "… and 90 more." in digest["message"]
     assert len(posted) == 6  # nothing held back was also sent one by one
     assert len(folded) == 95
+
+
+def test_a_sender_waiting_for_its_budget_is_not_woken_by_rows_that_would_wait_too(
+    tmp_path: Path, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the burst is spent, every notification the writer stores would wait for the
+    budget: the sender does not look at each batch (a claim and a release, two write
+    transactions the writer then waits for; at 10,000 a second the sender's looks took as
+    much CPU as the writer, and the storage window doubled). An alert skips the budget:
+    it still wakes the sender, and goes at once."""
+    env = {
+        "AFS_STATE_DIR": str(tmp_path),
+        "AFS_BURST": "2",
+        "AFS_PACE": "600",
+        "AFS_CONSOLE": "never",
+        "WEBHOOK_URL": receiver.url("/hook"),
+    }
+    manager = NotificationManager.from_env(env, env_file=False)
+    try:
+        for n in range(1, 4):
+            manager.notify(f"note {n}")
+        receiver.wait_for(2, timeout=20)
+        worker = manager._delivery.worker("webhook", manager.handlers["webhook"])
+        wait_until(lambda: worker._held, what="the third note held for the budget")
+        claims: list[str] = []
+        real_claim = worker.outbox.claim
+
+        def counted(*args: object, **kwargs: object) -> object:
+            claims.append("claim")
+            return real_claim(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(worker.outbox, "claim", counted)
+        for n in range(4, 54):
+            manager.notify(f"note {n}")
+            assert manager._delivery.store_queued(5)  # one stored batch, one wake each
+        assert claims == []
+        manager.notify("NaN loss", event_type=EventType.NAN_DETECTED, level="error")
+        receiver.wait_for(3, timeout=20)
+        assert receiver.requests[2].json()["title"] == "NaN loss"
+        assert claims  # the alert woke it
+    finally:
+        manager.close(timeout=1)

@@ -40,7 +40,7 @@ def test_unpushed_progress_is_stored_with_the_next_pushed_event_in_one_write(
         return real_write(items, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "write", counted)
-    woken: list[set[str]] = []
+    woken: list[dict[str, bool]] = []
     writer = Writer(store, woken.append)
     try:
         for epoch in (1, 2, 3):
@@ -49,7 +49,7 @@ def test_unpushed_progress_is_stored_with_the_next_pushed_event_in_one_write(
         # Long before the 60 s gather is over: the pushed event ended it.
         wait_until(lambda: woken, timeout=20, what="the writer's first write")
         assert writes == [["epoch 1", "epoch 2", "epoch 3", "NaN"]]
-        assert woken == [{"slack"}]  # progress no channel takes wakes no sender
+        assert woken == [{"slack": True}]  # no sender for progress no channel takes; a NaN skips budgets
     finally:
         writer.stop()
         store.close()
