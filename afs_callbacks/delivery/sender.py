@@ -112,8 +112,9 @@ class ChannelWorker:
 
         ``budgeted``: the rows that woke it all wait for the channel's budget. While the
         worker holds rows for the budget (and no flush drives it), they join those and are
-        looked at when it refills, as already scheduled: a look now would claim a held row
-        and release it again, two write transactions that the writer waits for."""
+        looked at when it refills, as already scheduled. A look now would read the queue to
+        claim a held row and release it again: under a flood, once per stored batch, that
+        took as much CPU as the writer's work and doubled the storage window."""
         if budgeted and self._held and not self._flushes and self._bucket.wait_time() > _SHORT_WAIT:
             return
         self._wake.set()

@@ -88,9 +88,8 @@ class Handover:
 
 def written_channels(batch: Sequence[Ready]) -> dict[str, bool]:
     """The channels of a stored ``batch``, each with whether a row of it skips the channel's
-    budget (an alert, a run's start or end). A sender waiting for its budget need not look
-    at rows that would wait too: at 10,000 notifications a second its look per commit (a
-    claim and a release, both write transactions) took as much CPU as the writer's work."""
+    budget (an alert, a run's end): a sender waiting for its budget is woken only for those
+    (:meth:`ChannelWorker.wake <afs_callbacks.delivery.sender.ChannelWorker.wake>`)."""
     woken: dict[str, bool] = {}
     for event, channels in batch:
         exempt = not is_budgeted(event)
