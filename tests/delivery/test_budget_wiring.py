@@ -53,10 +53,10 @@ def test_a_sender_waiting_for_its_budget_is_not_woken_by_rows_that_would_wait_to
     tmp_path: Path, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once the burst is spent, every notification the writer stores would wait for the
-    budget: the sender does not look at each batch (a claim and a release, two write
-    transactions the writer then waits for; at 10,000 a second the sender's looks took as
-    much CPU as the writer, and the storage window doubled). An alert skips the budget:
-    it still wakes the sender, and goes at once."""
+    budget: the sender does not look at each batch (a queue read to claim a held row, then
+    its release; at 10,000 a second the sender's looks took as much CPU as the writer, and
+    the storage window doubled). An alert skips the budget: it still wakes the sender, and
+    goes at once."""
     env = {
         "AFS_STATE_DIR": str(tmp_path),
         "AFS_BURST": "2",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from afs_callbacks._watcher_main import DELIVERY_BOUND
 from afs_callbacks.delivery import deathwatch, rendezvous
 from afs_callbacks.delivery.outbox import Outbox
 from afs_callbacks.events import EventType, NotificationEvent, NotificationLevel
@@ -363,8 +364,8 @@ def test_the_watcher_logs_what_it_reported_and_what_failed_and_no_secret(
 
     child = start_child(env, "run-logged")
     child.kill()
-    # The flush line comes after the watcher's DELIVERY_BOUND (15 s) of retries.
-    wait_until(lambda: "will retry" in logged() and "still pending 1" in logged(), 45.0)
+    # The flush line comes after the watcher's DELIVERY_BOUND of retries.
+    wait_until(lambda: "will retry" in logged() and "still pending 1" in logged(), 3 * DELIVERY_BOUND)
     wait_until(lambda: not deathwatch.watcher_alive())
     child.wait()
     text = logged()
