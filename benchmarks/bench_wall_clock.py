@@ -85,7 +85,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Any, NamedTuple
 
 from _common import Report, fresh_state_dir, load_average, median, parse_args
@@ -453,12 +453,28 @@ def _in_situ(receiver: LoopbackReceiver, variant: str, epochs: int, steps: int) 
             if (name.startswith("on_") or name in ("setup", "teardown")) and callable(getattr(inner, name))
         }
 
+    # The adapter sees every other batch: it is shown a step count that moves once per batch
+    # it sees, or it would take each of its batches for two steps and count them one by one.
+    seen = SimpleNamespace(completed=0)
+
+    def shown_seen(hook: str) -> Any:
+        def shown(trainer: Any, pl_module: Any) -> None:
+            forward[hook](trainer, pl_module)
+            if inner is not None:
+                inner._step_counter = seen  # after the adapter looked for (or checked) its own
+
+        return shown
+
     def batch_end(trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx % 2:
+            seen.completed += 1
             forward["on_train_batch_end"](trainer, pl_module, outputs, batch, batch_idx)
 
     members: dict[str, Any] = {name: staticmethod(hook) for name, hook in forward.items()}
     members["on_train_batch_end"] = staticmethod(batch_end)
+    for hook in ("on_train_start", "on_train_epoch_start"):
+        if hook in forward:
+            members[hook] = staticmethod(shown_seen(hook))
     skipped = [name for name in dir(AFSNotify) if name.startswith("on_") and getattr(AFSNotify, name) is None]
     members.update(dict.fromkeys(skipped))
     halves = type("Alternating", (callback_base("lightning"),), members)()

@@ -110,7 +110,11 @@ class LightningNotifyCore(NotifierBase):
     def _reset_run(self) -> None:
         """The per-run state, set again by each ``on_train_start``."""
         self._steps = 0
-        self._stop_on_nan = False  # settled by on_train_start from the tracker's config
+        # Steps handed to the tracker and not counted yet (the tracker's list, from the
+        # start on), how many are counted at once, and whether more than one ever is.
+        self._handed: list[Any] = []
+        self._count_at = 1
+        self._steps_at_once = False
         self._step_counter: Any = None  # Lightning's record behind global_step, when found
         self._pending_epoch: tuple[int, bool] | None = None  # (epoch, validated during it)
         self._validated_epoch: int | None = None
@@ -159,7 +163,6 @@ class LightningNotifyCore(NotifierBase):
         """TRAINING_STARTED, or TRAINING_RESUMED when fit was given a checkpoint."""
         self._reset_run()
         self._fits += 1
-        self._stop_on_nan = self.tracker.config.stop_on_nan  # read on every step
         self._step_counter = step_counter(trainer, pl_module)
         self._seen_step = int(trainer.global_step)
         self._loss_scale = loss_scale(trainer, pl_module)
@@ -172,47 +175,86 @@ class LightningNotifyCore(NotifierBase):
         ckpt_path = getattr(trainer, "ckpt_path", None)
         tracker.start(resumed_from=None if ckpt_path is None else str(ckpt_path), **plan(trainer, pl_module))
         self._attach_control(int(trainer.world_size))
+        self._handed = tracker.handed
+        # Manual optimization steps when the module says: a window could not tell its steps.
+        automatic = bool(getattr(pl_module, "automatic_optimization", True))
+        self._steps_at_once = automatic and self._loss_scale == 1 and not self._agree
 
     # Training steps and epochs ------------------------------------------------------
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """The hot path: hand the loss tensor over as is (no ``.item()``, no metric reads).
-
-        With gradient accumulation only the batch that ends an optimizer step counts as a
-        step, with the real mean loss of the step's batches. Guarded inline, not with
-        :func:`~afs_callbacks.integrations._base.hook`: a wrapper's frame is a fifth of
-        this hook's cost."""
+        """The hot path: keep the batch's loss as it is (no ``.item()``, no metric reads;
+        only the loss, whatever else ``training_step`` returned) and count the steps kept
+        every few, at the tracker's
+        :meth:`~afs_callbacks.tracking.RunTracker.steps_to_count` (:meth:`_count_steps`).
+        Guarded inline, not with :func:`~afs_callbacks.integrations._base.hook`: a wrapper's
+        frame would cost more than the hook's own work."""
         try:
-            tracker = self.tracker
-            if self._requeue.signalled:
-                self._report_requeue()
-            counter = self._step_counter
-            step = trainer.global_step if counter is None else counter.completed
-            loss = loss_of(outputs)
-            if self._loss_scale != 1:
-                loss = self._accumulated_loss(loss, ends_step=step != self._seen_step)
-            if step == self._seen_step:  # a batch accumulated into the coming step
-                tracker.heartbeat()
-                return
-            self._seen_step = step
-            attention = tracker.on_step(step, loss=loss)
-            self._steps += 1
-            if self._checkpoint_pending:
-                self._report_checkpoints(trainer)
-            if self._agree:
-                # Stopping or saving on one rank alone would hang the others in their next
-                # collective: the ranks agree at the steps where each has just read its NaN
-                # flag, and rank zero tells the asks it holds.
-                if self._steps % self._agree_every == 0:
-                    nan_stop, stop, checkpoint = self._agreed_asks(lambda flags: _reduce_max(trainer, flags))
-                    self._act(trainer, nan_stop=nan_stop, stop=stop, checkpoint=checkpoint)
-            elif attention:
-                stop, checkpoint = tracker.asks_waiting()
-                self._act(trainer, nan_stop=tracker.stop_requested, stop=stop, checkpoint=checkpoint)
+            handed = self._handed
+            handed.append(loss_of(outputs))
+            if len(handed) >= self._count_at:
+                self._count_steps(trainer)
         except Exception:
             hook_failed(self, "on_train_batch_end")
+
+    def _count_steps(self, trainer: Any) -> None:
+        """Count the steps handed over since the last count, then act on what the tracker
+        asks for (a NaN stop, a stop or a checkpoint from outside).
+
+        A window of several batches is counted only where each batch is one optimizer step
+        of its own loss (``_steps_at_once``); with gradient accumulation, or ranks that
+        must agree at the same steps, every batch is counted as it ends."""
+        handed = self._handed
+        if not handed:
+            return
+        losses = handed[:]
+        handed.clear()
+        tracker = self.tracker
+        if self._requeue.signalled:
+            self._report_requeue()
+        counter = self._step_counter
+        step = trainer.global_step if counter is None else counter.completed
+        if len(losses) == 1:
+            loss = losses[0]
+            if self._loss_scale != 1:
+                loss = self._accumulated_loss(loss, ends_step=step != self._seen_step)
+            first, losses = step, [] if step == self._seen_step else [loss]
+        else:
+            first, losses = self._window_steps(losses, step)
+        self._seen_step = step
+        if not losses:  # batches accumulated into the coming step, or skipped
+            tracker.heartbeat()
+            return
+        attention = tracker.on_steps(first, losses)
+        self._steps += len(losses)
+        self._count_at = tracker.steps_to_count() if self._steps_at_once else 1
+        if self._checkpoint_pending:
+            self._report_checkpoints(trainer)
+        if self._agree:
+            # Stopping or saving on one rank alone would hang the others in their next
+            # collective: the ranks agree at the steps where each has just read its NaN
+            # flag, and rank zero tells the asks it holds.
+            if self._steps % self._agree_every == 0:
+                nan_stop, stop, checkpoint = self._agreed_asks(lambda flags: _reduce_max(trainer, flags))
+                self._act(trainer, nan_stop=nan_stop, stop=stop, checkpoint=checkpoint)
+        elif attention:
+            stop, checkpoint = tracker.asks_waiting()
+            self._act(trainer, nan_stop=tracker.stop_requested, stop=stop, checkpoint=checkpoint)
+
+    def _window_steps(self, losses: list[Any], step: int) -> tuple[int, list[Any]]:
+        """The first step and the losses of a window of batches that ended at ``step``.
+
+        Each batch of a window is one optimizer step (``_steps_at_once``: automatic
+        optimization without accumulation; a ``training_step`` that returns None makes a
+        step without a loss). Should the count disagree all the same, the last batches take
+        the steps, and from here on every batch is counted as it ends, which needs no guess."""
+        advanced = step - self._seen_step
+        if advanced != len(losses):
+            self._steps_at_once = False
+            losses = losses[max(0, len(losses) - max(advanced, 0)) :]
+        return step - len(losses) + 1, losses
 
     def _act(self, trainer: Any, *, nan_stop: bool, stop: bool, checkpoint: bool) -> None:
         """At a step's end, with every rank agreeing: save a checkpoint (asked, or before a
@@ -241,6 +283,7 @@ class LightningNotifyCore(NotifierBase):
     @hook
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         """Report the previous epoch, now that the module's own epoch-end logging is in."""
+        self._count_steps(trainer)
         counter = self._step_counter
         if counter is not None and counter.completed != trainer.global_step:
             self._step_counter = None  # Lightning moved its counter: back to the property
@@ -256,6 +299,7 @@ class LightningNotifyCore(NotifierBase):
         Lightning runs callbacks' ``on_train_epoch_end`` before the module's, so metrics the
         module logs there are only visible from the next hook on.
         """
+        self._count_steps(trainer)
         if self._checkpoint_pending:
             self._report_checkpoints(trainer)
         epoch = int(trainer.current_epoch)
@@ -266,6 +310,7 @@ class LightningNotifyCore(NotifierBase):
         """TRAINING_COMPLETED with the summary (this hook does not run when fit fails)."""
         reported = True
         try:
+            self._count_steps(trainer)
             reported = self._report_pending_epoch(trainer)
             self._report_checkpoints(trainer)
         finally:
@@ -283,6 +328,7 @@ class LightningNotifyCore(NotifierBase):
     @hook
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Stop the tracker's watchdog and monitors."""
+        self._count_steps(trainer)
         self.tracker.close()
 
     # Validation and test ------------------------------------------------------------
@@ -290,6 +336,7 @@ class LightningNotifyCore(NotifierBase):
     @hook
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         """An evaluation begins; the sanity check is not one."""
+        self._count_steps(trainer)
         if trainer.sanity_checking:
             return
         if fitting(trainer):
@@ -343,6 +390,7 @@ class LightningNotifyCore(NotifierBase):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Fit raised: out of memory, interrupted (Ctrl-C, SIGTERM) or failed. Delivered,
         within ``flush_timeout``, before Lightning re-raises and the process exits."""
+        self._count_steps(trainer)  # the steps before the failure, a NaN among them too
         stage = stage_of(trainer)
         if stage == "fit" and self._requeue.signalled:
             self._report_requeue()  # the SIGTERM that follows a requeue is part of it
@@ -362,8 +410,10 @@ class LightningNotifyCore(NotifierBase):
     @hook
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """A checkpoint is being written; its path is known once ModelCheckpoint has saved
-        it, so it is reported from the next hook."""
+        it, so it is reported from the next hook (the next batch's end counts its steps:
+        a checkpoint saved while they are being counted must not count them again)."""
         self._checkpoint_pending = True
+        self._count_at = 1
 
     def state_dict(self) -> dict[str, Any]:
         """Run id, best metric and started marker, kept in checkpoints for resuming."""

@@ -71,7 +71,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -236,6 +236,13 @@ WINDOW_WAIT_SECONDS = 10.0
 #: Longest the stored completion waits for its loss chart before it goes without one
 #: (drawing takes a second or more; a process that dies meanwhile never draws it).
 CHART_HOLD_SECONDS = 5.0
+#: How long an adapter's steps may wait in :attr:`RunTracker.handed` before it counts them,
+#: at the run's recent pace: the step hook then appends and compares, and the counting
+#: (NaN windows, cadences, snapshots, asks) runs once per window, its code and objects warm.
+#: Run between torch's kernels, that code costs a fast step 7-10 µs when it runs every step
+#: (issue #27, ``benchmarks/bench_wall_clock.py --in-situ``); a tenth of a second is news
+#: no person can tell from at once.
+STEP_WINDOW_SECONDS = 0.1
 _NEVER = math.inf
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
 #: Epoch starts remembered to tell which epoch a step was in (a loss window spans a few
@@ -334,6 +341,9 @@ class RunTracker:
         "_epoch",
         "_epoch_starts",
         "_finished",
+        "_handed",
+        "_handed_moved",
+        "_handed_seen",
         "_is_global_zero",
         "_last_progress",
         "_last_step",
@@ -344,6 +354,7 @@ class RunTracker:
         "_nan_every",
         "_nan_reported",
         "_next_snapshot",
+        "_pace",
         "_rank",
         "_reads",
         "_record",
@@ -404,6 +415,10 @@ class RunTracker:
         self._reads = WindowReads()
         self._curves = Curves()
         self._last_progress = time.monotonic()
+        self._handed: list[Any] = []
+        self._handed_seen = 0  # its length at the stall watchdog's last look, and when it moved
+        self._handed_moved = -_NEVER
+        self._pace: tuple[int, float] | None = None  # (steps, monotonic) at the last count
         # What runs beside the run: both start with it and stop at every end path.
         self._watchdog: StallWatchdog | None = None
         self._monitors: Any = None
@@ -589,6 +604,48 @@ class RunTracker:
         except Exception:
             log.exception("afs-callbacks: on_step failed; training continues")
             return False
+
+    def on_steps(self, first_step: int, losses: Sequence[Any]) -> bool:
+        """Steps ``first_step``, ``first_step + 1``, ... finished, one loss each (None: no
+        loss): what :meth:`on_step` does for each, in one call. Returns what the last would."""
+        for offset, loss in enumerate(losses):
+            self.on_step(first_step + offset, loss=loss)
+        return self._attention
+
+    @property
+    def handed(self) -> list[Any]:
+        """Steps a framework adapter has handed over and not counted yet, one item each in
+        the adapter's own terms (its step hook appends; nothing here reads an item).
+
+        The adapter counts them with :meth:`on_steps` when their number reaches
+        :meth:`steps_to_count`, and before any other call into the run, so that everything
+        else sees every step. Meanwhile the list's growth is progress to the stall
+        watchdog. The same list for the whole run; emptied in place."""
+        return self._handed
+
+    def steps_to_count(self) -> int:
+        """How many steps an adapter may hand over (:attr:`handed`) before it counts them:
+        as many as take :data:`STEP_WINDOW_SECONDS` at the pace since the last call, never
+        past the next loss check (a NaN stop acts at the check's step), and one until the
+        pace is known. Called after each count, on the training thread."""
+        now, steps = time.monotonic(), self._steps
+        pace, self._pace = self._pace, (steps, now)
+        if pace is None or steps <= pace[0]:
+            return 1
+        per_step = (now - pace[1]) / (steps - pace[0])
+        to_check = self._nan_every - steps % self._nan_every
+        if per_step <= 0:
+            return to_check
+        return max(1, min(to_check, int(STEP_WINDOW_SECONDS / per_step)))
+
+    def last_progress(self) -> float:
+        """When the run last moved (monotonic), for the stall watchdog's thread only: a step
+        counted, an evaluation batch, or a step handed over since the watchdog's last look."""
+        handed = len(self._handed)
+        if handed != self._handed_seen:
+            self._handed_seen = handed
+            self._handed_moved = time.monotonic()
+        return max(self._last_progress, self._handed_moved)
 
     def heartbeat(self) -> None:
         """Progress that is not a training step (an evaluation batch): keeps the stall
@@ -1565,7 +1622,7 @@ class RunTracker:
 def _last_progress(run: weakref.ref[RunTracker]) -> float:
     """The watchdog's view of a run's progress: a run collected meanwhile never stalls."""
     tracker = run()
-    return time.monotonic() if tracker is None else tracker._last_progress
+    return time.monotonic() if tracker is None else tracker.last_progress()
 
 
 def _stall(run: weakref.ref[RunTracker], idle: float) -> None:
