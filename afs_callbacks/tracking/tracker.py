@@ -240,8 +240,8 @@ CHART_HOLD_SECONDS = 5.0
 #: at the run's recent pace: the step hook then appends and compares, and the counting
 #: (NaN windows, cadences, snapshots, asks) runs once per window, its code and objects warm.
 #: Run between torch's kernels, that code costs a fast step 7-10 µs when it runs every step
-#: (issue #27, ``benchmarks/bench_wall_clock.py --in-situ``); a tenth of a second is news
-#: no person can tell from at once.
+#: (issue #27, ``benchmarks/bench_wall_clock.py --in-situ``). News a tenth of a second late
+#: reads the same to a person.
 STEP_WINDOW_SECONDS = 0.1
 _NEVER = math.inf
 _RUN_NAMESPACE = uuid.UUID("6f0d3c1e-8a0b-4d52-9d4e-5f1a2b3c4d5e")
