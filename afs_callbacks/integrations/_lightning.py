@@ -21,7 +21,8 @@ starts it again later, and Lightning resumes from that checkpoint. People want o
 for all of it: "preempted, requeued", and the resumed job under the same run.
 :class:`RequeueWatch` puts a small handler in front of Lightning's for the requeue signal.
 The handler only sets a flag (a signal handler must not take locks the interrupted code
-may hold); the adapter reports at its next hook. Lightning's own teardown puts back the
+may hold); the adapter reports when it next counts steps (within about 0.1 s of training)
+or at its next hook, whichever comes first. Lightning's own teardown puts back the
 handlers it found, which removes this one too.
 """
 
@@ -206,14 +207,14 @@ class LightningNotifyCore(NotifierBase):
         A window of several batches is counted only where each batch is one optimizer step
         of its own loss (``_steps_at_once``); with gradient accumulation, or ranks that
         must agree at the same steps, every batch is counted as it ends."""
+        if self._requeue.signalled:
+            self._report_requeue()
         handed = self._handed
         if not handed:
             return
         losses = handed[:]
         handed.clear()
         tracker = self.tracker
-        if self._requeue.signalled:
-            self._report_requeue()
         counter = self._step_counter
         step = trainer.global_step if counter is None else counter.completed
         if len(losses) == 1:
@@ -390,11 +391,12 @@ class LightningNotifyCore(NotifierBase):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Fit raised: out of memory, interrupted (Ctrl-C, SIGTERM) or failed. Delivered,
         within ``flush_timeout``, before Lightning re-raises and the process exits."""
-        self._count_steps(trainer)  # the steps before the failure, a NaN among them too
         stage = stage_of(trainer)
-        if stage == "fit" and self._requeue.signalled:
-            self._report_requeue()  # the SIGTERM that follows a requeue is part of it
-            return
+        requeued = stage == "fit" and self._requeue.signalled
+        # The steps before the failure (a NaN among them), and a requeue signalled, reported.
+        self._count_steps(trainer)
+        if requeued:
+            return  # the SIGTERM that follows a requeue is part of it
         if stage in ("validate", "test"):
             self.tracker.evaluation_failed(exception)
         elif stage == "fit":
