@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 from _common import Report, median, parse_args
@@ -172,16 +173,22 @@ def _probe(framework: str, probe: Callable[[Callable[[Any], Any]], None]) -> Any
     the arguments the framework passed."""
     base = callback_base(framework)
     if framework == "lightning":
+        counts: dict[int, Any] = {}  # the step count each subject is shown
 
         def hook(self: Any, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             if batch_idx == PROBE_STEP:
 
                 def call(cb: Any) -> None:
-                    # The trainer's step stays the same in the probe: without this AFSNotify
-                    # would take each call for a batch accumulated into that step (its short
-                    # path). Both subjects pay for the test.
-                    if "_seen_step" in cb.__dict__:
-                        cb._seen_step = -1
+                    # The trainer's step stays the same in the probe: AFSNotify is shown a
+                    # step count that moves one a call, as in training (else it would take
+                    # each call for a batch accumulated into that step, and then count each
+                    # call alone). Both subjects pay for the count.
+                    shown = counts.get(id(cb))
+                    if shown is None:
+                        shown = counts[id(cb)] = SimpleNamespace(completed=trainer.global_step)
+                        if "_step_counter" in cb.__dict__:
+                            cb._step_counter = shown
+                    shown.completed += 1
                     cb.on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
                 probe(call)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,24 @@ class LossAccumulator:
         # settled at read time, off the per-step path.
         self._tensors.append(value.detach() if value.requires_grad else value)
         return None
+
+    def add_tensors(self, first_step: int, values: Sequence[Any]) -> bool:
+        """Record the losses of steps ``first_step``, ``first_step + 1``, ... at once, as
+        :meth:`add` would one by one, where that needs no check: every value is a tensor
+        (read with its window) and the steps follow the last one recorded. Returns False,
+        recording nothing, otherwise (the caller then adds them one by one)."""
+        if self._steps is not None or (self._first_step is not None and first_step != self._last_step + 1):
+            return False
+        for value in values:
+            if value is None or isinstance(value, (int, float)):
+                return False
+        kept = [value.detach() if value.requires_grad else value for value in values]
+        if self._first_step is None:
+            self._first_step = first_step
+        self._last_step = first_step + len(values) - 1
+        self._count += len(values)
+        self._tensors.extend(kept)
+        return True
 
     def take(self) -> PendingWindow | None:
         """The window so far, handed over as is, and a fresh one begun (no tensor is read:

@@ -607,7 +607,26 @@ class RunTracker:
 
     def on_steps(self, first_step: int, losses: Sequence[Any]) -> bool:
         """Steps ``first_step``, ``first_step + 1``, ... finished, one loss each (None: no
-        loss): what :meth:`on_step` does for each, in one call. Returns what the last would."""
+        loss): what :meth:`on_step` does for each, in one call. Returns what the last would.
+
+        A window of tensor losses with no loss check and no batch cadence before its last
+        step (the windows :meth:`steps_to_count` sizes) is recorded at once, and only its
+        last step goes through :meth:`on_step`: the others would only be appended and
+        counted there. Anything else is taken step by step."""
+        count = len(losses)
+        try:
+            at_once = (
+                count > 1
+                and not self._batch_every
+                and self._nan_every - self._steps % self._nan_every >= count
+                and self._accumulator.add_tensors(first_step, losses[:-1])
+            )
+        except Exception:  # never raises, as on_step does not: these steps go one by one
+            log.exception("afs-callbacks: on_steps failed; training continues")
+            at_once = False
+        if at_once:
+            self._steps += count - 1  # the last step's on_step counts itself and sets the rest
+            return self.on_step(first_step + count - 1, loss=losses[-1])
         for offset, loss in enumerate(losses):
             self.on_step(first_step + offset, loss=loss)
         return self._attention

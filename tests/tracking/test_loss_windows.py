@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -111,3 +113,41 @@ def test_a_window_that_cannot_be_read_is_logged_once_and_the_run_goes_on(
     failures = [r for r in caplog.records if "could not read a loss window" in r.getMessage()]
     assert len(failures) == 1
     assert sink.of(EventType.TRAINING_COMPLETED)
+
+
+def _losses(value: Callable[[int], Any]) -> list[Any]:
+    return [value(step) for step in range(1, 41)]
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        pytest.param(_losses(lambda step: torch.tensor(float(step))), id="tensors"),
+        pytest.param(_losses(lambda step: torch.tensor(math.nan if step == 17 else float(step))), id="a NaN"),
+        pytest.param(_losses(float), id="floats"),
+        pytest.param(_losses(lambda step: None if step % 7 == 0 else torch.tensor(float(step))), id="gaps"),
+    ],
+)
+def test_steps_counted_a_window_at_a_time_tell_what_steps_counted_one_by_one_tell(losses) -> None:
+    """``on_steps`` takes a window of tensors at once (only its last step through
+    ``on_step``): the loss curve, the NaN report and the counts are those of step by step."""
+    one_sink, many_sink = RecordingSink(), RecordingSink()
+    one, many = tracker(one_sink, nan_check_every=10), tracker(many_sink, nan_check_every=10)
+    one.start(epochs=1)
+    many.start(epochs=1)
+    for step, loss in enumerate(losses, 1):
+        one.on_step(step, loss=loss)
+    for first, size in ((1, 10), (11, 4), (15, 6), (21, 10), (31, 1), (32, 9)):  # none past a check
+        many.on_steps(first, losses[first - 1 : first - 1 + size])
+    one.completed()
+    many.completed()
+
+    assert many._curves.losses == one._curves.losses and len(one._curves.losses) >= 4
+    assert (many.state().step, many._steps) == (one.state().step, one._steps) == (40, 40)
+
+    def nans(sink: RecordingSink) -> list[tuple[Any, Any]]:
+        return [
+            (event.context["step"], event.context["seen_step"]) for event in sink.of(EventType.NAN_DETECTED)
+        ]
+
+    assert nans(many_sink) == nans(one_sink)
