@@ -618,7 +618,7 @@ class RunTracker:
             at_once = (
                 count > 1
                 and not self._batch_every
-                and self._nan_every - self._steps % self._nan_every >= count
+                and self._steps_to_check() >= count
                 and self._accumulator.add_tensors(first_step, losses[:-1])
             )
         except Exception:  # never raises, as on_step does not: these steps go one by one
@@ -652,10 +652,14 @@ class RunTracker:
         if pace is None or steps <= pace[0]:
             return 1
         per_step = (now - pace[1]) / (steps - pace[0])
-        to_check = self._nan_every - steps % self._nan_every
+        to_check = self._steps_to_check()
         if per_step <= 0:
             return to_check
         return max(1, min(to_check, int(STEP_WINDOW_SECONDS / per_step)))
+
+    def _steps_to_check(self) -> int:
+        """Steps from the last one counted to the next loss check, that one included."""
+        return self._nan_every - self._steps % self._nan_every
 
     def last_progress(self) -> float:
         """When the run last moved (monotonic), for the stall watchdog's thread only: a step

@@ -33,12 +33,17 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return calls
 
 
+def counted_steps(counts: list[tuple[int, int]]) -> list[int]:
+    """Every step the calls counted, in the order they counted them."""
+    return [first + offset for first, size in counts for offset in range(size)]
+
+
 def test_fast_steps_are_counted_a_window_at_a_time_and_none_is_lost(manager, tmp_path, counts):
     callback = AFSNotify(manager, nan_check_every=20)
     trainer = make_trainer(tmp_path, callback, max_epochs=2, limit_train_batches=60)
     trainer.fit(TinyModel())
 
-    steps = [first + offset for first, size in counts for offset in range(size)]
+    steps = counted_steps(counts)
     assert steps == list(range(1, trainer.global_step + 1))  # each step once, in order
     # A tiny CPU step takes ~1 ms: after the pace is known, windows reach the loss check.
     assert max(size for _, size in counts) == 20
@@ -74,7 +79,7 @@ def test_a_batch_without_a_loss_is_a_step_without_a_loss(manager, tmp_path, coun
     trainer = make_trainer(tmp_path, callback, max_epochs=1, limit_train_batches=60)
     trainer.fit(Skipping())
 
-    steps = [first + offset for first, size in counts for offset in range(size)]
+    steps = counted_steps(counts)
     assert steps == list(range(1, trainer.global_step + 1)) and trainer.global_step == 60
     assert callback._steps_at_once  # the windows never disagreed with the step count
     assert max(size for _, size in counts) == 20
@@ -151,7 +156,7 @@ def test_the_steps_before_a_failure_are_counted_before_it_is_reported(tmp_path, 
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(TinyModel(nan_from=33, raise_at=37, error=lambda: RuntimeError("boom")))
 
-    steps = [first + offset for first, size in counts for offset in range(size)]
+    steps = counted_steps(counts)
     assert steps == list(range(1, 38))
     events = history(manager)
     assert of_type(events, EventType.NAN_DETECTED)
